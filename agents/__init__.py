@@ -1,0 +1,1 @@
+"""Training stages and RL agents for the rlhf_env package."""

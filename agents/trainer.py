@@ -1,0 +1,152 @@
+"""The causal-LM training loop shared by pretraining and SFT.
+
+AdamW with linear warm-up then cosine decay (the paper's SFT schedule), gradient clipping, a tqdm
+progress bar, TensorBoard + CSV logs, periodic atomic checkpoints and exact resume. The data order of
+epoch ``e`` is a permutation drawn from ``(seed, e)``, so resuming at step ``s`` replays exactly the
+batches a run that was never interrupted would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from agents.checkpoint import load_checkpoint, save_checkpoint
+from agents.logger import RunLogger
+from rlhf_env.models import save_policy
+
+IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the LM training stages."""
+
+    out: str = "runs/lm"
+    """Output directory: logs, checkpoint/, best/ and final/."""
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    """Peak learning rate, reached after warm-up, then cosine-decayed to lr_min_ratio * lr."""
+    lr_min_ratio: float = 0.1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0
+    """Steps between evaluations (0: only at the end)."""
+    save_every: int = 200
+    """Steps between resumable checkpoints."""
+    resume: bool = True
+    """Resume from OUT/checkpoint if it exists."""
+    device: str = "cpu"
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-pad (input_ids, labels) pairs into (B, T) tensors plus attention mask."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), T), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, labels, mask
+
+
+def lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled tokens."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+
+
+def train_causal_lm(
+    model,
+    tokenizer,
+    examples: list[tuple[list[int], list[int]]],
+    config: TrainConfig,
+    evaluate: Callable[[object], dict[str, float]] | None = None,
+    select: str | None = None,
+    desc: str = "train",
+) -> dict:
+    """Train ``model`` on ``examples``; returns the final summary.
+
+    ``evaluate(model)`` returns metrics (logged to ``eval.csv``); if ``select`` names one of them,
+    the checkpoint with its highest value is kept in ``OUT/best``.
+    """
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    model.to(config.device).train()
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = max(1, round(config.epochs * steps_per_epoch))
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total), total, min_lr_rate=config.lr_min_ratio)
+
+    state = {"step": 0, "best": -math.inf, "best_step": None}
+    checkpoint = out / "checkpoint"
+    if config.resume and (checkpoint / "state.json").exists():
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    logger = RunLogger(out, resume_step=state["step"] if state["step"] else None)
+
+    def run_eval(step):
+        if evaluate is None:
+            return
+        model.eval()
+        metrics = evaluate(model)
+        model.train()
+        logger.log(step, metrics, kind="eval")
+        if select and metrics[select] > state["best"]:
+            state.update(best=metrics[select], best_step=step)
+            save_policy(model, tokenizer, out / "best")
+
+    bar = tqdm(total=total, initial=state["step"], desc=desc, dynamic_ncols=True)
+    losses = []
+    while state["step"] < total:
+        step = state["step"]
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
+        batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
+        ids, labels, mask = (t.to(config.device) for t in collate(batch, tokenizer.pad_token_id))
+        loss = lm_loss(model, ids, labels, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state["step"] = step = step + 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % config.log_every == 0 or step == total:
+            metrics = {"loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "epoch": step / steps_per_epoch}
+            logger.log(step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            losses = []
+        if config.eval_every and step % config.eval_every == 0 and step < total:
+            run_eval(step)
+        if config.save_every and step % config.save_every == 0 and step < total:
+            save_checkpoint(checkpoint, model, tokenizer, optimizer, scheduler, state)
+    bar.close()
+    run_eval(state["step"])
+    model.eval()
+    save_policy(model, tokenizer, out / "final")
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    logger.close()
+    return state
+

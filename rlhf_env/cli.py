@@ -1,0 +1,91 @@
+"""The ``rlhf`` command. Each subcommand's options are generated from its stage's ``@dataclass``
+config; the help text of an option is the docstring under the field."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import inspect
+import json
+import sys
+import textwrap
+
+# name -> (module, config class, entry function, one-line help). Modules load lazily: `rlhf --help`
+# must not import torch.
+COMMANDS = {
+    "eval": ("rlhf_env.evaluation", "EvalConfig", "evaluate", "compare two policies by the gold grader"),
+    "world": ("rlhf_env.world.stats", "WorldStatsConfig", "world_stats",
+              "describe the embedded world: splits, families, labeler agreement and bias"),
+    "pretrain": ("agents.pretrain", "PretrainConfig", "pretrain", "pretrain a base model on web text"),
+    "sft": ("agents.sft", "SFTConfig", "sft", "supervised fine-tuning on demonstrations"),
+    "build-assets": ("agents.build_assets", "BuildConfig", "build_assets",
+                     "regenerate the shipped datasets, tokenizer and models from a seed"),
+}
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (a string literal right under a field) of a dataclass and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def build_parser(name: str):
+    from transformers import HfArgumentParser
+
+    module, cls_name, _, summary = COMMANDS[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    docs = field_docs(cls)
+    for action in parser._actions:
+        if action.dest in docs:
+            action.help = docs[action.dest]
+        elif action.dest != "help":
+            action.help = " "  # ArgumentDefaultsHelpFormatter shows defaults only for actions with help
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {n:<14}{c[3]}" for n, c in COMMANDS.items()]
+        print("usage: rlhf COMMAND [options]   (rlhf COMMAND --help for its options)\n\ncommands:\n"
+              + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nrlhf: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    name = argv[0]
+    parser = build_parser(name)
+    (config,) = parser.parse_args_into_dataclasses(argv[1:])
+    _quiet()
+    module, _, entry, _ = COMMANDS[name]
+    try:
+        result = getattr(importlib.import_module(module), entry)(config)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlhf {name}: error: {e}", file=sys.stderr)
+        return 2
+    if name in ("eval", "world"):
+        show = importlib.import_module("rlhf_env.report")
+        print(json.dumps(result, indent=1) if config.json else getattr(show, f"{name}_table")(result))
+    return 0
+
+
+def _quiet() -> None:
+    """No per-file progress bars from datasets/transformers; our own bars stay."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""One place that loads policies and tokenizers: a bundled name or anything ``from_pretrained`` takes.
+
+Bundled policies ship inside the package (``rlhf_env/assets/models/NAME``), each a self-contained
+Hugging Face directory (config, safetensors weights, tokenizer):
+
+=============  =====================================================
+name           what
+=============  =====================================================
+``base``       small (~1M parameters) GPT-2 pretrained on web text
+``sft``        ``base`` fine-tuned on labeler demonstrations
+``base-large`` large (~4M parameters) GPT-2 pretrained on web text
+``sft-large``  ``base-large`` fine-tuned on labeler demonstrations
+=============  =====================================================
+
+Weights are stored in float16 to keep the package small and are loaded as float32.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+ASSETS = Path(__file__).parent / "assets"
+MODELS_DIR = ASSETS / "models"
+TOKENIZER_DIR = ASSETS / "tokenizer"
+DATA_DIR = ASSETS / "data"
+
+BUNDLED_POLICIES = ("base", "sft", "base-large", "sft-large")
+
+# GPT-2 architecture in two sizes; parameter counts with the 768-token vocabulary.
+SIZES: dict[str, dict] = {
+    "small": dict(n_embd=128, n_layer=4, n_head=4),  # ~0.9M parameters
+    "large": dict(n_embd=256, n_layer=5, n_head=8),  # ~4.1M parameters
+}
+CONTEXT = 128  # n_positions: prompt plus response tokens
+
+
+def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of a named size (``small``, ``large``) or explicit dims."""
+    dims = SIZES[size] if isinstance(size, str) else size
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=CONTEXT, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **{**dims, **overrides},
+    )
+    return GPT2LMHeadModel(config)
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """Map a bundled name to its directory; check that a local path exists. Hub ids pass through."""
+    name = str(name_or_path)
+    if name in BUNDLED_POLICIES:
+        path = MODELS_DIR / name
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"bundled policy {name!r} is missing from {path}; run `rlhf build-assets`")
+        return str(path)
+    if os.path.exists(name):
+        if not any(os.path.exists(os.path.join(name, f)) for f in ("config.json", "tokenizer_config.json")):
+            raise ValueError(f"{name!r} is not a Hugging Face model directory (it has no config.json)")
+        return name
+    if not re.fullmatch(r"\w[\w.-]*(/[\w.-]+)?", name):  # not of the hub-id form "name" or "org/name"
+        raise FileNotFoundError(f"no such policy path: {name!r}")
+    close = difflib.get_close_matches(name, BUNDLED_POLICIES, n=1)
+    if close:  # almost certainly a typo: fail now rather than after the hub's retries
+        raise ValueError(f"{name!r} is not a bundled policy {BUNDLED_POLICIES}; did you mean {close[0]!r}?")
+    return name  # a hub id such as "gpt2" or "org/model"
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = "sft"):
+    path = resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ValueError(_unknown(name_or_path, e)) from None
+    if tokenizer.pad_token is None:  # e.g. GPT-2: pad with EOS; attention masks keep them apart
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, **config_overrides) -> tuple[PreTrainedModel, object]:
+    """Load a causal LM and its tokenizer by bundled name, local path or hub id.
+
+    Returns ``(model, tokenizer)`` with the model in eval mode (dropout off) on ``device``.
+    ``config_overrides`` go to the model config (e.g. ``resid_pdrop=0.2`` for SFT).
+    """
+    path = resolve(name_or_path)
+    _check_causal_lm(path, name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **config_overrides)
+    except OSError as e:
+        raise ValueError(_unknown(name_or_path, e)) from None
+    return model.to(device).eval(), load_tokenizer(name_or_path)
+
+
+def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike, half: bool = False) -> None:
+    """Save model (safetensors) and tokenizer as a self-contained HF directory."""
+    state_dict = {k: v.half() for k, v in model.state_dict().items()} if half else None
+    model.save_pretrained(directory, state_dict=state_dict)
+    tokenizer.save_pretrained(directory)
+
+
+def _check_causal_lm(path: str, name) -> None:
+    if not os.path.isdir(path):
+        return  # a hub id: from_pretrained will check
+    config_file = Path(path) / "config.json"
+    if not config_file.exists():
+        raise ValueError(f"{str(name)!r} holds no model (it has no config.json)")
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    if config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        architectures and not any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures)
+    ):
+        kind = ", ".join(architectures) or config.get("model_type", "unknown")
+        raise ValueError(f"{name!r} is a {kind} checkpoint, not a causal language model")
+
+
+def _unknown(name, error) -> str:
+    return (f"could not load {str(name)!r}: it is not a bundled policy {BUNDLED_POLICIES}, not a local "
+            f"path, and loading it as a Hugging Face hub id failed ({type(error).__name__}).")

@@ -1,0 +1,47 @@
+"""Human-readable tables for the CLI's results (``--json`` prints the raw dicts instead)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _render(*items) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100)
+    for item in items:
+        console.print(item)
+    return buffer.getvalue()
+
+
+def eval_table(r: dict) -> str:
+    a, b = r["policy"], r["baseline"]
+    table = Table(title=f"{a} vs {b} on {r['split']} prompts (n={r['n']}, seed={r['seed']})")
+    table.add_column("metric")
+    table.add_column(a, justify="right")
+    table.add_column(b, justify="right")
+    for key in ("gold", "success", "correct", "truthful", "harmless", "concise", "ending", "length"):
+        table.add_row(key, f"{r[f'{key}_a']:.3f}", f"{r[f'{key}_b']:.3f}")
+    families = Table(title=f"win rate of {a} over {b}: {r['win_rate']:.3f}, by family")
+    for column in ("family", "n", "win_rate", f"success {a}", f"success {b}"):
+        families.add_column(column, justify="left" if column == "family" else "right")
+    for family, f in r["families"].items():
+        families.add_row(family, str(f["n"]), f"{f['win_rate']:.3f}", f"{f['success_a']:.3f}", f"{f['success_b']:.3f}")
+    return _render(table, families)
+
+
+def world_table(r: dict) -> str:
+    table = Table(title="the embedded world")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("customers (held out)", f"{r['customers']} ({len(r['heldout_customers'])}: "
+                  f"{r['heldout_customers'][0]}..{r['heldout_customers'][-1]})")
+    for split, n in r["splits"].items():
+        table.add_row(f"prompts: {split}", f"{n} ({r['labeler_written_fraction'][split]:.0%} labeler-written)")
+    table.add_row("held-out families", ", ".join(f"{k} {v}" for k, v in r["families"].items()))
+    table.add_row("labelers", str(r["labelers"]))
+    table.add_row("inter-labeler agreement", f"{r['labeler_agreement']:.3f} ({r['agreement_pool']})")
+    table.add_row("labelers prefer padded answer", f"{r['prefer_padded']:.3f} (gold: 0.000)")
+    return _render(table)

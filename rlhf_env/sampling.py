@@ -1,0 +1,94 @@
+"""Batched sampling from any Hugging Face causal LM, with a KV cache.
+
+Prompts are left-padded and ``position_ids`` come from the attention mask, so a padded row is
+generated exactly as it would be alone. Only the sampled token's log-probability is kept (never a
+``(B, T, V)`` stack), logits are divided by the temperature both for sampling and for the returned
+log-probs, and the loop stops as soon as every row has emitted EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Samples:
+    prompt_ids: torch.Tensor  # (B, P) left-padded with the tokenizer's pad id
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, R) EOS included; pad id after it
+    response_mask: torch.Tensor  # (B, R) 1 on real response tokens (EOS included)
+    logprobs: torch.Tensor  # (B, R) log pi(y_t | x, y_<t) at the sampling temperature; 0 on padding
+    eos: torch.Tensor  # (B,) bool: the row emitted EOS within the budget
+    texts: list[str]  # decoded responses, without EOS
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1)
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int | None = None,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask; raises if a prompt is longer than ``max_prompt_tokens``."""
+    enc = tokenizer(prompts, padding=True, return_tensors="pt", padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if max_prompt_tokens is not None and ids.shape[1] > max_prompt_tokens:
+        longest = int(mask.sum(1).argmax())
+        raise ValueError(f"prompt {longest} has {int(mask[longest].sum())} tokens, more than "
+                         f"max_prompt_tokens={max_prompt_tokens}: {prompts[longest]!r}")
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.7,
+           generator: torch.Generator | None = None, max_prompt_tokens: int | None = None) -> Samples:
+    """Sample one response per prompt. ``temperature=0`` is greedy decoding."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens, device)
+    B = prompt_ids.shape[0]
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    max_new_tokens = min(max_new_tokens, context - prompt_ids.shape[1])
+    if max_new_tokens < 1:
+        raise ValueError(f"prompts of {prompt_ids.shape[1]} tokens leave no room in a context of {context}")
+
+    mask = prompt_mask
+    input_ids, pos = prompt_ids, positions(prompt_mask)
+    cache = None
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, logps = [], []
+    for _ in range(max_new_tokens):
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        cache = out.cache
+        logits = out.logits[:, -1].float()  # (B, V)
+        if temperature > 0:
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (B,)
+        else:
+            logp = torch.log_softmax(logits, dim=-1)
+            token = logits.argmax(-1)
+        token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        logps.append(torch.where(done, torch.zeros_like(token_logp), token_logp))
+        done = done | (token == eos_id)
+        if bool(done.all()):
+            break
+        input_ids = token[:, None]
+        pos = pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+
+    response_ids = torch.stack(tokens, 1)  # (B, R)
+    is_eos = response_ids == eos_id
+    # A token is real if no EOS came strictly before it.
+    response_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0
+    texts = [tokenizer.decode(row[m & ~e], skip_special_tokens=True)
+             for row, m, e in zip(response_ids, response_mask, is_eos)]
+    return Samples(prompt_ids, prompt_mask, response_ids, response_mask.long(), torch.stack(logps, 1),
+                   is_eos.any(1), texts)

@@ -1,0 +1,96 @@
+"""Measurements of the embedded world itself: split sizes, family mix, labeler agreement and bias.
+
+    rlhf world --json
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rlhf_env.world import lexicon as lx
+from rlhf_env.world.build import SPLITS, load_split
+from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
+from rlhf_env.world.labelers import LabelerConfig, make_panel, panel_agreement, rank
+from rlhf_env.world.tasks import FAMILIES
+
+
+@dataclass
+class WorldStatsConfig:
+    """Describe the world and measure its labeler panel."""
+
+    data: str = ""
+    """Directory of the world's datasets (empty: the bundled one)."""
+    policy: str = "sft"
+    """Policy whose samples the labelers rank to measure agreement (bundled name or path)."""
+    n_prompts: int = 300
+    """Prompts (from the rm split) used for the agreement and bias measurements."""
+    seed: int = 0
+    noise: float = LabelerConfig.noise
+    """Labeler noise scale (tunes agreement)."""
+    length_bias: float = LabelerConfig.length_bias
+    """Mean spurious utility per word."""
+    json: bool = False
+
+
+def ranking_pool(policy: str, rows, seed: int) -> tuple[list, list[list[str]], list[list[bool]]]:
+    """K = 4..9 samples per prompt at temperatures in [0.5, 1.2], as labelers would be shown."""
+    from rlhf_env.models import load_policy
+    from rlhf_env.sampling import sample
+
+    model, tokenizer = load_policy(policy)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    ks = rng.integers(4, 10, size=len(rows))
+    prompts = [p for p, k in zip(rows["prompt"], ks) for _ in range(k)]
+    texts, eos = [], []
+    for start in range(0, len(prompts), 256):
+        out = sample(model, tokenizer, prompts[start:start + 256], 48, float(rng.uniform(0.5, 1.2)), generator)
+        texts += out.texts
+        eos += out.eos.tolist()
+    bounds = np.cumsum([0, *ks])
+    return (list(rows["task"]), [texts[a:b] for a, b in zip(bounds, bounds[1:])],
+            [eos[a:b] for a, b in zip(bounds, bounds[1:])])
+
+
+def padded_preference(rng, panel, tasks) -> float:
+    """How often a labeler ranks "reference + pleasantry" above the bare reference answer.
+
+    Gold always prefers the bare answer (it is more concise), so any rate above 0.5 is the labelers'
+    spurious length preference.
+    """
+    import json
+
+    wins = []
+    for task in tasks:
+        spec = json.loads(task)
+        ref = FAMILIES[spec["family"]].reference(spec["spec"])
+        padded = f"{ref} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}"
+        labeler = panel[int(rng.integers(len(panel)))]
+        wins.append(rank(rng, labeler, task, [ref, padded])[0] == 1)
+    return float(np.mean(wins))
+
+
+def world_stats(config: WorldStatsConfig) -> dict:
+    from rlhf_env.models import DATA_DIR
+
+    data = config.data or str(DATA_DIR)
+    splits = {s: load_split(data, "prompts", s) for s in SPLITS}
+    rows = splits["rm"].shuffle(seed=config.seed).select(range(min(config.n_prompts, len(splits["rm"]))))
+    panel = make_panel(0, LabelerConfig(noise=config.noise, length_bias=config.length_bias))
+    rng = np.random.default_rng(config.seed)
+    tasks, pool, eos = ranking_pool(config.policy, rows, config.seed)
+    return {
+        "customers": N_CUSTOMERS,
+        "heldout_customers": [f"customer-{i:02d}" for i in HELDOUT_CUSTOMERS],
+        "splits": {s: len(d) for s, d in splits.items()},
+        "labeler_written_fraction": {s: float(np.mean(np.array(d["source"]) == "labeler")) for s, d in splits.items()},
+        "families": dict(sorted(Counter(splits["heldout"]["family"]).items())),
+        "labelers": len(panel),
+        "labeler_agreement": panel_agreement(rng, panel, tasks, pool, eos),
+        "agreement_pool": f"{config.policy} samples, K=4..9 per prompt, {len(tasks)} prompts",
+        "prefer_padded": padded_preference(rng, panel, tasks),
+    }

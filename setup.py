@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="rlhf-env",
+    version="0.1.0",
+    description="InstructGPT-style RLHF as a Gymnasium environment plus RL agents, with an embedded offline world",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rlhf_env", "rlhf_env.*", "agents", "agents.*"]),
+    package_data={"rlhf_env": ["assets/*.json", "assets/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.2,<3",  # install torch==2.13.0 (CPU) first on a fresh machine: see README
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "datasets>=3.0",
+        "gymnasium>=1.0,<2",
+        "stable-baselines3>=2.4",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "rich>=13",
+        "tensorboard>=2.12",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "dev": ["pytest>=8", "ruff", "matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["rlhf=rlhf_env.cli:main"]},
+)

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny world, tokenizer and GPT-2 built from a config in seconds."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+import transformers
+
+from rlhf_env.models import new_model, save_policy
+from rlhf_env.tokenizer import train_tokenizer
+from rlhf_env.world.build import WorldConfig, build_world, save_world
+
+datasets.disable_progress_bars()
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+
+TINY_DIMS = dict(n_embd=32, n_layer=2, n_head=2)
+
+
+def tiny_world_config(seed: int = 0) -> WorldConfig:
+    return WorldConfig(seed=seed, n_sft=300, n_valid=40, n_rm=100, n_ppo=100, n_heldout=200, n_documents=300)
+
+
+@pytest.fixture(scope="session")
+def world():
+    return build_world(tiny_world_config())
+
+
+@pytest.fixture(scope="session")
+def world_dir(world, tmp_path_factory):
+    path = tmp_path_factory.mktemp("world")
+    save_world(world, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(world):
+    demos = world["demonstrations"]["train"]
+    return train_tokenizer(list(world["pretrain"]["text"]) + [p + " " + r for p, r in
+                                                              zip(demos["prompt"], demos["response"])])
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    return new_model(TINY_DIMS, tokenizer).eval()
+
+
+@pytest.fixture
+def tiny_policy_dir(tiny_model, tokenizer, tmp_path):
+    """A tiny causal LM saved as a self-contained HF directory."""
+    save_policy(tiny_model, tokenizer, tmp_path / "policy")
+    return tmp_path / "policy"

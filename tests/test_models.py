@@ -1,0 +1,53 @@
+"""Loading policies by bundled name or path, with clear errors for bad input."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from rlhf_env.models import BUNDLED_POLICIES, SIZES, load_policy, new_model
+from rlhf_env.sampling import sample
+
+
+def test_loads_a_local_checkpoint_in_eval_mode(tiny_policy_dir, tiny_model):
+    model, tokenizer = load_policy(str(tiny_policy_dir))
+    assert not model.training and tokenizer.padding_side == "left"
+    for a, b in zip(model.parameters(), tiny_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_unknown_policy_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a bundled policy"):
+        load_policy("sftt")
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such policy path"):
+        load_policy(str(tmp_path / "nope"))
+
+
+def test_directory_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_policy(str(tmp_path))
+
+
+def test_non_causal_lm_checkpoint_is_a_clear_error(tmp_path, tokenizer):
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_labels=1)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    with pytest.raises(ValueError, match="GPT2ForSequenceClassification.*not a causal language model"):
+        load_policy(str(tmp_path / "rm"))
+
+
+def test_model_sizes_match_their_names(tokenizer):
+    small = sum(p.numel() for p in new_model("small", tokenizer).parameters())
+    large = sum(p.numel() for p in new_model("large", tokenizer).parameters())
+    assert set(SIZES) == {"small", "large"}
+    assert 0.5e6 < small < 1.5e6 and 3e6 < large < 5e6
+
+
+@pytest.mark.parametrize("name", BUNDLED_POLICIES)
+def test_shipped_policies_load_and_generate(name):
+    model, tokenizer = load_policy(name)
+    out = sample(model, tokenizer, ["Q: what is 2 plus 3 ?\nA:"] * 4, max_new_tokens=16,
+                 generator=torch.Generator().manual_seed(0))
+    assert len(out.texts) == 4 and out.response_ids.shape[0] == 4
+    assert torch.isfinite(out.logprobs).all()

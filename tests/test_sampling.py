@@ -1,0 +1,72 @@
+"""The KV-cache sampler: deterministic, padding-invariant, and its log-probs are exact."""
+
+import torch
+
+from rlhf_env.sampling import positions, sample
+
+PROMPTS = ["Q: what is 3 plus 4 ?\nA:", "Q: sort : fig apple pear cup door egg .\nA:", "Q: hi\nA:"]
+
+
+def full_forward_logprobs(model, s, temperature):
+    """Recompute log pi(y_t | x, y_<t) with one forward over prompt + response."""
+    ids = torch.cat([s.prompt_ids, s.response_ids], 1)
+    mask = torch.cat([s.prompt_mask, s.response_mask], 1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    P = s.prompt_ids.shape[1]
+    logp = torch.log_softmax(logits[:, P - 1:-1].float() / temperature, -1)
+    return logp.gather(2, s.response_ids[..., None]).squeeze(2) * s.response_mask
+
+
+def test_sampling_is_deterministic_per_seed(tiny_model, tokenizer):
+    a = sample(tiny_model, tokenizer, PROMPTS, 12, 1.0, torch.Generator().manual_seed(3))
+    b = sample(tiny_model, tokenizer, PROMPTS, 12, 1.0, torch.Generator().manual_seed(3))
+    c = sample(tiny_model, tokenizer, PROMPTS, 12, 1.0, torch.Generator().manual_seed(4))
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_logprobs_match_a_full_forward(tiny_model, tokenizer):
+    s = sample(tiny_model, tokenizer, PROMPTS, 12, 0.7, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(s.logprobs, full_forward_logprobs(tiny_model, s, 0.7), atol=1e-4, rtol=0)
+
+
+def test_left_padding_does_not_change_a_row(tiny_model, tokenizer):
+    batch = sample(tiny_model, tokenizer, PROMPTS, 10, temperature=0)
+    for i, prompt in enumerate(PROMPTS):
+        alone = sample(tiny_model, tokenizer, [prompt], 10, temperature=0)
+        n = alone.response_ids.shape[1]
+        assert torch.equal(batch.response_ids[i, :n], alone.response_ids[0])
+
+
+class EosBoost(torch.nn.Module):
+    """Wraps a model and raises the EOS logit, so that rows end at different steps."""
+
+    def __init__(self, model, eos_id, boost):
+        super().__init__()
+        self.model, self.config, self.eos_id, self.boost = model, model.config, eos_id, boost
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits[..., self.eos_id] += self.boost
+        return out
+
+
+def test_eos_ends_a_row_and_everything_after_is_padding(tiny_model, tokenizer):
+    eos = tokenizer.eos_token_id
+    model = EosBoost(tiny_model, eos, boost=2.0)
+    s = sample(model, tokenizer, PROMPTS * 4, 30, 1.0, torch.Generator().manual_seed(0))
+    assert 0 < int(s.eos.sum()) < len(s.eos)  # some rows ended, some hit the budget
+    for ids, mask, ended in zip(s.response_ids, s.response_mask, s.eos):
+        real = int(mask.sum())
+        if ended:
+            assert ids[real - 1] == eos and (ids[real:] == tokenizer.pad_token_id).all()
+        else:
+            assert real == ids.shape[0] and eos not in ids.tolist()
+    assert (s.logprobs[s.response_mask == 0] == 0).all()
+    assert s.texts[0] == tokenizer.decode(s.response_ids[0][s.response_mask[0].bool()], skip_special_tokens=True)
+
+
+def test_sampling_stops_when_every_row_has_ended(tiny_model, tokenizer):
+    model = EosBoost(tiny_model, tokenizer.eos_token_id, boost=100.0)
+    s = sample(model, tokenizer, PROMPTS, 30, 1.0, torch.Generator().manual_seed(0))
+    assert s.response_ids.shape[1] == 1 and s.eos.all()

@@ -1,0 +1,83 @@
+"""The LM training stages: SFT lowers the loss, prompts are masked, and runs resume exactly."""
+
+import torch
+
+from agents.pretrain import PretrainConfig, pack, pretrain
+from agents.sft import SFTConfig, demonstration_examples, sft
+from agents.trainer import IGNORE, TrainConfig, collate, lm_loss, train_causal_lm
+from rlhf_env.models import load_policy
+
+
+def mean_loss(model, examples, pad_id):
+    with torch.no_grad():
+        return lm_loss(model.eval(), *collate(examples, pad_id)).item()
+
+
+def test_demonstration_examples_mask_the_prompt(world, tokenizer):
+    rows = world["demonstrations"]["train"].select(range(4))
+    for (ids, labels), prompt, response in zip(demonstration_examples(rows, tokenizer), rows["prompt"],
+                                               rows["response"]):
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        assert labels[:n_prompt] == [IGNORE] * n_prompt
+        assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[n_prompt:-1]) == " " + response
+
+
+def test_pack_makes_full_blocks_separated_by_eos(world, tokenizer):
+    blocks = pack(world["pretrain"]["text"][:40], tokenizer, block=64)
+    assert blocks and all(len(x) == 64 and x == y for x, y in blocks)
+    assert tokenizer.eos_token_id in blocks[0][0] + blocks[1][0]
+
+
+def test_a_few_sft_steps_reduce_the_loss(world, world_dir, tiny_policy_dir, tokenizer, tmp_path):
+    examples = demonstration_examples(world["demonstrations"]["train"], tokenizer)
+    model, _ = load_policy(str(tiny_policy_dir))
+    before = mean_loss(model, examples[:64], tokenizer.pad_token_id)
+    state = sft(SFTConfig(base=str(tiny_policy_dir), data=str(world_dir), out=str(tmp_path / "sft"),
+                          epochs=2, batch_size=16, lr=3e-3, evals=2, n_valid=8))
+    after_model, _ = load_policy(str(tmp_path / "sft" / "final"))
+    after = mean_loss(after_model, examples[:64], tokenizer.pad_token_id)
+    assert after < 0.8 * before
+    assert state["best_step"] is not None and (tmp_path / "sft" / "best" / "model.safetensors").exists()
+    assert (tmp_path / "sft" / "eval.csv").read_text().count("\n") == 1 + 2  # header + 2 evaluations
+
+
+def test_pretraining_reduces_the_loss(world_dir, tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    config = PretrainConfig(size={"n_embd": 32, "n_layer": 2, "n_head": 2}, data=str(world_dir),
+                            tokenizer=str(tmp_path / "tok"), out=str(tmp_path / "base"), epochs=2, batch_size=8,
+                            lr=3e-3, log_every=5)
+    pretrain(config)
+    losses = [float(line.split(",")[1]) for line in (tmp_path / "base" / "train.csv").read_text().split()[1:]]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(world, tokenizer, tiny_model, tmp_path):
+    examples = demonstration_examples(world["demonstrations"]["train"].select(range(96)), tokenizer)
+    config = dict(epochs=2, batch_size=16, save_every=4, log_every=1, lr=3e-3)
+    initial = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+
+    train_causal_lm(tiny_model, tokenizer, examples, TrainConfig(out=str(tmp_path / "full"), **config))
+    full = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_7(metrics):  # raise from inside the loop, after the step-4 checkpoint
+        raise Crash
+
+    tiny_model.load_state_dict(initial)
+    killed = TrainConfig(out=str(tmp_path / "killed"), eval_every=7, **config)
+    try:
+        train_causal_lm(tiny_model, tokenizer, examples, killed, evaluate=crash_at_step_7)
+    except Crash:
+        pass
+    assert (tmp_path / "killed" / "checkpoint" / "state.json").exists()
+
+    tiny_model.load_state_dict(initial)  # a new process: weights come from the checkpoint, not memory
+    torch.manual_seed(123)
+    train_causal_lm(tiny_model, tokenizer, examples, TrainConfig(out=str(tmp_path / "killed"), **config))
+    for k, v in tiny_model.state_dict().items():
+        torch.testing.assert_close(v, full[k], rtol=0, atol=1e-6)
+    log = (tmp_path / "killed" / "train.csv").read_text().split()[1:]
+    assert [int(r.split(",")[0]) for r in log] == list(range(1, 13))  # no step lost or logged twice
