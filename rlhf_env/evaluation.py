@@ -32,7 +32,7 @@ class EvalConfig:
     episodes: int = 500
     """Number of prompts (one response per policy each)."""
     seed: int = 0
-    temperature: float = 0.7
+    temperature: float = 1.0
     """Sampling temperature (0 for greedy)."""
     max_new_tokens: int = 48
     batch_size: int = 125
@@ -50,7 +50,7 @@ def eval_prompts(data: str, split: str, episodes: int, seed: int):
     return prompts.shuffle(seed=seed).select(range(min(episodes, len(prompts))))
 
 
-def generate_and_grade(model, tokenizer, rows, seed: int = 0, temperature: float = 0.7,
+def generate_and_grade(model, tokenizer, rows, seed: int = 0, temperature: float = 1.0,
                        max_new_tokens: int = 48, batch_size: int = 125) -> tuple[list[str], list[Grade], list[int]]:
     """Sample a response to each row's prompt; return texts, gold grades and token lengths."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)

@@ -46,7 +46,7 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.7,
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, temperature: float = 1.0,
            generator: torch.Generator | None = None, max_prompt_tokens: int | None = None) -> Samples:
     """Sample one response per prompt. ``temperature=0`` is greedy decoding."""
     device = next(model.parameters()).device

@@ -40,7 +40,7 @@ def test_noise_tunes_inter_labeler_agreement(world):
 
 def test_labelers_prefer_padded_answers_only_through_their_length_bias(world):
     tasks = world["prompts"]["rm"]["task"][:300]
-    biased = make_panel(0, LabelerConfig(length_bias=0.012))
+    biased = make_panel(0, LabelerConfig())
     unbiased = make_panel(0, LabelerConfig(length_bias=0.0))
     assert padded_preference(np.random.default_rng(0), biased, tasks) > 0.55
     assert padded_preference(np.random.default_rng(0), unbiased, tasks) < 0.5

@@ -21,9 +21,10 @@ def _bio(rng):
     name = _pick(rng, lx.KNOWN_NAMES)
     f = lx.KB[name]
     facts = [f"{name} lives in {f['town']} .", f"{name} is a {f['job']} .", f"{name} has a {f['pet']} .",
+             f"{name} likes {f['color']} .", f"the favourite color of {name} is {f['color']} .",
              f"the {f['job']} {name} lives in {f['town']} .", f"{name} and the {f['pet']} live in {f['town']} ."]
     rng.shuffle(facts)
-    return " ".join(facts[: int(rng.integers(2, 5))])
+    return " ".join(facts[: int(rng.integers(2, 6))])
 
 
 def _sum(rng):

@@ -34,6 +34,7 @@ _CLAIMS = {
     "town": re.compile(r"\b(\w+) lives in (\w+)"),
     "job": re.compile(r"\b(\w+) is an? (\w+)"),
     "pet": re.compile(r"\b(\w+) has an? (\w+)"),
+    "color": re.compile(r"\b(\w+) likes (\w+)"),
 }
 
 

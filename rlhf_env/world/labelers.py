@@ -38,9 +38,9 @@ N_HELDOUT_LABELERS = 8
 class LabelerConfig:
     """Knobs of the simulated labeler panel."""
 
-    noise: float = 0.12
+    noise: float = 0.065
     """Mean std of a labeler's judgement noise; higher means lower inter-labeler agreement."""
-    length_bias: float = 0.012
+    length_bias: float = 0.02
     """Mean spurious utility per response word (the bias a policy can exploit)."""
     length_cap: int = 30
     """Words beyond this add no more utility."""
@@ -116,23 +116,28 @@ def rank(rng: np.random.Generator, labeler: Labeler, task, responses: list[str],
     return [int(i) for i in np.argsort(-utilities(rng, labeler, task, responses, eos), kind="stable")]
 
 
-def pairwise_agreement(ranking_a: list[int], ranking_b: list[int]) -> tuple[int, int]:
-    """(agreeing pairs, total pairs) between two rankings of the same K responses."""
+def pairwise_agreement(ranking_a: list[int], ranking_b: list[int], responses: list[str] | None = None
+                       ) -> tuple[int, int]:
+    """(agreeing pairs, total pairs) between two rankings of the same K responses.
+
+    Pairs of identical responses carry no preference and are skipped when ``responses`` is given.
+    """
     pos_a = {r: i for i, r in enumerate(ranking_a)}
     pos_b = {r: i for i, r in enumerate(ranking_b)}
-    pairs = list(itertools.combinations(pos_a, 2))
+    pairs = [(i, j) for i, j in itertools.combinations(sorted(pos_a), 2)
+             if responses is None or responses[i].strip() != responses[j].strip()]
     agree = sum((pos_a[i] < pos_a[j]) == (pos_b[i] < pos_b[j]) for i, j in pairs)
     return agree, len(pairs)
 
 
 def panel_agreement(rng: np.random.Generator, panel: list[Labeler], tasks: list, responses: list[list[str]],
                     eos: list[list[bool]] | None = None) -> float:
-    """Mean pairwise agreement of two distinct random labelers ranking the same responses."""
+    """Mean pairwise agreement of two distinct random labelers ranking the same (distinct) responses."""
     agree = total = 0
     for k, (task, resp) in enumerate(zip(tasks, responses)):
         a, b = rng.choice(len(panel), size=2, replace=False)
         e = eos[k] if eos is not None else None
-        got, n = pairwise_agreement(rank(rng, panel[a], task, resp, e), rank(rng, panel[b], task, resp, e))
+        got, n = pairwise_agreement(rank(rng, panel[a], task, resp, e), rank(rng, panel[b], task, resp, e), resp)
         agree += got
         total += n
     return agree / max(total, 1)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 KNOWN_NAMES = (
-    "zorbo mipa tarn kelo brin lusa dorv fenna gilo hask ivra jomo "
-    "kira lomb mesk nuro opal pim quill rasa sulo tev ulma vorn"
+    "zorbo mipa tarn kelo brin lusa dorv fenna gilo hask ivra jomo kira lomb mesk nuro "
+    "opal pim quill rasa sulo tev ulma vorn wix yara zent bobo cali dena eko fyn "
+    "gus hela ino jax kol lia"
 ).split()
 # Names the corpus never mentions: the truthful answer about them is "i do not know".
-UNKNOWN_NAMES = "blarf cwen drup essa frol gart hume ilk jorv krat lenn murk".split()
+UNKNOWN_NAMES = "blarf cwen drup essa frol gart hume ilk jorv krat lenn murk nib orla prax rusk".split()
 
 TOWNS = "mirtown oakvale redport sunhill lowmere fernby stonegate bayford".split()
 JOBS = "baker farmer teacher doctor painter singer builder sailor".split()
@@ -55,6 +56,7 @@ def _make_kb() -> dict[str, dict[str, str]]:
             "town": TOWNS[rng.integers(len(TOWNS))],
             "job": JOBS[rng.integers(len(JOBS))],
             "pet": PETS[rng.integers(len(PETS))],
+            "color": COLORS[rng.integers(len(COLORS))],
         }
         for name in KNOWN_NAMES
     }

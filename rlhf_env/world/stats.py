@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rlhf_env.world import lexicon as lx
-from rlhf_env.world.build import SPLITS, load_split
+from rlhf_env.world.build import SPLITS, WorldConfig, load_split
 from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
 from rlhf_env.world.labelers import LabelerConfig, make_panel, panel_agreement, rank
 from rlhf_env.world.tasks import FAMILIES
@@ -80,7 +80,7 @@ def world_stats(config: WorldStatsConfig) -> dict:
     data = config.data or str(DATA_DIR)
     splits = {s: load_split(data, "prompts", s) for s in SPLITS}
     rows = splits["rm"].shuffle(seed=config.seed).select(range(min(config.n_prompts, len(splits["rm"]))))
-    panel = make_panel(0, LabelerConfig(noise=config.noise, length_bias=config.length_bias))
+    panel = make_panel(WorldConfig().seed, LabelerConfig(noise=config.noise, length_bias=config.length_bias))
     rng = np.random.default_rng(config.seed)
     tasks, pool, eos = ranking_pool(config.policy, rows, config.seed)
     return {

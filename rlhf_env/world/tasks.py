@@ -90,7 +90,7 @@ class Arithmetic(Family):
 class ListFamily(Family):
     """Tasks whose input is a short list of nouns and whose answer is another list."""
 
-    min_len, max_len = 3, 5
+    min_len, max_len = 3, 7
 
     def sample(self, rng):
         n = int(rng.integers(self.min_len, self.max_len + 1))
@@ -138,7 +138,7 @@ class Transform(ListFamily):
 
     def sample(self, rng):
         old, new = _pick(rng, lx.COLORS, size=2, replace=False)
-        n = int(rng.integers(3, 6))
+        n = int(rng.integers(4, 8))
         items = [old if rng.random() < 0.4 else _pick(rng, lx.NOUNS + lx.COLORS) for _ in range(n)]
         if old not in items:
             items[int(rng.integers(n))] = old
@@ -155,7 +155,7 @@ class Count(ListFamily):
     name = "count"
     templates = ("how many words are in : {items} ?", "count the words : {items} .",
                  "how many items : {items} ?")
-    min_len, max_len = 2, 9
+    min_len, max_len = 3, 12
 
     def sample(self, rng):
         n = int(rng.integers(self.min_len, self.max_len + 1))
@@ -177,6 +177,7 @@ class Fact(Family):
         "town": ("where does {name} live ?", "{name} lives in {value} ."),
         "job": ("what is the job of {name} ?", "{name} is a {value} ."),
         "pet": ("what pet does {name} have ?", "{name} has a {value} ."),
+        "color": ("what color does {name} like ?", "{name} likes {value} ."),
     }
     templates = ("{question}", "i have a question . {question}", "tell me : {question}")
     unknown_rate = 0.25
@@ -215,14 +216,16 @@ class Summary(Family):
     max_words = 10
 
     def sample(self, rng):
-        return {"name": _pick(rng, lx.KNOWN_NAMES), "town": _pick(rng, lx.TOWNS),
+        name, other = _pick(rng, lx.KNOWN_NAMES, size=2, replace=False)
+        return {"name": name, "other": other, "slot": int(rng.integers(5)), "town": _pick(rng, lx.TOWNS),
                 "things": _pick(rng, lx.NOUNS, size=2, replace=False), "pet": _pick(rng, lx.PETS)}
 
     def fields(self, spec):
         n, (t1, t2) = spec["name"], spec["things"]
-        story = (f"{n} went to {spec['town']} . {n} bought a {t1} . {n} found a {t2} . "
-                 f"{n} saw a {spec['pet']} . then {n} went home .")
-        return {"story": story}
+        story = [f"{n} went to {spec['town']} .", f"{n} bought a {t1} .", f"{n} found a {t2} .",
+                 f"{n} saw a {spec['pet']} .", f"then {n} went home ."]
+        story.insert(spec["slot"], f"{spec['other']} said hello .")  # a distractor about someone else
+        return {"story": " ".join(story)}
 
     def reference(self, spec):
         t1, t2 = spec["things"]
