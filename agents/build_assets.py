@@ -1,11 +1,21 @@
 """Regenerate every shipped asset deterministically from one seed.
 
-    rlhf build-assets                 # writes rlhf_env/assets/ (about 25 minutes on 2 CPU cores)
-    rlhf build-assets --out /tmp/a    # anywhere else
+    rlhf build-assets                          # every step, into rlhf_env/assets/
+    rlhf build-assets --steps comparisons,rm   # only some steps (earlier outputs are read from disk)
+    rlhf build-assets --out /tmp/assets        # anywhere else
 
-Steps: the world's datasets, the BPE tokenizer, then for each size a base model pretrained on the
-web-text corpus and an SFT model fine-tuned from it. Models are stored as float16 safetensors.
-``manifest.json`` records the config, the time each step took and the SFT selection metrics.
+Steps, in order:
+
+1. ``world``: the world's datasets (prompts, demonstrations, pretraining corpus);
+2. ``tokenizer``: byte-level BPE trained on the corpus and demonstrations;
+3. ``base``: for each size, a GPT-2 pretrained on the corpus;
+4. ``sft``: for each size, SFT from that base, the checkpoint chosen by gold score;
+5. ``comparisons``: K = 4..9 samples of the small SFT policy per ``rm`` prompt, ranked by labelers
+   (plus samples on held-out customers' prompts, for the RM's gold correlation);
+6. ``rm``: for each size, a reward model from that SFT policy.
+
+Models are stored as float16 safetensors. ``manifest.json`` records the config, the seconds each
+step took and the selection / evaluation metrics.
 """
 
 from __future__ import annotations
@@ -16,24 +26,33 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from datasets import DatasetDict
+
 from agents.pretrain import PretrainConfig, pretrain
+from agents.reward_model import RMConfig, train_reward_model
 from agents.sft import SFTConfig, sft
 from rlhf_env.models import ASSETS, load_policy, save_policy
 from rlhf_env.tokenizer import train_tokenizer
-from rlhf_env.world.build import WorldConfig, build_world, save_world
+from rlhf_env.world.build import WorldConfig, build_world, load_split, save_world
+from rlhf_env.world.comparisons import build_comparisons
+
+STEPS = ("world", "tokenizer", "base", "sft", "comparisons", "rm")
 
 
 @dataclass
 class BuildConfig:
-    """Regenerate the tokenizer, datasets and base/SFT models."""
+    """Regenerate the shipped datasets, tokenizer and models."""
 
     out: str = str(ASSETS)
     """Asset directory (the package's own by default)."""
     seed: int = 0
+    steps: str = ",".join(STEPS)
+    """Comma-separated steps to run (world, tokenizer, base, sft, comparisons, rm)."""
     sizes: str = "small,large"
     """Comma-separated model sizes to build."""
     pretrain_epochs: float = 2.0
     sft_epochs: float = 16.0
+    rm_epochs: float = 1.0
     work: str = "runs/build-assets"
     """Scratch directory for training logs and checkpoints (resumable)."""
     scale: float = 1.0
@@ -43,52 +62,92 @@ class BuildConfig:
 
 def build_assets(config: BuildConfig) -> dict:
     out, work = Path(config.out), Path(config.work)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
+    steps = config.steps.split(",")
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown build steps {sorted(unknown)}; choose from {STEPS}")
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest.setdefault("seconds", {})
+    manifest.setdefault("metrics", {})
+    manifest["config"] = asdict(config)
     world_config = WorldConfig(seed=config.seed)
     for name in ("n_sft", "n_valid", "n_rm", "n_ppo", "n_heldout", "n_documents"):
         setattr(world_config, name, max(8, round(getattr(world_config, name) * config.scale)))
-    world = build_world(world_config)
-    shutil.rmtree(out / "data", ignore_errors=True)
-    save_world(world, out / "data")
-    timings["world"] = time.perf_counter() - t0
+    manifest["world"] = asdict(world_config)
+    data, tokenizer_dir, models = out / "data", out / "tokenizer", out / "models"
+    sizes = [("" if size == "small" else f"-{size}", size) for size in config.sizes.split(",")]
 
-    t = time.perf_counter()
-    demos = world["demonstrations"]["train"]
-    tokenizer = train_tokenizer(list(world["pretrain"]["text"]) +
-                                [p + " " + r for p, r in zip(demos["prompt"], demos["response"])])
-    tokenizer.save_pretrained(out / "tokenizer")
-    timings["tokenizer"] = time.perf_counter() - t
+    def timed(name, fn, *args):
+        if name.split(":")[0] not in steps:
+            return
+        start = time.perf_counter()
+        result = fn(*args)
+        manifest["seconds"][name] = round(time.perf_counter() - start, 1)
+        if result:
+            manifest["metrics"][name] = result
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps(manifest, indent=1))  # after every step: nothing lost on a crash
 
-    selection = {}
-    for size in config.sizes.split(","):
-        suffix = "" if size == "small" else f"-{size}"
-        t = time.perf_counter()
-        pretrain(PretrainConfig(size=size, data=str(out / "data"), tokenizer=str(out / "tokenizer"),
-                                out=str(work / f"base{suffix}"), epochs=config.pretrain_epochs,
-                                seed=config.seed, device=config.device))
-        _ship(work / f"base{suffix}" / "final", out / "models" / f"base{suffix}")
-        timings[f"pretrain{suffix or '-small'}"] = time.perf_counter() - t
+    def world():
+        shutil.rmtree(data, ignore_errors=True)
+        save_world(build_world(world_config), data)
 
-        t = time.perf_counter()
-        state = sft(SFTConfig(base=str(out / "models" / f"base{suffix}"), data=str(out / "data"),
-                              out=str(work / f"sft{suffix}"), epochs=config.sft_epochs, seed=config.seed,
-                              device=config.device, n_valid=min(300, world_config.n_valid)))
-        _ship(work / f"sft{suffix}" / "best", out / "models" / f"sft{suffix}")
-        selection[f"sft{suffix}"] = {"best_valid_gold": state["best"], "best_step": state["best_step"]}
-        timings[f"sft{suffix or '-small'}"] = time.perf_counter() - t
+    def tokenizer():
+        corpus = list(load_split(data, "pretrain", "train")["text"])
+        demos = load_split(data, "demonstrations", "train")
+        train_tokenizer(corpus + [p + " " + r for p, r in zip(demos["prompt"], demos["response"])]
+                        ).save_pretrained(tokenizer_dir)
 
-    timings["total"] = time.perf_counter() - t0
-    manifest = {"config": asdict(config), "world": asdict(world_config), "seconds": timings,
-                "sft_selection": selection}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    def base(suffix, size):
+        pretrain(PretrainConfig(size=size, data=str(data), tokenizer=str(tokenizer_dir),
+                                out=str(work / f"base{suffix}"), epochs=config.pretrain_epochs, seed=config.seed,
+                                device=config.device))
+        _ship(work / f"base{suffix}" / "final", models / f"base{suffix}")
+
+    def sft_step(suffix, size):
+        state = sft(SFTConfig(base=str(models / f"base{suffix}"), data=str(data), out=str(work / f"sft{suffix}"),
+                              epochs=config.sft_epochs, seed=config.seed, device=config.device,
+                              n_valid=min(300, world_config.n_valid)))
+        _ship(work / f"sft{suffix}" / "best", models / f"sft{suffix}")
+        return {"best_valid_gold": state["best"], "best_step": state["best_step"]}
+
+    def comparisons():
+        model, tok = load_policy(str(models / "sft"), config.device)
+        heldout = load_split(data, "prompts", "heldout")
+        ranked = build_comparisons(model, tok, load_split(data, "prompts", "rm"),
+                                   heldout.select(range(min(300, len(heldout)))), config.seed)
+        save_world({"comparisons": DatasetDict(ranked)}, data)
+
+    def rm(suffix, size):
+        state = train_reward_model(RMConfig(policy=str(models / f"sft{suffix}"), data=str(data), seed=config.seed,
+                                            out=str(work / f"rm{suffix}"), epochs=config.rm_epochs,
+                                            device=config.device))
+        _ship(work / f"rm{suffix}" / "final", models / f"rm{suffix}", policy=False)
+        return state["normalization"]
+
+    timed("world", world)
+    timed("tokenizer", tokenizer)
+    for suffix, size in sizes:
+        timed(f"base:{size}", base, suffix, size)
+        timed(f"sft:{size}", sft_step, suffix, size)
+    timed("comparisons", comparisons)
+    for suffix, size in sizes:
+        timed(f"rm:{size}", rm, suffix, size)
+    manifest["seconds"]["total"] = round(sum(v for k, v in manifest["seconds"].items() if k != "total"), 1)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def _ship(checkpoint: Path, destination: Path) -> None:
+def _ship(checkpoint: Path, destination: Path, policy: bool = True) -> None:
     """Copy a trained checkpoint into the assets as float16 safetensors with dropout set to 0."""
-    model, tokenizer = load_policy(str(checkpoint))
+    if policy:
+        model, tokenizer = load_policy(str(checkpoint))
+    else:
+        from rlhf_env.rewards.classifier import SequenceClassifierReward
+
+        reward = SequenceClassifierReward(str(checkpoint), normalize=False)
+        model, tokenizer = reward.model, reward.tokenizer
     for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
         setattr(model.config, key, 0.0)
     shutil.rmtree(destination, ignore_errors=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from agents.trainer import TrainConfig, train_causal_lm
 from rlhf_env.models import CONTEXT, DATA_DIR, TOKENIZER_DIR, load_tokenizer, new_model
 from rlhf_env.world.build import load_split
@@ -41,6 +43,7 @@ def pack(texts: list[str], tokenizer, block: int = CONTEXT) -> list[tuple[list[i
 
 def pretrain(config: PretrainConfig) -> dict:
     tokenizer = load_tokenizer(config.tokenizer)
+    torch.manual_seed(config.seed)  # the initial weights are part of what the seed fixes
     model = new_model(config.size, tokenizer)
     blocks = pack(load_split(config.data, "pretrain", "train")["text"], tokenizer)
     return train_causal_lm(model, tokenizer, blocks, config, desc=f"pretrain {config.size}")

@@ -1,4 +1,4 @@
-"""The causal-LM training loop shared by pretraining and SFT.
+"""The training loop shared by pretraining, SFT and the reward model.
 
 AdamW with linear warm-up then cosine decay (the paper's SFT schedule), gradient clipping, a tqdm
 progress bar, TensorBoard + CSV logs, periodic atomic checkpoints and exact resume. The data order of
@@ -71,19 +71,32 @@ def lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) 
     )
 
 
-def train_causal_lm(
+def train_causal_lm(model, tokenizer, examples: list[tuple[list[int], list[int]]], config: TrainConfig,
+                    evaluate: Callable[[object], dict[str, float]] | None = None, select: str | None = None,
+                    desc: str = "train") -> dict:
+    """Next-token training on (input_ids, labels) examples; see ``train_loop``."""
+
+    def batch_loss(m, batch):
+        ids, labels, mask = (t.to(config.device) for t in collate(batch, tokenizer.pad_token_id))
+        return lm_loss(m, ids, labels, mask), {}
+
+    return train_loop(model, tokenizer, examples, config, batch_loss, evaluate, select, desc)
+
+
+def train_loop(
     model,
     tokenizer,
-    examples: list[tuple[list[int], list[int]]],
+    examples: list,
     config: TrainConfig,
+    batch_loss: Callable[[object, list], tuple[torch.Tensor, dict[str, float]]],
     evaluate: Callable[[object], dict[str, float]] | None = None,
     select: str | None = None,
     desc: str = "train",
 ) -> dict:
-    """Train ``model`` on ``examples``; returns the final summary.
+    """Train ``model`` on ``examples`` with ``batch_loss(model, batch) -> (loss, metrics)``.
 
     ``evaluate(model)`` returns metrics (logged to ``eval.csv``); if ``select`` names one of them,
-    the checkpoint with its highest value is kept in ``OUT/best``.
+    the checkpoint with its highest value is kept in ``OUT/best``. Returns the final trainer state.
     """
     out = Path(config.out)
     torch.manual_seed(config.seed)
@@ -116,28 +129,27 @@ def train_causal_lm(
             save_policy(model, tokenizer, out / "best")
 
     bar = tqdm(total=total, initial=state["step"], desc=desc, dynamic_ncols=True)
-    losses = []
+    window: list[dict[str, float]] = []  # per-step metrics since the last log line
     while state["step"] < total:
         step = state["step"]
         epoch, offset = divmod(step, steps_per_epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
         batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
-        ids, labels, mask = (t.to(config.device) for t in collate(batch, tokenizer.pad_token_id))
-        loss = lm_loss(model, ids, labels, mask)
+        loss, batch_metrics = batch_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
         state["step"] = step = step + 1
-        losses.append(loss.item())
+        window.append({"loss": loss.item(), **batch_metrics})
         bar.update(1)
         if step % config.log_every == 0 or step == total:
-            metrics = {"loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "epoch": step / steps_per_epoch}
+            metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=step / steps_per_epoch)
             logger.log(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            losses = []
+            window = []
         if config.eval_every and step % config.eval_every == 0 and step < total:
             run_eval(step)
         if config.save_every and step % config.save_every == 0 and step < total:

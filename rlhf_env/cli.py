@@ -11,15 +11,19 @@ import json
 import sys
 import textwrap
 
-# name -> (module, config class, entry function, one-line help). Modules load lazily: `rlhf --help`
-# must not import torch.
+# name -> (module, config class, entry function, table function in rlhf_env.report or None, help).
+# Modules load lazily: `rlhf --help` must not import torch.
 COMMANDS = {
-    "eval": ("rlhf_env.evaluation", "EvalConfig", "evaluate", "compare two policies by the gold grader"),
-    "world": ("rlhf_env.world.stats", "WorldStatsConfig", "world_stats",
+    "eval": ("rlhf_env.evaluation", "EvalConfig", "evaluate", "eval_table", "compare two policies by the gold grader"),
+    "eval-rm": ("rlhf_env.rewards.metrics", "RMEvalConfig", "evaluate_reward", "eval_rm_table",
+                "measure a reward model: labeler accuracy, agreement, gold correlation, length bias"),
+    "world": ("rlhf_env.world.stats", "WorldStatsConfig", "world_stats", "world_table",
               "describe the embedded world: splits, families, labeler agreement and bias"),
-    "pretrain": ("agents.pretrain", "PretrainConfig", "pretrain", "pretrain a base model on web text"),
-    "sft": ("agents.sft", "SFTConfig", "sft", "supervised fine-tuning on demonstrations"),
-    "build-assets": ("agents.build_assets", "BuildConfig", "build_assets",
+    "pretrain": ("agents.pretrain", "PretrainConfig", "pretrain", None, "pretrain a base model on web text"),
+    "sft": ("agents.sft", "SFTConfig", "sft", None, "supervised fine-tuning on demonstrations"),
+    "rm": ("agents.reward_model", "RMConfig", "train_reward_model", None,
+           "train a reward model on ranked comparisons"),
+    "build-assets": ("agents.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }
 
@@ -38,7 +42,7 @@ def field_docs(cls) -> dict[str, str]:
 def build_parser(name: str):
     from transformers import HfArgumentParser
 
-    module, cls_name, _, summary = COMMANDS[name]
+    module, cls_name, _, _, summary = COMMANDS[name]
     cls = getattr(importlib.import_module(module), cls_name)
     parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -54,7 +58,7 @@ def build_parser(name: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {n:<14}{c[3]}" for n, c in COMMANDS.items()]
+        lines = [f"  {n:<14}{c[-1]}" for n, c in COMMANDS.items()]
         print("usage: rlhf COMMAND [options]   (rlhf COMMAND --help for its options)\n\ncommands:\n"
               + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
@@ -65,15 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(name)
     (config,) = parser.parse_args_into_dataclasses(argv[1:])
     _quiet()
-    module, _, entry, _ = COMMANDS[name]
+    module, _, entry, table, _ = COMMANDS[name]
     try:
         result = getattr(importlib.import_module(module), entry)(config)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
         return 2
-    if name in ("eval", "world"):
-        show = importlib.import_module("rlhf_env.report")
-        print(json.dumps(result, indent=1) if config.json else getattr(show, f"{name}_table")(result))
+    if table:
+        show = getattr(importlib.import_module("rlhf_env.report"), table)
+        print(json.dumps(result, indent=1) if config.json else show(result))
     return 0
 
 

@@ -33,6 +33,7 @@ TOKENIZER_DIR = ASSETS / "tokenizer"
 DATA_DIR = ASSETS / "data"
 
 BUNDLED_POLICIES = ("base", "sft", "base-large", "sft-large")
+BUNDLED_REWARDS = ("rm", "rm-large")  # see rlhf_env.rewards
 
 # GPT-2 architecture in two sizes; parameter counts with the 768-token vocabulary.
 SIZES: dict[str, dict] = {
@@ -53,13 +54,13 @@ def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def resolve(name_or_path: str | os.PathLike) -> str:
+def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_POLICIES) -> str:
     """Map a bundled name to its directory; check that a local path exists. Hub ids pass through."""
     name = str(name_or_path)
-    if name in BUNDLED_POLICIES:
+    if name in bundled:
         path = MODELS_DIR / name
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"bundled policy {name!r} is missing from {path}; run `rlhf build-assets`")
+            raise FileNotFoundError(f"bundled model {name!r} is missing from {path}; run `rlhf build-assets`")
         return str(path)
     if os.path.exists(name):
         if not any(os.path.exists(os.path.join(name, f)) for f in ("config.json", "tokenizer_config.json")):
@@ -67,9 +68,9 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         return name
     if not re.fullmatch(r"\w[\w.-]*(/[\w.-]+)?", name):  # not of the hub-id form "name" or "org/name"
         raise FileNotFoundError(f"no such policy path: {name!r}")
-    close = difflib.get_close_matches(name, BUNDLED_POLICIES, n=1)
+    close = difflib.get_close_matches(name, bundled, n=1)
     if close:  # almost certainly a typo: fail now rather than after the hub's retries
-        raise ValueError(f"{name!r} is not a bundled policy {BUNDLED_POLICIES}; did you mean {close[0]!r}?")
+        raise ValueError(f"{name!r} is not a bundled model {bundled}; did you mean {close[0]!r}?")
     return name  # a hub id such as "gpt2" or "org/model"
 
 

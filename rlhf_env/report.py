@@ -45,3 +45,18 @@ def world_table(r: dict) -> str:
     table.add_row("inter-labeler agreement", f"{r['labeler_agreement']:.3f} ({r['agreement_pool']})")
     table.add_row("labelers prefer padded answer", f"{r['prefer_padded']:.3f} (gold: 0.000)")
     return _render(table)
+
+
+def eval_rm_table(r: dict) -> str:
+    table = Table(title=f"reward model {r['rm']} ({r['n']} held-out comparisons, {r['n_pairs']} pairs)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("accuracy on held-out comparisons", r["accuracy"]),
+            ("accuracy on held-out labelers' comparisons", r["accuracy_heldout_labelers"]),
+            ("inter-labeler agreement, same pairs", r["labeler_agreement"]),
+            (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),
+            ("Pearson with gold, held-out customers", r["gold_pearson"]),
+            ("prefers a padded answer (gold: 0.000)", r["prefer_padded"])]
+    for name, value in rows:
+        table.add_row(name, f"{value:.3f}")
+    return _render(table)

@@ -16,7 +16,7 @@ def test_loads_a_local_checkpoint_in_eval_mode(tiny_policy_dir, tiny_model):
 
 
 def test_unknown_policy_name_is_a_clear_error():
-    with pytest.raises(ValueError, match="not a bundled policy"):
+    with pytest.raises(ValueError, match="not a bundled model"):
         load_policy("sftt")
 
 

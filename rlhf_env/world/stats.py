@@ -9,7 +9,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import SPLITS, WorldConfig, load_split
@@ -36,26 +35,6 @@ class WorldStatsConfig:
     json: bool = False
 
 
-def ranking_pool(policy: str, rows, seed: int) -> tuple[list, list[list[str]], list[list[bool]]]:
-    """K = 4..9 samples per prompt at temperatures in [0.5, 1.2], as labelers would be shown."""
-    from rlhf_env.models import load_policy
-    from rlhf_env.sampling import sample
-
-    model, tokenizer = load_policy(policy)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    ks = rng.integers(4, 10, size=len(rows))
-    prompts = [p for p, k in zip(rows["prompt"], ks) for _ in range(k)]
-    texts, eos = [], []
-    for start in range(0, len(prompts), 256):
-        out = sample(model, tokenizer, prompts[start:start + 256], 48, float(rng.uniform(0.5, 1.2)), generator)
-        texts += out.texts
-        eos += out.eos.tolist()
-    bounds = np.cumsum([0, *ks])
-    return (list(rows["task"]), [texts[a:b] for a, b in zip(bounds, bounds[1:])],
-            [eos[a:b] for a, b in zip(bounds, bounds[1:])])
-
-
 def padded_preference(rng, panel, tasks) -> float:
     """How often a labeler ranks "reference + pleasantry" above the bare reference answer.
 
@@ -75,14 +54,17 @@ def padded_preference(rng, panel, tasks) -> float:
 
 
 def world_stats(config: WorldStatsConfig) -> dict:
-    from rlhf_env.models import DATA_DIR
+    from rlhf_env.models import DATA_DIR, load_policy
+    from rlhf_env.world.comparisons import sample_candidates
 
     data = config.data or str(DATA_DIR)
     splits = {s: load_split(data, "prompts", s) for s in SPLITS}
     rows = splits["rm"].shuffle(seed=config.seed).select(range(min(config.n_prompts, len(splits["rm"]))))
     panel = make_panel(WorldConfig().seed, LabelerConfig(noise=config.noise, length_bias=config.length_bias))
     rng = np.random.default_rng(config.seed)
-    tasks, pool, eos = ranking_pool(config.policy, rows, config.seed)
+    model, tokenizer = load_policy(config.policy)
+    candidates = sample_candidates(model, tokenizer, list(rows["prompt"]), config.seed)
+    tasks, pool, eos = list(rows["task"]), [c[0] for c in candidates], [c[1] for c in candidates]
     return {
         "customers": N_CUSTOMERS,
         "heldout_customers": [f"customer-{i:02d}" for i in HELDOUT_CUSTOMERS],
@@ -91,6 +73,6 @@ def world_stats(config: WorldStatsConfig) -> dict:
         "families": dict(sorted(Counter(splits["heldout"]["family"]).items())),
         "labelers": len(panel),
         "labeler_agreement": panel_agreement(rng, panel, tasks, pool, eos),
-        "agreement_pool": f"{config.policy} samples, K=4..9 per prompt, {len(tasks)} prompts",
+        "agreement_pool": f"{config.policy} samples, K=4..9 distinct per prompt, {len(tasks)} prompts",
         "prefer_padded": padded_preference(rng, panel, tasks),
     }

@@ -1,0 +1,133 @@
+"""Stage 2: the reward model (RM), trained on ranked comparisons of K = 4..9 responses.
+
+As in InstructGPT (Ouyang et al. 2022, section 3.5):
+
+- the RM starts from the SFT model with the unembedding removed and a scalar head added
+  (``GPT2ForSequenceClassification`` with one label, read at the EOS token);
+- the loss is ``-1/C(K,2) * sum over pairs log sigmoid(r(x, y_w) - r(x, y_l))``, and **all C(K,2)
+  pairs of one prompt form one batch element**: each of the K completions takes one forward pass,
+  and the pairs are never shuffled apart (they are strongly correlated, and the RM would overfit);
+- one epoch;
+- after training, a gain and a bias make the RM's scores of SFT samples mean 0 and std 1; they are
+  stored in the checkpoint's ``config.json`` (``reward_gain``, ``reward_bias``).
+
+    rlhf rm --policy sft --out runs/rm
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from agents.trainer import TrainConfig, train_loop
+from rlhf_env.models import DATA_DIR, load_tokenizer, resolve, save_policy
+from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
+from rlhf_env.world.build import load_split
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """Train a reward model on the world's ranked comparisons."""
+
+    policy: str = "sft"
+    """SFT checkpoint the RM starts from (bundled name or path)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (reads comparisons/train.parquet)."""
+    out: str = "runs/rm"
+    epochs: float = 1.0
+    batch_size: int = 8
+    """Prompts per batch; each brings all K of its completions and all C(K,2) pairs."""
+    lr: float = 3e-4
+    warmup_ratio: float = 0.05
+    log_every: int = 10
+
+
+def ranking_pairs(rankings: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All C(K,2) (winner, loser) pairs of each ranking, as indices into the flattened completions.
+
+    Returns ``(winners, losers, group)``, each of shape (P,), ``group`` naming each pair's prompt.
+    """
+    winners, losers, group, offset = [], [], [], 0
+    for g, ranking in enumerate(rankings):
+        for better, worse in itertools.combinations(ranking, 2):  # ranking is best first
+            winners.append(offset + better)
+            losers.append(offset + worse)
+            group.append(g)
+        offset += len(ranking)
+    return torch.tensor(winners), torch.tensor(losers), torch.tensor(group)
+
+
+def ranking_loss(rewards: torch.Tensor, rankings: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The InstructGPT RM loss, averaged over prompts, and the pairwise accuracy.
+
+    ``rewards`` (N,) holds the scores of every prompt's completions, concatenated in prompt order;
+    ``rankings[g]`` orders prompt g's completions best first.
+    """
+    winners, losers, group = (t.to(rewards.device) for t in ranking_pairs(rankings))
+    margin = rewards[winners] - rewards[losers]  # (P,)
+    n_groups = len(rankings)
+    pairs_per_group = torch.zeros(n_groups, device=rewards.device).index_add_(0, group, torch.ones_like(margin))
+    nll = -torch.nn.functional.logsigmoid(margin)
+    per_group = torch.zeros(n_groups, device=rewards.device).index_add_(0, group, nll)
+    loss = (per_group / pairs_per_group).mean()  # -1/C(K,2) sum_pairs log sigmoid, then mean over prompts
+    return loss, (margin > 0).float().mean()
+
+
+def rm_texts(rows: list[dict], eos_token: str) -> list[str]:
+    """``prompt + response + EOS`` for every completion of every row, in row order."""
+    return [row["prompt"] + response + eos_token for row in rows for response in row["responses"]]
+
+
+def new_reward_model(policy: str, device: str = "cpu"):
+    """The SFT model with its unembedding replaced by a scalar head."""
+    path = resolve(policy)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    tokenizer = prepare_tokenizer(load_tokenizer(policy), model)
+    model.config.reward_append_eos = True
+    return model.to(device), tokenizer
+
+
+@torch.no_grad()
+def raw_scores(model, tokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    out = [classifier_logits(model, tokenizer, texts[i:i + batch_size])[:, 0] for i in range(0, len(texts), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
+def normalize(model, tokenizer, reference_texts: list[str]) -> dict[str, float]:
+    """Set ``reward_gain``/``reward_bias`` so that the reference texts score mean 0, std 1."""
+    scores = raw_scores(model, tokenizer, reference_texts)
+    gain = 1.0 / max(float(scores.std()), 1e-6)
+    model.config.reward_gain, model.config.reward_bias = gain, -gain * float(scores.mean())
+    return {"reward_gain": model.config.reward_gain, "reward_bias": model.config.reward_bias}
+
+
+def train_reward_model(config: RMConfig) -> dict:
+    torch.manual_seed(config.seed)  # the scalar head's initial weights
+    model, tokenizer = new_reward_model(config.policy, config.device)
+    train = load_split(config.data, "comparisons", "train").to_list()
+    test = load_split(config.data, "comparisons", "test").to_list()
+    eos = tokenizer.eos_token
+
+    def batch_loss(m, batch):
+        rewards = classifier_logits(m, tokenizer, rm_texts(batch, eos))[:, 0]  # one forward per completion
+        loss, accuracy = ranking_loss(rewards, [row["ranking"] for row in batch])
+        return loss, {"accuracy": accuracy.item()}
+
+    def evaluate(m):
+        rewards = torch.from_numpy(raw_scores(m, tokenizer, rm_texts(test, eos))).float()
+        loss, accuracy = ranking_loss(rewards, [row["ranking"] for row in test])
+        return {"test_loss": loss.item(), "test_accuracy": accuracy.item()}
+
+    state = train_loop(model, tokenizer, train, config, batch_loss, evaluate, desc="reward model")
+    # The SFT samples of the test comparisons are the reference for normalisation.
+    state["normalization"] = normalize(model, tokenizer, rm_texts(test, eos))
+    save_policy(model, tokenizer, Path(config.out) / "final")
+    return state

@@ -1,0 +1,55 @@
+"""Where the reward comes from: one protocol, many adapters.
+
+    from rlhf_env.rewards import load_reward
+    reward = load_reward("rm")                    # the bundled learned reward model
+    scores = reward(prompts, responses)          # np.ndarray float64, shape (B,)
+
+``load_reward`` accepts:
+
+- ``"rm"`` / ``"rm-large"``: the bundled reward models (normalised: SFT samples score N(0, 1));
+- ``"gold"``: the world's gold grader (an oracle, for experiments);
+- a local path or hub id of any ``AutoModelForSequenceClassification`` (its own tokenizer);
+- any callable ``fn(prompts, responses) -> B numbers``;
+- a ``Reward`` instance (returned as is); build ensembles with ``EnsembleReward``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from rlhf_env.rewards.base import CallableReward, EnsembleReward, Reward, RewardError, check_scores
+
+__all__ = ["CallableReward", "EnsembleReward", "GoldReward", "Reward", "RewardError",
+           "SequenceClassifierReward", "check_scores", "load_reward"]
+
+
+def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data: str | None = None,
+                **kwargs) -> Reward:
+    """A Reward from a name, path, hub id, callable or Reward (see the module docstring).
+
+    ``data`` is the world's dataset directory, used by ``gold`` to look up each prompt's task;
+    other keyword arguments go to the adapter.
+    """
+    if isinstance(spec, Reward):
+        return spec
+    if callable(spec):
+        return CallableReward(spec, **kwargs)
+    if spec == "gold":
+        from rlhf_env.rewards.gold import GoldReward
+
+        return GoldReward(data, **kwargs)
+    from rlhf_env.rewards.classifier import SequenceClassifierReward
+
+    return SequenceClassifierReward(spec, device=device, **kwargs)
+
+
+def __getattr__(name):  # heavy adapters load lazily: importing the protocol does not import torch
+    if name == "GoldReward":
+        from rlhf_env.rewards.gold import GoldReward
+
+        return GoldReward
+    if name == "SequenceClassifierReward":
+        from rlhf_env.rewards.classifier import SequenceClassifierReward
+
+        return SequenceClassifierReward
+    raise AttributeError(name)

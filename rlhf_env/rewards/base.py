@@ -1,0 +1,92 @@
+"""The reward protocol: one batched call from texts to float64 scores.
+
+Every reward in this package, and any a user plugs in, is used as::
+
+    scores = reward(prompts: list[str], responses: list[str])   # np.ndarray, float64, shape (B,)
+
+``Reward.__call__`` checks the output of ``score`` (shape, numeric type, finiteness) so that a broken
+reward fails loudly at the call, not as a NaN advantage three steps later.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+class RewardError(ValueError):
+    """A reward returned something that is not one finite number per (prompt, response)."""
+
+
+class Reward:
+    """Base class: subclasses implement ``score``; callers use ``reward(prompts, responses)``."""
+
+    name = "reward"
+
+    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        prompts, responses = list(prompts), list(responses)
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return check_scores(self.score(prompts, responses), len(prompts), self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def check_scores(scores, n: int, name: str = "reward") -> np.ndarray:
+    """Return ``scores`` as float64 of shape (n,), or raise a RewardError saying what is wrong."""
+    try:
+        array = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores)
+    except Exception as e:  # e.g. a ragged list
+        raise RewardError(f"{name} returned {type(scores).__name__}, which is not an array of numbers: {e}") from None
+    if array.dtype.kind not in "biuf":
+        raise RewardError(f"{name} returned non-numeric values (dtype {array.dtype}); expected floats")
+    if array.shape != (n,):
+        raise RewardError(f"{name} returned shape {array.shape}; expected ({n},), one score per response")
+    array = array.astype(np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise RewardError(f"{name} returned {int(bad.sum())} non-finite score(s) (NaN or inf) at "
+                          f"indices {np.flatnonzero(bad)[:5].tolist()}")
+    return array
+
+
+class CallableReward(Reward):
+    """Any Python function ``fn(prompts, responses) -> array-like of B numbers``."""
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "callable")
+
+    def score(self, prompts, responses):
+        return self.fn(prompts, responses)
+
+
+class EnsembleReward(Reward):
+    """Combine several rewards: ``mean``, ``min``, or ``mean_minus_std`` (mean - k * std).
+
+    Conservative combinations (min, mean - k*std) are a known mitigation for reward over-optimisation
+    (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization").
+    """
+
+    MODES = ("mean", "min", "mean_minus_std")
+
+    def __init__(self, members: Sequence[Reward], mode: str = "mean", k: float = 1.0):
+        if mode not in self.MODES:
+            raise ValueError(f"unknown ensemble mode {mode!r}; choose one of {self.MODES}")
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members, self.mode, self.k = list(members), mode, k
+        self.name = f"{mode}({', '.join(m.name for m in self.members)})"
+
+    def score(self, prompts, responses):
+        scores = np.stack([m(prompts, responses) for m in self.members])  # (M, B)
+        if self.mode == "mean":
+            return scores.mean(0)
+        if self.mode == "min":
+            return scores.min(0)
+        return scores.mean(0) - self.k * scores.std(0)

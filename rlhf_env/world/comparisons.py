@@ -1,0 +1,78 @@
+"""Ranked comparisons: K = 4..9 policy samples per prompt, ranked by simulated labelers.
+
+This is the data of InstructGPT's reward-model stage. Samples come from one policy at varied
+temperatures (so the ranks are informative) and are de-duplicated: identical responses carry no
+preference. Splits of ``build_comparisons``:
+
+- ``train``: most ``rm`` prompts, each ranked by one training labeler;
+- ``test``: held-out comparisons (other ``rm`` prompts), ranked by training labelers;
+- ``test_heldout_labelers``: the same prompts and responses as ``test``, ranked by held-out labelers.
+  Comparing the two gives the inter-labeler agreement on exactly the data the RM is scored on;
+- ``heldout_customers``: samples on held-out customers' prompts, ranked by held-out labelers. For
+  evaluation only (the RM's correlation with gold on unseen customers); never trained on.
+
+Columns: ``prompt``, ``task``, ``customer_id``, ``responses`` (list), ``eos`` (list), ``ranking``
+(indices into ``responses``, best first), ``labeler_id``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+
+from rlhf_env.sampling import sample
+from rlhf_env.world.labelers import N_HELDOUT_LABELERS, N_LABELERS, Labeler, LabelerConfig, make_panel, rank
+
+
+def sample_candidates(model, tokenizer, prompts: list[str], seed: int, k_range=(4, 9), temperatures=(0.5, 1.3),
+                      max_new_tokens: int = 48, batch_size: int = 256) -> list[tuple[list[str], list[bool]]]:
+    """Up to K distinct responses per prompt (K uniform in ``k_range``), each with its EOS flag."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    k_max = k_range[1]
+    flat = [p for p in prompts for _ in range(k_max)]  # draw k_max, keep the first K distinct
+    texts, eos = [], []
+    for start in range(0, len(flat), batch_size):
+        out = sample(model, tokenizer, flat[start:start + batch_size], max_new_tokens,
+                     float(rng.uniform(*temperatures)), generator)
+        texts += out.texts
+        eos += out.eos.tolist()
+    candidates = []
+    for i, k in enumerate(rng.integers(k_range[0], k_range[1] + 1, size=len(prompts))):
+        distinct: dict[str, tuple[str, bool]] = {}  # stripped text -> (text, eos), first occurrence
+        for text, e in zip(texts[i * k_max:(i + 1) * k_max], eos[i * k_max:(i + 1) * k_max]):
+            if len(distinct) < k:
+                distinct.setdefault(text.strip(), (text, e))
+        candidates.append(([t for t, _ in distinct.values()], [e for _, e in distinct.values()]))
+    return candidates
+
+
+def rank_all(rng: np.random.Generator, labelers: list[Labeler], rows, candidates) -> Dataset:
+    out = []
+    for row, (responses, eos) in zip(rows, candidates):
+        labeler = labelers[int(rng.integers(len(labelers)))]
+        out.append({"prompt": row["prompt"], "task": row["task"], "customer_id": row["customer_id"],
+                    "responses": responses, "eos": eos, "ranking": rank(rng, labeler, row["task"], responses, eos),
+                    "labeler_id": labeler.id})
+    return Dataset.from_list(out)
+
+
+def build_comparisons(model, tokenizer, prompts, heldout_prompts, seed: int = 0, test_fraction: float = 0.1,
+                      labeler_config: LabelerConfig | None = None) -> DatasetDict:
+    """Rank samples of ``model`` on ``prompts`` (the ``rm`` split) and on ``heldout_prompts``."""
+    rng = np.random.default_rng([seed, 6])
+    candidates = sample_candidates(model, tokenizer, list(prompts["prompt"]), seed)
+    heldout_candidates = sample_candidates(model, tokenizer, list(heldout_prompts["prompt"]), seed + 1)
+    keep = [i for i, (responses, _) in enumerate(candidates) if len(responses) >= 2]
+    n_test = max(1, round(test_fraction * len(keep)))
+    panel = make_panel(seed, labeler_config)
+    train_labelers, heldout_labelers = panel[:N_LABELERS - N_HELDOUT_LABELERS], panel[N_LABELERS - N_HELDOUT_LABELERS:]
+    test_ix, train_ix = keep[:n_test], keep[n_test:]
+    return DatasetDict({
+        "train": rank_all(rng, train_labelers, prompts.select(train_ix), [candidates[i] for i in train_ix]),
+        "test": rank_all(rng, train_labelers, prompts.select(test_ix), [candidates[i] for i in test_ix]),
+        "test_heldout_labelers": rank_all(rng, heldout_labelers, prompts.select(test_ix),
+                                          [candidates[i] for i in test_ix]),
+        "heldout_customers": rank_all(rng, heldout_labelers, heldout_prompts, heldout_candidates),
+    })

@@ -1,0 +1,157 @@
+"""The RM stage: the paper's ranking loss, one batch element per prompt, normalisation, learning."""
+
+import itertools
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from agents.reward_model import (
+    RMConfig,
+    new_reward_model,
+    normalize,
+    ranking_loss,
+    ranking_pairs,
+    raw_scores,
+    rm_texts,
+    train_reward_model,
+)
+from rlhf_env.rewards import load_reward
+from rlhf_env.rewards.classifier import classifier_logits
+from rlhf_env.rewards.metrics import ranking_accuracy, spearman
+from rlhf_env.world import lexicon as lx
+from rlhf_env.world.build import save_world
+from rlhf_env.world.labelers import make_mistake, make_panel, rank
+from rlhf_env.world.tasks import FAMILIES
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x))
+
+
+def test_ranking_loss_matches_a_hand_computation():
+    # prompt 0: K=3, ranked 2 > 0 > 1; prompt 1: K=2, ranked 0 > 1
+    rewards = torch.tensor([0.5, -1.0, 2.0, 0.3, 0.1])
+    loss, accuracy = ranking_loss(rewards, [[2, 0, 1], [0, 1]])
+    prompt0 = -(log_sigmoid(2.0 - 0.5) + log_sigmoid(2.0 + 1.0) + log_sigmoid(0.5 + 1.0)) / 3  # C(3,2) = 3
+    prompt1 = -log_sigmoid(0.3 - 0.1)
+    assert loss.item() == pytest.approx((prompt0 + prompt1) / 2, rel=1e-6)
+    assert accuracy.item() == 1.0
+    assert ranking_loss(-rewards, [[2, 0, 1], [0, 1]])[1].item() == 0.0
+
+
+def test_ranking_pairs_are_all_pairs_of_each_prompt():
+    winners, losers, group = ranking_pairs([[1, 0, 3, 2], [0, 1]])
+    assert len(winners) == math.comb(4, 2) + 1
+    assert (winners[:6].tolist(), losers[:6].tolist()) == ([1, 1, 1, 0, 0, 3], [0, 3, 2, 3, 2, 2])
+    assert (winners[6].item(), losers[6].item(), group.tolist()) == (4, 5, [0] * 6 + [1])
+
+
+class CountingModel(torch.nn.Module):
+    """Counts forward calls and rows, to prove each completion takes exactly one forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.calls, self.rows = model, model.config, 0, 0
+
+    def forward(self, **kwargs):
+        self.calls += 1
+        self.rows += kwargs["input_ids"].shape[0]
+        return self.model(**kwargs)
+
+
+def naive_pairwise_loss(model, tokenizer, rows):
+    """The slow way: every pair is its own example with two forwards, averaged per prompt."""
+    per_prompt = []
+    for row in rows:
+        terms = []
+        for winner, loser in itertools.combinations(row["ranking"], 2):
+            texts = [row["prompt"] + row["responses"][i] + tokenizer.eos_token for i in (winner, loser)]
+            r_w, r_l = (classifier_logits(model, tokenizer, [text])[0, 0] for text in texts)
+            terms.append(-torch.nn.functional.logsigmoid(r_w - r_l))
+        per_prompt.append(torch.stack(terms).mean())
+    return torch.stack(per_prompt).mean()
+
+
+@pytest.fixture
+def comparisons(world):
+    """Ranked comparisons over world-made candidates: reference, mistaken, padded, truncated."""
+    rng = np.random.default_rng(0)
+    panel = make_panel(0)
+    rows = []
+    for row in world["prompts"]["rm"]:
+        spec = json.loads(row["task"])
+        ref = FAMILIES[spec["family"]].reference(spec["spec"])
+        responses = list(dict.fromkeys(" " + r for r in
+                                       (ref, make_mistake(rng, ref), ref + " " + lx.FILLERS[1], "sorry")))
+        rows.append({"prompt": row["prompt"], "task": row["task"], "customer_id": row["customer_id"],
+                     "responses": responses, "eos": [True] * len(responses),
+                     "ranking": rank(rng, panel[0], row["task"], responses), "labeler_id": 0})
+    return rows
+
+
+def test_each_completion_takes_one_forward_and_the_loss_equals_the_naive_pairwise_one(
+        comparisons, tiny_policy_dir):
+    model, tokenizer = new_reward_model(str(tiny_policy_dir))
+    model.eval()
+    batch = comparisons[:3]
+    counting = CountingModel(model)
+    rewards = classifier_logits(counting, tokenizer, rm_texts(batch, tokenizer.eos_token))[:, 0]
+    loss, _ = ranking_loss(rewards, [row["ranking"] for row in batch])
+    assert counting.calls == 1 and counting.rows == sum(len(row["responses"]) for row in batch)
+    torch.testing.assert_close(loss, naive_pairwise_loss(model, tokenizer, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_score_is_read_at_the_last_token_whatever_the_padding(tiny_policy_dir):
+    model, tokenizer = new_reward_model(str(tiny_policy_dir))
+    model.eval()
+    eos = tokenizer.eos_token
+    texts = ["Q: hi\nA: yes" + eos, "Q: a much longer prompt than the first\nA: no" + eos]
+    with torch.no_grad():
+        batched = classifier_logits(model, tokenizer, texts)[:, 0]
+        alone = torch.cat([classifier_logits(model, tokenizer, [t])[:, 0] for t in texts])
+        ids = tokenizer(texts[0], return_tensors="pt")["input_ids"]
+        at_eos = model.score(model.transformer(ids).last_hidden_state[0, -1])  # the EOS position
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone[0], at_eos[0], rtol=1e-5, atol=1e-5)
+
+
+def test_normalisation_gives_mean_zero_std_one_on_its_reference_set(comparisons, tiny_policy_dir):
+    model, tokenizer = new_reward_model(str(tiny_policy_dir))
+    texts = rm_texts(comparisons[:20], tokenizer.eos_token)
+    normalize(model, tokenizer, texts)
+    scores = model.config.reward_gain * raw_scores(model, tokenizer, texts) + model.config.reward_bias
+    assert abs(scores.mean()) < 1e-6 and scores.std() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_few_rm_epochs_raise_accuracy(comparisons, world_dir, tiny_policy_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world_dir, data)
+
+    save_world({"comparisons": DatasetDict({"train": Dataset.from_list(comparisons[:80]),
+                                            "test": Dataset.from_list(comparisons[80:])})}, data)
+    model, tokenizer = new_reward_model(str(tiny_policy_dir))
+
+    def accuracy(m):
+        scores = raw_scores(m, tokenizer, rm_texts(comparisons[:80], tokenizer.eos_token))
+        bounds = np.cumsum([0] + [len(r["responses"]) for r in comparisons[:80]])
+        return ranking_accuracy(comparisons[:80], [scores[a:b] for a, b in zip(bounds, bounds[1:])])[0]
+
+    before = accuracy(model)
+    state = train_reward_model(RMConfig(policy=str(tiny_policy_dir), data=str(data), out=str(tmp_path / "rm"),
+                                        epochs=8, lr=3e-3, batch_size=8))
+    trained = load_reward(str(tmp_path / "rm" / "final"))
+    after = accuracy(trained.model)
+    assert after > 0.75 and after > before + 0.15
+    assert set(state["normalization"]) == {"reward_gain", "reward_bias"}
+    assert trained.append_eos and trained.gain == pytest.approx(state["normalization"]["reward_gain"])
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.corrcoef([0.5, 0.5, 2], [0, 1, 2])[0, 1])

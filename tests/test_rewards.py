@@ -1,0 +1,111 @@
+"""The reward protocol and its adapters: float64 (B,) from every adapter, clear errors otherwise."""
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+from rlhf_env.rewards import CallableReward, EnsembleReward, RewardError, check_scores, load_reward
+from rlhf_env.rewards.classifier import SequenceClassifierReward
+from rlhf_env.rewards.gold import GoldReward
+from rlhf_env.world.grader import grade
+
+PROMPTS = ["Q: what is 3 plus 4 ?\nA:", "Q: sort : fig apple .\nA:", "Q: hi\nA:"]
+RESPONSES = [" 3 plus 4 is 7 .", " apple fig . i hope this helps .", " hello"]
+
+
+def length(prompts, responses):
+    return [float(len(r)) for r in responses]
+
+
+def test_check_scores_accepts_numbers_and_returns_float64():
+    out = check_scores([1, 2.5, 3], 3)
+    assert out.dtype == np.float64 and out.shape == (3,)
+    assert check_scores(torch.tensor([1.0, 2.0]), 2).dtype == np.float64
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p, r: [float("nan")] * len(r), "non-finite"),
+    (lambda p, r: [[1.0]] * len(r), r"shape \(3, 1\); expected \(3,\)"),
+    (lambda p, r: [1.0], r"shape \(1,\)"),
+    (lambda p, r: ["good"] * len(r), "non-numeric"),
+    (lambda p, r: [[1.0], [1.0, 2.0], []], "not an array of numbers"),
+])
+def test_a_bad_callable_raises_a_clear_error(bad, message):
+    with pytest.raises(RewardError, match=message):
+        CallableReward(bad, name="bad")(PROMPTS, RESPONSES)
+
+
+def test_mismatched_batch_is_an_error():
+    with pytest.raises(ValueError, match="3 prompts but 2 responses"):
+        CallableReward(length)(PROMPTS, RESPONSES[:2])
+
+
+def test_callable_adapter_returns_float64_batch():
+    out = load_reward(length)(PROMPTS, RESPONSES)
+    assert out.dtype == np.float64 and out.shape == (3,)
+    np.testing.assert_array_equal(out, [len(r) for r in RESPONSES])
+
+
+def test_ensemble_modes():
+    a, b = CallableReward(lambda p, r: [1.0, 4.0, 0.0]), CallableReward(lambda p, r: [3.0, 0.0, 0.0])
+    np.testing.assert_allclose(EnsembleReward([a, b], "mean")(PROMPTS, RESPONSES), [2.0, 2.0, 0.0])
+    np.testing.assert_allclose(EnsembleReward([a, b], "min")(PROMPTS, RESPONSES), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(EnsembleReward([a, b], "mean_minus_std", k=0.5)(PROMPTS, RESPONSES),
+                               [2.0 - 0.5, 2.0 - 1.0, 0.0])
+    with pytest.raises(ValueError, match="unknown ensemble mode"):
+        EnsembleReward([a], "median")
+
+
+def test_gold_adapter_scores_world_prompts_and_rejects_unknown_ones(world, world_dir):
+    rows = world["prompts"]["heldout"].select(range(5))
+    reward = load_reward("gold", data=str(world_dir))
+    responses = [" i do not know ."] * 5
+    out = reward(list(rows["prompt"]), responses)
+    assert out.dtype == np.float64 and out.shape == (5,)
+    np.testing.assert_allclose(out, [grade(t, r).score for t, r in zip(rows["task"], responses)])
+    with pytest.raises(KeyError, match="knows no task"):
+        GoldReward(str(world_dir))(["Q: not a world prompt\nA:"], [" x"])
+
+
+@pytest.fixture
+def foreign_classifier(tmp_path):
+    """A sequence classifier with its own word-level tokenizer, unlike the policy's byte BPE."""
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(PROMPTS + RESPONSES, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64, num_labels=3,
+                        pad_token_id=tokenizer.pad_token_id)
+    model = GPT2ForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    return tmp_path / "clf", model, tokenizer
+
+
+def test_foreign_classifier_scores_through_its_own_tokenizer(foreign_classifier, tokenizer):
+    path, model, clf_tokenizer = foreign_classifier
+    assert len(clf_tokenizer) != len(tokenizer)  # not the policy's tokenizer
+    reward = SequenceClassifierReward(str(path), label=2, transform="sigmoid", batch_size=2)
+    out = reward(PROMPTS, RESPONSES)
+    assert out.dtype == np.float64 and out.shape == (3,)
+    with torch.no_grad():  # each text alone, unpadded: the logits at its last token
+        want = [torch.sigmoid(model(**clf_tokenizer(p + r, return_tensors="pt")).logits[0, 2]).item()
+                for p, r in zip(PROMPTS, RESPONSES)]
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+
+
+def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
+    path = str(foreign_classifier[0])
+    with pytest.raises(ValueError, match="label 3 out of range"):
+        SequenceClassifierReward(path, label=3)
+    with pytest.raises(ValueError, match="unknown transform"):
+        SequenceClassifierReward(path, transform="tanh")
+
+
+def test_bundled_reward_models_return_float64_batches():
+    for name in ("rm", "rm-large"):
+        out = load_reward(name)(PROMPTS, RESPONSES)
+        assert out.dtype == np.float64 and out.shape == (3,)
