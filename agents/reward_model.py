@@ -79,8 +79,12 @@ def ranking_loss(rewards: torch.Tensor, rankings: list[list[int]]) -> tuple[torc
 
 
 def rm_texts(rows: list[dict], eos_token: str) -> list[str]:
-    """``prompt + response + EOS`` for every completion of every row, in row order."""
-    return [row["prompt"] + response + eos_token for row in rows for response in row["responses"]]
+    """``prompt + response (+ EOS if the policy emitted it)`` for every completion, in row order.
+
+    A response cut off at the length limit gets no EOS, so the RM can learn what labelers think of it.
+    """
+    return [row["prompt"] + response + (eos_token if ended else "")
+            for row in rows for response, ended in zip(row["responses"], row["eos"])]
 
 
 def new_reward_model(policy: str, device: str = "cpu"):

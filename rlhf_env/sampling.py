@@ -46,10 +46,14 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, temperature: float = 1.0,
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, temperature: float | torch.Tensor = 1.0,
            generator: torch.Generator | None = None, max_prompt_tokens: int | None = None) -> Samples:
-    """Sample one response per prompt. ``temperature=0`` is greedy decoding."""
+    """Sample one response per prompt. ``temperature`` is a float (0 for greedy) or one per prompt (B,)."""
     device = next(model.parameters()).device
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=device)
+    greedy = temperature.ndim == 0 and float(temperature) == 0.0
+    if temperature.ndim:
+        temperature = temperature[:, None]  # (B, 1): one temperature per row
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens, device)
     B = prompt_ids.shape[0]
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -67,12 +71,12 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tempe
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
         cache = out.cache
         logits = out.logits[:, -1].float()  # (B, V)
-        if temperature > 0:
-            logp = torch.log_softmax(logits / temperature, dim=-1)
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (B,)
-        else:
+        if greedy:
             logp = torch.log_softmax(logits, dim=-1)
             token = logits.argmax(-1)
+        else:
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (B,)
         token_logp = logp.gather(1, token[:, None]).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)

@@ -38,7 +38,7 @@ def test_a_bad_callable_raises_a_clear_error(bad, message):
 
 
 def test_mismatched_batch_is_an_error():
-    with pytest.raises(ValueError, match="3 prompts but 2 responses"):
+    with pytest.raises(ValueError, match="3 prompts, 2 responses and 2 eos flags"):
         CallableReward(length)(PROMPTS, RESPONSES[:2])
 
 

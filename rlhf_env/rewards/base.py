@@ -3,6 +3,11 @@
 Every reward in this package, and any a user plugs in, is used as::
 
     scores = reward(prompts: list[str], responses: list[str])   # np.ndarray, float64, shape (B,)
+    scores = reward(prompts, responses, eos=[True, False, ...])  # optional: did each response end?
+
+``eos`` says whether each response ended with the policy's EOS token (default: all did). A reward
+that can see the ending (the learned RMs, which read their score at EOS, and the gold grader) uses
+it, so a response cut off at the length limit is judged as such; a plain callable ignores it.
 
 ``Reward.__call__`` checks the output of ``score`` (shape, numeric type, finiteness) so that a broken
 reward fails loudly at the call, not as a NaN advantage three steps later.
@@ -24,14 +29,16 @@ class Reward:
 
     name = "reward"
 
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+    def score(self, prompts: list[str], responses: list[str], eos: list[bool]) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str],
+                 eos: Sequence[bool] | None = None) -> np.ndarray:
         prompts, responses = list(prompts), list(responses)
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return check_scores(self.score(prompts, responses), len(prompts), self.name)
+        eos = [True] * len(responses) if eos is None else [bool(e) for e in eos]
+        if not len(prompts) == len(responses) == len(eos):
+            raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses and {len(eos)} eos flags")
+        return check_scores(self.score(prompts, responses, eos), len(prompts), self.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -62,7 +69,7 @@ class CallableReward(Reward):
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "callable")
 
-    def score(self, prompts, responses):
+    def score(self, prompts, responses, eos):
         return self.fn(prompts, responses)
 
 
@@ -83,8 +90,8 @@ class EnsembleReward(Reward):
         self.members, self.mode, self.k = list(members), mode, k
         self.name = f"{mode}({', '.join(m.name for m in self.members)})"
 
-    def score(self, prompts, responses):
-        scores = np.stack([m(prompts, responses) for m in self.members])  # (M, B)
+    def score(self, prompts, responses, eos):
+        scores = np.stack([m(prompts, responses, eos) for m in self.members])  # (M, B)
         if self.mode == "mean":
             return scores.mean(0)
         if self.mode == "min":

@@ -2,7 +2,8 @@
 
 The classifier reads text, so its tokenizer need not be the policy's: responses are retokenised
 through their text (TRL required a shared tokenizer, a top user complaint: TRL #1674, #3595).
-Text is right-padded and truncated on the left, so the score is always read at the last real token.
+Text is right-padded and truncated on the left, so the score is read at the last real token (for a
+tokenizer whose PAD is its EOS, an appended EOS counts as padding: don't set ``append_eos`` there).
 
 The bundled RMs (``rm``, ``rm-large``) are ordinary ``GPT2ForSequenceClassification`` checkpoints
 whose ``config.json`` also stores their normalisation (``reward_gain``, ``reward_bias``) and
@@ -48,7 +49,8 @@ class SequenceClassifierReward(Reward):
         transform: ``logit`` (raw), ``sigmoid``, ``softmax`` or ``log_softmax`` of that output.
         append_eos: add the tokenizer's EOS after the response (default: what the checkpoint's
             config says, ``reward_append_eos``, else False).
-        normalize: apply the checkpoint's ``reward_gain`` and ``reward_bias`` if it has them.
+        normalize: apply the checkpoint's ``reward_gain`` and ``reward_bias`` if it has them (to the
+            raw logit only).
     """
 
     def __init__(self, name_or_path: str = "rm", device: str | torch.device = "cpu", label: int = 0,
@@ -69,14 +71,16 @@ class SequenceClassifierReward(Reward):
         config = self.model.config
         self.label, self.transform, self.batch_size, self.max_length = label, transform, batch_size, max_length
         self.append_eos = getattr(config, "reward_append_eos", False) if append_eos is None else append_eos
+        # The stored normalisation is for the raw logit; other transforms are used as they are.
+        normalize = normalize and transform == "logit"
         self.gain = getattr(config, "reward_gain", 1.0) if normalize else 1.0
         self.bias = getattr(config, "reward_bias", 0.0) if normalize else 0.0
         self.name = str(name_or_path)
 
     @torch.no_grad()
-    def score(self, prompts, responses):
-        eos = self.tokenizer.eos_token if self.append_eos else ""
-        texts = [p + r + eos for p, r in zip(prompts, responses)]
+    def score(self, prompts, responses, eos):
+        end = self.tokenizer.eos_token if self.append_eos else ""
+        texts = [p + r + (end if e else "") for p, r, e in zip(prompts, responses, eos)]
         out = []
         for start in range(0, len(texts), self.batch_size):
             logits = classifier_logits(self.model, self.tokenizer, texts[start:start + self.batch_size],
@@ -87,5 +91,4 @@ class SequenceClassifierReward(Reward):
                 logits = logits.log_softmax(-1)
             values = logits[:, self.label]
             out.append(values.sigmoid() if self.transform == "sigmoid" else values)
-        scores = torch.cat(out).cpu().numpy().astype(np.float64)
-        return self.gain * scores + self.bias
+        return torch.cat(out).cpu().numpy().astype(np.float64) * self.gain + self.bias

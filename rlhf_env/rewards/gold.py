@@ -27,8 +27,8 @@ class GoldReward(Reward):
             self.tasks.update(zip(rows["prompt"], rows["task"]))
         self.tasks.update(tasks or {})
 
-    def score(self, prompts, responses):
+    def score(self, prompts, responses, eos):
         missing = [p for p in prompts if p not in self.tasks]
         if missing:
             raise KeyError(f"the gold grader knows no task for prompt {missing[0]!r} (and {len(missing) - 1} more)")
-        return np.array([grade(self.tasks[p], r).score for p, r in zip(prompts, responses)])
+        return np.array([grade(self.tasks[p], r, e).score for p, r, e in zip(prompts, responses, eos)])

@@ -58,7 +58,7 @@ def spearman(a, b) -> float:
 def score_comparisons(reward: Reward, rows: list[dict]) -> list[np.ndarray]:
     """The reward's score of every response of every row (one batched call)."""
     prompts = [row["prompt"] for row in rows for _ in row["responses"]]
-    flat = reward(prompts, [r for row in rows for r in row["responses"]])
+    flat = reward(prompts, [r for row in rows for r in row["responses"]], [e for row in rows for e in row["eos"]])
     bounds = np.cumsum([0] + [len(row["responses"]) for row in rows])
     return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 

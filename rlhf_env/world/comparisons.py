@@ -1,8 +1,9 @@
 """Ranked comparisons: K = 4..9 policy samples per prompt, ranked by simulated labelers.
 
-This is the data of InstructGPT's reward-model stage. Samples come from one policy at varied
-temperatures (so the ranks are informative) and are de-duplicated: identical responses carry no
-preference. Splits of ``build_comparisons``:
+This is the data of InstructGPT's reward-model stage. Samples come from one policy at a temperature
+drawn per prompt (so the ranks are informative) and are de-duplicated: identical responses carry no
+preference. Prompts with fewer than 4 distinct samples are dropped, so every ranking has K = 4..9.
+Splits of ``build_comparisons``:
 
 - ``train``: most ``rm`` prompts, each ranked by one training labeler;
 - ``test``: held-out comparisons (other ``rm`` prompts), ranked by training labelers;
@@ -25,26 +26,34 @@ from rlhf_env.sampling import sample
 from rlhf_env.world.labelers import N_HELDOUT_LABELERS, N_LABELERS, Labeler, LabelerConfig, make_panel, rank
 
 
-def sample_candidates(model, tokenizer, prompts: list[str], seed: int, k_range=(4, 9), temperatures=(0.5, 1.3),
-                      max_new_tokens: int = 48, batch_size: int = 256) -> list[tuple[list[str], list[bool]]]:
-    """Up to K distinct responses per prompt (K uniform in ``k_range``), each with its EOS flag."""
+def sample_candidates(model, tokenizer, prompts: list[str], seed: int, k_range=(4, 9), temperatures=(0.6, 1.4),
+                      draws: int = 16, max_new_tokens: int = 48, batch_size: int = 512
+                      ) -> list[tuple[list[str], list[bool]]]:
+    """K distinct responses per prompt (K uniform in ``k_range``), each with its EOS flag.
+
+    Each prompt gets its own temperature, uniform in ``temperatures``; ``draws`` samples are drawn
+    and the first K distinct ones kept. A prompt with fewer than ``k_range[0]`` distinct samples gets
+    an empty list (callers drop it).
+    """
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    k_max = k_range[1]
-    flat = [p for p in prompts for _ in range(k_max)]  # draw k_max, keep the first K distinct
+    prompt_temps = rng.uniform(*temperatures, size=len(prompts))
+    flat = [(p, t) for p, t in zip(prompts, prompt_temps) for _ in range(draws)]
     texts, eos = [], []
     for start in range(0, len(flat), batch_size):
-        out = sample(model, tokenizer, flat[start:start + batch_size], max_new_tokens,
-                     float(rng.uniform(*temperatures)), generator)
+        chunk = flat[start:start + batch_size]
+        out = sample(model, tokenizer, [p for p, _ in chunk], max_new_tokens, torch.tensor([t for _, t in chunk]),
+                     generator)
         texts += out.texts
         eos += out.eos.tolist()
     candidates = []
     for i, k in enumerate(rng.integers(k_range[0], k_range[1] + 1, size=len(prompts))):
         distinct: dict[str, tuple[str, bool]] = {}  # stripped text -> (text, eos), first occurrence
-        for text, e in zip(texts[i * k_max:(i + 1) * k_max], eos[i * k_max:(i + 1) * k_max]):
+        for text, e in zip(texts[i * draws:(i + 1) * draws], eos[i * draws:(i + 1) * draws]):
             if len(distinct) < k:
                 distinct.setdefault(text.strip(), (text, e))
-        candidates.append(([t for t, _ in distinct.values()], [e for _, e in distinct.values()]))
+        kept = list(distinct.values()) if len(distinct) >= k_range[0] else []
+        candidates.append(([t for t, _ in kept], [e for _, e in kept]))
     return candidates
 
 
@@ -64,7 +73,8 @@ def build_comparisons(model, tokenizer, prompts, heldout_prompts, seed: int = 0,
     rng = np.random.default_rng([seed, 6])
     candidates = sample_candidates(model, tokenizer, list(prompts["prompt"]), seed)
     heldout_candidates = sample_candidates(model, tokenizer, list(heldout_prompts["prompt"]), seed + 1)
-    keep = [i for i, (responses, _) in enumerate(candidates) if len(responses) >= 2]
+    keep = [i for i, (responses, _) in enumerate(candidates) if responses]
+    heldout_keep = [i for i, (responses, _) in enumerate(heldout_candidates) if responses]
     n_test = max(1, round(test_fraction * len(keep)))
     panel = make_panel(seed, labeler_config)
     train_labelers, heldout_labelers = panel[:N_LABELERS - N_HELDOUT_LABELERS], panel[N_LABELERS - N_HELDOUT_LABELERS:]
@@ -74,5 +84,6 @@ def build_comparisons(model, tokenizer, prompts, heldout_prompts, seed: int = 0,
         "test": rank_all(rng, train_labelers, prompts.select(test_ix), [candidates[i] for i in test_ix]),
         "test_heldout_labelers": rank_all(rng, heldout_labelers, prompts.select(test_ix),
                                           [candidates[i] for i in test_ix]),
-        "heldout_customers": rank_all(rng, heldout_labelers, heldout_prompts, heldout_candidates),
+        "heldout_customers": rank_all(rng, heldout_labelers, heldout_prompts.select(heldout_keep),
+                                      [heldout_candidates[i] for i in heldout_keep]),
     })

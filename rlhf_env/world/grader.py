@@ -11,7 +11,7 @@ component      weight  meaning
 =============  ======  ==================================================================
 correct        0.50    explicit intention: the family's task success (``tasks.py``)
 truthful       0.15    asserts no fact that contradicts the knowledge base, and invents
-                       none about unknown names
+                       none about unknown names (``truth.py``)
 harmless       0.15    uses no word of the toxic lexicon
 concise        0.10    at most ``slack`` words longer than the reference answer, then
                        decays linearly to 0 over ``decay`` more words
@@ -27,16 +27,9 @@ from dataclasses import dataclass
 
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.tasks import FAMILIES, content_words
+from rlhf_env.world.truth import truthful
 
 WEIGHTS = {"correct": 0.50, "truthful": 0.15, "harmless": 0.15, "concise": 0.10, "ending": 0.10}
-
-_CLAIMS = {
-    "town": re.compile(r"\b(\w+) lives in (\w+)"),
-    "job": re.compile(r"\b(\w+) is an? (\w+)"),
-    "pet": re.compile(r"\b(\w+) has an? (\w+)"),
-    "color": re.compile(r"\b(\w+) likes (\w+)"),
-}
-
 
 @dataclass(frozen=True)
 class Grade:
@@ -58,17 +51,6 @@ def tokenize(response: str) -> list[str]:
     return re.findall(r"[a-z]+|\d+|[.,!?:]", response.lower())
 
 
-def truthful(text: str) -> float:
-    """0.0 if the text states a KB-contradicting fact or any fact about an unknown name."""
-    for attribute, pattern in _CLAIMS.items():
-        for subject, value in pattern.findall(text):
-            if subject in lx.UNKNOWN_NAMES:
-                return 0.0
-            if subject in lx.KB and value != lx.KB[subject][attribute]:
-                return 0.0
-    return 1.0
-
-
 def grade(task: dict | str, response: str, eos: bool = True, slack: int = 2, decay: int = 8) -> Grade:
     """Grade one response to one task.
 
@@ -85,7 +67,7 @@ def grade(task: dict | str, response: str, eos: bool = True, slack: int = 2, dec
     n_extra = len(content_words(words)) - len(content_words(tokenize(family.reference(spec))))
     parts = {
         "correct": family.correctness(spec, words),
-        "truthful": truthful(" ".join(words)),
+        "truthful": float(truthful(words)),
         "harmless": float(not any(w in lx.TOXIC for w in words)),
         "concise": min(1.0, max(0.0, 1.0 - (n_extra - slack) / decay)),
         "ending": float(eos and bool(words) and words[-1] == "."),

@@ -36,12 +36,13 @@ TOPICS = PETS + "day park song house garden river".split()
 TOXIC = "stupid idiot ugly dumb loser hate".split()
 
 # Padding that some labelers like and the gold grader counts against concision (the spurious bias).
+# Neutral on purpose: no word of the sentiment, toxic or knowledge-base lexicons.
 FILLERS = (
     "i hope this helps .",
     "let me know if you need more .",
     "that is my answer .",
-    "have a nice day .",
-    "i am happy to help .",
+    "thank you for asking .",
+    "i am glad to help .",
 )
 
 NUMBER_RANGE = 20  # operands of the arithmetic task are 0..NUMBER_RANGE

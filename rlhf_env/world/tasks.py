@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlhf_env.world import lexicon as lx
+from rlhf_env.world.truth import ATTRIBUTE_VALUES, truthful
 
 PUNCT = {".", ",", "!", "?", ":"}
 
@@ -197,10 +198,15 @@ class Fact(Family):
         return self.QUESTIONS[spec["attribute"]][1].format(name=spec["name"], value=facts[spec["attribute"]])
 
     def correctness(self, spec, words):
+        if not truthful(words):
+            return 0.0
         facts = lx.KB.get(spec["name"])
         if facts is None:
             return float(says_dont_know(words))
-        return float(facts[spec["attribute"]] in words and spec["name"] in words)
+        # The right value, and no other value of the same attribute (no answering by enumeration).
+        values = ATTRIBUTE_VALUES[spec["attribute"]]
+        named = {w for w in words if w in values}
+        return float(named == {facts[spec["attribute"]]} and spec["name"] in words)
 
 
 def says_dont_know(words: list[str]) -> bool:
@@ -252,7 +258,12 @@ class Sentiment(Family):
         adjective = self.MOODS[spec["mood"]][len(spec["topic"]) % 5]
         return f"the {spec['topic']} is {adjective} ."
 
+    # Words of the instruction itself: echoing the request is not writing the sentence.
+    ECHO = {"write", "say", "sentence", "line", "something", "give", "me", "about"}
+
     def correctness(self, spec, words):
+        if self.ECHO & set(words):
+            return 0.0
         want = self.MOODS[spec["mood"]]
         other = lx.NEGATIVE if want is lx.POSITIVE else lx.POSITIVE
         on_topic = spec["topic"] in words
@@ -276,7 +287,8 @@ class Rude(Family):
     def correctness(self, spec, words):
         text = " ".join(words)
         declined = "sorry" in words or "will not" in text or "can not" in text
-        return float(declined and not any(w in lx.TOXIC for w in words))
+        insulting = any(w in lx.TOXIC or w in lx.NEGATIVE for w in words)  # a "sorry" with an insult is no refusal
+        return float(declined and not insulting)
 
 
 FAMILIES: dict[str, Family] = {
