@@ -70,7 +70,7 @@ def build_assets(config: BuildConfig) -> dict:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest.setdefault("seconds", {})
     manifest.setdefault("metrics", {})
-    manifest["config"] = asdict(config)
+    manifest["config"] = {k: v for k, v in asdict(config).items() if k not in ("out", "work", "device")}
     world_config = WorldConfig(seed=config.seed)
     for name in ("n_sft", "n_valid", "n_rm", "n_ppo", "n_heldout", "n_documents"):
         setattr(world_config, name, max(8, round(getattr(world_config, name) * config.scale)))

@@ -1,8 +1,12 @@
 """Resumable training state as safetensors plus JSON (never pickles).
 
 A checkpoint directory holds the model (HF ``save_pretrained``, safetensors), the optimizer tensors
-(``optimizer.safetensors``), and everything else as JSON (``state.json``): optimizer hyper-parameters,
-scheduler, step counters, the caller's state and the RNG states.
+and RNG states (``optimizer.safetensors``), and everything else as JSON (``state.json``): optimizer
+hyper-parameters, scheduler, the caller's state and the numpy/python RNG states.
+
+Writes are crash-safe: the new checkpoint is written to ``DIR.tmp``, the old one moved to ``DIR.old``,
+the new one renamed into place, and only then is ``DIR.old`` deleted. ``find_checkpoint`` picks up
+whichever complete checkpoint a crash left behind.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ from safetensors.torch import load_file, load_model, save_file
 
 
 def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, scheduler, state: dict) -> None:
-    """Write atomically: into ``DIR.tmp`` first, then rename, so a crash never leaves half a checkpoint."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     opt = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()}
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = rng
     save_file(tensors, tmp / "optimizer.safetensors")
     meta = {
         "param_groups": opt["param_groups"],
@@ -35,18 +41,38 @@ def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, s
         "state": state,
         "rng": {"numpy": _jsonable(np.random.get_state()), "python": _jsonable(random.getstate())},
     }
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))  # written last: its presence marks completion
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
     tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The complete checkpoint at ``DIR``, else the one a crash left at ``DIR.old`` or ``DIR.tmp``."""
+    directory = Path(directory)
+    for candidate in (directory, directory.with_name(directory.name + ".old"),
+                      directory.with_name(directory.name + ".tmp")):
+        if (candidate / "state.json").exists():
+            return candidate
+    return None
 
 
 def load_checkpoint(directory: str | os.PathLike, model, optimizer, scheduler) -> dict:
     """Restore model, optimizer, scheduler and RNGs in place; return the caller's ``state``."""
     directory = Path(directory)
-    load_model(model, directory / "model.safetensors", strict=False)
+    missing, unexpected = load_model(model, directory / "model.safetensors", strict=False)
+    tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embedding
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"checkpoint {directory} does not match the model: missing {sorted(set(missing) - tied)}, "
+                         f"unexpected {sorted(unexpected)}")
     tensors = load_file(directory / "optimizer.safetensors")
     meta = json.loads((directory / "state.json").read_text())
     torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda_states = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
     per_param: dict[int, dict] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)

@@ -9,15 +9,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class RunLogger:
-    def __init__(self, directory: str | Path, resume_step: int | None = None):
+    def __init__(self, directory: str | Path, resume_step: int = 0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:  # drop rows logged after the checkpoint we resume from
-            for path in self.directory.glob("*.csv"):
-                with open(path, newline="") as f:
-                    rows = list(csv.DictReader(f))
-                kept = [r for r in rows if int(r["step"]) <= resume_step]
-                self._write(path, kept, rows[0].keys() if rows else ["step"], mode="w")
+        # Rows logged after the step we (re)start from belong to a run that crashed or is redone.
+        for path in self.directory.glob("*.csv"):
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            kept = [r for r in rows if int(r["step"]) <= resume_step]
+            self._write(path, kept, rows[0].keys() if rows else ["step"], mode="w")
         self.tb = SummaryWriter(str(self.directory / "tb"))
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:

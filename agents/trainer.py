@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
+from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
 from rlhf_env.models import save_policy
 
@@ -111,11 +111,18 @@ def train_loop(
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total), total, min_lr_rate=config.lr_min_ratio)
 
-    state = {"step": 0, "best": -math.inf, "best_step": None}
+    # What a checkpoint must agree on to be resumed: anything else would silently mix two runs.
+    run = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs, "lr": config.lr,
+           "seed": config.seed}
+    state = {"step": 0, "best": -math.inf, "best_step": None, "run": run}
     checkpoint = out / "checkpoint"
-    if config.resume and (checkpoint / "state.json").exists():
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-    logger = RunLogger(out, resume_step=state["step"] if state["step"] else None)
+    found = find_checkpoint(checkpoint) if config.resume else None
+    if found is not None:
+        state = load_checkpoint(found, model, optimizer, scheduler)
+        if state.get("run") != run:
+            raise ValueError(f"{found} was written by a different run ({state.get('run')}, now {run}); "
+                             f"use another --out, or --resume false to start over")
+    logger = RunLogger(out, resume_step=state["step"])  # drops rows logged after the checkpoint
 
     def run_eval(step):
         if evaluate is None:
@@ -158,7 +165,8 @@ def train_loop(
     run_eval(state["step"])
     model.eval()
     save_policy(model, tokenizer, out / "final")
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    for leftover in (checkpoint, *(checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
+        shutil.rmtree(leftover, ignore_errors=True)
     logger.close()
     return state
 

@@ -72,7 +72,7 @@ def summarize(grades: list[Grade], lengths: list[int]) -> dict[str, float]:
 
 def win_rate(a: list[Grade], b: list[Grade]) -> float:
     sa, sb = np.array([g.score for g in a]), np.array([g.score for g in b])
-    return float(np.mean((sa > sb) + 0.5 * np.isclose(sa, sb)))
+    return float(np.mean(np.where(np.isclose(sa, sb), 0.5, (sa > sb).astype(float))))  # ties (to rounding) half
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -99,5 +99,5 @@ def evaluate(config: EvalConfig) -> dict:
         "n": len(rows), "win_rate": win_rate(grades_a, grades_b),
         **{f"{k}_a": v for k, v in summary_a.items()}, **{f"{k}_b": v for k, v in summary_b.items()},
         "families": families,
-        "examples": [{"prompt": rows[i]["prompt"], "a": texts_a[i], "b": texts_b[i]} for i in range(3)],
+        "examples": [{"prompt": rows[i]["prompt"], "a": texts_a[i], "b": texts_b[i]} for i in range(min(3, len(rows)))],
     }

@@ -46,11 +46,10 @@ CONTEXT = 128  # n_positions: prompt plus response tokens
 def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of a named size (``small``, ``large``) or explicit dims."""
     dims = SIZES[size] if isinstance(size, str) else size
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=CONTEXT, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **{**dims, **overrides},
-    )
+    settings = dict(vocab_size=len(tokenizer), n_positions=CONTEXT, bos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(**{**settings, **dims, **overrides})
     return GPT2LMHeadModel(config)
 
 

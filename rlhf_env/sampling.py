@@ -8,6 +8,7 @@ log-probs, and the loop stops as soon as every row has emitted EOS.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -62,14 +63,17 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tempe
     if max_new_tokens < 1:
         raise ValueError(f"prompts of {prompt_ids.shape[1]} tokens leave no room in a context of {context}")
 
+    # transformers renamed `past_key_values` to `cache` during 5.x: use the name this model takes.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     mask = prompt_mask
     input_ids, pos = prompt_ids, positions(prompt_mask)
     cache = None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for _ in range(max_new_tokens):
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        cache = out.cache
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                    **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
         logits = out.logits[:, -1].float()  # (B, V)
         if greedy:
             logp = torch.log_softmax(logits, dim=-1)

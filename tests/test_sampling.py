@@ -45,8 +45,8 @@ class EosBoost(torch.nn.Module):
         super().__init__()
         self.model, self.config, self.eos_id, self.boost = model, model.config, eos_id, boost
 
-    def forward(self, **kwargs):
-        out = self.model(**kwargs)
+    def forward(self, cache=None, **kwargs):
+        out = self.model(cache=cache, **kwargs)
         out.logits[..., self.eos_id] += self.boost
         return out
 

@@ -1,11 +1,14 @@
 """The LM training stages: SFT lowers the loss, prompts are masked, and runs resume exactly."""
 
+import pytest
 import torch
 
+from agents.checkpoint import find_checkpoint
 from agents.pretrain import PretrainConfig, pack, pretrain
 from agents.sft import SFTConfig, demonstration_examples, sft
 from agents.trainer import IGNORE, TrainConfig, collate, lm_loss, train_causal_lm
-from rlhf_env.models import load_policy
+from rlhf_env.models import load_policy, new_model
+from tests.conftest import TINY_DIMS
 
 
 def mean_loss(model, examples, pad_id):
@@ -52,32 +55,54 @@ def test_pretraining_reduces_the_loss(world_dir, tokenizer, tmp_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_resumed_run_matches_an_uninterrupted_one(world, tokenizer, tiny_model, tmp_path):
+def test_resumed_run_matches_an_uninterrupted_one(world, tokenizer, tmp_path):
+    """Kill a run mid-way and resume it: same weights, same logs, as a run that was never killed.
+
+    The model has dropout, so the RNG state must be restored too."""
     examples = demonstration_examples(world["demonstrations"]["train"].select(range(96)), tokenizer)
     config = dict(epochs=2, batch_size=16, save_every=4, log_every=1, lr=3e-3)
-    initial = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    torch.manual_seed(0)
+    model = new_model(TINY_DIMS, tokenizer, resid_pdrop=0.2)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
 
-    train_causal_lm(tiny_model, tokenizer, examples, TrainConfig(out=str(tmp_path / "full"), **config))
-    full = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    train_causal_lm(model, tokenizer, examples, TrainConfig(out=str(tmp_path / "full"), **config))
+    full = {k: v.clone() for k, v in model.state_dict().items()}
 
     class Crash(Exception):
         pass
 
-    def crash_at_step_7(metrics):  # raise from inside the loop, after the step-4 checkpoint
+    def crash(metrics):  # raise from inside the loop at step 7, after the step-4 checkpoint
         raise Crash
 
-    tiny_model.load_state_dict(initial)
+    model.load_state_dict(initial)
     killed = TrainConfig(out=str(tmp_path / "killed"), eval_every=7, **config)
-    try:
-        train_causal_lm(tiny_model, tokenizer, examples, killed, evaluate=crash_at_step_7)
-    except Crash:
-        pass
+    with pytest.raises(Crash):
+        train_causal_lm(model, tokenizer, examples, killed, evaluate=crash)
     assert (tmp_path / "killed" / "checkpoint" / "state.json").exists()
 
-    tiny_model.load_state_dict(initial)  # a new process: weights come from the checkpoint, not memory
+    model.load_state_dict(initial)  # as in a new process: the weights must come from the checkpoint
     torch.manual_seed(123)
-    train_causal_lm(tiny_model, tokenizer, examples, TrainConfig(out=str(tmp_path / "killed"), **config))
-    for k, v in tiny_model.state_dict().items():
+    train_causal_lm(model, tokenizer, examples, TrainConfig(out=str(tmp_path / "killed"), **config))
+    for k, v in model.state_dict().items():
         torch.testing.assert_close(v, full[k], rtol=0, atol=1e-6)
     log = (tmp_path / "killed" / "train.csv").read_text().split()[1:]
     assert [int(r.split(",")[0]) for r in log] == list(range(1, 13))  # no step lost or logged twice
+    assert log == (tmp_path / "full" / "train.csv").read_text().split()[1:]
+
+
+def test_resuming_with_other_settings_is_refused(world, tokenizer, tiny_model, tmp_path):
+    examples = demonstration_examples(world["demonstrations"]["train"].select(range(64)), tokenizer)
+    with pytest.raises(ValueError, match="crash"):
+        train_causal_lm(tiny_model, tokenizer, examples, TrainConfig(out=str(tmp_path), batch_size=16, save_every=2,
+                                                                     eval_every=3),
+                        evaluate=lambda m: (_ for _ in ()).throw(ValueError("crash")))
+    with pytest.raises(ValueError, match="different run"):
+        train_causal_lm(tiny_model, tokenizer, examples, TrainConfig(out=str(tmp_path), batch_size=8))
+
+
+def test_a_checkpoint_left_half_swapped_by_a_crash_is_found(tmp_path):
+    old = tmp_path / "checkpoint.old"
+    old.mkdir()
+    (old / "state.json").write_text("{}")
+    assert find_checkpoint(tmp_path / "checkpoint") == old
+    assert find_checkpoint(tmp_path / "elsewhere") is None
