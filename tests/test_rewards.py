@@ -105,7 +105,28 @@ def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
         SequenceClassifierReward(path, transform="tanh")
 
 
-def test_bundled_reward_models_return_float64_batches():
-    for name in ("rm", "rm-large"):
-        out = load_reward(name)(PROMPTS, RESPONSES)
-        assert out.dtype == np.float64 and out.shape == (3,)
+@pytest.mark.parametrize("name", ["rm", "rm-large"])
+def test_bundled_reward_models_prefer_right_answers_to_mistaken_ones(name):
+    """Shape and dtype, and real judgement: the reference answer beats a labeler-style mistake."""
+    import json
+
+    from rlhf_env.models import DATA_DIR
+    from rlhf_env.world.build import load_split
+    from rlhf_env.world.labelers import make_mistake
+    from rlhf_env.world.tasks import FAMILIES
+
+    rows = load_split(DATA_DIR, "prompts", "heldout").select(range(200))
+    rng = np.random.default_rng(0)
+    refs, wrong, prompts = [], [], []
+    for row in rows:
+        task = json.loads(row["task"])
+        ref = FAMILIES[task["family"]].reference(task["spec"])
+        mistake = make_mistake(rng, ref)
+        if grade(task, mistake).score < grade(task, ref).score:
+            prompts.append(row["prompt"])
+            refs.append(" " + ref)
+            wrong.append(" " + mistake)
+    reward = load_reward(name)
+    good, bad = reward(prompts, refs), reward(prompts, wrong)
+    assert good.dtype == np.float64 and good.shape == (len(prompts),)
+    assert np.mean(good > bad) > 0.7

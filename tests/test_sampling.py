@@ -70,3 +70,18 @@ def test_sampling_stops_when_every_row_has_ended(tiny_model, tokenizer):
     model = EosBoost(tiny_model, tokenizer.eos_token_id, boost=100.0)
     s = sample(model, tokenizer, PROMPTS, 30, 1.0, torch.Generator().manual_seed(0))
     assert s.response_ids.shape[1] == 1 and s.eos.all()
+
+
+def test_a_tokenizer_whose_pad_is_eos_still_gets_exact_masks(tiny_model, tokenizer):
+    """Many hub models (GPT-2) pad with EOS: only the first EOS of a row is a real token."""
+    import copy
+
+    same = copy.deepcopy(tokenizer)
+    same.pad_token = same.eos_token
+    s = sample(EosBoost(tiny_model, same.eos_token_id, boost=2.0), same, PROMPTS * 4, 30, 1.0,
+               torch.Generator().manual_seed(0))
+    assert 0 < int(s.eos.sum()) < len(s.eos)
+    for ids, mask, ended in zip(s.response_ids, s.response_mask, s.eos):
+        real = int(mask.sum())
+        assert (ids[real - 1] == same.eos_token_id) == bool(ended)
+        assert (ids[real:] == same.eos_token_id).all()

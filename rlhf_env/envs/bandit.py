@@ -1,0 +1,172 @@
+"""``InstructBandit-v0``: InstructGPT's RL stage as a one-step Gymnasium environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from rlhf_env.envs.core import BanditCore
+
+
+def bandit_spaces(core: BanditCore) -> tuple[spaces.Dict, spaces.Dict]:
+    V, P, R = core.vocab_size, core.max_prompt_tokens, core.max_new_tokens
+    observation = spaces.Dict({
+        "input_ids": spaces.Box(0, V - 1, (P,), np.int64),
+        "attention_mask": spaces.Box(0, 1, (P,), np.int64),
+    })
+    action = spaces.Dict({
+        "response_ids": spaces.Box(0, V - 1, (R,), np.int64),
+        "logprobs": spaces.Box(-np.inf, 0.0, (R,), np.float32),
+    })
+    return observation, action
+
+
+class InstructBanditEnv(gym.Env):
+    """
+    ## Description
+    InstructGPT's RL stage (Ouyang et al. 2022, section 3.5) as a bandit: each episode shows one
+    customer prompt, takes one response, scores it with a reward model minus a KL penalty to the
+    reference (SFT) policy, and ends. The default world, models and reward ship with the package
+    and work offline.
+
+    ## Action Space
+    ``Dict(response_ids=Box(0, V-1, (max_new_tokens,), int64), logprobs=Box(-inf, 0, (max_new_tokens,), float32))``:
+    the response's token ids, ending with EOS and padded after it with the pad id (tokens after the
+    first EOS are ignored; a response without EOS ends at its first pad), and the acting policy's
+    log-probability of each token (at the env's ``temperature``).
+
+    An agent that has no log-probs (a random or scripted agent) passes ``logprobs = 0``: that is the
+    exact log-probability of a deterministic policy, and the KL term becomes ``-sum_t log pi_ref(y_t)``,
+    the reference model's surprise at the response. NaN or inf log-probs are an error.
+
+    ## Observation Space
+    ``Dict(input_ids=Box(0, V-1, (max_prompt_tokens,), int64), attention_mask=Box(0, 1, (max_prompt_tokens,), int64))``:
+    the prompt, left-padded.
+
+    ## Rewards
+    ``score(x, y) - kl_coef * sum_t (logprobs[t] - log pi_ref(y_t | x, y_<t))`` over the real response
+    tokens, EOS included. ``score`` is the reward model's score, or ``missing_eos_penalty`` if the
+    response never emits EOS. ``info`` carries the decomposition: ``score``, ``rm_score``, ``kl``,
+    per-token ``log_ratio`` and ``ref_logprobs`` (zero on padding), ``response_length``, ``eos``,
+    ``prompt``, ``response``, ``customer_id`` and ``prompt_index``.
+
+    ## Starting State
+    A prompt drawn uniformly with ``self.np_random``; ``reset(options={"prompt_index": i})`` fixes it.
+
+    ## Episode End
+    Every step terminates the episode (one response per prompt). ``step`` before ``reset`` raises.
+
+    ## Arguments
+    - ``prompts``: a bundled split (``ppo`` by default; ``heldout`` for evaluation), a
+      ``datasets.Dataset`` with a ``prompt`` column, or a path / hub id for ``datasets.load_dataset``
+      (with ``prompt_split``, ``prompt_column``);
+    - ``reference``: the reference (SFT) policy, a bundled name (``sft``) or any HF causal LM;
+    - ``reward``: anything ``rlhf_env.rewards.load_reward`` takes (``rm``, ``gold``, a path, a callable);
+    - ``kl_coef`` (0.05), ``max_prompt_tokens`` (64), ``max_new_tokens`` (48),
+      ``missing_eos_penalty`` (-1.0), ``temperature`` (1.0), ``device`` (``cpu``), ``render_mode``
+      (``ansi`` or None), ``data`` (the world's dataset directory).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.core = BanditCore(**kwargs)
+        self.observation_space, self.action_space = bandit_spaces(self.core)
+        self.render_mode = render_mode
+        self._index: int | None = None
+        self._last: dict | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        n = len(self.core.prompts)
+        if options and "prompt_index" in options:
+            index = int(options["prompt_index"])
+            if not 0 <= index < n:
+                raise ValueError(f"prompt_index {index} out of range [0, {n})")
+        else:
+            index = int(self.np_random.integers(n))
+        self._index, self._last = index, None
+        return self.core.observation(index), {"prompt_index": index, "prompt": self.core.prompts[index],
+                                              "customer_id": self.core.customer_ids[index]}
+
+    def step(self, action: dict[str, np.ndarray]):
+        if self._index is None:
+            raise RuntimeError("call reset() before step(): each episode is one prompt and one response")
+        _check_dict_action(action)
+        rewards, infos = self.core.score(np.array([self._index]), np.asarray(action["response_ids"])[None],
+                                         np.asarray(action["logprobs"])[None])
+        observation = self.core.observation(self._index)
+        self._last = {"reward": float(rewards[0]), **infos[0]}
+        self._index = None  # the episode is over
+        return observation, float(rewards[0]), True, False, infos[0]
+
+    def render(self):
+        if self.render_mode != "ansi" or self._last is None:
+            return None
+        r = self._last
+        return (f"{r['prompt']}{r['response']}{'' if r['eos'] else ' [no EOS]'}\n"
+                f"reward {r['reward']:+.3f} = score {r['score']:+.3f} - {self.core.kl_coef} * KL {r['kl']:.3f}")
+
+
+class InstructBanditVectorEnv(VectorEnv):
+    """``num_envs`` bandits scored together: one reference forward and one reward call per step.
+
+    Autoreset is ``SAME_STEP``: ``step`` returns the next prompts at once, and the finished episodes'
+    observations and infos in ``info["final_obs"]`` and ``info["final_info"]`` (a dict of arrays).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 1, **kwargs: Any):
+        kwargs.pop("render_mode", None)
+        self.core = BanditCore(**kwargs)
+        self.num_envs = num_envs
+        self.single_observation_space, self.single_action_space = bandit_spaces(self.core)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._index: np.ndarray | None = None
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.core.prompt_ids[self._index].copy(),
+                "attention_mask": self.core.prompt_mask[self._index].copy()}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        n = len(self.core.prompts)
+        if options and "prompt_index" in options:
+            index = np.asarray(options["prompt_index"], dtype=np.int64).reshape(self.num_envs)
+            if (index < 0).any() or (index >= n).any():
+                raise ValueError(f"prompt_index out of range [0, {n})")
+        else:
+            index = self.np_random.integers(n, size=self.num_envs)
+        self._index = index
+        return self._observe(), {"prompt_index": index.copy()}
+
+    def step(self, actions: dict[str, np.ndarray]):
+        if self._index is None:
+            raise RuntimeError("call reset() before step()")
+        _check_dict_action(actions)
+        rewards, infos = self.core.score(self._index, actions["response_ids"], actions["logprobs"])
+        final_obs = self._observe()
+        self._index = self.np_random.integers(len(self.core.prompts), size=self.num_envs)
+        done = np.ones(self.num_envs, dtype=np.bool_)
+        final_info = {key: np.array([info[key] for info in infos]) for key in infos[0]}
+        info = {"final_obs": final_obs, "final_info": final_info, "_final_obs": done, "_final_info": done,
+                "prompt_index": self._index.copy()}
+        return self._observe(), rewards, done, np.zeros(self.num_envs, dtype=np.bool_), info
+
+
+def _check_dict_action(action) -> None:
+    if not isinstance(action, dict) or not {"response_ids", "logprobs"} <= set(action):
+        raise ValueError("an action is a dict with 'response_ids' and 'logprobs' "
+                         f"(see the env's action_space); got {type(action).__name__}")

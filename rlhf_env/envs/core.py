@@ -1,0 +1,141 @@
+"""The bandit's scoring, shared by the single env and the native vector env.
+
+One call scores a batch of (prompt, response) pairs: it validates the actions, runs **one** batched
+forward of the frozen reference model and **one** batched reward call, and returns
+
+    reward = score(x, y) - kl_coef * sum_t (log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t))
+
+where the sum runs over the real response tokens (up to and including EOS), ``log pi`` comes with
+the action, and ``log pi_ref`` is computed here at the same temperature as sampling. A response that
+never emits EOS gets ``missing_eos_penalty`` instead of the reward model's score (N+ recipe).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlhf_env.models import load_policy
+from rlhf_env.rewards import load_reward
+from rlhf_env.sampling import positions
+
+LOGPROB_TOLERANCE = 1e-4  # log-probs a hair above 0 from float rounding are accepted
+
+
+def load_prompts(prompts, prompt_split: str, prompt_column: str, data: str | None):
+    """A bundled split name, a ``datasets.Dataset``, or anything ``datasets.load_dataset`` takes."""
+    from datasets import Dataset, load_dataset
+
+    from rlhf_env.models import DATA_DIR
+    from rlhf_env.world.build import SPLITS, load_split
+
+    if isinstance(prompts, Dataset):
+        dataset = prompts
+    elif prompts in SPLITS:
+        dataset = load_split(data or DATA_DIR, "prompts", prompts)
+    else:
+        dataset = load_dataset(prompts, split=prompt_split)
+    if prompt_column not in dataset.column_names:
+        raise ValueError(f"the prompt dataset has no column {prompt_column!r} (columns: {dataset.column_names})")
+    if len(dataset) == 0:
+        raise ValueError("the prompt dataset is empty")
+    return dataset
+
+
+class BanditCore:
+    def __init__(self, prompts="ppo", reference="sft", reward="rm", kl_coef: float = 0.05,
+                 max_prompt_tokens: int = 64, max_new_tokens: int = 48, missing_eos_penalty: float = -1.0,
+                 temperature: float = 1.0, device: str = "cpu", prompt_split: str = "train",
+                 prompt_column: str = "prompt", data: str | None = None):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (greedy decoding has no log-probs), got {temperature}")
+        self.dataset = load_prompts(prompts, prompt_split, prompt_column, data)
+        self.prompts: list[str] = list(self.dataset[prompt_column])
+        self.customer_ids = (list(self.dataset["customer_id"]) if "customer_id" in self.dataset.column_names
+                             else [""] * len(self.prompts))
+        self.model, self.tokenizer = load_policy(reference, device)
+        self.model.requires_grad_(False)
+        context = getattr(self.model.config, "n_positions", None) or self.model.config.max_position_embeddings
+        if max_prompt_tokens + max_new_tokens > context:
+            raise ValueError(f"max_prompt_tokens + max_new_tokens = {max_prompt_tokens + max_new_tokens} exceeds "
+                             f"the reference model's context of {context} tokens")
+        enc = self.tokenizer(self.prompts, padding="max_length", max_length=max_prompt_tokens, padding_side="left",
+                             return_tensors="np")
+        lengths = enc["attention_mask"].sum(1)
+        if enc["input_ids"].shape[1] > max_prompt_tokens or (lengths == 0).any():
+            i = int(np.argmax(lengths)) if enc["input_ids"].shape[1] > max_prompt_tokens else int(np.argmin(lengths))
+            raise ValueError(f"prompt {i} has {lengths[i]} tokens; prompts need 1..max_prompt_tokens="
+                             f"{max_prompt_tokens} tokens: {self.prompts[i]!r}")
+        self.prompt_ids = enc["input_ids"].astype(np.int64)  # (N, P) left-padded
+        self.prompt_mask = enc["attention_mask"].astype(np.int64)  # (N, P)
+        self.reward = load_reward(reward, device=device, data=data)
+        self.kl_coef, self.missing_eos_penalty, self.temperature = kl_coef, missing_eos_penalty, temperature
+        self.max_prompt_tokens, self.max_new_tokens, self.device = max_prompt_tokens, max_new_tokens, device
+        self.vocab_size = len(self.tokenizer)
+        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+
+    def observation(self, index: int) -> dict[str, np.ndarray]:
+        return {"input_ids": self.prompt_ids[index].copy(), "attention_mask": self.prompt_mask[index].copy()}
+
+    def response_mask(self, response_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (B, R), eos (B,)): a response runs up to and including its first EOS; without EOS, up
+        to its first PAD (or to the end)."""
+        is_eos = response_ids == self.eos_id
+        stop = is_eos | (response_ids == self.pad_id)
+        before_stop = np.cumsum(stop, axis=1) - stop == 0  # no stop token strictly before
+        first_stop_is_eos = np.take_along_axis(is_eos, np.argmax(stop, axis=1)[:, None], 1)[:, 0] & stop.any(1)
+        mask = before_stop & ~(stop & ~is_eos)  # a PAD that ends a response is not part of it
+        return mask.astype(np.int64), first_stop_is_eos
+
+    def check_actions(self, response_ids, logprobs) -> tuple[np.ndarray, np.ndarray]:
+        response_ids, logprobs = np.asarray(response_ids), np.asarray(logprobs)
+        R = self.max_new_tokens
+        if response_ids.ndim != 2 or response_ids.shape[1] != R:
+            raise ValueError(f"response_ids must have shape (B, max_new_tokens={R}), padded after EOS with the pad "
+                             f"id {self.pad_id}; got {response_ids.shape} (a response longer than max_new_tokens?)")
+        if response_ids.dtype.kind not in "iu":
+            raise ValueError(f"response_ids must be integers, got dtype {response_ids.dtype}")
+        if logprobs.shape != response_ids.shape:
+            raise ValueError(f"logprobs must have the shape of response_ids {response_ids.shape}, got {logprobs.shape}")
+        if logprobs.dtype.kind != "f":
+            raise ValueError(f"logprobs must be floats, got dtype {logprobs.dtype}")
+        if (response_ids < 0).any() or (response_ids >= self.vocab_size).any():
+            bad = response_ids[(response_ids < 0) | (response_ids >= self.vocab_size)]
+            raise ValueError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.vocab_size})")
+        return response_ids.astype(np.int64), logprobs.astype(np.float64)
+
+    @torch.no_grad()
+    def reference_logprobs(self, index: np.ndarray, response_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """log pi_ref(y_t | x, y_<t) at the sampling temperature, (B, R), 0 on padding. One forward."""
+        ids = torch.from_numpy(np.concatenate([self.prompt_ids[index], response_ids], 1)).to(self.device)
+        full_mask = torch.from_numpy(np.concatenate([self.prompt_mask[index], mask], 1)).to(self.device)
+        R = response_ids.shape[1]
+        # Only the positions that predict response tokens go through the LM head.
+        logits = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions(full_mask),
+                            logits_to_keep=R + 1).logits[:, :-1].float()  # (B, R, V)
+        logp = torch.log_softmax(logits / self.temperature, -1).gather(2, ids[:, -R:, None]).squeeze(2)
+        return (logp * full_mask[:, -R:]).cpu().numpy().astype(np.float64)
+
+    def score(self, index: np.ndarray, response_ids, logprobs) -> tuple[np.ndarray, list[dict]]:
+        """Rewards (B,) and one info dict per pair; see the module docstring."""
+        response_ids, logprobs = self.check_actions(response_ids, logprobs)
+        mask, eos = self.response_mask(response_ids)
+        real = mask.astype(bool)
+        if not np.isfinite(logprobs[real]).all():
+            raise ValueError("logprobs contain NaN or inf on real response tokens")
+        if (logprobs[real] > LOGPROB_TOLERANCE).any():
+            raise ValueError(f"logprobs must be <= 0 (they are log-probabilities); got {logprobs[real].max():.4g}")
+        ref = self.reference_logprobs(index, response_ids, mask)
+        log_ratio = (np.where(real, logprobs, 0.0) - ref) * mask  # (B, R)
+        kl = log_ratio.sum(1)
+        texts = [self.tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(response_ids, real)]
+        prompts = [self.prompts[i] for i in index]
+        rm_scores = self.reward(prompts, texts, eos)
+        scores = np.where(eos, rm_scores, self.missing_eos_penalty)
+        rewards = scores - self.kl_coef * kl
+        infos = [{"score": float(scores[b]), "rm_score": float(rm_scores[b]), "kl": float(kl[b]),
+                  "log_ratio": log_ratio[b].astype(np.float32), "ref_logprobs": ref[b].astype(np.float32),
+                  "response_length": int(mask[b].sum()), "eos": bool(eos[b]), "prompt": prompts[b],
+                  "response": texts[b], "customer_id": self.customer_ids[int(index[b])],
+                  "prompt_index": int(index[b])} for b in range(len(index))]
+        return rewards, infos

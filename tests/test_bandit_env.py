@@ -1,0 +1,179 @@
+"""InstructBandit-v0 and its native vector env: the Gymnasium contract, exact KL, bad input."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import rlhf_env  # noqa: F401  (registers the envs)
+from rlhf_env.envs.bandit import InstructBanditEnv
+from rlhf_env.rewards import RewardError
+from rlhf_env.sampling import positions, sample
+
+
+def n_chars(prompts, responses):
+    return [0.1 * len(r) for r in responses]
+
+
+@pytest.fixture
+def kwargs(tiny_policy_dir, world_dir):
+    return dict(reference=str(tiny_policy_dir), reward=n_chars, data=str(world_dir), prompts="ppo",
+                max_prompt_tokens=64, max_new_tokens=16)
+
+
+def policy_actions(model, tokenizer, prompts, R, seed=0, temperature=1.0):
+    """Responses and log-probs of a policy, as action arrays of width R."""
+    s = sample(model, tokenizer, prompts, R, temperature, torch.Generator().manual_seed(seed))
+    ids = np.full((len(prompts), R), tokenizer.pad_token_id, dtype=np.int64)
+    logp = np.zeros((len(prompts), R), dtype=np.float32)
+    ids[:, : s.response_ids.shape[1]] = s.response_ids.numpy()
+    logp[:, : s.logprobs.shape[1]] = s.logprobs.numpy()
+    return ids, logp
+
+
+def test_default_env_passes_gymnasium_and_sb3_checks():
+    env = gym.make("InstructBandit-v0")
+    check_env(env.unwrapped)
+    sb3_check_env(env.unwrapped)
+
+
+def test_env_checks_pass_on_a_tiny_setup(kwargs):
+    env = InstructBanditEnv(**kwargs)
+    check_env(env)
+    sb3_check_env(env)
+
+
+def test_same_seed_same_actions_same_everything(kwargs):
+    a, b = InstructBanditEnv(**kwargs), InstructBanditEnv(**kwargs)
+    action = a.action_space.sample()
+    for seed in (0, 1, 2):
+        (obs_a, info_a), (obs_b, info_b) = a.reset(seed=seed), b.reset(seed=seed)
+        assert all(np.array_equal(obs_a[k], obs_b[k]) for k in obs_a) and info_a == info_b
+        ra, rb = a.step(action)[1], b.step(action)[1]
+        assert ra == rb
+
+
+def test_reward_is_score_minus_kl_computed_independently(kwargs, tiny_model, tokenizer):
+    env = InstructBanditEnv(kl_coef=0.3, **kwargs)
+    obs, info = env.reset(seed=3)
+    torch.manual_seed(1)
+    acting = type(tiny_model)(tiny_model.config).eval()  # a different policy than the reference
+    ids, logp = policy_actions(acting, tokenizer, [info["prompt"]], 16)
+    _, reward, terminated, truncated, out = env.step({"response_ids": ids[0], "logprobs": logp[0]})
+
+    n = out["response_length"]
+    prompt = tokenizer(info["prompt"], return_tensors="pt")["input_ids"]
+    full = torch.cat([prompt, torch.from_numpy(ids[:, :n])], 1)
+    with torch.no_grad():  # the reference's log-probs, recomputed without padding
+        logits = tiny_model(full).logits[0, prompt.shape[1] - 1:-1]
+    ref = torch.log_softmax(logits, -1).gather(1, full[0, prompt.shape[1]:, None])[:, 0].numpy()
+    kl = float(np.sum(logp[0, :n] - ref))
+    score = n_chars(None, [out["response"]])[0] if out["eos"] else -1.0
+    assert out["kl"] == pytest.approx(kl, abs=1e-4)
+    assert reward == pytest.approx(score - 0.3 * kl, abs=1e-4)
+    assert terminated and not truncated
+    np.testing.assert_allclose(out["ref_logprobs"][:n], ref, atol=1e-5)
+    assert (out["log_ratio"][n:] == 0).all()
+
+
+def test_kl_is_zero_when_the_policy_is_the_reference(kwargs, tiny_model, tokenizer):
+    env = InstructBanditEnv(**kwargs)
+    for seed in range(3):
+        _, info = env.reset(seed=seed)
+        ids, logp = policy_actions(tiny_model, tokenizer, [info["prompt"]], 16, seed=seed)
+        out = env.step({"response_ids": ids[0], "logprobs": logp[0]})[4]
+        assert abs(out["kl"]) < 1e-4 and np.abs(out["log_ratio"]).max() < 1e-5
+
+
+def test_an_agent_without_logprobs_passes_zeros_and_pays_the_reference_surprise(kwargs):
+    env = InstructBanditEnv(kl_coef=0.1, **kwargs)
+    env.reset(seed=0)
+    action = env.action_space.sample()
+    action["logprobs"][:] = 0.0
+    _, reward, _, _, out = env.step(action)
+    n = out["response_length"]
+    assert out["kl"] == pytest.approx(-out["ref_logprobs"][:n].sum(), rel=1e-5)
+    assert reward == pytest.approx(out["score"] - 0.1 * out["kl"], rel=1e-5)
+
+
+def test_vector_env_matches_single_env_steps(kwargs, tiny_model, tokenizer):
+    vec = gym.make_vec("InstructBandit-v0", num_envs=8, **kwargs)
+    assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    obs, info = vec.reset(seed=0)
+    prompts = [vec.unwrapped.core.prompts[i] for i in info["prompt_index"]]
+    ids, logp = policy_actions(tiny_model, tokenizer, prompts, 16, seed=5)
+    next_obs, rewards, terminated, truncated, vinfo = vec.step({"response_ids": ids, "logprobs": logp})
+    assert terminated.all() and not truncated.any()
+    single = InstructBanditEnv(**kwargs)
+    for i, index in enumerate(info["prompt_index"]):
+        single.reset(options={"prompt_index": int(index)})
+        _, r, _, _, out = single.step({"response_ids": ids[i], "logprobs": logp[i]})
+        assert r == pytest.approx(rewards[i], abs=1e-5)
+        assert out["kl"] == pytest.approx(vinfo["final_info"]["kl"][i], abs=1e-5)
+    np.testing.assert_array_equal(vinfo["final_obs"]["input_ids"], obs["input_ids"])
+    assert vec.observation_space.contains(next_obs)
+
+
+def test_reset_options_fix_the_prompt_and_render_shows_the_episode(kwargs):
+    env = InstructBanditEnv(render_mode="ansi", **kwargs)
+    _, info = env.reset(options={"prompt_index": 7})
+    assert info["prompt_index"] == 7 and info["prompt"] == env.core.prompts[7]
+    env.step(env.action_space.sample())
+    text = env.render()
+    assert env.core.prompts[7] in text and "reward" in text and "KL" in text
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda a: {**a, "response_ids": a["response_ids"][:5]}, ValueError, "max_new_tokens=16"),
+    (lambda a: {**a, "response_ids": np.append(a["response_ids"], 1)}, ValueError, "longer than max_new_tokens"),
+    (lambda a: {**a, "response_ids": a["response_ids"].astype(np.float32)}, ValueError, "must be integers"),
+    (lambda a: {**a, "response_ids": np.full(16, 10**6)}, ValueError, "outside the vocabulary"),
+    (lambda a: {**a, "logprobs": np.full(16, np.nan, np.float32)}, ValueError, "NaN or inf"),
+    (lambda a: {**a, "logprobs": np.full(16, 0.5, np.float32)}, ValueError, "must be <= 0"),
+    (lambda a: a["response_ids"], ValueError, "dict with 'response_ids' and 'logprobs'"),
+])
+def test_bad_actions_are_clear_errors(kwargs, change, error, message):
+    env = InstructBanditEnv(**kwargs)
+    env.reset(seed=0)
+    action = env.action_space.sample()
+    action["response_ids"][0] = 5  # a real first token, so the response is not empty
+    with pytest.raises(error, match=message):
+        env.step(change(action))
+
+
+def test_step_before_reset_is_a_clear_error(kwargs):
+    env = InstructBanditEnv(**kwargs)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    with pytest.raises(RuntimeError, match="reset"):  # the episode is over after one step
+        env.step(env.action_space.sample())
+
+
+def test_bad_datasets_and_rewards_are_clear_errors(kwargs):
+    with pytest.raises(ValueError, match="empty"):
+        InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"prompt": []})})
+    with pytest.raises(ValueError, match="no column 'prompt'"):
+        InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"text": ["a"]})})
+    long = Dataset.from_dict({"prompt": ["Q: " + "apple " * 100 + "\nA:"]})
+    with pytest.raises(ValueError, match="max_prompt_tokens=64"):
+        InstructBanditEnv(**{**kwargs, "prompts": long})
+    env = InstructBanditEnv(**{**kwargs, "reward": lambda p, r: [float("nan")] * len(r)})
+    env.reset(seed=0)
+    with pytest.raises(RewardError, match="non-finite"):
+        env.step(env.action_space.sample())
+
+
+def test_custom_prompt_dataset_without_world_columns(kwargs):
+    env = InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"prompt": ["Q: hi\nA:", "Q: yo\nA:"]})})
+    _, info = env.reset(seed=0)
+    assert info["prompt"] in ("Q: hi\nA:", "Q: yo\nA:") and info["customer_id"] == ""
+    assert np.isfinite(env.step(env.action_space.sample())[1])
+
+
+def test_position_ids_skip_left_padding():
+    assert positions(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
