@@ -177,3 +177,22 @@ def test_custom_prompt_dataset_without_world_columns(kwargs):
 
 def test_position_ids_skip_left_padding():
     assert positions(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_sb3_vec_env_adapter(kwargs):
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+
+    from rlhf_env.envs.sb3 import make_sb3_vec_env
+
+    venv = make_sb3_vec_env(num_envs=4, **kwargs)
+    assert isinstance(venv, VecEnv) and venv.num_envs == 4
+    venv.seed(0)
+    first = venv.reset()
+    venv.seed(0)
+    assert np.array_equal(venv.reset()["input_ids"], first["input_ids"])  # seeding applies at reset
+    actions = {k: np.stack([s.sample() for _ in range(4)]) for k, s in venv.action_space.spaces.items()}
+    obs, rewards, dones, infos = venv.step(actions)
+    assert rewards.dtype == np.float32 and rewards.shape == (4,) and dones.all()
+    assert len(infos) == 4 and np.array_equal(infos[0]["terminal_observation"]["input_ids"], first["input_ids"][0])
+    assert rewards[2] == pytest.approx(infos[2]["score"] - 0.05 * infos[2]["kl"], rel=1e-5)
+    assert venv.get_attr("num_envs") == [4] * 4
