@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -23,10 +24,22 @@ class Samples:
     logprobs: torch.Tensor  # (B, R) log pi(y_t | x, y_<t) at the sampling temperature; 0 on padding
     eos: torch.Tensor  # (B,) bool: the row emitted EOS within the budget
     texts: list[str]  # decoded responses, without EOS
+    pad_id: int  # the tokenizer's pad id, used after EOS
 
     @property
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(1)
+
+    def action(self, width: int) -> dict[str, np.ndarray]:
+        """The responses as a batch of ``InstructBandit-v0`` actions, padded to ``width`` tokens."""
+        B, R = self.response_ids.shape
+        if R > width:
+            raise ValueError(f"responses of {R} tokens do not fit in actions of {width}")
+        ids = np.full((B, width), self.pad_id, np.int64)
+        ids[:, :R] = self.response_ids.cpu().numpy()
+        logprobs = np.zeros((B, width), np.float32)
+        logprobs[:, :R] = self.logprobs.cpu().numpy()
+        return {"response_ids": ids, "logprobs": logprobs}
 
 
 def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int | None = None,
@@ -51,11 +64,20 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tempe
            generator: torch.Generator | None = None, max_prompt_tokens: int | None = None) -> Samples:
     """Sample one response per prompt. ``temperature`` is a float (0 for greedy) or one per prompt (B,)."""
     device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens, device)
+    return sample_from_ids(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature, generator)
+
+
+@torch.no_grad()
+def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
+                    temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None) -> Samples:
+    """Like ``sample``, from left-padded prompt ids (B, P) and their attention mask."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     temperature = torch.as_tensor(temperature, dtype=torch.float32, device=device)
     greedy = temperature.ndim == 0 and float(temperature) == 0.0
     if temperature.ndim:
         temperature = temperature[:, None]  # (B, 1): one temperature per row
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens, device)
     B = prompt_ids.shape[0]
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
@@ -99,4 +121,4 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tempe
     texts = [tokenizer.decode(row[m & ~e], skip_special_tokens=True)
              for row, m, e in zip(response_ids, response_mask, is_eos)]
     return Samples(prompt_ids, prompt_mask, response_ids, response_mask.long(), torch.stack(logps, 1),
-                   is_eos.any(1), texts)
+                   is_eos.any(1), texts, pad_id)

@@ -26,12 +26,8 @@ def kwargs(tiny_policy_dir, world_dir):
 
 def policy_actions(model, tokenizer, prompts, R, seed=0, temperature=1.0):
     """Responses and log-probs of a policy, as action arrays of width R."""
-    s = sample(model, tokenizer, prompts, R, temperature, torch.Generator().manual_seed(seed))
-    ids = np.full((len(prompts), R), tokenizer.pad_token_id, dtype=np.int64)
-    logp = np.zeros((len(prompts), R), dtype=np.float32)
-    ids[:, : s.response_ids.shape[1]] = s.response_ids.numpy()
-    logp[:, : s.logprobs.shape[1]] = s.logprobs.numpy()
-    return ids, logp
+    action = sample(model, tokenizer, prompts, R, temperature, torch.Generator().manual_seed(seed)).action(R)
+    return action["response_ids"], action["logprobs"]
 
 
 def test_default_env_passes_gymnasium_and_sb3_checks():
