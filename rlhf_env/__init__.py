@@ -15,3 +15,4 @@ _register(
     entry_point="rlhf_env.envs.bandit:InstructBanditEnv",
     vector_entry_point="rlhf_env.envs.bandit:InstructBanditVectorEnv",
 )
+_register(id="InstructToken-v0", entry_point="rlhf_env.envs.token:InstructTokenEnv")

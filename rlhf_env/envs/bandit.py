@@ -88,16 +88,9 @@ class InstructBanditEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        n = len(self.core.prompts)
-        if options and "prompt_index" in options:
-            index = int(options["prompt_index"])
-            if not 0 <= index < n:
-                raise ValueError(f"prompt_index {index} out of range [0, {n})")
-        else:
-            index = int(self.np_random.integers(n))
+        index = self.core.choose_prompt(self.np_random, options)
         self._index, self._last = index, None
-        return self.core.observation(index), {"prompt_index": index, "prompt": self.core.prompts[index],
-                                              "customer_id": self.core.customer_ids[index]}
+        return self.core.observation(index), self.core.prompt_info(index)
 
     def step(self, action: dict[str, np.ndarray]):
         if self._index is None:

@@ -74,6 +74,19 @@ class BanditCore:
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
+    def choose_prompt(self, rng: np.random.Generator, options: dict | None) -> int:
+        """The episode's prompt: ``options["prompt_index"]`` if given, else uniform from ``rng``."""
+        n = len(self.prompts)
+        if not options or "prompt_index" not in options:
+            return int(rng.integers(n))
+        index = int(options["prompt_index"])
+        if not 0 <= index < n:
+            raise ValueError(f"prompt_index {index} out of range [0, {n})")
+        return index
+
+    def prompt_info(self, index: int) -> dict:
+        return {"prompt_index": index, "prompt": self.prompts[index], "customer_id": self.customer_ids[index]}
+
     def observation(self, index: int) -> dict[str, np.ndarray]:
         return {"input_ids": self.prompt_ids[index].copy(), "attention_mask": self.prompt_mask[index].copy()}
 
