@@ -96,7 +96,7 @@ def test_an_agent_without_logprobs_passes_zeros_and_pays_the_reference_surprise(
 
 
 def test_vector_env_matches_single_env_steps(kwargs, tiny_model, tokenizer):
-    vec = gym.make_vec("InstructBandit-v0", num_envs=8, **kwargs)
+    vec = gym.make_vec("InstructBandit-v0", num_envs=64, **kwargs)
     assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
     obs, info = vec.reset(seed=0)
     prompts = [vec.unwrapped.core.prompts[i] for i in info["prompt_index"]]
