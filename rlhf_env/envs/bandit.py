@@ -68,7 +68,7 @@ class InstructBanditEnv(gym.Env):
     - ``reference``: the reference (SFT) policy, a bundled name (``sft``) or any HF causal LM;
     - ``reward``: anything ``rlhf_env.rewards.load_reward`` takes (``rm``, ``gold``, a path, a callable);
     - ``kl_coef`` (0.05), ``max_prompt_tokens`` (64), ``max_new_tokens`` (48),
-      ``missing_eos_penalty`` (-1.0), ``temperature`` (1.0), ``device`` (``cpu``), ``render_mode``
+      ``missing_eos_penalty`` (-1.0; None for no penalty), ``temperature`` (1.0), ``device`` (``cpu``), ``render_mode``
       (``ansi`` or None), ``data`` (the world's dataset directory).
 
     ## Version History

@@ -7,7 +7,8 @@ forward of the frozen reference model and **one** batched reward call, and retur
 
 where the sum runs over the real response tokens (up to and including EOS), ``log pi`` comes with
 the action, and ``log pi_ref`` is computed here at the same temperature as sampling. A response that
-never emits EOS gets ``missing_eos_penalty`` instead of the reward model's score (N+ recipe).
+never emits EOS gets ``missing_eos_penalty`` instead of the reward model's score (N+ recipe; None
+scores it like any other response).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def load_prompts(prompts, prompt_split: str, prompt_column: str, data: str | Non
 
 class BanditCore:
     def __init__(self, prompts="ppo", reference="sft", reward="rm", kl_coef: float = 0.05,
-                 max_prompt_tokens: int = 64, max_new_tokens: int = 48, missing_eos_penalty: float = -1.0,
+                 max_prompt_tokens: int = 64, max_new_tokens: int = 48, missing_eos_penalty: float | None = -1.0,
                  temperature: float = 1.0, device: str = "cpu", prompt_split: str = "train",
                  prompt_column: str = "prompt", data: str | None = None):
         if temperature <= 0:
@@ -144,7 +145,7 @@ class BanditCore:
         texts = [self.tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(response_ids, real)]
         prompts = [self.prompts[i] for i in index]
         rm_scores = self.reward(prompts, texts, eos)
-        scores = np.where(eos, rm_scores, self.missing_eos_penalty)
+        scores = rm_scores if self.missing_eos_penalty is None else np.where(eos, rm_scores, self.missing_eos_penalty)
         rewards = scores - self.kl_coef * kl
         infos = [{"score": float(scores[b]), "rm_score": float(rm_scores[b]), "kl": float(kl[b]),
                   "log_ratio": log_ratio[b].astype(np.float32), "ref_logprobs": ref[b].astype(np.float32),

@@ -1,0 +1,349 @@
+"""Stage 3: PPO against the reward model, token by token, through ``InstructBandit-v0``.
+
+As in InstructGPT (Ouyang et al. 2022, section 3.5) with the N+ recipe (Huang et al. 2024):
+
+- the agent acts through the env's native vector env: it sends responses with their log-probs and
+  builds **per-token rewards** from the env's ``info``: ``-kl_coef * (log pi - log pi_ref)`` at every
+  token and the score on the EOS token itself; summed, they are exactly the env's reward;
+- GAE with gamma = 1, lambda = 0.95, masked advantage whitening, clipped policy and value losses,
+  a value head on the policy trunk (zero-initialised) or a separate critic initialised from the RM;
+- fixed or adaptive KL coefficient, early stop on approx-KL, log-ratio clamp, dropout off,
+  AdamW (eps 1e-5) with linear decay to 0 and gradient clipping;
+- PPO-ptx: ``ptx_coef`` times the pretraining log-likelihood on the web-text corpus.
+
+The maths is in ``agents/rl_math.py``.
+
+    rlhf ppo --out runs/ppo --seed 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+import rlhf_env  # noqa: F401  (registers the envs)
+from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from agents.logger import RunLogger
+from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
+from rlhf_env.models import DATA_DIR, load_policy, resolve, save_policy
+from rlhf_env.sampling import positions, sample_from_ids
+
+
+@dataclass
+class PPOConfig:
+    """Optimise a policy with PPO against a reward model, with a KL penalty to the SFT policy."""
+
+    policy: str = "sft"
+    """Initial policy and KL reference: a bundled name or a checkpoint path."""
+    reward: str = "rm"
+    """Reward: rm, rm-large, gold, or a sequence-classifier path."""
+    out: str = "runs/ppo"
+    """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
+    seed: int = 0
+    iterations: int = 40
+    """PPO iterations; each samples batch_size episodes."""
+    batch_size: int = 64
+    """Episodes (prompts) per iteration: the vector env's num_envs."""
+    minibatch_size: int = 16
+    ppo_epochs: int = 4
+    lr: float = 3e-5
+    """Peak learning rate, decayed linearly to 0."""
+    adam_eps: float = 1e-5
+    max_grad_norm: float = 1.0
+    kl_coef: float = 0.05
+    """beta: initial KL coefficient."""
+    target_kl: float = 0.0
+    """Target KL per sequence (nats) for the adaptive controller; 0 keeps kl_coef fixed."""
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    vf_clip: float = 0.2
+    vf_coef: float = 0.1
+    early_stop_kl: float = 0.0
+    """Stop an iteration's epochs once approx-KL exceeds this (0: never)."""
+    value_model: str = "head"
+    """head: a zero-initialised head on the policy trunk; rm: a separate critic initialised from the RM."""
+    ptx_coef: float = 0.0
+    """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
+    ptx_batch_size: int = 8
+    missing_eos_penalty: float | None = -1.0
+    """Score of a response without EOS (None: the reward model scores it like any other)."""
+    temperature: float = 1.0
+    max_prompt_tokens: int = 64
+    max_new_tokens: int = 48
+    prompts: str = "ppo"
+    """Prompt split of the world (training customers)."""
+    data: str = str(DATA_DIR)
+    eval_every: int = 10
+    """Iterations between held-out evaluations (0: only at the end)."""
+    eval_episodes: int = 200
+    save_every: int = 10
+    device: str = "cpu"
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar value per token from hidden states, zero-initialised (values start at 0)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden).squeeze(-1)
+
+
+class Critic(torch.nn.Module):
+    """A separate value model: a reward model's trunk and head, applied at every token (N+)."""
+
+    def __init__(self, reward_model):
+        super().__init__()
+        self.model = reward_model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor:
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+        return self.model.score(hidden.last_hidden_state[:, -R - 1:-1]).squeeze(-1)  # (B, R)
+
+
+def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False):
+    """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
+    go through the LM head. Also the last hidden states there if ``want_hidden``."""
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1,
+                 output_hidden_states=want_hidden)
+    logp_all = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)  # (B, R, V)
+    logprobs = logp_all.gather(2, ids[:, -R:, None]).squeeze(2)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
+    return logprobs, entropy, hidden
+
+
+class PPOAgent:
+    def __init__(self, config: PPOConfig):
+        self.config = c = config
+        torch.manual_seed(c.seed)
+        self.policy, self.tokenizer = load_policy(c.policy, c.device)
+        self.policy.train()
+        for module in self.policy.modules():  # dropout off everywhere during RL (N+)
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if c.value_model == "head":
+            self.value = ValueHead(self.policy.config.hidden_size).to(c.device)
+        elif c.value_model == "rm":
+            from rlhf_env.models import BUNDLED_REWARDS
+
+            rm = AutoModelForSequenceClassification.from_pretrained(resolve(c.reward, BUNDLED_REWARDS),
+                                                                    dtype=torch.float32)
+            self.value = Critic(rm).to(c.device)
+        else:
+            raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
+        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, prompts=c.prompts, reference=c.policy,
+                                reward=c.reward, kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
+                                max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
+                                missing_eos_penalty=c.missing_eos_penalty, data=c.data)
+        self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
+        params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
+        self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
+        self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
+
+    # -- rollout ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, obs) -> dict[str, torch.Tensor]:
+        c, dev = self.config, self.config.device
+        prompt_ids = torch.from_numpy(obs["input_ids"]).to(dev)
+        prompt_mask = torch.from_numpy(obs["attention_mask"]).to(dev)
+        self.policy.eval()
+        samples = sample_from_ids(self.policy, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens,
+                                  c.temperature, self.generator)
+        self.policy.train()
+        self.env.unwrapped.core.kl_coef = self.kl.coef  # the env computes the reward with the current beta
+        next_obs, env_rewards, _, _, info = self.env.step(samples.action(c.max_new_tokens))
+        final = info["final_info"]
+        R = samples.response_ids.shape[1]
+        mask = samples.response_mask.float()
+        log_ratio = torch.from_numpy(final["log_ratio"][:, :R]).to(dev).float()
+        score = torch.from_numpy(final["score"]).to(dev).float()
+        rewards = per_token_rewards(score, log_ratio, mask, self.kl.coef)  # score on the EOS token itself
+        ids = torch.cat([prompt_ids, samples.response_ids], 1)
+        full_mask = torch.cat([prompt_mask, samples.response_mask], 1)
+        values = self.values(ids, full_mask, R) * mask
+        advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
+        return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": samples.logprobs.float(),
+                "old_values": values, "advantages": whiten(advantages, mask), "returns": returns,
+                "env_rewards": torch.from_numpy(env_rewards).float(), "score": score,
+                "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
+                "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
+                "token_rewards": rewards}
+
+    def values(self, ids, mask, R: int) -> torch.Tensor:
+        if isinstance(self.value, ValueHead):
+            _, _, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, want_hidden=True)
+            return self.value(hidden)
+        return self.value(ids, mask, R)
+
+    # -- update ----------------------------------------------------------------------------------
+    def update(self, batch: dict) -> dict[str, float]:
+        c = self.config
+        B, R = batch["response_mask"].shape
+        stats: list[dict[str, float]] = []
+        rng = np.random.default_rng([c.seed, self.iteration])
+        stop = False
+        for _ in range(c.ppo_epochs):
+            order = rng.permutation(B)  # reshuffled minibatches every epoch
+            for start in range(0, B, c.minibatch_size):
+                idx = torch.from_numpy(order[start:start + c.minibatch_size])
+                mb_ids, mb_mask, mb_resp = batch["ids"][idx], batch["mask"][idx], batch["response_mask"][idx]
+                want_hidden = isinstance(self.value, ValueHead)
+                logprobs, entropy, hidden = response_forward(self.policy, mb_ids, mb_mask, R, c.temperature,
+                                                             want_hidden)
+                values = self.value(hidden) if want_hidden else self.value(mb_ids, mb_mask, R)
+                pg_loss, pg_stats = policy_loss(logprobs, batch["old_logprobs"][idx], batch["advantages"][idx],
+                                                mb_resp, c.clip_coef)
+                vf_loss = value_loss(values, batch["old_values"][idx], batch["returns"][idx], mb_resp, c.vf_clip)
+                loss = pg_loss + c.vf_coef * vf_loss
+                if self.ptx is not None:
+                    ptx_loss = self.ptx_loss()
+                    loss = loss + c.ptx_coef * ptx_loss
+                    pg_stats["ptx_loss"] = ptx_loss.item()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    list(self.policy.parameters()) + list(self.value.parameters()), c.max_grad_norm)
+                self.optimizer.step()
+                stats.append({**pg_stats, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
+                              "entropy": masked_mean(entropy.detach(), mb_resp).item(), "grad_norm": float(grad_norm)})
+                if c.early_stop_kl and pg_stats["approx_kl"] > c.early_stop_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        self.scheduler.step()
+        out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+        out["first_minibatch_approx_kl"] = stats[0]["approx_kl"]
+        out["early_stopped"] = float(stop)
+        return out
+
+    def _ptx_blocks(self) -> list[list[int]]:
+        from agents.pretrain import pack
+        from rlhf_env.world.build import load_split
+
+        texts = list(load_split(self.config.data, "pretrain", "train")["text"])
+        return [ids for ids, _ in pack(texts, self.tokenizer, block=self.config.max_prompt_tokens)]
+
+    def ptx_loss(self) -> torch.Tensor:
+        """Pretraining next-token loss on a random batch of web-text blocks (PPO-ptx)."""
+        rng = np.random.default_rng([self.config.seed, self.iteration, 7])
+        rows = [self.ptx[i] for i in rng.integers(len(self.ptx), size=self.config.ptx_batch_size)]
+        ids = torch.tensor(rows, device=self.config.device)
+        logits = self.policy(input_ids=ids).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 ids[:, 1:].reshape(-1))
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict:
+        c, out = self.config, Path(self.config.out)
+        state = {"iteration": 0, "kl_coef": self.kl.coef, "run": _run_fingerprint(c)}
+        found = find_checkpoint(out / "checkpoint")
+        if found is not None:
+            state = self._load(found)
+        self.iteration = state["iteration"]
+        logger = RunLogger(out, resume_step=self.iteration)
+        obs = self._restore_obs(state)
+        bar = tqdm(total=c.iterations, initial=self.iteration, desc="ppo", dynamic_ncols=True)
+        while self.iteration < c.iterations:
+            batch = self.rollout(obs)
+            obs = batch.pop("next_obs")
+            stats = self.update(batch)
+            self.kl.update(batch["kl"].mean().item(), c.batch_size)
+            self.iteration += 1
+            metrics = {**stats, **rollout_metrics(batch), "kl_coef": self.kl.coef,
+                       "lr": self.scheduler.get_last_lr()[0]}
+            logger.log(self.iteration, metrics)
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['score']:.2f}", kl=f"{metrics['kl']:.2f}")
+            if c.eval_every and self.iteration % c.eval_every == 0 and self.iteration < c.iterations:
+                logger.log(self.iteration, self.evaluate(), kind="eval")
+            if c.save_every and self.iteration % c.save_every == 0 and self.iteration < c.iterations:
+                self._save(out / "checkpoint", obs)
+        bar.close()
+        final = self.evaluate()
+        logger.log(self.iteration, final, kind="eval")
+        save_policy(self.policy, self.tokenizer, out / "final")
+        logger.close()
+        return final
+
+    def evaluate(self) -> dict[str, float]:
+        from rlhf_env.evaluation import eval_prompts, generate_and_grade, summarize, win_rate
+
+        c = self.config
+        rows = eval_prompts(c.data, "heldout", c.eval_episodes, c.seed)
+        self.policy.eval()
+        texts, grades, lengths = generate_and_grade(self.policy, self.tokenizer, rows, c.seed, c.temperature,
+                                                    c.max_new_tokens)
+        self.policy.train()
+        reference = self.env.unwrapped.core.model
+        _, ref_grades, _ = generate_and_grade(reference, self.tokenizer, rows, c.seed, c.temperature, c.max_new_tokens)
+        reward = self.env.unwrapped.core.reward
+        summary = summarize(grades, lengths)
+        return {"win_rate_vs_reference": win_rate(grades, ref_grades), "gold": summary["gold"],
+                "success": summary["success"], "length": summary["length"], "ending": summary["ending"],
+                "rm_score": float(np.mean(reward(list(rows["prompt"]), texts)))}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _save(self, directory: Path, obs) -> None:
+        env = self.env.unwrapped
+        state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "run": _run_fingerprint(self.config),
+                 "env_rng": env.np_random.bit_generator.state, "env_index": env._index.tolist()}
+        save_checkpoint(directory, self.policy, self.tokenizer, self.optimizer, self.scheduler, state)
+        save_file({**{f"value.{k}": v.contiguous() for k, v in self.value.state_dict().items()},
+                   "sampler_rng": self.generator.get_state()}, directory / "agent.safetensors")
+
+    def _load(self, directory: Path) -> dict:
+        state = load_checkpoint(directory, self.policy, self.optimizer, self.scheduler)
+        if state["run"] != _run_fingerprint(self.config):
+            raise ValueError(f"{directory} was written by a different run; use another --out")
+        tensors = load_file(directory / "agent.safetensors")
+        self.generator.set_state(tensors.pop("sampler_rng"))
+        self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
+        self.kl.coef = state["kl_coef"]
+        return state
+
+    def _restore_obs(self, state: dict):
+        env = self.env.unwrapped
+        if "env_rng" not in state:
+            return self.env.reset(seed=self.config.seed)[0]
+        self.env.reset(seed=self.config.seed)
+        env.np_random.bit_generator.state = state["env_rng"]
+        env._index = np.array(state["env_index"])
+        return env._observe()
+
+
+def rollout_metrics(batch: dict) -> dict[str, float]:
+    """What N+ says to watch: score, KL, score - beta*KL, length, EOS fraction, explained variance."""
+    mask = batch["response_mask"]
+    values, returns = batch["old_values"][mask.bool()], batch["returns"][mask.bool()]
+    explained = 1 - (returns - values).var() / returns.var().clamp(min=1e-8)
+    return {"score": batch["score"].mean().item(), "rm_score": batch["rm_score"].mean().item(),
+            "kl": batch["kl"].mean().item(), "reward": batch["env_rewards"].mean().item(),
+            "length": batch["length"].mean().item(), "eos_frac": batch["eos"].float().mean().item(),
+            "explained_variance": explained.item()}
+
+
+def _run_fingerprint(c: PPOConfig) -> dict:
+    keep = ("policy", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
+            "value_model", "ptx_coef")
+    return {k: v for k, v in asdict(c).items() if k in keep}
+
+
+def ppo(config: PPOConfig) -> dict:
+    return PPOAgent(config).train()
