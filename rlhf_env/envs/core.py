@@ -120,15 +120,24 @@ class BanditCore:
 
     @torch.no_grad()
     def reference_logprobs(self, index: np.ndarray, response_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """log pi_ref(y_t | x, y_<t) at the sampling temperature, (B, R), 0 on padding. One forward."""
-        ids = torch.from_numpy(np.concatenate([self.prompt_ids[index], response_ids], 1)).to(self.device)
-        full_mask = torch.from_numpy(np.concatenate([self.prompt_mask[index], mask], 1)).to(self.device)
-        R = response_ids.shape[1]
+        """log pi_ref(y_t | x, y_<t) at the sampling temperature, (B, R), 0 on padding. One forward.
+
+        Columns that are padding in every row (left of the longest prompt, right of the longest
+        response) are cut first: on a CPU the forward is compute-bound, so they would cost real time.
+        """
+        prompt_mask = self.prompt_mask[index]
+        first = int(np.argmax(prompt_mask.any(0)))
+        used = int(np.flatnonzero(mask.any(0)).max()) + 1 if mask.any() else 1
+        ids = torch.from_numpy(np.concatenate([self.prompt_ids[index][:, first:], response_ids[:, :used]], 1))
+        full_mask = torch.from_numpy(np.concatenate([prompt_mask[:, first:], mask[:, :used]], 1))
+        ids, full_mask = ids.to(self.device), full_mask.to(self.device)
         # Only the positions that predict response tokens go through the LM head.
         logits = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions(full_mask),
-                            logits_to_keep=R + 1).logits[:, :-1].float()  # (B, R, V)
-        logp = torch.log_softmax(logits / self.temperature, -1).gather(2, ids[:, -R:, None]).squeeze(2)
-        return (logp * full_mask[:, -R:]).cpu().numpy().astype(np.float64)
+                            logits_to_keep=used + 1).logits[:, :-1].float()  # (B, used, V)
+        logp = torch.log_softmax(logits / self.temperature, -1).gather(2, ids[:, -used:, None]).squeeze(2)
+        out = np.zeros(response_ids.shape, dtype=np.float64)
+        out[:, :used] = (logp * full_mask[:, -used:]).cpu().numpy()
+        return out
 
     def score(self, index: np.ndarray, response_ids, logprobs) -> tuple[np.ndarray, list[dict]]:
         """Rewards (B,) and one info dict per pair; see the module docstring."""
