@@ -4,10 +4,7 @@ import pytest
 import torch
 
 from agents.ppo import PPOAgent, PPOConfig
-
-
-def n_chars(prompts, responses):
-    return [0.1 * len(r) for r in responses]
+from tests.test_bandit_env import n_chars
 
 
 @pytest.fixture
