@@ -43,7 +43,7 @@ class PPOConfig:
     policy: str = "sft"
     """Initial policy and KL reference: a bundled name or a checkpoint path."""
     reward: str = "rm"
-    """Reward: rm, rm-large, gold, or a sequence-classifier path."""
+    """Reward: rm, rm-large, gold, or a sequence-classifier path (from Python, any load_reward spec)."""
     out: str = "runs/ppo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     seed: int = 0
@@ -342,7 +342,9 @@ def rollout_metrics(batch: dict) -> dict[str, float]:
 def _run_fingerprint(c: PPOConfig) -> dict:
     keep = ("policy", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
             "value_model", "ptx_coef")
-    return {k: v for k, v in asdict(c).items() if k in keep}
+    plain = (str, int, float, bool, type(None))
+    return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
+            for k, v in asdict(c).items() if k in keep}
 
 
 def ppo(config: PPOConfig) -> dict:

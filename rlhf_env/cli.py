@@ -23,6 +23,8 @@ COMMANDS = {
     "sft": ("agents.sft", "SFTConfig", "sft", None, "supervised fine-tuning on demonstrations"),
     "rm": ("agents.reward_model", "RMConfig", "train_reward_model", None,
            "train a reward model on ranked comparisons"),
+    "ppo": ("agents.ppo", "PPOConfig", "ppo", "ppo_table",
+            "PPO against the reward model with a KL penalty to the SFT policy (work in progress)"),
     "build-assets": ("agents.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if table:
         show = getattr(importlib.import_module("rlhf_env.report"), table)
-        print(json.dumps(result, indent=1) if config.json else show(result))
+        print(json.dumps(result, indent=1) if getattr(config, "json", False) else show(result))
     return 0
 
 

@@ -60,3 +60,12 @@ def eval_rm_table(r: dict) -> str:
     for name, value in rows:
         table.add_row(name, f"{value:.3f}")
     return _render(table)
+
+
+def ppo_table(r: dict) -> str:
+    table = Table(title="PPO policy on held-out customers' prompts (vs the reference policy)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in r.items():
+        table.add_row(key, f"{value:.3f}")
+    return _render(table)

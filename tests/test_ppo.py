@@ -27,3 +27,50 @@ def test_ratio_is_one_before_first_update(agent):
     batch.pop("next_obs")
     stats = agent.update(batch)
     assert abs(stats["first_minibatch_approx_kl"]) < 1e-6
+
+
+def brevity(prompts, responses):
+    return [-len(r) / 20 for r in responses]
+
+
+def tiny_config(tiny_policy_dir, world_dir, out, **overrides):
+    settings = dict(policy=str(tiny_policy_dir), reward=brevity, out=str(out), data=str(world_dir), iterations=30,
+                    batch_size=32, minibatch_size=8, lr=3e-3, kl_coef=0.0, max_new_tokens=8,
+                    missing_eos_penalty=None, eval_every=0, eval_episodes=8, save_every=0)
+    return PPOConfig(**{**settings, **overrides})
+
+
+def test_ppo_learns_a_trivially_learnable_reward(tiny_policy_dir, world_dir, tmp_path):
+    """Shorter is better: a random tiny policy scores about -1.2; PPO must get above -0.4 in 30 iterations
+    (measured: about -0.02; an agent that never updates stays near -1.2)."""
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo"))
+    agent.train()
+    scores = [float(line.split(",")[header_index(tmp_path / "ppo" / "train.csv", "score")])
+              for line in (tmp_path / "ppo" / "train.csv").read_text().split()[1:]]
+    assert scores[0] < -0.9 and max(scores[-5:]) > -0.4
+    assert (tmp_path / "ppo" / "final" / "model.safetensors").exists()
+
+
+def header_index(path, column):
+    return path.read_text().split()[0].split(",").index(column)
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, world_dir, tmp_path):
+    full = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "full", iterations=4, save_every=2))
+    full.train()
+
+    class Crash(Exception):
+        pass
+
+    killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2,
+                                  eval_every=3))
+    killed.evaluate = lambda: (_ for _ in ()).throw(Crash())  # dies at iteration 3, after the checkpoint at 2
+    with pytest.raises(Crash):
+        killed.train()
+    resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2))
+    resumed.train()
+    for (name, a), b in zip(full.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    for a, b in zip(full.value.state_dict().values(), resumed.value.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert (tmp_path / "full" / "train.csv").read_text() == (tmp_path / "killed" / "train.csv").read_text()
