@@ -291,8 +291,10 @@ class PPOAgent:
         texts, grades, lengths = generate_and_grade(self.policy, self.tokenizer, rows, c.seed, c.temperature,
                                                     c.max_new_tokens)
         self.policy.train()
-        reference = self.env.unwrapped.core.model
-        _, ref_grades, _ = generate_and_grade(reference, self.tokenizer, rows, c.seed, c.temperature, c.max_new_tokens)
+        if getattr(self, "_reference_grades", None) is None:  # the frozen reference's samples never change
+            self._reference_grades = generate_and_grade(self.env.unwrapped.core.model, self.tokenizer, rows, c.seed,
+                                                        c.temperature, c.max_new_tokens)[1]
+        ref_grades = self._reference_grades
         reward = self.env.unwrapped.core.reward
         summary = summarize(grades, lengths)
         return {"win_rate_vs_reference": win_rate(grades, ref_grades), "gold": summary["gold"],
