@@ -155,6 +155,7 @@ class PPOAgent:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
+        self._reference_grades = None  # gold grades of the reference's held-out samples, computed once
 
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -291,7 +292,7 @@ class PPOAgent:
         texts, grades, lengths = generate_and_grade(self.policy, self.tokenizer, rows, c.seed, c.temperature,
                                                     c.max_new_tokens)
         self.policy.train()
-        if getattr(self, "_reference_grades", None) is None:  # the frozen reference's samples never change
+        if self._reference_grades is None:  # the frozen reference's samples never change
             self._reference_grades = generate_and_grade(self.env.unwrapped.core.model, self.tokenizer, rows, c.seed,
                                                         c.temperature, c.max_new_tokens)[1]
         ref_grades = self._reference_grades
