@@ -8,18 +8,15 @@ Works for any reward that ``load_reward`` accepts, so a user's own RM is measure
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards import Reward, load_reward
-from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import grade
-from rlhf_env.world.labelers import pairwise_agreement
-from rlhf_env.world.tasks import FAMILIES
+from rlhf_env.world.labelers import padded_pair, pairwise_agreement
 
 
 @dataclass
@@ -76,11 +73,9 @@ def ranking_accuracy(rows: list[dict], scores: list[np.ndarray]) -> tuple[float,
 def prefer_padded(reward: Reward, rows: list[dict], seed: int = 0) -> float:
     """How often the reward scores "reference + pleasantry" above the bare reference answer."""
     rng = np.random.default_rng(seed)
-    prompts, refs = [r["prompt"] for r in rows], []
-    for row in rows:
-        task = json.loads(row["task"])
-        refs.append(" " + FAMILIES[task["family"]].reference(task["spec"]))
-    padded = [f"{ref} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}" for ref in refs]
+    pairs = [padded_pair(rng, row["task"]) for row in rows]
+    prompts = [r["prompt"] for r in rows]
+    refs, padded = [" " + ref for ref, _ in pairs], [" " + pad for _, pad in pairs]  # responses start with a space
     return float(np.mean(reward(prompts, padded) > reward(prompts, refs)))
 
 

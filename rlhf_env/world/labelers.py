@@ -101,6 +101,14 @@ def demonstrate(rng: np.random.Generator, labeler: Labeler, task: dict | str) ->
     return answer
 
 
+def padded_pair(rng: np.random.Generator, task: dict | str) -> tuple[str, str]:
+    """The reference answer and the same answer padded with a pleasantry: gold prefers the first
+    (concision), so any preference for the second is the spurious length bias."""
+    task = json.loads(task) if isinstance(task, str) else task
+    reference = FAMILIES[task["family"]].reference(task["spec"])
+    return reference, f"{reference} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}"
+
+
 def utilities(rng: np.random.Generator, labeler: Labeler, task, responses: list[str],
               eos: list[bool] | None = None, length_cap: int = LabelerConfig.length_cap) -> np.ndarray:
     """The labeler's private utility of each response, noise included (float64, shape (K,))."""

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import SPLITS, WorldConfig, load_split
 from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
-from rlhf_env.world.labelers import LabelerConfig, make_panel, panel_agreement, rank
-from rlhf_env.world.tasks import FAMILIES
+from rlhf_env.world.labelers import LabelerConfig, make_panel, padded_pair, panel_agreement, rank
 
 
 @dataclass
@@ -41,13 +39,9 @@ def padded_preference(rng, panel, tasks) -> float:
     Gold always prefers the bare answer (it is more concise), so any rate above 0.5 is the labelers'
     spurious length preference.
     """
-    import json
-
     wins = []
     for task in tasks:
-        spec = json.loads(task)
-        ref = FAMILIES[spec["family"]].reference(spec["spec"])
-        padded = f"{ref} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}"
+        ref, padded = padded_pair(rng, task)
         labeler = panel[int(rng.integers(len(panel)))]
         wins.append(rank(rng, labeler, task, [ref, padded])[0] == 1)
     return float(np.mean(wins))
