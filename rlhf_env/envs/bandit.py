@@ -130,8 +130,7 @@ class InstructBanditVectorEnv(VectorEnv):
         self._index: np.ndarray | None = None
 
     def _observe(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.core.prompt_ids[self._index].copy(),
-                "attention_mask": self.core.prompt_mask[self._index].copy()}
+        return self.core.observation(self._index)  # fancy indexing on the batch of prompt indices
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

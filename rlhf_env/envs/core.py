@@ -88,7 +88,8 @@ class BanditCore:
     def prompt_info(self, index: int) -> dict:
         return {"prompt_index": index, "prompt": self.prompts[index], "customer_id": self.customer_ids[index]}
 
-    def observation(self, index: int) -> dict[str, np.ndarray]:
+    def observation(self, index: int | np.ndarray) -> dict[str, np.ndarray]:
+        """The left-padded prompt(s) at ``index`` (an int, or an array for a batch), as fresh arrays."""
         return {"input_ids": self.prompt_ids[index].copy(), "attention_mask": self.prompt_mask[index].copy()}
 
     def response_mask(self, response_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
