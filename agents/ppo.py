@@ -177,7 +177,7 @@ class PPOAgent:
         rewards = per_token_rewards(score, log_ratio, mask, self.kl.coef)  # score on the EOS token itself
         ids = torch.cat([prompt_ids, samples.response_ids], 1)
         full_mask = torch.cat([prompt_mask, samples.response_mask], 1)
-        values = self.values(ids, full_mask, R) * mask
+        values = self.forward(ids, full_mask, R, need_policy=False)[2] * mask  # log-probs come from sampling
         advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": samples.logprobs.float(),
                 "old_values": values, "advantages": whiten(advantages, mask), "returns": returns,
@@ -186,11 +186,14 @@ class PPOAgent:
                 "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
                 "token_rewards": rewards}
 
-    def values(self, ids, mask, R: int) -> torch.Tensor:
-        if isinstance(self.value, ValueHead):
-            _, _, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, want_hidden=True)
-            return self.value(hidden)
-        return self.value(ids, mask, R)
+    def forward(self, ids, mask, R: int, need_policy: bool = True):
+        """(log-probs, entropies, values) of the response tokens, each (B, R). The value head shares the
+        policy's forward; a separate critic runs its own (and alone when ``need_policy`` is False)."""
+        head = isinstance(self.value, ValueHead)
+        if not (need_policy or head):
+            return None, None, self.value(ids, mask, R)
+        logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head)
+        return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R)
 
     # -- update ----------------------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
@@ -204,10 +207,7 @@ class PPOAgent:
             for start in range(0, B, c.minibatch_size):
                 idx = torch.from_numpy(order[start:start + c.minibatch_size])
                 mb_ids, mb_mask, mb_resp = batch["ids"][idx], batch["mask"][idx], batch["response_mask"][idx]
-                want_hidden = isinstance(self.value, ValueHead)
-                logprobs, entropy, hidden = response_forward(self.policy, mb_ids, mb_mask, R, c.temperature,
-                                                             want_hidden)
-                values = self.value(hidden) if want_hidden else self.value(mb_ids, mb_mask, R)
+                logprobs, entropy, values = self.forward(mb_ids, mb_mask, R)
                 pg_loss, pg_stats = policy_loss(logprobs, batch["old_logprobs"][idx], batch["advantages"][idx],
                                                 mb_resp, c.clip_coef)
                 vf_loss = value_loss(values, batch["old_values"][idx], batch["returns"][idx], mb_resp, c.vf_clip)
