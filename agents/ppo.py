@@ -70,7 +70,8 @@ class PPOConfig:
     early_stop_kl: float = 0.0
     """Stop an iteration's epochs once approx-KL exceeds this (0: never)."""
     value_model: str = "head"
-    """head: a zero-initialised head on the policy trunk; rm: a separate critic initialised from the RM."""
+    """head: a zero-initialised head on the policy trunk; rm: a separate critic initialised from the RM
+    (which must share the policy's tokenizer)."""
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
@@ -142,6 +143,9 @@ class PPOAgent:
 
             rm = AutoModelForSequenceClassification.from_pretrained(resolve(c.reward, BUNDLED_REWARDS),
                                                                     dtype=torch.float32)
+            if rm.config.vocab_size != self.policy.config.vocab_size:
+                raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
+                                 "tokenizer; use value_model='head' with this reward")
             self.value = Critic(rm).to(c.device)
         else:
             raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
