@@ -85,3 +85,13 @@ def test_a_tokenizer_whose_pad_is_eos_still_gets_exact_masks(tiny_model, tokeniz
         real = int(mask.sum())
         assert (ids[real - 1] == same.eos_token_id) == bool(ended)
         assert (ids[real:] == same.eos_token_id).all()
+
+
+def test_draw_samples_the_given_distribution():
+    from rlhf_env.sampling import draw
+
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.7])
+    tokens = draw(probs.log().expand(40_000, 4), torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    assert freq[1] == 0  # a zero-probability token is never drawn
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # 0.01 is > 4 standard errors

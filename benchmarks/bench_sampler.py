@@ -1,0 +1,96 @@
+"""Rollout sampler throughput: HF ``generate`` vs our sampler, on both bundled policy sizes, in one run.
+
+Every method decodes the same left-padded batch of held-out prompts for exactly ``--new-tokens``
+tokens per row (EOS does not stop any of them), sampling at temperature 1 from the full
+distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods:
+
+- ``hf_generate``: ``model.generate(do_sample=True)``; it returns no log-probs, which flatters it;
+- ``hf_cache_loop``: our sampler through the model's own HF forward and dynamic cache (``fast=False``),
+  the generic path any causal LM takes;
+- ``lean_gpt2``: our sampler through ``rlhf_env.decoder.GPT2Decoder`` (static cache, plain ops), the
+  default for GPT-2 policies.
+
+Prints a table (tokens/s, median of ``--repeats``) and writes JSON.
+
+    python benchmarks/bench_sampler.py [--batch-size 64] [--new-tokens 48] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.sampling import encode_prompts, sample_from_ids
+from rlhf_env.world.build import load_split
+
+METHODS = ("hf_generate", "hf_cache_loop", "lean_gpt2")
+
+
+def run(method: str, model, tokenizer, ids, mask, new_tokens: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if method == "hf_generate":
+        torch.manual_seed(seed)
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
+        return out[:, ids.shape[1]:]
+    fast = method == "lean_gpt2"
+    return sample_from_ids(model, tokenizer, ids, mask, new_tokens, 1.0, generator, fast=fast,
+                           stop_at_eos=False).response_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", nargs="+", default=["sft", "sft-large"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/sampler.json")
+    args = parser.parse_args()
+
+    prompts = list(load_split(DATA_DIR, "prompts", "heldout")["prompt"][:args.batch_size])
+    rows = []
+    for name in args.policies:
+        model, tokenizer = load_policy(name)
+        ids, mask = encode_prompts(tokenizer, prompts)
+        n_params = sum(p.numel() for p in model.parameters())
+        times = {}
+        with torch.no_grad():
+            for method in METHODS:
+                run(method, model, tokenizer, ids, mask, 4, 0)  # warm-up
+                samples = []
+                for r in range(args.repeats):
+                    start = time.perf_counter()
+                    out = run(method, model, tokenizer, ids, mask, args.new_tokens, r)
+                    samples.append(time.perf_counter() - start)
+                    assert out.shape == (args.batch_size, args.new_tokens), out.shape
+                times[method] = float(np.median(samples))
+        tokens = args.batch_size * args.new_tokens
+        row = {"policy": name, "parameters": n_params, "prompt_tokens": ids.shape[1],
+               **{f"{m}_s": times[m] for m in METHODS}, **{f"{m}_tokens_per_s": tokens / times[m] for m in METHODS},
+               "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
+               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"]}
+        rows.append(row)
+
+    print(f"batch {args.batch_size}, {args.new_tokens} new tokens per row, tokens/s (median of {args.repeats}), "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'policy':<11}{'params':>8}{'generate':>11}{'HF loop':>10}{'lean':>10}{'vs generate':>13}")
+    for r in rows:
+        print(f"{r['policy']:<11}{r['parameters'] / 1e6:>7.1f}M{r['hf_generate_tokens_per_s']:>11.0f}"
+              f"{r['hf_cache_loop_tokens_per_s']:>10.0f}{r['lean_gpt2_tokens_per_s']:>10.0f}"
+              f"{r['speedup_vs_generate']:>12.1f}x")
+    result = {"batch_size": args.batch_size, "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor(),
+              "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The lean GPT-2 decoder computes exactly what the HF model computes, and the sampler uses it."""
+
+import pytest
+import torch
+
+from rlhf_env.decoder import GPT2Decoder
+from rlhf_env.models import new_model
+from rlhf_env.sampling import encode_prompts, positions, sample, sample_from_ids
+from tests.test_sampling import PROMPTS, EosBoost
+
+from .conftest import TINY_DIMS
+
+
+@pytest.mark.parametrize("overrides", [{}, {"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"}])
+def test_prefill_and_steps_match_hf_logits(tokenizer, overrides):
+    torch.manual_seed(0)
+    model = new_model(TINY_DIMS, tokenizer, **overrides).eval()
+    ids, mask = encode_prompts(tokenizer, PROMPTS)  # left-padded, of different lengths
+    extra = torch.randint(2, len(tokenizer), (len(PROMPTS), 5))
+    full_ids, full_mask = torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra)], 1)
+    with torch.no_grad():
+        reference = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
+        decoder = GPT2Decoder(model, len(PROMPTS), full_ids.shape[1])
+        pos = positions(mask)
+        got = [decoder.prefill(ids, mask, pos)]
+        for t in range(extra.shape[1]):
+            got.append(decoder.step(extra[:, t], pos[:, -1] + t + 1))
+    P = ids.shape[1]
+    torch.testing.assert_close(torch.stack(got, 1), reference[:, P - 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_fast_and_generic_paths_sample_the_same_tokens(tiny_model, tokenizer):
+    ids, mask = encode_prompts(tokenizer, PROMPTS * 3)
+    runs = [sample_from_ids(tiny_model, tokenizer, ids, mask, 20, 0.8, torch.Generator().manual_seed(1), fast=fast)
+            for fast in (True, False)]
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=0)
+
+
+def test_the_sampler_picks_the_fast_path_only_for_plain_gpt2(tiny_model, tokenizer):
+    assert GPT2Decoder.supports(tiny_model)
+    wrapped = EosBoost(tiny_model, tokenizer.eos_token_id, boost=0.0)  # any other module takes the HF path
+    assert not GPT2Decoder.supports(wrapped)
+    a = sample(wrapped, tokenizer, PROMPTS, 8, 1.0, torch.Generator().manual_seed(0))
+    b = sample(tiny_model, tokenizer, PROMPTS, 8, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(a.response_ids, b.response_ids)
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    with pytest.raises(ValueError, match="GPT-2 only"):
+        sample_from_ids(wrapped, tokenizer, ids, mask, 8, fast=True)
+
+
+def test_without_stop_at_eos_every_row_gets_the_full_budget(tiny_model, tokenizer):
+    model = EosBoost(tiny_model, tokenizer.eos_token_id, boost=100.0)  # EOS at every step
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    s = sample_from_ids(model, tokenizer, ids, mask, 6, 1.0, torch.Generator().manual_seed(0), stop_at_eos=False)
+    assert s.response_ids.shape == (len(PROMPTS), 6)
+
+
+def test_skipped_padding_columns_cannot_leak_nan(tiny_model, tokenizer):
+    """The bucketed prefill leaves padding columns unwritten; whatever the buffer held there must not matter."""
+    prompts = ["Q: hi\nA:"] * 3 + ["Q: sort : fig apple pear cup door egg grape kiwi lime .\nA:"]
+    ids, mask = encode_prompts(tokenizer, prompts)
+    decoder = GPT2Decoder(tiny_model, len(prompts), ids.shape[1] + 2)
+    decoder.cache.fill_(float("nan"))  # e.g. a reused buffer, or torch.empty's garbage
+    with torch.no_grad():
+        logits = decoder.prefill(ids, mask, positions(mask), chunk=2)
+        logits = decoder.step(logits.argmax(-1), positions(mask)[:, -1] + 1)
+    assert torch.isfinite(logits).all()
