@@ -41,7 +41,9 @@ class PPOConfig:
     """Optimise a policy with PPO against a reward model, with a KL penalty to the SFT policy."""
 
     policy: str = "sft"
-    """Initial policy and KL reference: a bundled name or a checkpoint path."""
+    """Initial policy: a bundled name or a checkpoint path."""
+    reference: str = ""
+    """KL reference policy (the env's pi_ref); empty: the initial policy. Must share the policy's tokenizer."""
     reward: str = "rm"
     """Reward: rm, rm-large, gold, or a sequence-classifier path (from Python, any load_reward spec)."""
     out: str = "runs/ppo"
@@ -90,6 +92,27 @@ class PPOConfig:
     device: str = "cpu"
 
 
+class NonFiniteLoss(ValueError):
+    """Training diverged (NaN or inf); nothing after the last good checkpoint was saved."""
+
+
+def check_same_tokenizer(tokenizer, policy, core, config: PPOConfig) -> None:
+    """The env scores the policy's token ids with the reference: both must read them the same way."""
+    problems = []
+    if tokenizer.get_vocab() != core.tokenizer.get_vocab():
+        problems.append(f"vocabularies differ ({len(tokenizer)} vs {len(core.tokenizer)} tokens)")
+    for name in ("eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name) != getattr(core, name.replace("_token", "")):
+            problems.append(f"{name} {getattr(tokenizer, name)} vs {getattr(core, name.replace('_token', ''))}")
+    if policy.get_input_embeddings().num_embeddings < core.vocab_size:
+        problems.append(f"the policy embeds {policy.get_input_embeddings().num_embeddings} tokens, the env emits "
+                        f"up to {core.vocab_size}")
+    if problems:
+        raise ValueError(f"policy {config.policy!r} and the env's reference {config.reference or config.policy!r} "
+                         f"do not share a tokenizer: {'; '.join(problems)}. The env reads the policy's token ids, "
+                         "so both must come from the same tokenizer.")
+
+
 class ValueHead(torch.nn.Module):
     """A scalar value per token from hidden states, zero-initialised (values start at 0)."""
 
@@ -113,6 +136,16 @@ class Critic(torch.nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
         return self.model.score(hidden.last_hidden_state[:, -R - 1:-1]).squeeze(-1)  # (B, R)
+
+
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor, response_mask: torch.Tensor):
+    """Cut the columns of prompt + response ids (B, P + R) that are padding in every row: left of the
+    longest prompt and right of the longest response. Returns ``(ids, mask, r)``, r the responses'
+    new width. On a CPU the forward is compute-bound, so padding costs as much as real tokens."""
+    P = ids.shape[1] - response_mask.shape[1]
+    first = int(mask[:, :P].any(0).int().argmax())
+    r = max(int(response_mask.sum(1).max()), 1)
+    return ids[:, first:P + r], mask[:, first:P + r], r
 
 
 def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False):
@@ -149,10 +182,12 @@ class PPOAgent:
             self.value = Critic(rm).to(c.device)
         else:
             raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
-        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, prompts=c.prompts, reference=c.policy,
+        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, prompts=c.prompts,
+                                reference=c.reference or c.policy,
                                 reward=c.reward, kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
+        check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         params = list(self.policy.parameters()) + list(self.value.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps)
@@ -171,6 +206,9 @@ class PPOAgent:
         samples = sample_from_ids(self.policy, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens,
                                   c.temperature, self.generator)
         self.policy.train()
+        if not torch.isfinite(samples.logprobs).all():
+            raise NonFiniteLoss(f"the policy's log-probs are not finite at iteration {self.iteration + 1}; "
+                                f"{Path(c.out) / 'checkpoint'} keeps the last good checkpoint")
         self.env.unwrapped.core.kl_coef = self.kl.coef  # the env computes the reward with the current beta
         next_obs, env_rewards, _, _, info = self.env.step(samples.action(c.max_new_tokens))
         final = info["final_info"]
@@ -181,7 +219,9 @@ class PPOAgent:
         rewards = per_token_rewards(score, log_ratio, mask, self.kl.coef)  # score on the EOS token itself
         ids = torch.cat([prompt_ids, samples.response_ids], 1)
         full_mask = torch.cat([prompt_mask, samples.response_mask], 1)
-        values = self.forward(ids, full_mask, R, need_policy=False)[2] * mask  # log-probs come from sampling
+        short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
+        values = self.forward(short_ids, short_mask, r, need_policy=False)[2]  # log-probs come from sampling
+        values = torch.nn.functional.pad(values, (0, R - r)) * mask
         advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": samples.logprobs.float(),
                 "old_values": values, "advantages": whiten(advantages, mask), "returns": returns,
@@ -202,7 +242,7 @@ class PPOAgent:
     # -- update ----------------------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
         c = self.config
-        B, R = batch["response_mask"].shape
+        B = batch["response_mask"].shape[0]
         stats: list[dict[str, float]] = []
         rng = np.random.default_rng([c.seed, self.iteration])
         stop = False
@@ -210,11 +250,13 @@ class PPOAgent:
             order = rng.permutation(B)  # reshuffled minibatches every epoch
             for start in range(0, B, c.minibatch_size):
                 idx = torch.from_numpy(order[start:start + c.minibatch_size])
-                mb_ids, mb_mask, mb_resp = batch["ids"][idx], batch["mask"][idx], batch["response_mask"][idx]
-                logprobs, entropy, values = self.forward(mb_ids, mb_mask, R)
-                pg_loss, pg_stats = policy_loss(logprobs, batch["old_logprobs"][idx], batch["advantages"][idx],
-                                                mb_resp, c.clip_coef)
-                vf_loss = value_loss(values, batch["old_values"][idx], batch["returns"][idx], mb_resp, c.vf_clip)
+                mb_ids, mb_mask, r = trim_padding(batch["ids"][idx], batch["mask"][idx], batch["response_mask"][idx])
+                mb = {k: batch[k][idx, :r] for k in ("response_mask", "old_logprobs", "advantages", "returns",
+                                                      "old_values")}
+                mb_resp = mb["response_mask"]
+                logprobs, entropy, values = self.forward(mb_ids, mb_mask, r)
+                pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_resp, c.clip_coef)
+                vf_loss = value_loss(values, mb["old_values"], mb["returns"], mb_resp, c.vf_clip)
                 loss = pg_loss + c.vf_coef * vf_loss
                 if self.ptx is not None:
                     ptx_loss = self.ptx_loss()
@@ -224,6 +266,11 @@ class PPOAgent:
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     list(self.policy.parameters()) + list(self.value.parameters()), c.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # stop before the weights are hit
+                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at "
+                                        f"iteration {self.iteration + 1}; the weights were not updated, and "
+                                        f"{Path(c.out) / 'checkpoint'} keeps the last good checkpoint. Lower lr "
+                                        f"or max_grad_norm, or check the reward for extreme values.")
                 self.optimizer.step()
                 stats.append({**pg_stats, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
                               "entropy": masked_mean(entropy.detach(), mb_resp).item(), "grad_norm": float(grad_norm)})
@@ -347,7 +394,7 @@ def rollout_metrics(batch: dict) -> dict[str, float]:
 
 
 def _run_fingerprint(c: PPOConfig) -> dict:
-    keep = ("policy", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
+    keep = ("policy", "reference", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
             "value_model", "ptx_coef")
     plain = (str, int, float, bool, type(None))
     return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable

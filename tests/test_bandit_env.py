@@ -155,7 +155,7 @@ def test_bad_datasets_and_rewards_are_clear_errors(kwargs):
         InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"prompt": []})})
     with pytest.raises(ValueError, match="no column 'prompt'"):
         InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"text": ["a"]})})
-    long = Dataset.from_dict({"prompt": ["Q: " + "apple " * 100 + "\nA:"]})
+    long = Dataset.from_dict({"prompt": ["Q: hi\nA:", "Q: " + "apple " * 100 + "\nA:"]})  # ragged once tokenized
     with pytest.raises(ValueError, match="max_prompt_tokens=64"):
         InstructBanditEnv(**{**kwargs, "prompts": long})
     env = InstructBanditEnv(**{**kwargs, "reward": lambda p, r: [float("nan")] * len(r)})

@@ -74,3 +74,48 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, wo
     for a, b in zip(full.value.state_dict().values(), resumed.value.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert (tmp_path / "full" / "train.csv").read_text() == (tmp_path / "killed" / "train.csv").read_text()
+
+
+def test_a_reference_with_another_tokenizer_is_refused(tiny_policy_dir, world, world_dir, tmp_path):
+    from rlhf_env.models import new_model, save_policy
+    from rlhf_env.tokenizer import train_tokenizer
+
+    demos = world["demonstrations"]["train"]
+    other = train_tokenizer(list(world["pretrain"]["text"]) + [p + " " + r for p, r in
+                                                             zip(demos["prompt"], demos["response"])], vocab_size=700)
+    save_policy(new_model(dict(n_embd=16, n_layer=1, n_head=2), other), other, tmp_path / "other")
+    with pytest.raises(ValueError, match="do not share a tokenizer"):
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reference=str(tmp_path / "other")))
+
+
+def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_policy_dir, world_dir,
+                                                                                  tmp_path):
+    from safetensors.torch import load_file
+
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, save_every=1))
+    rollout = agent.rollout
+
+    def diverging_rollout(obs):  # the weights go bad during iteration 2, after the checkpoint of iteration 1
+        batch = rollout(obs)
+        if agent.iteration == 1:
+            with torch.no_grad():
+                agent.policy.lm_head.weight[0, 0] = float("nan")
+        return batch
+
+    agent.rollout = diverging_rollout
+    with pytest.raises(ValueError, match="non-finite loss.*iteration 2.*last good checkpoint"):
+        agent.train()
+    checkpoint = tmp_path / "ppo" / "checkpoint"
+    assert '"iteration": 1' in (checkpoint / "state.json").read_text()
+    assert all(torch.isfinite(v).all() for v in load_file(checkpoint / "model.safetensors").values())
+    assert not (tmp_path / "ppo" / "final").exists()
+
+
+def test_resuming_into_a_directory_of_another_run_is_refused(tiny_policy_dir, world_dir, tmp_path):
+    killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, save_every=1,
+                                  eval_every=2))
+    killed.evaluate = lambda: 1 / 0  # dies at iteration 2, after the checkpoint at 1
+    with pytest.raises(ZeroDivisionError):
+        killed.train()
+    with pytest.raises(ValueError, match="different run"):
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, lr=1e-4)).train()

@@ -60,15 +60,14 @@ class BanditCore:
         if max_prompt_tokens + max_new_tokens > context:
             raise ValueError(f"max_prompt_tokens + max_new_tokens = {max_prompt_tokens + max_new_tokens} exceeds "
                              f"the reference model's context of {context} tokens")
-        enc = self.tokenizer(self.prompts, padding="max_length", max_length=max_prompt_tokens, padding_side="left",
-                             return_tensors="np")
-        lengths = enc["attention_mask"].sum(1)
-        if enc["input_ids"].shape[1] > max_prompt_tokens or (lengths == 0).any():
-            i = int(np.argmax(lengths)) if enc["input_ids"].shape[1] > max_prompt_tokens else int(np.argmin(lengths))
+        enc = self.tokenizer(self.prompts, padding="max_length", max_length=max_prompt_tokens, padding_side="left")
+        lengths = np.array([sum(m) for m in enc["attention_mask"]])  # lists: too-long prompts make rows ragged
+        if lengths.max() > max_prompt_tokens or lengths.min() == 0:
+            i = int(np.argmax(lengths)) if lengths.max() > max_prompt_tokens else int(np.argmin(lengths))
             raise ValueError(f"prompt {i} has {lengths[i]} tokens; prompts need 1..max_prompt_tokens="
                              f"{max_prompt_tokens} tokens: {self.prompts[i]!r}")
-        self.prompt_ids = enc["input_ids"].astype(np.int64)  # (N, P) left-padded
-        self.prompt_mask = enc["attention_mask"].astype(np.int64)  # (N, P)
+        self.prompt_ids = np.array(enc["input_ids"], dtype=np.int64)  # (N, P) left-padded
+        self.prompt_mask = np.array(enc["attention_mask"], dtype=np.int64)  # (N, P)
         self.reward = load_reward(reward, device=device, data=data)
         self.kl_coef, self.missing_eos_penalty, self.temperature = kl_coef, missing_eos_penalty, temperature
         self.max_prompt_tokens, self.max_new_tokens, self.device = max_prompt_tokens, max_new_tokens, device
