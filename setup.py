@@ -25,6 +25,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        "plot": ["matplotlib>=3.7"],
         "dev": ["pytest>=8", "ruff", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["rlhf=rlhf_env.cli:main"]},

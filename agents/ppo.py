@@ -33,7 +33,7 @@ from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
 from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
 from rlhf_env.models import DATA_DIR, load_policy, resolve, save_policy
-from rlhf_env.sampling import positions, sample_from_ids
+from rlhf_env.sampling import positions, sample, sample_from_ids
 
 
 @dataclass
@@ -49,7 +49,7 @@ class PPOConfig:
     out: str = "runs/ppo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     seed: int = 0
-    iterations: int = 40
+    iterations: int = 100
     """PPO iterations; each samples batch_size episodes."""
     batch_size: int = 64
     """Episodes (prompts) per iteration: the vector env's num_envs."""
@@ -85,9 +85,11 @@ class PPOConfig:
     prompts: str = "ppo"
     """Prompt split of the world (training customers)."""
     data: str = str(DATA_DIR)
-    eval_every: int = 10
+    eval_every: int = 25
     """Iterations between held-out evaluations (0: only at the end)."""
     eval_episodes: int = 200
+    final_eval_episodes: int = 500
+    """Held-out prompts of the final evaluation (rlhf eval's default)."""
     save_every: int = 10
     device: str = "cpu"
 
@@ -194,7 +196,7 @@ class PPOAgent:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
-        self._reference_grades = None  # gold grades of the reference's held-out samples, computed once
+        self._reference_eval = None  # the reference's held-out samples, graded once
 
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -328,30 +330,51 @@ class PPOAgent:
             if c.save_every and self.iteration % c.save_every == 0 and self.iteration < c.iterations:
                 self._save(out / "checkpoint", obs)
         bar.close()
-        final = self.evaluate()
+        final = self.evaluate(c.final_eval_episodes)
         logger.log(self.iteration, final, kind="eval")
         save_policy(self.policy, self.tokenizer, out / "final")
         logger.close()
         return final
 
-    def evaluate(self) -> dict[str, float]:
-        from rlhf_env.evaluation import eval_prompts, generate_and_grade, summarize, win_rate
+    def evaluate(self, episodes: int | None = None) -> dict[str, float]:
+        """Held-out customers' prompts: gold win rate against the reference, and gold, task success, RM
+        score, KL to the reference, length and EOS fraction of both (``ref_*``: the reference's)."""
+        from rlhf_env.evaluation import eval_prompts, win_rate
 
         c = self.config
-        rows = eval_prompts(c.data, "heldout", c.eval_episodes, c.seed)
+        rows = eval_prompts(c.data, "heldout", episodes or c.eval_episodes, c.seed)
         self.policy.eval()
-        texts, grades, lengths = generate_and_grade(self.policy, self.tokenizer, rows, c.seed, c.temperature,
-                                                    c.max_new_tokens)
+        policy = self._held_out(self.policy, rows)
         self.policy.train()
-        if self._reference_grades is None:  # the frozen reference's samples never change
-            self._reference_grades = generate_and_grade(self.env.unwrapped.core.model, self.tokenizer, rows, c.seed,
-                                                        c.temperature, c.max_new_tokens)[1]
-        ref_grades = self._reference_grades
-        reward = self.env.unwrapped.core.reward
+        if self._reference_eval is None or len(self._reference_eval["grades"]) != len(rows):
+            self._reference_eval = self._held_out(self.env.unwrapped.core.model, rows)  # frozen: sample it once
+        ref = self._reference_eval
+        metrics = ("gold", "success", "rm_score", "kl", "length", "eos_frac")
+        return {"win_rate_vs_reference": win_rate(policy["grades"], ref["grades"]), **{k: policy[k] for k in metrics},
+                **{f"ref_{k}": ref[k] for k in metrics if k != "kl"}}
+
+    @torch.no_grad()
+    def _held_out(self, model, rows, batch_size: int = 100) -> dict:
+        from rlhf_env.evaluation import summarize
+        from rlhf_env.world.grader import grade
+
+        c, core = self.config, self.env.unwrapped.core
+        generator = torch.Generator(device=c.device).manual_seed(c.seed)
+        grades, lengths, kls, rm, eos = [], [], [], [], []
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            s = sample(model, self.tokenizer, list(batch["prompt"]), c.max_new_tokens, c.temperature, generator)
+            ids, mask = torch.cat([s.prompt_ids, s.response_ids], 1), torch.cat([s.prompt_mask, s.response_mask], 1)
+            R = s.response_ids.shape[1]
+            ref_logprobs = response_forward(core.model, ids, mask, R, c.temperature)[0]
+            kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
+            rm += core.reward(list(batch["prompt"]), s.texts, s.eos.numpy()).tolist()
+            grades += [grade(task, text, bool(e)) for task, text, e in zip(batch["task"], s.texts, s.eos)]
+            lengths += s.lengths.tolist()
+            eos += s.eos.tolist()
         summary = summarize(grades, lengths)
-        return {"win_rate_vs_reference": win_rate(grades, ref_grades), "gold": summary["gold"],
-                "success": summary["success"], "length": summary["length"], "ending": summary["ending"],
-                "rm_score": float(np.mean(reward(list(rows["prompt"]), texts)))}
+        return {"grades": grades, "gold": summary["gold"], "success": summary["success"], "length": summary["length"],
+                "rm_score": float(np.mean(rm)), "kl": float(np.mean(kls)), "eos_frac": float(np.mean(eos))}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, directory: Path, obs) -> None:

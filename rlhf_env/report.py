@@ -63,9 +63,10 @@ def eval_rm_table(r: dict) -> str:
 
 
 def ppo_table(r: dict) -> str:
-    table = Table(title="PPO policy on held-out customers' prompts (vs the reference policy)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in r.items():
-        table.add_row(key, f"{value:.3f}")
+    table = Table(title=f"held-out customers: gold win rate vs reference {r['win_rate_vs_reference']:.3f}")
+    for column in ("metric", "PPO", "reference"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in ("gold", "success", "rm_score", "kl", "length", "eos_frac"):
+        ref = r.get(f"ref_{key}", 0.0 if key == "kl" else None)
+        table.add_row(key, f"{r[key]:.3f}", "" if ref is None else f"{ref:.3f}")
     return _render(table)
