@@ -92,6 +92,8 @@ class PPOConfig:
     """Held-out prompts of the final evaluation (rlhf eval's default)."""
     save_every: int = 10
     device: str = "cpu"
+    json: bool = False
+    """Print the final held-out evaluation as one JSON object instead of a table."""
 
 
 class NonFiniteLoss(ValueError):
