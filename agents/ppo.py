@@ -18,6 +18,8 @@ The maths is in ``agents/rl_math.py``.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -308,6 +310,7 @@ class PPOAgent:
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
         c, out = self.config, Path(self.config.out)
+        started = time.perf_counter()
         state = {"iteration": 0, "kl_coef": self.kl.coef, "run": _run_fingerprint(c)}
         found = find_checkpoint(out / "checkpoint")
         if found is not None:
@@ -336,6 +339,8 @@ class PPOAgent:
         logger.log(self.iteration, final, kind="eval")
         save_policy(self.policy, self.tokenizer, out / "final")
         logger.close()
+        final["minutes"] = (time.perf_counter() - started) / 60  # this process's share, if it resumed
+        (out / "result.json").write_text(json.dumps(final, indent=1))
         return final
 
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:

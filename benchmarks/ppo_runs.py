@@ -1,0 +1,79 @@
+"""The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation
+run and an oracle run against the gold grader, each then judged by `rlhf eval --baseline sft`.
+
+A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
+writes JSON (and the curves of all runs to a PNG if matplotlib is installed).
+
+    python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.ppo import PPOConfig, ppo
+from rlhf_env.evaluation import EvalConfig, evaluate
+
+VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"}}
+
+
+def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
+    out = runs_dir / f"{name}-seed{seed}"
+    if not (out / "result.json").exists():
+        ppo(PPOConfig(seed=seed, out=str(out), **overrides))
+    trained = json.loads((out / "result.json").read_text())
+    judged = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout"))
+    return {"run": name, "seed": seed, "minutes": trained["minutes"], "win_rate_vs_sft": judged["win_rate"],
+            "gold": judged["gold_a"], "gold_sft": judged["gold_b"], "success": judged["success_a"],
+            "success_sft": judged["success_b"], "length": judged["length_a"], "length_sft": judged["length_b"],
+            "rm_score": trained["rm_score"], "rm_score_sft": trained["ref_rm_score"], "kl": trained["kl"],
+            "eos_frac": trained["eos_frac"], "overrides": overrides}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="default runs every seed; the others run the first seed only")
+    parser.add_argument("--runs-dir", default="runs/ppo-bench")
+    parser.add_argument("--out", default="benchmarks/results/ppo.json")
+    args = parser.parse_args()
+
+    runs_dir = Path(args.runs_dir)
+    rows = [run(name, seed, runs_dir, VARIANTS[name]) for name in args.variants
+            for seed in (args.seeds if name == "default" else args.seeds[:1])]
+    default = [r for r in rows if r["run"] == "default"]
+    keys = ("win_rate_vs_sft", "gold", "success", "length", "rm_score", "kl", "minutes")
+    summary = {k: {stat: float(fn([r[k] for r in default])) for stat, fn in
+                   (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
+               for k in keys} if default else {}
+    columns = ("win_rate_vs_sft", "gold", "success", "rm_score", "kl", "length", "minutes")
+    print(f"{'run':<12}{'seed':>5}" + "".join(f"{c:>17}" for c in columns))
+    for r in rows:
+        print(f"{r['run']:<12}{r['seed']:>5}" + "".join(f"{r[c]:>17.3f}" for c in columns))
+    if rows:
+        r = rows[0]
+        print(f"{'sft':<12}{'':>5}{0.5:>17.3f}{r['gold_sft']:>17.3f}{r['success_sft']:>17.3f}"
+              f"{r['rm_score_sft']:>17.3f}{0.0:>17.3f}{r['length_sft']:>17.3f}")
+    if summary:
+        print(f"default over {len(default)} seeds: " + ", ".join(
+            f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rows": rows, "default_summary": summary}, indent=1))
+    try:
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(Path(__file__).with_name("plot_ppo.py")),
+                        *[f"{r['run']}-seed{r['seed']}={runs_dir / f'{r['run']}-seed{r['seed']}'}" for r in rows],
+                        "--out", str(Path(args.out).with_suffix(".png"))], check=True)
+    except (ImportError, subprocess.CalledProcessError) as e:
+        print(f"no plot: {e}")
+
+
+if __name__ == "__main__":
+    main()
