@@ -22,7 +22,7 @@ VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": 
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
-    out = runs_dir / f"{name}-seed{seed}"
+    out = runs_dir / f"{name}-seed{seed}"  # plot names follow this pattern
     if not (out / "result.json").exists():
         ppo(PPOConfig(seed=seed, out=str(out), **overrides))
     trained = json.loads((out / "result.json").read_text())
@@ -68,9 +68,10 @@ def main() -> None:
         import subprocess
         import sys
 
+        names = [f"{r['run']}-seed{r['seed']}" for r in rows]
         subprocess.run([sys.executable, str(Path(__file__).with_name("plot_ppo.py")),
-                        *[f"{r['run']}-seed{r['seed']}={runs_dir / f'{r['run']}-seed{r['seed']}'}" for r in rows],
-                        "--out", str(Path(args.out).with_suffix(".png"))], check=True)
+                        *[f"{n}={runs_dir / n}" for n in names], "--out", str(Path(args.out).with_suffix(".png"))],
+                       check=True)
     except (ImportError, subprocess.CalledProcessError) as e:
         print(f"no plot: {e}")
 
