@@ -311,6 +311,8 @@ class PPOAgent:
     def train(self) -> dict:
         c, out = self.config, Path(self.config.out)
         started = time.perf_counter()
+        if (out / "result.json").exists():
+            raise ValueError(f"{out} holds a finished run (result.json); pass another --out, or delete it to rerun")
         state = {"iteration": 0, "kl_coef": self.kl.coef, "run": _run_fingerprint(c)}
         found = find_checkpoint(out / "checkpoint")
         if found is not None:

@@ -59,6 +59,8 @@ def header_index(path, column):
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, world_dir, tmp_path):
     full = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "full", iterations=4, save_every=2))
     full.train()
+    with pytest.raises(ValueError, match="finished run"):  # a second `rlhf ppo` with the same --out
+        full.train()
 
     class Crash(Exception):
         pass
