@@ -169,6 +169,8 @@ def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden:
 class PPOAgent:
     def __init__(self, config: PPOConfig):
         self.config = c = config
+        if (Path(c.out) / "result.json").exists():
+            raise ValueError(f"{c.out} holds a finished run (result.json); pass another --out, or delete it to rerun")
         torch.manual_seed(c.seed)
         self.policy, self.tokenizer = load_policy(c.policy, c.device)
         self.policy.train()
@@ -182,7 +184,10 @@ class PPOAgent:
 
             rm = AutoModelForSequenceClassification.from_pretrained(resolve(c.reward, BUNDLED_REWARDS),
                                                                     dtype=torch.float32)
-            if rm.config.vocab_size != self.policy.config.vocab_size:
+            from transformers import AutoTokenizer
+
+            rm_vocab = AutoTokenizer.from_pretrained(resolve(c.reward, BUNDLED_REWARDS)).get_vocab()
+            if rm_vocab != self.tokenizer.get_vocab():
                 raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
                                  "tokenizer; use value_model='head' with this reward")
             self.value = Critic(rm).to(c.device)
@@ -240,8 +245,11 @@ class PPOAgent:
         """(log-probs, entropies, values) of the response tokens, each (B, R). The value head shares the
         policy's forward; a separate critic runs its own (and alone when ``need_policy`` is False)."""
         head = isinstance(self.value, ValueHead)
-        if not (need_policy or head):
-            return None, None, self.value(ids, mask, R)
+        if not need_policy:  # values only: no LM head
+            if not head:
+                return None, None, self.value(ids, mask, R)
+            hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+            return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
         logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head)
         return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R)
 
@@ -274,9 +282,10 @@ class PPOAgent:
                     list(self.policy.parameters()) + list(self.value.parameters()), c.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # stop before the weights are hit
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at "
-                                        f"iteration {self.iteration + 1}; the weights were not updated, and "
-                                        f"{Path(c.out) / 'checkpoint'} keeps the last good checkpoint. Lower lr "
-                                        f"or max_grad_norm, or check the reward for extreme values.")
+                                        f"iteration {self.iteration + 1}; that step was not taken and nothing was "
+                                        f"saved: {Path(c.out) / 'checkpoint'} keeps the last good checkpoint. "
+                                        "Rerun into a new --out with a lower lr or max_grad_norm, or check the "
+                                        "reward for extreme values.")
                 self.optimizer.step()
                 stats.append({**pg_stats, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
                               "entropy": masked_mean(entropy.detach(), mb_resp).item(), "grad_norm": float(grad_norm)})
@@ -311,7 +320,7 @@ class PPOAgent:
     def train(self) -> dict:
         c, out = self.config, Path(self.config.out)
         started = time.perf_counter()
-        if (out / "result.json").exists():
+        if (out / "result.json").exists():  # also checked in __init__, before anything loads
             raise ValueError(f"{out} holds a finished run (result.json); pass another --out, or delete it to rerun")
         state = {"iteration": 0, "kl_coef": self.kl.coef, "run": _run_fingerprint(c)}
         found = find_checkpoint(out / "checkpoint")
@@ -375,15 +384,17 @@ class PPOAgent:
             s = sample(model, self.tokenizer, list(batch["prompt"]), c.max_new_tokens, c.temperature, generator)
             ids, mask = torch.cat([s.prompt_ids, s.response_ids], 1), torch.cat([s.prompt_mask, s.response_mask], 1)
             R = s.response_ids.shape[1]
-            ref_logprobs = response_forward(core.model, ids, mask, R, c.temperature)[0]
-            kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
-            rm += core.reward(list(batch["prompt"]), s.texts, s.eos.numpy()).tolist()
+            if model is not core.model:  # the reference's KL to itself is 0
+                ref_logprobs = response_forward(core.model, ids, mask, R, c.temperature)[0]
+                kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
+            rm += core.reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
             grades += [grade(task, text, bool(e)) for task, text, e in zip(batch["task"], s.texts, s.eos)]
             lengths += s.lengths.tolist()
             eos += s.eos.tolist()
         summary = summarize(grades, lengths)
         return {"grades": grades, "gold": summary["gold"], "success": summary["success"], "length": summary["length"],
-                "rm_score": float(np.mean(rm)), "kl": float(np.mean(kls)), "eos_frac": float(np.mean(eos))}
+                "rm_score": float(np.mean(rm)), "kl": float(np.mean(kls)) if kls else 0.0,
+                "eos_frac": float(np.mean(eos))}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, directory: Path, obs) -> None:

@@ -49,7 +49,8 @@ def main() -> None:
     default = [r for r in rows if r["run"] == "default"]
     keys = ("win_rate_vs_sft", "gold", "success", "length", "rm_score", "kl", "minutes")
     summary = {k: {stat: float(fn([r[k] for r in default])) for stat, fn in
-                   (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
+                   (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0),
+                                    ("min", np.min), ("max", np.max))}
                for k in keys} if default else {}
     columns = ("win_rate_vs_sft", "gold", "success", "rm_score", "kl", "length", "minutes")
     print(f"{'run':<12}{'seed':>5}" + "".join(f"{c:>17}" for c in columns))

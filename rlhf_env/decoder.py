@@ -59,13 +59,16 @@ class GPT2Decoder:
         prompt: about half of a batch of prompts is padding, which would otherwise cost compute.
         """
         B, P = ids.shape
+        if B != self.cache.shape[2] or P > self.cache.shape[4]:
+            raise ValueError(f"a decoder for {self.cache.shape[2]} rows of up to {self.cache.shape[4]} tokens got "
+                             f"prompts of shape {tuple(ids.shape)}")
         E, H, D = self.n_embd, self.n_head, self.head_dim
         self.key_bias[:, 0, 0, :P] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.cache[:, :, :, :, :P].zero_()  # padding columns a chunk skips are masked, but NaN * 0 is NaN
         lengths = mask.sum(1)
         logits = torch.empty(B, self.head_weight.shape[0], dtype=self.head_weight.dtype, device=ids.device)
         for rows in torch.argsort(lengths).split(chunk):
-            start = P - int(lengths[rows].max())
+            start = P - max(int(lengths[rows].max()), 1)  # an empty prompt still runs its last (padding) column
             n, b = P - start, len(rows)
             causal = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
             # A padding query may see only itself: a row of the mask that is all False would give NaNs.

@@ -4,6 +4,10 @@ Prompts are left-padded and ``position_ids`` come from the attention mask, so a 
 generated exactly as it would be alone. Only the sampled token's log-probability is kept (never a
 ``(B, T, V)`` stack), logits are divided by the temperature both for sampling and for the returned
 log-probs, and the loop stops as soon as every row has emitted EOS.
+
+Any HF causal LM goes through its own forward and cache (``HFDecoder``); an HF GPT-2, the architecture
+of every shipped model, goes through the lean path of ``rlhf_env.decoder`` (same logits, 2-3x faster,
+``benchmarks/bench_sampler.py``).
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tempe
 def draw(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row from log-probabilities (B, V), by inverse-CDF sampling: one uniform number per
     row, where ``torch.multinomial`` draws one exponential per vocabulary entry (16x slower here)."""
-    cdf = logp.exp().cumsum(-1)
+    cdf = logp.exp().double().cumsum(-1)  # float64: a float32 running sum would lose the rarest tokens
+    if not torch.isfinite(cdf[:, -1]).all():
+        raise ValueError("cannot sample from non-finite log-probabilities (a NaN in the model, or temperature 0 "
+                         "in a per-row temperature)")
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
 
@@ -108,7 +115,8 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     """Like ``sample``, from left-padded prompt ids (B, P) and their attention mask.
 
     ``fast`` picks the lean GPT-2 path of ``rlhf_env.decoder`` (default: whenever the model is an HF
-    GPT-2); ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks).
+    GPT-2); ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks; the masks still end
+    each response at its first EOS, but tokens after it are sampled and keep their log-probs).
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)

@@ -11,8 +11,10 @@ from tests.test_sampling import PROMPTS, EosBoost
 from .conftest import TINY_DIMS
 
 
-@pytest.mark.parametrize("overrides", [{}, {"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"}])
-def test_prefill_and_steps_match_hf_logits(tokenizer, overrides):
+@pytest.mark.parametrize("overrides,chunk", [({}, 16), ({}, 1), ({}, 2),
+                                            ({"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"},
+                                             2)])
+def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk):
     torch.manual_seed(0)
     model = new_model(TINY_DIMS, tokenizer, **overrides).eval()
     ids, mask = encode_prompts(tokenizer, PROMPTS)  # left-padded, of different lengths
@@ -22,7 +24,7 @@ def test_prefill_and_steps_match_hf_logits(tokenizer, overrides):
         reference = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
         decoder = GPT2Decoder(model, len(PROMPTS), full_ids.shape[1])
         pos = positions(mask)
-        got = [decoder.prefill(ids, mask, pos)]
+        got = [decoder.prefill(ids, mask, pos, chunk=chunk)]
         for t in range(extra.shape[1]):
             got.append(decoder.step(extra[:, t], pos[:, -1] + t + 1))
     P = ids.shape[1]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from agents.ppo import PPOAgent, PPOConfig
+from agents.ppo import PPOAgent, PPOConfig, trim_padding
 from tests.test_bandit_env import n_chars
 
 
@@ -20,6 +20,19 @@ def agent(tiny_policy_dir, world_dir, tmp_path):
 def test_per_token_rewards_sum_to_the_env_reward(agent):
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     torch.testing.assert_close(batch["token_rewards"].sum(1), batch["env_rewards"], atol=1e-4, rtol=0)
+
+
+def test_trimming_padding_columns_changes_no_log_prob_or_value(agent):
+    batch = agent.rollout(agent.env.reset(seed=0)[0])
+    R = batch["response_mask"].shape[1]
+    assert batch["ids"][:, 0].eq(agent.tokenizer.pad_token_id).all()  # prompts are padded to max_prompt_tokens
+    ids, mask, r = trim_padding(batch["ids"], batch["mask"], batch["response_mask"])
+    assert ids.shape[1] < batch["ids"].shape[1]
+    with torch.no_grad():
+        full, short = agent.forward(batch["ids"], batch["mask"], R), agent.forward(ids, mask, r)
+    for a, b in zip(full, short):
+        torch.testing.assert_close(a[:, :r] * batch["response_mask"][:, :r], b * batch["response_mask"][:, :r],
+                                   atol=1e-5, rtol=0)
 
 
 def test_ratio_is_one_before_first_update(agent):
