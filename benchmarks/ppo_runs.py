@@ -1,5 +1,6 @@
 """The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation
-run and an oracle run against the gold grader, each then judged by `rlhf eval --baseline sft`.
+run, and two oracle runs (the gold grader; the labelers' noise-free mean utility), each then judged by
+`rlhf eval --baseline sft`.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
 writes JSON (and the curves of all runs to a PNG if matplotlib is installed).
@@ -18,7 +19,22 @@ import numpy as np
 from agents.ppo import PPOConfig, ppo
 from rlhf_env.evaluation import EvalConfig, evaluate
 
-VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"}}
+
+def labeler_utility(prompts: list[str], responses: list[str]) -> np.ndarray:
+    """The labeler panel's mean utility, noise-free: gold + length_bias * words (capped), i.e. what a
+    perfect reward model of these labelers would score."""
+    from rlhf_env.rewards import load_reward
+    from rlhf_env.world.grader import tokenize
+    from rlhf_env.world.labelers import LabelerConfig
+
+    gold = _gold.setdefault("gold", load_reward("gold"))
+    words = np.array([min(len(tokenize(r)), LabelerConfig.length_cap) for r in responses])
+    return np.asarray(gold(prompts, responses)) + LabelerConfig.length_bias * words
+
+
+_gold: dict = {}
+VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"},
+            "labeler-oracle": {"reward": labeler_utility}}
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
@@ -31,7 +47,8 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
             "gold": judged["gold_a"], "gold_sft": judged["gold_b"], "success": judged["success_a"],
             "success_sft": judged["success_b"], "length": judged["length_a"], "length_sft": judged["length_b"],
             "rm_score": trained["rm_score"], "rm_score_sft": trained["ref_rm_score"], "kl": trained["kl"],
-            "eos_frac": trained["eos_frac"], "overrides": overrides}
+            "eos_frac": trained["eos_frac"],
+            "overrides": {k: getattr(v, "__name__", v) for k, v in overrides.items()}}
 
 
 def main() -> None:
