@@ -3,7 +3,6 @@ NLPO-style MaskablePPO)."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -11,8 +10,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from rlhf_env.decoder import GPT2Decoder
 from rlhf_env.envs.core import BanditCore
-from rlhf_env.sampling import positions
+from rlhf_env.sampling import HFDecoder, positions
 
 
 class InstructTokenEnv(gym.Env):
@@ -54,7 +54,8 @@ class InstructTokenEnv(gym.Env):
 
     ## Arguments
     Those of ``InstructBandit-v0``, plus ``mask_top_p`` (0.9) and ``mask_top_k`` (None).
-    The reference model keeps a KV cache per episode: a step is one token's forward, not the context's.
+    The reference model keeps a KV cache per episode (the sampler's decoder: ``rlhf_env.decoder`` for
+    GPT-2): a step is one token's forward, not the context's.
 
     ## Version History
     - v0: initial version.
@@ -71,15 +72,14 @@ class InstructTokenEnv(gym.Env):
                                               "attention_mask": spaces.Box(0, 1, (P + R,), np.int64)})
         self.action_space = spaces.Discrete(V)
         self.render_mode, self.mask_top_p, self.mask_top_k = render_mode, mask_top_p, mask_top_k
-        self._cache_arg = "cache" if "cache" in inspect.signature(core.model.forward).parameters else "past_key_values"
+        # The reference's incremental decoder (the sampler's): the lean GPT-2 path when it applies.
+        self._decoder = (GPT2Decoder(core.model, 1, P + R) if GPT2Decoder.supports(core.model)
+                         else HFDecoder(core.model))
         self._t: int | None = None
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> None:
-        """Advance the reference model; keep log pi_ref of the next token, (V,)."""
-        out = self.core.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                              logits_to_keep=1, **{self._cache_arg: self._cache})
-        self._cache = getattr(out, self._cache_arg)
-        self._ref_logp = torch.log_softmax(out.logits[0, -1].float() / self.core.temperature, -1)
+    def _keep(self, logits: torch.Tensor) -> None:
+        """Keep log pi_ref of the next token, (V,), from the reference's next-token logits (1, V)."""
+        self._ref_logp = torch.log_softmax(logits[0].float() / self.core.temperature, -1)
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
@@ -89,12 +89,13 @@ class InstructTokenEnv(gym.Env):
         super().reset(seed=seed)
         index = self.core.choose_prompt(self.np_random, options)
         P, R = self.core.max_prompt_tokens, self.core.max_new_tokens
-        self._index, self._t, self._cache, self._tokens, self._ref_sum = index, 0, None, [], 0.0
+        self._index, self._t, self._tokens, self._ref_sum = index, 0, [], 0.0
         self._ids = np.full(P + R, self.core.pad_id, np.int64)
         self._mask = np.zeros(P + R, np.int64)
         self._ids[:P], self._mask[:P] = self.core.prompt_ids[index], self.core.prompt_mask[index]
         mask = torch.from_numpy(self._mask[None, :P]).to(self.core.device)
-        self._forward(torch.from_numpy(self._ids[None, :P]).to(self.core.device), mask, positions(mask))
+        ids = torch.from_numpy(self._ids[None, :P]).to(self.core.device)
+        self._keep(self._decoder.prefill(ids, mask, positions(mask)))
         return self._observation(), self.core.prompt_info(index)
 
     def action_masks(self) -> np.ndarray:
@@ -140,9 +141,8 @@ class InstructTokenEnv(gym.Env):
             self._last = {"reward": score + core.kl_coef * self._ref_sum, **info}
             self._t = None
         else:
-            mask = torch.from_numpy(self._mask[None, : P + self._t]).to(core.device)
-            pos = torch.tensor([[int(self._mask[: P + self._t].sum()) - 1]], device=core.device)
-            self._forward(torch.tensor([[token]], device=core.device), mask, pos)
+            pos = torch.tensor([int(self._mask[: P + self._t].sum()) - 1], device=core.device)
+            self._keep(self._decoder.step(torch.tensor([token], device=core.device), pos))
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
 
     def render(self):
