@@ -135,3 +135,23 @@ def test_resuming_into_a_directory_of_another_run_is_refused(tiny_policy_dir, wo
         killed.train()
     with pytest.raises(ValueError, match="different run"):
         PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, lr=1e-4)).train()
+
+
+def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir, tokenizer, world_dir, tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=128, num_labels=1,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(tmp_path / "rm"),
+                                 value_model="rm", iterations=1, ppo_epochs=1))
+    agent.iteration = 0
+    batch = agent.rollout(agent.env.reset(seed=0)[0])
+    batch.pop("next_obs")
+    assert batch["old_values"].abs().sum() > 0  # the critic's own forward, not a zero-initialised head
+    before = [p.clone() for p in agent.value.parameters()]
+    stats = agent.update(batch)
+    assert abs(stats["first_minibatch_approx_kl"]) < 1e-6
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.value.parameters()))  # the critic learns
