@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
 from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
 from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
-from rlhf_env.models import DATA_DIR, load_policy, resolve, save_policy
-from rlhf_env.sampling import positions, sample, sample_from_ids
+from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate
+from rlhf_env.models import BUNDLED_REWARDS, DATA_DIR, load_policy, resolve, save_policy
+from rlhf_env.sampling import positions, response_log_softmax, sample_from_ids
 
 
 @dataclass
@@ -157,9 +158,7 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, response_mask: torch.Ten
 def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False):
     """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
     go through the LM head. Also the last hidden states there if ``want_hidden``."""
-    out = policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1,
-                 output_hidden_states=want_hidden)
-    logp_all = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)  # (B, R, V)
+    logp_all, out = response_log_softmax(policy, ids, mask, R, temperature, output_hidden_states=want_hidden)
     logprobs = logp_all.gather(2, ids[:, -R:, None]).squeeze(2)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
@@ -169,8 +168,7 @@ def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden:
 class PPOAgent:
     def __init__(self, config: PPOConfig):
         self.config = c = config
-        if (Path(c.out) / "result.json").exists():
-            raise ValueError(f"{c.out} holds a finished run (result.json); pass another --out, or delete it to rerun")
+        _refuse_finished_run(Path(c.out))  # before anything loads
         torch.manual_seed(c.seed)
         self.policy, self.tokenizer = load_policy(c.policy, c.device)
         self.policy.train()
@@ -180,14 +178,9 @@ class PPOAgent:
         if c.value_model == "head":
             self.value = ValueHead(self.policy.config.hidden_size).to(c.device)
         elif c.value_model == "rm":
-            from rlhf_env.models import BUNDLED_REWARDS
-
-            rm = AutoModelForSequenceClassification.from_pretrained(resolve(c.reward, BUNDLED_REWARDS),
-                                                                    dtype=torch.float32)
-            from transformers import AutoTokenizer
-
-            rm_vocab = AutoTokenizer.from_pretrained(resolve(c.reward, BUNDLED_REWARDS)).get_vocab()
-            if rm_vocab != self.tokenizer.get_vocab():
+            path = resolve(c.reward, BUNDLED_REWARDS)
+            rm = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            if AutoTokenizer.from_pretrained(path).get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
                                  "tokenizer; use value_model='head' with this reward")
             self.value = Critic(rm).to(c.device)
@@ -200,8 +193,8 @@ class PPOAgent:
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
         check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
-        params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps)
+        self.params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
@@ -278,8 +271,7 @@ class PPOAgent:
                     pg_stats["ptx_loss"] = ptx_loss.item()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    list(self.policy.parameters()) + list(self.value.parameters()), c.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # stop before the weights are hit
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at "
                                         f"iteration {self.iteration + 1}; that step was not taken and nothing was "
@@ -320,8 +312,7 @@ class PPOAgent:
     def train(self) -> dict:
         c, out = self.config, Path(self.config.out)
         started = time.perf_counter()
-        if (out / "result.json").exists():  # also checked in __init__, before anything loads
-            raise ValueError(f"{out} holds a finished run (result.json); pass another --out, or delete it to rerun")
+        _refuse_finished_run(out)  # this agent may have finished it
         state = {"iteration": 0, "kl_coef": self.kl.coef, "run": _run_fingerprint(c)}
         found = find_checkpoint(out / "checkpoint")
         if found is not None:
@@ -357,8 +348,6 @@ class PPOAgent:
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
         """Held-out customers' prompts: gold win rate against the reference, and gold, task success, RM
         score, KL to the reference, length and EOS fraction of both (``ref_*``: the reference's)."""
-        from rlhf_env.evaluation import eval_prompts, win_rate
-
         c = self.config
         rows = eval_prompts(c.data, "heldout", episodes or c.eval_episodes, c.seed)
         self.policy.eval()
@@ -372,23 +361,19 @@ class PPOAgent:
                 **{f"ref_{k}": ref[k] for k in metrics if k != "kl"}}
 
     @torch.no_grad()
-    def _held_out(self, model, rows, batch_size: int = 100) -> dict:
-        from rlhf_env.evaluation import summarize
-        from rlhf_env.world.grader import grade
-
+    def _held_out(self, model, rows) -> dict:
+        """Sample ``model`` on held-out rows as ``rlhf eval`` does (same seed and batches), and grade it."""
         c, core = self.config, self.env.unwrapped.core
-        generator = torch.Generator(device=c.device).manual_seed(c.seed)
         grades, lengths, kls, rm, eos = [], [], [], [], []
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            s = sample(model, self.tokenizer, list(batch["prompt"]), c.max_new_tokens, c.temperature, generator)
-            ids, mask = torch.cat([s.prompt_ids, s.response_ids], 1), torch.cat([s.prompt_mask, s.response_mask], 1)
-            R = s.response_ids.shape[1]
+        for batch, s, batch_grades in sample_and_grade(model, self.tokenizer, rows, c.seed, c.temperature,
+                                                        c.max_new_tokens):
             if model is not core.model:  # the reference's KL to itself is 0
-                ref_logprobs = response_forward(core.model, ids, mask, R, c.temperature)[0]
+                ids = torch.cat([s.prompt_ids, s.response_ids], 1)
+                mask = torch.cat([s.prompt_mask, s.response_mask], 1)
+                ref_logprobs = response_forward(core.model, ids, mask, s.response_ids.shape[1], c.temperature)[0]
                 kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
             rm += core.reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
-            grades += [grade(task, text, bool(e)) for task, text, e in zip(batch["task"], s.texts, s.eos)]
+            grades += batch_grades
             lengths += s.lengths.tolist()
             eos += s.eos.tolist()
         summary = summarize(grades, lengths)
@@ -434,6 +419,11 @@ def rollout_metrics(batch: dict) -> dict[str, float]:
             "kl": batch["kl"].mean().item(), "reward": batch["env_rewards"].mean().item(),
             "length": batch["length"].mean().item(), "eos_frac": batch["eos"].float().mean().item(),
             "explained_variance": explained.item()}
+
+
+def _refuse_finished_run(out: Path) -> None:
+    if (out / "result.json").exists():
+        raise ValueError(f"{out} holds a finished run (result.json); pass another --out, or delete it to rerun")
 
 
 def _run_fingerprint(c: PPOConfig) -> dict:

@@ -24,7 +24,7 @@ COMMANDS = {
     "rm": ("agents.reward_model", "RMConfig", "train_reward_model", None,
            "train a reward model on ranked comparisons"),
     "ppo": ("agents.ppo", "PPOConfig", "ppo", "ppo_table",
-            "PPO against the reward model with a KL penalty to the SFT policy (work in progress)"),
+            "PPO against the reward model with a KL penalty to the SFT policy"),
     "build-assets": ("agents.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }

@@ -50,17 +50,25 @@ def eval_prompts(data: str, split: str, episodes: int, seed: int):
     return prompts.shuffle(seed=seed).select(range(min(episodes, len(prompts))))
 
 
+def sample_and_grade(model, tokenizer, rows, seed: int = 0, temperature: float = 1.0, max_new_tokens: int = 48,
+                     batch_size: int = 125):
+    """For each batch of rows: ``(batch, samples, gold grades)``, one sampled response per prompt."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        out = sample(model, tokenizer, list(batch["prompt"]), max_new_tokens, temperature, generator)
+        yield batch, out, [grade(task, text, bool(eos)) for task, text, eos in zip(batch["task"], out.texts, out.eos)]
+
+
 def generate_and_grade(model, tokenizer, rows, seed: int = 0, temperature: float = 1.0,
                        max_new_tokens: int = 48, batch_size: int = 125) -> tuple[list[str], list[Grade], list[int]]:
     """Sample a response to each row's prompt; return texts, gold grades and token lengths."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     texts, grades, lengths = [], [], []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        out = sample(model, tokenizer, batch["prompt"], max_new_tokens, temperature, generator)
+    for _, out, batch_grades in sample_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens,
+                                                 batch_size):
         texts += out.texts
+        grades += batch_grades
         lengths += out.lengths.tolist()
-        grades += [grade(task, text, bool(eos)) for task, text, eos in zip(batch["task"], out.texts, out.eos)]
     return texts, grades, lengths
 
 

@@ -65,6 +65,15 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0,
+                         **kwargs):
+    """``log pi(. | x, y_<t)`` (B, R, V) at the R positions that predict the last R tokens of ``ids``
+    (B, P + R), at ``temperature``; only those positions go through the LM head. Returns it and the
+    model's output (for ``output_hidden_states=True`` in ``kwargs``)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1, **kwargs)
+    return torch.log_softmax(out.logits[:, :-1].float() / temperature, -1), out
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, temperature: float | torch.Tensor = 1.0,
            generator: torch.Generator | None = None, max_prompt_tokens: int | None = None) -> Samples:
@@ -136,8 +145,9 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     elif fast and not GPT2Decoder.supports(model):
         raise ValueError(f"the fast decoder supports HF GPT-2 only, not {type(model).__name__}; use fast=None")
     decoder = GPT2Decoder(model, B, P + max_new_tokens) if fast else HFDecoder(model)
-    pos = positions(prompt_mask)[:, -1]
-    logits = decoder.prefill(prompt_ids, prompt_mask, positions(prompt_mask))
+    prompt_pos = positions(prompt_mask)
+    logits = decoder.prefill(prompt_ids, prompt_mask, prompt_pos)
+    pos = prompt_pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for step in range(max_new_tokens):

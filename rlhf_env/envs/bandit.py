@@ -134,14 +134,7 @@ class InstructBanditVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        n = len(self.core.prompts)
-        if options and "prompt_index" in options:
-            index = np.asarray(options["prompt_index"], dtype=np.int64).reshape(self.num_envs)
-            if (index < 0).any() or (index >= n).any():
-                raise ValueError(f"prompt_index out of range [0, {n})")
-        else:
-            index = self.np_random.integers(n, size=self.num_envs)
-        self._index = index
+        self._index = index = self.core.choose_prompt(self.np_random, options, size=self.num_envs)
         return self._observe(), {"prompt_index": index.copy()}
 
     def step(self, actions: dict[str, np.ndarray]):
@@ -150,7 +143,7 @@ class InstructBanditVectorEnv(VectorEnv):
         _check_dict_action(actions)
         rewards, infos = self.core.score(self._index, actions["response_ids"], actions["logprobs"])
         final_obs = self._observe()
-        self._index = self.np_random.integers(len(self.core.prompts), size=self.num_envs)
+        self._index = self.core.choose_prompt(self.np_random, size=self.num_envs)
         done = np.ones(self.num_envs, dtype=np.bool_)
         final_info = {key: np.array([info[key] for info in infos]) for key in infos[0]}
         info = {"final_obs": final_obs, "final_info": final_info, "_final_obs": done, "_final_info": done,

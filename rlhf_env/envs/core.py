@@ -18,7 +18,7 @@ import torch
 
 from rlhf_env.models import load_policy
 from rlhf_env.rewards import load_reward
-from rlhf_env.sampling import positions
+from rlhf_env.sampling import response_log_softmax
 
 LOGPROB_TOLERANCE = 1e-4  # log-probs a hair above 0 from float rounding are accepted
 
@@ -74,15 +74,23 @@ class BanditCore:
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
-    def choose_prompt(self, rng: np.random.Generator, options: dict | None) -> int:
-        """The episode's prompt: ``options["prompt_index"]`` if given, else uniform from ``rng``."""
+    def choose_prompt(self, rng: np.random.Generator, options: dict | None = None, size: int | None = None):
+        """The episode's prompt index (or ``size`` of them, an array): ``options["prompt_index"]`` if
+        given, else uniform from ``rng``."""
         n = len(self.prompts)
         if not options or "prompt_index" not in options:
-            return int(rng.integers(n))
-        index = int(options["prompt_index"])
-        if not 0 <= index < n:
+            return int(rng.integers(n)) if size is None else rng.integers(n, size=size)
+        index = np.asarray(options["prompt_index"], dtype=np.int64)
+        index = int(index) if size is None else index.reshape(size)
+        if np.any(index < 0) or np.any(index >= n):
             raise ValueError(f"prompt_index {index} out of range [0, {n})")
         return index
+
+    def final_scores(self, rm_scores: np.ndarray, eos: np.ndarray) -> np.ndarray:
+        """The score of each response: the reward model's if it emitted EOS, else ``missing_eos_penalty``
+        (unless that is None)."""
+        rm_scores = np.asarray(rm_scores, dtype=np.float64)
+        return rm_scores if self.missing_eos_penalty is None else np.where(eos, rm_scores, self.missing_eos_penalty)
 
     def prompt_info(self, index: int) -> dict:
         return {"prompt_index": index, "prompt": self.prompts[index], "customer_id": self.customer_ids[index]}
@@ -131,10 +139,8 @@ class BanditCore:
         ids = torch.from_numpy(np.concatenate([self.prompt_ids[index][:, first:], response_ids[:, :used]], 1))
         full_mask = torch.from_numpy(np.concatenate([prompt_mask[:, first:], mask[:, :used]], 1))
         ids, full_mask = ids.to(self.device), full_mask.to(self.device)
-        # Only the positions that predict response tokens go through the LM head.
-        logits = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions(full_mask),
-                            logits_to_keep=used + 1).logits[:, :-1].float()  # (B, used, V)
-        logp = torch.log_softmax(logits / self.temperature, -1).gather(2, ids[:, -used:, None]).squeeze(2)
+        logp_all = response_log_softmax(self.model, ids, full_mask, used, self.temperature)[0]  # (B, used, V)
+        logp = logp_all.gather(2, ids[:, -used:, None]).squeeze(2)
         out = np.zeros(response_ids.shape, dtype=np.float64)
         out[:, :used] = (logp * full_mask[:, -used:]).cpu().numpy()
         return out
@@ -154,7 +160,7 @@ class BanditCore:
         texts = [self.tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(response_ids, real)]
         prompts = [self.prompts[i] for i in index]
         rm_scores = self.reward(prompts, texts, eos)
-        scores = rm_scores if self.missing_eos_penalty is None else np.where(eos, rm_scores, self.missing_eos_penalty)
+        scores = self.final_scores(rm_scores, eos)
         rewards = scores - self.kl_coef * kl
         infos = [{"score": float(scores[b]), "rm_score": float(rm_scores[b]), "kl": float(kl[b]),
                   "log_ratio": log_ratio[b].astype(np.float32), "ref_logprobs": ref[b].astype(np.float32),

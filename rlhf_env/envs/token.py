@@ -133,7 +133,7 @@ class InstructTokenEnv(gym.Env):
             text = core.tokenizer.decode(self._tokens, skip_special_tokens=True)
             prompt = core.prompts[self._index]
             rm_score = float(core.reward([prompt], [text], [terminated])[0])
-            score = rm_score if terminated or core.missing_eos_penalty is None else core.missing_eos_penalty
+            score = float(core.final_scores(rm_score, terminated))
             reward += score
             info.update(score=score, rm_score=rm_score, eos=terminated, response=text, prompt=prompt,
                         response_length=self._t, customer_id=core.customer_ids[self._index],
