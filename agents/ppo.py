@@ -34,7 +34,7 @@ import rlhf_env  # noqa: F401  (registers the envs)
 from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
 from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
-from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate
+from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
 from rlhf_env.models import BUNDLED_REWARDS, DATA_DIR, load_policy, resolve, save_policy
 from rlhf_env.sampling import positions, response_log_softmax, sample_from_ids
 
@@ -346,7 +346,8 @@ class PPOAgent:
         return final
 
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
-        """Held-out customers' prompts: gold win rate against the reference, and gold, task success, RM
+        """Held-out customers' prompts: gold win rate against the reference (and the most any policy could
+        get, ``win_rate_ceiling``; see ``rlhf_env.evaluation``), and gold, task success, RM
         score, KL to the reference, length and EOS fraction of both (``ref_*``: the reference's)."""
         c = self.config
         rows = eval_prompts(c.data, "heldout", episodes or c.eval_episodes, c.seed)
@@ -357,7 +358,8 @@ class PPOAgent:
             self._reference_eval = self._held_out(self.env.unwrapped.core.model, rows)  # frozen: sample it once
         ref = self._reference_eval
         metrics = ("gold", "success", "rm_score", "kl", "length", "eos_frac")
-        return {"win_rate_vs_reference": win_rate(policy["grades"], ref["grades"]), **{k: policy[k] for k in metrics},
+        return {"win_rate_vs_reference": win_rate(policy["grades"], ref["grades"]),
+                "win_rate_ceiling": win_rate_ceiling(rows["task"], ref["grades"]), **{k: policy[k] for k in metrics},
                 **{f"ref_{k}": ref[k] for k in metrics if k != "kl"}}
 
     @torch.no_grad()

@@ -3,10 +3,15 @@
 ``rlhf eval --policy A --baseline B`` samples one response per prompt from each policy and lets the
 gold grader judge them: ``win_rate`` is the fraction of prompts where A's response scores higher
 than B's, ties counted half.
+
+Because ties count half, no policy can reach a win rate of 1: where B's response is already perfect,
+the best A can do is tie. ``win_rate_ceiling`` is the win rate that the world's reference answers
+(gold 1.0) would get against B's responses on the same prompts, the most any policy A could score.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -17,6 +22,7 @@ from rlhf_env.models import DATA_DIR, load_policy, resolve
 from rlhf_env.sampling import sample
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade
+from rlhf_env.world.tasks import FAMILIES
 
 
 @dataclass
@@ -83,6 +89,20 @@ def win_rate(a: list[Grade], b: list[Grade]) -> float:
     return float(np.mean(np.where(np.isclose(sa, sb), 0.5, (sa > sb).astype(float))))  # ties (to rounding) half
 
 
+def reference_grades(tasks) -> list[Grade]:
+    """Gold grades of the world's reference answer to each task (JSON strings or dicts)."""
+    out = []
+    for task in tasks:
+        task = json.loads(task) if isinstance(task, str) else task
+        out.append(grade(task, FAMILIES[task["family"]].reference(task["spec"])))
+    return out
+
+
+def win_rate_ceiling(tasks, b: list[Grade]) -> float:
+    """The most any policy can win against grades ``b`` on these tasks: the reference answers' win rate."""
+    return win_rate(reference_grades(tasks), b)
+
+
 def evaluate(config: EvalConfig) -> dict:
     policies = {"a": resolve(config.policy), "b": resolve(config.baseline)}  # fail fast on a bad name
     rows = eval_prompts(config.data, config.split, config.episodes, config.seed)
@@ -105,6 +125,7 @@ def evaluate(config: EvalConfig) -> dict:
     return {
         "policy": config.policy, "baseline": config.baseline, "split": config.split, "seed": config.seed,
         "n": len(rows), "win_rate": win_rate(grades_a, grades_b),
+        "win_rate_ceiling": win_rate_ceiling(rows["task"], grades_b),
         **{f"{k}_a": v for k, v in summary_a.items()}, **{f"{k}_b": v for k, v in summary_b.items()},
         "families": families,
         "examples": [{"prompt": rows[i]["prompt"], "a": texts_a[i], "b": texts_b[i]} for i in range(min(3, len(rows)))],

@@ -24,7 +24,8 @@ def eval_table(r: dict) -> str:
     table.add_column(b, justify="right")
     for key in ("gold", "success", "correct", "truthful", "harmless", "concise", "ending", "length"):
         table.add_row(key, f"{r[f'{key}_a']:.3f}", f"{r[f'{key}_b']:.3f}")
-    families = Table(title=f"win rate of {a} over {b}: {r['win_rate']:.3f}, by family")
+    families = Table(title=f"win rate of {a} over {b}: {r['win_rate']:.3f} (ceiling {r['win_rate_ceiling']:.3f}), "
+                           "by family")
     for column in ("family", "n", "win_rate", f"success {a}", f"success {b}"):
         families.add_column(column, justify="left" if column == "family" else "right")
     for family, f in r["families"].items():
@@ -63,7 +64,8 @@ def eval_rm_table(r: dict) -> str:
 
 
 def ppo_table(r: dict) -> str:
-    table = Table(title=f"held-out customers: gold win rate vs reference {r['win_rate_vs_reference']:.3f}")
+    table = Table(title=f"held-out customers: gold win rate vs reference {r['win_rate_vs_reference']:.3f} "
+                        f"(ceiling {r['win_rate_ceiling']:.3f})")
     for column in ("metric", "PPO", "reference"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key in ("gold", "success", "rm_score", "kl", "length", "eos_frac"):

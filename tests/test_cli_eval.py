@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from rlhf_env.cli import COMMANDS, field_docs, main
-from rlhf_env.evaluation import EvalConfig, win_rate
+from rlhf_env.evaluation import EvalConfig, reference_grades, win_rate, win_rate_ceiling
+from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade
 
 
@@ -23,6 +24,13 @@ def test_win_rate_treats_rounding_differences_as_ties():
     a, b = 0.1 + 0.05, 0.15  # equal scores reached by different sums of components
     assert a != b
     assert win_rate(grades(a), grades(b)) == 0.5 and win_rate(grades(b), grades(a)) == 0.5
+
+
+def test_ceiling_is_the_reference_answers_win_rate(world_dir):
+    tasks = load_split(world_dir, "prompts", "heldout")["task"][:4]
+    assert [g.score for g in reference_grades(tasks)] == pytest.approx([1.0] * 4)
+    # Against a perfect response the best is a tie; against anything less, a win.
+    assert win_rate_ceiling(tasks, grades(1.0, 0.9, 1.0, 0.0)) == pytest.approx((0.5 + 1 + 0.5 + 1) / 4)
 
 
 def test_help_lists_commands_and_every_subcommand_has_help(capsys):
@@ -62,6 +70,7 @@ def test_eval_json_on_local_checkpoints(tiny_policy_dir, world_dir, capsys):
     assert result["n"] == 2
     # Same policy, same seed: identical samples, so every prompt is a tie.
     assert result["win_rate"] == 0.5 and result["gold_a"] == result["gold_b"]
+    assert result["win_rate_ceiling"] >= 0.5
     assert main(args[:-1]) == 0 and "win rate" in capsys.readouterr().out
 
 
