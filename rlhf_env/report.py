@@ -58,6 +58,8 @@ def eval_rm_table(r: dict) -> str:
             (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),
             ("Pearson with gold, held-out customers", r["gold_pearson"]),
             ("prefers a padded answer (gold: 0.000)", r["prefer_padded"])]
+    rows += [(f"scores correct over incorrect, correct one {k.replace('_', ' ')} (n={r[f'n_correct_pairs_{k}']})",
+              r[f"correct_over_incorrect_{k}"]) for k in ("longer", "same_length", "shorter")]
     for name, value in rows:
         table.add_row(name, f"{value:.3f}")
     return _render(table)

@@ -119,3 +119,24 @@ def test_bundled_reward_models_agree_with_held_out_labelers_well_above_chance(na
     assert all(s.dtype == np.float64 and s.shape == (len(r["responses"]),) for s, r in zip(scores, rows))
     accuracy, n_pairs = ranking_accuracy(rows, scores)
     assert n_pairs > 4000 and accuracy > 0.6
+
+
+def test_correctness_accuracy_tells_a_length_reward_from_a_checking_one():
+    """On held-out customers' comparisons: the gold grader orders every correct/incorrect pair right,
+    a reward that counts words orders them by length only."""
+    from rlhf_env.models import DATA_DIR
+    from rlhf_env.rewards.metrics import correctness_accuracy, score_comparisons
+    from rlhf_env.world.build import load_split
+    from rlhf_env.world.grader import grade, tokenize
+
+    rows = load_split(DATA_DIR, "comparisons", "heldout_customers").to_list()[:300]
+    grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in rows]
+    gold = correctness_accuracy(rows, score_comparisons(load_reward("gold"), rows), grades)
+    assert all(n > 50 for _, n in gold.values())
+    assert gold["longer"][0] > 0.9 and gold["same_length"][0] > 0.9 and gold["shorter"][0] > 0.9
+
+    def words(prompts, responses, eos=None):
+        return [len(tokenize(r)) for r in responses]
+
+    length = correctness_accuracy(rows, score_comparisons(load_reward(words), rows), grades)
+    assert length["longer"][0] == 1.0 and length["same_length"][0] == 0.0 and length["shorter"][0] == 0.0

@@ -1,5 +1,6 @@
 """How good is a reward? Accuracy against labelers, agreement among labelers, correlation with gold,
-and the spurious length preference it inherited.
+the spurious length preference it inherited, and whether it can tell a correct response from an
+incorrect one when length does not give the answer away.
 
     rlhf eval-rm --rm rm --json
 
@@ -15,7 +16,7 @@ import numpy as np
 from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards import Reward, load_reward
 from rlhf_env.world.build import load_split
-from rlhf_env.world.grader import grade
+from rlhf_env.world.grader import Grade, grade, tokenize
 from rlhf_env.world.labelers import padded_pair, pairwise_agreement
 
 
@@ -79,6 +80,27 @@ def prefer_padded(reward: Reward, rows: list[dict], seed: int = 0) -> float:
     return float(np.mean(reward(prompts, padded) > reward(prompts, refs)))
 
 
+def correctness_accuracy(rows: list[dict], scores: list[np.ndarray], grades: list[list[Grade]]
+                         ) -> dict[str, tuple[float, int]]:
+    """How often the reward scores the correct response of a pair above the incorrect one (gold's task
+    success), by whether the correct one is longer, as long, or shorter (in the grader's words).
+
+    A reward that has only learned "longer is better" scores about 1, 0.5 and 0 on these; one that
+    checks the answer scores near 1 on all three. Returns ``{relation: (accuracy, pairs)}``.
+    """
+    counts = {"longer": [0, 0], "same_length": [0, 0], "shorter": [0, 0]}
+    for row, s, g in zip(rows, scores, grades):
+        lengths = [len(tokenize(r)) for r in row["responses"]]
+        for i in range(len(g)):
+            for j in range(len(g)):
+                if g[i].success and not g[j].success:  # i correct, j not
+                    relation = ("longer" if lengths[i] > lengths[j] else "shorter" if lengths[i] < lengths[j]
+                                else "same_length")
+                    counts[relation][0] += s[i] > s[j]
+                    counts[relation][1] += 1
+    return {k: (right / max(n, 1), n) for k, (right, n) in counts.items()}
+
+
 def evaluate_reward(config: RMEvalConfig) -> dict:
     reward = load_reward(config.rm, device=config.device, data=config.data)
     test = load_split(config.data, "comparisons", "test").to_list()
@@ -88,8 +110,10 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
     accuracy, n_pairs = ranking_accuracy(test, score_comparisons(reward, test))
     accuracy_heldout, _ = ranking_accuracy(test_heldout, score_comparisons(reward, test_heldout))
     agree = sum(pairwise_agreement(a["ranking"], b["ranking"], a["responses"])[0] for a, b in zip(test, test_heldout))
-    scores = np.concatenate(score_comparisons(reward, customers))
-    gold = np.array([grade(row["task"], r, e).score for row in customers for r, e in zip(row["responses"], row["eos"])])
+    customer_scores = score_comparisons(reward, customers)
+    grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in customers]
+    scores, gold = np.concatenate(customer_scores), np.array([g.score for row in grades for g in row])
+    correct = correctness_accuracy(customers, customer_scores, grades)
     return {
         "rm": config.rm,
         "accuracy": accuracy,
@@ -98,6 +122,8 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         "gold_spearman": spearman(scores, gold),
         "gold_pearson": float(np.corrcoef(scores, gold)[0, 1]),
         "prefer_padded": prefer_padded(reward, customers, config.seed),
+        **{f"correct_over_incorrect_{k}": acc for k, (acc, _) in correct.items()},
+        **{f"n_correct_pairs_{k}": n for k, (_, n) in correct.items()},
         "n": len(test),
         "n_pairs": n_pairs,
         "n_gold": len(gold),
