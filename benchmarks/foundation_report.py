@@ -41,10 +41,11 @@ def main() -> None:
     rms = [evaluate_reward(RMEvalConfig(rm=name, seed=args.seed)) for name in REWARDS]
 
     print(f"Policies on held-out customers' prompts (n={evals[0]['n']}, temperature 1, seed {args.seed}):\n")
-    print("| A vs B | win rate of A | gold A | gold B | success A | success B | length A | length B |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| A vs B | win rate of A | ceiling | gold A | gold B | success A | success B | length A | length B |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in evals:
-        print(f"| {r['policy']} vs {r['baseline']} | {r['win_rate']:.3f} | {r['gold_a']:.3f} | {r['gold_b']:.3f} | "
+        print(f"| {r['policy']} vs {r['baseline']} | {r['win_rate']:.3f} | {r['win_rate_ceiling']:.3f} | "
+              f"{r['gold_a']:.3f} | {r['gold_b']:.3f} | "
               f"{r['success_a']:.3f} | {r['success_b']:.3f} | {r['length_a']:.1f} | {r['length_b']:.1f} |")
     families = evals[0]["families"]
     print("\nSuccess by family, sft vs base:\n")
@@ -60,6 +61,13 @@ def main() -> None:
     for r in rms:
         print(f"| {r['rm']} | {r['accuracy']:.3f} | {r['accuracy_heldout_labelers']:.3f} | "
               f"{r['labeler_agreement']:.3f} | {r['gold_spearman']:.3f} | {r['prefer_padded']:.3f} |")
+    print("\nHow often each reward scores a correct response above an incorrect one to the same prompt (held-out "
+          "customers' comparisons), by the correct response's length relative to the incorrect one:\n")
+    print("| reward | correct one longer | same length | correct one shorter |")
+    print("|---|---|---|---|")
+    for r in rms:
+        print(f"| {r['rm']} | " + " | ".join(f"{r[f'correct_over_incorrect_{k}']:.3f} (n={r[f'n_correct_pairs_{k}']})"
+                                             for k in ("longer", "same_length", "shorter")) + " |")
     print(f"\n({rms[0]['n']} held-out comparisons, {rms[0]['n_pairs']} pairs; gold correlation on "
           f"{rms[0]['n_gold']} SFT samples for held-out customers)")
     for r in evals:

@@ -44,6 +44,7 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
     trained = json.loads((out / "result.json").read_text())
     judged = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout"))
     return {"run": name, "seed": seed, "minutes": trained["minutes"], "win_rate_vs_sft": judged["win_rate"],
+            "win_rate_ceiling": judged["win_rate_ceiling"],
             "gold": judged["gold_a"], "gold_sft": judged["gold_b"], "success": judged["success_a"],
             "success_sft": judged["success_b"], "length": judged["length_a"], "length_sft": judged["length_b"],
             "rm_score": trained["rm_score"], "rm_score_sft": trained["ref_rm_score"], "kl": trained["kl"],
@@ -77,6 +78,7 @@ def main() -> None:
         r = rows[0]
         print(f"{'sft':<12}{'':>5}{0.5:>17.3f}{r['gold_sft']:>17.3f}{r['success_sft']:>17.3f}"
               f"{r['rm_score_sft']:>17.3f}{0.0:>17.3f}{r['length_sft']:>17.3f}")
+        print(f"ceiling (the world's reference answers vs the same SFT samples): win rate {r['win_rate_ceiling']:.3f}")
     if summary:
         print(f"default over {len(default)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
