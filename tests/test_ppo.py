@@ -155,3 +155,33 @@ def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir
     stats = agent.update(batch)
     assert abs(stats["first_minibatch_approx_kl"]) < 1e-6
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.value.parameters()))  # the critic learns
+
+
+def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir, tmp_path):
+    """Any HF causal LM: a tiny Llama (rotary positions, no GPT-2 fast decoder) samples through its own
+    forward and cache, starts at ratio 1, and its final checkpoint reloads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf_env.decoder import GPT2Decoder
+    from rlhf_env.models import load_policy, save_policy
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    llama = LlamaForCausalLM(config)
+    assert not GPT2Decoder.supports(llama)
+    save_policy(llama, tokenizer, tmp_path / "llama")
+    agent = PPOAgent(PPOConfig(policy=str(tmp_path / "llama"), reward=n_chars, out=str(tmp_path / "ppo"),
+                               data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
+                               max_new_tokens=8, eval_every=0, eval_episodes=4, final_eval_episodes=4,
+                               save_every=0))
+    agent.iteration = 0
+    batch = agent.rollout(agent.env.reset(seed=0)[0])
+    batch.pop("next_obs")
+    assert abs(agent.update(batch)["first_minibatch_approx_kl"]) < 1e-6
+    agent.train()
+    model, _ = load_policy(tmp_path / "ppo" / "final")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, llama.model.layers[0].mlp.up_proj.weight)
