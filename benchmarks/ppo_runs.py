@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from agents.ppo import PPOConfig, ppo
-from rlhf_env.evaluation import EvalConfig, evaluate
+from rlhf_env.evaluation import EvalConfig, eval_prompts, evaluate, generate_and_grade, summarize, win_rate
+from rlhf_env.models import load_policy
 
 
 def labeler_utility(prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -52,6 +53,19 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
             "overrides": {k: getattr(v, "__name__", v) for k, v in overrides.items()}}
 
 
+def greedy_sft() -> dict:
+    """SFT decoded greedily, judged like every run against SFT sampled at temperature 1 (the same
+    samples): what a policy gets with no RL at all, by only sharpening SFT."""
+    config = EvalConfig(policy="sft", baseline="sft", split="heldout")
+    rows = eval_prompts(config.data, config.split, config.episodes, config.seed)
+    model, tokenizer = load_policy("sft")
+    _, greedy, lengths = generate_and_grade(model, tokenizer, rows, config.seed, temperature=0.0)
+    _, sampled, _ = generate_and_grade(model, tokenizer, rows, config.seed, temperature=config.temperature)
+    summary = summarize(greedy, lengths)
+    return {"win_rate_vs_sft": win_rate(greedy, sampled), "gold": summary["gold"], "success": summary["success"],
+            "length": summary["length"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -79,11 +93,13 @@ def main() -> None:
         print(f"{'sft':<12}{'':>5}{0.5:>17.3f}{r['gold_sft']:>17.3f}{r['success_sft']:>17.3f}"
               f"{r['rm_score_sft']:>17.3f}{0.0:>17.3f}{r['length_sft']:>17.3f}")
         print(f"ceiling (the world's reference answers vs the same SFT samples): win rate {r['win_rate_ceiling']:.3f}")
+    greedy = greedy_sft()
+    print("sft, greedy (no RL): " + ", ".join(f"{k} {v:.3f}" for k, v in greedy.items()))
     if summary:
         print(f"default over {len(default)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "default_summary": summary}, indent=1))
+    Path(args.out).write_text(json.dumps({"rows": rows, "default_summary": summary, "greedy_sft": greedy}, indent=1))
     try:
         import subprocess
         import sys
