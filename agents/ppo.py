@@ -93,6 +93,9 @@ class PPOConfig:
     eval_episodes: int = 200
     final_eval_episodes: int = 500
     """Held-out prompts of the final evaluation (rlhf eval's default)."""
+    eval_seed: int = 0
+    """Seed of the held-out evaluations' prompt choice and sampling. rlhf eval's default is 0, so the final
+    table matches `rlhf eval --policy OUT/final --baseline REFERENCE` whatever the training seed."""
     save_every: int = 10
     device: str = "cpu"
     json: bool = False
@@ -350,7 +353,7 @@ class PPOAgent:
         get, ``win_rate_ceiling``; see ``rlhf_env.evaluation``), and gold, task success, RM
         score, KL to the reference, length and EOS fraction of both (``ref_*``: the reference's)."""
         c = self.config
-        rows = eval_prompts(c.data, "heldout", episodes or c.eval_episodes, c.seed)
+        rows = eval_prompts(c.data, "heldout", episodes or c.eval_episodes, c.eval_seed)
         self.policy.eval()
         policy = self._held_out(self.policy, rows)
         self.policy.train()
@@ -364,10 +367,10 @@ class PPOAgent:
 
     @torch.no_grad()
     def _held_out(self, model, rows) -> dict:
-        """Sample ``model`` on held-out rows as ``rlhf eval`` does (same seed and batches), and grade it."""
+        """Sample ``model`` on held-out rows as ``rlhf eval --seed EVAL_SEED`` does (same batches), and grade it."""
         c, core = self.config, self.env.unwrapped.core
         grades, lengths, kls, rm, eos = [], [], [], [], []
-        for batch, s, batch_grades in sample_and_grade(model, self.tokenizer, rows, c.seed, c.temperature,
+        for batch, s, batch_grades in sample_and_grade(model, self.tokenizer, rows, c.eval_seed, c.temperature,
                                                         c.max_new_tokens):
             if model is not core.model:  # the reference's KL to itself is 0
                 ids = torch.cat([s.prompt_ids, s.response_ids], 1)

@@ -7,6 +7,9 @@ import io
 from rich.console import Console
 from rich.table import Table
 
+CEILING = ("ceiling: the win rate of the world's reference answers against the same samples, the most any "
+           "policy can score (where the baseline is already perfect, the best is a tie, which counts half)")
+
 
 def _render(*items) -> str:
     buffer = io.StringIO()
@@ -30,7 +33,7 @@ def eval_table(r: dict) -> str:
         families.add_column(column, justify="left" if column == "family" else "right")
     for family, f in r["families"].items():
         families.add_row(family, str(f["n"]), f"{f['win_rate']:.3f}", f"{f['success_a']:.3f}", f"{f['success_b']:.3f}")
-    return _render(table, families)
+    return _render(table, families, CEILING)
 
 
 def world_table(r: dict) -> str:
@@ -57,9 +60,10 @@ def eval_rm_table(r: dict) -> str:
             ("inter-labeler agreement, same pairs", r["labeler_agreement"]),
             (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),
             ("Pearson with gold, held-out customers", r["gold_pearson"]),
-            ("prefers a padded answer (gold: 0.000)", r["prefer_padded"])]
-    rows += [(f"scores correct over incorrect, correct one {k.replace('_', ' ')} (n={r[f'n_correct_pairs_{k}']})",
-              r[f"correct_over_incorrect_{k}"]) for k in ("longer", "same_length", "shorter")]
+            ("prefers a padded answer, held-out customers (gold: 0.000)", r["prefer_padded"])]
+    rows += [(f"held-out customers: correct over incorrect, correct one {k.replace('_', ' ')} "
+              f"(n={r[f'n_correct_pairs_{k}']} pairs)", r[f"correct_over_incorrect_{k}"])
+             for k in ("longer", "same_length", "shorter")]
     for name, value in rows:
         table.add_row(name, f"{value:.3f}")
     return _render(table)
@@ -73,4 +77,4 @@ def ppo_table(r: dict) -> str:
     for key in ("gold", "success", "rm_score", "kl", "length", "eos_frac"):
         ref = r.get(f"ref_{key}", 0.0 if key == "kl" else None)
         table.add_row(key, f"{r[key]:.3f}", "" if ref is None else f"{ref:.3f}")
-    return _render(table)
+    return _render(table, CEILING)

@@ -139,4 +139,4 @@ def test_correctness_accuracy_tells_a_length_reward_from_a_checking_one():
         return [len(tokenize(r)) for r in responses]
 
     length = correctness_accuracy(rows, score_comparisons(load_reward(words), rows), grades)
-    assert length["longer"][0] == 1.0 and length["same_length"][0] == 0.0 and length["shorter"][0] == 0.0
+    assert length["longer"][0] == 1.0 and length["same_length"][0] == 0.5 and length["shorter"][0] == 0.0

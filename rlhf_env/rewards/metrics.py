@@ -85,8 +85,8 @@ def correctness_accuracy(rows: list[dict], scores: list[np.ndarray], grades: lis
     """How often the reward scores the correct response of a pair above the incorrect one (gold's task
     success), by whether the correct one is longer, as long, or shorter (in the grader's words).
 
-    A reward that has only learned "longer is better" scores about 1, 0.5 and 0 on these; one that
-    checks the answer scores near 1 on all three. Returns ``{relation: (accuracy, pairs)}``.
+    A tie counts half. A reward that has only learned "longer is better" scores 1, 0.5 and 0 on these;
+    one that checks the answer scores near 1 on all three. Returns ``{relation: (accuracy, pairs)}``.
     """
     counts = {"longer": [0, 0], "same_length": [0, 0], "shorter": [0, 0]}
     for row, s, g in zip(rows, scores, grades):
@@ -96,7 +96,7 @@ def correctness_accuracy(rows: list[dict], scores: list[np.ndarray], grades: lis
                 if g[i].success and not g[j].success:  # i correct, j not
                     relation = ("longer" if lengths[i] > lengths[j] else "shorter" if lengths[i] < lengths[j]
                                 else "same_length")
-                    counts[relation][0] += s[i] > s[j]
+                    counts[relation][0] += 0.5 if np.isclose(s[i], s[j]) else float(s[i] > s[j])
                     counts[relation][1] += 1
     return {k: (right / max(n, 1), n) for k, (right, n) in counts.items()}
 
