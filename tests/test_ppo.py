@@ -199,7 +199,7 @@ def column(path, name):
 
 def test_the_ptx_term_alone_lowers_the_pretraining_loss(tiny_policy_dir, world_dir, tmp_path):
     """A constant reward and no KL penalty make every advantage 0, so only PPO-ptx moves the policy: its
-    web-text loss must fall (measured: 5.7 to 3.2 in 6 iterations; without the term it cannot move)."""
+    web-text loss must fall (measured: 5.7 to 3.2 in 6 iterations; nothing else trains the policy here)."""
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=zero, ptx_coef=1.0,
                                  iterations=6))
     agent.train()
