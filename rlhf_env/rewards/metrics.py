@@ -25,7 +25,7 @@ class RMEvalConfig:
     """Measure a reward against the world's held-out comparisons and the gold grader."""
 
     rm: str = "rm"
-    """Reward: rm, rm-large, gold, or a sequence-classifier path / hub id."""
+    """Reward: rm, rm-large, gold, or a sequence-classifier path / hub id (from Python, any load_reward spec)."""
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (reads comparisons/*.parquet)."""
     device: str = "cpu"
