@@ -7,9 +7,16 @@ the response tokens, starting at 1 and 0. It is trained with the InstructGPT ran
 labelers' comparisons, like ``rlhf rm``, then measured by ``rlhf eval-rm`` and used as PPO's reward
 (``rlhf ppo`` defaults otherwise), judged by ``rlhf eval --baseline sft``.
 
-Prints a table and writes JSON. About 6 minutes on 2 cores (2 of them training, 2 for PPO).
+``--labeler-length-bias B`` first re-ranks the same SFT samples with a labeler panel whose spurious
+length bias is B (the world's is 0.02), as ``rlhf build-assets`` would, and trains on those rankings.
+The RM is still measured on the bundled held-out comparisons.
+
+Prints a table and writes JSON. About 6 minutes on 2 cores (2 of them training, 2 for PPO), 8 with
+``--labeler-length-bias``.
 
     python benchmarks/rm_likelihood.py [--runs-dir runs/rm-likelihood] [--no-ppo]
+    python benchmarks/rm_likelihood.py --labeler-length-bias 0 --runs-dir runs/rm-likelihood-bias0 \
+        --out benchmarks/results/rm_likelihood_bias0.json
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import DatasetDict
 from safetensors.torch import load_model, save_model
 
 from agents.ppo import PPOConfig, ppo
@@ -29,7 +37,9 @@ from rlhf_env.evaluation import EvalConfig, evaluate
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.sampling import positions
-from rlhf_env.world.build import load_split
+from rlhf_env.world.build import load_split, save_world
+from rlhf_env.world.comparisons import build_comparisons
+from rlhf_env.world.labelers import LabelerConfig
 
 
 class LikelihoodRM(torch.nn.Module):
@@ -68,9 +78,22 @@ def flatten(rows):
             [e for r in rows for e in r["eos"]])
 
 
-def train(rm: LikelihoodRM, epochs: int = 3, lr: float = 1e-4, batch_size: int = 8, seed: int = 0) -> float:
+def relabelled_comparisons(directory: Path, length_bias: float) -> Path:
+    """The bundled comparisons' SFT samples, ranked by labelers with another length bias."""
+    if not (directory / "comparisons" / "train.parquet").exists():
+        model, tokenizer = load_policy("sft")
+        heldout = load_split(DATA_DIR, "prompts", "heldout")
+        ranked = build_comparisons(model, tokenizer, load_split(DATA_DIR, "prompts", "rm"),
+                                   heldout.select(range(min(300, len(heldout)))), 0,
+                                   labeler_config=LabelerConfig(length_bias=length_bias))
+        save_world({"comparisons": DatasetDict(ranked)}, directory)
+    return directory
+
+
+def train(rm: LikelihoodRM, data: Path = DATA_DIR, epochs: int = 3, lr: float = 1e-4, batch_size: int = 8,
+          seed: int = 0) -> float:
     """Train with the ranking loss; return the last epoch's pairwise accuracy."""
-    rows = load_split(DATA_DIR, "comparisons", "train").to_list()
+    rows = load_split(data, "comparisons", "train").to_list()
     optimizer = torch.optim.AdamW(rm.parameters(), lr=lr)
     per_epoch = math.ceil(len(rows) / batch_size)
     steps = epochs * per_epoch
@@ -96,9 +119,9 @@ class Reward:
 
     __name__ = "likelihood_rm"  # names the reward in PPO's run fingerprint
 
-    def __init__(self, rm: LikelihoodRM):
+    def __init__(self, rm: LikelihoodRM, data: Path = DATA_DIR):
         self.rm = rm.eval()
-        raw = self.raw(*flatten(load_split(DATA_DIR, "comparisons", "test").to_list()))
+        raw = self.raw(*flatten(load_split(data, "comparisons", "test").to_list()))
         self.mean, self.std = raw.mean(), raw.std()
 
     @torch.no_grad()
@@ -115,21 +138,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", default="runs/rm-likelihood")
     parser.add_argument("--no-ppo", action="store_true")
+    parser.add_argument("--labeler-length-bias", type=float, default=None,
+                        help="re-rank the comparisons with labelers of this length bias (the world's: 0.02)")
     parser.add_argument("--out", default="benchmarks/results/rm_likelihood.json")
     args = parser.parse_args()
     runs = Path(args.runs_dir)
+    data = DATA_DIR if args.labeler_length_bias is None else relabelled_comparisons(runs / "data",
+                                                                                    args.labeler_length_bias)
     torch.manual_seed(0)
     rm = LikelihoodRM()
     weights = runs / "model.safetensors"
     if weights.exists():
         load_model(rm, weights)
     else:
-        accuracy = train(rm)
+        accuracy = train(rm, data)
         runs.mkdir(parents=True, exist_ok=True)
         save_model(rm, str(weights))  # handles the tied embedding / LM head
         (runs / "train.json").write_text(json.dumps({"last_epoch_accuracy": accuracy}))
-    reward = Reward(rm)
+    reward = Reward(rm, data)
     measured = {**evaluate_reward(RMEvalConfig(rm=reward)), "rm": "likelihood RM",
+                "labeler_length_bias": args.labeler_length_bias,
                 "weights_mean_sum": rm.weights.tolist()}
     result = {"rm": measured}
     if not args.no_ppo:
