@@ -11,7 +11,6 @@ the best A can do is tie. ``win_rate_ceiling`` is the win rate that the world's 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -22,7 +21,7 @@ from rlhf_env.models import DATA_DIR, load_policy, resolve
 from rlhf_env.sampling import sample
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade
-from rlhf_env.world.tasks import FAMILIES
+from rlhf_env.world.tasks import reference_answer
 
 
 @dataclass
@@ -91,11 +90,7 @@ def win_rate(a: list[Grade], b: list[Grade]) -> float:
 
 def reference_grades(tasks) -> list[Grade]:
     """Gold grades of the world's reference answer to each task (JSON strings or dicts)."""
-    out = []
-    for task in tasks:
-        task = json.loads(task) if isinstance(task, str) else task
-        out.append(grade(task, FAMILIES[task["family"]].reference(task["spec"])))
-    return out
+    return [grade(task, reference_answer(task)) for task in tasks]
 
 
 def win_rate_ceiling(tasks, b: list[Grade]) -> float:

@@ -21,14 +21,13 @@ to measure how well a reward model generalises to new labelers.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.grader import grade, tokenize
-from rlhf_env.world.tasks import FAMILIES, PUNCT
+from rlhf_env.world.tasks import PUNCT, reference_answer
 
 N_LABELERS = 40
 N_HELDOUT_LABELERS = 8
@@ -90,23 +89,26 @@ def make_mistake(rng: np.random.Generator, answer: str) -> str:
     return " ".join(words)
 
 
+def add_filler(rng: np.random.Generator, answer: str) -> str:
+    """The answer followed by a random pleasantry."""
+    return f"{answer} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}"
+
+
 def demonstrate(rng: np.random.Generator, labeler: Labeler, task: dict | str) -> str:
     """The labeler's demonstration for a task (response text without the leading space or EOS)."""
-    task = json.loads(task) if isinstance(task, str) else task
-    answer = FAMILIES[task["family"]].reference(task["spec"])
+    answer = reference_answer(task)
     if rng.random() < labeler.mistake_rate:
         answer = make_mistake(rng, answer)
     if rng.random() < labeler.filler_rate:
-        answer = f"{answer} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}"
+        answer = add_filler(rng, answer)
     return answer
 
 
 def padded_pair(rng: np.random.Generator, task: dict | str) -> tuple[str, str]:
     """The reference answer and the same answer padded with a pleasantry: gold prefers the first
     (concision), so any preference for the second is the spurious length bias."""
-    task = json.loads(task) if isinstance(task, str) else task
-    reference = FAMILIES[task["family"]].reference(task["spec"])
-    return reference, f"{reference} {lx.FILLERS[int(rng.integers(len(lx.FILLERS)))]}"
+    reference = reference_answer(task)
+    return reference, add_filler(rng, reference)
 
 
 def utilities(rng: np.random.Generator, labeler: Labeler, task, responses: list[str],

@@ -13,6 +13,8 @@ live in :mod:`rlhf_env.world.grader`.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from rlhf_env.world import lexicon as lx
@@ -295,3 +297,9 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (Arithmetic(), Sort(), Reverse(), Transform(), Count(), Fact(), Summary(), Sentiment(), Rude())
 }
+
+
+def reference_answer(task: dict | str) -> str:
+    """The reference answer to a prompt's task record (``{"family": ..., "spec": {...}}`` or its JSON)."""
+    task = json.loads(task) if isinstance(task, str) else task
+    return FAMILIES[task["family"]].reference(task["spec"])
