@@ -358,12 +358,12 @@ class PPOAgent:
         policy = self._held_out(self.policy, rows)
         self.policy.train()
         if self._reference_eval is None or len(self._reference_eval["grades"]) != len(rows):
-            self._reference_eval = self._held_out(self.env.unwrapped.core.model, rows)  # frozen: sample it once
+            ref = self._held_out(self.env.unwrapped.core.model, rows)  # frozen: sample and grade it once
+            self._reference_eval = {**ref, "ceiling": win_rate_ceiling(rows["task"], ref["grades"])}
         ref = self._reference_eval
         metrics = ("gold", "success", "rm_score", "kl", "length", "eos_frac")
-        return {"win_rate_vs_reference": win_rate(policy["grades"], ref["grades"]),
-                "win_rate_ceiling": win_rate_ceiling(rows["task"], ref["grades"]), **{k: policy[k] for k in metrics},
-                **{f"ref_{k}": ref[k] for k in metrics if k != "kl"}}
+        return {"win_rate_vs_reference": win_rate(policy["grades"], ref["grades"]), "win_rate_ceiling": ref["ceiling"],
+                **{k: policy[k] for k in metrics}, **{f"ref_{k}": ref[k] for k in metrics if k != "kl"}}
 
     @torch.no_grad()
     def _held_out(self, model, rows) -> dict:
