@@ -19,10 +19,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
+from rm_likelihood import LikelihoodRM, Reward  # benchmarks/, next to this script
 
 from agents.reward_model import RMConfig, train_reward_model
-from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import grade
@@ -44,25 +44,6 @@ def gold_ranked_world(directory: Path) -> Path:
     return directory
 
 
-class SFTLikelihood:
-    """A reward: SFT's mean log-probability per response token (EOS included when emitted)."""
-
-    def __init__(self, name: str = "sft"):
-        self.model, self.tokenizer = load_policy(name)
-        self.model.eval()
-
-    @torch.no_grad()
-    def __call__(self, prompts, responses, eos=None):
-        eos = [True] * len(responses) if eos is None else eos
-        out = []
-        for prompt, response, ended in zip(prompts, responses, eos):
-            p = self.tokenizer(prompt)["input_ids"]
-            r = self.tokenizer(response + (self.tokenizer.eos_token if ended else ""))["input_ids"]
-            logits = self.model(torch.tensor([p + r])).logits[0, len(p) - 1:-1]
-            out.append(torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(r)[:, None]).mean().item())
-        return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", default="runs/rm-gold-labels")
@@ -77,7 +58,8 @@ def main() -> None:
     # Both are measured on the bundled world's held-out comparisons, ranked by real labelers.
     rows = [{**evaluate_reward(RMEvalConfig(rm="rm")), "rm": "rm (shipped: labelers' rankings)"},
             {**evaluate_reward(RMEvalConfig(rm=str(model))), "rm": "same recipe, gold rankings"},
-            {**evaluate_reward(RMEvalConfig(rm=SFTLikelihood())), "rm": "SFT mean token log-prob"}]
+            # The untrained LikelihoodRM (zero head, weight 1 on the mean) is SFT's mean token log-prob.
+            {**evaluate_reward(RMEvalConfig(rm=Reward(LikelihoodRM()))), "rm": "SFT mean token log-prob"}]
     print(f"{'reward':<34}" + "".join(f"{k.replace('correct_over_incorrect_', 'c>i ')[:18]:>20}" for k in KEYS))
     for r in rows:
         print(f"{r['rm']:<34}" + "".join(f"{r[k]:>20.3f}" for k in KEYS))
