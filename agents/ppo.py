@@ -35,7 +35,7 @@ from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
 from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
-from rlhf_env.models import BUNDLED_REWARDS, DATA_DIR, load_policy, resolve, save_policy
+from rlhf_env.models import BUNDLED_REWARDS, DATA_DIR, fuse_gelu, load_policy, resolve, save_policy
 from rlhf_env.sampling import positions, response_log_softmax, sample_from_ids
 
 
@@ -186,7 +186,7 @@ class PPOAgent:
             if AutoTokenizer.from_pretrained(path).get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
                                  "tokenizer; use value_model='head' with this reward")
-            self.value = Critic(rm).to(c.device)
+            self.value = Critic(fuse_gelu(rm)).to(c.device)
         else:
             raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
         self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, prompts=c.prompts,
@@ -197,7 +197,7 @@ class PPOAgent:
         check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps)
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, fused=True)  # one kernel per step
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None

@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from agents.trainer import TrainConfig, train_loop
-from rlhf_env.models import DATA_DIR, load_tokenizer, resolve, save_policy
+from rlhf_env.models import DATA_DIR, fuse_gelu, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.world.build import load_split
 
@@ -94,7 +94,7 @@ def new_reward_model(policy: str, device: str = "cpu"):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     tokenizer = prepare_tokenizer(load_tokenizer(policy), model)
     model.config.reward_append_eos = True
-    return model.to(device), tokenizer
+    return fuse_gelu(model).to(device), tokenizer
 
 
 @torch.no_grad()

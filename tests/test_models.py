@@ -51,3 +51,21 @@ def test_shipped_policies_load_and_generate(name):
                  generator=torch.Generator().manual_seed(0))
     assert len(out.texts) == 4 and out.response_ids.shape[0] == 4
     assert torch.isfinite(out.logprobs).all()
+
+
+def test_fused_gelu_computes_what_gpt2s_own_activation_does(tiny_policy_dir, tokenizer):
+    """Every load swaps GPT-2's five-kernel gelu_new for the fused tanh GELU: same logits, config untouched."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
+    assert any(isinstance(m, NewGELUActivation) for m in original.modules())
+    model, _ = load_policy(str(tiny_policy_dir))
+    acts = [m for m in model.modules() if isinstance(m, (GELUTanh, NewGELUActivation))]
+    assert acts and all(type(m) is GELUTanh for m in acts)
+    assert model.config.activation_function == "gelu_new"
+    ids = tokenizer(["Translate to French: good morning", "Hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = original(**ids).logits
+        got = model(**ids).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

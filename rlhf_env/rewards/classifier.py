@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_env.models import BUNDLED_REWARDS, resolve
+from rlhf_env.models import BUNDLED_REWARDS, fuse_gelu, resolve
 from rlhf_env.rewards.base import Reward
 
 TRANSFORMS = ("logit", "sigmoid", "softmax", "log_softmax")
@@ -63,7 +63,7 @@ class SequenceClassifierReward(Reward):
             self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise ValueError(f"could not load {name_or_path!r} as a sequence classifier: {e}") from None
-        self.model.to(device).eval()
+        fuse_gelu(self.model).to(device).eval()
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), self.model)
         n_labels = self.model.config.num_labels
         if not 0 <= label < n_labels:
