@@ -6,7 +6,9 @@ Phases: ``sample`` (the policy's rollout sampler), ``reference`` (the env's froz
 (``ppo_epochs`` x minibatches of forward + backward + AdamW) and ``other`` (the rest of the env step,
 decoding texts, GAE, whitening). Matmul FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 on the update's own forward and backward (attention is not counted on a CPU: see ``update_flops``).
-Prints a table and writes JSON.
+Measured twice in one run: float32 (the default) and ``bf16=True`` (bfloat16 autocast in the
+policy's training forward and backward; under it the ``values`` phase also recomputes the ratio's old
+log-probs), each update against the matching matmul peak. Prints a table and writes JSON.
 
     python benchmarks/bench_ppo_iteration.py [--iterations 3]
 """
@@ -31,8 +33,8 @@ from agents.ppo import PPOAgent, PPOConfig
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
@@ -64,58 +66,86 @@ def update_flops(agent: PPOAgent, batch: dict) -> int:
     return counter.get_total_flops()
 
 
+def measure(iterations: int, bf16: bool) -> dict:
+    """Median phase times of ``iterations`` iterations (after one warm-up) and the update's matmul FLOPs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = PPOConfig(out=tmp, eval_every=0, save_every=0, bf16=bf16)
+        agent = PPOAgent(config)
+        core = agent.env.unwrapped.core
+        times: dict[str, float] = defaultdict(float)
+        sampler = ppo_module.sample_from_ids
+        ppo_module.sample_from_ids = timing(times, "sample", sampler)
+        core.reference_logprobs = timing(times, "reference", core.reference_logprobs)
+        core.reward = timing(times, "reward", core.reward)
+        agent.update = timing(times, "update", agent.update)
+        # The rollout's own forward: values (and under bf16 the ratio's old log-probs); the update's
+        # forwards are inside "update".
+        timed_forward = timing(times, "values", agent.forward)
+        agent.rollout = functools.partial(_with_forward_timed, agent, agent.rollout, timed_forward)
+        obs = agent.env.reset(seed=0)[0]
+        rows = []
+        try:
+            for i in range(iterations + 1):
+                agent.iteration = i
+                times.clear()
+                start = time.perf_counter()
+                batch = agent.rollout(obs)
+                obs = batch.pop("next_obs")
+                agent.update(batch)
+                total = time.perf_counter() - start
+                if i:  # the first iteration warms up allocators and caches
+                    rows.append({"total_s": total, **{p: times[p] for p in PHASES if p != "other"},
+                                 "other": total - sum(times.values()), "response_tokens": float(batch["length"].sum())})
+            update_s = rows[-1]["update"]
+            flops = update_flops(agent, batch)  # the same batch as the last timed update
+        finally:
+            ppo_module.sample_from_ids = sampler
+    median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+    return {"iteration_s": median["total_s"], "episodes_per_s": config.batch_size / median["total_s"],
+            "phase_s": {p: median[p] for p in PHASES},
+            "phase_fraction": {p: median[p] / median["total_s"] for p in PHASES},
+            "update_gflop": flops / 1e9, "update_gflops": flops / update_s / 1e9,
+            "mean_response_tokens": median["response_tokens"] / config.batch_size}
+
+
+def _with_forward_timed(agent, rollout, timed_forward, obs):
+    forward, agent.forward = agent.forward, timed_forward
+    try:
+        return rollout(obs)
+    finally:
+        agent.forward = forward
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="measured iterations (after one warm-up)")
     parser.add_argument("--out", default="benchmarks/results/ppo_iteration.json")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = PPOConfig(out=tmp, eval_every=0, save_every=0)
-        agent = PPOAgent(config)
-        core = agent.env.unwrapped.core
-        times: dict[str, float] = defaultdict(float)
-        ppo_module.sample_from_ids = timing(times, "sample", ppo_module.sample_from_ids)
-        core.reference_logprobs = timing(times, "reference", core.reference_logprobs)
-        core.reward = timing(times, "reward", core.reward)
-        agent.update = timing(times, "update", agent.update)
-        forward = agent.forward
-        agent.forward = lambda *a, need_policy=True: (timing(times, "values", forward) if not need_policy
-                                                      else forward)(*a, need_policy=need_policy)
-        obs = agent.env.reset(seed=0)[0]
-        rows = []
-        for i in range(args.iterations + 1):
-            agent.iteration = i
-            times.clear()
-            start = time.perf_counter()
-            batch = agent.rollout(obs)
-            obs = batch.pop("next_obs")
-            agent.update(batch)
-            total = time.perf_counter() - start
-            if i:  # the first iteration warms up allocators and caches
-                rows.append({"total_s": total, **{p: times[p] for p in PHASES if p != "other"},
-                             "other": total - sum(times.values()), "response_tokens": float(batch["length"].sum())})
-        flops = update_flops(agent, batch)  # the same batch as the last timed update
-
-    peak = matmul_peak_gflops()
-    median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
-    achieved = flops / rows[-1]["update"] / 1e9
+    config = PPOConfig()
+    runs = {"float32": measure(args.iterations, bf16=False), "bf16": measure(args.iterations, bf16=True)}
+    peaks = {"float32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
+    for name, run in runs.items():
+        run["matmul_peak_gflops"] = peaks[name]
+        run["update_flop_efficiency"] = run["update_gflops"] / peaks[name]
+    fp32, bf16 = runs["float32"], runs["bf16"]
     result = {"batch_size": config.batch_size, "minibatch_size": config.minibatch_size,
               "ppo_epochs": config.ppo_epochs, "iterations": args.iterations, "threads": torch.get_num_threads(),
-              "iteration_s": median["total_s"], "episodes_per_s": config.batch_size / median["total_s"],
-              "phase_s": {p: median[p] for p in PHASES},
-              "phase_fraction": {p: median[p] / median["total_s"] for p in PHASES},
-              "update_gflop": flops / 1e9, "update_gflops": achieved, "matmul_peak_gflops": peak,
-              "update_flop_efficiency": achieved / peak,
-              "mean_response_tokens": median["response_tokens"] / config.batch_size}
+              **fp32, "bf16": bf16, "bf16_speedup": fp32["iteration_s"] / bf16["iteration_s"],
+              "bf16_update_speedup": fp32["phase_s"]["update"] / bf16["phase_s"]["update"]}
     print(f"one PPO iteration, {config.batch_size} episodes, {config.ppo_epochs} epochs x minibatch "
-          f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.iterations})")
-    print(f"{'phase':<12}{'seconds':>9}{'fraction':>10}")
+          f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.iterations}); "
+          "default float32, and --bf16")
+    print(f"{'phase':<12}{'float32 s':>10}{'share':>8}{'bf16 s':>10}{'share':>8}")
     for p in PHASES:
-        print(f"{p:<12}{median[p]:>9.3f}{median[p] / median['total_s']:>10.1%}")
-    print(f"{'total':<12}{median['total_s']:>9.3f}{'':>10}  -> {result['episodes_per_s']:.1f} episodes/s")
-    print(f"update: {flops / 1e9:.1f} GFLOP in {rows[-1]['update']:.2f} s = {achieved:.1f} GFLOP/s; fp32 matmul peak "
-          f"{peak:.1f} GFLOP/s; efficiency {result['update_flop_efficiency']:.1%}")
+        print(f"{p:<12}{fp32['phase_s'][p]:>10.3f}{fp32['phase_fraction'][p]:>8.1%}"
+              f"{bf16['phase_s'][p]:>10.3f}{bf16['phase_fraction'][p]:>8.1%}")
+    print(f"{'total':<12}{fp32['iteration_s']:>10.3f}{'':>8}{bf16['iteration_s']:>10.3f}")
+    print(f"episodes/s: float32 {fp32['episodes_per_s']:.1f}, bf16 {bf16['episodes_per_s']:.1f} "
+          f"({result['bf16_speedup']:.2f}x; update {result['bf16_update_speedup']:.2f}x)")
+    for name, run in runs.items():
+        print(f"update ({name}): {run['update_gflop']:.1f} GFLOP at {run['update_gflops']:.1f} GFLOP/s; {name} matmul "
+              f"peak {run['matmul_peak_gflops']:.1f} GFLOP/s; efficiency {run['update_flop_efficiency']:.1%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 

@@ -1,6 +1,7 @@
-"""The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation
-run, and three oracle runs (the gold grader, also for 400 iterations; the labelers' noise-free mean
-utility), each then judged by `rlhf eval --baseline sft`; plus SFT decoded greedily, judged the same way.
+"""The README's PPO results: the default `rlhf ppo` and `rlhf ppo --bf16` over several seeds, the beta = 0
+over-optimisation run, and three oracle runs (the gold grader, also for 400 iterations; the labelers'
+noise-free mean utility), each then judged by `rlhf eval --baseline sft`; plus SFT decoded greedily,
+judged the same way.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
 writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 35
@@ -35,8 +36,9 @@ def labeler_utility(prompts: list[str], responses: list[str]) -> np.ndarray:
 
 
 _gold: dict = {}
-VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"},
+VARIANTS = {"default": {}, "bf16": {"bf16": True}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"},
             "labeler-oracle": {"reward": labeler_utility}, "gold-oracle-400": {"reward": "gold", "iterations": 400}}
+MULTI_SEED = ("default", "bf16")  # run with every --seeds; the other variants with the first
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
@@ -71,20 +73,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                        help="default runs every seed; the others run the first seed only")
+                        help="default and bf16 run every seed; the others run the first seed only")
     parser.add_argument("--runs-dir", default="runs/ppo-bench")
     parser.add_argument("--out", default="benchmarks/results/ppo.json")
     args = parser.parse_args()
 
     runs_dir = Path(args.runs_dir)
     rows = [run(name, seed, runs_dir, VARIANTS[name]) for name in args.variants
-            for seed in (args.seeds if name == "default" else args.seeds[:1])]
-    default = [r for r in rows if r["run"] == "default"]
+            for seed in (args.seeds if name in MULTI_SEED else args.seeds[:1])]
     keys = ("win_rate_vs_sft", "gold", "success", "length", "rm_score", "kl", "minutes")
-    summary = {k: {stat: float(fn([r[k] for r in default])) for stat, fn in
-                   (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0),
-                                    ("min", np.min), ("max", np.max))}
-               for k in keys} if default else {}
+    summaries = {}
+    for name in MULTI_SEED:
+        runs = [r for r in rows if r["run"] == name]
+        if runs:
+            summaries[name] = {k: {stat: float(fn([r[k] for r in runs])) for stat, fn in
+                                   (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0),
+                                    ("min", np.min), ("max", np.max))} for k in keys}
     columns = ("win_rate_vs_sft", "gold", "success", "rm_score", "kl", "length", "minutes")
     print(f"{'run':<12}{'seed':>5}" + "".join(f"{c:>17}" for c in columns))
     for r in rows:
@@ -96,16 +100,18 @@ def main() -> None:
         print(f"ceiling (the world's reference answers vs the same SFT samples): win rate {r['win_rate_ceiling']:.3f}")
     greedy = greedy_sft()
     print("sft, greedy (no RL): " + ", ".join(f"{k} {v:.3f}" for k, v in greedy.items()))
-    if summary:
-        print(f"default over {len(default)} seeds: " + ", ".join(
+    for name, summary in summaries.items():
+        print(f"{name} over {len(args.seeds)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "default_summary": summary, "greedy_sft": greedy}, indent=1))
+    Path(args.out).write_text(json.dumps({"rows": rows, **{f"{n}_summary": v for n, v in summaries.items()},
+                                          "greedy_sft": greedy}, indent=1))
     try:
         import subprocess
         import sys
 
-        names = [f"{r['run']}-seed{r['seed']}" for r in rows if "iterations" not in r["overrides"]]  # same x-axis
+        names = [f"{r['run']}-seed{r['seed']}" for r in rows  # 100 iterations (one x-axis), float32
+                 if "iterations" not in r["overrides"] and r["run"] != "bf16"]
         subprocess.run([sys.executable, str(Path(__file__).with_name("plot_ppo.py")),
                         *[f"{n}={runs_dir / n}" for n in names], "--out", str(Path(args.out).with_suffix(".png"))],
                        check=True)

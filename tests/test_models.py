@@ -69,3 +69,27 @@ def test_fused_gelu_computes_what_gpt2s_own_activation_does(tiny_policy_dir, tok
         want = original(**ids).logits
         got = model(**ids).logits
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_float32_attention_under_bf16_autocast_is_not_saved(tiny_policy_dir, tokenizer, tmp_path):
+    """bf16 training keeps attention in float32 (SDPA's bfloat16 backward is slow on a CPU): the switch
+    changes no float32 result, holds under autocast, and a saved checkpoint loads without this package."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_env.models import float32_attention, save_policy
+
+    model, _ = load_policy(str(tiny_policy_dir))
+    ids = tokenizer(["Translate to French: good morning", "Hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = model(**ids).logits
+        assert float32_attention(model)
+        assert torch.allclose(model(**ids).logits, want, atol=1e-6)
+        seen = []
+        hook = model.transformer.h[0].attn.c_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(**ids).logits
+        hook.remove()
+    assert seen == [torch.bfloat16]  # the attention's output goes back to autocast's dtype
+    assert (got.float() - want).abs().max() < 0.2  # bfloat16 projections: close, not equal
+    save_policy(model, tokenizer, tmp_path / "saved")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").config._attn_implementation != "rlhf_sdpa_float32"
