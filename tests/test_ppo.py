@@ -158,7 +158,9 @@ def test_resuming_into_a_directory_of_another_run_is_refused(tiny_policy_dir, wo
         PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, lr=1e-4)).train()
 
 
-def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir, tokenizer, world_dir, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir, tokenizer, world_dir, tmp_path,
+                                                                 bf16):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=128, num_labels=1,
@@ -167,7 +169,7 @@ def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir
     GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(tmp_path / "rm"),
-                                 value_model="rm", iterations=1, ppo_epochs=1))
+                                 value_model="rm", iterations=1, ppo_epochs=1, bf16=bf16))
     agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
@@ -218,11 +220,12 @@ def column(path, name):
     return [float(line.split(",")[i]) for line in lines[1:]]
 
 
-def test_the_ptx_term_alone_lowers_the_pretraining_loss(tiny_policy_dir, world_dir, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_ptx_term_alone_lowers_the_pretraining_loss(tiny_policy_dir, world_dir, tmp_path, bf16):
     """A constant reward and no KL penalty make every advantage 0, so only PPO-ptx moves the policy: its
     web-text loss must fall (measured: 5.7 to 3.2 in 6 iterations; nothing else trains the policy here)."""
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=zero, ptx_coef=1.0,
-                                 iterations=6))
+                                 iterations=6, bf16=bf16))
     agent.train()
     ptx = column(tmp_path / "ppo" / "train.csv", "ptx_loss")
     assert all(abs(a) < 1e-6 for a in column(tmp_path / "ppo" / "train.csv", "pg_loss"))
