@@ -100,12 +100,13 @@ class PPOConfig:
     save_every: int = 10
     device: str = "cpu"
     bf16: bool = False
-    """Mixed precision: the policy's and critic's forward and backward run their matmuls in bfloat16
-    (autocast); weights, AdamW, attention, LayerNorm, the value head and the log-softmax stay float32. Where
-    bfloat16 is native (AVX-512 BF16 or AMX CPUs, recent GPUs) that is faster: 1.3x per update on the
-    2-core AVX-512 BF16 CPU of benchmarks/bench_ppo_iteration.py. The ratio's old log-probs then come from
-    the same bfloat16 forward (so it is still exactly 1 before the first update); the env's KL uses the
-    sampler's float32 log-probs. Sampling, the reference and the reward model stay float32."""
+    """Mixed precision: the policy's and critic's forward and backward run their matmuls (the LM head's
+    included) in bfloat16 under autocast; weights, AdamW, attention, LayerNorm, the value head and the
+    log-softmax stay float32. Where bfloat16 is native (AVX-512 BF16 or AMX CPUs, recent GPUs) that is
+    faster: 1.3x per update on the 2-core AVX-512 BF16 CPU of benchmarks/bench_ppo_iteration.py; elsewhere
+    it warns. The ratio's old log-probs then come from the same bfloat16 forward, so the ratio is 1 before
+    the first update up to kernel rounding (exactly 1 on that CPU); the env's KL uses the sampler's float32
+    log-probs. Sampling, the reference and the reward model stay float32."""
     json: bool = False
     """Print the final held-out evaluation as one JSON object instead of a table."""
 
@@ -113,8 +114,12 @@ class PPOConfig:
 def _check_native_bf16(device: str) -> None:
     """Warn where bfloat16 matmuls are emulated: there ``bf16`` makes training slower, not faster."""
     dev = torch.device(device)
-    native = (torch.cuda.is_bf16_supported() if dev.type == "cuda" else
-              dev.type != "cpu" or bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()))
+    if dev.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    elif dev.type == "cpu":  # x86: AVX-512 BF16 or AMX; other CPUs are not checked
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    else:
+        native = True
     if not native:
         warnings.warn(f"bf16=True on a {dev.type} without native bfloat16 matmuls: expect it to be slower than "
                       "float32", stacklevel=3)
@@ -217,9 +222,10 @@ class PPOAgent:
         check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
         if c.bf16:
             _check_native_bf16(c.device)
-            float32_attention(self.policy)
-            if isinstance(self.value, Critic):
-                float32_attention(self.value.model)
+            for model in (self.policy, self.value.model) if isinstance(self.value, Critic) else (self.policy,):
+                if not float32_attention(model):
+                    warnings.warn(f"{type(model).__name__} cannot switch its attention implementation, so under "
+                                  "bf16 its attention runs in bfloat16 (slower to train on a CPU)", stacklevel=2)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, fused=True)  # one kernel per step
@@ -251,12 +257,15 @@ class PPOAgent:
         rewards = per_token_rewards(score, log_ratio, mask, self.kl.coef)  # score on the EOS token itself
         ids = torch.cat([prompt_ids, samples.response_ids], 1)
         full_mask = torch.cat([prompt_mask, samples.response_mask], 1)
-        short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
-        # The ratio's old log-probs: the sampler's (float32, exact), or under bf16 those of the update's own
-        # bfloat16 forward, so that the ratio is 1 before the first update whatever the rounding.
-        logprobs, _, values = self.forward(short_ids, short_mask, r, need_policy=c.bf16)
-        values = torch.nn.functional.pad(values, (0, R - r)) * mask
-        old_logprobs = torch.nn.functional.pad(logprobs, (0, R - r)) * mask if c.bf16 else samples.logprobs.float()
+        if c.bf16:  # the ratio's old log-probs from the update's own bfloat16 forward: the ratio starts at 1
+            logprobs, values = self._rollout_forward(ids, full_mask, mask)
+            old_logprobs = logprobs * mask
+        else:  # the sampler's log-probs (float32, the same as the update's forward to rounding)
+            short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
+            values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
+            values = torch.nn.functional.pad(values, (0, R - r))
+            old_logprobs = samples.logprobs.float()
+        values = values * mask
         advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
                 "old_values": values, "advantages": whiten(advantages, mask), "returns": returns,
@@ -264,6 +273,16 @@ class PPOAgent:
                 "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
                 "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
                 "token_rewards": rewards}
+
+    def _rollout_forward(self, ids, mask, response_mask):
+        """Log-probs and values (B, R) of a whole batch, ``minibatch_size`` rows at a time (each cut like an
+        update's minibatch), so that the (rows, R, V) log-softmax never exceeds an update's."""
+        logprobs, values = torch.zeros_like(response_mask), torch.zeros_like(response_mask)
+        for rows in torch.arange(len(ids), device=ids.device).split(self.config.minibatch_size):
+            short_ids, short_mask, r = trim_padding(ids[rows], mask[rows], response_mask[rows])
+            lp, _, v = self.forward(short_ids, short_mask, r)
+            logprobs[rows, :r], values[rows, :r] = lp, v
+        return logprobs, values
 
     def forward(self, ids, mask, R: int, need_policy: bool = True):
         """(log-probs, entropies, values) of the response tokens, each (B, R). The value head shares the
@@ -431,7 +450,7 @@ class PPOAgent:
 
     def _load(self, directory: Path) -> dict:
         state = load_checkpoint(directory, self.policy, self.optimizer, self.scheduler)
-        if state["run"] != _run_fingerprint(self.config):
+        if {"bf16": False, **state["run"]} != _run_fingerprint(self.config):  # older runs: float32
             raise ValueError(f"{directory} was written by a different run; use another --out")
         tensors = load_file(directory / "agent.safetensors")
         self.generator.set_state(tensors.pop("sampler_rng"))
@@ -467,7 +486,7 @@ def _refuse_finished_run(out: Path) -> None:
 
 def _run_fingerprint(c: PPOConfig) -> dict:
     keep = ("policy", "reference", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
-            "value_model", "ptx_coef")
+            "value_model", "ptx_coef", "bf16")
     plain = (str, int, float, bool, type(None))
     return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
             for k, v in asdict(c).items() if k in keep}

@@ -6,11 +6,11 @@ Phases: ``sample`` (the policy's rollout sampler), ``reference`` (the env's froz
 (``ppo_epochs`` x minibatches of forward + backward + AdamW) and ``other`` (the rest of the env step,
 decoding texts, GAE, whitening). Matmul FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 on the update's own forward and backward (attention is not counted on a CPU: see ``update_flops``).
-Measured twice in one run: float32 (the default) and ``bf16=True`` (bfloat16 autocast in the
+Measured in alternating rounds of one run: float32 (the default) and ``bf16=True`` (bfloat16 autocast in the
 policy's training forward and backward; under it the ``values`` phase also recomputes the ratio's old
 log-probs), each update against the matching matmul peak. Prints a table and writes JSON.
 
-    python benchmarks/bench_ppo_iteration.py [--iterations 3]
+    python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def update_flops(agent: PPOAgent, batch: dict) -> int:
     return counter.get_total_flops()
 
 
-def measure(iterations: int, bf16: bool) -> dict:
-    """Median phase times of ``iterations`` iterations (after one warm-up) and the update's matmul FLOPs."""
+def measure(iterations: int, bf16: bool) -> tuple[list[dict], int]:
+    """Phase times of ``iterations`` iterations (after one warm-up), and the update's matmul FLOPs."""
     with tempfile.TemporaryDirectory() as tmp:
         config = PPOConfig(out=tmp, eval_every=0, save_every=0, bf16=bf16)
         agent = PPOAgent(config)
@@ -96,16 +96,20 @@ def measure(iterations: int, bf16: bool) -> dict:
                 if i:  # the first iteration warms up allocators and caches
                     rows.append({"total_s": total, **{p: times[p] for p in PHASES if p != "other"},
                                  "other": total - sum(times.values()), "response_tokens": float(batch["length"].sum())})
-            update_s = rows[-1]["update"]
             flops = update_flops(agent, batch)  # the same batch as the last timed update
+            rows[-1]["update_gflops"] = flops / rows[-1]["update"] / 1e9
         finally:
             ppo_module.sample_from_ids = sampler
-    median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
-    return {"iteration_s": median["total_s"], "episodes_per_s": config.batch_size / median["total_s"],
+    return rows, flops
+
+
+def summarize(rows: list[dict], flops: int, batch_size: int) -> dict:
+    median = {k: float(np.median([r[k] for r in rows if k in r])) for k in rows[-1]}
+    return {"iteration_s": median["total_s"], "episodes_per_s": batch_size / median["total_s"],
             "phase_s": {p: median[p] for p in PHASES},
             "phase_fraction": {p: median[p] / median["total_s"] for p in PHASES},
-            "update_gflop": flops / 1e9, "update_gflops": flops / update_s / 1e9,
-            "mean_response_tokens": median["response_tokens"] / config.batch_size}
+            "update_gflop": flops / 1e9, "update_gflops": median["update_gflops"],
+            "mean_response_tokens": median["response_tokens"] / batch_size}
 
 
 def _with_forward_timed(agent, rollout, timed_forward, obs):
@@ -118,23 +122,30 @@ def _with_forward_timed(agent, rollout, timed_forward, obs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=3, help="measured iterations (after one warm-up)")
+    parser.add_argument("--iterations", type=int, default=3, help="measured iterations per round (after a warm-up)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating float32 and bf16")
     parser.add_argument("--out", default="benchmarks/results/ppo_iteration.json")
     args = parser.parse_args()
 
     config = PPOConfig()
-    runs = {"float32": measure(args.iterations, bf16=False), "bf16": measure(args.iterations, bf16=True)}
+    measured = {"float32": ([], 0), "bf16": ([], 0)}
+    for _ in range(args.rounds):  # alternated, so that a slower spell of a shared machine hits both
+        for name, (rows, _) in measured.items():
+            more, flops = measure(args.iterations, bf16=name == "bf16")
+            measured[name] = (rows + more, flops)
+    runs = {name: summarize(rows, flops, config.batch_size) for name, (rows, flops) in measured.items()}
     peaks = {"float32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
     for name, run in runs.items():
         run["matmul_peak_gflops"] = peaks[name]
         run["update_flop_efficiency"] = run["update_gflops"] / peaks[name]
     fp32, bf16 = runs["float32"], runs["bf16"]
     result = {"batch_size": config.batch_size, "minibatch_size": config.minibatch_size,
-              "ppo_epochs": config.ppo_epochs, "iterations": args.iterations, "threads": torch.get_num_threads(),
+              "ppo_epochs": config.ppo_epochs, "iterations": args.iterations, "rounds": args.rounds,
+              "threads": torch.get_num_threads(),
               **fp32, "bf16": bf16, "bf16_speedup": fp32["iteration_s"] / bf16["iteration_s"],
               "bf16_update_speedup": fp32["phase_s"]["update"] / bf16["phase_s"]["update"]}
     print(f"one PPO iteration, {config.batch_size} episodes, {config.ppo_epochs} epochs x minibatch "
-          f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.iterations}); "
+          f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.rounds} x {args.iterations}); "
           "default float32, and --bf16")
     print(f"{'phase':<12}{'float32 s':>10}{'share':>8}{'bf16 s':>10}{'share':>8}")
     for p in PHASES:

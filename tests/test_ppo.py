@@ -43,23 +43,51 @@ def test_ratio_is_one_before_first_update(agent):
 
 
 def test_bf16_keeps_the_ratio_at_one_and_the_envs_kl_in_float32(tiny_policy_dir, world_dir, tmp_path):
-    """Mixed precision: the ratio's old log-probs come from the update's own bfloat16 forward, so the ratio
-    is 1 before the first update; the env still gets the sampler's float32 log-probs, so its KL to the
-    reference (the same weights at the start) is 0, not bfloat16 rounding."""
+    """Mixed precision: the ratio's old log-probs are the update's own bfloat16 forward's, so the ratio is 1
+    before the first update; the env still gets the sampler's float32 log-probs, so its KL to the reference
+    (the same weights at the start) is 0, not bfloat16 rounding."""
     agent = PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=n_chars, out=str(tmp_path / "ppo"),
                                data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
                                max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0, bf16=True))
     agent.iteration = 0
-    assert agent.policy.config._attn_implementation == "rlhf_sdpa_float32"
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
     assert batch["kl"].abs().max() < 1e-5
-    assert batch["old_logprobs"].dtype == torch.float32
+    idx = torch.tensor([5, 2, 7])  # any minibatch, cut as the update cuts it
+    ids, mask, r = trim_padding(batch["ids"][idx], batch["mask"][idx], batch["response_mask"][idx])
+    with torch.no_grad():
+        logprobs = agent.forward(ids, mask, r)[0] * batch["response_mask"][idx, :r]
+        agent.config.bf16 = False
+        float32 = agent.forward(ids, mask, r)[0] * batch["response_mask"][idx, :r]
+        agent.config.bf16 = True
+    old = batch["old_logprobs"][idx, :r]
+    assert old.dtype == torch.float32 and torch.allclose(logprobs, old, rtol=0, atol=1e-6)
+    assert (float32 - old).abs().max() > 1e-5  # bfloat16's, not the sampler's float32 log-probs
     before = [p.clone() for p in agent.policy.parameters()]
     stats = agent.update(batch)
-    assert abs(stats["first_minibatch_approx_kl"]) < 1e-6
+    assert abs(stats["first_minibatch_approx_kl"]) < 1e-9  # float32 old log-probs would give about 1e-8
     assert all(p.dtype == torch.float32 for p in agent.policy.parameters())  # float32 master weights
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+
+
+def test_bf16_runs_every_policy_matmul_in_bfloat16_and_attention_in_float32(tiny_policy_dir, world_dir, tmp_path,
+                                                                           monkeypatch):
+    """Rollout, update and PPO-ptx forwards all run under autocast, and attention in float32."""
+    import rlhf_env.models as models
+
+    seen = {"mlp": set(), "attention": set()}
+    real = models.sdpa_attention_forward
+
+    def spy(module, query, *args, **kwargs):
+        seen["attention"].add(query.dtype)
+        return real(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(models, "sdpa_attention_forward", spy)
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", bf16=True, ptx_coef=0.1,
+                                 iterations=1, ppo_epochs=1))
+    agent.policy.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, out: seen["mlp"].add(out.dtype))
+    agent.train()
+    assert seen == {"mlp": {torch.bfloat16}, "attention": {torch.float32}}
 
 
 def brevity(prompts, responses):
