@@ -208,9 +208,11 @@ def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.value.parameters()))  # the critic learns
 
 
-def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir, tmp_path):
-    """Any HF causal LM: a tiny Llama (rotary positions, no GPT-2 fast decoder) samples through its own
-    forward and cache, starts at ratio 1, and its final checkpoint reloads."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir, tmp_path, bf16):
+    """Any HF causal LM: a tiny Llama (rotary positions, grouped-query attention, no GPT-2 fast decoder)
+    samples through its own forward and cache, starts at ratio 1, and its final checkpoint reloads; also
+    under bf16, with its attention switched to float32."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlhf_env.decoder import GPT2Decoder
@@ -227,11 +229,12 @@ def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir,
     agent = PPOAgent(PPOConfig(policy=str(tmp_path / "llama"), reward=n_chars, out=str(tmp_path / "ppo"),
                                data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
                                max_new_tokens=8, eval_every=0, eval_episodes=4, final_eval_episodes=4,
-                               save_every=0))
+                               save_every=0, bf16=bf16))
+    assert (agent.policy.config._attn_implementation == "rlhf_sdpa_float32") == bf16
     agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
-    assert abs(agent.update(batch)["first_minibatch_approx_kl"]) < 1e-6
+    assert abs(agent.update(batch)["first_minibatch_approx_kl"]) < 1e-9
     agent.train()
     model, _ = load_policy(tmp_path / "ppo" / "final")
     assert type(model).__name__ == "LlamaForCausalLM"
