@@ -29,14 +29,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
 from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
 from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
-from rlhf_env.models import BUNDLED_REWARDS, DATA_DIR, float32_attention, fuse_gelu, load_policy, resolve, save_policy
+from rlhf_env.models import (
+    BUNDLED_REWARDS,
+    DATA_DIR,
+    float32_attention,
+    load_classifier,
+    load_policy,
+    resolve,
+    save_policy,
+)
 from rlhf_env.sampling import positions, response_log_softmax, sample_from_ids
 
 
@@ -207,11 +215,11 @@ class PPOAgent:
             self.value = ValueHead(self.policy.config.hidden_size).to(c.device)
         elif c.value_model == "rm":
             path = resolve(c.reward, BUNDLED_REWARDS)
-            rm = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            rm = load_classifier(path)
             if AutoTokenizer.from_pretrained(path).get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
                                  "tokenizer; use value_model='head' with this reward")
-            self.value = Critic(fuse_gelu(rm)).to(c.device)
+            self.value = Critic(rm).to(c.device)
         else:
             raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
         self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, prompts=c.prompts,

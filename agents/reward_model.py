@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from agents.trainer import TrainConfig, train_loop
-from rlhf_env.models import DATA_DIR, fuse_gelu, load_tokenizer, resolve, save_policy
+from rlhf_env.models import DATA_DIR, load_classifier, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.world.build import load_split
 
@@ -91,10 +90,10 @@ def rm_texts(rows: list[dict], eos_token: str) -> list[str]:
 def new_reward_model(policy: str, device: str = "cpu"):
     """The SFT model with its unembedding replaced by a scalar head."""
     path = resolve(policy)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model = load_classifier(path, num_labels=1)
     tokenizer = prepare_tokenizer(load_tokenizer(policy), model)
     model.config.reward_append_eos = True
-    return fuse_gelu(model).to(device), tokenizer
+    return model.to(device), tokenizer
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 from transformers import (
     AttentionInterface,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
@@ -148,6 +149,12 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
     except OSError as e:
         raise ValueError(_unknown(name_or_path, e)) from None
     return fuse_gelu(model).to(device).eval(), load_tokenizer(name_or_path)
+
+
+def load_classifier(path: str | os.PathLike, **overrides) -> PreTrainedModel:
+    """A float32 sequence classifier (a reward model) from a local path or hub id, with the fused GELU;
+    ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
+    return fuse_gelu(AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides))
 
 
 def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike, half: bool = False) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from rlhf_env.models import BUNDLED_REWARDS, fuse_gelu, resolve
+from rlhf_env.models import BUNDLED_REWARDS, load_classifier, resolve
 from rlhf_env.rewards.base import Reward
 
 TRANSFORMS = ("logit", "sigmoid", "softmax", "log_softmax")
@@ -60,10 +60,10 @@ class SequenceClassifierReward(Reward):
             raise ValueError(f"unknown transform {transform!r}; choose one of {TRANSFORMS}")
         path = resolve(name_or_path, BUNDLED_REWARDS)
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            self.model = load_classifier(path)
         except (OSError, ValueError) as e:
             raise ValueError(f"could not load {name_or_path!r} as a sequence classifier: {e}") from None
-        fuse_gelu(self.model).to(device).eval()
+        self.model.to(device).eval()
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), self.model)
         n_labels = self.model.config.num_labels
         if not 0 <= label < n_labels:
