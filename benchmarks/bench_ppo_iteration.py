@@ -128,12 +128,12 @@ def main() -> None:
     args = parser.parse_args()
 
     config = PPOConfig()
-    measured = {"float32": ([], 0), "bf16": ([], 0)}
+    rows, flops = {"float32": [], "bf16": []}, {}
     for _ in range(args.rounds):  # alternated, so that a slower spell of a shared machine hits both
-        for name, (rows, _) in measured.items():
-            more, flops = measure(args.iterations, bf16=name == "bf16")
-            measured[name] = (rows + more, flops)
-    runs = {name: summarize(rows, flops, config.batch_size) for name, (rows, flops) in measured.items()}
+        for name in rows:
+            more, flops[name] = measure(args.iterations, bf16=name == "bf16")
+            rows[name] += more
+    runs = {name: summarize(rows[name], flops[name], config.batch_size) for name in rows}
     peaks = {"float32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
     for name, run in runs.items():
         run["matmul_peak_gflops"] = peaks[name]

@@ -4,7 +4,7 @@ noise-free mean utility), each then judged by `rlhf eval --baseline sft`; plus S
 judged the same way.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
-writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 35
+writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 25
 minutes from scratch on 2 cores.
 
     python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
