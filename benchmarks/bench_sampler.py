@@ -10,7 +10,12 @@ distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods
 - ``lean_gpt2``: our sampler through ``rlhf_env.decoder.GPT2Decoder`` (static cache, plain ops), the
   default for GPT-2 policies.
 
-Prints a table (tokens/s, median of ``--repeats``) and writes JSON.
+Prints a table (tokens/s, median of ``--repeats``) and writes JSON. A second table says where the lean path's
+time goes: the prefill (a run that samples one token), the decode steps, and, from one profiled run
+(``torch.profiler``, self CPU time by op), the share of the batched attention matmuls (``aten::bmm``: only
+the decode steps use them) and of the projections (``aten::addmm`` and ``aten::mm``). It also gives the rate at
+which those attention matmuls read the KV cache, next to this machine's streaming read rate (the sum of a
+256 MB tensor).
 
     python benchmarks/bench_sampler.py [--batch-size 64] [--new-tokens 48] [--repeats 5]
 """
@@ -21,6 +26,7 @@ import argparse
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,40 @@ from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
 
 METHODS = ("hf_generate", "hf_cache_loop", "lean_gpt2")
+
+
+def median_time(fn, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples))
+
+
+def lean_breakdown(model, tokenizer, ids, mask, new_tokens: int, repeats: int, lean_s: float) -> dict:
+    """Where the lean path's time goes (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prefill_s = median_time(partial(run, "lean_gpt2", model, tokenizer, ids, mask, 1, 0), repeats)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run("lean_gpt2", model, tokenizer, ids, mask, new_tokens, 0)
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total_us = sum(self_us.values())
+    attention_us = self_us.get("aten::bmm", 0.0)
+    c = model.config
+    B, P = ids.shape
+    # Each decode step (the first token comes from the prefill) reads every layer's keys and values so far.
+    kv_bytes = sum(2 * c.n_layer * B * c.n_embd * (P + s) * 4 for s in range(1, new_tokens))
+    return {"lean_prefill_s": prefill_s, "lean_step_ms": (lean_s - prefill_s) / (new_tokens - 1) * 1e3,
+            "lean_prefill_share": prefill_s / lean_s, "lean_attention_share": attention_us / total_us,
+            "lean_projection_share": (self_us.get("aten::addmm", 0.0) + self_us.get("aten::mm", 0.0)) / total_us,
+            "kv_cache_read_gb_per_s": kv_bytes / (attention_us * 1e-6) / 1e9}
+
+
+def streaming_read_gb_per_s(repeats: int = 5) -> float:
+    x = torch.ones(64 * 1024 * 1024)  # 256 MB, far larger than any cache
+    return x.numel() * 4 / median_time(x.sum, repeats) / 1e9
 
 
 def run(method: str, model, tokenizer, ids, mask, new_tokens: int, seed: int) -> torch.Tensor:
@@ -63,19 +103,17 @@ def main() -> None:
         times = {}
         with torch.no_grad():
             for method in METHODS:
-                run(method, model, tokenizer, ids, mask, 4, 0)  # warm-up
-                samples = []
-                for r in range(args.repeats):
-                    start = time.perf_counter()
-                    out = run(method, model, tokenizer, ids, mask, args.new_tokens, r)
-                    samples.append(time.perf_counter() - start)
-                    assert out.shape == (args.batch_size, args.new_tokens), out.shape
-                times[method] = float(np.median(samples))
+                out = run(method, model, tokenizer, ids, mask, args.new_tokens, 0)  # warm-up
+                assert out.shape == (args.batch_size, args.new_tokens), out.shape
+                times[method] = median_time(partial(run, method, model, tokenizer, ids, mask, args.new_tokens, 0),
+                                            args.repeats)
+            breakdown = lean_breakdown(model, tokenizer, ids, mask, args.new_tokens, args.repeats,
+                                       times["lean_gpt2"])
         tokens = args.batch_size * args.new_tokens
         row = {"policy": name, "parameters": n_params, "prompt_tokens": ids.shape[1],
                **{f"{m}_s": times[m] for m in METHODS}, **{f"{m}_tokens_per_s": tokens / times[m] for m in METHODS},
                "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
-               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"]}
+               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"], **breakdown}
         rows.append(row)
 
     print(f"batch {args.batch_size}, {args.new_tokens} new tokens per row, tokens/s (median of {args.repeats}), "
@@ -85,7 +123,15 @@ def main() -> None:
         print(f"{r['policy']:<11}{r['parameters'] / 1e6:>7.1f}M{r['hf_generate_tokens_per_s']:>11.0f}"
               f"{r['hf_cache_loop_tokens_per_s']:>10.0f}{r['lean_gpt2_tokens_per_s']:>10.0f}"
               f"{r['speedup_vs_generate']:>12.1f}x")
-    result = {"batch_size": args.batch_size, "new_tokens": args.new_tokens, "repeats": args.repeats,
+    read_rate = streaming_read_gb_per_s()
+    print(f"\nwhere the lean path's time goes; this machine streams memory at {read_rate:.0f} GB/s")
+    print(f"{'policy':<11}{'prefill':>9}{'step':>9}{'attention':>11}{'projections':>13}{'KV cache read':>15}")
+    for r in rows:
+        print(f"{r['policy']:<11}{r['lean_prefill_share']:>9.0%}{r['lean_step_ms']:>7.2f}ms"
+              f"{r['lean_attention_share']:>11.0%}{r['lean_projection_share']:>13.0%}"
+              f"{r['kv_cache_read_gb_per_s']:>10.1f} GB/s")
+    result = {"streaming_read_gb_per_s": read_rate,
+              "batch_size": args.batch_size, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor(),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
