@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.ppo import PPOConfig, ppo
-from rlhf_env.evaluation import EvalConfig, eval_prompts, evaluate, generate_and_grade, summarize, win_rate
-from rlhf_env.models import load_policy
+from rlhf_env.evaluation import EvalConfig, evaluate
 
 
 def labeler_utility(prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -59,14 +58,10 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
 def greedy_sft() -> dict:
     """SFT decoded greedily, judged like every run against SFT sampled at temperature 1 (the same
     samples): what a policy gets with no RL at all, by only sharpening SFT."""
-    config = EvalConfig(policy="sft", baseline="sft", split="heldout")
-    rows = eval_prompts(config.data, config.split, config.episodes, config.seed)
-    model, tokenizer = load_policy("sft")
-    _, greedy, lengths = generate_and_grade(model, tokenizer, rows, config.seed, temperature=0.0)
-    _, sampled, _ = generate_and_grade(model, tokenizer, rows, config.seed, temperature=config.temperature)
-    summary = summarize(greedy, lengths)
-    return {"win_rate_vs_sft": win_rate(greedy, sampled), "gold": summary["gold"], "success": summary["success"],
-            "length": summary["length"]}
+    judged = evaluate(EvalConfig(policy="sft", baseline="sft", split="heldout", temperature=0.0,
+                                 baseline_temperature=1.0))
+    return {"win_rate_vs_sft": judged["win_rate"], "gold": judged["gold_a"], "success": judged["success_a"],
+            "length": judged["length_a"]}
 
 
 def main() -> None:

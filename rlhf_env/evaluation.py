@@ -38,7 +38,10 @@ class EvalConfig:
     """Number of prompts (one response per policy each)."""
     seed: int = 0
     temperature: float = 1.0
-    """Sampling temperature (0 for greedy)."""
+    """Sampling temperature of policy A (0 for greedy)."""
+    baseline_temperature: float | None = None
+    """Sampling temperature of policy B (None: the same as --temperature). E.g. --temperature 0
+    --baseline_temperature 1 judges a policy's greedy answers against another's samples."""
     max_new_tokens: int = 48
     batch_size: int = 125
     data: str = str(DATA_DIR)
@@ -101,10 +104,12 @@ def win_rate_ceiling(tasks, b: list[Grade]) -> float:
 def evaluate(config: EvalConfig) -> dict:
     policies = {"a": resolve(config.policy), "b": resolve(config.baseline)}  # fail fast on a bad name
     rows = eval_prompts(config.data, config.split, config.episodes, config.seed)
+    temperatures = {"a": config.temperature,
+                    "b": config.temperature if config.baseline_temperature is None else config.baseline_temperature}
     results = {}
     for side, path in policies.items():
         model, tokenizer = load_policy(path, config.device)
-        results[side] = generate_and_grade(model, tokenizer, rows, config.seed, config.temperature,
+        results[side] = generate_and_grade(model, tokenizer, rows, config.seed, temperatures[side],
                                            config.max_new_tokens, config.batch_size)
     (texts_a, grades_a, len_a), (texts_b, grades_b, len_b) = results["a"], results["b"]
     summary_a, summary_b = summarize(grades_a, len_a), summarize(grades_b, len_b)
@@ -119,6 +124,7 @@ def evaluate(config: EvalConfig) -> dict:
     }
     return {
         "policy": config.policy, "baseline": config.baseline, "split": config.split, "seed": config.seed,
+        "temperature_a": temperatures["a"], "temperature_b": temperatures["b"],
         "n": len(rows), "win_rate": win_rate(grades_a, grades_b),
         "win_rate_ceiling": win_rate_ceiling(rows["task"], grades_b),
         **{f"{k}_a": v for k, v in summary_a.items()}, **{f"{k}_b": v for k, v in summary_b.items()},

@@ -78,3 +78,19 @@ def test_import_rlhf_env_is_light():
     code = "import sys, rlhf_env; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_eval_baseline_temperature_applies_to_the_baseline_only(tiny_policy_dir, world_dir, capsys):
+    def run(*temps):
+        args = ["eval", "--policy", str(tiny_policy_dir), "--baseline", str(tiny_policy_dir), "--data", str(world_dir),
+                "--episodes", "3", "--max_new_tokens", "8", "--json", "--temperature", str(temps[0])]
+        assert main(args + (["--baseline_temperature", str(temps[1])] if len(temps) > 1 else [])) == 0
+        result = json.loads(capsys.readouterr().out)
+        return result, [e["a"] for e in result["examples"]], [e["b"] for e in result["examples"]]
+
+    mixed, greedy_a, sampled_b = run(0, 1)
+    assert (mixed["temperature_a"], mixed["temperature_b"]) == (0, 1)
+    _, greedy_a_alone, greedy_b_alone = run(0)
+    _, sampled_a_alone, sampled_b_alone = run(1)
+    assert greedy_a == greedy_a_alone and sampled_b == sampled_b_alone
+    assert greedy_b_alone != sampled_b_alone  # the two temperatures do give different answers here
