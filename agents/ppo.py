@@ -45,7 +45,10 @@ from rlhf_env.models import (
     resolve,
     save_policy,
 )
+from rlhf_env.rewards import NormalizedReward
 from rlhf_env.sampling import positions, response_log_softmax, sample_from_ids
+
+NORMALIZE_EPISODES = 512  # samples of the initial policy that set the reward's scale (normalize_reward)
 
 
 @dataclass
@@ -89,6 +92,10 @@ class PPOConfig:
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
+    normalize_reward: bool = False
+    """Rescale the reward so that the initial policy's samples on NORMALIZE_EPISODES training prompts score
+    N(0, 1) (N+ recipe), before the KL penalty and the missing-EOS penalty; for a reward of another scale
+    than the bundled RMs, which are already normalised so. The mean and std are saved with the run."""
     missing_eos_penalty: float | None = -1.0
     """Score of a response without EOS (None: the reward model scores it like any other)."""
     temperature: float = 1.0
@@ -228,6 +235,8 @@ class PPOAgent:
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
         check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
+        if c.normalize_reward:
+            self._normalize_reward()
         if c.bf16:
             _check_native_bf16(c.device)
             for model in (self.policy, self.value.model) if isinstance(self.value, Critic) else (self.policy,):
@@ -241,6 +250,22 @@ class PPOAgent:
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
         self._reference_eval = None  # the reference's held-out samples, graded once
+
+    def _normalize_reward(self) -> None:
+        """Replace the env's reward by one under which the initial policy's samples score N(0, 1)."""
+        c, core = self.config, self.env.unwrapped.core
+        rows = np.random.default_rng(c.seed).permutation(len(core.prompts))[:NORMALIZE_EPISODES]
+        generator = torch.Generator(device=c.device).manual_seed(c.seed)
+        texts, eos = [], []
+        self.policy.eval()
+        for batch in np.array_split(rows, -(-len(rows) // c.batch_size)):  # batches of at most batch_size
+            samples = sample_from_ids(self.policy, self.tokenizer, torch.from_numpy(core.prompt_ids[batch]),
+                                      torch.from_numpy(core.prompt_mask[batch]), c.max_new_tokens, c.temperature,
+                                      generator)
+            texts += samples.texts
+            eos += samples.eos.tolist()
+        self.policy.train()
+        core.reward = NormalizedReward.fit(core.reward, [core.prompts[i] for i in rows], texts, eos)
 
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -452,18 +477,23 @@ class PPOAgent:
         env = self.env.unwrapped
         state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "run": _run_fingerprint(self.config),
                  "env_rng": env.np_random.bit_generator.state, "env_index": env._index.tolist()}
+        if isinstance(env.core.reward, NormalizedReward):
+            state["reward_normalization"] = {"mean": env.core.reward.mean, "std": env.core.reward.std}
         save_checkpoint(directory, self.policy, self.tokenizer, self.optimizer, self.scheduler, state)
         save_file({**{f"value.{k}": v.contiguous() for k, v in self.value.state_dict().items()},
                    "sampler_rng": self.generator.get_state()}, directory / "agent.safetensors")
 
     def _load(self, directory: Path) -> dict:
         state = load_checkpoint(directory, self.policy, self.optimizer, self.scheduler)
-        if {"bf16": False, **state["run"]} != _run_fingerprint(self.config):  # older runs: float32
+        if {"bf16": False, "normalize_reward": False, **state["run"]} != _run_fingerprint(self.config):  # older runs
             raise ValueError(f"{directory} was written by a different run; use another --out")
         tensors = load_file(directory / "agent.safetensors")
         self.generator.set_state(tensors.pop("sampler_rng"))
         self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
         self.kl.coef = state["kl_coef"]
+        if "reward_normalization" in state:  # exactly the statistics the run started with
+            core = self.env.unwrapped.core
+            core.reward = NormalizedReward(core.reward.reward, **state["reward_normalization"])
         return state
 
     def _restore_obs(self, state: dict):
@@ -494,7 +524,7 @@ def _refuse_finished_run(out: Path) -> None:
 
 def _run_fingerprint(c: PPOConfig) -> dict:
     keep = ("policy", "reference", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
-            "value_model", "ptx_coef", "bf16")
+            "value_model", "ptx_coef", "bf16", "normalize_reward")
     plain = (str, int, float, bool, type(None))
     return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
             for k, v in asdict(c).items() if k in keep}

@@ -42,6 +42,36 @@ def test_ratio_is_one_before_first_update(agent):
     assert abs(stats["first_minibatch_approx_kl"]) < 1e-6
 
 
+def scaled_chars(prompts, responses):
+    return [1000 * score + 7 for score in n_chars(prompts, responses)]
+
+
+def test_normalize_reward_makes_the_rewards_scale_irrelevant_and_is_checkpointed(tiny_policy_dir, world_dir,
+                                                                                   tmp_path):
+    """With normalize_reward, 1000 * r + 7 gives the same env rewards as r: under both, the initial policy's
+    samples score N(0, 1) before the KL penalty. A resumed run gets the statistics its checkpoint saved."""
+    def make(reward, out):
+        agent = PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=reward, out=str(tmp_path / out),
+                                   data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
+                                   max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0,
+                                   normalize_reward=True, missing_eos_penalty=None))  # score every response
+        agent.iteration = 0
+        return agent
+
+    plain, scaled = make(n_chars, "plain"), make(scaled_chars, "scaled")
+    assert scaled.env.unwrapped.core.reward.std == pytest.approx(1000 * plain.env.unwrapped.core.reward.std)
+    batches = [agent.rollout(agent.env.reset(seed=0)[0]) for agent in (plain, scaled)]
+    assert batches[0]["env_rewards"].std() > 0.1
+    torch.testing.assert_close(batches[0]["env_rewards"], batches[1]["env_rewards"], atol=1e-5, rtol=0)
+
+    scaled._save(tmp_path / "checkpoint", batches[1]["next_obs"])
+    resumed = make(scaled_chars, "scaled")
+    resumed.env.unwrapped.core.reward.mean += 1.0  # not what the run started with
+    resumed._load(tmp_path / "checkpoint")
+    saved, restored = scaled.env.unwrapped.core.reward, resumed.env.unwrapped.core.reward
+    assert (restored.mean, restored.std) == (saved.mean, saved.std)
+
+
 def test_bf16_keeps_the_ratio_at_one_and_the_envs_kl_in_float32(tiny_policy_dir, world_dir, tmp_path):
     """Mixed precision: the ratio's old log-probs are the update's own bfloat16 forward's, so the ratio is 1
     before the first update; the env still gets the sampler's float32 log-probs, so its KL to the reference

@@ -6,7 +6,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
-from rlhf_env.rewards import CallableReward, EnsembleReward, RewardError, check_scores, load_reward
+from rlhf_env.rewards import CallableReward, EnsembleReward, NormalizedReward, RewardError, check_scores, load_reward
 from rlhf_env.rewards.classifier import SequenceClassifierReward
 from rlhf_env.rewards.gold import GoldReward
 from rlhf_env.world.grader import grade
@@ -56,6 +56,24 @@ def test_ensemble_modes():
                                [2.0 - 0.5, 2.0 - 1.0, 0.0])
     with pytest.raises(ValueError, match="unknown ensemble mode"):
         EnsembleReward([a], "median")
+
+
+def test_normalized_reward_scores_its_reference_responses_n01_and_others_on_the_same_scale():
+    raw = CallableReward(lambda p, r: [1000.0 * len(x) + 7 for x in r], name="chars")
+    norm = NormalizedReward.fit(raw, PROMPTS, RESPONSES)
+    scores = norm(PROMPTS, RESPONSES)
+    assert scores.mean() == pytest.approx(0, abs=1e-12) and scores.std() == pytest.approx(1)
+    lengths = np.array([len(r) for r in RESPONSES])
+    # Another response: the same affine map, so one more character is worth 1 / std(lengths).
+    assert norm(PROMPTS[:1], [RESPONSES[0] + "x"])[0] - scores[0] == pytest.approx(1 / lengths.std())
+    assert norm.name == "normalised(chars)"
+
+
+def test_normalized_reward_refuses_a_constant_reward_or_a_bad_scale():
+    with pytest.raises(ValueError, match="same score"):
+        NormalizedReward.fit(CallableReward(lambda p, r: [2.0] * len(r)), PROMPTS, RESPONSES)
+    with pytest.raises(ValueError, match="std > 0"):
+        NormalizedReward(CallableReward(length), mean=0.0, std=0.0)
 
 
 def test_gold_adapter_scores_world_prompts_and_rejects_unknown_ones(world, world_dir):

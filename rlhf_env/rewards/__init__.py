@@ -10,16 +10,17 @@
 - ``"gold"``: the world's gold grader (an oracle, for experiments);
 - a local path or hub id of any ``AutoModelForSequenceClassification`` (its own tokenizer);
 - any callable ``fn(prompts, responses) -> B numbers``;
-- a ``Reward`` instance (returned as is); build ensembles with ``EnsembleReward``.
+- a ``Reward`` instance (returned as is); build ensembles with ``EnsembleReward``, and rescale a reward
+  so that some policy's samples score N(0, 1) with ``NormalizedReward.fit``.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from rlhf_env.rewards.base import CallableReward, EnsembleReward, Reward, RewardError, check_scores
+from rlhf_env.rewards.base import CallableReward, EnsembleReward, NormalizedReward, Reward, RewardError, check_scores
 
-__all__ = ["CallableReward", "EnsembleReward", "GoldReward", "Reward", "RewardError",
+__all__ = ["CallableReward", "EnsembleReward", "GoldReward", "NormalizedReward", "Reward", "RewardError",
            "SequenceClassifierReward", "check_scores", "load_reward"]
 
 

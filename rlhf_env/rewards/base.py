@@ -97,3 +97,32 @@ class EnsembleReward(Reward):
         if self.mode == "min":
             return scores.min(0)
         return scores.mean(0) - self.k * scores.std(0)
+
+
+class NormalizedReward(Reward):
+    """``(reward - mean) / std``, with the mean and std of the scores of some reference responses: e.g.
+    the initial policy's samples, so that they score N(0, 1) (the N+ recipe). A reward of any scale then
+    meets the KL penalty, the missing-EOS penalty and a value head that starts at 0 on the same terms as
+    the bundled reward models, which were normalised that way when trained.
+
+    ``NormalizedReward.fit(reward, prompts, responses, eos)`` measures the mean and std; the constructor
+    takes them as they are (e.g. read back from a checkpoint).
+    """
+
+    def __init__(self, reward: Reward, mean: float, std: float):
+        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+            raise ValueError(f"cannot normalise by mean {mean} and std {std}: need finite values and std > 0")
+        self.reward, self.mean, self.std = reward, float(mean), float(std)
+        self.name = f"normalised({reward.name})"
+
+    @classmethod
+    def fit(cls, reward: Reward, prompts: Sequence[str], responses: Sequence[str],
+            eos: Sequence[bool] | None = None) -> NormalizedReward:
+        scores = reward(prompts, responses, eos)
+        if len(scores) < 2 or not scores.std() > 0:
+            raise ValueError(f"{reward.name} gives all {len(scores)} reference responses the same score "
+                             f"({scores[0] if len(scores) else None}); there is no scale to normalise by")
+        return cls(reward, scores.mean(), scores.std())
+
+    def score(self, prompts, responses, eos):
+        return (self.reward(prompts, responses, eos) - self.mean) / self.std
