@@ -1,6 +1,6 @@
 """The README's PPO results: the default `rlhf ppo` and `rlhf ppo --bf16` over several seeds, the beta = 0
-over-optimisation run, and three oracle runs (the gold grader, also for 400 iterations; the labelers'
-noise-free mean utility), each then judged by `rlhf eval --baseline sft`; plus SFT decoded greedily,
+over-optimisation run, and four oracle runs (the gold grader, also for 400 iterations and normalised to
+N(0, 1) on SFT samples; the labelers' noise-free mean utility), each then judged by `rlhf eval --baseline sft`; plus SFT decoded greedily,
 judged the same way.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
@@ -36,7 +36,8 @@ def labeler_utility(prompts: list[str], responses: list[str]) -> np.ndarray:
 
 _gold: dict = {}
 VARIANTS = {"default": {}, "bf16": {"bf16": True}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"},
-            "labeler-oracle": {"reward": labeler_utility}, "gold-oracle-400": {"reward": "gold", "iterations": 400}}
+            "labeler-oracle": {"reward": labeler_utility}, "gold-oracle-400": {"reward": "gold", "iterations": 400},
+            "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True}}
 MULTI_SEED = ("default", "bf16")  # run with every --seeds; the other variants with the first
 
 
