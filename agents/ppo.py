@@ -73,6 +73,9 @@ class PPOConfig:
     lr: float = 3e-5
     """Peak learning rate, decayed linearly to 0."""
     adam_eps: float = 1e-5
+    weight_decay: float = 0.01
+    """AdamW's decoupled weight decay, on every parameter (PyTorch's default; the N+ recipe uses none). At the
+    default lr it shrinks the weights by about 0.02% over a whole run."""
     max_grad_norm: float = 1.0
     kl_coef: float = 0.05
     """beta: initial KL coefficient."""
@@ -245,7 +248,8 @@ class PPOAgent:
                                   "bf16 its attention runs in bfloat16 (slower to train on a CPU)", stacklevel=2)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, fused=True)  # one kernel per step
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
+                                           fused=True)  # one kernel per step
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None

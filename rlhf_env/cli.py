@@ -51,7 +51,7 @@ def build_parser(name: str):
     docs = field_docs(cls)
     for action in parser._actions:
         if action.dest in docs:
-            action.help = docs[action.dest]
+            action.help = docs[action.dest].replace("%", "%%")  # argparse formats help strings with %
         elif action.dest != "help":
             action.help = " "  # ArgumentDefaultsHelpFormatter shows defaults only for actions with help
     return parser
