@@ -1,7 +1,8 @@
 """The README's PPO results: the default `rlhf ppo` and `rlhf ppo --bf16` over several seeds, the beta = 0
 over-optimisation run, and four oracle runs (the gold grader, also for 400 iterations and normalised to
-N(0, 1) on SFT samples; the labelers' noise-free mean utility), each then judged by `rlhf eval --baseline sft`; plus SFT decoded greedily,
-judged the same way.
+N(0, 1) on SFT samples; the labelers' noise-free mean utility), each then judged by
+`rlhf eval --baseline sft`; plus SFT decoded greedily, judged the same way. Each run's policy is also
+decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft --temperature 0`).
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
 writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 25
@@ -47,12 +48,16 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
         ppo(PPOConfig(seed=seed, out=str(out), **overrides))
     trained = json.loads((out / "result.json").read_text())
     judged = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout"))
+    # Both decoded greedily: did RL improve the policy's most likely answer, not only sharpen SFT?
+    greedy = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout", temperature=0.0))
     return {"run": name, "seed": seed, "minutes": trained["minutes"], "win_rate_vs_sft": judged["win_rate"],
             "win_rate_ceiling": judged["win_rate_ceiling"],
             "gold": judged["gold_a"], "gold_sft": judged["gold_b"], "success": judged["success_a"],
             "success_sft": judged["success_b"], "length": judged["length_a"], "length_sft": judged["length_b"],
             "rm_score": trained["rm_score"], "rm_score_sft": trained["ref_rm_score"], "kl": trained["kl"],
-            "eos_frac": trained["eos_frac"],
+            "eos_frac": trained["eos_frac"], "greedy_win_rate_vs_greedy_sft": greedy["win_rate"],
+            "greedy_win_rate_ceiling": greedy["win_rate_ceiling"], "greedy_gold": greedy["gold_a"],
+            "greedy_success": greedy["success_a"], "greedy_length": greedy["length_a"],
             "overrides": {k: getattr(v, "__name__", v) for k, v in overrides.items()}}
 
 
@@ -77,7 +82,8 @@ def main() -> None:
     runs_dir = Path(args.runs_dir)
     rows = [run(name, seed, runs_dir, VARIANTS[name]) for name in args.variants
             for seed in (args.seeds if name in MULTI_SEED else args.seeds[:1])]
-    keys = ("win_rate_vs_sft", "gold", "success", "length", "rm_score", "kl", "minutes")
+    keys = ("win_rate_vs_sft", "gold", "success", "length", "rm_score", "kl", "minutes",
+            "greedy_win_rate_vs_greedy_sft", "greedy_gold", "greedy_success")
     summaries = {}
     for name in MULTI_SEED:
         runs = [r for r in rows if r["run"] == name]
@@ -96,6 +102,13 @@ def main() -> None:
         print(f"ceiling (the world's reference answers vs the same SFT samples): win rate {r['win_rate_ceiling']:.3f}")
     greedy = greedy_sft()
     print("sft, greedy (no RL): " + ", ".join(f"{k} {v:.3f}" for k, v in greedy.items()))
+    print("\ndecoded greedily, against SFT decoded greedily:")
+    columns = ("greedy_win_rate_vs_greedy_sft", "greedy_gold", "greedy_success", "greedy_length")
+    print(f"{'run':<12}{'seed':>5}" + "".join(f"{c:>31}" for c in columns))
+    for r in rows:
+        print(f"{r['run']:<12}{r['seed']:>5}" + "".join(f"{r[c]:>31.3f}" for c in columns))
+    if rows:
+        print(f"ceiling: win rate {rows[0]['greedy_win_rate_ceiling']:.3f}")
     for name, summary in summaries.items():
         print(f"{name} over {len(args.seeds)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
