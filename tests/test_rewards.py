@@ -67,6 +67,8 @@ def test_normalized_reward_scores_its_reference_responses_n01_and_others_on_the_
     # Another response: the same affine map, so one more character is worth 1 / std(lengths).
     assert norm(PROMPTS[:1], [RESPONSES[0] + "x"])[0] - scores[0] == pytest.approx(1 / lengths.std())
     assert norm.name == "normalised(chars)"
+    from_callable = NormalizedReward.fit(length, PROMPTS, RESPONSES)  # a plain function works too
+    np.testing.assert_allclose(from_callable(PROMPTS, RESPONSES), scores)
 
 
 def test_normalized_reward_refuses_a_constant_reward_or_a_bad_scale():

@@ -109,15 +109,17 @@ class NormalizedReward(Reward):
     takes them as they are (e.g. read back from a checkpoint).
     """
 
-    def __init__(self, reward: Reward, mean: float, std: float):
+    def __init__(self, reward: Reward | Callable, mean: float, std: float):
         if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
             raise ValueError(f"cannot normalise by mean {mean} and std {std}: need finite values and std > 0")
+        reward = reward if isinstance(reward, Reward) else CallableReward(reward)
         self.reward, self.mean, self.std = reward, float(mean), float(std)
         self.name = f"normalised({reward.name})"
 
     @classmethod
-    def fit(cls, reward: Reward, prompts: Sequence[str], responses: Sequence[str],
+    def fit(cls, reward: Reward | Callable, prompts: Sequence[str], responses: Sequence[str],
             eos: Sequence[bool] | None = None) -> NormalizedReward:
+        reward = reward if isinstance(reward, Reward) else CallableReward(reward)
         scores = reward(prompts, responses, eos)
         if len(scores) < 2 or not scores.std() > 0:
             raise ValueError(f"{reward.name} gives all {len(scores)} reference responses the same score "
