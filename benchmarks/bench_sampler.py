@@ -13,9 +13,10 @@ distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods
 Prints a table (tokens/s, median of ``--repeats``) and writes JSON. A second table says where the lean path's
 time goes: the prefill (a run that samples one token), the decode steps, and, from one profiled run
 (``torch.profiler``, self CPU time by op), the share of the batched attention matmuls (``aten::bmm``: only
-the decode steps use them) and of the projections (``aten::addmm`` and ``aten::mm``). It also gives the rate at
+the decode steps use them) and of the projections and LM head (oneDNN's ``mkldnn::_linear_pointwise``,
+or MKL's ``aten::addmm`` and ``aten::mm`` where torch has no oneDNN). It also gives the rate at
 which those attention matmuls read the KV cache, next to this machine's streaming read rate (the sum of a
-256 MB tensor).
+256 MB tensor), and the float32 GFLOP/s of one decode-step projection through MKL and through oneDNN.
 
     python benchmarks/bench_sampler.py [--batch-size 64] [--new-tokens 48] [--repeats 5]
 """
@@ -32,11 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhf_env.decoder import onednn_linear_available
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
 
 METHODS = ("hf_generate", "hf_cache_loop", "lean_gpt2")
+PROJECTION_OPS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")  # MKL's GEMMs, oneDNN's
 
 
 def median_time(fn, repeats: int) -> float:
@@ -64,8 +67,25 @@ def lean_breakdown(model, tokenizer, ids, mask, new_tokens: int, repeats: int, l
     kv_bytes = sum(2 * c.n_layer * B * c.n_embd * (P + s) * 4 for s in range(1, new_tokens))
     return {"lean_prefill_s": prefill_s, "lean_step_ms": (lean_s - prefill_s) / (new_tokens - 1) * 1e3,
             "lean_prefill_share": prefill_s / lean_s, "lean_attention_share": attention_us / total_us,
-            "lean_projection_share": (self_us.get("aten::addmm", 0.0) + self_us.get("aten::mm", 0.0)) / total_us,
+            "lean_projection_share": sum(self_us.get(k, 0.0) for k in PROJECTION_OPS) / total_us,
             "kv_cache_read_gb_per_s": kv_bytes / (attention_us * 1e-6) / 1e9}
+
+
+def gemm_gflops(batch: int, width: int, repeats: int = 200) -> dict[str, float]:
+    """float32 GFLOP/s of one decode-step projection, (batch, width) @ (width, 4 * width) + bias, through
+    MKL (``addmm``, what HF's GPT-2 runs) and through oneDNN (what the lean path runs where available)."""
+    x, w, b = torch.randn(batch, width), torch.randn(width, 4 * width), torch.randn(4 * width)
+    rates = {"mkl": median_time(partial(_repeat, lambda: torch.addmm(b, x, w), repeats), 3)}
+    if onednn_linear_available(w):
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.T.contiguous())
+        rates["onednn"] = median_time(partial(_repeat, lambda: torch.ops.mkldnn._linear_pointwise(
+            x, packed, b, "none", [], ""), repeats), 3)
+    return {k: 2 * batch * width * 4 * width * repeats / t / 1e9 for k, t in rates.items()}
+
+
+def _repeat(fn, n: int) -> None:
+    for _ in range(n):
+        fn()
 
 
 def streaming_read_gb_per_s(repeats: int = 5) -> float:
@@ -113,7 +133,8 @@ def main() -> None:
         row = {"policy": name, "parameters": n_params, "prompt_tokens": ids.shape[1],
                **{f"{m}_s": times[m] for m in METHODS}, **{f"{m}_tokens_per_s": tokens / times[m] for m in METHODS},
                "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
-               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"], **breakdown}
+               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"], **breakdown,
+               **{f"gemm_gflops_{k}": v for k, v in gemm_gflops(args.batch_size, model.config.n_embd).items()}}
         rows.append(row)
 
     print(f"batch {args.batch_size}, {args.new_tokens} new tokens per row, tokens/s (median of {args.repeats}), "
@@ -125,11 +146,13 @@ def main() -> None:
               f"{r['speedup_vs_generate']:>12.1f}x")
     read_rate = streaming_read_gb_per_s()
     print(f"\nwhere the lean path's time goes; this machine streams memory at {read_rate:.0f} GB/s")
-    print(f"{'policy':<11}{'prefill':>9}{'step':>9}{'attention':>11}{'projections':>13}{'KV cache read':>15}")
+    print(f"{'policy':<11}{'prefill':>9}{'step':>9}{'attention':>11}{'projections':>13}{'KV cache read':>15}"
+          f"{'GEMM, MKL':>12}{'GEMM, oneDNN':>15}")
     for r in rows:
         print(f"{r['policy']:<11}{r['lean_prefill_share']:>9.0%}{r['lean_step_ms']:>7.2f}ms"
               f"{r['lean_attention_share']:>11.0%}{r['lean_projection_share']:>13.0%}"
-              f"{r['kv_cache_read_gb_per_s']:>10.1f} GB/s")
+              f"{r['kv_cache_read_gb_per_s']:>10.1f} GB/s{r['gemm_gflops_mkl']:>7.0f} GF/s"
+              f"{r.get('gemm_gflops_onednn', float('nan')):>10.0f} GF/s")
     result = {"streaming_read_gb_per_s": read_rate,
               "batch_size": args.batch_size, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor(),

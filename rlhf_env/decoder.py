@@ -9,8 +9,12 @@ parameters (no copy, so a policy that is being trained is always read fresh):
 - a **static KV cache**, allocated once for prompt + response and written in place, and one
   additive key mask; a decoding step reads prefix views of both;
 - a prefill that skips most of the left padding (rows bucketed by prompt length);
-- ``addmm`` for the Conv1D projections, ``scaled_dot_product_attention`` for attention, the fused
-  tanh GELU kernel;
+- the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
+  (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
+  torch has it, and ``addmm`` elsewhere. ``addmm`` goes to MKL, which on the AMD CPU of
+  ``benchmarks/bench_sampler.py`` runs these shapes 2-3.5x slower than oneDNN does;
+- the MLP's tanh GELU in the same oneDNN kernel as its first projection (else ``F.gelu``'s fused kernel);
+- ``scaled_dot_product_attention`` for the prefill's attention;
 - the LM head only on the last position.
 
 It matches HF's logits to float rounding (tested). ``GPT2Decoder.supports(model)`` says whether a
@@ -23,20 +27,63 @@ import torch
 import torch.nn.functional as F
 
 
+def onednn_linear_available(weight: torch.Tensor) -> bool:
+    """Whether this torch has oneDNN's linear for float32 CPU tensors like ``weight``."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 1), torch.ones(1, 1), None, "none", [], "")
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Linear:
+    """``act(x @ weight.T + bias)`` for a weight (out, in) that stays fixed while this object is used:
+    through oneDNN on a reordered copy of the weight if ``onednn`` (which also applies a tanh GELU in
+    the same kernel when ``tanh_gelu``), else ``addmm`` on the weight itself."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, onednn: bool, act=None,
+                 tanh_gelu: bool = False):
+        self.bias, self.onednn = bias, onednn
+        self.post_op = ("gelu", "tanh") if onednn and tanh_gelu else ("none", "")
+        self.act = None if onednn and tanh_gelu else act
+        with torch.no_grad():
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()) if onednn else weight.T
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn:
+            op, algorithm = self.post_op
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
+        else:
+            y = x @ self.weight if self.bias is None else torch.addmm(self.bias, x, self.weight)
+        return y if self.act is None else self.act(y)
+
+
 class GPT2Decoder:
-    def __init__(self, model, batch_size: int, max_length: int):
+    def __init__(self, model, batch_size: int, max_length: int, onednn: bool | None = None):
+        """``onednn``: run the projections and the LM head through oneDNN (default: where available)."""
         from transformers.activations import ACT2FN
 
         c, t = model.config, model.transformer
         self.wte, self.wpe, self.head_weight = t.wte.weight, t.wpe.weight, model.lm_head.weight  # head: (V, E)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
-        # Per layer, the parameters in the order they are used (no module attribute lookups per step).
-        self.layers = [(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps, b.attn.c_attn.weight, b.attn.c_attn.bias,
-                        b.attn.c_proj.weight, b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps,
-                        b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias) for b in t.h]
+        if onednn is None:
+            onednn = onednn_linear_available(self.head_weight)
+        self.head = Linear(self.head_weight, None, onednn)
+
+        tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        act = (lambda x: F.gelu(x, approximate="tanh")) if tanh_gelu else ACT2FN[c.activation_function]
+
+        def conv1d(module, **kwargs):  # HF's Conv1D keeps its weight as (in, out)
+            return Linear(module.weight.T, module.bias, onednn, **kwargs)
+
+        # Per layer, the parameters in the order they are used (no module attribute lookups per step). The
+        # MLP's first projection includes its activation.
+        self.layers = [(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps, conv1d(b.attn.c_attn), conv1d(b.attn.c_proj),
+                        b.ln_2.weight, b.ln_2.bias, b.ln_2.eps, conv1d(b.mlp.c_fc, act=act, tanh_gelu=tanh_gelu),
+                        conv1d(b.mlp.c_proj)) for b in t.h]
         self.n_head, self.n_embd, self.head_dim = c.n_head, c.n_embd, c.n_embd // c.n_head
-        fused = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")  # one kernel, not five
-        self.act = (lambda x: F.gelu(x, approximate="tanh")) if fused else ACT2FN[c.activation_function]
         base = self.head_dim**-0.5 if c.scale_attn_weights else 1.0
         self.scales = [base / (i + 1) if c.scale_attn_by_inverse_layer_idx else base for i in range(len(self.layers))]
         p = self.head_weight
@@ -74,15 +121,13 @@ class GPT2Decoder:
             # A padding query may see only itself: a row of the mask that is all False would give NaNs.
             attn = (causal & mask[rows, None, None, start:].bool()) | torch.eye(n, dtype=torch.bool, device=ids.device)
             x = (self.wte[ids[rows, start:]] + self.wpe[pos[rows, start:]]).view(b * n, E)
-            for i, (w1, b1, e1, wqkv, bqkv, wo, bo, w2, b2, e2, wfc, bfc, wproj, bproj) in enumerate(self.layers):
-                h = F.layer_norm(x, (E,), w1, b1, e1)
-                q, k, v = torch.addmm(bqkv, h, wqkv).view(b, n, 3, H, D).permute(2, 0, 3, 1, 4)
+            for i, (w1, b1, e1, qkv, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
+                q, k, v = qkv(F.layer_norm(x, (E,), w1, b1, e1)).view(b, n, 3, H, D).permute(2, 0, 3, 1, 4)
                 self.cache[i, 0, rows, :, start:P] = k
                 self.cache[i, 1, rows, :, start:P] = v
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=self.scales[i])
-                x = torch.addmm(bo, out.transpose(1, 2).reshape(b * n, E), wo).add_(x)
-                h = self.act(torch.addmm(bfc, F.layer_norm(x, (E,), w2, b2, e2), wfc))
-                x = torch.addmm(bproj, h, wproj).add_(x)
+                x = o(out.transpose(1, 2).reshape(b * n, E)).add_(x)
+                x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
             logits[rows] = self._head(x.view(b, n, E)[:, -1])
         self.length = P
         return logits
@@ -94,16 +139,15 @@ class GPT2Decoder:
         self.length = end = t + 1
         bias = self.key_bias[:, :, :, :end]
         x = self.wte[token] + self.wpe[pos]  # (B, E)
-        for i, (w1, b1, e1, wqkv, bqkv, wo, bo, w2, b2, e2, wfc, bfc, wproj, bproj) in enumerate(self.layers):
-            qkv = torch.addmm(bqkv, F.layer_norm(x, (E,), w1, b1, e1), wqkv).view(B, 3, self.n_head, 1, self.head_dim)
+        for i, (w1, b1, e1, qkv_proj, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
+            qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1)).view(B, 3, self.n_head, 1, self.head_dim)
             kv = self.cache[i]  # (2, B, H, T, D)
             kv[:, :, :, t:end] = qkv[:, 1:].transpose(0, 1)
             scores = (qkv[:, 0] @ kv[0, :, :, :end].transpose(-1, -2)).mul_(self.scales[i]).add_(bias)
             out = torch.softmax(scores, -1) @ kv[1, :, :, :end]  # (B, H, 1, D)
-            x = torch.addmm(bo, out.view(B, E), wo).add_(x)
-            h = self.act(torch.addmm(bfc, F.layer_norm(x, (E,), w2, b2, e2), wfc))
-            x = torch.addmm(bproj, h, wproj).add_(x)
+            x = o(out.view(B, E)).add_(x)
+            x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
         return self._head(x)
 
     def _head(self, last: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(last, (self.n_embd,), *self.ln_f) @ self.head_weight.T
+        return self.head(F.layer_norm(last, (self.n_embd,), *self.ln_f))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlhf_env.decoder import GPT2Decoder
+from rlhf_env.decoder import GPT2Decoder, onednn_linear_available
 from rlhf_env.models import new_model
 from rlhf_env.sampling import encode_prompts, positions, sample, sample_from_ids
 from tests.test_sampling import PROMPTS, EosBoost
@@ -11,10 +11,11 @@ from tests.test_sampling import PROMPTS, EosBoost
 from .conftest import TINY_DIMS
 
 
+@pytest.mark.parametrize("onednn", [True, False] if onednn_linear_available(torch.ones(1)) else [False])
 @pytest.mark.parametrize("overrides,chunk", [({}, 16), ({}, 1), ({}, 2),
                                             ({"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"},
                                              2)])
-def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk):
+def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn):
     torch.manual_seed(0)
     model = new_model(TINY_DIMS, tokenizer, **overrides).eval()
     ids, mask = encode_prompts(tokenizer, PROMPTS)  # left-padded, of different lengths
@@ -22,7 +23,7 @@ def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk):
     full_ids, full_mask = torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra)], 1)
     with torch.no_grad():
         reference = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
-        decoder = GPT2Decoder(model, len(PROMPTS), full_ids.shape[1])
+        decoder = GPT2Decoder(model, len(PROMPTS), full_ids.shape[1], onednn=onednn)
         pos = positions(mask)
         got = [decoder.prefill(ids, mask, pos, chunk=chunk)]
         for t in range(extra.shape[1]):
