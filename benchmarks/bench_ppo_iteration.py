@@ -6,9 +6,12 @@ Phases: ``sample`` (the policy's rollout sampler), ``reference`` (the env's froz
 (``ppo_epochs`` x minibatches of forward + backward + AdamW) and ``other`` (the rest of the env step,
 decoding texts, GAE, whitening). Matmul FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 on the update's own forward and backward (attention is not counted on a CPU: see ``update_flops``).
-Measured in alternating rounds of one run: float32 (the default) and ``bf16=True`` (bfloat16 autocast in the
-policy's training forward and backward; under it the ``values`` phase also recomputes the ratio's old
-log-probs), each update against the matching matmul peak. Prints a table and writes JSON.
+Measured in alternating rounds of one run: float32 (the default: linears through oneDNN, see
+``rlhf_env.onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.onednn.disabled()``), and
+``bf16=True`` (bfloat16 autocast in the policy's training forward and backward; under it the ``values``
+phase also recomputes the ratio's old log-probs). Each update is set against the fastest matmul this
+machine does in its precision (a 2048 x 2048 matmul through MKL and through oneDNN; bfloat16: autocast's).
+Prints a table and writes JSON.
 
     python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 2]
 """
@@ -16,6 +19,7 @@ log-probs), each update against the matching matmul peak. Prints a table and wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import tempfile
@@ -29,14 +33,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import agents.ppo as ppo_module
 from agents.ppo import PPOAgent, PPOConfig
+from rlhf_env import onednn
 
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                       onednn: bool = False) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    if onednn:  # float32 through oneDNN, as rlhf_env.onednn runs every linear
+        weight = b.T.contiguous()
+        matmul = functools.partial(torch.ops.mkldnn._linear_pointwise, a, weight, None, "none", [], "")
+    else:
+        matmul = functools.partial(torch.matmul, a, b)
+    matmul()
+    best = min(_timed(matmul) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
@@ -61,13 +72,20 @@ def update_flops(agent: PPOAgent, batch: dict) -> int:
     """Matmul FLOPs (forward and backward) of one full update on ``batch``. On a CPU, FlopCounterMode
     does not count attention (torch 2.13 registers no formula for its CPU kernel); for these models and
     lengths attention adds under 10%, so the efficiency below is a slight underestimate."""
-    with FlopCounterMode(display=False) as counter:
+    with onednn.disabled(), FlopCounterMode(display=False) as counter:  # it counts aten's matmuls only
         agent.update(batch)
     return counter.get_total_flops()
 
 
-def measure(iterations: int, bf16: bool) -> tuple[list[dict], int]:
+def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
     """Phase times of ``iterations`` iterations (after one warm-up), and the update's matmul FLOPs."""
+    with contextlib.ExitStack() as stack:
+        if variant == "float32_mkl":
+            stack.enter_context(onednn.disabled())
+        return _measure(iterations, bf16=variant == "bf16")
+
+
+def _measure(iterations: int, bf16: bool) -> tuple[list[dict], int]:
     with tempfile.TemporaryDirectory() as tmp:
         config = PPOConfig(out=tmp, eval_every=0, save_every=0, bf16=bf16)
         agent = PPOAgent(config)
@@ -128,34 +146,40 @@ def main() -> None:
     args = parser.parse_args()
 
     config = PPOConfig()
-    rows, flops = {"float32": [], "bf16": []}, {}
-    for _ in range(args.rounds):  # alternated, so that a slower spell of a shared machine hits both
-        for name in rows:
-            more, flops[name] = measure(args.iterations, bf16=name == "bf16")
+    variants = ("float32", "float32_mkl", "bf16")
+    rows, flops = {name: [] for name in variants}, {}
+    for _ in range(args.rounds):  # alternated, so that a slower spell of a shared machine hits all of them
+        for name in variants:
+            more, flops[name] = measure(args.iterations, name)
             rows[name] += more
-    runs = {name: summarize(rows[name], flops[name], config.batch_size) for name in rows}
-    peaks = {"float32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
+    runs = {name: summarize(rows[name], flops[name], config.batch_size) for name in variants}
+    fp32_peak = max(matmul_peak_gflops(), matmul_peak_gflops(onednn=onednn.available(torch.ones(1))))
+    peaks = {"float32": fp32_peak, "float32_mkl": fp32_peak, "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
     for name, run in runs.items():
         run["matmul_peak_gflops"] = peaks[name]
         run["update_flop_efficiency"] = run["update_gflops"] / peaks[name]
-    fp32, bf16 = runs["float32"], runs["bf16"]
+    fp32 = runs["float32"]
     result = {"batch_size": config.batch_size, "minibatch_size": config.minibatch_size,
               "ppo_epochs": config.ppo_epochs, "iterations": args.iterations, "rounds": args.rounds,
-              "threads": torch.get_num_threads(),
-              **fp32, "bf16": bf16, "bf16_speedup": fp32["iteration_s"] / bf16["iteration_s"],
-              "bf16_update_speedup": fp32["phase_s"]["update"] / bf16["phase_s"]["update"]}
+              "threads": torch.get_num_threads(), "matmul_peak_gflops_float32_mkl": matmul_peak_gflops(),
+              **fp32, **{name: runs[name] for name in variants[1:]},
+              **{f"speedup_vs_{name}": runs[name]["iteration_s"] / fp32["iteration_s"] for name in variants[1:]},
+              **{f"update_speedup_vs_{name}": runs[name]["phase_s"]["update"] / fp32["phase_s"]["update"]
+                 for name in variants[1:]}}
     print(f"one PPO iteration, {config.batch_size} episodes, {config.ppo_epochs} epochs x minibatch "
           f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.rounds} x {args.iterations}); "
-          "default float32, and --bf16")
-    print(f"{'phase':<12}{'float32 s':>10}{'share':>8}{'bf16 s':>10}{'share':>8}")
+          "default float32 (oneDNN), float32 through MKL, and --bf16")
+    print(f"{'phase':<12}" + "".join(f"{name + ' s':>16}{'share':>8}" for name in variants))
     for p in PHASES:
-        print(f"{p:<12}{fp32['phase_s'][p]:>10.3f}{fp32['phase_fraction'][p]:>8.1%}"
-              f"{bf16['phase_s'][p]:>10.3f}{bf16['phase_fraction'][p]:>8.1%}")
-    print(f"{'total':<12}{fp32['iteration_s']:>10.3f}{'':>8}{bf16['iteration_s']:>10.3f}")
-    print(f"episodes/s: float32 {fp32['episodes_per_s']:.1f}, bf16 {bf16['episodes_per_s']:.1f} "
-          f"({result['bf16_speedup']:.2f}x; update {result['bf16_update_speedup']:.2f}x)")
+        print(f"{p:<12}" + "".join(f"{runs[n]['phase_s'][p]:>16.3f}{runs[n]['phase_fraction'][p]:>8.1%}"
+                                   for n in variants))
+    print(f"{'total':<12}" + "".join(f"{runs[n]['iteration_s']:>16.3f}{'':>8}" for n in variants))
+    print("episodes/s: " + ", ".join(f"{n} {runs[n]['episodes_per_s']:.1f}" for n in variants))
+    for name in variants[1:]:
+        print(f"float32 (oneDNN) is {result['speedup_vs_' + name]:.2f}x faster per iteration than {name} "
+              f"(update {result['update_speedup_vs_' + name]:.2f}x)")
     for name, run in runs.items():
-        print(f"update ({name}): {run['update_gflop']:.1f} GFLOP at {run['update_gflops']:.1f} GFLOP/s; {name} matmul "
+        print(f"update ({name}): {run['update_gflop']:.1f} GFLOP at {run['update_gflops']:.1f} GFLOP/s; matmul "
               f"peak {run['matmul_peak_gflops']:.1f} GFLOP/s; efficiency {run['update_flop_efficiency']:.1%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_env.decoder import onednn_linear_available
 from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.onednn import available as onednn_available
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
 
@@ -76,7 +76,7 @@ def gemm_gflops(batch: int, width: int, repeats: int = 200) -> dict[str, float]:
     MKL (``addmm``, what HF's GPT-2 runs) and through oneDNN (what the lean path runs where available)."""
     x, w, b = torch.randn(batch, width), torch.randn(width, 4 * width), torch.randn(4 * width)
     rates = {"mkl": median_time(partial(_repeat, lambda: torch.addmm(b, x, w), repeats), 3)}
-    if onednn_linear_available(w):
+    if onednn_available(w):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.T.contiguous())
         rates["onednn"] = median_time(partial(_repeat, lambda: torch.ops.mkldnn._linear_pointwise(
             x, packed, b, "none", [], ""), repeats), 3)

@@ -26,16 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def onednn_linear_available(weight: torch.Tensor) -> bool:
-    """Whether this torch has oneDNN's linear for float32 CPU tensors like ``weight``."""
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 1), torch.ones(1, 1), None, "none", [], "")
-        return True
-    except (AttributeError, RuntimeError):
-        return False
+from rlhf_env.onednn import available as onednn_available
 
 
 class Linear:
@@ -69,7 +60,7 @@ class GPT2Decoder:
         self.wte, self.wpe, self.head_weight = t.wte.weight, t.wpe.weight, model.lm_head.weight  # head: (V, E)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
         if onednn is None:
-            onednn = onednn_linear_available(self.head_weight)
+            onednn = onednn_available(self.head_weight)
         self.head = Linear(self.head_weight, None, onednn)
 
         tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")

@@ -3,15 +3,16 @@
 import pytest
 import torch
 
-from rlhf_env.decoder import GPT2Decoder, onednn_linear_available
+from rlhf_env.decoder import GPT2Decoder
 from rlhf_env.models import new_model
+from rlhf_env.onednn import available as onednn_available
 from rlhf_env.sampling import encode_prompts, positions, sample, sample_from_ids
 from tests.test_sampling import PROMPTS, EosBoost
 
 from .conftest import TINY_DIMS
 
 
-@pytest.mark.parametrize("onednn", [True, False] if onednn_linear_available(torch.ones(1)) else [False])
+@pytest.mark.parametrize("onednn", [True, False] if onednn_available(torch.ones(1)) else [False])
 @pytest.mark.parametrize("overrides,chunk", [({}, 16), ({}, 1), ({}, 2),
                                             ({"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"},
                                              2)])

@@ -5,6 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from rlhf_env.models import BUNDLED_POLICIES, SIZES, load_policy, new_model
+from rlhf_env.onednn import available as onednn_available
 from rlhf_env.sampling import sample
 
 
@@ -93,3 +94,36 @@ def test_float32_attention_under_bf16_autocast_is_not_saved(tiny_policy_dir, tok
     assert (got.float() - want).abs().max() < 0.2  # bfloat16 projections: close, not equal
     save_policy(model, tokenizer, tmp_path / "saved")
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").config._attn_implementation != "rlhf_sdpa_float32"
+
+
+@pytest.mark.skipif(not onednn_available(torch.ones(1)), reason="this torch has no oneDNN")
+def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, tokenizer, tmp_path):
+    """Every load routes GPT-2's Conv1D projections and the LM head through oneDNN: the same logits and
+    gradients as HF's own layers (MKL), bfloat16 under autocast, and checkpoints HF loads as they were."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    from rlhf_env.models import save_policy
+    from rlhf_env.onednn import OneDNNConv1D, OneDNNLinear
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
+    model, _ = load_policy(str(tiny_policy_dir))
+    layers = [m for m in model.modules() if isinstance(m, (Conv1D, torch.nn.Linear))]
+    assert layers and all(type(m) in (OneDNNConv1D, OneDNNLinear) for m in layers)
+    ids = tokenizer(["Translate to French: good morning", "Hi"], return_tensors="pt", padding=True)
+    grads = []
+    for m in (original, model):
+        out = m(**ids).logits
+        torch.log_softmax(out, -1)[..., 5].mean().backward()
+        grads.append((out.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    (want, want_grads), (got, got_grads) = grads
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert want_grads.keys() == got_grads.keys()
+    for name, g in want_grads.items():
+        torch.testing.assert_close(got_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(**ids).logits.dtype == torch.bfloat16  # autocast's bfloat16 matmuls, not oneDNN float32
+    save_policy(model, tokenizer, tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert type(reloaded.lm_head) is torch.nn.Linear
+    assert model.state_dict().keys() == reloaded.state_dict().keys()

@@ -1,0 +1,120 @@
+"""float32 linear layers through oneDNN on a CPU, for training as well as inference.
+
+PyTorch sends a float32 ``addmm``/``linear`` on a CPU to MKL. On the AMD CPU these benchmarks ran on
+(AVX-512, with bf16), MKL runs the shapes of this package's models at about 100-200 GFLOP/s, and oneDNN,
+which PyTorch also ships, at 300-480 (``benchmarks/bench_sampler.py`` and
+``benchmarks/bench_ppo_iteration.py`` measure both). The results agree to float32 rounding.
+
+``use_onednn_linears(model)`` makes every HF ``Conv1D`` (GPT-2's projections) and ``nn.Linear`` of a
+model compute ``x @ W.T + b`` and its gradients with oneDNN's ``_linear_pointwise`` (the kernel
+TorchInductor uses for CPU linears), where that applies: float32 inputs on a CPU, outside autocast.
+Anything else (CUDA, bfloat16 autocast, half weights, a torch without oneDNN) takes the layer's own
+forward, and so does everything inside ``with rlhf_env.onednn.disabled():``. The layers keep their
+parameters, state-dict keys and class hierarchy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+
+@functools.cache
+def _kernel_works() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 1), torch.ones(1, 1), None, "none", [], "")
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_disabled = False
+
+
+@contextlib.contextmanager
+def disabled():
+    """Inside this block every layer takes PyTorch's own kernels (MKL on a CPU), e.g. to compare the two."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
+
+
+def available(tensor: torch.Tensor) -> bool:
+    """Whether oneDNN's float32 linear applies to ``tensor`` (a weight or an input)."""
+    return not _disabled and tensor.device.type == "cpu" and tensor.dtype == torch.float32 and _kernel_works()
+
+
+def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for ``weight`` (out, in); strided views are fine."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _mm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _mm(grad, weight.t())  # grad @ weight
+        flat = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_weight = _mm(flat.t(), x.reshape(-1, x.shape[-1]).t())  # grad.T @ x
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` (weight (out, in)) through oneDNN, differentiable; only for float32 CPU tensors."""
+    return _Linear.apply(x, weight, bias)
+
+
+def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (available(x) and weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu"))
+
+
+class OneDNNConv1D(Conv1D):
+    """HF's ``Conv1D`` (weight (in, out)) through oneDNN where it applies."""
+
+    def forward(self, x):
+        if _applies(x, self.weight):
+            return linear(x, self.weight.t(), self.bias)
+        return super().forward(x)
+
+
+class OneDNNLinear(torch.nn.Linear):
+    """``nn.Linear`` through oneDNN where it applies."""
+
+    def forward(self, x):
+        if _applies(x, self.weight):
+            return linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+_SWAPS = {Conv1D: OneDNNConv1D, torch.nn.Linear: OneDNNLinear}
+
+
+def use_onednn_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch every ``Conv1D`` and ``nn.Linear`` of ``model`` (exact types, not subclasses) to its oneDNN
+    subclass in place, if this torch has oneDNN; returns ``model``."""
+    if _kernel_works():
+        for module in model.modules():
+            swap = _SWAPS.get(type(module))
+            if swap is not None:
+                module.__class__ = swap
+    return model
