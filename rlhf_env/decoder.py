@@ -11,8 +11,8 @@ parameters (no copy, so a policy that is being trained is always read fresh):
 - a prefill that skips most of the left padding (rows bucketed by prompt length);
 - the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
-  torch has it, and ``addmm`` elsewhere. ``addmm`` goes to MKL, which on the AMD CPU of
-  ``benchmarks/bench_sampler.py`` runs these shapes 2-3.5x slower than oneDNN does;
+  torch has it, and ``addmm`` elsewhere (see ``rlhf_env.onednn`` for why: MKL, where ``addmm`` goes,
+  runs these shapes about half as fast on the AMD CPU of ``benchmarks/bench_sampler.py``);
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else ``F.gelu``'s fused kernel);
 - ``scaled_dot_product_attention`` for the prefill's attention;
 - the LM head only on the last position.
