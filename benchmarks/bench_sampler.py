@@ -4,7 +4,11 @@ Every method decodes the same left-padded batch of held-out prompts for exactly 
 tokens per row (EOS does not stop any of them), sampling at temperature 1 from the full
 distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods:
 
-- ``hf_generate``: ``model.generate(do_sample=True)``; it returns no log-probs, which flatters it;
+- ``hf_generate_mkl``: ``model.generate(do_sample=True)`` with HF's layers on PyTorch's own kernels (MKL
+  on a CPU; ``rlhf_env.onednn.disabled()``), as a plain HF model runs it; it returns no log-probs, which
+  flatters it;
+- ``hf_generate``: the same, with the oneDNN linears this package gives every model it loads
+  (``rlhf_env.onednn``);
 - ``hf_cache_loop``: our sampler through the model's own HF forward and dynamic cache (``fast=False``),
   the generic path any causal LM takes;
 - ``lean_gpt2``: our sampler through ``rlhf_env.decoder.GPT2Decoder`` (static cache, plain ops), the
@@ -33,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhf_env import onednn
 from rlhf_env.models import DATA_DIR, load_policy
-from rlhf_env.onednn import available as onednn_available
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
 
-METHODS = ("hf_generate", "hf_cache_loop", "lean_gpt2")
+METHODS = ("hf_generate_mkl", "hf_generate", "hf_cache_loop", "lean_gpt2")
 PROJECTION_OPS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")  # MKL's GEMMs, oneDNN's
 
 
@@ -76,7 +80,7 @@ def gemm_gflops(batch: int, width: int, repeats: int = 200) -> dict[str, float]:
     MKL (``addmm``, what HF's GPT-2 runs) and through oneDNN (what the lean path runs where available)."""
     x, w, b = torch.randn(batch, width), torch.randn(width, 4 * width), torch.randn(4 * width)
     rates = {"mkl": median_time(partial(_repeat, lambda: torch.addmm(b, x, w), repeats), 3)}
-    if onednn_available(w):
+    if onednn.available(w):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.T.contiguous())
         rates["onednn"] = median_time(partial(_repeat, lambda: torch.ops.mkldnn._linear_pointwise(
             x, packed, b, "none", [], ""), repeats), 3)
@@ -94,6 +98,9 @@ def streaming_read_gb_per_s(repeats: int = 5) -> float:
 
 
 def run(method: str, model, tokenizer, ids, mask, new_tokens: int, seed: int) -> torch.Tensor:
+    if method == "hf_generate_mkl":
+        with onednn.disabled():
+            return run("hf_generate", model, tokenizer, ids, mask, new_tokens, seed)
     generator = torch.Generator().manual_seed(seed)
     if method == "hf_generate":
         torch.manual_seed(seed)
@@ -132,6 +139,7 @@ def main() -> None:
         tokens = args.batch_size * args.new_tokens
         row = {"policy": name, "parameters": n_params, "prompt_tokens": ids.shape[1],
                **{f"{m}_s": times[m] for m in METHODS}, **{f"{m}_tokens_per_s": tokens / times[m] for m in METHODS},
+               "speedup_vs_generate_mkl": times["hf_generate_mkl"] / times["lean_gpt2"],
                "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
                "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"], **breakdown,
                **{f"gemm_gflops_{k}": v for k, v in gemm_gflops(args.batch_size, model.config.n_embd).items()}}
@@ -139,10 +147,12 @@ def main() -> None:
 
     print(f"batch {args.batch_size}, {args.new_tokens} new tokens per row, tokens/s (median of {args.repeats}), "
           f"{torch.get_num_threads()} threads")
-    print(f"{'policy':<11}{'params':>8}{'generate':>11}{'HF loop':>10}{'lean':>10}{'vs generate':>13}")
+    print(f"{'policy':<11}{'params':>8}{'generate, MKL':>15}{'generate':>10}{'HF loop':>10}{'lean':>10}"
+          f"{'vs generate, MKL':>18}{'vs generate':>13}")
     for r in rows:
-        print(f"{r['policy']:<11}{r['parameters'] / 1e6:>7.1f}M{r['hf_generate_tokens_per_s']:>11.0f}"
-              f"{r['hf_cache_loop_tokens_per_s']:>10.0f}{r['lean_gpt2_tokens_per_s']:>10.0f}"
+        print(f"{r['policy']:<11}{r['parameters'] / 1e6:>7.1f}M{r['hf_generate_mkl_tokens_per_s']:>15.0f}"
+              f"{r['hf_generate_tokens_per_s']:>10.0f}{r['hf_cache_loop_tokens_per_s']:>10.0f}"
+              f"{r['lean_gpt2_tokens_per_s']:>10.0f}{r['speedup_vs_generate_mkl']:>17.1f}x"
               f"{r['speedup_vs_generate']:>12.1f}x")
     read_rate = streaming_read_gb_per_s()
     print(f"\nwhere the lean path's time goes; this machine streams memory at {read_rate:.0f} GB/s")

@@ -5,7 +5,7 @@ N(0, 1) on SFT samples; the labelers' noise-free mean utility), each then judged
 decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft --temperature 0`).
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
-writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 25
+writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 20
 minutes from scratch on 2 cores.
 
     python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
