@@ -4,7 +4,9 @@ Small models on a CPU spend most of a decoding step in per-module Python overhea
 arithmetic: HF ``generate`` (logits processors, stopping criteria, a dynamic cache that grows by
 concatenation, attention-mask construction at every step) gets a 0.9M-parameter GPT-2 to a few
 hundred tokens/s per row. This path runs the same maths with plain tensor ops on the model's own
-parameters (no copy, so a policy that is being trained is always read fresh):
+parameters, as they are when the decoder is built (the oneDNN path reorders a copy of each weight
+matrix then): ``sample_from_ids`` builds one per batch, so a policy that is being trained is always
+sampled as it is now.
 
 - a **static KV cache**, allocated once for prompt + response and written in place, and one
   additive key mask; a decoding step reads prefix views of both;
