@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_env.onednn import available as onednn_available
+from rlhf_env.onednn import pack, packed_linear, worth_it
 
 
 class Linear:
@@ -38,18 +39,16 @@ class Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, onednn: bool, act=None,
                  tanh_gelu: bool = False):
-        self.bias, self.onednn = bias, onednn
-        self.post_op = ("gelu", "tanh") if onednn and tanh_gelu else ("none", "")
-        self.act = None if onednn and tanh_gelu else act
-        with torch.no_grad():
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()) if onednn else weight.T
+        self.bias, self.onednn, self.act, self.weight = bias, onednn, act, weight.T  # (in, out) for addmm
+        self.tanh_gelu = tanh_gelu  # oneDNN applies it in the GEMM kernel
+        self.onednn_act = None if tanh_gelu else act
+        self.packed = pack(weight) if onednn else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn:
-            op, algorithm = self.post_op
-            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
-        else:
-            y = x @ self.weight if self.bias is None else torch.addmm(self.bias, x, self.weight)
+        if self.onednn and worth_it(x.shape[0], self.weight):  # else MKL is faster (e.g. one row)
+            y = packed_linear(x, self.packed, self.bias, self.tanh_gelu)
+            return y if self.onednn_act is None else self.onednn_act(y)
+        y = x @ self.weight if self.bias is None else torch.addmm(self.bias, x, self.weight)
         return y if self.act is None else self.act(y)
 
 

@@ -7,7 +7,8 @@ which PyTorch also ships, at 300-480 (``benchmarks/bench_sampler.py`` and
 
 ``use_onednn_linears(model)`` makes every HF ``Conv1D`` (GPT-2's projections) and ``nn.Linear`` of a
 model compute ``x @ W.T + b`` and its gradients with oneDNN's ``_linear_pointwise`` (the kernel
-TorchInductor uses for CPU linears), where that applies: float32 inputs on a CPU, outside autocast.
+TorchInductor uses for CPU linears), where that applies: float32 inputs on a CPU, outside autocast, and
+enough work for oneDNN's fixed cost per call to pay (``worth_it``).
 Anything else (CUDA, bfloat16 autocast, half weights, a torch without oneDNN) takes the layer's own
 forward, and so does everything inside ``with rlhf_env.onednn.disabled():``. The layers keep their
 parameters, state-dict keys and class hierarchy.
@@ -57,6 +58,20 @@ def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, in) reordered into oneDNN's blocked layout, for ``packed_linear``."""
+    with torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
+                  tanh_gelu: bool = False) -> torch.Tensor:
+    """``x @ W.T + bias`` on a weight from ``pack`` (inference only), optionally followed by the tanh GELU
+    in the same kernel."""
+    op, algorithm = ("gelu", "tanh") if tanh_gelu else ("none", "")
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, op, [], algorithm)
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -83,9 +98,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _Linear.apply(x, weight, bias)
 
 
+# A oneDNN call costs about 15 us however small it is, MKL's a few: for a few rows and under about a
+# million multiply-adds (e.g. one token through a 128 x 384 projection) MKL is faster (measured on the CPU
+# described above).
+MIN_ROWS = 16
+MIN_MULTIPLY_ADDS = 1 << 20
+
+
+def worth_it(rows: int, weight: torch.Tensor) -> bool:
+    """Whether ``rows`` inputs through ``weight`` are enough work for oneDNN to beat MKL."""
+    return rows >= MIN_ROWS or rows * weight.numel() >= MIN_MULTIPLY_ADDS
+
+
 def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (available(x) and weight.dtype == torch.float32 and weight.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu") and worth_it(x.numel() // x.shape[-1], weight))
 
 
 class OneDNNConv1D(Conv1D):

@@ -6,6 +6,7 @@ import torch
 from rlhf_env.decoder import GPT2Decoder
 from rlhf_env.models import new_model
 from rlhf_env.onednn import available as onednn_available
+from rlhf_env.onednn import packed_linear
 from rlhf_env.sampling import encode_prompts, positions, sample, sample_from_ids
 from tests.test_sampling import PROMPTS, EosBoost
 
@@ -16,7 +17,13 @@ from .conftest import TINY_DIMS
 @pytest.mark.parametrize("overrides,chunk", [({}, 16), ({}, 1), ({}, 2),
                                             ({"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"},
                                              2)])
-def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn):
+def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn, monkeypatch):
+    import rlhf_env.decoder as decoder_module
+
+    calls = []
+    monkeypatch.setattr("rlhf_env.onednn.MIN_ROWS", 0)  # oneDNN even for these tiny layers
+    monkeypatch.setattr(decoder_module, "packed_linear",
+                        lambda *args, **kwargs: calls.append(1) or packed_linear(*args, **kwargs))
     torch.manual_seed(0)
     model = new_model(TINY_DIMS, tokenizer, **overrides).eval()
     ids, mask = encode_prompts(tokenizer, PROMPTS)  # left-padded, of different lengths
@@ -31,6 +38,7 @@ def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn):
             got.append(decoder.step(extra[:, t], pos[:, -1] + t + 1))
     P = ids.shape[1]
     torch.testing.assert_close(torch.stack(got, 1), reference[:, P - 1:], atol=1e-5, rtol=1e-5)
+    assert bool(calls) == onednn
 
 
 def test_fast_and_generic_paths_sample_the_same_tokens(tiny_model, tokenizer):

@@ -97,14 +97,20 @@ def test_float32_attention_under_bf16_autocast_is_not_saved(tiny_policy_dir, tok
 
 
 @pytest.mark.skipif(not onednn_available(torch.ones(1)), reason="this torch has no oneDNN")
-def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, tokenizer, tmp_path):
+def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, tokenizer, tmp_path, monkeypatch):
     """Every load routes GPT-2's Conv1D projections and the LM head through oneDNN: the same logits and
     gradients as HF's own layers (MKL), bfloat16 under autocast, and checkpoints HF loads as they were."""
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
+    import rlhf_env.onednn as onednn
     from rlhf_env.models import save_policy
     from rlhf_env.onednn import OneDNNConv1D, OneDNNLinear
+
+    monkeypatch.setattr(onednn, "MIN_ROWS", 0)  # oneDNN even for this tiny model
+    calls = []
+    real_mm = onednn._mm
+    monkeypatch.setattr(onednn, "_mm", lambda *args: calls.append(1) or real_mm(*args))
 
     original = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
     model, _ = load_policy(str(tiny_policy_dir))
@@ -118,11 +124,18 @@ def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, toke
         grads.append((out.detach(), {n: p.grad for n, p in m.named_parameters()}))
     (want, want_grads), (got, got_grads) = grads
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 3 * len(layers)  # each layer's forward, input gradient and weight gradient
     assert want_grads.keys() == got_grads.keys()
     for name, g in want_grads.items():
         torch.testing.assert_close(got_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(**ids).logits.dtype == torch.bfloat16  # autocast's bfloat16 matmuls, not oneDNN float32
+    monkeypatch.setattr(onednn, "MIN_ROWS", 16)
+    calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids["input_ids"][:1, :1]).logits,
+                                   original(input_ids=ids["input_ids"][:1, :1]).logits)
+    assert not calls  # one token is too little work for oneDNN: MKL
     save_policy(model, tokenizer, tmp_path / "saved")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     assert type(reloaded.lm_head) is torch.nn.Linear
