@@ -2,7 +2,7 @@
 
 PyTorch sends a float32 ``addmm``/``linear`` on a CPU to MKL. On the AMD CPU these benchmarks ran on
 (AVX-512, with bf16), MKL runs the shapes of this package's models at about 100-200 GFLOP/s, and oneDNN,
-which PyTorch also ships, at 300-480 (``benchmarks/bench_sampler.py`` and
+which PyTorch also ships, at 270-480 (``benchmarks/bench_sampler.py`` and
 ``benchmarks/bench_ppo_iteration.py`` measure both). The results agree to float32 rounding.
 
 ``use_onednn_linears(model)`` makes every HF ``Conv1D`` (GPT-2's projections) and ``nn.Linear`` of a
@@ -11,15 +11,18 @@ TorchInductor uses for CPU linears), where that applies: float32 inputs on a CPU
 enough work for oneDNN's fixed cost per call to pay (``worth_it``).
 Anything else (CUDA, bfloat16 autocast, half weights, a torch without oneDNN) takes the layer's own
 forward, and so does everything inside ``with rlhf_env.onednn.disabled():``. The layers keep their
-parameters, state-dict keys and class hierarchy.
+parameters, state-dict keys and class hierarchy. Not supported through oneDNN: second derivatives
+(they raise) and ``torch.func`` transforms.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 
 import torch
+from torch.autograd.function import once_differentiable
 from transformers.pytorch_utils import Conv1D
 
 
@@ -28,29 +31,32 @@ def _kernel_works() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 1), torch.ones(1, 1), None, "none", [], "")
+        one = torch.ones(1, 1, device="cpu")
+        torch.ops.mkldnn._linear_pointwise(one, one, None, "none", [], "")
         return True
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
-_disabled = False
+_disabled = contextvars.ContextVar("rlhf_onednn_disabled", default=False)
 
 
 @contextlib.contextmanager
 def disabled():
-    """Inside this block every layer takes PyTorch's own kernels (MKL on a CPU), e.g. to compare the two."""
-    global _disabled
-    previous, _disabled = _disabled, True
+    """Inside this block (in this thread or task) every layer takes PyTorch's own kernels (MKL on a CPU),
+    e.g. to compare the two. A decoder built before the block keeps the kernels it chose."""
+    token = _disabled.set(True)
     try:
         yield
     finally:
-        _disabled = previous
+        _disabled.reset(token)
 
 
 def available(tensor: torch.Tensor) -> bool:
-    """Whether oneDNN's float32 linear applies to ``tensor`` (a weight or an input)."""
-    return not _disabled and tensor.device.type == "cpu" and tensor.dtype == torch.float32 and _kernel_works()
+    """Whether oneDNN's float32 linear applies to ``tensor`` (a weight or an input); never inside
+    ``disabled()`` or ``torch.backends.mkldnn.flags(enabled=False)``."""
+    return (not _disabled.get() and torch.backends.mkldnn.enabled and tensor.device.type == "cpu"
+            and tensor.dtype == torch.float32 and _kernel_works())
 
 
 def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,6 +86,7 @@ class _Linear(torch.autograd.Function):
         return _mm(x, weight, bias)
 
     @staticmethod
+    @once_differentiable  # a second derivative through this kernel raises instead of being silently 0
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
@@ -112,7 +119,8 @@ def worth_it(rows: int, weight: torch.Tensor) -> bool:
 
 def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (available(x) and weight.dtype == torch.float32 and weight.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu") and worth_it(x.numel() // x.shape[-1], weight))
+            and not torch.is_autocast_enabled("cpu") and x.shape[-1] > 0
+            and worth_it(x.numel() // x.shape[-1], weight))
 
 
 class OneDNNConv1D(Conv1D):

@@ -140,3 +140,27 @@ def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, toke
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     assert type(reloaded.lm_head) is torch.nn.Linear
     assert model.state_dict().keys() == reloaded.state_dict().keys()
+
+
+@pytest.mark.skipif(not onednn_available(torch.ones(1)), reason="this torch has no oneDNN")
+def test_onednn_switches_and_limits():
+    """disabled() and mkldnn's own flag switch oneDNN off and back on; a second derivative raises rather
+    than being silently wrong; a zero-width input takes the layer's own forward."""
+    from rlhf_env import onednn
+
+    probe = torch.ones(1)
+    with onednn.disabled():
+        with onednn.disabled():
+            assert not onednn.available(probe)
+        assert not onednn.available(probe)
+    assert onednn.available(probe)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not onednn.available(probe)
+    assert onednn.available(probe)
+
+    x, weight = torch.randn(32, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(onednn.linear(x, weight).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad.sum(), weight)
+    layer = onednn.use_onednn_linears(torch.nn.Sequential(torch.nn.Linear(0, 3)))
+    assert layer(torch.randn(20, 0)).shape == (20, 3)
