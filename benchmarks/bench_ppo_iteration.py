@@ -39,11 +39,10 @@ PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
-                       onednn: bool = False) -> float:
+                       through_onednn: bool = False) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    if onednn:  # float32 through oneDNN, as rlhf_env.onednn runs every linear
-        weight = b.T.contiguous()
-        matmul = functools.partial(torch.ops.mkldnn._linear_pointwise, a, weight, None, "none", [], "")
+    if through_onednn:  # float32 through oneDNN, as rlhf_env.onednn runs every linear
+        matmul = functools.partial(onednn.linear, a, b.T.contiguous())
     else:
         matmul = functools.partial(torch.matmul, a, b)
     matmul()
@@ -153,7 +152,7 @@ def main() -> None:
             more, flops[name] = measure(args.iterations, name)
             rows[name] += more
     runs = {name: summarize(rows[name], flops[name], config.batch_size) for name in variants}
-    fp32_peak = max(matmul_peak_gflops(), matmul_peak_gflops(onednn=onednn.available(torch.ones(1))))
+    fp32_peak = max(matmul_peak_gflops(), matmul_peak_gflops(through_onednn=onednn.available(torch.ones(1))))
     peaks = {"float32": fp32_peak, "float32_mkl": fp32_peak, "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
     for name, run in runs.items():
         run["matmul_peak_gflops"] = peaks[name]
