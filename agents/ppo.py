@@ -239,7 +239,7 @@ class PPOAgent:
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
         check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
-        if c.normalize_reward:
+        if c.normalize_reward and find_checkpoint(Path(c.out) / "checkpoint") is None:  # else: the checkpoint's
             self._normalize_reward()
         if c.bf16:
             _check_native_bf16(c.device)
@@ -498,7 +498,8 @@ class PPOAgent:
         self.kl.coef = state["kl_coef"]
         if "reward_normalization" in state:  # exactly the statistics the run started with
             core = self.env.unwrapped.core
-            core.reward = NormalizedReward(core.reward.reward, **state["reward_normalization"])
+            raw = core.reward.reward if isinstance(core.reward, NormalizedReward) else core.reward
+            core.reward = NormalizedReward(raw, **state["reward_normalization"])
         return state
 
     def _restore_obs(self, state: dict):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from agents.ppo import PPOAgent, PPOConfig, trim_padding
+from rlhf_env.rewards import NormalizedReward
 from tests.test_bandit_env import n_chars
 
 
@@ -64,10 +65,10 @@ def test_normalize_reward_makes_the_rewards_scale_irrelevant_and_is_checkpointed
     assert batches[0]["env_rewards"].std() > 0.1
     torch.testing.assert_close(batches[0]["env_rewards"], batches[1]["env_rewards"], atol=1e-5, rtol=0)
 
-    scaled._save(tmp_path / "checkpoint", batches[1]["next_obs"])
-    resumed = make(scaled_chars, "scaled")
-    resumed.env.unwrapped.core.reward.mean += 1.0  # not what the run started with
-    resumed._load(tmp_path / "checkpoint")
+    scaled._save(tmp_path / "scaled" / "checkpoint", batches[1]["next_obs"])
+    resumed = make(scaled_chars, "scaled")  # a checkpoint exists: no new fit, the saved statistics instead
+    assert not isinstance(resumed.env.unwrapped.core.reward, NormalizedReward)
+    resumed._load(tmp_path / "scaled" / "checkpoint")
     saved, restored = scaled.env.unwrapped.core.reward, resumed.env.unwrapped.core.reward
     assert (restored.mean, restored.std) == (saved.mean, saved.std)
 
