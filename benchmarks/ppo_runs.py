@@ -110,7 +110,7 @@ def main() -> None:
     if rows:
         print(f"ceiling: win rate {rows[0]['greedy_win_rate_ceiling']:.3f}")
     for name, summary in summaries.items():
-        print(f"{name} over {len(args.seeds)} seeds: " + ", ".join(
+        print(f"{name} over {sum(r['run'] == name for r in rows)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rows": rows, **{f"{n}_summary": v for n, v in summaries.items()},

@@ -161,8 +161,8 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
 
 
 def load_classifier(path: str | os.PathLike, **overrides) -> PreTrainedModel:
-    """A float32 sequence classifier (a reward model) from a local path or hub id, with the fused GELU;
-    ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
+    """A float32 sequence classifier (a reward model) from a local path or hub id, with this package's CPU
+    kernels (``cpu_kernels``); ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
     return cpu_kernels(AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides))
 
 

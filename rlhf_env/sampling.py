@@ -6,8 +6,8 @@ generated exactly as it would be alone. Only the sampled token's log-probability
 log-probs, and the loop stops as soon as every row has emitted EOS.
 
 Any HF causal LM goes through its own forward and cache (``HFDecoder``); an HF GPT-2, the architecture
-of every shipped model, goes through the lean path of ``rlhf_env.decoder`` (same logits, 1.4-2.2x faster,
-``benchmarks/bench_sampler.py``).
+of every shipped model, goes through the lean path of ``rlhf_env.decoder`` (same logits, 2.3-2.6x a plain
+HF ``generate``, ``benchmarks/bench_sampler.py``).
 """
 
 from __future__ import annotations
