@@ -48,6 +48,7 @@ def world_table(r: dict) -> str:
     table.add_row("labelers", str(r["labelers"]))
     table.add_row("inter-labeler agreement", f"{r['labeler_agreement']:.3f} ({r['agreement_pool']})")
     table.add_row("labelers prefer padded answer", f"{r['prefer_padded']:.3f} (gold: 0.000)")
+    table.add_row("labelers rank correct over incorrect", f"{r['correct_first']:.3f} (gold: 1.000)")
     return _render(table)
 
 
@@ -60,10 +61,15 @@ def eval_rm_table(r: dict) -> str:
             ("inter-labeler agreement, same pairs", r["labeler_agreement"]),
             (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),
             ("Pearson with gold, held-out customers", r["gold_pearson"]),
+            ("Spearman with gold within a prompt, mean over held-out customers' prompts",
+             r["spearman_within_prompt"]),
             ("prefers a padded answer, held-out customers (gold: 0.000)", r["prefer_padded"])]
     rows += [(f"held-out customers: correct over incorrect, correct one {k.replace('_', ' ')} "
               f"(n={r[f'n_correct_pairs_{k}']} pairs)", r[f"correct_over_incorrect_{k}"])
              for k in ("longer", "same_length", "shorter")]
+    for n in sorted(int(k.split("_")[2]) for k in r if k.startswith("best_of_") and k.endswith("win_rate")):
+        rows.append((f"best of {n} SFT samples by this reward: gold win rate vs SFT (gold picking: "
+                     f"{r[f'gold_best_of_{n}_win_rate']:.3f})", r[f"best_of_{n}_win_rate"]))
     for name, value in rows:
         table.add_row(name, f"{value:.3f}")
     return _render(table)
@@ -77,4 +83,13 @@ def ppo_table(r: dict) -> str:
     for key in ("gold", "success", "rm_score", "kl", "length", "eos_frac"):
         ref = r.get(f"ref_{key}", 0.0 if key == "kl" else None)
         table.add_row(key, f"{r[key]:.3f}", "" if ref is None else f"{ref:.3f}")
-    return _render(table, CEILING)
+    return _render(table, CEILING, ppo_verdict(r))
+
+
+def ppo_verdict(r: dict) -> str:
+    """One line: did the policy beat its reference on gold, by how much, and against the ceiling."""
+    win, ceiling, gain = r["win_rate_vs_reference"], r["win_rate_ceiling"], r["gold"] - r["ref_gold"]
+    verdict = "better than" if win > 0.5 else "worse than" if win < 0.5 else "tied with"
+    return (f"verdict: the policy is {verdict} its reference on gold: win rate {win:.3f} (0.5 is a tie, "
+            f"{ceiling:.3f} the most possible), gold {r['gold']:.3f} vs {r['ref_gold']:.3f} ({gain:+.3f}), "
+            f"task success {r['success']:.3f} vs {r['ref_success']:.3f}")

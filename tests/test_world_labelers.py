@@ -6,7 +6,7 @@ import numpy as np
 
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.labelers import LabelerConfig, make_mistake, make_panel, pairwise_agreement, panel_agreement
-from rlhf_env.world.stats import padded_preference
+from rlhf_env.world.stats import correct_first, padded_preference
 from rlhf_env.world.tasks import FAMILIES
 
 
@@ -50,3 +50,22 @@ def test_mistakes_change_the_answer():
     rng = np.random.default_rng(0)
     for answer in ("12 plus 7 is 19 .", "apple fig pear .", "zorbo lives in mirtown ."):
         assert make_mistake(rng, answer) != answer
+
+
+def test_the_shipped_labelers_are_calibrated_like_instructgpts():
+    """On the shipped comparisons: held-out labelers agree with training labelers about as often as
+    InstructGPT's did (72.6 +- 1.5%); they prefer a padded answer a little over half the time (a spurious bias,
+    real but minor); and they put a correct response above an incorrect one almost always."""
+    from rlhf_env.models import DATA_DIR
+    from rlhf_env.world.build import load_split
+
+    test = load_split(DATA_DIR, "comparisons", "test").to_list()
+    heldout = load_split(DATA_DIR, "comparisons", "test_heldout_labelers").to_list()
+    agree = [pairwise_agreement(a["ranking"], b["ranking"], a["responses"]) for a, b in zip(test, heldout)]
+    assert 0.70 <= sum(a for a, _ in agree) / sum(n for _, n in agree) <= 0.76
+
+    tasks = load_split(DATA_DIR, "prompts", "rm")["task"][:1000]
+    assert 0.55 <= padded_preference(np.random.default_rng(0), make_panel(0), tasks) <= 0.62
+
+    rate, pairs = correct_first(test)
+    assert pairs > 1000 and rate >= 0.95

@@ -37,10 +37,12 @@ N_HELDOUT_LABELERS = 8
 class LabelerConfig:
     """Knobs of the simulated labeler panel."""
 
-    noise: float = 0.065
-    """Mean std of a labeler's judgement noise; higher means lower inter-labeler agreement."""
-    length_bias: float = 0.02
-    """Mean spurious utility per response word (the bias a policy can exploit)."""
+    noise: float = 0.035
+    """Std scale of a labeler's judgement noise; higher means lower inter-labeler agreement. Calibrated
+    with ``rlhf world`` to InstructGPT's agreement (72.6 +- 1.5%)."""
+    length_bias: float = 0.009
+    """Mean spurious utility per response word (the bias a policy can exploit). Calibrated with ``rlhf
+    world`` so that the bias is real but minor: a padded answer is preferred a little over half the time."""
     length_cap: int = 30
     """Words beyond this add no more utility."""
     mistake_rate: float = 0.10

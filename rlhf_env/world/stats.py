@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from rlhf_env.world.build import SPLITS, WorldConfig, load_split
 from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
+from rlhf_env.world.grader import grade
 from rlhf_env.world.labelers import LabelerConfig, make_panel, padded_pair, panel_agreement, rank
 
 
@@ -47,6 +49,21 @@ def padded_preference(rng, panel, tasks) -> float:
     return float(np.mean(wins))
 
 
+def correct_first(rows) -> tuple[float, int]:
+    """How often a ranking puts a correct response (gold's task success) above an incorrect one, over every
+    such pair of each row (``task``, ``responses``, ``eos``, ``ranking``); and the number of pairs. The
+    labelers' real judgement is gold, so this should be near 1: noise and length bias must not overturn
+    correctness."""
+    right = total = 0
+    for row in rows:
+        success = [grade(row["task"], r, e).success for r, e in zip(row["responses"], row["eos"])]
+        position = {r: i for i, r in enumerate(row["ranking"])}
+        for i, j in itertools.permutations(range(len(success)), 2):
+            if success[i] and not success[j]:
+                right, total = right + (position[i] < position[j]), total + 1
+    return right / max(total, 1), total
+
+
 def world_stats(config: WorldStatsConfig) -> dict:
     from rlhf_env.models import DATA_DIR, load_policy
     from rlhf_env.world.comparisons import sample_candidates
@@ -69,4 +86,7 @@ def world_stats(config: WorldStatsConfig) -> dict:
         "labeler_agreement": panel_agreement(rng, panel, tasks, pool, eos),
         "agreement_pool": f"{config.policy} samples, K=4..9 distinct per prompt, {len(tasks)} prompts",
         "prefer_padded": padded_preference(rng, panel, tasks),
+        "correct_first": correct_first([
+            {"task": t, "responses": r, "eos": e, "ranking": rank(rng, panel[int(rng.integers(len(panel)))], t, r, e)}
+            for t, r, e in zip(tasks, pool, eos)])[0],
     }
