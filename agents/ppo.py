@@ -34,7 +34,16 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 import rlhf_env  # noqa: F401  (registers the envs)
 from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
-from agents.rl_math import KLController, gae, masked_mean, per_token_rewards, policy_loss, value_loss, whiten
+from agents.rl_math import (
+    KLController,
+    gae,
+    leave_one_out_advantages,
+    masked_mean,
+    per_token_rewards,
+    policy_loss,
+    value_loss,
+    whiten,
+)
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
 from rlhf_env.models import (
     BUNDLED_REWARDS,
@@ -60,14 +69,20 @@ class PPOConfig:
     reference: str = ""
     """KL reference policy (the env's pi_ref); empty: the initial policy. Must share the policy's tokenizer."""
     reward: str = "rm"
-    """Reward: rm, rm-large, gold, or a sequence-classifier path (from Python, any load_reward spec)."""
+    """Reward: rm, rm-scalar, gold, or a reward-model path (from Python, any load_reward spec)."""
     out: str = "runs/ppo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     seed: int = 0
     iterations: int = 100
     """PPO iterations; each samples batch_size episodes."""
     batch_size: int = 64
-    """Episodes (prompts) per iteration: the vector env's num_envs."""
+    """Episodes per iteration: the vector env's num_envs (batch_size / group_size distinct prompts)."""
+    advantage: str = "rloo"
+    """rloo: a response's advantage, at each of its tokens, is its env reward (score - beta * KL) minus the
+    mean of its group_size - 1 siblings' (a leave-one-out baseline per prompt; no critic). gae: per-token
+    rewards, GAE and a value model (value_model), as in InstructGPT and the N+ recipe."""
+    group_size: int = 4
+    """Responses sampled per prompt in each iteration (the vector env's group_size); rloo needs >= 2."""
     minibatch_size: int = 16
     ppo_epochs: int = 4
     lr: float = 3e-5
@@ -90,8 +105,8 @@ class PPOConfig:
     early_stop_kl: float = 0.0
     """Stop an iteration's epochs once approx-KL exceeds this (0: never)."""
     value_model: str = "head"
-    """head: a zero-initialised head on the policy trunk; rm: a separate critic initialised from the RM
-    (which must share the policy's tokenizer)."""
+    """With advantage=gae: head, a zero-initialised head on the policy trunk; rm, a separate critic initialised
+    from the RM (which must share the policy's tokenizer). Unused with rloo."""
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
@@ -222,7 +237,14 @@ class PPOAgent:
         for module in self.policy.modules():  # dropout off everywhere during RL (N+)
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        if c.value_model == "head":
+        if c.advantage not in ("rloo", "gae"):
+            raise ValueError(f"advantage must be 'rloo' or 'gae', got {c.advantage!r}")
+        if c.group_size < 1 or c.batch_size % c.group_size or (c.advantage == "rloo" and c.group_size < 2):
+            raise ValueError(f"group_size must divide batch_size ({c.batch_size}) and be >= 2 with advantage='rloo'; "
+                             f"got {c.group_size}")
+        if c.advantage == "rloo":
+            self.value = None  # the siblings are the baseline
+        elif c.value_model == "head":
             self.value = ValueHead(self.policy.config.hidden_size).to(c.device)
         elif c.value_model == "rm":
             path = resolve(c.reward, BUNDLED_REWARDS)
@@ -233,7 +255,7 @@ class PPOAgent:
             self.value = Critic(rm).to(c.device)
         else:
             raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
-        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, prompts=c.prompts,
+        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, group_size=c.group_size, prompts=c.prompts,
                                 reference=c.reference or c.policy,
                                 reward=c.reward, kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
@@ -248,7 +270,7 @@ class PPOAgent:
                     warnings.warn(f"{type(model).__name__} cannot switch its attention implementation, so under "
                                   "bf16 its attention runs in bfloat16 (slower to train on a CPU)", stacklevel=2)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
-        self.params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.params = list(self.policy.parameters()) + (list(self.value.parameters()) if self.value is not None else [])
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
                                            fused=True)  # one kernel per step
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
@@ -299,12 +321,18 @@ class PPOAgent:
             logprobs, values = self._rollout_forward(ids, full_mask, mask)
             old_logprobs = logprobs * mask
         else:  # the sampler's log-probs (float32, the same as the update's forward to rounding)
-            short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
-            values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
-            values = torch.nn.functional.pad(values, (0, R - r))
             old_logprobs = samples.logprobs.float()
+            values = torch.zeros_like(mask)
+            if self.value is not None:
+                short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
+                values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
+                values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
-        advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
+        if c.advantage == "rloo":  # the env's reward, whole-sequence, against the same prompt's other responses
+            advantages = leave_one_out_advantages(torch.from_numpy(env_rewards).to(dev).float(), c.group_size)
+            advantages, returns = advantages[:, None] * mask, values
+        else:
+            advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
                 "old_values": values, "advantages": whiten(advantages, mask), "returns": returns,
                 "env_rewards": torch.from_numpy(env_rewards).float(), "score": score,
@@ -319,14 +347,19 @@ class PPOAgent:
         for rows in torch.arange(len(ids), device=ids.device).split(self.config.minibatch_size):
             short_ids, short_mask, r = trim_padding(ids[rows], mask[rows], response_mask[rows])
             lp, _, v = self.forward(short_ids, short_mask, r)
-            logprobs[rows, :r], values[rows, :r] = lp, v
+            logprobs[rows, :r] = lp
+            if v is not None:
+                values[rows, :r] = v
         return logprobs, values
 
     def forward(self, ids, mask, R: int, need_policy: bool = True):
-        """(log-probs, entropies, values) of the response tokens, each (B, R). The value head shares the
-        policy's forward; a separate critic runs its own (and alone when ``need_policy`` is False)."""
+        """(log-probs, entropies, values) of the response tokens, each (B, R); values are None without a value
+        model. The value head shares the policy's forward; a separate critic runs its own (and alone when
+        ``need_policy`` is False)."""
         head = isinstance(self.value, ValueHead)
         with self._autocast():
+            if self.value is None:
+                return *response_forward(self.policy, ids, mask, R, self.config.temperature)[:2], None
             if not need_policy:  # values only: no LM head
                 if not head:
                     return None, None, self.value(ids, mask, R)
@@ -356,8 +389,11 @@ class PPOAgent:
                 mb_resp = mb["response_mask"]
                 logprobs, entropy, values = self.forward(mb_ids, mb_mask, r)
                 pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_resp, c.clip_coef)
-                vf_loss = value_loss(values, mb["old_values"], mb["returns"], mb_resp, c.vf_clip)
-                loss = pg_loss + c.vf_coef * vf_loss
+                loss = pg_loss
+                if values is not None:
+                    vf_loss = value_loss(values, mb["old_values"], mb["returns"], mb_resp, c.vf_clip)
+                    loss = loss + c.vf_coef * vf_loss
+                    pg_stats["vf_loss"] = vf_loss.item()
                 if self.ptx is not None:
                     ptx_loss = self.ptx_loss()
                     loss = loss + c.ptx_coef * ptx_loss
@@ -372,7 +408,7 @@ class PPOAgent:
                                         "Rerun into a new --out with a lower lr or max_grad_norm, or check the "
                                         "reward for extreme values.")
                 self.optimizer.step()
-                stats.append({**pg_stats, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
+                stats.append({**pg_stats, "pg_loss": pg_loss.item(),
                               "entropy": masked_mean(entropy.detach(), mb_resp).item(), "grad_norm": float(grad_norm)})
                 if c.early_stop_kl and pg_stats["approx_kl"] > c.early_stop_kl:
                     stop = True
@@ -421,7 +457,7 @@ class PPOAgent:
             stats = self.update(batch)
             self.kl.update(batch["kl"].mean().item(), c.batch_size)
             self.iteration += 1
-            metrics = {**stats, **rollout_metrics(batch), "kl_coef": self.kl.coef,
+            metrics = {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
                        "lr": self.scheduler.get_last_lr()[0]}
             logger.log(self.iteration, metrics)
             bar.update(1)
@@ -485,16 +521,19 @@ class PPOAgent:
         if isinstance(env.core.reward, NormalizedReward):
             state["reward_normalization"] = {"mean": env.core.reward.mean, "std": env.core.reward.std}
         save_checkpoint(directory, self.policy, self.tokenizer, self.optimizer, self.scheduler, state)
-        save_file({**{f"value.{k}": v.contiguous() for k, v in self.value.state_dict().items()},
+        value = self.value.state_dict() if self.value is not None else {}
+        save_file({**{f"value.{k}": v.contiguous() for k, v in value.items()},
                    "sampler_rng": self.generator.get_state()}, directory / "agent.safetensors")
 
     def _load(self, directory: Path) -> dict:
         state = load_checkpoint(directory, self.policy, self.optimizer, self.scheduler)
-        if {"bf16": False, "normalize_reward": False, **state["run"]} != _run_fingerprint(self.config):  # older runs
+        older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1}  # older runs' defaults
+        if {**older, **state["run"]} != _run_fingerprint(self.config):
             raise ValueError(f"{directory} was written by a different run; use another --out")
         tensors = load_file(directory / "agent.safetensors")
         self.generator.set_state(tensors.pop("sampler_rng"))
-        self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
+        if self.value is not None:
+            self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
         self.kl.coef = state["kl_coef"]
         if "reward_normalization" in state:  # exactly the statistics the run started with
             core = self.env.unwrapped.core
@@ -512,15 +551,17 @@ class PPOAgent:
         return env._observe()
 
 
-def rollout_metrics(batch: dict) -> dict[str, float]:
-    """What N+ says to watch: score, KL, score - beta*KL, length, EOS fraction, explained variance."""
-    mask = batch["response_mask"]
-    values, returns = batch["old_values"][mask.bool()], batch["returns"][mask.bool()]
-    explained = 1 - (returns - values).var() / returns.var().clamp(min=1e-8)
-    return {"score": batch["score"].mean().item(), "rm_score": batch["rm_score"].mean().item(),
-            "kl": batch["kl"].mean().item(), "reward": batch["env_rewards"].mean().item(),
-            "length": batch["length"].mean().item(), "eos_frac": batch["eos"].float().mean().item(),
-            "explained_variance": explained.item()}
+def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:
+    """What N+ says to watch: score, KL, score - beta*KL, length, EOS fraction, and the value model's
+    explained variance if there is one (``values``)."""
+    out = {"score": batch["score"].mean().item(), "rm_score": batch["rm_score"].mean().item(),
+           "kl": batch["kl"].mean().item(), "reward": batch["env_rewards"].mean().item(),
+           "length": batch["length"].mean().item(), "eos_frac": batch["eos"].float().mean().item()}
+    if values:
+        real = batch["response_mask"].bool()
+        predicted, returns = batch["old_values"][real], batch["returns"][real]
+        out["explained_variance"] = (1 - (returns - predicted).var() / returns.var().clamp(min=1e-8)).item()
+    return out
 
 
 def _refuse_finished_run(out: Path) -> None:
@@ -530,7 +571,7 @@ def _refuse_finished_run(out: Path) -> None:
 
 def _run_fingerprint(c: PPOConfig) -> dict:
     keep = ("policy", "reference", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
-            "value_model", "ptx_coef", "bf16", "normalize_reward")
+            "value_model", "ptx_coef", "bf16", "normalize_reward", "advantage", "group_size")
     plain = (str, int, float, bool, type(None))
     return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
             for k, v in asdict(c).items() if k in keep}

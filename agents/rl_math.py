@@ -59,6 +59,21 @@ def per_token_rewards(score: torch.Tensor, log_ratio: torch.Tensor, mask: torch.
     return rewards + score[:, None] * last
 
 
+def leave_one_out_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``R_i - mean_{j != i} R_j`` within consecutive groups of ``group_size`` responses to one prompt
+    (RLOO: Kool et al. 2019; Ahmadian et al. 2024). ``returns`` (B,), B a multiple of ``group_size`` >= 2.
+
+    The baseline removes what all responses to a prompt share (how easy the prompt is), so that the
+    advantage is only how much better this response is than its siblings, with no critic to learn.
+    """
+    B = returns.shape[0]
+    if group_size < 2 or B % group_size:
+        raise ValueError(f"leave-one-out needs groups of at least 2 that divide the batch; got {group_size} for {B}")
+    groups = returns.reshape(B // group_size, group_size)
+    baseline = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - baseline).reshape(B)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each response; the value after the last token is 0.

@@ -113,6 +113,23 @@ def test_vector_env_matches_single_env_steps(kwargs, tiny_model, tokenizer):
     assert vec.observation_space.contains(next_obs)
 
 
+def test_vector_env_groups_show_each_prompt_to_consecutive_sub_envs(kwargs):
+    """group_size k: num_envs / k prompts per step, each shown to k consecutive sub-envs, at reset and after
+    every step; the same seed draws the same groups; k must divide num_envs."""
+    vec = gym.make_vec("InstructBandit-v0", num_envs=12, group_size=4, **kwargs)
+    obs, info = vec.reset(seed=3)
+    groups = info["prompt_index"].reshape(3, 4)
+    assert (groups == groups[:, :1]).all() and len(set(groups[:, 0])) > 1
+    action = {"response_ids": np.full((12, 16), vec.unwrapped.core.eos_id), "logprobs": np.zeros((12, 16), np.float32)}
+    _, _, _, _, step_info = vec.step(action)
+    after = step_info["prompt_index"].reshape(3, 4)
+    assert (after == after[:, :1]).all()
+    again = gym.make_vec("InstructBandit-v0", num_envs=12, group_size=4, **kwargs)
+    np.testing.assert_array_equal(again.reset(seed=3)[1]["prompt_index"], info["prompt_index"])
+    with pytest.raises(ValueError, match="group_size must be a positive divisor of num_envs"):
+        gym.make_vec("InstructBandit-v0", num_envs=12, group_size=5, **kwargs)
+
+
 def test_reset_options_fix_the_prompt_and_render_shows_the_episode(kwargs):
     env = InstructBanditEnv(render_mode="ansi", **kwargs)
     _, info = env.reset(options={"prompt_index": 7})

@@ -1,9 +1,12 @@
 """The PPO agent's contract with the env: rewards rebuilt from info, and ratio == 1 before an update."""
 
+import zlib
+
 import pytest
 import torch
 
 from agents.ppo import PPOAgent, PPOConfig, trim_padding
+from agents.rl_math import whiten
 from rlhf_env.rewards import NormalizedReward
 from tests.test_bandit_env import n_chars
 
@@ -12,7 +15,7 @@ from tests.test_bandit_env import n_chars
 def agent(tiny_policy_dir, world_dir, tmp_path):
     config = PPOConfig(policy=str(tiny_policy_dir), reward=n_chars, out=str(tmp_path / "ppo"), data=str(world_dir),
                        iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=8, kl_coef=0.1,
-                       eval_every=0, save_every=0)
+                       eval_every=0, save_every=0, missing_eos_penalty=None)  # score every response
     agent = PPOAgent(config)
     agent.iteration = 0
     return agent
@@ -31,9 +34,23 @@ def test_trimming_padding_columns_changes_no_log_prob_or_value(agent):
     assert ids.shape[1] < batch["ids"].shape[1]
     with torch.no_grad():
         full, short = agent.forward(batch["ids"], batch["mask"], R), agent.forward(ids, mask, r)
-    for a, b in zip(full, short):
+    for a, b in zip(full[:2], short[:2]):  # log-probs and entropies (rloo has no values)
         torch.testing.assert_close(a[:, :r] * batch["response_mask"][:, :r], b * batch["response_mask"][:, :r],
                                    atol=1e-5, rtol=0)
+
+
+def test_rloo_advantages_are_each_rewards_lead_over_its_siblings(agent):
+    """The env shows each prompt to group_size consecutive sub-envs; a response's advantage, at every one of
+    its tokens, is its env reward minus the mean of its siblings' (then whitened over the batch's tokens)."""
+    batch = agent.rollout(agent.env.reset(seed=0)[0])
+    k, mask = agent.config.group_size, batch["response_mask"]
+    prompts = batch["ids"][:, :agent.config.max_prompt_tokens].reshape(-1, k, agent.config.max_prompt_tokens)
+    assert (prompts == prompts[:, :1]).all() and not (prompts[0, 0] == prompts[1, 0]).all()
+    rewards = batch["env_rewards"].reshape(-1, k)
+    lead = (rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)).reshape(-1)  # (B,)
+    expected = whiten(lead[:, None] * mask, mask)
+    assert lead.abs().max() > 1e-3
+    torch.testing.assert_close(batch["advantages"] * mask, expected * mask, atol=1e-5, rtol=0)
 
 
 def test_ratio_is_one_before_first_update(agent):
@@ -145,12 +162,44 @@ def test_ppo_learns_a_trivially_learnable_reward(tiny_policy_dir, world_dir, tmp
     assert (tmp_path / "ppo" / "final" / "model.safetensors").exists()
 
 
+class BrevityBehindPromptOffsets:
+    """Brevity, plus a large offset per prompt that no response can change: the signal is only within prompts.
+    Records the mean brevity of every call (one per iteration), which the offsets would hide in the score."""
+
+    __name__ = "brevity_behind_prompt_offsets"  # names the reward in the run fingerprint
+
+    def __init__(self):
+        self.brevity: list[float] = []
+
+    def __call__(self, prompts, responses):
+        brevity = [-len(r) / 20 for r in responses]
+        self.brevity.append(sum(brevity) / len(brevity))
+        return [4.0 * (zlib.crc32(p.encode()) % 5 - 2) + b for p, b in zip(prompts, brevity)]
+
+
+def test_rloo_learns_a_within_prompt_signal_that_gae_loses_in_prompt_offsets(tiny_policy_dir, world_dir, tmp_path):
+    """The per-prompt baseline removes the offsets exactly; GAE's value head starts at 0 and must learn them
+    first, so its advantages are mostly offset noise. Same seed, budget and learning rate for both."""
+    brevity = {}
+    for advantage in ("rloo", "gae"):
+        reward = BrevityBehindPromptOffsets()
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / advantage, reward=reward, iterations=12, lr=1e-2,
+                             advantage=advantage, final_eval_episodes=1)).train()
+        brevity[advantage] = reward.brevity[:12]  # the training iterations' (the final evaluation's come after)
+    start = brevity["rloo"][0]
+    assert brevity["gae"][0] == start  # the same initial policy and prompts
+    rloo, gae = (sum(v[-3:]) / 3 for v in (brevity["rloo"], brevity["gae"]))
+    assert rloo > start + 0.6 and rloo > gae + 0.4
+
+
 def header_index(path, column):
     return path.read_text().split()[0].split(",").index(column)
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, world_dir, tmp_path):
-    full = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "full", iterations=4, save_every=2))
+@pytest.mark.parametrize("advantage", ["rloo", "gae"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, world_dir, tmp_path, advantage):
+    full = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "full", iterations=4, save_every=2,
+                                advantage=advantage))
     full.train()
     with pytest.raises(ValueError, match="finished run"):  # a second `rlhf ppo` with the same --out
         full.train()
@@ -159,16 +208,19 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, wo
         pass
 
     killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2,
-                                  eval_every=3))
+                                  eval_every=3, advantage=advantage))
     killed.evaluate = lambda: (_ for _ in ()).throw(Crash())  # dies at iteration 3, after the checkpoint at 2
     with pytest.raises(Crash):
         killed.train()
-    resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2))
+    resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2,
+                                   advantage=advantage))
     resumed.train()
     for (name, a), b in zip(full.policy.state_dict().items(), resumed.policy.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
-    for a, b in zip(full.value.state_dict().values(), resumed.value.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    if advantage == "gae":
+        assert full.value.linear.weight.abs().sum() > 0  # the value head trained, so comparing it means something
+        for a, b in zip(full.value.state_dict().values(), resumed.value.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert (tmp_path / "full" / "train.csv").read_text() == (tmp_path / "killed" / "train.csv").read_text()
 
 
@@ -228,7 +280,7 @@ def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir
     GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(tmp_path / "rm"),
-                                 value_model="rm", iterations=1, ppo_epochs=1, bf16=bf16))
+                                 advantage="gae", value_model="rm", iterations=1, ppo_epochs=1, bf16=bf16))
     agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")

@@ -9,6 +9,7 @@ from agents.rl_math import (
     KLController,
     gae,
     kl_estimate,
+    leave_one_out_advantages,
     masked_mean,
     per_token_rewards,
     policy_loss,
@@ -39,6 +40,16 @@ def test_gae_with_lambda_one_gives_monte_carlo_returns():
     values = torch.tensor([[0.3, 0.1, -0.4]])
     _, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=1.0)
     torch.testing.assert_close(ret, torch.tensor([[2.0, 1.0, 3.0]]))
+
+
+def test_leave_one_out_advantages_match_a_hand_computation():
+    returns = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    torch.testing.assert_close(leave_one_out_advantages(returns, 2), torch.tensor([-1.0, 1.0, -3.0, 3.0]))
+    others = torch.tensor([11 / 3, 10 / 3, 9 / 3, 6 / 3])  # the mean of the other three
+    torch.testing.assert_close(leave_one_out_advantages(returns, 4), returns - others)
+    assert leave_one_out_advantages(returns + 100.0, 4).sum().abs() < 1e-4  # a shared offset cancels
+    with pytest.raises(ValueError, match="groups of at least 2"):
+        leave_one_out_advantages(returns, 3)
 
 
 def test_whiten_ignores_padding():

@@ -116,14 +116,20 @@ class InstructBanditVectorEnv(VectorEnv):
 
     Autoreset is ``SAME_STEP``: ``step`` returns the next prompts at once, and the finished episodes'
     observations and infos in ``info["final_obs"]`` and ``info["final_info"]`` (a dict of arrays).
+
+    ``group_size`` k > 1 shows each drawn prompt to k consecutive sub-envs (``num_envs / k`` prompts per
+    step), so that an agent gets k responses to the same prompt and can use a per-prompt baseline
+    (RLOO, GRPO, PPO's default advantages). With k = 1 the prompts are independent draws.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, **kwargs: Any):
+    def __init__(self, num_envs: int = 1, group_size: int = 1, **kwargs: Any):
         kwargs.pop("render_mode", None)
+        if group_size < 1 or num_envs % group_size:
+            raise ValueError(f"group_size must be a positive divisor of num_envs ({num_envs}), got {group_size}")
         self.core = BanditCore(**kwargs)
-        self.num_envs = num_envs
+        self.num_envs, self.group_size = num_envs, group_size
         self.single_observation_space, self.single_action_space = bandit_spaces(self.core)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -134,8 +140,16 @@ class InstructBanditVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._index = index = self.core.choose_prompt(self.np_random, options, size=self.num_envs)
-        return self._observe(), {"prompt_index": index.copy()}
+        if options and "prompt_index" in options:  # the caller's indices, one per sub-env
+            self._index = self.core.choose_prompt(self.np_random, options, size=self.num_envs)
+        else:
+            self._index = self._draw()
+        return self._observe(), {"prompt_index": self._index.copy()}
+
+    def _draw(self) -> np.ndarray:
+        """Prompt indices for the next step: ``num_envs / group_size`` draws, each repeated ``group_size`` times."""
+        draws = self.core.choose_prompt(self.np_random, size=self.num_envs // self.group_size)
+        return np.repeat(draws, self.group_size)
 
     def step(self, actions: dict[str, np.ndarray]):
         if self._index is None:
@@ -143,7 +157,7 @@ class InstructBanditVectorEnv(VectorEnv):
         _check_dict_action(actions)
         rewards, infos = self.core.score(self._index, actions["response_ids"], actions["logprobs"])
         final_obs = self._observe()
-        self._index = self.core.choose_prompt(self.np_random, size=self.num_envs)
+        self._index = self._draw()
         done = np.ones(self.num_envs, dtype=np.bool_)
         final_info = {key: np.array([info[key] for info in infos]) for key in infos[0]}
         info = {"final_obs": final_obs, "final_info": final_info, "_final_obs": done, "_final_info": done,
