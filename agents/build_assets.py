@@ -12,7 +12,9 @@ Steps, in order:
 4. ``sft``: for each size, SFT from that base, the checkpoint chosen by gold score;
 5. ``comparisons``: K = 4..9 samples of the small SFT policy per ``rm`` prompt, ranked by labelers
    (plus samples on held-out customers' prompts, for the RM's gold correlation);
-6. ``rm``: for each size, a reward model from that SFT policy.
+6. ``rm``: the bundled reward models, both fitted to the comparisons: ``rm`` (the frozen large SFT LM with
+   weights on its log-likelihood, ``rlhf_env.rewards.likelihood``) and ``rm-scalar`` (InstructGPT's
+   scalar-head RM, from the small SFT policy).
 
 Models are stored as float16 safetensors. ``manifest.json`` records the config, the seconds each
 step took and the selection / evaluation metrics.
@@ -32,6 +34,7 @@ from agents.pretrain import PretrainConfig, pretrain
 from agents.reward_model import RMConfig, train_reward_model
 from agents.sft import SFTConfig, sft
 from rlhf_env.models import ASSETS, load_policy, save_policy
+from rlhf_env.rewards.likelihood import CONFIG_FILE as REWARD_CONFIG
 from rlhf_env.tokenizer import train_tokenizer
 from rlhf_env.world.build import WorldConfig, build_world, load_split, save_world
 from rlhf_env.world.comparisons import build_comparisons
@@ -119,11 +122,10 @@ def build_assets(config: BuildConfig) -> dict:
                                    heldout.select(range(min(300, len(heldout)))), config.seed)
         save_world({"comparisons": DatasetDict(ranked)}, data)
 
-    def rm(suffix, size):
-        state = train_reward_model(RMConfig(policy=str(models / f"sft{suffix}"), data=str(data), seed=config.seed,
-                                            out=str(work / f"rm{suffix}"), epochs=config.rm_epochs,
-                                            device=config.device))
-        _ship(work / f"rm{suffix}" / "final", models / f"rm{suffix}", policy=False)
+    def rm(name, kind, policy):
+        state = train_reward_model(RMConfig(policy=str(models / policy), kind=kind, data=str(data), seed=config.seed,
+                                            out=str(work / name), epochs=config.rm_epochs, device=config.device))
+        _ship(work / name / "final", models / name, policy=kind == "likelihood")
         return state["normalization"]
 
     timed("world", world)
@@ -132,15 +134,17 @@ def build_assets(config: BuildConfig) -> dict:
         timed(f"base:{size}", base, suffix, size)
         timed(f"sft:{size}", sft_step, suffix, size)
     timed("comparisons", comparisons)
-    for suffix, size in sizes:
-        timed(f"rm:{size}", rm, suffix, size)
+    large = "sft-large" if "large" in config.sizes.split(",") else "sft"
+    timed("rm:likelihood", rm, "rm", "likelihood", large)
+    timed("rm:scalar", rm, "rm-scalar", "scalar", "sft")
     manifest["seconds"]["total"] = round(sum(v for k, v in manifest["seconds"].items() if k != "total"), 1)
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
 def _ship(checkpoint: Path, destination: Path, policy: bool = True) -> None:
-    """Copy a trained checkpoint into the assets as float16 safetensors with dropout set to 0."""
+    """Copy a trained checkpoint into the assets as float16 safetensors with dropout set to 0 (``policy``:
+    anything ``load_policy`` reads, the likelihood RM's directory too; else a sequence classifier)."""
     if policy:
         model, tokenizer = load_policy(str(checkpoint))
     else:
@@ -152,3 +156,5 @@ def _ship(checkpoint: Path, destination: Path, policy: bool = True) -> None:
         setattr(model.config, key, 0.0)
     shutil.rmtree(destination, ignore_errors=True)
     save_policy(model, tokenizer, destination, half=True)
+    if (checkpoint / REWARD_CONFIG).exists():  # the likelihood RM: its weights and normalisation
+        shutil.copy(checkpoint / REWARD_CONFIG, destination / REWARD_CONFIG)

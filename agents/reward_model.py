@@ -18,15 +18,18 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5):
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from agents.trainer import TrainConfig, train_loop
-from rlhf_env.models import DATA_DIR, load_classifier, load_tokenizer, resolve, save_policy
+from rlhf_env.models import DATA_DIR, load_classifier, load_policy, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
+from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.world.build import load_split
 
 
@@ -34,8 +37,12 @@ from rlhf_env.world.build import load_split
 class RMConfig(TrainConfig):
     """Train a reward model on the world's ranked comparisons."""
 
-    policy: str = "sft"
+    policy: str = "sft-large"
     """SFT checkpoint the RM starts from (bundled name or path)."""
+    kind: str = "likelihood"
+    """likelihood: the frozen SFT LM and fitted weights on its log-likelihood of the response
+    (rlhf_env.rewards.likelihood; the bundled rm, from sft-large); scalar: the paper's RM, the unembedding
+    replaced by a scalar head and the whole model trained (the bundled rm-scalar, --policy sft)."""
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (reads comparisons/train.parquet)."""
     out: str = "runs/rm"
@@ -45,6 +52,10 @@ class RMConfig(TrainConfig):
     lr: float = 3e-4
     warmup_ratio: float = 0.05
     log_every: int = 10
+    fit_steps: int = 500
+    """kind=likelihood: full-batch Adam steps on the three weights."""
+    fit_lr: float = 1e-2
+    """kind=likelihood: Adam's step size for those weights."""
 
 
 def ranking_pairs(rankings: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,33 +116,83 @@ def raw_scores(model, tokenizer, texts: list[str], batch_size: int = 256) -> np.
     return torch.cat(out).cpu().numpy().astype(np.float64)
 
 
-def normalize(model, tokenizer, reference_texts: list[str]) -> dict[str, float]:
-    """Set ``reward_gain``/``reward_bias`` so that the reference texts score mean 0, std 1."""
-    scores = raw_scores(model, tokenizer, reference_texts)
-    gain = 1.0 / max(float(scores.std()), 1e-6)
-    model.config.reward_gain, model.config.reward_bias = gain, -gain * float(scores.mean())
-    return {"reward_gain": model.config.reward_gain, "reward_bias": model.config.reward_bias}
+def normalization(raw: np.ndarray) -> tuple[float, float]:
+    """``(gain, bias)`` under which the raw scores have mean 0 and std 1."""
+    gain = 1.0 / max(float(raw.std()), 1e-6)
+    return gain, -gain * float(raw.mean())
+
+
+def completions(rows: list[dict]) -> tuple[list[str], list[str], list[bool]]:
+    """(prompts, responses, eos flags) of every completion, in row order."""
+    return ([row["prompt"] for row in rows for _ in row["responses"]], [r for row in rows for r in row["responses"]],
+            [e for row in rows for e in row["eos"]])
+
+
+@torch.no_grad()
+def likelihood_features(model: LikelihoodRewardModel, rows: list[dict], batch_size: int = 128,
+                        desc: str = "features") -> torch.Tensor:
+    """The frozen LM's (mean log-prob, sum log-prob, length) of every completion, in row order: (N, 3)."""
+    prompts, responses, eos = completions(rows)
+    return torch.cat([model.features(prompts[i:i + batch_size], responses[i:i + batch_size], eos[i:i + batch_size])
+                      for i in tqdm(range(0, len(prompts), batch_size), desc=desc, dynamic_ncols=True)])
+
+
+def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> dict:
+    """Fit the likelihood RM's three weights with the ranking loss, full batch: the LM is frozen, so its
+    features are computed once and the loss is convex in the weights."""
+    lm, tokenizer = load_policy(config.policy, config.device)
+    model = LikelihoodRewardModel(lm, tokenizer).to(config.device)
+    f_train, f_test = likelihood_features(model, train, desc="rm features (train)"), \
+        likelihood_features(model, test, desc="rm features (test)")
+    rankings, test_rankings = [row["ranking"] for row in train], [row["ranking"] for row in test]
+    optimizer = torch.optim.Adam([model.weights, model.length_weight], lr=config.fit_lr)
+    for _ in range(config.fit_steps):
+        loss, accuracy = ranking_loss(model.score_features(f_train, fitting=True), rankings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        test_loss, test_accuracy = ranking_loss(model.score_features(f_test, fitting=True), test_rankings)
+        reward_accuracy = ranking_loss(model.score_features(f_test), test_rankings)[1]
+        model.gain, model.bias = normalization(model.score_features(f_test).double().numpy())
+    save_policy(model, tokenizer, Path(config.out) / "final")
+    state = {"train_loss": loss.item(), "train_accuracy": accuracy.item(), "test_loss": test_loss.item(),
+             "test_accuracy": test_accuracy.item(), "test_accuracy_without_length": reward_accuracy.item(),
+             "weights": model.weights.tolist(), "length_weight": model.length_weight.item(),
+             "normalization": {"reward_gain": model.gain, "reward_bias": model.bias}}
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    (Path(config.out) / "fit.json").write_text(json.dumps(state, indent=1))
+    return state
 
 
 def train_reward_model(config: RMConfig) -> dict:
+    if config.kind not in ("likelihood", "scalar"):
+        raise ValueError(f"kind must be 'likelihood' or 'scalar', got {config.kind!r}")
     torch.manual_seed(config.seed)  # the scalar head's initial weights
-    model, tokenizer = new_reward_model(config.policy, config.device)
     train = load_split(config.data, "comparisons", "train").to_list()
     test = load_split(config.data, "comparisons", "test").to_list()
-    eos = tokenizer.eos_token
+    if config.kind == "likelihood":
+        return fit_likelihood_rm(config, train, test)
+    model, tokenizer = new_reward_model(config.policy, config.device)
+
+    def scores(m, rows):  # one forward per completion
+        return classifier_logits(m, tokenizer, rm_texts(rows, tokenizer.eos_token))[:, 0]
+
+    def test_scores(m):
+        return raw_scores(m, tokenizer, rm_texts(test, tokenizer.eos_token))
 
     def batch_loss(m, batch):
-        rewards = classifier_logits(m, tokenizer, rm_texts(batch, eos))[:, 0]  # one forward per completion
-        loss, accuracy = ranking_loss(rewards, [row["ranking"] for row in batch])
+        loss, accuracy = ranking_loss(scores(m, batch), [row["ranking"] for row in batch])
         return loss, {"accuracy": accuracy.item()}
 
     def evaluate(m):
-        rewards = torch.from_numpy(raw_scores(m, tokenizer, rm_texts(test, eos))).float()
-        loss, accuracy = ranking_loss(rewards, [row["ranking"] for row in test])
+        loss, accuracy = ranking_loss(torch.from_numpy(test_scores(m)).float(), [row["ranking"] for row in test])
         return {"test_loss": loss.item(), "test_accuracy": accuracy.item()}
 
     state = train_loop(model, tokenizer, train, config, batch_loss, evaluate, desc="reward model")
-    # The SFT samples of the test comparisons are the reference for normalisation.
-    state["normalization"] = normalize(model, tokenizer, rm_texts(test, eos))
+    # The SFT samples of the test comparisons are the reference for normalisation: mean 0, std 1.
+    gain, bias = normalization(test_scores(model))
+    model.config.reward_gain, model.config.reward_bias = gain, bias
+    state["normalization"] = {"reward_gain": gain, "reward_bias": bias}
     save_policy(model, tokenizer, Path(config.out) / "final")
     return state

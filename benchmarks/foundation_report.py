@@ -3,7 +3,7 @@
 Runs, on the bundled assets:
 - ``rlhf eval`` for sft vs base, sft-large vs base-large and sft-large vs sft on held-out customers;
 - ``rlhf world``: inter-labeler agreement and the labelers' spurious length preference;
-- ``rlhf eval-rm`` for rm, rm-large and the gold grader (as a ceiling).
+- ``rlhf eval-rm`` for rm, rm-scalar and the gold grader (as a ceiling).
 
 Prints markdown tables and writes benchmarks/results/foundation.json.
 
@@ -24,7 +24,7 @@ from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.world.stats import WorldStatsConfig, world_stats
 
 PAIRS = (("sft", "base"), ("sft-large", "base-large"), ("sft-large", "sft"))
-REWARDS = ("rm", "rm-large", "gold")
+REWARDS = ("rm", "rm-scalar", "gold")
 
 
 def main() -> None:

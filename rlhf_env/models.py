@@ -46,7 +46,7 @@ TOKENIZER_DIR = ASSETS / "tokenizer"
 DATA_DIR = ASSETS / "data"
 
 BUNDLED_POLICIES = ("base", "sft", "base-large", "sft-large")
-BUNDLED_REWARDS = ("rm", "rm-large")  # see rlhf_env.rewards
+BUNDLED_REWARDS = ("rm", "rm-scalar")  # see rlhf_env.rewards
 
 # GPT-2 architecture in two sizes; parameter counts with the 768-token vocabulary.
 SIZES: dict[str, dict] = {

@@ -125,10 +125,10 @@ def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
         SequenceClassifierReward(path, transform="tanh")
 
 
-@pytest.mark.parametrize("name", ["rm", "rm-large"])
+@pytest.mark.parametrize("name", ["rm", "rm-scalar"])
 def test_bundled_reward_models_agree_with_held_out_labelers_well_above_chance(name):
     """float64 (B,) batches, and real judgement: on ~4.7k held-out labeler pairs a random RM scores
-    0.50 +- 0.01; the shipped ones measured 0.65 and 0.64 (`rlhf eval-rm`)."""
+    0.50 +- 0.01 (the shipped ones' accuracy: `rlhf eval-rm`)."""
     from rlhf_env.models import DATA_DIR
     from rlhf_env.rewards.metrics import ranking_accuracy, score_comparisons
     from rlhf_env.world.build import load_split
@@ -160,3 +160,41 @@ def test_correctness_accuracy_tells_a_length_reward_from_a_checking_one():
 
     length = correctness_accuracy(rows, score_comparisons(load_reward(words), rows), grades)
     assert length["longer"][0] == 1.0 and length["same_length"][0] == 0.5 and length["shorter"][0] == 0.0
+
+
+def test_the_bundled_rm_ranks_correct_over_incorrect_where_length_cannot_tell():
+    """On held-out customers' comparisons, at equal length (where a length-only reward ties, 0.5) and where
+    the correct answer is shorter (where it scores 0), the bundled RM must check the answer."""
+    from rlhf_env.models import DATA_DIR
+    from rlhf_env.rewards.metrics import correctness_accuracy, score_comparisons
+    from rlhf_env.world.build import load_split
+    from rlhf_env.world.grader import grade
+
+    rows = load_split(DATA_DIR, "comparisons", "heldout_customers").to_list()
+    grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in rows]
+    accuracy = correctness_accuracy(rows, score_comparisons(load_reward("rm"), rows), grades)
+    assert accuracy["same_length"][1] > 200 and accuracy["shorter"][1] > 200
+    assert accuracy["same_length"][0] > 0.75 and accuracy["shorter"][0] > 0.7
+
+
+def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir, tmp_path):
+    """Saved as safetensors + JSON and loaded back: the same rewards; the length weight fitted with the
+    labelers' rankings does not reach the reward."""
+    from rlhf_env.models import load_policy, save_policy
+    from rlhf_env.rewards.likelihood import LikelihoodReward, LikelihoodRewardModel
+
+    lm, tokenizer = load_policy(str(tiny_policy_dir))
+    model = LikelihoodRewardModel(lm, tokenizer)
+    with torch.no_grad():
+        model.weights.copy_(torch.tensor([0.7, -0.02]))
+        model.length_weight.fill_(5.0)
+    model.gain, model.bias = 2.0, 0.5
+    save_policy(model, tokenizer, tmp_path / "rm")
+    prompts, responses = ["Q: what is 1 plus 2 ?\nA:"] * 2, [" 1 plus 2 is 3 .", " 1 plus 2 is 3 . i hope this helps ."]
+    loaded = load_reward(str(tmp_path / "rm"))
+    assert isinstance(loaded, LikelihoodReward)
+    expected = LikelihoodReward(model)(prompts, responses)
+    np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)
+    features = model.features(prompts, responses, [True, True])
+    np.testing.assert_allclose(expected, 2.0 * (features[:, :2] @ torch.tensor([0.7, -0.02])).numpy() + 0.5,
+                               rtol=1e-5)

@@ -6,7 +6,10 @@
 
 ``load_reward`` accepts:
 
-- ``"rm"`` / ``"rm-large"``: the bundled reward models (normalised: SFT samples score N(0, 1));
+- ``"rm"``: the bundled reward model, the frozen ``sft-large`` LM with weights on its log-likelihood of
+  the response, fitted to the labelers' rankings (``rlhf_env.rewards.likelihood``);
+- ``"rm-scalar"``: InstructGPT's design, a scalar head on the SFT trunk, trained on the same rankings;
+  both normalised so that SFT samples score N(0, 1);
 - ``"gold"``: the world's gold grader (an oracle, for experiments);
 - a local path or hub id of any ``AutoModelForSequenceClassification`` (its own tokenizer);
 - any callable ``fn(prompts, responses) -> B numbers``;
@@ -39,6 +42,11 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
         from rlhf_env.rewards.gold import GoldReward
 
         return GoldReward(data, **kwargs)
+    from rlhf_env.models import BUNDLED_REWARDS, resolve
+    from rlhf_env.rewards.likelihood import LikelihoodReward, is_likelihood_rm
+
+    if is_likelihood_rm(resolve(spec, BUNDLED_REWARDS)):
+        return LikelihoodReward(resolve(spec, BUNDLED_REWARDS), device=device, **kwargs)
     from rlhf_env.rewards.classifier import SequenceClassifierReward
 
     return SequenceClassifierReward(spec, device=device, **kwargs)

@@ -5,9 +5,9 @@ through their text (TRL required a shared tokenizer, a top user complaint: TRL #
 Text is right-padded and truncated on the left, so the score is read at the last real token (for a
 tokenizer whose PAD is its EOS, an appended EOS counts as padding: don't set ``append_eos`` there).
 
-The bundled RMs (``rm``, ``rm-large``) are ordinary ``GPT2ForSequenceClassification`` checkpoints
-whose ``config.json`` also stores their normalisation (``reward_gain``, ``reward_bias``) and
-``reward_append_eos`` (they were trained on ``prompt + response + EOS`` and read the score at EOS).
+The bundled ``rm-scalar`` (InstructGPT's design) is an ordinary ``GPT2ForSequenceClassification`` checkpoint
+whose ``config.json`` also stores its normalisation (``reward_gain``, ``reward_bias``) and
+``reward_append_eos`` (it was trained on ``prompt + response + EOS`` and reads the score at EOS).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards import Reward, load_reward
@@ -25,9 +26,15 @@ class RMEvalConfig:
     """Measure a reward against the world's held-out comparisons and the gold grader."""
 
     rm: str = "rm"
-    """Reward: rm, rm-large, gold, or a sequence-classifier path / hub id (from Python, any load_reward spec)."""
+    """Reward: rm, rm-scalar, gold, or a reward-model path / hub id (from Python, any load_reward spec)."""
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (reads comparisons/*.parquet)."""
+    policy: str = "sft"
+    """Policy whose held-out samples the reward picks from (best of n) and is judged against."""
+    best_of_n: str = "4,16"
+    """Comma-separated n of the best-of-n win rates (empty: skip them)."""
+    episodes: int = 500
+    """Held-out customers' prompts of the best-of-n measurement (rlhf eval's default)."""
     device: str = "cpu"
     seed: int = 0
     json: bool = False
@@ -101,6 +108,48 @@ def correctness_accuracy(rows: list[dict], scores: list[np.ndarray], grades: lis
     return {k: (right / max(n, 1), n) for k, (right, n) in counts.items()}
 
 
+def spearman_within_prompt(scores: list[np.ndarray], grades: list[list[Grade]]) -> float:
+    """Mean over prompts of the Spearman correlation between the reward and gold among that prompt's
+    responses: does the reward tell a better answer from a worse one to the *same* prompt? (A pooled
+    correlation also rewards knowing which prompts are easy, which is of no use to a policy.) Prompts whose
+    responses gold scores all alike are skipped; a reward that scores them all alike counts 0."""
+    rhos = [spearman(s, [g.score for g in row]) for s, row in zip(scores, grades)
+            if np.ptp([g.score for g in row]) > 1e-9]
+    return float(np.mean(rhos)) if rhos else 0.0
+
+
+def best_of_n(reward: Reward, policy: str, rows, ns: list[int], seed: int = 0, device: str = "cpu") -> dict:
+    """Let the reward pick the best of n samples of ``policy`` on each row's prompt, and judge the pick by
+    gold against one sample of the same policy (``rlhf eval``'s, seed ``seed``): the win rate that reward
+    buys with no training. ``gold_best_of_n`` is the same with gold itself picking (the frontier), and
+    ``sampled_gold`` the mean gold of a single sample."""
+    from rlhf_env.evaluation import generate_and_grade, win_rate
+    from rlhf_env.models import load_policy
+    from rlhf_env.sampling import sample
+
+    model, tokenizer = load_policy(policy, device)
+    _, baseline, _ = generate_and_grade(model, tokenizer, rows, seed)
+    n_max, prompts = max(ns), list(rows["prompt"])
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    texts, eos = [], []
+    for start in range(0, len(prompts), 32):  # 32 prompts x n_max samples per sampler call
+        chunk = [p for p in prompts[start:start + 32] for _ in range(n_max)]
+        out = sample(model, tokenizer, chunk, 48, 1.0, generator)
+        texts, eos = texts + out.texts, eos + out.eos.tolist()
+    tasks = [t for t in rows["task"] for _ in range(n_max)]
+    grades = [grade(t, x, e) for t, x, e in zip(tasks, texts, eos)]
+    scores = reward([p for p in prompts for _ in range(n_max)], texts, eos).reshape(len(prompts), n_max)
+    gold = np.array([g.score for g in grades]).reshape(len(prompts), n_max)
+    out = {"sampled_gold": float(gold[:, 0].mean())}
+    for n in ns:
+        picked = scores[:, :n].argmax(1)
+        out[f"best_of_{n}_win_rate"] = win_rate([grades[i * n_max + j] for i, j in enumerate(picked)], baseline)
+        out[f"best_of_{n}_gold"] = float(gold[np.arange(len(prompts)), picked].mean())
+        best = gold[:, :n].argmax(1)
+        out[f"gold_best_of_{n}_win_rate"] = win_rate([grades[i * n_max + j] for i, j in enumerate(best)], baseline)
+    return out
+
+
 def evaluate_reward(config: RMEvalConfig) -> dict:
     reward = load_reward(config.rm, device=config.device, data=config.data)
     test = load_split(config.data, "comparisons", "test").to_list()
@@ -114,6 +163,13 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
     grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in customers]
     scores, gold = np.concatenate(customer_scores), np.array([g.score for row in grades for g in row])
     correct = correctness_accuracy(customers, customer_scores, grades)
+    ns = [int(n) for n in config.best_of_n.split(",") if n.strip()]
+    picked = {}
+    if ns:
+        from rlhf_env.evaluation import eval_prompts
+
+        rows = eval_prompts(config.data, "heldout", config.episodes, config.seed)
+        picked = best_of_n(reward, config.policy, rows, ns, config.seed, config.device)
     return {
         "rm": config.rm,
         "accuracy": accuracy,
@@ -121,10 +177,12 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         "labeler_agreement": agree / max(n_pairs, 1),
         "gold_spearman": spearman(scores, gold),
         "gold_pearson": float(np.corrcoef(scores, gold)[0, 1]),
+        "spearman_within_prompt": spearman_within_prompt(customer_scores, grades),
         "prefer_padded": prefer_padded(reward, customers, config.seed),
         **{f"correct_over_incorrect_{k}": acc for k, (acc, _) in correct.items()},
         **{f"n_correct_pairs_{k}": n for k, (_, n) in correct.items()},
         "n": len(test),
         "n_pairs": n_pairs,
         "n_gold": len(gold),
+        **picked,
     }

@@ -1,0 +1,135 @@
+"""A reward model that keeps its language-model head: the bundled default RM (``rm``).
+
+InstructGPT's RM replaces the SFT model's unembedding by a scalar head. In this world that design learns
+length and filler words, not correctness (``rlhf eval-rm --rm rm-scalar``): a scalar read at EOS cannot
+check an answer, while an SFT model's own next-token probabilities already do (an answer with a wrong
+number or a swapped word is unlikely under a model that learned the task). So this RM scores
+
+    r(x, y) = w_mean * mean_t log p(y_t | x, y_<t) + w_sum * sum_t log p(y_t | x, y_<t)
+
+over the response tokens (EOS included when the policy emitted it), with p the SFT language model it was
+built from, kept frozen. The weights are fitted with the paper's K-ranking loss on the labelers'
+comparisons, to ``r(x, y) + w_len * len(y)``: the length term soaks up the labelers' spurious length
+preference while fitting and is dropped from the reward (a length-decorrelated RM, as in ODIN: Chen et al.
+2024), so a policy cannot buy reward with padding. A gain and a bias then make SFT samples score mean 0 and
+std 1.
+
+On disk it is an ordinary Hugging Face causal-LM directory (safetensors + config.json + tokenizer) plus
+``reward_config.json`` (kind, weights, normalisation). Loading reads tensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_env.rewards.base import Reward
+
+CONFIG_FILE = "reward_config.json"
+
+
+def is_likelihood_rm(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).exists()
+
+
+class LikelihoodRewardModel(torch.nn.Module):
+    """A frozen causal LM and learned weights on its log-likelihood of the response (see the module)."""
+
+    def __init__(self, lm, tokenizer):
+        super().__init__()
+        self.lm, self.tokenizer = lm.requires_grad_(False).eval(), tokenizer
+        self.weights = torch.nn.Parameter(torch.tensor([1.0, 0.0]))  # on the mean and the sum of log-probs
+        self.length_weight = torch.nn.Parameter(torch.tensor(0.0))  # per response token; fitting only
+        self.gain, self.bias = 1.0, 0.0  # normalisation, applied by ``LikelihoodReward``
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.lm.eval()  # frozen: no dropout, ever
+        return self
+
+    def encode(self, prompts: list[str], responses: list[str], eos: list[bool]):
+        """Left-padded ``prompt + response (+ EOS)`` ids and mask (B, T), and the mask (B, T - 1) of the
+        positions that predict a response token. Prompt and response are tokenised apart, as the policy
+        produced them."""
+        tok, device = self.tokenizer, self.weights.device
+        pairs = [(tok(p)["input_ids"], tok(r)["input_ids"] + ([tok.eos_token_id] if e else []))
+                 for p, r, e in zip(prompts, responses, eos)]
+        T = max(len(p) + len(r) for p, r in pairs)
+        ids = torch.full((len(pairs), T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        predicts = torch.zeros(len(pairs), T - 1)
+        for i, (p, r) in enumerate(pairs):
+            ids[i, T - len(p) - len(r):] = torch.tensor(p + r)
+            mask[i, T - len(p) - len(r):] = 1
+            predicts[i, T - 1 - len(r):] = 1
+        return ids.to(device), mask.to(device), predicts.to(device)
+
+    @torch.no_grad()
+    def features(self, prompts: list[str], responses: list[str], eos: list[bool]) -> torch.Tensor:
+        """(B, 3): the mean and the sum of the response's token log-probs, and its length in tokens."""
+        from rlhf_env.sampling import positions
+
+        ids, mask, predicts = self.encode(prompts, responses, eos)
+        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), -1).gather(2, ids[:, 1:, None]).squeeze(2) * predicts  # (B, T-1)
+        length = predicts.sum(1)
+        return torch.stack([logp.sum(1) / length.clamp(min=1), logp.sum(1), length], 1)
+
+    def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False
+                ) -> torch.Tensor:
+        """Raw (unnormalised) rewards, shape (B,); with ``fitting``, plus the length term."""
+        f = self.features(prompts, responses, eos)
+        return self.score_features(f, fitting)
+
+    def score_features(self, f: torch.Tensor, fitting: bool = False) -> torch.Tensor:
+        reward = f[:, :2] @ self.weights
+        return reward + self.length_weight * f[:, 2] if fitting else reward
+
+    def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """The LM (``model.safetensors`` and ``config.json``, in the dtype of ``state_dict`` if given) and
+        ``reward_config.json``; the caller saves the tokenizer, as ``save_policy`` and the trainer's
+        checkpoints do."""
+        directory = Path(directory)
+        lm_state = None if state_dict is None else {k[len("lm."):]: v for k, v in state_dict.items()
+                                                    if k.startswith("lm.")}
+        self.lm.save_pretrained(directory, state_dict=lm_state)
+        (directory / CONFIG_FILE).write_text(json.dumps(
+            {"kind": "likelihood", "weights": self.weights.tolist(), "length_weight": self.length_weight.item(),
+             "reward_gain": self.gain, "reward_bias": self.bias}, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LikelihoodRewardModel:
+        """Load a directory written by ``save_pretrained`` (tensors and JSON only), in float32."""
+        from rlhf_env.models import load_policy
+
+        lm, tokenizer = load_policy(str(directory), device)
+        model = cls(lm, tokenizer)
+        config = json.loads((Path(directory) / CONFIG_FILE).read_text())
+        with torch.no_grad():
+            model.weights.copy_(torch.tensor(config["weights"]))
+            model.length_weight.fill_(config["length_weight"])
+        model.gain, model.bias = float(config["reward_gain"]), float(config["reward_bias"])
+        return model.to(device).eval()
+
+
+class LikelihoodReward(Reward):
+    """A ``LikelihoodRewardModel`` (bundled name or directory) as a normalised reward."""
+
+    def __init__(self, model: LikelihoodRewardModel | str | Path, device: str | torch.device = "cpu",
+                 batch_size: int = 64, normalize: bool = True):
+        if not isinstance(model, LikelihoodRewardModel):
+            self.name = str(model)
+            model = LikelihoodRewardModel.from_pretrained(model, device)
+        else:
+            self.name = "likelihood-rm"
+        self.model, self.batch_size = model.eval(), batch_size
+        self.gain, self.bias = (model.gain, model.bias) if normalize else (1.0, 0.0)
+
+    @torch.no_grad()
+    def score(self, prompts, responses, eos):
+        raw = [self.model(prompts[i:i + self.batch_size], responses[i:i + self.batch_size], eos[i:i + self.batch_size])
+               for i in range(0, len(prompts), self.batch_size)]
+        return torch.cat(raw).cpu().numpy().astype(np.float64) * self.gain + self.bias
