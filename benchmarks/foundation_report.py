@@ -3,7 +3,8 @@
 Runs, on the bundled assets:
 - ``rlhf eval`` for sft vs base, sft-large vs base-large and sft-large vs sft on held-out customers;
 - ``rlhf world``: inter-labeler agreement and the labelers' spurious length preference;
-- ``rlhf eval-rm`` for rm, rm-scalar and the gold grader (as a ceiling).
+- ``rlhf eval-rm`` for rm, rm-scalar, the gold grader (as a ceiling) and the labelers' noise-free utility
+  (what a perfect model of the labelers would measure).
 
 Prints markdown tables and writes benchmarks/results/foundation.json.
 
@@ -39,6 +40,8 @@ def main() -> None:
     evals = [evaluate(EvalConfig(policy=a, baseline=b, episodes=args.episodes, seed=args.seed)) for a, b in PAIRS]
     world = world_stats(WorldStatsConfig(seed=args.seed))
     rms = [evaluate_reward(RMEvalConfig(rm=name, seed=args.seed)) for name in REWARDS]
+    # A perfect model of the labelers: the bound on what an RM that fits them exactly would measure.
+    rms.append({**evaluate_reward(RMEvalConfig(rm="labelers", seed=args.seed)), "rm": "labelers (noise-free)"})
 
     print(f"Policies on held-out customers' prompts (n={evals[0]['n']}, temperature 1, seed {args.seed}):\n")
     print("| A vs B | win rate of A | ceiling | gold A | gold B | success A | success B | length A | length B |")
@@ -54,13 +57,16 @@ def main() -> None:
     print("| sft | " + " | ".join(f"{f['success_a']:.2f}" for f in families.values()) + " |")
     print("| base | " + " | ".join(f"{f['success_b']:.2f}" for f in families.values()) + " |")
     print(f"\nLabelers: agreement {world['labeler_agreement']:.3f} ({world['agreement_pool']}); "
-          f"they prefer a padded answer {world['prefer_padded']:.3f} of the time (gold: never).\n")
+          f"they prefer a padded answer {world['prefer_padded']:.3f} of the time (gold: never) and rank a correct "
+          f"response above an incorrect one {world['correct_first']:.3f} of the time.\n")
     print("| reward | accuracy, held-out comparisons | accuracy, held-out labelers | labeler agreement (same pairs) "
-          "| Spearman with gold | prefers padded answer |")
-    print("|---|---|---|---|---|---|")
+          "| Spearman with gold | Spearman within a prompt | prefers padded answer | best of 4, win rate | "
+          "best of 16, win rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rms:
         print(f"| {r['rm']} | {r['accuracy']:.3f} | {r['accuracy_heldout_labelers']:.3f} | "
-              f"{r['labeler_agreement']:.3f} | {r['gold_spearman']:.3f} | {r['prefer_padded']:.3f} |")
+              f"{r['labeler_agreement']:.3f} | {r['gold_spearman']:.3f} | {r['spearman_within_prompt']:.3f} | "
+              f"{r['prefer_padded']:.3f} | {r['best_of_4_win_rate']:.3f} | {r['best_of_16_win_rate']:.3f} |")
     print("\nHow often each reward scores a correct response above an incorrect one to the same prompt (held-out "
           "customers' comparisons), by the correct response's length relative to the incorrect one:\n")
     print("| reward | correct one longer | same length | correct one shorter |")

@@ -1,12 +1,13 @@
-"""The README's PPO results: the default `rlhf ppo` and `rlhf ppo --bf16` over several seeds, the beta = 0
-over-optimisation run, and four oracle runs (the gold grader, also for 400 iterations and normalised to
-N(0, 1) on SFT samples; the labelers' noise-free mean utility), each then judged by
-`rlhf eval --baseline sft`; plus SFT decoded greedily, judged the same way. Each run's policy is also
-decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft --temperature 0`).
+"""The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation run,
+the previous default (GAE with a value head, one response per prompt), and the gold-oracle run, each
+judged by `rlhf eval --baseline sft`; the default runs also against the larger SFT model (`--baseline
+sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged the same way. Each
+run's policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
+--temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
+400-iteration and a normalised gold oracle.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
-writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed). About 20
-minutes from scratch on 2 cores.
+writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed).
 
     python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
 """
@@ -22,23 +23,11 @@ import numpy as np
 from agents.ppo import PPOConfig, ppo
 from rlhf_env.evaluation import EvalConfig, evaluate
 
-
-def labeler_utility(prompts: list[str], responses: list[str]) -> np.ndarray:
-    """The labeler panel's mean utility, noise-free: gold + length_bias * words (capped), i.e. what a
-    perfect reward model of these labelers would score."""
-    from rlhf_env.rewards import load_reward
-    from rlhf_env.world.grader import tokenize
-    from rlhf_env.world.labelers import LabelerConfig
-
-    gold = _gold.setdefault("gold", load_reward("gold"))
-    words = np.array([min(len(tokenize(r)), LabelerConfig.length_cap) for r in responses])
-    return np.asarray(gold(prompts, responses)) + LabelerConfig.length_bias * words
-
-
-_gold: dict = {}
-VARIANTS = {"default": {}, "bf16": {"bf16": True}, "beta0": {"kl_coef": 0.0}, "gold-oracle": {"reward": "gold"},
-            "labeler-oracle": {"reward": labeler_utility}, "gold-oracle-400": {"reward": "gold", "iterations": 400},
+VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
+            "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
+            "gold-oracle-400": {"reward": "gold", "iterations": 400},
             "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True}}
+DEFAULT_VARIANTS = ("default", "beta0", "gae", "gold-oracle")
 MULTI_SEED = ("default", "bf16")  # run with every --seeds; the other variants with the first
 
 
@@ -50,7 +39,10 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
     judged = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout"))
     # Both decoded greedily: did RL improve the policy's most likely answer, not only sharpen SFT?
     greedy = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout", temperature=0.0))
+    larger = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft-large", split="heldout"))
     return {"run": name, "seed": seed, "minutes": trained["minutes"], "win_rate_vs_sft": judged["win_rate"],
+            "win_rate_vs_sft_large": larger["win_rate"], "gold_sft_large": larger["gold_b"],
+            "success_sft_large": larger["success_b"],
             "win_rate_ceiling": judged["win_rate_ceiling"],
             "gold": judged["gold_a"], "gold_sft": judged["gold_b"], "success": judged["success_a"],
             "success_sft": judged["success_b"], "length": judged["length_a"], "length_sft": judged["length_b"],
@@ -73,7 +65,7 @@ def greedy_sft() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                         help="default and bf16 run every seed; the others run the first seed only")
     parser.add_argument("--runs-dir", default="runs/ppo-bench")
     parser.add_argument("--out", default="benchmarks/results/ppo.json")
@@ -82,7 +74,7 @@ def main() -> None:
     runs_dir = Path(args.runs_dir)
     rows = [run(name, seed, runs_dir, VARIANTS[name]) for name in args.variants
             for seed in (args.seeds if name in MULTI_SEED else args.seeds[:1])]
-    keys = ("win_rate_vs_sft", "gold", "success", "length", "rm_score", "kl", "minutes",
+    keys = ("win_rate_vs_sft", "win_rate_vs_sft_large", "gold", "success", "length", "rm_score", "kl", "minutes",
             "greedy_win_rate_vs_greedy_sft", "greedy_gold", "greedy_success")
     summaries = {}
     for name in MULTI_SEED:
@@ -91,14 +83,15 @@ def main() -> None:
             summaries[name] = {k: {stat: float(fn([r[k] for r in runs])) for stat, fn in
                                    (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0),
                                     ("min", np.min), ("max", np.max))} for k in keys}
-    columns = ("win_rate_vs_sft", "gold", "success", "rm_score", "kl", "length", "minutes")
-    print(f"{'run':<12}{'seed':>5}" + "".join(f"{c:>17}" for c in columns))
+    columns = ("win_rate_vs_sft", "win_rate_vs_sft_large", "gold", "success", "rm_score", "kl", "length", "minutes")
+    print(f"{'run':<12}{'seed':>5}" + "".join(f"{c:>22}" for c in columns))
     for r in rows:
-        print(f"{r['run']:<12}{r['seed']:>5}" + "".join(f"{r[c]:>17.3f}" for c in columns))
+        print(f"{r['run']:<12}{r['seed']:>5}" + "".join(f"{r[c]:>22.3f}" for c in columns))
     if rows:
         r = rows[0]
-        print(f"{'sft':<12}{'':>5}{0.5:>17.3f}{r['gold_sft']:>17.3f}{r['success_sft']:>17.3f}"
-              f"{r['rm_score_sft']:>17.3f}{0.0:>17.3f}{r['length_sft']:>17.3f}")
+        print(f"{'sft':<12}{'':>5}{0.5:>22.3f}{'':>22}{r['gold_sft']:>22.3f}{r['success_sft']:>22.3f}"
+              f"{r['rm_score_sft']:>22.3f}{0.0:>22.3f}{r['length_sft']:>22.3f}")
+        print(f"sft-large (sampled): gold {r['gold_sft_large']:.3f}, success {r['success_sft_large']:.3f}")
         print(f"ceiling (the world's reference answers vs the same SFT samples): win rate {r['win_rate_ceiling']:.3f}")
     greedy = greedy_sft()
     print("sft, greedy (no RL): " + ", ".join(f"{k} {v:.3f}" for k, v in greedy.items()))

@@ -22,7 +22,7 @@ from agents.reward_model import (
 )
 from rlhf_env.rewards import load_reward
 from rlhf_env.rewards.classifier import classifier_logits
-from rlhf_env.rewards.metrics import ranking_accuracy, spearman
+from rlhf_env.rewards.metrics import ranking_accuracy, score_comparisons, spearman
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import save_world
 from rlhf_env.world.labelers import make_mistake, make_panel, rank
@@ -143,13 +143,29 @@ def test_a_few_rm_epochs_raise_accuracy(comparisons, world_dir, tiny_policy_dir,
         return ranking_accuracy(comparisons[:80], [scores[a:b] for a, b in zip(bounds, bounds[1:])])[0]
 
     before = accuracy(model)
-    state = train_reward_model(RMConfig(policy=str(tiny_policy_dir), data=str(data), out=str(tmp_path / "rm"),
-                                        epochs=8, lr=3e-3, batch_size=8))
+    state = train_reward_model(RMConfig(policy=str(tiny_policy_dir), kind="scalar", data=str(data),
+                                        out=str(tmp_path / "rm"), epochs=8, lr=3e-3, batch_size=8))
     trained = load_reward(str(tmp_path / "rm" / "final"))
     after = accuracy(trained.model)
     assert after > 0.75 and after > before + 0.15
     assert set(state["normalization"]) == {"reward_gain", "reward_bias"}
     assert trained.append_eos and trained.gain == pytest.approx(state["normalization"]["reward_gain"])
+
+
+def test_the_likelihood_rm_fit_learns_the_rankings_and_normalises_on_the_test_set(comparisons, world_dir,
+                                                                                   tiny_policy_dir, tmp_path):
+    """The weights are fitted to the training rankings (the loss ends below a constant reward's, log 2 per
+    pair), held-out accuracy beats chance, and the shipped reward scores the test completions N(0, 1)."""
+    data = tmp_path / "data"
+    shutil.copytree(world_dir, data)
+    save_world({"comparisons": DatasetDict({"train": Dataset.from_list(comparisons[:80]),
+                                            "test": Dataset.from_list(comparisons[80:])})}, data)
+    state = train_reward_model(RMConfig(policy=str(tiny_policy_dir), kind="likelihood", data=str(data),
+                                        out=str(tmp_path / "rm")))
+    assert state["train_loss"] < math.log(2) - 0.05 and state["test_accuracy"] > 0.6
+    reward = load_reward(str(tmp_path / "rm" / "final"))
+    scores = np.concatenate(score_comparisons(reward, comparisons[80:]))
+    assert abs(scores.mean()) < 1e-4 and scores.std() == pytest.approx(1.0, rel=1e-3)
 
 
 def test_spearman():

@@ -11,6 +11,8 @@
 - ``"rm-scalar"``: InstructGPT's design, a scalar head on the SFT trunk, trained on the same rankings;
   both normalised so that SFT samples score N(0, 1);
 - ``"gold"``: the world's gold grader (an oracle, for experiments);
+- ``"labelers"``: the labeler panel's noise-free mean utility, gold plus their length bias (what a perfect
+  model of the labelers would score; an oracle too);
 - a local path or hub id of any ``AutoModelForSequenceClassification`` (its own tokenizer);
 - any callable ``fn(prompts, responses) -> B numbers``;
 - a ``Reward`` instance (returned as is); build ensembles with ``EnsembleReward``, and rescale a reward
@@ -42,6 +44,10 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
         from rlhf_env.rewards.gold import GoldReward
 
         return GoldReward(data, **kwargs)
+    if spec == "labelers":
+        from rlhf_env.rewards.gold import LabelerReward
+
+        return LabelerReward(data, **kwargs)
     from rlhf_env.models import BUNDLED_REWARDS, resolve
     from rlhf_env.rewards.likelihood import LikelihoodReward, is_likelihood_rm
 

@@ -122,6 +122,16 @@ def utilities(rng: np.random.Generator, labeler: Labeler, task, responses: list[
     return gold + labeler.length_bias * length + labeler.noise * rng.standard_normal(len(responses))
 
 
+def panel_utility(panel: list[Labeler], task, responses: list[str], eos: list[bool] | None = None,
+                  length_cap: int = LabelerConfig.length_cap) -> np.ndarray:
+    """The panel's mean utility, noise-free: ``gold + mean length_bias * min(words, cap)``. A perfect model of
+    these labelers would score this; the gap between it and gold is their spurious bias."""
+    eos = eos if eos is not None else [True] * len(responses)
+    bias = float(np.mean([labeler.length_bias for labeler in panel]))
+    return np.array([grade(task, r, e).score + bias * min(len(tokenize(r)), length_cap)
+                     for r, e in zip(responses, eos)])
+
+
 def rank(rng: np.random.Generator, labeler: Labeler, task, responses: list[str],
          eos: list[bool] | None = None) -> list[int]:
     """Indices of ``responses`` from best to worst, in the labeler's judgement."""

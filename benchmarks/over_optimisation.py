@@ -1,0 +1,122 @@
+"""Reward-model over-optimisation, Gao et al. (2022) style: gold score and RM score against sqrt(KL) from
+the SFT policy, for best-of-n sampling and for PPO checkpoints.
+
+- **Best of n** (n = 1, 2, 4, ..., 64): the RM picks the best of n SFT samples per held-out prompt. Its KL
+  from SFT is the analytic ``log n - (n - 1) / n`` (Stiennon et al. 2020).
+- **PPO**: the held-out evaluations that ``rlhf ppo`` logs along a run (``OUT/eval.csv``: gold, RM score
+  and KL to the reference every ``eval_every`` iterations), for each run given, e.g. the default run and the
+  beta = 0 run of ``benchmarks/ppo_runs.py``.
+
+While the proxy (RM) score rises with KL, gold should rise with it at first; where gold turns down while
+the RM keeps rising, the policy is over-optimising the RM. Prints a table, writes JSON and a PNG.
+
+    python benchmarks/over_optimisation.py default=runs/ppo-bench/default-seed0 beta0=runs/ppo-bench/beta0-seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_env.evaluation import eval_prompts
+from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.rewards import load_reward
+from rlhf_env.sampling import sample
+from rlhf_env.world.grader import grade
+
+
+def best_of_n(reward: str, policy: str, episodes: int, n_max: int, seed: int) -> list[dict]:
+    """Gold and RM score of the RM's pick among the first n of n_max samples per prompt, n = 1, 2, 4, ..."""
+    rows = eval_prompts(str(DATA_DIR), "heldout", episodes, seed)
+    model, tokenizer = load_policy(policy)
+    rm = load_reward(reward)
+    generator = torch.Generator().manual_seed(seed)
+    prompts, texts, eos = list(rows["prompt"]), [], []
+    for start in range(0, len(prompts), 16):  # 16 prompts x n_max samples per sampler call
+        out = sample(model, tokenizer, [p for p in prompts[start:start + 16] for _ in range(n_max)], 48, 1.0,
+                     generator)
+        texts, eos = texts + out.texts, eos + out.eos.tolist()
+    repeated = [p for p in prompts for _ in range(n_max)]
+    scores = rm(repeated, texts, eos).reshape(len(prompts), n_max)
+    gold = np.array([grade(task, text, e).score for task, text, e in
+                     zip([t for t in rows["task"] for _ in range(n_max)], texts, eos)]).reshape(len(prompts), n_max)
+    points, n = [], 1
+    while n <= n_max:
+        picked = (np.arange(len(prompts)), scores[:, :n].argmax(1))
+        kl = math.log(n) - (n - 1) / n
+        points.append({"n": n, "kl": kl, "sqrt_kl": math.sqrt(kl), "gold": float(gold[picked].mean()),
+                       "rm_score": float(scores[picked].mean())})
+        n *= 2
+    return points
+
+
+def ppo_points(run: Path) -> list[dict]:
+    """The reference's point (KL 0) and every held-out evaluation logged along a PPO run."""
+    with (run / "eval.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    first = rows[0]
+    points = [{"iteration": 0, "kl": 0.0, "sqrt_kl": 0.0, "gold": float(first["ref_gold"]),
+               "rm_score": float(first["ref_rm_score"])}]
+    for r in rows:
+        kl = max(float(r["kl"]), 0.0)
+        points.append({"iteration": int(r["step"]), "kl": kl, "sqrt_kl": math.sqrt(kl), "gold": float(r["gold"]),
+                       "rm_score": float(r["rm_score"])})
+    return points
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series = {"best of n": result["best_of_n"], **{f"PPO {k}": v for k, v in result["ppo"].items()}}
+    for ax, key, title in zip(axes, ("gold", "rm_score"), ("gold score (the truth)", "RM score (the proxy)")):
+        for label, points in series.items():
+            ax.plot([p["sqrt_kl"] for p in points], [p[key] for p in points], marker="o", label=label)
+        ax.set_xlabel("sqrt(KL from SFT), nats^0.5")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"over-optimisation on held-out customers' prompts (reward: {result['reward']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", help="PPO run directories, as LABEL=DIR")
+    parser.add_argument("--reward", default="rm")
+    parser.add_argument("--policy", default="sft")
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--n-max", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/over_optimisation.json")
+    args = parser.parse_args()
+
+    runs = dict(r.split("=", 1) for r in args.runs)
+    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes,
+              "best_of_n": best_of_n(args.reward, args.policy, args.episodes, args.n_max, args.seed),
+              "ppo": {label: ppo_points(Path(d)) for label, d in runs.items() if (Path(d) / "eval.csv").exists()}}
+    print(f"{'series':<14}{'n / iteration':>14}{'KL':>8}{'gold':>8}{'RM':>8}")
+    for p in result["best_of_n"]:
+        print(f"{'best of n':<14}{p['n']:>14}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}")
+    for label, points in result["ppo"].items():
+        for p in points:
+            print(f"{'PPO ' + label:<14}{p['iteration']:>14}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
