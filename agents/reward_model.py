@@ -30,6 +30,7 @@ from agents.trainer import TrainConfig, train_loop
 from rlhf_env.models import DATA_DIR, load_classifier, load_policy, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
+from rlhf_env.rewards.metrics import completions
 from rlhf_env.world.build import load_split
 
 
@@ -94,8 +95,7 @@ def rm_texts(rows: list[dict], eos_token: str) -> list[str]:
 
     A response cut off at the length limit gets no EOS, so the RM can learn what labelers think of it.
     """
-    return [row["prompt"] + response + (eos_token if ended else "")
-            for row in rows for response, ended in zip(row["responses"], row["eos"])]
+    return [p + r + (eos_token if e else "") for p, r, e in zip(*completions(rows))]
 
 
 def new_reward_model(policy: str, device: str = "cpu"):
@@ -120,12 +120,6 @@ def normalization(raw: np.ndarray) -> tuple[float, float]:
     """``(gain, bias)`` under which the raw scores have mean 0 and std 1."""
     gain = 1.0 / max(float(raw.std()), 1e-6)
     return gain, -gain * float(raw.mean())
-
-
-def completions(rows: list[dict]) -> tuple[list[str], list[str], list[bool]]:
-    """(prompts, responses, eos flags) of every completion, in row order."""
-    return ([row["prompt"] for row in rows for _ in row["responses"]], [r for row in rows for r in row["responses"]],
-            [e for row in rows for e in row["eos"]])
 
 
 @torch.no_grad()

@@ -60,10 +60,15 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def completions(rows: list[dict]) -> tuple[list[str], list[str], list[bool]]:
+    """(prompts, responses, eos flags) of every completion of comparison rows, in row order."""
+    return ([row["prompt"] for row in rows for _ in row["responses"]], [r for row in rows for r in row["responses"]],
+            [e for row in rows for e in row["eos"]])
+
+
 def score_comparisons(reward: Reward, rows: list[dict]) -> list[np.ndarray]:
     """The reward's score of every response of every row (one batched call)."""
-    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
-    flat = reward(prompts, [r for row in rows for r in row["responses"]], [e for row in rows for e in row["eos"]])
+    flat = reward(*completions(rows))
     bounds = np.cumsum([0] + [len(row["responses"]) for row in rows])
     return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 
