@@ -22,11 +22,11 @@ setup(
         "tqdm>=4.60",
         "rich>=13",
         "tensorboard>=2.12",
+        "matplotlib>=3.7",  # the benchmarks' plots
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "plot": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "ruff", "matplotlib>=3.7"],
+        "dev": ["pytest>=8", "ruff"],
     },
     entry_points={"console_scripts": ["rlhf=rlhf_env.cli:main"]},
 )
