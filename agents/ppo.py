@@ -5,8 +5,12 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5) with the N+ recipe (Huang et
 - the agent acts through the env's native vector env: it sends responses with their log-probs and
   builds **per-token rewards** from the env's ``info``: ``-kl_coef * (log pi - log pi_ref)`` at every
   token and the score on the EOS token itself; summed, they are exactly the env's reward;
-- GAE with gamma = 1, lambda = 0.95, masked advantage whitening, clipped policy and value losses,
-  a value head on the policy trunk (zero-initialised) or a separate critic initialised from the RM;
+- advantages, by default (``advantage="rloo"``): the env shows each prompt to ``group_size`` = 4 sub-envs,
+  and a response's advantage, at every one of its tokens, is its env reward minus the mean of its
+  siblings' (a leave-one-out baseline per prompt, as in RLOO; no critic). With ``advantage="gae"``, the
+  InstructGPT/N+ way: GAE with gamma = 1, lambda = 0.95 over the per-token rewards, a value head on the
+  policy trunk (zero-initialised) or a separate critic initialised from the RM, and a clipped value loss;
+- masked advantage whitening and a clipped policy loss;
 - fixed or adaptive KL coefficient, early stop on approx-KL, log-ratio clamp, dropout off,
   AdamW (eps 1e-5) with linear decay to 0 and gradient clipping;
 - PPO-ptx: ``ptx_coef`` times the pretraining log-likelihood on the web-text corpus.
