@@ -22,33 +22,22 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlhf_env.evaluation import eval_prompts
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.rewards import load_reward
-from rlhf_env.sampling import sample
-from rlhf_env.world.grader import grade
+from rlhf_env.rewards.metrics import score_samples
 
 
 def best_of_n(reward: str, policy: str, episodes: int, n_max: int, seed: int) -> list[dict]:
     """Gold and RM score of the RM's pick among the first n of n_max samples per prompt, n = 1, 2, 4, ..."""
     rows = eval_prompts(str(DATA_DIR), "heldout", episodes, seed)
     model, tokenizer = load_policy(policy)
-    rm = load_reward(reward)
-    generator = torch.Generator().manual_seed(seed)
-    prompts, texts, eos = list(rows["prompt"]), [], []
-    for start in range(0, len(prompts), 16):  # 16 prompts x n_max samples per sampler call
-        out = sample(model, tokenizer, [p for p in prompts[start:start + 16] for _ in range(n_max)], 48, 1.0,
-                     generator)
-        texts, eos = texts + out.texts, eos + out.eos.tolist()
-    repeated = [p for p in prompts for _ in range(n_max)]
-    scores = rm(repeated, texts, eos).reshape(len(prompts), n_max)
-    gold = np.array([grade(task, text, e).score for task, text, e in
-                     zip([t for t in rows["task"] for _ in range(n_max)], texts, eos)]).reshape(len(prompts), n_max)
+    scores, grades = score_samples(load_reward(reward), model, tokenizer, rows, n_max, seed)
+    gold = np.array([[g.score for g in row] for row in grades])
     points, n = [], 1
     while n <= n_max:
-        picked = (np.arange(len(prompts)), scores[:, :n].argmax(1))
+        picked = (np.arange(len(rows)), scores[:, :n].argmax(1))
         kl = math.log(n) - (n - 1) / n
         points.append({"n": n, "kl": kl, "sqrt_kl": math.sqrt(kl), "gold": float(gold[picked].mean()),
                        "rm_score": float(scores[picked].mean())})

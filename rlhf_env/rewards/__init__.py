@@ -51,8 +51,9 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
     from rlhf_env.models import BUNDLED_REWARDS, resolve
     from rlhf_env.rewards.likelihood import LikelihoodReward, is_likelihood_rm
 
-    if is_likelihood_rm(resolve(spec, BUNDLED_REWARDS)):
-        return LikelihoodReward(resolve(spec, BUNDLED_REWARDS), device=device, **kwargs)
+    path = resolve(spec, BUNDLED_REWARDS)
+    if is_likelihood_rm(path):
+        return LikelihoodReward(path, device=device, **kwargs)
     from rlhf_env.rewards.classifier import SequenceClassifierReward
 
     return SequenceClassifierReward(spec, device=device, **kwargs)

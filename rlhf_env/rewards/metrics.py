@@ -16,6 +16,7 @@ import torch
 
 from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards import Reward, load_reward
+from rlhf_env.sampling import sample
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade, tokenize
 from rlhf_env.world.labelers import padded_pair, pairwise_agreement
@@ -123,6 +124,21 @@ def spearman_within_prompt(scores: list[np.ndarray], grades: list[list[Grade]]) 
     return float(np.mean(rhos)) if rhos else 0.0
 
 
+def score_samples(reward: Reward, model, tokenizer, rows, n: int, seed: int = 0
+                  ) -> tuple[np.ndarray, list[list[Grade]]]:
+    """n samples of ``model`` (temperature 1) per row's prompt: the reward's scores (P, n) and their gold
+    grades (P lists of n)."""
+    prompts = list(rows["prompt"])
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    texts, eos = [], []
+    for start in range(0, len(prompts), 32):  # 32 prompts x n samples per sampler call
+        out = sample(model, tokenizer, [p for p in prompts[start:start + 32] for _ in range(n)], 48, 1.0, generator)
+        texts, eos = texts + out.texts, eos + out.eos.tolist()
+    grades = [grade(t, x, e) for t, x, e in zip([t for t in rows["task"] for _ in range(n)], texts, eos)]
+    scores = reward([p for p in prompts for _ in range(n)], texts, eos).reshape(len(prompts), n)
+    return scores, [grades[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
 def best_of_n(reward: Reward, policy: str, rows, ns: list[int], seed: int = 0, device: str = "cpu") -> dict:
     """Let the reward pick the best of n samples of ``policy`` on each row's prompt, and judge the pick by
     gold against one sample of the same policy (``rlhf eval``'s, seed ``seed``): the win rate that reward
@@ -130,28 +146,18 @@ def best_of_n(reward: Reward, policy: str, rows, ns: list[int], seed: int = 0, d
     ``sampled_gold`` the mean gold of a single sample."""
     from rlhf_env.evaluation import generate_and_grade, win_rate
     from rlhf_env.models import load_policy
-    from rlhf_env.sampling import sample
 
     model, tokenizer = load_policy(policy, device)
     _, baseline, _ = generate_and_grade(model, tokenizer, rows, seed)
-    n_max, prompts = max(ns), list(rows["prompt"])
-    generator = torch.Generator(device=device).manual_seed(seed + 1)
-    texts, eos = [], []
-    for start in range(0, len(prompts), 32):  # 32 prompts x n_max samples per sampler call
-        chunk = [p for p in prompts[start:start + 32] for _ in range(n_max)]
-        out = sample(model, tokenizer, chunk, 48, 1.0, generator)
-        texts, eos = texts + out.texts, eos + out.eos.tolist()
-    tasks = [t for t in rows["task"] for _ in range(n_max)]
-    grades = [grade(t, x, e) for t, x, e in zip(tasks, texts, eos)]
-    scores = reward([p for p in prompts for _ in range(n_max)], texts, eos).reshape(len(prompts), n_max)
-    gold = np.array([g.score for g in grades]).reshape(len(prompts), n_max)
+    scores, grades = score_samples(reward, model, tokenizer, rows, max(ns), seed + 1)
+    gold = np.array([[g.score for g in row] for row in grades])
     out = {"sampled_gold": float(gold[:, 0].mean())}
     for n in ns:
-        picked = scores[:, :n].argmax(1)
-        out[f"best_of_{n}_win_rate"] = win_rate([grades[i * n_max + j] for i, j in enumerate(picked)], baseline)
-        out[f"best_of_{n}_gold"] = float(gold[np.arange(len(prompts)), picked].mean())
-        best = gold[:, :n].argmax(1)
-        out[f"gold_best_of_{n}_win_rate"] = win_rate([grades[i * n_max + j] for i, j in enumerate(best)], baseline)
+        for name, by in ((f"best_of_{n}", scores), (f"gold_best_of_{n}", gold)):
+            picked = [row[j] for row, j in zip(grades, by[:, :n].argmax(1))]
+            out[f"{name}_win_rate"] = win_rate(picked, baseline)
+            if name.startswith("best"):
+                out[f"{name}_gold"] = float(np.mean([g.score for g in picked]))
     return out
 
 
