@@ -7,10 +7,11 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5) with the N+ recipe (Huang et
   token and the score on the EOS token itself; summed, they are exactly the env's reward;
 - advantages, by default (``advantage="rloo"``): the env shows each prompt to ``group_size`` = 4 sub-envs,
   and a response's advantage, at every one of its tokens, is its env reward minus the mean of its
-  siblings' (a leave-one-out baseline per prompt, as in RLOO; no critic). With ``advantage="gae"``, the
-  InstructGPT/N+ way: GAE with gamma = 1, lambda = 0.95 over the per-token rewards, a value head on the
-  policy trunk (zero-initialised) or a separate critic initialised from the RM, and a clipped value loss;
-- masked advantage whitening and a clipped policy loss;
+  siblings' (a leave-one-out baseline per prompt, as in RLOO; no critic), divided by the batch's std of
+  those per-response leads. With ``advantage="gae"``, the InstructGPT/N+ way: GAE with gamma = 1,
+  lambda = 0.95 over the per-token rewards, a value head on the policy trunk (zero-initialised) or a
+  separate critic initialised from the RM, a clipped value loss, and masked whitening over the tokens;
+- a clipped policy loss;
 - fixed or adaptive KL coefficient, early stop on approx-KL, log-ratio clamp, dropout off,
   AdamW (eps 1e-5) with linear decay to 0 and gradient clipping;
 - PPO-ptx: ``ptx_coef`` times the pretraining log-likelihood on the web-text corpus.
@@ -333,12 +334,15 @@ class PPOAgent:
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
         if c.advantage == "rloo":  # the env's reward, whole-sequence, against the same prompt's other responses
-            advantages = leave_one_out_advantages(torch.from_numpy(env_rewards).to(dev).float(), c.group_size)
-            advantages, returns = advantages[:, None] * mask, values
+            lead = leave_one_out_advantages(torch.from_numpy(env_rewards).to(dev).float(), c.group_size)
+            # scaled per response, not per token, and not re-centred: a shift by the token-weighted mean
+            # would push every token of every response the same way (towards higher entropy or lower)
+            advantages, returns = (lead / (lead.std() + 1e-8))[:, None] * mask, values
         else:
             advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
+            advantages = whiten(advantages, mask)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
-                "old_values": values, "advantages": whiten(advantages, mask), "returns": returns,
+                "old_values": values, "advantages": advantages, "returns": returns,
                 "env_rewards": torch.from_numpy(env_rewards).float(), "score": score,
                 "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
                 "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from agents.ppo import PPOAgent, PPOConfig, trim_padding
-from agents.rl_math import whiten
 from rlhf_env.rewards import NormalizedReward
 from tests.test_bandit_env import n_chars
 
@@ -41,14 +40,15 @@ def test_trimming_padding_columns_changes_no_log_prob_or_value(agent):
 
 def test_rloo_advantages_are_each_rewards_lead_over_its_siblings(agent):
     """The env shows each prompt to group_size consecutive sub-envs; a response's advantage, at every one of
-    its tokens, is its env reward minus the mean of its siblings' (then whitened over the batch's tokens)."""
+    its tokens, is its env reward minus the mean of its siblings', divided by the batch's std of those leads
+    (per response, not per token, and not re-centred)."""
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     k, mask = agent.config.group_size, batch["response_mask"]
     prompts = batch["ids"][:, :agent.config.max_prompt_tokens].reshape(-1, k, agent.config.max_prompt_tokens)
     assert (prompts == prompts[:, :1]).all() and not (prompts[0, 0] == prompts[1, 0]).all()
     rewards = batch["env_rewards"].reshape(-1, k)
     lead = (rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)).reshape(-1)  # (B,)
-    expected = whiten(lead[:, None] * mask, mask)
+    expected = (lead / lead.std())[:, None] * mask
     assert lead.abs().max() > 1e-3
     torch.testing.assert_close(batch["advantages"] * mask, expected * mask, atol=1e-5, rtol=0)
 
