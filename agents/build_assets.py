@@ -12,8 +12,8 @@ Steps, in order:
 4. ``sft``: for each size, SFT from that base, the checkpoint chosen by gold score;
 5. ``comparisons``: K = 4..9 samples of the small SFT policy per ``rm`` prompt, ranked by labelers
    (plus samples on held-out customers' prompts, for the RM's gold correlation);
-6. ``rm``: the bundled reward models, both fitted to the comparisons: ``rm`` (the frozen large SFT LM with
-   weights on its log-likelihood, ``rlhf_env.rewards.likelihood``) and ``rm-scalar`` (InstructGPT's
+6. ``rm``: the bundled reward models, both fitted to the comparisons: ``rm`` (the frozen large SFT LM's
+   log-likelihood of the response, weighted, ``rlhf_env.rewards.likelihood``) and ``rm-scalar`` (InstructGPT's
    scalar-head RM, from the small SFT policy).
 
 Models are stored as float16 safetensors. ``manifest.json`` records the config, the seconds each
@@ -50,7 +50,8 @@ class BuildConfig:
     """Asset directory (the package's own by default)."""
     seed: int = 0
     steps: str = ",".join(STEPS)
-    """Comma-separated steps to run (world, tokenizer, base, sft, comparisons, rm)."""
+    """Comma-separated steps to run (world, tokenizer, base, sft, comparisons, rm), or parts of one
+    (base:large, sft:small, rm:likelihood, rm:scalar)."""
     sizes: str = "small,large"
     """Comma-separated model sizes to build."""
     pretrain_epochs: float = 2.0
@@ -66,7 +67,7 @@ class BuildConfig:
 def build_assets(config: BuildConfig) -> dict:
     out, work = Path(config.out), Path(config.work)
     steps = config.steps.split(",")
-    unknown = set(steps) - set(STEPS)
+    unknown = {step for step in steps if step.split(":")[0] not in STEPS}  # "rm:likelihood": one part of a step
     if unknown:
         raise ValueError(f"unknown build steps {sorted(unknown)}; choose from {STEPS}")
     manifest_path = out / "manifest.json"
@@ -82,7 +83,7 @@ def build_assets(config: BuildConfig) -> dict:
     sizes = [("" if size == "small" else f"-{size}", size) for size in config.sizes.split(",")]
 
     def timed(name, fn, *args):
-        if name.split(":")[0] not in steps:
+        if name not in steps and name.split(":")[0] not in steps:
             return
         start = time.perf_counter()
         result = fn(*args)

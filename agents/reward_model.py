@@ -41,7 +41,7 @@ class RMConfig(TrainConfig):
     policy: str = "sft-large"
     """SFT checkpoint the RM starts from (bundled name or path)."""
     kind: str = "likelihood"
-    """likelihood: the frozen SFT LM and fitted weights on its log-likelihood of the response
+    """likelihood: the frozen SFT LM's log-likelihood of the response, with a fitted weight
     (rlhf_env.rewards.likelihood; the bundled rm, from sft-large); scalar: the paper's RM, the unembedding
     replaced by a scalar head and the whole model trained (the bundled rm-scalar, --policy sft)."""
     data: str = str(DATA_DIR)
@@ -53,8 +53,8 @@ class RMConfig(TrainConfig):
     lr: float = 3e-4
     warmup_ratio: float = 0.05
     log_every: int = 10
-    fit_steps: int = 500
-    """kind=likelihood: full-batch Adam steps on the three weights."""
+    fit_steps: int = 2000
+    """kind=likelihood: full-batch Adam steps on the two weights."""
     fit_lr: float = 1e-2
     """kind=likelihood: Adam's step size for those weights."""
 
@@ -74,15 +74,18 @@ def ranking_pairs(rankings: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor
     return torch.tensor(winners), torch.tensor(losers), torch.tensor(group)
 
 
-def ranking_loss(rewards: torch.Tensor, rankings: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def ranking_loss(rewards: torch.Tensor, rankings: list[list[int]] | tuple[torch.Tensor, ...]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The InstructGPT RM loss, averaged over prompts, and the pairwise accuracy.
 
     ``rewards`` (N,) holds the scores of every prompt's completions, concatenated in prompt order;
-    ``rankings[g]`` orders prompt g's completions best first.
+    ``rankings[g]`` orders prompt g's completions best first (or ``rankings`` is ``ranking_pairs(rankings)``,
+    computed once for a loss taken many times).
     """
-    winners, losers, group = (t.to(rewards.device) for t in ranking_pairs(rankings))
+    pairs = rankings if isinstance(rankings, tuple) else ranking_pairs(rankings)
+    winners, losers, group = (t.to(rewards.device) for t in pairs)
     margin = rewards[winners] - rewards[losers]  # (P,)
-    n_groups = len(rankings)
+    n_groups = int(group.max()) + 1 if len(group) else 0
     pairs_per_group = torch.zeros(n_groups, device=rewards.device).index_add_(0, group, torch.ones_like(margin))
     nll = -torch.nn.functional.logsigmoid(margin)
     per_group = torch.zeros(n_groups, device=rewards.device).index_add_(0, group, nll)
@@ -125,21 +128,22 @@ def normalization(raw: np.ndarray) -> tuple[float, float]:
 @torch.no_grad()
 def likelihood_features(model: LikelihoodRewardModel, rows: list[dict], batch_size: int = 128,
                         desc: str = "features") -> torch.Tensor:
-    """The frozen LM's (mean log-prob, sum log-prob, length) of every completion, in row order: (N, 3)."""
+    """The frozen LM's (summed log-prob, length) of every completion, in row order: (N, 2)."""
     prompts, responses, eos = completions(rows)
     return torch.cat([model.features(prompts[i:i + batch_size], responses[i:i + batch_size], eos[i:i + batch_size])
                       for i in tqdm(range(0, len(prompts), batch_size), desc=desc, dynamic_ncols=True)])
 
 
 def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> dict:
-    """Fit the likelihood RM's three weights with the ranking loss, full batch: the LM is frozen, so its
+    """Fit the likelihood RM's two weights with the ranking loss, full batch: the LM is frozen, so its
     features are computed once and the loss is convex in the weights."""
     lm, tokenizer = load_policy(config.policy, config.device)
     model = LikelihoodRewardModel(lm, tokenizer).to(config.device)
     f_train, f_test = likelihood_features(model, train, desc="rm features (train)"), \
         likelihood_features(model, test, desc="rm features (test)")
-    rankings, test_rankings = [row["ranking"] for row in train], [row["ranking"] for row in test]
-    optimizer = torch.optim.Adam([model.weights, model.length_weight], lr=config.fit_lr)
+    rankings = ranking_pairs([row["ranking"] for row in train])  # once, for every step
+    test_rankings = [row["ranking"] for row in test]
+    optimizer = torch.optim.Adam([model.weight, model.length_weight], lr=config.fit_lr)
     for _ in range(config.fit_steps):
         loss, accuracy = ranking_loss(model.score_features(f_train, fitting=True), rankings)
         optimizer.zero_grad(set_to_none=True)
@@ -152,7 +156,7 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
     save_policy(model, tokenizer, Path(config.out) / "final")
     state = {"train_loss": loss.item(), "train_accuracy": accuracy.item(), "test_loss": test_loss.item(),
              "test_accuracy": test_accuracy.item(), "test_accuracy_without_length": reward_accuracy.item(),
-             "weights": model.weights.tolist(), "length_weight": model.length_weight.item(),
+             "weight": model.weight.item(), "length_weight": model.length_weight.item(),
              "normalization": {"reward_gain": model.gain, "reward_bias": model.bias}}
     Path(config.out).mkdir(parents=True, exist_ok=True)
     (Path(config.out) / "fit.json").write_text(json.dumps(state, indent=1))

@@ -177,6 +177,26 @@ def test_the_bundled_rm_ranks_correct_over_incorrect_where_length_cannot_tell():
     assert accuracy["same_length"][0] > 0.75 and accuracy["shorter"][0] > 0.7
 
 
+def test_the_bundled_rm_does_not_pay_for_an_appended_pleasantry():
+    """A policy can append a predictable pleasantry to any answer. A mean log-prob rises with it (the hack
+    PPO found against the mean-and-sum RM); the bundled RM, a weighted sum of log-probs, must not: it
+    prefers the padded SFT sample only where the padding also makes the EOS much likelier."""
+    from rlhf_env.models import DATA_DIR
+    from rlhf_env.world import lexicon as lx
+    from rlhf_env.world.build import load_split
+
+    rows = [row for row in load_split(DATA_DIR, "comparisons", "heldout_customers").to_list()[:200]]
+    prompts = [row["prompt"] for row in rows]
+    answers = [row["responses"][0] for row in rows]
+    rng = np.random.default_rng(0)
+    padded = [a + " " + lx.FILLERS[int(rng.integers(len(lx.FILLERS)))] for a in answers]
+    rm = load_reward("rm")
+    assert np.mean(rm(prompts, padded) > rm(prompts, answers)) < 0.02
+    plain, pad = (rm.model.features(prompts, r, [True] * len(r)) for r in (answers, padded))
+    mean_log_prob = (pad[:, 0] / pad[:, 1] > plain[:, 0] / plain[:, 1]).float().mean().item()
+    assert mean_log_prob > 0.15  # the failure this guards against is real on these answers
+
+
 def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir, tmp_path):
     """Saved as safetensors + JSON and loaded back: the same rewards; the length weight fitted with the
     labelers' rankings does not reach the reward."""
@@ -186,7 +206,7 @@ def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir
     lm, tokenizer = load_policy(str(tiny_policy_dir))
     model = LikelihoodRewardModel(lm, tokenizer)
     with torch.no_grad():
-        model.weights.copy_(torch.tensor([0.7, -0.02]))
+        model.weight.fill_(0.7)
         model.length_weight.fill_(5.0)
     model.gain, model.bias = 2.0, 0.5
     save_policy(model, tokenizer, tmp_path / "rm")
@@ -196,5 +216,4 @@ def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir
     expected = LikelihoodReward(model)(prompts, responses)
     np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)
     features = model.features(prompts, responses, [True, True])
-    np.testing.assert_allclose(expected, 2.0 * (features[:, :2] @ torch.tensor([0.7, -0.02])).numpy() + 0.5,
-                               rtol=1e-5)
+    np.testing.assert_allclose(expected, 2.0 * 0.7 * features[:, 0].numpy() + 0.5, rtol=1e-5)

@@ -6,8 +6,8 @@
 
 ``load_reward`` accepts:
 
-- ``"rm"``: the bundled reward model, the frozen ``sft-large`` LM with weights on its log-likelihood of
-  the response, fitted to the labelers' rankings (``rlhf_env.rewards.likelihood``);
+- ``"rm"``: the bundled reward model, the frozen ``sft-large`` LM's log-likelihood of the
+  response, its weight fitted to the labelers' rankings (``rlhf_env.rewards.likelihood``);
 - ``"rm-scalar"``: InstructGPT's design, a scalar head on the SFT trunk, trained on the same rankings;
   both normalised so that SFT samples score N(0, 1);
 - ``"gold"``: the world's gold grader (an oracle, for experiments);

@@ -5,17 +5,21 @@ length and filler words, not correctness (``rlhf eval-rm --rm rm-scalar``): a sc
 check an answer, while an SFT model's own next-token probabilities already do (an answer with a wrong
 number or a swapped word is unlikely under a model that learned the task). So this RM scores
 
-    r(x, y) = w_mean * mean_t log p(y_t | x, y_<t) + w_sum * sum_t log p(y_t | x, y_<t)
+    r(x, y) = w * sum_t log p(y_t | x, y_<t)
 
 over the response tokens (EOS included when the policy emitted it), with p the SFT language model it was
-built from, kept frozen. The weights are fitted with the paper's K-ranking loss on the labelers'
+built from, kept frozen. The weight is fitted with the paper's K-ranking loss on the labelers'
 comparisons, to ``r(x, y) + w_len * len(y)``: the length term soaks up the labelers' spurious length
 preference while fitting and is dropped from the reward (a length-decorrelated RM, as in ODIN: Chen et al.
-2024), so a policy cannot buy reward with padding. A gain and a bias then make SFT samples score mean 0 and
-std 1.
+2024). A gain and a bias then make SFT samples score mean 0 and std 1.
+
+Why the sum and not the mean log-prob, which agrees more with the labelers (they like longer answers):
+every token's log-prob is at most 0, so appending anything to a response can only lower a sum, while a
+predictable pleasantry ("let me know if you need more .") raises a mean. PPO finds that within a default
+run and pads wrong answers with it (``benchmarks/rm_forms.py`` measures both forms).
 
 On disk it is an ordinary Hugging Face causal-LM directory (safetensors + config.json + tokenizer) plus
-``reward_config.json`` (kind, weights, normalisation). Loading reads tensors and JSON only.
+``reward_config.json`` (kind, weight, normalisation). Loading reads tensors and JSON only.
 """
 
 from __future__ import annotations
@@ -36,12 +40,12 @@ def is_likelihood_rm(path: str | Path) -> bool:
 
 
 class LikelihoodRewardModel(torch.nn.Module):
-    """A frozen causal LM and learned weights on its log-likelihood of the response (see the module)."""
+    """A frozen causal LM and a learned weight on its log-likelihood of the response (see the module)."""
 
     def __init__(self, lm, tokenizer):
         super().__init__()
         self.lm, self.tokenizer = lm.requires_grad_(False).eval(), tokenizer
-        self.weights = torch.nn.Parameter(torch.tensor([1.0, 0.0]))  # on the mean and the sum of log-probs
+        self.weight = torch.nn.Parameter(torch.tensor(1.0))  # on the response's summed log-probs
         self.length_weight = torch.nn.Parameter(torch.tensor(0.0))  # per response token; fitting only
         self.gain, self.bias = 1.0, 0.0  # normalisation, applied by ``LikelihoodReward``
 
@@ -54,7 +58,7 @@ class LikelihoodRewardModel(torch.nn.Module):
         """Left-padded ``prompt + response (+ EOS)`` ids and mask (B, T), and the mask (B, T - 1) of the
         positions that predict a response token. Prompt and response are tokenised apart, as the policy
         produced them."""
-        tok, device = self.tokenizer, self.weights.device
+        tok, device = self.tokenizer, self.weight.device
         pairs = [(tok(p)["input_ids"], tok(r)["input_ids"] + ([tok.eos_token_id] if e else []))
                  for p, r, e in zip(prompts, responses, eos)]
         T = max(len(p) + len(r) for p, r in pairs)
@@ -69,14 +73,13 @@ class LikelihoodRewardModel(torch.nn.Module):
 
     @torch.no_grad()
     def features(self, prompts: list[str], responses: list[str], eos: list[bool]) -> torch.Tensor:
-        """(B, 3): the mean and the sum of the response's token log-probs, and its length in tokens."""
+        """(B, 2): the sum of the response's token log-probs, and its length in tokens."""
         from rlhf_env.sampling import positions
 
         ids, mask, predicts = self.encode(prompts, responses, eos)
         logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1]
         logp = torch.log_softmax(logits.float(), -1).gather(2, ids[:, 1:, None]).squeeze(2) * predicts  # (B, T-1)
-        length = predicts.sum(1)
-        return torch.stack([logp.sum(1) / length.clamp(min=1), logp.sum(1), length], 1)
+        return torch.stack([logp.sum(1), predicts.sum(1)], 1)
 
     def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False
                 ) -> torch.Tensor:
@@ -85,8 +88,8 @@ class LikelihoodRewardModel(torch.nn.Module):
         return self.score_features(f, fitting)
 
     def score_features(self, f: torch.Tensor, fitting: bool = False) -> torch.Tensor:
-        reward = f[:, :2] @ self.weights
-        return reward + self.length_weight * f[:, 2] if fitting else reward
+        reward = self.weight * f[:, 0]
+        return reward + self.length_weight * f[:, 1] if fitting else reward
 
     def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> None:
         """The LM (``model.safetensors`` and ``config.json``, in the dtype of ``state_dict`` if given) and
@@ -97,7 +100,7 @@ class LikelihoodRewardModel(torch.nn.Module):
                                                     if k.startswith("lm.")}
         self.lm.save_pretrained(directory, state_dict=lm_state)
         (directory / CONFIG_FILE).write_text(json.dumps(
-            {"kind": "likelihood", "weights": self.weights.tolist(), "length_weight": self.length_weight.item(),
+            {"kind": "likelihood", "weight": self.weight.item(), "length_weight": self.length_weight.item(),
              "reward_gain": self.gain, "reward_bias": self.bias}, indent=1))
 
     @classmethod
@@ -109,7 +112,7 @@ class LikelihoodRewardModel(torch.nn.Module):
         model = cls(lm, tokenizer)
         config = json.loads((Path(directory) / CONFIG_FILE).read_text())
         with torch.no_grad():
-            model.weights.copy_(torch.tensor(config["weights"]))
+            model.weight.fill_(config["weight"])
             model.length_weight.fill_(config["length_weight"])
         model.gain, model.bias = float(config["reward_gain"]), float(config["reward_bias"])
         return model.to(device).eval()

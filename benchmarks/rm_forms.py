@@ -1,0 +1,127 @@
+"""Which form of the likelihood RM to ship: the mean, the sum, or both of the frozen sft-large's log-probs.
+
+Each form is fitted as ``rlhf rm`` fits the bundled one (the K-ranking loss on the labelers' training
+comparisons, a length term fitted and then dropped) and measured on held-out customers:
+
+- ``accuracy``: agreement with the labelers on the held-out comparisons;
+- ``spearman_within_prompt``, ``best_of_{4,16}_win_rate``: on ``--samples`` SFT samples of each of
+  ``--prompts`` held-out prompts, judged by gold against one SFT sample (as ``rlhf eval-rm``);
+- ``prefers_padding``: how often the form scores an SFT sample with a pleasantry appended above the
+  sample itself; a policy can always append one, so a form that pays for it will be padded by PPO.
+
+Prints a table and writes benchmarks/results/rm_forms.json. About 4 minutes on 2 cores.
+
+    python benchmarks/rm_forms.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import transformers
+
+from agents.reward_model import likelihood_features, ranking_loss, ranking_pairs
+from rlhf_env.evaluation import eval_prompts, generate_and_grade, win_rate
+from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.rewards.likelihood import LikelihoodRewardModel
+from rlhf_env.rewards.metrics import spearman_within_prompt
+from rlhf_env.sampling import sample
+from rlhf_env.world import lexicon as lx
+from rlhf_env.world.build import load_split
+from rlhf_env.world.grader import grade
+
+FORMS = {"mean": (1.0, 0.0), "sum (shipped)": (0.0, 1.0), "mean and sum": (1.0, 1.0)}  # which features a form uses
+
+
+def features(model: LikelihoodRewardModel, prompts, responses, eos) -> torch.Tensor:
+    """(N, 3): mean log-prob, sum log-prob, length."""
+    return with_mean(torch.cat([model.features(prompts[i:i + 128], responses[i:i + 128], eos[i:i + 128])
+                                for i in range(0, len(prompts), 128)]))
+
+
+def with_mean(f: torch.Tensor) -> torch.Tensor:
+    """(sum log-prob, length) -> (mean log-prob, sum log-prob, length)."""
+    return torch.stack([f[:, 0] / f[:, 1].clamp(min=1), f[:, 0], f[:, 1]], 1)
+
+
+def fit(f: torch.Tensor, pairs, use: tuple[float, float], steps: int = 2000) -> tuple[torch.Tensor, float]:
+    """Weights on (mean, sum) for the features ``use`` allows, and the length weight, by the ranking loss."""
+    w = torch.tensor([use[0], 0.0, 0.0], requires_grad=True)
+    optimizer = torch.optim.Adam([w], lr=1e-2)
+    allowed = torch.tensor([use[0], use[1], 1.0])
+    for _ in range(steps):
+        loss = ranking_loss(f @ (w * allowed), pairs)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    w = (w * allowed).detach()
+    return w[:2], float(w[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/rm_forms.json")
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    torch.manual_seed(args.seed)
+
+    data = str(DATA_DIR)
+    model = LikelihoodRewardModel(*load_policy("sft-large"))
+    train, test = (load_split(data, "comparisons", split).to_list() for split in ("train", "test"))
+    f_train, f_test = (with_mean(likelihood_features(model, rows)) for rows in (train, test))
+    train_pairs, test_pairs = (ranking_pairs([row["ranking"] for row in rows]) for rows in (train, test))
+
+    rows = eval_prompts(data, "heldout", args.prompts, args.seed)
+    policy, tokenizer = load_policy("sft")
+    _, baseline, _ = generate_and_grade(policy, tokenizer, rows, args.seed)
+    n, prompts = args.samples, [p for p in rows["prompt"] for _ in range(args.samples)]
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    texts, eos = [], []
+    for start in range(0, len(prompts), 32 * n):
+        out = sample(policy, tokenizer, prompts[start:start + 32 * n], 48, 1.0, generator)
+        texts, eos = texts + out.texts, eos + out.eos.tolist()
+    grades = [grade(t, x, e) for t, x, e in zip([t for t in rows["task"] for _ in range(n)], texts, eos)]
+    grades = [grades[i * n:(i + 1) * n] for i in range(len(rows))]
+    gold = np.array([[g.score for g in row] for row in grades])
+    f_samples = features(model, prompts, texts, eos)
+    rng = np.random.default_rng(args.seed)
+    padded = [t + " " + lx.FILLERS[int(rng.integers(len(lx.FILLERS)))] for t in texts]
+    f_padded = features(model, prompts, padded, [True] * len(padded))
+
+    results = []
+    for name, use in FORMS.items():
+        w, w_len = fit(f_train, train_pairs, use)
+        scores = (f_samples[:, :2] @ w).reshape(len(rows), n).numpy()
+        row = {"form": name, "weights_mean_sum": w.tolist(), "length_weight": w_len,
+               "accuracy": ranking_loss(f_test[:, :2] @ w, test_pairs)[1].item(),
+               "spearman_within_prompt": spearman_within_prompt(list(scores), grades)}
+        for k in (4, n):
+            picked = [g[j] for g, j in zip(grades, scores[:, :k].argmax(1))]
+            row[f"best_of_{k}_win_rate"] = win_rate(picked, baseline)
+        row["prefers_padding"] = float(((f_padded[:, :2] - f_samples[:, :2]) @ w > 0).float().mean())
+        results.append(row)
+    gold_picks = {k: win_rate([g[j] for g, j in zip(grades, gold[:, :k].argmax(1))], baseline) for k in (4, n)}
+
+    columns = ["accuracy", "spearman_within_prompt", "best_of_4_win_rate", f"best_of_{n}_win_rate",
+               "prefers_padding"]
+    print("| form | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
+    for row in results:
+        print(f"| {row['form']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    print(f"| gold (frontier) | | | {gold_picks[4]:.3f} | {gold_picks[n]:.3f} | |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"prompts": args.prompts, "samples": n, "seed": args.seed,
+                                          "forms": results, "gold_best_of_n_win_rate": gold_picks}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
