@@ -5,7 +5,7 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5) with the N+ recipe (Huang et
 - the agent acts through the env's native vector env: it sends responses with their log-probs and
   builds **per-token rewards** from the env's ``info``: ``-kl_coef * (log pi - log pi_ref)`` at every
   token and the score on the EOS token itself; summed, they are exactly the env's reward;
-- advantages, by default (``advantage="rloo"``): the env shows each prompt to ``group_size`` = 4 sub-envs,
+- advantages, by default (``advantage="rloo"``): the env shows each prompt to ``group_size`` = 8 sub-envs,
   and a response's advantage, at every one of its tokens, is its env reward minus the mean of its
   siblings' (a leave-one-out baseline per prompt, as in RLOO; no critic), divided by the batch's std of
   those per-response leads. With ``advantage="gae"``, the InstructGPT/N+ way: GAE with gamma = 1,
@@ -80,13 +80,13 @@ class PPOConfig:
     seed: int = 0
     iterations: int = 100
     """PPO iterations; each samples batch_size episodes."""
-    batch_size: int = 64
+    batch_size: int = 128
     """Episodes per iteration: the vector env's num_envs (batch_size / group_size distinct prompts)."""
     advantage: str = "rloo"
     """rloo: a response's advantage, at each of its tokens, is its env reward (score - beta * KL) minus the
     mean of its group_size - 1 siblings' (a leave-one-out baseline per prompt; no critic). gae: per-token
     rewards, GAE and a value model (value_model), as in InstructGPT and the N+ recipe."""
-    group_size: int = 4
+    group_size: int = 8
     """Responses sampled per prompt in each iteration (the vector env's group_size); rloo needs >= 2."""
     minibatch_size: int = 16
     ppo_epochs: int = 4

@@ -1,13 +1,13 @@
-"""The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation run,
-the previous default (GAE with a value head, one response per prompt), and the gold-oracle run, each
+"""The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation run
+(at 10 times the learning rate, so that it goes far from SFT within the same budget), the previous default (GAE with a value head, one response per prompt), and the gold-oracle run, each
 judged by `rlhf eval --baseline sft`; the default runs also against the larger SFT model (`--baseline
 sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged the same way. Each
 run's policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
 --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
 400-iteration and a normalised gold oracle.
 
-A run whose OUT/result.json exists is not trained again (delete it to retrain). Prints a table and
-writes JSON (and the curves of the 100-iteration runs to a PNG if matplotlib is installed).
+A run whose OUT/result.json exists is not trained again (delete it to retrain), and its evaluations are
+kept in OUT/judged.json. Prints a table and writes JSON (and the curves of the 100-iteration runs to a PNG).
 
     python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
 """
@@ -23,7 +23,7 @@ import numpy as np
 from agents.ppo import PPOConfig, ppo
 from rlhf_env.evaluation import EvalConfig, evaluate
 
-VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
+VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0, "lr": 3e-4}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
             "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True}}
@@ -35,6 +35,15 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
     out = runs_dir / f"{name}-seed{seed}"  # plot names follow this pattern
     if not (out / "result.json").exists():
         ppo(PPOConfig(seed=seed, out=str(out), **overrides))
+    cached = out / "judged.json"  # this script's evaluations of a finished run, kept with it
+    if cached.exists() and cached.stat().st_mtime >= (out / "result.json").stat().st_mtime:
+        return json.loads(cached.read_text())
+    row = judge(name, seed, out, overrides)
+    cached.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def judge(name: str, seed: int, out: Path, overrides: dict) -> dict:
     trained = json.loads((out / "result.json").read_text())
     judged = evaluate(EvalConfig(policy=str(out / "final"), baseline="sft", split="heldout"))
     # Both decoded greedily: did RL improve the policy's most likely answer, not only sharpen SFT?

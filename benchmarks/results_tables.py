@@ -62,12 +62,24 @@ def over_optimisation_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def rm_forms_table(result: dict) -> str:
+    n = result["samples"]
+    lines = ["| likelihood RM form | accuracy vs labelers | Spearman with gold within a prompt | best of 4, win rate | "
+             f"best of {n}, win rate | prefers a padded SFT sample |", "|---|---|---|---|---|---|"]
+    for r in result["forms"]:
+        lines.append(f"| {r['form']} | {r['accuracy']:.3f} | {r['spearman_within_prompt']:.3f} | "
+                     f"{r['best_of_4_win_rate']:.3f} | {r[f'best_of_{n}_win_rate']:.3f} | {r['prefers_padding']:.3f} |")
+    gold = result["gold_best_of_n_win_rate"]
+    lines.append(f"| *gold picking* | | | *{gold['4']:.3f}* | *{gold[str(n)]:.3f}* | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="benchmarks/results")
     results = Path(parser.parse_args().results)
     for name, fn in (("foundation.json", reward_table), ("ppo.json", ppo_table),
-                     ("over_optimisation.json", over_optimisation_table)):
+                     ("over_optimisation.json", over_optimisation_table), ("rm_forms.json", rm_forms_table)):
         path = results / name
         if path.exists():
             print(f"<!-- {name} -->\n{fn(json.loads(path.read_text()))}\n")

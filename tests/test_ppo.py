@@ -13,8 +13,8 @@ from tests.test_bandit_env import n_chars
 @pytest.fixture
 def agent(tiny_policy_dir, world_dir, tmp_path):
     config = PPOConfig(policy=str(tiny_policy_dir), reward=n_chars, out=str(tmp_path / "ppo"), data=str(world_dir),
-                       iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=8, kl_coef=0.1,
-                       eval_every=0, save_every=0, missing_eos_penalty=None)  # score every response
+                       iterations=2, batch_size=8, group_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=8,
+                       kl_coef=0.1, eval_every=0, save_every=0, missing_eos_penalty=None)  # score every response
     agent = PPOAgent(config)
     agent.iteration = 0
     return agent
@@ -70,8 +70,8 @@ def test_normalize_reward_makes_the_rewards_scale_irrelevant_and_is_checkpointed
     samples score N(0, 1) before the KL penalty. A resumed run gets the statistics its checkpoint saved."""
     def make(reward, out):
         agent = PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=reward, out=str(tmp_path / out),
-                                   data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
-                                   max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0,
+                                   data=str(world_dir), iterations=2, batch_size=8, group_size=4, minibatch_size=4,
+                                   ppo_epochs=1, max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0,
                                    normalize_reward=True, missing_eos_penalty=None))  # score every response
         agent.iteration = 0
         return agent
@@ -95,8 +95,8 @@ def test_bf16_keeps_the_ratio_at_one_and_the_envs_kl_in_float32(tiny_policy_dir,
     before the first update; the env still gets the sampler's float32 log-probs, so its KL to the reference
     (the same weights at the start) is 0, not bfloat16 rounding."""
     agent = PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=n_chars, out=str(tmp_path / "ppo"),
-                               data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
-                               max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0, bf16=True))
+                               data=str(world_dir), iterations=2, batch_size=8, group_size=4, minibatch_size=4,
+                               ppo_epochs=1, max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0, bf16=True))
     agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
@@ -144,7 +144,7 @@ def brevity(prompts, responses):
 
 def tiny_config(tiny_policy_dir, world_dir, out, **overrides):
     settings = dict(policy=str(tiny_policy_dir), reward=brevity, out=str(out), data=str(world_dir), iterations=30,
-                    batch_size=32, minibatch_size=8, lr=3e-3, kl_coef=0.0, max_new_tokens=8,
+                    batch_size=32, group_size=4, minibatch_size=8, lr=3e-3, kl_coef=0.0, max_new_tokens=8,
                     missing_eos_penalty=None, eval_every=0, eval_episodes=8, final_eval_episodes=8,
                     save_every=0)
     return PPOConfig(**{**settings, **overrides})
@@ -310,8 +310,8 @@ def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir,
     assert not GPT2Decoder.supports(llama)
     save_policy(llama, tokenizer, tmp_path / "llama")
     agent = PPOAgent(PPOConfig(policy=str(tmp_path / "llama"), reward=n_chars, out=str(tmp_path / "ppo"),
-                               data=str(world_dir), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=1,
-                               max_new_tokens=8, eval_every=0, eval_episodes=4, final_eval_episodes=4,
+                               data=str(world_dir), iterations=2, batch_size=8, group_size=4, minibatch_size=4,
+                               ppo_epochs=1, max_new_tokens=8, eval_every=0, eval_episodes=4, final_eval_episodes=4,
                                save_every=0, bf16=bf16))
     assert (agent.policy.config._attn_implementation == "rlhf_sdpa_float32") == bf16
     agent.iteration = 0
