@@ -1,7 +1,8 @@
 """The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation run
-(at 10 times the learning rate, so that it goes far from SFT within the same budget), the previous default (GAE with a value head, one response per prompt), and the gold-oracle run, each
-judged by `rlhf eval --baseline sft`; the default runs also against the larger SFT model (`--baseline
-sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged the same way. Each
+and the same against the paper's scalar-head RM (rm-scalar), the previous default (GAE with a value head,
+one response per prompt), and the gold-oracle run, each judged by `rlhf eval --baseline sft`; the default
+runs also against the larger SFT model (`--baseline sft-large`, InstructGPT's headline comparison); plus SFT
+decoded greedily, judged the same way. Each
 run's policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
 --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
 400-iteration and a normalised gold oracle.
@@ -23,11 +24,12 @@ import numpy as np
 from agents.ppo import PPOConfig, ppo
 from rlhf_env.evaluation import EvalConfig, evaluate
 
-VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0, "lr": 3e-4}, "gae": {"advantage": "gae", "group_size": 1},
+VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
+            "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
             "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True}}
-DEFAULT_VARIANTS = ("default", "beta0", "gae", "gold-oracle")
+DEFAULT_VARIANTS = ("default", "beta0", "rm-scalar-beta0", "gae", "gold-oracle")
 MULTI_SEED = ("default", "bf16")  # run with every --seeds; the other variants with the first
 
 

@@ -4,8 +4,10 @@ Each form is fitted as ``rlhf rm`` fits the bundled one (the K-ranking loss on t
 comparisons, a length term fitted and then dropped) and measured on held-out customers:
 
 - ``accuracy``: agreement with the labelers on the held-out comparisons;
-- ``spearman_within_prompt``, ``best_of_{4,16}_win_rate``: on ``--samples`` SFT samples of each of
-  ``--prompts`` held-out prompts, judged by gold against one SFT sample (as ``rlhf eval-rm``);
+- ``spearman_within_prompt``: with gold, among the distinct responses to each held-out customers' prompt
+  of the comparisons (as ``rlhf eval-rm``);
+- ``best_of_{4,16}_win_rate``: the form picks the best of ``--samples`` SFT samples of each of ``--prompts``
+  held-out prompts, judged by gold against one SFT sample (as ``rlhf eval-rm``);
 - ``prefers_padding``: how often the form scores an SFT sample with a pleasantry appended above the
   sample itself; a policy can always append one, so a form that pays for it will be padded by PPO.
 
@@ -78,6 +80,10 @@ def main() -> None:
     model = LikelihoodRewardModel(*load_policy("sft-large"))
     train, test = (load_split(data, "comparisons", split).to_list() for split in ("train", "test"))
     f_train, f_test = (with_mean(likelihood_features(model, rows)) for rows in (train, test))
+    heldout = load_split(data, "comparisons", "heldout_customers").to_list()
+    f_heldout = with_mean(likelihood_features(model, heldout))
+    heldout_grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in heldout]
+    bounds = np.cumsum([0] + [len(row["responses"]) for row in heldout])
     train_pairs, test_pairs = (ranking_pairs([row["ranking"] for row in rows]) for rows in (train, test))
 
     rows = eval_prompts(data, "heldout", args.prompts, args.seed)
@@ -101,9 +107,11 @@ def main() -> None:
     for name, use in FORMS.items():
         w, w_len = fit(f_train, train_pairs, use)
         scores = (f_samples[:, :2] @ w).reshape(len(rows), n).numpy()
+        flat = (f_heldout[:, :2] @ w).numpy()
         row = {"form": name, "weights_mean_sum": w.tolist(), "length_weight": w_len,
                "accuracy": ranking_loss(f_test[:, :2] @ w, test_pairs)[1].item(),
-               "spearman_within_prompt": spearman_within_prompt(list(scores), grades)}
+               "spearman_within_prompt": spearman_within_prompt([flat[a:b] for a, b in zip(bounds, bounds[1:])],
+                                                                heldout_grades)}
         for k in (4, n):
             picked = [g[j] for g, j in zip(grades, scores[:, :k].argmax(1))]
             row[f"best_of_{k}_win_rate"] = win_rate(picked, baseline)
