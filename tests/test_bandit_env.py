@@ -14,6 +14,11 @@ from rlhf_env.rewards import RewardError
 from rlhf_env.sampling import positions, sample
 
 
+def draw(space, seed: int = 0):
+    """A seeded draw from a space (``space.sample()`` alone uses an unseeded generator)."""
+    space.seed(seed)
+    return space.sample()
+
 def n_chars(prompts, responses):
     return [0.1 * len(r) for r in responses]
 
@@ -30,12 +35,14 @@ def policy_actions(model, tokenizer, prompts, R, seed=0, temperature=1.0):
     return action["response_ids"], action["logprobs"]
 
 
+@pytest.mark.filterwarnings("error:.*not within the")  # Gymnasium only warns when obs leave their space
 def test_default_env_passes_gymnasium_and_sb3_checks():
     env = gym.make("InstructBandit-v0")
     check_env(env.unwrapped)
     sb3_check_env(env.unwrapped)
 
 
+@pytest.mark.filterwarnings("error:.*not within the")  # Gymnasium only warns when obs leave their space
 def test_env_checks_pass_on_a_tiny_setup(kwargs):
     env = InstructBanditEnv(**kwargs)
     check_env(env)
@@ -44,7 +51,7 @@ def test_env_checks_pass_on_a_tiny_setup(kwargs):
 
 def test_same_seed_same_actions_same_everything(kwargs):
     a, b = InstructBanditEnv(**kwargs), InstructBanditEnv(**kwargs)
-    action = a.action_space.sample()
+    action = draw(a.action_space)
     for seed in (0, 1, 2):
         (obs_a, info_a), (obs_b, info_b) = a.reset(seed=seed), b.reset(seed=seed)
         assert all(np.array_equal(obs_a[k], obs_b[k]) for k in obs_a) and info_a == info_b
@@ -87,7 +94,7 @@ def test_kl_is_zero_when_the_policy_is_the_reference(kwargs, tiny_model, tokeniz
 def test_an_agent_without_logprobs_passes_zeros_and_pays_the_reference_surprise(kwargs):
     env = InstructBanditEnv(kl_coef=0.1, **kwargs)
     env.reset(seed=0)
-    action = env.action_space.sample()
+    action = draw(env.action_space)
     action["logprobs"][:] = 0.0
     _, reward, _, _, out = env.step(action)
     n = out["response_length"]
@@ -134,7 +141,7 @@ def test_reset_options_fix_the_prompt_and_render_shows_the_episode(kwargs):
     env = InstructBanditEnv(render_mode="ansi", **kwargs)
     _, info = env.reset(options={"prompt_index": 7})
     assert info["prompt_index"] == 7 and info["prompt"] == env.core.prompts[7]
-    env.step(env.action_space.sample())
+    env.step(draw(env.action_space))
     text = env.render()
     assert env.core.prompts[7] in text and "reward" in text and "KL" in text
 
@@ -151,7 +158,7 @@ def test_reset_options_fix_the_prompt_and_render_shows_the_episode(kwargs):
 def test_bad_actions_are_clear_errors(kwargs, change, error, message):
     env = InstructBanditEnv(**kwargs)
     env.reset(seed=0)
-    action = env.action_space.sample()
+    action = draw(env.action_space)
     action["response_ids"][0] = 5  # a real first token, so the response is not empty
     with pytest.raises(error, match=message):
         env.step(change(action))
@@ -160,11 +167,11 @@ def test_bad_actions_are_clear_errors(kwargs, change, error, message):
 def test_step_before_reset_is_a_clear_error(kwargs):
     env = InstructBanditEnv(**kwargs)
     with pytest.raises(RuntimeError, match="reset"):
-        env.step(env.action_space.sample())
+        env.step(draw(env.action_space))
     env.reset(seed=0)
-    env.step(env.action_space.sample())
+    env.step(draw(env.action_space))
     with pytest.raises(RuntimeError, match="reset"):  # the episode is over after one step
-        env.step(env.action_space.sample())
+        env.step(draw(env.action_space))
 
 
 def test_bad_datasets_and_rewards_are_clear_errors(kwargs):
@@ -178,14 +185,14 @@ def test_bad_datasets_and_rewards_are_clear_errors(kwargs):
     env = InstructBanditEnv(**{**kwargs, "reward": lambda p, r: [float("nan")] * len(r)})
     env.reset(seed=0)
     with pytest.raises(RewardError, match="non-finite"):
-        env.step(env.action_space.sample())
+        env.step(draw(env.action_space))
 
 
 def test_custom_prompt_dataset_without_world_columns(kwargs):
     env = InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"prompt": ["Q: hi\nA:", "Q: yo\nA:"]})})
     _, info = env.reset(seed=0)
     assert info["prompt"] in ("Q: hi\nA:", "Q: yo\nA:") and info["customer_id"] == ""
-    assert np.isfinite(env.step(env.action_space.sample())[1])
+    assert np.isfinite(env.step(draw(env.action_space))[1])
 
 
 def test_position_ids_skip_left_padding():
@@ -203,7 +210,7 @@ def test_sb3_vec_env_adapter(kwargs):
     first = venv.reset()
     venv.seed(0)
     assert np.array_equal(venv.reset()["input_ids"], first["input_ids"])  # seeding applies at reset
-    actions = {k: np.stack([s.sample() for _ in range(4)]) for k, s in venv.action_space.spaces.items()}
+    actions = {k: np.stack([draw(s, i) for i in range(4)]) for k, s in venv.action_space.spaces.items()}
     obs, rewards, dones, infos = venv.step(actions)
     assert rewards.dtype == np.float32 and rewards.shape == (4,) and dones.all()
     assert len(infos) == 4 and np.array_equal(infos[0]["terminal_observation"]["input_ids"], first["input_ids"][0])

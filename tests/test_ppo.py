@@ -263,7 +263,7 @@ def test_resuming_into_a_directory_of_another_run_is_refused(tiny_policy_dir, wo
     killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, save_every=1,
                                   eval_every=2))
     killed.evaluate = lambda: 1 / 0  # dies at iteration 2, after the checkpoint at 1
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError, match="division by zero"):
         killed.train()
     with pytest.raises(ValueError, match="different run"):
         PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, lr=1e-4)).train()

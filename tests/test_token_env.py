@@ -20,12 +20,14 @@ def kwargs(tiny_policy_dir, world_dir):
                 max_prompt_tokens=64, max_new_tokens=12, kl_coef=0.2)
 
 
+@pytest.mark.filterwarnings("error:.*not within the")  # Gymnasium only warns when obs leave their space
 def test_default_token_env_passes_gymnasium_and_sb3_checks():
     env = gym.make("InstructToken-v0")
     check_env(env.unwrapped)
     sb3_check_env(env.unwrapped)
 
 
+@pytest.mark.filterwarnings("error:.*not within the")  # Gymnasium only warns when obs leave their space
 def test_token_env_checks_and_determinism(kwargs):
     env = InstructTokenEnv(**kwargs)
     check_env(env)
