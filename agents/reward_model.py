@@ -126,10 +126,9 @@ def normalization(raw: np.ndarray) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def likelihood_features(model: LikelihoodRewardModel, rows: list[dict], batch_size: int = 128,
-                        desc: str = "features") -> torch.Tensor:
-    """The frozen LM's (summed log-prob, length) of every completion, in row order: (N, 2)."""
-    prompts, responses, eos = completions(rows)
+def likelihood_features(model: LikelihoodRewardModel, prompts: list[str], responses: list[str], eos: list[bool],
+                        batch_size: int = 128, desc: str = "features") -> torch.Tensor:
+    """The frozen LM's (summed log-prob, length) of every response, batched: (N, 2)."""
     return torch.cat([model.features(prompts[i:i + batch_size], responses[i:i + batch_size], eos[i:i + batch_size])
                       for i in tqdm(range(0, len(prompts), batch_size), desc=desc, dynamic_ncols=True)])
 
@@ -139,8 +138,8 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
     features are computed once and the loss is convex in the weights."""
     lm, tokenizer = load_policy(config.policy, config.device)
     model = LikelihoodRewardModel(lm, tokenizer).to(config.device)
-    f_train, f_test = likelihood_features(model, train, desc="rm features (train)"), \
-        likelihood_features(model, test, desc="rm features (test)")
+    f_train = likelihood_features(model, *completions(train), desc="rm features (train)")
+    f_test = likelihood_features(model, *completions(test), desc="rm features (test)")
     rankings = ranking_pairs([row["ranking"] for row in train])  # once, for every step
     test_rankings = [row["ranking"] for row in test]
     optimizer = torch.optim.Adam([model.weight, model.length_weight], lr=config.fit_lr)

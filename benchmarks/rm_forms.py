@@ -31,19 +31,12 @@ from agents.reward_model import likelihood_features, ranking_loss, ranking_pairs
 from rlhf_env.evaluation import eval_prompts, generate_and_grade, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
-from rlhf_env.rewards.metrics import spearman_within_prompt
-from rlhf_env.sampling import sample
+from rlhf_env.rewards.metrics import completions, draw_samples, spearman_within_prompt
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import grade
 
 FORMS = {"mean": (1.0, 0.0), "sum (shipped)": (0.0, 1.0), "mean and sum": (1.0, 1.0)}  # which features a form uses
-
-
-def features(model: LikelihoodRewardModel, prompts, responses, eos) -> torch.Tensor:
-    """(N, 3): mean log-prob, sum log-prob, length."""
-    return with_mean(torch.cat([model.features(prompts[i:i + 128], responses[i:i + 128], eos[i:i + 128])
-                                for i in range(0, len(prompts), 128)]))
 
 
 def with_mean(f: torch.Tensor) -> torch.Tensor:
@@ -79,9 +72,9 @@ def main() -> None:
     data = str(DATA_DIR)
     model = LikelihoodRewardModel(*load_policy("sft-large"))
     train, test = (load_split(data, "comparisons", split).to_list() for split in ("train", "test"))
-    f_train, f_test = (with_mean(likelihood_features(model, rows)) for rows in (train, test))
+    f_train, f_test = (with_mean(likelihood_features(model, *completions(rows))) for rows in (train, test))
     heldout = load_split(data, "comparisons", "heldout_customers").to_list()
-    f_heldout = with_mean(likelihood_features(model, heldout))
+    f_heldout = with_mean(likelihood_features(model, *completions(heldout)))
     heldout_grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in heldout]
     bounds = np.cumsum([0] + [len(row["responses"]) for row in heldout])
     train_pairs, test_pairs = (ranking_pairs([row["ranking"] for row in rows]) for rows in (train, test))
@@ -89,19 +82,13 @@ def main() -> None:
     rows = eval_prompts(data, "heldout", args.prompts, args.seed)
     policy, tokenizer = load_policy("sft")
     _, baseline, _ = generate_and_grade(policy, tokenizer, rows, args.seed)
-    n, prompts = args.samples, [p for p in rows["prompt"] for _ in range(args.samples)]
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    texts, eos = [], []
-    for start in range(0, len(prompts), 32 * n):
-        out = sample(policy, tokenizer, prompts[start:start + 32 * n], 48, 1.0, generator)
-        texts, eos = texts + out.texts, eos + out.eos.tolist()
-    grades = [grade(t, x, e) for t, x, e in zip([t for t in rows["task"] for _ in range(n)], texts, eos)]
-    grades = [grades[i * n:(i + 1) * n] for i in range(len(rows))]
+    n = args.samples
+    prompts, texts, eos, grades = draw_samples(policy, tokenizer, rows, n, args.seed + 1)  # as rlhf eval-rm's
     gold = np.array([[g.score for g in row] for row in grades])
-    f_samples = features(model, prompts, texts, eos)
+    f_samples = with_mean(likelihood_features(model, prompts, texts, eos))
     rng = np.random.default_rng(args.seed)
     padded = [t + " " + lx.FILLERS[int(rng.integers(len(lx.FILLERS)))] for t in texts]
-    f_padded = features(model, prompts, padded, [True] * len(padded))
+    f_padded = with_mean(likelihood_features(model, prompts, padded, [True] * len(padded)))
 
     results = []
     for name, use in FORMS.items():

@@ -124,19 +124,25 @@ def spearman_within_prompt(scores: list[np.ndarray], grades: list[list[Grade]]) 
     return float(np.mean(rhos)) if rhos else 0.0
 
 
-def score_samples(reward: Reward, model, tokenizer, rows, n: int, seed: int = 0
-                  ) -> tuple[np.ndarray, list[list[Grade]]]:
-    """n samples of ``model`` (temperature 1) per row's prompt: the reward's scores (P, n) and their gold
-    grades (P lists of n)."""
-    prompts = list(rows["prompt"])
+def draw_samples(model, tokenizer, rows, n: int, seed: int = 0
+                 ) -> tuple[list[str], list[str], list[bool], list[list[Grade]]]:
+    """n samples of ``model`` (temperature 1) per row's prompt, flat and row by row: (prompts, texts, eos
+    flags), each P * n long, and their gold grades (P lists of n)."""
+    prompts = [p for p in rows["prompt"] for _ in range(n)]
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     texts, eos = [], []
-    for start in range(0, len(prompts), 32):  # 32 prompts x n samples per sampler call
-        out = sample(model, tokenizer, [p for p in prompts[start:start + 32] for _ in range(n)], 48, 1.0, generator)
+    for start in range(0, len(prompts), 32 * n):  # 32 prompts x n samples per sampler call
+        out = sample(model, tokenizer, prompts[start:start + 32 * n], 48, 1.0, generator)
         texts, eos = texts + out.texts, eos + out.eos.tolist()
     grades = [grade(t, x, e) for t, x, e in zip([t for t in rows["task"] for _ in range(n)], texts, eos)]
-    scores = reward([p for p in prompts for _ in range(n)], texts, eos).reshape(len(prompts), n)
-    return scores, [grades[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return prompts, texts, eos, [grades[i:i + n] for i in range(0, len(grades), n)]
+
+
+def score_samples(reward: Reward, model, tokenizer, rows, n: int, seed: int = 0
+                  ) -> tuple[np.ndarray, list[list[Grade]]]:
+    """``draw_samples``' samples: the reward's scores (P, n) and their gold grades (P lists of n)."""
+    prompts, texts, eos, grades = draw_samples(model, tokenizer, rows, n, seed)
+    return reward(prompts, texts, eos).reshape(len(grades), n), grades
 
 
 def best_of_n(reward: Reward, policy: str, rows, ns: list[int], seed: int = 0, device: str = "cpu") -> dict:
