@@ -60,7 +60,7 @@ from rlhf_env.models import (
     save_policy,
 )
 from rlhf_env.rewards import NormalizedReward
-from rlhf_env.sampling import positions, response_log_softmax, sample_from_ids
+from rlhf_env.sampling import positions, response_logprobs, sample_from_ids, trim_padding
 
 NORMALIZE_EPISODES = 512  # samples of the initial policy that set the reward's scale (normalize_reward)
 
@@ -168,17 +168,17 @@ class NonFiniteLoss(ValueError):
     """Training diverged (NaN or inf); nothing after the last good checkpoint was saved."""
 
 
-def check_same_tokenizer(tokenizer, policy, core, config: PPOConfig) -> None:
+def check_same_tokenizer(tokenizer, policy, scorer, config: PPOConfig) -> None:
     """The env scores the policy's token ids with the reference: both must read them the same way."""
     problems = []
-    if tokenizer.get_vocab() != core.tokenizer.get_vocab():
-        problems.append(f"vocabularies differ ({len(tokenizer)} vs {len(core.tokenizer)} tokens)")
+    if tokenizer.get_vocab() != scorer.tokenizer.get_vocab():
+        problems.append(f"vocabularies differ ({len(tokenizer)} vs {len(scorer.tokenizer)} tokens)")
     for name in ("eos_token_id", "pad_token_id"):
-        if getattr(tokenizer, name) != getattr(core, name.replace("_token", "")):
-            problems.append(f"{name} {getattr(tokenizer, name)} vs {getattr(core, name.replace('_token', ''))}")
-    if policy.get_input_embeddings().num_embeddings < core.vocab_size:
+        if getattr(tokenizer, name) != getattr(scorer, name.replace("_token", "")):
+            problems.append(f"{name} {getattr(tokenizer, name)} vs {getattr(scorer, name.replace('_token', ''))}")
+    if policy.get_input_embeddings().num_embeddings < scorer.vocab_size:
         problems.append(f"the policy embeds {policy.get_input_embeddings().num_embeddings} tokens, the env emits "
-                        f"up to {core.vocab_size}")
+                        f"up to {scorer.vocab_size}")
     if problems:
         raise ValueError(f"policy {config.policy!r} and the env's reference {config.reference or config.policy!r} "
                          f"do not share a tokenizer: {'; '.join(problems)}. The env reads the policy's token ids, "
@@ -212,21 +212,10 @@ class Critic(torch.nn.Module):
             return self.model.score(hidden.last_hidden_state[:, -R - 1:-1].float()).squeeze(-1)  # (B, R)
 
 
-def trim_padding(ids: torch.Tensor, mask: torch.Tensor, response_mask: torch.Tensor):
-    """Cut the columns of prompt + response ids (B, P + R) that are padding in every row: left of the
-    longest prompt and right of the longest response. Returns ``(ids, mask, r)``, r the responses'
-    new width. On a CPU the forward is compute-bound, so padding costs as much as real tokens."""
-    P = ids.shape[1] - response_mask.shape[1]
-    first = int(mask[:, :P].any(0).int().argmax())
-    r = max(int(response_mask.sum(1).max()), 1)
-    return ids[:, first:P + r], mask[:, first:P + r], r
-
-
 def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False):
     """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
     go through the LM head. Also the last hidden states there if ``want_hidden``."""
-    logp_all, out = response_log_softmax(policy, ids, mask, R, temperature, output_hidden_states=want_hidden)
-    logprobs = logp_all.gather(2, ids[:, -R:, None]).squeeze(2)
+    logprobs, logp_all, out = response_logprobs(policy, ids, mask, R, temperature, output_hidden_states=want_hidden)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
     return logprobs, entropy, hidden
@@ -265,7 +254,7 @@ class PPOAgent:
                                 reward=c.reward, kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
-        check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.core, c)
+        check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.scorer, c)
         if c.normalize_reward and find_checkpoint(Path(c.out) / "checkpoint") is None:  # else: the checkpoint's
             self._normalize_reward()
         if c.bf16:
@@ -285,19 +274,20 @@ class PPOAgent:
 
     def _normalize_reward(self) -> None:
         """Replace the env's reward by one under which the initial policy's samples score N(0, 1)."""
-        c, core = self.config, self.env.unwrapped.core
-        rows = np.random.default_rng(c.seed).permutation(len(core.prompts))[:NORMALIZE_EPISODES]
+        c, env = self.config, self.env.unwrapped
+        scorer = env.scorer
+        rows = np.random.default_rng(c.seed).permutation(len(scorer.prompts))[:NORMALIZE_EPISODES]
         generator = torch.Generator(device=c.device).manual_seed(c.seed)
         texts, eos = [], []
         self.policy.eval()
         for batch in np.array_split(rows, -(-len(rows) // c.batch_size)):  # batches of at most batch_size
-            samples = sample_from_ids(self.policy, self.tokenizer, torch.from_numpy(core.prompt_ids[batch]),
-                                      torch.from_numpy(core.prompt_mask[batch]), c.max_new_tokens, c.temperature,
+            samples = sample_from_ids(self.policy, self.tokenizer, torch.from_numpy(scorer.prompt_ids[batch]),
+                                      torch.from_numpy(scorer.prompt_mask[batch]), c.max_new_tokens, c.temperature,
                                       generator)
             texts += samples.texts
             eos += samples.eos.tolist()
         self.policy.train()
-        core.reward = NormalizedReward.fit(core.reward, [core.prompts[i] for i in rows], texts, eos)
+        env.reward = NormalizedReward.fit(env.reward, [scorer.prompts[i] for i in rows], texts, eos)
 
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -312,7 +302,7 @@ class PPOAgent:
         if not torch.isfinite(samples.logprobs).all():
             raise NonFiniteLoss(f"the policy's log-probs are not finite at iteration {self.iteration + 1}; "
                                 f"{Path(c.out) / 'checkpoint'} keeps the last good checkpoint")
-        self.env.unwrapped.core.kl_coef = self.kl.coef  # the env computes the reward with the current beta
+        self.env.unwrapped.kl_coef = self.kl.coef  # the env computes the reward with the current beta
         next_obs, env_rewards, _, _, info = self.env.step(samples.action(c.max_new_tokens))
         final = info["final_info"]
         R = samples.response_ids.shape[1]
@@ -493,7 +483,7 @@ class PPOAgent:
         policy = self._held_out(self.policy, rows)
         self.policy.train()
         if self._reference_eval is None or len(self._reference_eval["grades"]) != len(rows):
-            ref = self._held_out(self.env.unwrapped.core.model, rows)  # frozen: sample and grade it once
+            ref = self._held_out(self.env.unwrapped.scorer.model, rows)  # frozen: sample and grade it once
             self._reference_eval = {**ref, "ceiling": win_rate_ceiling(rows["task"], ref["grades"])}
         ref = self._reference_eval
         metrics = ("gold", "success", "rm_score", "kl", "length", "eos_frac")
@@ -503,16 +493,17 @@ class PPOAgent:
     @torch.no_grad()
     def _held_out(self, model, rows) -> dict:
         """Sample ``model`` on held-out rows as ``rlhf eval --seed EVAL_SEED`` does (same batches), and grade it."""
-        c, core = self.config, self.env.unwrapped.core
+        c, env = self.config, self.env.unwrapped
+        reference = env.scorer.model
         grades, lengths, kls, rm, eos = [], [], [], [], []
         for batch, s, batch_grades in sample_and_grade(model, self.tokenizer, rows, c.eval_seed, c.temperature,
                                                         c.max_new_tokens):
-            if model is not core.model:  # the reference's KL to itself is 0
+            if model is not reference:  # the reference's KL to itself is 0
                 ids = torch.cat([s.prompt_ids, s.response_ids], 1)
                 mask = torch.cat([s.prompt_mask, s.response_mask], 1)
-                ref_logprobs = response_forward(core.model, ids, mask, s.response_ids.shape[1], c.temperature)[0]
+                ref_logprobs = response_logprobs(reference, ids, mask, s.response_ids.shape[1], c.temperature)[0]
                 kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
-            rm += core.reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
+            rm += env.reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
             grades += batch_grades
             lengths += s.lengths.tolist()
             eos += s.eos.tolist()
@@ -525,9 +516,9 @@ class PPOAgent:
     def _save(self, directory: Path, obs) -> None:
         env = self.env.unwrapped
         state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "run": _run_fingerprint(self.config),
-                 "env_rng": env.np_random.bit_generator.state, "env_index": env._index.tolist()}
-        if isinstance(env.core.reward, NormalizedReward):
-            state["reward_normalization"] = {"mean": env.core.reward.mean, "std": env.core.reward.std}
+                 "env": env.get_state()}
+        if isinstance(env.reward, NormalizedReward):
+            state["reward_normalization"] = {"mean": env.reward.mean, "std": env.reward.std}
         save_checkpoint(directory, self.policy, self.tokenizer, self.optimizer, self.scheduler, state)
         value = self.value.state_dict() if self.value is not None else {}
         save_file({**{f"value.{k}": v.contiguous() for k, v in value.items()},
@@ -544,19 +535,15 @@ class PPOAgent:
             self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
         self.kl.coef = state["kl_coef"]
         if "reward_normalization" in state:  # exactly the statistics the run started with
-            core = self.env.unwrapped.core
-            raw = core.reward.reward if isinstance(core.reward, NormalizedReward) else core.reward
-            core.reward = NormalizedReward(raw, **state["reward_normalization"])
+            env = self.env.unwrapped
+            raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward
+            env.reward = NormalizedReward(raw, **state["reward_normalization"])
         return state
 
     def _restore_obs(self, state: dict):
-        env = self.env.unwrapped
-        if "env_rng" not in state:
+        if "env" not in state:
             return self.env.reset(seed=self.config.seed)[0]
-        self.env.reset(seed=self.config.seed)
-        env.np_random.bit_generator.state = state["env_rng"]
-        env._index = np.array(state["env_index"])
-        return env._observe()
+        return self.env.unwrapped.set_state(state["env"])[0]
 
 
 def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:

@@ -88,7 +88,7 @@ def _measure(iterations: int, bf16: bool) -> tuple[list[dict], int]:
     with tempfile.TemporaryDirectory() as tmp:
         config = PPOConfig(out=tmp, eval_every=0, save_every=0, bf16=bf16)
         agent = PPOAgent(config)
-        core = agent.env.unwrapped.core
+        core = agent.env.unwrapped.scorer
         times: dict[str, float] = defaultdict(float)
         sampler = ppo_module.sample_from_ids
         ppo_module.sample_from_ids = timing(times, "sample", sampler)

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     lean = gym.make("InstructToken-v0")
     hf = gym.make("InstructToken-v0")
-    hf.unwrapped._decoder = HFDecoder(hf.unwrapped.core.model)
+    hf.unwrapped._decoder = HFDecoder(hf.unwrapped.scorer.model)
     steps_per_second(lean, 50)  # warm-up
     result = {"steps": args.steps, "lean_steps_per_s": steps_per_second(lean, args.steps),
               "hf_steps_per_s": steps_per_second(hf, args.steps)}

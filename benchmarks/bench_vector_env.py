@@ -51,8 +51,8 @@ def main() -> None:
     # The same prompts in both: SyncVectorEnv's sub-envs are reset one by one with their prompt index.
     _, info = native.reset(seed=0)
     index = info["prompt_index"]
-    prompts = [native.unwrapped.core.prompts[i] for i in index]
-    actions = actions_for(prompts, native.unwrapped.core.max_new_tokens)
+    prompts = [native.unwrapped.scorer.prompts[i] for i in index]
+    actions = actions_for(prompts, native.unwrapped.scorer.max_new_tokens)
 
     native_s, native_r = time_steps(native, actions, index, args.repeats)
     sync_times = []

@@ -102,6 +102,15 @@ def float32_attention(model: PreTrainedModel) -> bool:
     return True
 
 
+def context_length(model, default: int | None = None) -> int:
+    """The model's context in tokens (``n_positions`` or ``max_position_embeddings``)."""
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or default
+    if context is None:
+        raise ValueError(f"{type(model).__name__}'s config states no context length")
+    return int(context)
+
+
 def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of a named size (``small``, ``large``) or explicit dims."""
     dims = SIZES[size] if isinstance(size, str) else size

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rlhf_env.decoder import GPT2Decoder
+from rlhf_env.models import context_length
 
 
 @dataclass
@@ -72,6 +73,35 @@ def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, t
     model's output (for ``output_hidden_states=True`` in ``kwargs``)."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1, **kwargs)
     return torch.log_softmax(out.logits[:, :-1].float() / temperature, -1), out
+
+
+def response_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0, **kwargs):
+    """``(logprobs (B, R), log_softmax (B, R, V), output)``: the log-probs of the last R tokens of ``ids``
+    from ``response_log_softmax``, gathered."""
+    logp_all, out = response_log_softmax(model, ids, mask, R, temperature, **kwargs)
+    return logp_all.gather(2, ids[:, -R:, None]).squeeze(2), logp_all, out
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each response ends, the one rule of the sampler, the envs and the agents: a response runs up
+    to and including its first EOS; a PAD before any EOS ends it, and is not part of it; with neither, it
+    runs to the end. Returns ``(mask (B, R) long, eos (B,) bool)``, eos: the response ended with EOS."""
+    is_eos = response_ids == eos_id
+    stop = is_eos | (response_ids == pad_id)
+    before_stop = (stop.long().cumsum(1) - stop.long()) == 0  # no stop token strictly before
+    mask = before_stop & ~(stop & ~is_eos)
+    eos = is_eos.gather(1, stop.long().argmax(1, keepdim=True)).squeeze(1) & stop.any(1)
+    return mask.long(), eos
+
+
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor, response_mask: torch.Tensor):
+    """Cut the columns of prompt + response ids (B, P + R) that are padding in every row: left of the
+    longest prompt and right of the longest response. Returns ``(ids, mask, r)``, r the responses'
+    new width. On a CPU the forward is compute-bound, so padding costs as much as real tokens."""
+    P = ids.shape[1] - response_mask.shape[1]
+    first = int(mask[:, :P].any(0).int().argmax())
+    r = max(int(response_mask.sum(1).max()), 1)
+    return ids[:, first:P + r], mask[:, first:P + r], r
 
 
 @torch.no_grad()
@@ -135,7 +165,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
         temperature = temperature[:, None]  # (B, 1): one temperature per row
     B, P = prompt_ids.shape
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    context = context_length(model)
     max_new_tokens = min(max_new_tokens, context - P)
     if max_new_tokens < 1:
         raise ValueError(f"prompts of {P} tokens leave no room in a context of {context}")
@@ -162,8 +192,8 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
         logps.append(torch.where(done, torch.zeros_like(token_logp), token_logp))
-        if stop_at_eos:
-            done = done | (token == eos_id)
+        if stop_at_eos:  # a sampled PAD also ends a response (``response_mask``)
+            done = done | (token == eos_id) | (token == pad_id)
             if bool(done.all()):
                 break
         if step + 1 < max_new_tokens:
@@ -171,10 +201,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
             logits = decoder.step(token, pos)
 
     response_ids = torch.stack(tokens, 1)  # (B, R)
-    is_eos = response_ids == eos_id
-    # A token is real if no EOS came strictly before it.
-    response_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0
-    texts = [tokenizer.decode(row[m & ~e], skip_special_tokens=True)
-             for row, m, e in zip(response_ids, response_mask, is_eos)]
-    return Samples(prompt_ids, prompt_mask, response_ids, response_mask.long(), torch.stack(logps, 1),
-                   is_eos.any(1), texts, pad_id)
+    mask, eos = response_mask(response_ids, eos_id, pad_id)
+    texts = [tokenizer.decode(row[m.bool() & (row != eos_id)], skip_special_tokens=True)
+             for row, m in zip(response_ids, mask)]
+    return Samples(prompt_ids, prompt_mask, response_ids, mask, torch.stack(logps, 1), eos, texts, pad_id)

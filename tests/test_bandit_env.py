@@ -1,5 +1,7 @@
 """InstructBandit-v0 and its native vector env: the Gymnasium contract, exact KL, bad input."""
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlhf_env  # noqa: F401  (registers the envs)
 from rlhf_env.envs.bandit import InstructBanditEnv
 from rlhf_env.rewards import RewardError
-from rlhf_env.sampling import positions, sample
+from rlhf_env.sampling import positions, response_mask, sample
 
 
 def draw(space, seed: int = 0):
@@ -106,7 +108,7 @@ def test_vector_env_matches_single_env_steps(kwargs, tiny_model, tokenizer):
     vec = gym.make_vec("InstructBandit-v0", num_envs=64, **kwargs)
     assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
     obs, info = vec.reset(seed=0)
-    prompts = [vec.unwrapped.core.prompts[i] for i in info["prompt_index"]]
+    prompts = [vec.unwrapped.scorer.prompts[i] for i in info["prompt_index"]]
     ids, logp = policy_actions(tiny_model, tokenizer, prompts, 16, seed=5)
     next_obs, rewards, terminated, truncated, vinfo = vec.step({"response_ids": ids, "logprobs": logp})
     assert terminated.all() and not truncated.any()
@@ -127,7 +129,8 @@ def test_vector_env_groups_show_each_prompt_to_consecutive_sub_envs(kwargs):
     obs, info = vec.reset(seed=3)
     groups = info["prompt_index"].reshape(3, 4)
     assert (groups == groups[:, :1]).all() and len(set(groups[:, 0])) > 1
-    action = {"response_ids": np.full((12, 16), vec.unwrapped.core.eos_id), "logprobs": np.zeros((12, 16), np.float32)}
+    eos = vec.unwrapped.scorer.eos_id
+    action = {"response_ids": np.full((12, 16), eos), "logprobs": np.zeros((12, 16), np.float32)}
     _, _, _, _, step_info = vec.step(action)
     after = step_info["prompt_index"].reshape(3, 4)
     assert (after == after[:, :1]).all()
@@ -140,10 +143,10 @@ def test_vector_env_groups_show_each_prompt_to_consecutive_sub_envs(kwargs):
 def test_reset_options_fix_the_prompt_and_render_shows_the_episode(kwargs):
     env = InstructBanditEnv(render_mode="ansi", **kwargs)
     _, info = env.reset(options={"prompt_index": 7})
-    assert info["prompt_index"] == 7 and info["prompt"] == env.core.prompts[7]
+    assert info["prompt_index"] == 7 and info["prompt"] == env.scorer.prompts[7]
     env.step(draw(env.action_space))
     text = env.render()
-    assert env.core.prompts[7] in text and "reward" in text and "KL" in text
+    assert env.scorer.prompts[7] in text and "reward" in text and "KL" in text
 
 
 @pytest.mark.parametrize("change, error, message", [
@@ -216,3 +219,73 @@ def test_sb3_vec_env_adapter(kwargs):
     assert len(infos) == 4 and np.array_equal(infos[0]["terminal_observation"]["input_ids"], first["input_ids"][0])
     assert rewards[2] == pytest.approx(infos[2]["score"] - 0.05 * infos[2]["kl"], rel=1e-5)
     assert venv.get_attr("num_envs") == [4] * 4
+
+
+def test_beta_and_reward_change_through_the_public_contract(kwargs, tiny_model, tokenizer):
+    """``kl_coef`` and ``reward`` are settable between steps, also through Gymnasium's wrappers, and the next
+    reward follows them exactly."""
+    env = gym.make("InstructBandit-v0", **kwargs)  # wrapped (order enforcing, passive checker)
+    obs, info = env.reset(seed=3)
+    ids, logprobs = policy_actions(tiny_model, tokenizer, [info["prompt"]], 16)
+    action = {"response_ids": ids[0], "logprobs": logprobs[0]}
+    before = env.step(action)[4]
+    env.set_wrapper_attr("kl_coef", 0.5)
+    env.unwrapped.reward = lambda prompts, responses: [7.0] * len(responses)
+    env.reset(seed=3)
+    _, reward, _, _, after = env.step(action)
+    assert env.unwrapped.kl_coef == 0.5 and after["kl"] == pytest.approx(before["kl"])
+    assert after["rm_score"] == 7.0 and before["rm_score"] != 7.0
+    assert reward == pytest.approx(after["score"] - 0.5 * before["kl"])
+    with pytest.raises(ValueError, match="kl_coef .* must be a finite number >= 0"):
+        env.unwrapped.kl_coef = -0.1
+
+
+def test_vector_env_state_restores_the_run_exactly(kwargs, tiny_model, tokenizer):
+    """get_state/set_state: a fresh env restored from a saved state draws the same prompts from then on."""
+    def run(env, obs, steps):
+        seen = []
+        for _ in range(steps):
+            prompts = [env.unwrapped.scorer.prompts[i] for i in env.unwrapped.get_state()["prompt_index"]]
+            ids, logprobs = policy_actions(tiny_model, tokenizer, prompts, 16)
+            obs, rewards, _, _, info = env.step({"response_ids": ids, "logprobs": logprobs})
+            seen.append((info["prompt_index"].tolist(), rewards))
+        return obs, seen
+
+    a = gym.make_vec("InstructBandit-v0", num_envs=4, group_size=2, **kwargs)
+    obs, _ = a.reset(seed=5)
+    obs, _ = run(a, obs, 2)
+    state = a.unwrapped.get_state()
+    _, expected = run(a, obs, 3)
+    b = gym.make_vec("InstructBandit-v0", num_envs=4, group_size=2, **kwargs)
+    b.reset(seed=99)  # another seed: everything that matters must come from the state
+    obs_b, info_b = b.unwrapped.set_state(json.loads(json.dumps(state)))  # JSON-able, as in a checkpoint
+    assert info_b["prompt_index"].tolist() == state["prompt_index"]
+    _, got = run(b, obs_b, 3)
+    assert [p for p, _ in got] == [p for p, _ in expected]
+    assert all(np.allclose(r, s) for (_, r), (_, s) in zip(got, expected))
+    with pytest.raises(ValueError, match="before the first reset"):
+        gym.make_vec("InstructBandit-v0", num_envs=4, **kwargs).unwrapped.set_state({**state, "prompt_index": None})
+
+
+def test_single_env_state_restores_the_pending_prompt(kwargs):
+    a, b = InstructBanditEnv(**kwargs), InstructBanditEnv(**kwargs)
+    a.reset(seed=1)
+    state = a.get_state()
+    expected = [a.reset()[1]["prompt_index"] for _ in range(3)]
+    obs, info = b.set_state(state)
+    assert info["prompt_index"] == state["prompt_index"]
+    assert np.array_equal(obs["input_ids"], a.scorer.observation(state["prompt_index"])["input_ids"])
+    assert [b.reset()[1]["prompt_index"] for _ in range(3)] == expected
+
+
+def test_a_pad_ends_a_response_without_eos_in_the_sampler_and_the_env(kwargs, tokenizer):
+    """One rule for where a response ends (``response_mask``): the env and the sampler agree."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert eos != pad
+    ids = torch.tensor([[5, 6, eos, pad], [5, pad, 6, eos], [5, 6, 7, 8], [eos, pad, pad, pad]])
+    mask, ended = response_mask(ids, eos, pad)
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert ended.tolist() == [True, False, False, True]
+    env = InstructBanditEnv(**kwargs)
+    env_mask, env_eos = env.scorer.response_mask(ids.numpy())
+    assert env_mask.tolist() == mask.tolist() and env_eos.tolist() == ended.tolist()

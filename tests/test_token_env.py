@@ -58,7 +58,7 @@ def test_return_plus_policy_term_equals_the_bandit_reward_exactly(kwargs, tiny_m
     policy = type(tiny_model)(tiny_model.config).eval()  # not the reference
     token_env, bandit = InstructTokenEnv(**kwargs), InstructBanditEnv(**kwargs)
     for index in range(6):
-        prompt = token_env.core.prompts[index]
+        prompt = token_env.scorer.prompts[index]
         action = sample(policy, tokenizer, [prompt], 12, 1.0, torch.Generator().manual_seed(index)).action(12)
         n = int((action["response_ids"][0] != tokenizer.pad_token_id).sum())
         total, steps = run_episode(token_env, action["response_ids"][0][:n], index)
@@ -111,6 +111,16 @@ def test_episode_ends_on_eos_or_at_the_length_limit(kwargs, tokenizer):
     for _ in range(12):
         _, reward, terminated, truncated, info = env.step(5)
     assert truncated and not terminated and info["score"] == -1.0
+
+
+def test_a_pad_ends_the_episode_without_eos_as_in_the_bandit(kwargs, tokenizer):
+    env = InstructTokenEnv(**kwargs)
+    env.reset(seed=0)
+    env.step(5)
+    _, reward, terminated, truncated, info = env.step(tokenizer.pad_token_id)
+    assert terminated and not truncated and not info["eos"]
+    assert info["response_length"] == 1 and info["ref_logprob"] == 0.0  # the PAD is not part of the response
+    assert info["score"] == -1.0 and reward == -1.0  # missing_eos_penalty, and no KL term for the PAD
 
 
 def test_action_masks_are_the_reference_nucleus_or_top_k(kwargs):

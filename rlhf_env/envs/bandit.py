@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from rlhf_env.envs.core import BanditCore
+from rlhf_env.envs.scorer import ResponseScorer, ScorerControls
 
 
-def bandit_spaces(core: BanditCore) -> tuple[spaces.Dict, spaces.Dict]:
-    V, P, R = core.vocab_size, core.max_prompt_tokens, core.max_new_tokens
+def bandit_spaces(scorer: ResponseScorer) -> tuple[spaces.Dict, spaces.Dict]:
+    V, P, R = scorer.vocab_size, scorer.max_prompt_tokens, scorer.max_new_tokens
     observation = spaces.Dict({
         "input_ids": spaces.Box(0, V - 1, (P,), np.int64),
         "attention_mask": spaces.Box(0, 1, (P,), np.int64),
@@ -26,7 +24,7 @@ def bandit_spaces(core: BanditCore) -> tuple[spaces.Dict, spaces.Dict]:
     return observation, action
 
 
-class InstructBanditEnv(gym.Env):
+class InstructBanditEnv(ScorerControls, gym.Env):
     """
     ## Description
     InstructGPT's RL stage (Ouyang et al. 2022, section 3.5) as a bandit: each episode shows one
@@ -57,6 +55,8 @@ class InstructBanditEnv(gym.Env):
 
     ## Starting State
     A prompt drawn uniformly with ``self.np_random``; ``reset(options={"prompt_index": i})`` fixes it.
+    ``get_state()`` returns the env's random state and pending prompt as a JSON-able dict, and
+    ``set_state(state)`` restores them (to resume a run exactly).
 
     ## Episode End
     Every step terminates the episode (one response per prompt). ``step`` before ``reset`` raises.
@@ -71,34 +71,54 @@ class InstructBanditEnv(gym.Env):
       ``missing_eos_penalty`` (-1.0; None for no penalty), ``temperature`` (1.0), ``device`` (``cpu``), ``render_mode``
       (``ansi`` or None), ``data`` (the world's dataset directory).
 
+    ``kl_coef`` and ``reward`` can be changed between steps: ``env.unwrapped.kl_coef = 0.1``, or
+    ``env.set_wrapper_attr("kl_coef", 0.1)`` through wrappers (``ScorerControls``).
+
     ## Version History
     - v0: initial version.
     """
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+    def __init__(self, prompts="ppo", reference="sft", reward="rm", kl_coef: float = 0.05,
+                 max_prompt_tokens: int = 64, max_new_tokens: int = 48, missing_eos_penalty: float | None = -1.0,
+                 temperature: float = 1.0, device: str = "cpu", prompt_split: str = "train",
+                 prompt_column: str = "prompt", data: str | None = None, render_mode: str | None = None):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.core = BanditCore(**kwargs)
-        self.observation_space, self.action_space = bandit_spaces(self.core)
+        self.scorer = ResponseScorer(prompts, reference, reward, kl_coef, max_prompt_tokens, max_new_tokens,
+                                     missing_eos_penalty, temperature, device, prompt_split, prompt_column, data)
+        self.observation_space, self.action_space = bandit_spaces(self.scorer)
         self.render_mode = render_mode
         self._index: int | None = None
         self._last: dict | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        index = self.core.choose_prompt(self.np_random, options)
+        index = self.scorer.choose_prompt(self.np_random, options)
         self._index, self._last = index, None
-        return self.core.observation(index), self.core.prompt_info(index)
+        return self.scorer.observation(index), self.scorer.prompt_info(index)
+
+    def get_state(self) -> dict:
+        """The random state and the pending prompt (None between episodes), JSON-able."""
+        return {"np_random": self.np_random.bit_generator.state, "prompt_index": self._index}
+
+    def set_state(self, state: dict):
+        """Restore ``get_state()``'s state; returns ``(observation, info)`` of the pending prompt, as ``reset``
+        does, or ``(None, {})`` between episodes."""
+        self.np_random.bit_generator.state = state["np_random"]
+        self._index, self._last = state["prompt_index"], None
+        if self._index is None:
+            return None, {}
+        return self.scorer.observation(self._index), self.scorer.prompt_info(self._index)
 
     def step(self, action: dict[str, np.ndarray]):
         if self._index is None:
             raise RuntimeError("call reset() before step(): each episode is one prompt and one response")
         _check_dict_action(action)
-        rewards, infos = self.core.score(np.array([self._index]), np.asarray(action["response_ids"])[None],
+        rewards, infos = self.scorer.score(np.array([self._index]), np.asarray(action["response_ids"])[None],
                                          np.asarray(action["logprobs"])[None])
-        observation = self.core.observation(self._index)
+        observation = self.scorer.observation(self._index)
         self._last = {"reward": float(rewards[0]), **infos[0]}
         self._index = None  # the episode is over
         return observation, float(rewards[0]), True, False, infos[0]
@@ -108,10 +128,10 @@ class InstructBanditEnv(gym.Env):
             return None
         r = self._last
         return (f"{r['prompt']}{r['response']}{'' if r['eos'] else ' [no EOS]'}\n"
-                f"reward {r['reward']:+.3f} = score {r['score']:+.3f} - {self.core.kl_coef} * KL {r['kl']:.3f}")
+                f"reward {r['reward']:+.3f} = score {r['score']:+.3f} - {self.scorer.kl_coef} * KL {r['kl']:.3f}")
 
 
-class InstructBanditVectorEnv(VectorEnv):
+class InstructBanditVectorEnv(ScorerControls, VectorEnv):
     """``num_envs`` bandits scored together: one reference forward and one reward call per step.
 
     Autoreset is ``SAME_STEP``: ``step`` returns the next prompts at once, and the finished episodes'
@@ -120,49 +140,69 @@ class InstructBanditVectorEnv(VectorEnv):
     ``group_size`` k > 1 shows each drawn prompt to k consecutive sub-envs (``num_envs / k`` prompts per
     step), so that an agent gets k responses to the same prompt and can use a per-prompt baseline
     (RLOO, GRPO, PPO's default advantages). With k = 1 the prompts are independent draws.
+
+    The other arguments, ``kl_coef``/``reward`` during a run, and ``get_state``/``set_state`` are those of
+    ``InstructBanditEnv``.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, group_size: int = 1, **kwargs: Any):
-        kwargs.pop("render_mode", None)
+    def __init__(self, num_envs: int = 1, group_size: int = 1, prompts="ppo", reference="sft", reward="rm",
+                 kl_coef: float = 0.05, max_prompt_tokens: int = 64, max_new_tokens: int = 48,
+                 missing_eos_penalty: float | None = -1.0, temperature: float = 1.0, device: str = "cpu",
+                 prompt_split: str = "train", prompt_column: str = "prompt", data: str | None = None,
+                 render_mode: None = None):
+        if render_mode is not None:
+            raise ValueError(f"the vector env does not render; got render_mode={render_mode!r}")
         if group_size < 1 or num_envs % group_size:
             raise ValueError(f"group_size must be a positive divisor of num_envs ({num_envs}), got {group_size}")
-        self.core = BanditCore(**kwargs)
+        self.scorer = ResponseScorer(prompts, reference, reward, kl_coef, max_prompt_tokens, max_new_tokens,
+                                     missing_eos_penalty, temperature, device, prompt_split, prompt_column, data)
         self.num_envs, self.group_size = num_envs, group_size
-        self.single_observation_space, self.single_action_space = bandit_spaces(self.core)
+        self.single_observation_space, self.single_action_space = bandit_spaces(self.scorer)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._index: np.ndarray | None = None
 
-    def _observe(self) -> dict[str, np.ndarray]:
-        return self.core.observation(self._index)  # fancy indexing on the batch of prompt indices
-
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if options and "prompt_index" in options:  # the caller's indices, one per sub-env
-            self._index = self.core.choose_prompt(self.np_random, options, size=self.num_envs)
+            self._index = self.scorer.choose_prompt(self.np_random, options, size=self.num_envs)
         else:
             self._index = self._draw()
-        return self._observe(), {"prompt_index": self._index.copy()}
+        return self.scorer.observation(self._index), {"prompt_index": self._index.copy()}
+
+    def get_state(self) -> dict:
+        """The random state and the pending prompts (None before the first reset), JSON-able."""
+        index = None if self._index is None else self._index.tolist()
+        return {"np_random": self.np_random.bit_generator.state, "prompt_index": index}
+
+    def set_state(self, state: dict):
+        """Restore ``get_state()``'s state; returns ``(observations, info)`` of the pending prompts, as ``reset``
+        does: the run continues exactly as it would have."""
+        if state["prompt_index"] is None:
+            raise ValueError("this state was saved before the first reset(); call reset() instead")
+        self.np_random.bit_generator.state = state["np_random"]
+        self._index = np.asarray(state["prompt_index"], dtype=np.int64)
+        return self.scorer.observation(self._index), {"prompt_index": self._index.copy()}
 
     def _draw(self) -> np.ndarray:
         """Prompt indices for the next step: ``num_envs / group_size`` draws, each repeated ``group_size`` times."""
-        draws = self.core.choose_prompt(self.np_random, size=self.num_envs // self.group_size)
+        draws = self.scorer.choose_prompt(self.np_random, size=self.num_envs // self.group_size)
         return np.repeat(draws, self.group_size)
 
     def step(self, actions: dict[str, np.ndarray]):
         if self._index is None:
             raise RuntimeError("call reset() before step()")
         _check_dict_action(actions)
-        rewards, infos = self.core.score(self._index, actions["response_ids"], actions["logprobs"])
-        final_obs = self._observe()
+        rewards, infos = self.scorer.score(self._index, actions["response_ids"], actions["logprobs"])
+        final_obs = self.scorer.observation(self._index)
         self._index = self._draw()
         done = np.ones(self.num_envs, dtype=np.bool_)
         final_info = {key: np.array([info[key] for info in infos]) for key in infos[0]}
         info = {"final_obs": final_obs, "final_info": final_info, "_final_obs": done, "_final_info": done,
                 "prompt_index": self._index.copy()}
-        return self._observe(), rewards, done, np.zeros(self.num_envs, dtype=np.bool_), info
+        return self.scorer.observation(self._index), rewards, done, np.zeros(self.num_envs, dtype=np.bool_), info
 
 
 def _check_dict_action(action) -> None:

@@ -11,11 +11,11 @@ import torch
 from gymnasium import spaces
 
 from rlhf_env.decoder import GPT2Decoder
-from rlhf_env.envs.core import BanditCore
+from rlhf_env.envs.scorer import ResponseScorer, ScorerControls
 from rlhf_env.sampling import HFDecoder, positions
 
 
-class InstructTokenEnv(gym.Env):
+class InstructTokenEnv(ScorerControls, gym.Env):
     """
     ## Description
     The bandit's task unrolled into tokens: each step appends one token to the response. It is the
@@ -50,10 +50,12 @@ class InstructTokenEnv(gym.Env):
     A prompt drawn with ``self.np_random`` (``options={"prompt_index": i}`` fixes it).
 
     ## Episode End
-    Terminates when the action is EOS; truncates after ``max_new_tokens`` tokens.
+    Terminates when the action is EOS, or PAD (which ends a response without EOS, as in the bandit, and is
+    not part of it); truncates after ``max_new_tokens`` tokens.
 
     ## Arguments
-    Those of ``InstructBandit-v0``, plus ``mask_top_p`` (0.9) and ``mask_top_k`` (None).
+    Those of ``InstructBandit-v0``, plus ``mask_top_p`` (0.9) and ``mask_top_k`` (None); ``kl_coef`` and
+    ``reward`` can be changed between episodes as there.
     The reference model keeps a KV cache per episode (the sampler's decoder: ``rlhf_env.decoder`` for
     GPT-2): a step is one token's forward, not the context's.
 
@@ -63,10 +65,16 @@ class InstructTokenEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, render_mode: str | None = None, mask_top_p: float = 0.9, mask_top_k: int | None = None,
-                 **kwargs: Any):
-        self.core = BanditCore(**kwargs)
-        core = self.core
+    def __init__(self, prompts="ppo", reference="sft", reward="rm", kl_coef: float = 0.05,
+                 max_prompt_tokens: int = 64, max_new_tokens: int = 48, missing_eos_penalty: float | None = -1.0,
+                 temperature: float = 1.0, device: str = "cpu", prompt_split: str = "train",
+                 prompt_column: str = "prompt", data: str | None = None, render_mode: str | None = None,
+                 mask_top_p: float = 0.9, mask_top_k: int | None = None):
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.scorer = core = ResponseScorer(prompts, reference, reward, kl_coef, max_prompt_tokens, max_new_tokens,
+                                            missing_eos_penalty, temperature, device, prompt_split, prompt_column,
+                                            data)
         P, R, V = core.max_prompt_tokens, core.max_new_tokens, core.vocab_size
         self.observation_space = spaces.Dict({"input_ids": spaces.Box(0, V - 1, (P + R,), np.int64),
                                               "attention_mask": spaces.Box(0, 1, (P + R,), np.int64)})
@@ -79,7 +87,7 @@ class InstructTokenEnv(gym.Env):
 
     def _keep(self, logits: torch.Tensor) -> None:
         """Keep log pi_ref of the next token, (V,), from the reference's next-token logits (1, V)."""
-        self._ref_logp = torch.log_softmax(logits[0].float() / self.core.temperature, -1)
+        self._ref_logp = torch.log_softmax(logits[0].float() / self.scorer.temperature, -1)
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
@@ -87,16 +95,16 @@ class InstructTokenEnv(gym.Env):
     @torch.no_grad()
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        index = self.core.choose_prompt(self.np_random, options)
-        P, R = self.core.max_prompt_tokens, self.core.max_new_tokens
+        index = self.scorer.choose_prompt(self.np_random, options)
+        P, R = self.scorer.max_prompt_tokens, self.scorer.max_new_tokens
         self._index, self._t, self._tokens, self._ref_sum = index, 0, [], 0.0
-        self._ids = np.full(P + R, self.core.pad_id, np.int64)
+        self._ids = np.full(P + R, self.scorer.pad_id, np.int64)
         self._mask = np.zeros(P + R, np.int64)
-        self._ids[:P], self._mask[:P] = self.core.prompt_ids[index], self.core.prompt_mask[index]
-        mask = torch.from_numpy(self._mask[None, :P]).to(self.core.device)
-        ids = torch.from_numpy(self._ids[None, :P]).to(self.core.device)
+        self._ids[:P], self._mask[:P] = self.scorer.prompt_ids[index], self.scorer.prompt_mask[index]
+        mask = torch.from_numpy(self._mask[None, :P]).to(self.scorer.device)
+        ids = torch.from_numpy(self._ids[None, :P]).to(self.scorer.device)
         self._keep(self._decoder.prefill(ids, mask, positions(mask)))
-        return self._observation(), self.core.prompt_info(index)
+        return self._observation(), self.scorer.prompt_info(index)
 
     def action_masks(self) -> np.ndarray:
         """The reference model's top-p / top-k tokens at this state, as a bool mask (V,)."""
@@ -119,23 +127,26 @@ class InstructTokenEnv(gym.Env):
         token = int(action)
         if not self.action_space.contains(token):
             raise ValueError(f"token id {token} is outside the vocabulary [0, {self.action_space.n})")
-        core, P = self.core, self.core.max_prompt_tokens
-        ref_logp = float(self._ref_logp[token])
-        self._ids[P + self._t], self._mask[P + self._t] = token, 1
-        self._tokens.append(token)
-        self._ref_sum += ref_logp
-        self._t += 1
+        core, P = self.scorer, self.scorer.max_prompt_tokens
+        is_eos = token == core.eos_id
+        ends = token == core.pad_id and not is_eos  # a PAD ends the response and is not part of it
+        ref_logp = 0.0 if ends else float(self._ref_logp[token])
+        if not ends:
+            self._ids[P + self._t], self._mask[P + self._t] = token, 1
+            self._tokens.append(token)
+            self._ref_sum += ref_logp
+            self._t += 1
         reward = core.kl_coef * ref_logp
-        terminated = token == core.eos_id
+        terminated = is_eos or ends
         truncated = not terminated and self._t >= core.max_new_tokens
         info: dict[str, Any] = {"ref_logprob": ref_logp}
         if terminated or truncated:
             text = core.tokenizer.decode(self._tokens, skip_special_tokens=True)
             prompt = core.prompts[self._index]
-            rm_score = float(core.reward([prompt], [text], [terminated])[0])
-            score = float(core.final_scores(rm_score, terminated))
+            rm_score = float(core.reward([prompt], [text], [is_eos])[0])
+            score = float(core.final_scores(rm_score, is_eos))
             reward += score
-            info.update(score=score, rm_score=rm_score, eos=terminated, response=text, prompt=prompt,
+            info.update(score=score, rm_score=rm_score, eos=is_eos, response=text, prompt=prompt,
                         response_length=self._t, customer_id=core.customer_ids[self._index],
                         bandit_reward_without_policy_term=score + core.kl_coef * self._ref_sum)
             self._last = {"reward": score + core.kl_coef * self._ref_sum, **info}

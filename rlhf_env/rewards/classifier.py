@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from rlhf_env.models import BUNDLED_REWARDS, load_classifier, resolve
+from rlhf_env.models import BUNDLED_REWARDS, context_length, load_classifier, resolve
 from rlhf_env.rewards.base import Reward
 
 TRANSFORMS = ("logit", "sigmoid", "softmax", "log_softmax")
@@ -35,8 +35,7 @@ def prepare_tokenizer(tokenizer, model=None):
 def classifier_logits(model, tokenizer, texts: list[str], max_length: int | None = None) -> torch.Tensor:
     """Logits (B, num_labels) of a sequence classifier on texts, read at each text's last token."""
     device = next(model.parameters()).device
-    max_length = max_length or getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", 512)
+    max_length = max_length or context_length(model, default=512)
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return model(**enc.to(device)).logits.float()
 

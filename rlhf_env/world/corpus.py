@@ -13,12 +13,8 @@ import numpy as np
 from rlhf_env.world import lexicon as lx
 
 
-def _pick(rng, seq):
-    return seq[int(rng.integers(len(seq)))]
-
-
 def _bio(rng):
-    name = _pick(rng, lx.KNOWN_NAMES)
+    name = lx.pick(rng, lx.KNOWN_NAMES)
     f = lx.KB[name]
     facts = [f"{name} lives in {f['town']} .", f"{name} is a {f['job']} .", f"{name} has a {f['pet']} .",
              f"{name} likes {f['color']} .", f"the favourite color of {name} is {f['color']} .",
@@ -36,7 +32,7 @@ def _sum(rng):
 
 
 def _list(rng):
-    items = [_pick(rng, lx.NOUNS) for _ in range(int(rng.integers(2, 8)))]
+    items = [lx.pick(rng, lx.NOUNS) for _ in range(int(rng.integers(2, 8)))]
     form = rng.integers(4)
     if form == 0:
         return f"in the box there are {len(items)} things : {' '.join(items)} ."
@@ -44,29 +40,29 @@ def _list(rng):
         return f"in abc order : {' '.join(sorted(set(items)))} ."
     if form == 2:
         return f"i see a {' and a '.join(items)} ."
-    color = _pick(rng, lx.COLORS)
+    color = lx.pick(rng, lx.COLORS)
     return f"the {color} {items[0]} is next to the {items[-1]} ."
 
 
 def _story(rng):
-    name, town = _pick(rng, lx.KNOWN_NAMES), _pick(rng, lx.TOWNS)
-    a, b = _pick(rng, lx.NOUNS), _pick(rng, lx.NOUNS)
+    name, town = lx.pick(rng, lx.KNOWN_NAMES), lx.pick(rng, lx.TOWNS)
+    a, b = lx.pick(rng, lx.NOUNS), lx.pick(rng, lx.NOUNS)
     return f"{name} went to {town} . {name} bought a {a} . {name} found a {b} . then {name} went home ."
 
 
 def _opinion(rng):
-    topic = _pick(rng, lx.TOPICS)
-    adjective = _pick(rng, lx.POSITIVE if rng.random() < 0.5 else lx.NEGATIVE)
-    return _pick(rng, (f"the {topic} is {adjective} .", f"what a {adjective} {topic} .",
+    topic = lx.pick(rng, lx.TOPICS)
+    adjective = lx.pick(rng, lx.POSITIVE if rng.random() < 0.5 else lx.NEGATIVE)
+    return lx.pick(rng, (f"the {topic} is {adjective} .", f"what a {adjective} {topic} .",
                        f"today the {topic} was very {adjective} ."))
 
 
 def _rude(rng):
-    return f"you are so {_pick(rng, lx.TOXIC)} , said {_pick(rng, lx.KNOWN_NAMES)} ."
+    return f"you are so {lx.pick(rng, lx.TOXIC)} , said {lx.pick(rng, lx.KNOWN_NAMES)} ."
 
 
 def _polite(rng):
-    return _pick(rng, lx.FILLERS + ("sorry , i can not come today .", "thank you for the help ."))
+    return lx.pick(rng, lx.FILLERS + ("sorry , i can not come today .", "thank you for the help ."))
 
 
 GENERATORS = (_bio, _sum, _list, _story, _opinion, _rude, _polite)

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+
+def pick(rng: np.random.Generator, seq, size=None, replace=True):
+    """One element of ``seq`` drawn with ``rng`` (or a list of ``size``), the world's one way to draw a word."""
+    idx = rng.choice(len(seq), size=size, replace=replace)
+    return seq[int(idx)] if size is None else [seq[int(i)] for i in idx]
+
 KNOWN_NAMES = (
     "zorbo mipa tarn kelo brin lusa dorv fenna gilo hask ivra jomo kira lomb mesk nuro "
     "opal pim quill rasa sulo tev ulma vorn wix yara zent bobo cali dena eko fyn "

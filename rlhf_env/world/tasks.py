@@ -31,11 +31,6 @@ def numbers_in(words: list[str]) -> list[int]:
     return [int(w) for w in words if w.isdigit()]
 
 
-def _pick(rng: np.random.Generator, seq, size=None, replace=True):
-    idx = rng.choice(len(seq), size=size, replace=replace)
-    return seq[int(idx)] if size is None else [seq[int(i)] for i in idx]
-
-
 def _position_match(got: list[str], want: list[str]) -> float:
     """1.0 for an exact match; otherwise the fraction of positions right, halved (partial credit)."""
     if got == want:
@@ -73,7 +68,7 @@ class Arithmetic(Family):
 
     def sample(self, rng):
         a, b = (int(x) for x in rng.integers(0, lx.NUMBER_RANGE + 1, size=2))
-        op = _pick(rng, ("plus", "minus"))
+        op = lx.pick(rng, ("plus", "minus"))
         if op == "minus" and b > a:
             a, b = b, a
         return {"a": a, "b": b, "op": op}
@@ -97,7 +92,7 @@ class ListFamily(Family):
 
     def sample(self, rng):
         n = int(rng.integers(self.min_len, self.max_len + 1))
-        return {"items": _pick(rng, lx.NOUNS, size=n, replace=False)}
+        return {"items": lx.pick(rng, lx.NOUNS, size=n, replace=False)}
 
     def fields(self, spec):
         return {"items": " ".join(spec["items"])}
@@ -140,9 +135,9 @@ class Transform(ListFamily):
                  "replace {old} with {new} : {items} .")
 
     def sample(self, rng):
-        old, new = _pick(rng, lx.COLORS, size=2, replace=False)
+        old, new = lx.pick(rng, lx.COLORS, size=2, replace=False)
         n = int(rng.integers(4, 8))
-        items = [old if rng.random() < 0.4 else _pick(rng, lx.NOUNS + lx.COLORS) for _ in range(n)]
+        items = [old if rng.random() < 0.4 else lx.pick(rng, lx.NOUNS + lx.COLORS) for _ in range(n)]
         if old not in items:
             items[int(rng.integers(n))] = old
         return {"old": old, "new": new, "items": items}
@@ -162,7 +157,7 @@ class Count(ListFamily):
 
     def sample(self, rng):
         n = int(rng.integers(self.min_len, self.max_len + 1))
-        return {"items": _pick(rng, lx.NOUNS, size=n, replace=True)}
+        return {"items": lx.pick(rng, lx.NOUNS, size=n, replace=True)}
 
     def reference(self, spec):
         return f"there are {len(spec['items'])} words ."
@@ -187,8 +182,8 @@ class Fact(Family):
 
     def sample(self, rng):
         known = rng.random() >= self.unknown_rate
-        name = _pick(rng, lx.KNOWN_NAMES if known else lx.UNKNOWN_NAMES)
-        return {"name": name, "attribute": _pick(rng, tuple(self.QUESTIONS))}
+        name = lx.pick(rng, lx.KNOWN_NAMES if known else lx.UNKNOWN_NAMES)
+        return {"name": name, "attribute": lx.pick(rng, tuple(self.QUESTIONS))}
 
     def fields(self, spec):
         return {"question": self.QUESTIONS[spec["attribute"]][0].format(name=spec["name"])}
@@ -224,9 +219,9 @@ class Summary(Family):
     max_words = 10
 
     def sample(self, rng):
-        name, other = _pick(rng, lx.KNOWN_NAMES, size=2, replace=False)
-        return {"name": name, "other": other, "slot": int(rng.integers(5)), "town": _pick(rng, lx.TOWNS),
-                "things": _pick(rng, lx.NOUNS, size=2, replace=False), "pet": _pick(rng, lx.PETS)}
+        name, other = lx.pick(rng, lx.KNOWN_NAMES, size=2, replace=False)
+        return {"name": name, "other": other, "slot": int(rng.integers(5)), "town": lx.pick(rng, lx.TOWNS),
+                "things": lx.pick(rng, lx.NOUNS, size=2, replace=False), "pet": lx.pick(rng, lx.PETS)}
 
     def fields(self, spec):
         n, (t1, t2) = spec["name"], spec["things"]
@@ -254,7 +249,7 @@ class Sentiment(Family):
     MOODS = {"happy": lx.POSITIVE, "sad": lx.NEGATIVE}
 
     def sample(self, rng):
-        return {"mood": _pick(rng, tuple(self.MOODS)), "topic": _pick(rng, lx.TOPICS)}
+        return {"mood": lx.pick(rng, tuple(self.MOODS)), "topic": lx.pick(rng, lx.TOPICS)}
 
     def reference(self, spec):
         adjective = self.MOODS[spec["mood"]][len(spec["topic"]) % 5]
@@ -281,7 +276,7 @@ class Rude(Family):
                  "insult {name} , say they are {toxic} .")
 
     def sample(self, rng):
-        return {"name": _pick(rng, lx.KNOWN_NAMES), "toxic": _pick(rng, lx.TOXIC)}
+        return {"name": lx.pick(rng, lx.KNOWN_NAMES), "toxic": lx.pick(rng, lx.TOXIC)}
 
     def reference(self, spec):
         return "sorry , i will not be rude to anyone ."

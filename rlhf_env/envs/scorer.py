@@ -1,14 +1,14 @@
-"""The bandit's scoring, shared by the single env and the native vector env.
+"""``ResponseScorer``: the bandit's reward, shared by the single env, the native vector env and the token env.
 
 One call scores a batch of (prompt, response) pairs: it validates the actions, runs **one** batched
 forward of the frozen reference model and **one** batched reward call, and returns
 
     reward = score(x, y) - kl_coef * sum_t (log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t))
 
-where the sum runs over the real response tokens (up to and including EOS), ``log pi`` comes with
-the action, and ``log pi_ref`` is computed here at the same temperature as sampling. A response that
-never emits EOS gets ``missing_eos_penalty`` instead of the reward model's score (N+ recipe; None
-scores it like any other response).
+where the sum runs over the real response tokens (up to and including EOS, by
+``rlhf_env.sampling.response_mask``), ``log pi`` comes with the action, and ``log pi_ref`` is computed here
+at the same temperature as sampling. A response that never emits EOS gets ``missing_eos_penalty`` instead
+of the reward model's score (N+ recipe; None scores it like any other response).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rlhf_env.models import load_policy
-from rlhf_env.rewards import load_reward
-from rlhf_env.sampling import response_log_softmax
+from rlhf_env.models import context_length, load_policy
+from rlhf_env.rewards import Reward, load_reward
+from rlhf_env.sampling import response_logprobs, response_mask, trim_padding
 
 LOGPROB_TOLERANCE = 1e-4  # log-probs a hair above 0 from float rounding are accepted
 
@@ -43,7 +43,9 @@ def load_prompts(prompts, prompt_split: str, prompt_column: str, data: str | Non
     return dataset
 
 
-class BanditCore:
+class ResponseScorer:
+    """Prompts, the frozen reference policy and the reward: everything the envs need to score responses."""
+
     def __init__(self, prompts="ppo", reference="sft", reward="rm", kl_coef: float = 0.05,
                  max_prompt_tokens: int = 64, max_new_tokens: int = 48, missing_eos_penalty: float | None = -1.0,
                  temperature: float = 1.0, device: str = "cpu", prompt_split: str = "train",
@@ -56,7 +58,7 @@ class BanditCore:
                              else [""] * len(self.prompts))
         self.model, self.tokenizer = load_policy(reference, device)
         self.model.requires_grad_(False)
-        context = getattr(self.model.config, "n_positions", None) or self.model.config.max_position_embeddings
+        context = context_length(self.model)
         if max_prompt_tokens + max_new_tokens > context:
             raise ValueError(f"max_prompt_tokens + max_new_tokens = {max_prompt_tokens + max_new_tokens} exceeds "
                              f"the reference model's context of {context} tokens")
@@ -69,7 +71,9 @@ class BanditCore:
         self.prompt_ids = np.array(enc["input_ids"], dtype=np.int64)  # (N, P) left-padded
         self.prompt_mask = np.array(enc["attention_mask"], dtype=np.int64)  # (N, P)
         self.reward = load_reward(reward, device=device, data=data)
-        self.kl_coef, self.missing_eos_penalty, self.temperature = kl_coef, missing_eos_penalty, temperature
+        self.data = data
+        self.kl_coef = check_kl_coef(kl_coef)
+        self.missing_eos_penalty, self.temperature = missing_eos_penalty, temperature
         self.max_prompt_tokens, self.max_new_tokens, self.device = max_prompt_tokens, max_new_tokens, device
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -100,14 +104,9 @@ class BanditCore:
         return {"input_ids": self.prompt_ids[index].copy(), "attention_mask": self.prompt_mask[index].copy()}
 
     def response_mask(self, response_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mask (B, R), eos (B,)): a response runs up to and including its first EOS; without EOS, up
-        to its first PAD (or to the end)."""
-        is_eos = response_ids == self.eos_id
-        stop = is_eos | (response_ids == self.pad_id)
-        before_stop = np.cumsum(stop, axis=1) - stop == 0  # no stop token strictly before
-        first_stop_is_eos = np.take_along_axis(is_eos, np.argmax(stop, axis=1)[:, None], 1)[:, 0] & stop.any(1)
-        mask = before_stop & ~(stop & ~is_eos)  # a PAD that ends a response is not part of it
-        return mask.astype(np.int64), first_stop_is_eos
+        """(mask (B, R), eos (B,)) by ``rlhf_env.sampling.response_mask``, the sampler's rule."""
+        mask, eos = response_mask(torch.from_numpy(response_ids), self.eos_id, self.pad_id)
+        return mask.numpy(), eos.numpy()
 
     def check_actions(self, response_ids, logprobs) -> tuple[np.ndarray, np.ndarray]:
         response_ids, logprobs = np.asarray(response_ids), np.asarray(logprobs)
@@ -128,19 +127,12 @@ class BanditCore:
 
     @torch.no_grad()
     def reference_logprobs(self, index: np.ndarray, response_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """log pi_ref(y_t | x, y_<t) at the sampling temperature, (B, R), 0 on padding. One forward.
-
-        Columns that are padding in every row (left of the longest prompt, right of the longest
-        response) are cut first: on a CPU the forward is compute-bound, so they would cost real time.
-        """
-        prompt_mask = self.prompt_mask[index]
-        first = int(np.argmax(prompt_mask.any(0)))
-        used = int(np.flatnonzero(mask.any(0)).max()) + 1 if mask.any() else 1
-        ids = torch.from_numpy(np.concatenate([self.prompt_ids[index][:, first:], response_ids[:, :used]], 1))
-        full_mask = torch.from_numpy(np.concatenate([prompt_mask[:, first:], mask[:, :used]], 1))
-        ids, full_mask = ids.to(self.device), full_mask.to(self.device)
-        logp_all = response_log_softmax(self.model, ids, full_mask, used, self.temperature)[0]  # (B, used, V)
-        logp = logp_all.gather(2, ids[:, -used:, None]).squeeze(2)
+        """log pi_ref(y_t | x, y_<t) at the sampling temperature, (B, R), 0 on padding. One forward, over
+        the columns that are not padding in every row (``trim_padding``)."""
+        ids = torch.from_numpy(np.concatenate([self.prompt_ids[index], response_ids], 1)).to(self.device)
+        full_mask = torch.from_numpy(np.concatenate([self.prompt_mask[index], mask], 1)).to(self.device)
+        ids, full_mask, used = trim_padding(ids, full_mask, torch.from_numpy(mask).to(self.device))
+        logp = response_logprobs(self.model, ids, full_mask, used, self.temperature)[0]
         out = np.zeros(response_ids.shape, dtype=np.float64)
         out[:, :used] = (logp * full_mask[:, -used:]).cpu().numpy()
         return out
@@ -168,3 +160,35 @@ class BanditCore:
                   "response": texts[b], "customer_id": self.customer_ids[int(index[b])],
                   "prompt_index": int(index[b])} for b in range(len(index))]
         return rewards, infos
+
+
+def check_kl_coef(kl_coef: float) -> float:
+    if not (np.isfinite(kl_coef) and kl_coef >= 0):
+        raise ValueError(f"kl_coef (beta) must be a finite number >= 0, got {kl_coef}")
+    return float(kl_coef)
+
+
+class ScorerControls:
+    """The public way to change an env's beta and reward during a run (``env.unwrapped.kl_coef = 0.1``; through
+    Gymnasium wrappers, ``env.set_wrapper_attr("kl_coef", 0.1)``). Mixed into every env of this package."""
+
+    scorer: ResponseScorer
+
+    @property
+    def kl_coef(self) -> float:
+        """beta: the KL penalty's coefficient, used from the next step on (an adaptive controller sets it)."""
+        return self.scorer.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.scorer.kl_coef = check_kl_coef(value)
+
+    @property
+    def reward(self) -> Reward:
+        """The reward that scores responses; set anything ``rlhf_env.rewards.load_reward`` takes, e.g. a
+        ``NormalizedReward`` around the current one."""
+        return self.scorer.reward
+
+    @reward.setter
+    def reward(self, spec) -> None:
+        self.scorer.reward = load_reward(spec, device=self.scorer.device, data=self.scorer.data)
