@@ -1,8 +1,9 @@
 """Resumable training state as safetensors plus JSON (never pickles).
 
 A checkpoint directory holds the model (HF ``save_pretrained``, safetensors), the optimizer tensors
-and RNG states (``optimizer.safetensors``), and everything else as JSON (``state.json``): optimizer
-hyper-parameters, scheduler, the caller's state and the numpy/python RNG states.
+and RNG states (``optimizer.safetensors``), the caller's own tensors (``extra.safetensors``: a value head,
+a sampler's RNG), and everything else as JSON (``state.json``): optimizer hyper-parameters, scheduler, the
+caller's state and the numpy/python RNG states.
 
 Writes are crash-safe: the new checkpoint is written to ``DIR.tmp``, the old one moved to ``DIR.old``,
 the new one renamed into place, and only then is ``DIR.old`` deleted. ``find_checkpoint`` picks up
@@ -22,7 +23,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 
 
-def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, scheduler, state: dict) -> None:
+def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, scheduler, state: dict,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -35,6 +37,7 @@ def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, s
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
     save_file(tensors, tmp / "optimizer.safetensors")
+    save_file({k: v.contiguous() for k, v in (extra or {}).items()}, tmp / "extra.safetensors")
     meta = {
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict(),
@@ -59,8 +62,8 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_checkpoint(directory: str | os.PathLike, model, optimizer, scheduler) -> dict:
-    """Restore model, optimizer, scheduler and RNGs in place; return the caller's ``state``."""
+def load_checkpoint(directory: str | os.PathLike, model, optimizer, scheduler) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore model, optimizer, scheduler and RNGs in place; return the caller's ``(state, tensors)``."""
     directory = Path(directory)
     missing, unexpected = load_model(model, directory / "model.safetensors", strict=False)
     tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embedding
@@ -83,7 +86,8 @@ def load_checkpoint(directory: str | os.PathLike, model, optimizer, scheduler) -
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
     py_state = meta["rng"]["python"]
     random.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
-    return meta["state"]
+    extra = directory / "extra.safetensors"
+    return meta["state"], load_file(extra) if extra.exists() else {}
 
 
 def _jsonable(x):

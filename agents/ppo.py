@@ -32,13 +32,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
-from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from agents.logger import RunLogger
+from agents.checkpoint import find_checkpoint
 from agents.rl_math import (
     KLController,
     gae,
@@ -49,6 +46,7 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
+from agents.run import Run
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
 from rlhf_env.models import (
     BUNDLED_REWARDS,
@@ -224,7 +222,8 @@ def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden:
 class PPOAgent:
     def __init__(self, config: PPOConfig):
         self.config = c = config
-        _refuse_finished_run(Path(c.out))  # before anything loads
+        self.run = Run(c.out, run_fingerprint(c), c.iterations, "ppo", finished="result.json")  # refuses a finished one
+        self.iteration = 0  # iterations done
         torch.manual_seed(c.seed)
         self.policy, self.tokenizer = load_policy(c.policy, c.device)
         self.policy.train()
@@ -255,7 +254,7 @@ class PPOAgent:
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
         check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.scorer, c)
-        if c.normalize_reward and find_checkpoint(Path(c.out) / "checkpoint") is None:  # else: the checkpoint's
+        if c.normalize_reward and find_checkpoint(self.run.checkpoint) is None:  # else: the checkpoint's
             self._normalize_reward()
         if c.bf16:
             _check_native_bf16(c.device)
@@ -271,6 +270,50 @@ class PPOAgent:
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
         self._reference_eval = None  # the reference's held-out samples, graded once
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict:
+        """The run: resume if OUT/checkpoint exists, iterate, evaluate and save on schedule, then the final
+        held-out evaluation, ``OUT/final`` and ``OUT/result.json``."""
+        c, run = self.config, self.run
+        started = time.perf_counter()
+        run.check_not_finished()  # this agent may have finished it
+        obs = self.resume()
+        run.start(self.iteration)
+        try:
+            while self.iteration < c.iterations:
+                metrics, obs = self.iterate(obs)
+                run.log(self.iteration, metrics)
+                run.bar.update(1)
+                run.bar.set_postfix(score=f"{metrics['score']:.2f}", kl=f"{metrics['kl']:.2f}")
+                if c.eval_every and self.iteration % c.eval_every == 0 and self.iteration < c.iterations:
+                    run.log(self.iteration, self.evaluate(), kind="eval")
+                if c.save_every and self.iteration % c.save_every == 0 and self.iteration < c.iterations:
+                    self.save()
+            final = self.evaluate(c.final_eval_episodes)
+            run.log(self.iteration, final, kind="eval")
+            save_policy(self.policy, self.tokenizer, Path(c.out) / "final")
+        finally:  # also on a crash or Ctrl-C: the bar ends and the logs are flushed
+            run.close()
+        final["minutes"] = (time.perf_counter() - started) / 60  # this process's share, if it resumed
+        (Path(c.out) / "result.json").write_text(json.dumps(final, indent=1))
+        return final
+
+    def iterate(self, obs) -> tuple[dict[str, float], dict]:
+        """One PPO iteration from the env's observations: rollout (sample, env step, advantages), update, KL
+        controller. Returns its metrics, with the seconds each phase took (``time_*``), and the next
+        observations."""
+        started = time.perf_counter()
+        batch = self.rollout(obs)
+        obs = batch.pop("next_obs")
+        updating = time.perf_counter()
+        stats = self.update(batch)
+        self.kl.update(batch["kl"].mean().item(), self.config.batch_size)
+        self.iteration += 1
+        times = {**batch.pop("times"), "time_update": time.perf_counter() - updating,
+                 "time_iteration": time.perf_counter() - started}
+        return {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
+                "lr": self.scheduler.get_last_lr()[0], **times}, obs
 
     def _normalize_reward(self) -> None:
         """Replace the env's reward by one under which the initial policy's samples score N(0, 1)."""
@@ -293,6 +336,7 @@ class PPOAgent:
     @torch.no_grad()
     def rollout(self, obs) -> dict[str, torch.Tensor]:
         c, dev = self.config, self.config.device
+        started = time.perf_counter()
         prompt_ids = torch.from_numpy(obs["input_ids"]).to(dev)
         prompt_mask = torch.from_numpy(obs["attention_mask"]).to(dev)
         self.policy.eval()
@@ -302,8 +346,11 @@ class PPOAgent:
         if not torch.isfinite(samples.logprobs).all():
             raise NonFiniteLoss(f"the policy's log-probs are not finite at iteration {self.iteration + 1}; "
                                 f"{Path(c.out) / 'checkpoint'} keeps the last good checkpoint")
+        stepping = time.perf_counter()
         self.env.unwrapped.kl_coef = self.kl.coef  # the env computes the reward with the current beta
         next_obs, env_rewards, _, _, info = self.env.step(samples.action(c.max_new_tokens))
+        times = {"time_sample": stepping - started, "time_env": time.perf_counter() - stepping}
+        forward_started = time.perf_counter()
         final = info["final_info"]
         R = samples.response_ids.shape[1]
         mask = samples.response_mask.float()
@@ -323,6 +370,7 @@ class PPOAgent:
                 values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
+        times["time_rollout_forward"] = time.perf_counter() - forward_started  # values (and bf16's old log-probs)
         if c.advantage == "rloo":  # the env's reward, whole-sequence, against the same prompt's other responses
             lead = leave_one_out_advantages(torch.from_numpy(env_rewards).to(dev).float(), c.group_size)
             # scaled per response, not per token, and not re-centred: a shift by the token-weighted mean
@@ -336,7 +384,7 @@ class PPOAgent:
                 "env_rewards": torch.from_numpy(env_rewards).float(), "score": score,
                 "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
                 "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
-                "token_rewards": rewards}
+                "token_rewards": rewards, "times": times}
 
     def _rollout_forward(self, ids, mask, response_mask):
         """Log-probs and values (B, R) of a whole batch, ``minibatch_size`` rows at a time (each cut like an
@@ -436,43 +484,6 @@ class PPOAgent:
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                  ids[:, 1:].reshape(-1))
 
-    # -- the loop --------------------------------------------------------------------------------
-    def train(self) -> dict:
-        c, out = self.config, Path(self.config.out)
-        started = time.perf_counter()
-        _refuse_finished_run(out)  # this agent may have finished it
-        state = {"iteration": 0, "kl_coef": self.kl.coef, "run": _run_fingerprint(c)}
-        found = find_checkpoint(out / "checkpoint")
-        if found is not None:
-            state = self._load(found)
-        self.iteration = state["iteration"]
-        logger = RunLogger(out, resume_step=self.iteration)
-        obs = self._restore_obs(state)
-        bar = tqdm(total=c.iterations, initial=self.iteration, desc="ppo", dynamic_ncols=True)
-        while self.iteration < c.iterations:
-            batch = self.rollout(obs)
-            obs = batch.pop("next_obs")
-            stats = self.update(batch)
-            self.kl.update(batch["kl"].mean().item(), c.batch_size)
-            self.iteration += 1
-            metrics = {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
-                       "lr": self.scheduler.get_last_lr()[0]}
-            logger.log(self.iteration, metrics)
-            bar.update(1)
-            bar.set_postfix(score=f"{metrics['score']:.2f}", kl=f"{metrics['kl']:.2f}")
-            if c.eval_every and self.iteration % c.eval_every == 0 and self.iteration < c.iterations:
-                logger.log(self.iteration, self.evaluate(), kind="eval")
-            if c.save_every and self.iteration % c.save_every == 0 and self.iteration < c.iterations:
-                self._save(out / "checkpoint", obs)
-        bar.close()
-        final = self.evaluate(c.final_eval_episodes)
-        logger.log(self.iteration, final, kind="eval")
-        save_policy(self.policy, self.tokenizer, out / "final")
-        logger.close()
-        final["minutes"] = (time.perf_counter() - started) / 60  # this process's share, if it resumed
-        (out / "result.json").write_text(json.dumps(final, indent=1))
-        return final
-
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
         """Held-out customers' prompts: gold win rate against the reference (and the most any policy could
         get, ``win_rate_ceiling``; see ``rlhf_env.evaluation``), and gold, task success, RM
@@ -513,37 +524,31 @@ class PPOAgent:
                 "eos_frac": float(np.mean(eos))}
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _save(self, directory: Path, obs) -> None:
+    def save(self) -> None:
+        """A crash-safe checkpoint of everything the run needs to continue exactly (``agents.run``)."""
         env = self.env.unwrapped
-        state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "run": _run_fingerprint(self.config),
-                 "env": env.get_state()}
+        state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "env": env.get_state()}
         if isinstance(env.reward, NormalizedReward):
             state["reward_normalization"] = {"mean": env.reward.mean, "std": env.reward.std}
-        save_checkpoint(directory, self.policy, self.tokenizer, self.optimizer, self.scheduler, state)
         value = self.value.state_dict() if self.value is not None else {}
-        save_file({**{f"value.{k}": v.contiguous() for k, v in value.items()},
-                   "sampler_rng": self.generator.get_state()}, directory / "agent.safetensors")
+        self.run.save(self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
+                      {**{f"value.{k}": v for k, v in value.items()}, "sampler_rng": self.generator.get_state()})
 
-    def _load(self, directory: Path) -> dict:
-        state = load_checkpoint(directory, self.policy, self.optimizer, self.scheduler)
+    def resume(self):
+        """Restore OUT/checkpoint if there is one; returns the env's observations to continue from."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1}  # older runs' defaults
-        if {**older, **state["run"]} != _run_fingerprint(self.config):
-            raise ValueError(f"{directory} was written by a different run; use another --out")
-        tensors = load_file(directory / "agent.safetensors")
+        state, tensors = self.run.restore(self.policy, self.optimizer, self.scheduler, older)
+        if state is None:
+            return self.env.reset(seed=self.config.seed)[0]
+        self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
         self.generator.set_state(tensors.pop("sampler_rng"))
         if self.value is not None:
             self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
-        self.kl.coef = state["kl_coef"]
+        env = self.env.unwrapped
         if "reward_normalization" in state:  # exactly the statistics the run started with
-            env = self.env.unwrapped
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward
             env.reward = NormalizedReward(raw, **state["reward_normalization"])
-        return state
-
-    def _restore_obs(self, state: dict):
-        if "env" not in state:
-            return self.env.reset(seed=self.config.seed)[0]
-        return self.env.unwrapped.set_state(state["env"])[0]
+        return env.set_state(state["env"])[0]
 
 
 def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:
@@ -559,12 +564,7 @@ def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:
     return out
 
 
-def _refuse_finished_run(out: Path) -> None:
-    if (out / "result.json").exists():
-        raise ValueError(f"{out} holds a finished run (result.json); pass another --out, or delete it to rerun")
-
-
-def _run_fingerprint(c: PPOConfig) -> dict:
+def run_fingerprint(c: PPOConfig) -> dict:
     keep = ("policy", "reference", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
             "value_model", "ptx_coef", "bf16", "normalize_reward", "advantage", "group_size")
     plain = (str, int, float, bool, type(None))

@@ -16,11 +16,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from agents.logger import RunLogger
+from agents.run import Run
 from rlhf_env.models import save_policy
 
 IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
@@ -112,17 +110,11 @@ def train_loop(
         optimizer, int(config.warmup_ratio * total), total, min_lr_rate=config.lr_min_ratio)
 
     # What a checkpoint must agree on to be resumed: anything else would silently mix two runs.
-    run = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs, "lr": config.lr,
-           "seed": config.seed}
-    state = {"step": 0, "best": -math.inf, "best_step": None, "run": run}
-    checkpoint = out / "checkpoint"
-    found = find_checkpoint(checkpoint) if config.resume else None
-    if found is not None:
-        state = load_checkpoint(found, model, optimizer, scheduler)
-        if state.get("run") != run:
-            raise ValueError(f"{found} was written by a different run ({state.get('run')}, now {run}); "
-                             f"use another --out, or --resume false to start over")
-    logger = RunLogger(out, resume_step=state["step"])  # drops rows logged after the checkpoint
+    fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
+                   "lr": config.lr, "seed": config.seed}
+    run = Run(out, fingerprint, total, desc, resume=config.resume)
+    state = run.restore(model, optimizer, scheduler)[0] or {"step": 0, "best": -math.inf, "best_step": None}
+    run.start(state["step"])
 
     def run_eval(step):
         if evaluate is None:
@@ -130,43 +122,43 @@ def train_loop(
         model.eval()
         metrics = evaluate(model)
         model.train()
-        logger.log(step, metrics, kind="eval")
+        run.log(step, metrics, kind="eval")
         if select and metrics[select] > state["best"]:
             state.update(best=metrics[select], best_step=step)
             save_policy(model, tokenizer, out / "best")
 
-    bar = tqdm(total=total, initial=state["step"], desc=desc, dynamic_ncols=True)
     window: list[dict[str, float]] = []  # per-step metrics since the last log line
-    while state["step"] < total:
-        step = state["step"]
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
-        batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
-        loss, batch_metrics = batch_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        state["step"] = step = step + 1
-        window.append({"loss": loss.item(), **batch_metrics})
-        bar.update(1)
-        if step % config.log_every == 0 or step == total:
-            metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=step / steps_per_epoch)
-            logger.log(step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            window = []
-        if config.eval_every and step % config.eval_every == 0 and step < total:
-            run_eval(step)
-        if config.save_every and step % config.save_every == 0 and step < total:
-            save_checkpoint(checkpoint, model, tokenizer, optimizer, scheduler, state)
-    bar.close()
-    run_eval(state["step"])
-    model.eval()
-    save_policy(model, tokenizer, out / "final")
-    for leftover in (checkpoint, *(checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
+    try:
+        while state["step"] < total:
+            step = state["step"]
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
+            batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
+            loss, batch_metrics = batch_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state["step"] = step = step + 1
+            window.append({"loss": loss.item(), **batch_metrics})
+            run.bar.update(1)
+            if step % config.log_every == 0 or step == total:
+                metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=step / steps_per_epoch)
+                run.log(step, metrics)
+                run.bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+                window = []
+            if config.eval_every and step % config.eval_every == 0 and step < total:
+                run_eval(step)
+            if config.save_every and step % config.save_every == 0 and step < total:
+                run.save(model, tokenizer, optimizer, scheduler, state)
+        run_eval(state["step"])
+        model.eval()
+        save_policy(model, tokenizer, out / "final")
+    finally:  # also on a crash or Ctrl-C: the bar ends and the logs are flushed
+        run.close()
+    for leftover in (run.checkpoint, *(run.checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
         shutil.rmtree(leftover, ignore_errors=True)
-    logger.close()
     return state
 

@@ -1,13 +1,15 @@
 """One PPO iteration end to end with the default ``rlhf ppo`` config: episodes/s, the fraction of time
 in each phase, and the update phase's FLOP efficiency against this machine's measured fp32 matmul peak.
 
-Phases: ``sample`` (the policy's rollout sampler), ``reference`` (the env's frozen-reference forward),
-``reward`` (the env's reward model), ``values`` (the value forward on the rollout), ``update``
-(``ppo_epochs`` x minibatches of forward + backward + AdamW) and ``other`` (the rest of the env step,
-decoding texts, GAE, whitening). Matmul FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
-on the update's own forward and backward (attention is not counted on a CPU: see ``update_flops``).
+Phases, as ``PPOAgent.iterate`` times them: ``sample`` (the policy's rollout sampler), ``reference`` (the
+env step less its reward call: the frozen reference's forward, checks, decoding texts), ``reward`` (the env's
+reward model, timed through the env's public ``reward``), ``values`` (the rollout's own forward: values,
+and under bf16 the ratio's old log-probs), ``update`` (``ppo_epochs`` x minibatches of forward + backward +
+AdamW and the KL controller) and ``other`` (advantages and the rest). Matmul FLOPs are counted by
+``torch.utils.flop_counter.FlopCounterMode`` on the update's own forward and backward (attention is not
+counted on a CPU: see ``update_flops``).
 Measured in alternating rounds of one run: float32 (the default: linears through oneDNN, see
-``rlhf_env.onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.onednn.disabled()``), and
+``rlhf_env.accel.onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.accel.onednn.disabled()``), and
 ``bf16=True`` (bfloat16 autocast in the policy's training forward and backward; under it the ``values``
 phase also recomputes the ratio's old log-probs). Each update is set against the fastest matmul this
 machine does in its precision (a 2048 x 2048 matmul through MKL and through oneDNN; bfloat16: autocast's).
@@ -24,16 +26,15 @@ import functools
 import json
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import agents.ppo as ppo_module
 from agents.ppo import PPOAgent, PPOConfig
-from rlhf_env import onednn
+from rlhf_env.accel import onednn
+from rlhf_env.rewards import Reward
 
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
@@ -41,7 +42,7 @@ PHASES = ("sample", "reference", "reward", "values", "update", "other")
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
                        through_onednn: bool = False) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    if through_onednn:  # float32 through oneDNN, as rlhf_env.onednn runs every linear
+    if through_onednn:  # float32 through oneDNN, as rlhf_env.accel.onednn runs every linear
         matmul = functools.partial(onednn.linear, a, b.T.contiguous())
     else:
         matmul = functools.partial(torch.matmul, a, b)
@@ -54,17 +55,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def timing(times: dict, name: str, fn):
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            times[name] += time.perf_counter() - start
-    return wrapped
 
 
 def update_flops(agent: PPOAgent, batch: dict) -> int:
@@ -84,39 +74,40 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
         return _measure(iterations, bf16=variant == "bf16")
 
 
+class TimedReward(Reward):
+    """The env's reward, timed (set through the env's public ``reward``)."""
+
+    def __init__(self, reward: Reward):
+        self.reward, self.name, self.seconds = reward, reward.name, 0.0
+
+    def score(self, prompts, responses, eos):
+        start = time.perf_counter()
+        try:
+            return self.reward(prompts, responses, eos)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 def _measure(iterations: int, bf16: bool) -> tuple[list[dict], int]:
     with tempfile.TemporaryDirectory() as tmp:
-        config = PPOConfig(out=tmp, eval_every=0, save_every=0, bf16=bf16)
-        agent = PPOAgent(config)
-        core = agent.env.unwrapped.scorer
-        times: dict[str, float] = defaultdict(float)
-        sampler = ppo_module.sample_from_ids
-        ppo_module.sample_from_ids = timing(times, "sample", sampler)
-        core.reference_logprobs = timing(times, "reference", core.reference_logprobs)
-        core.reward = timing(times, "reward", core.reward)
-        agent.update = timing(times, "update", agent.update)
-        # The rollout's own forward: values (and under bf16 the ratio's old log-probs); the update's
-        # forwards are inside "update".
-        timed_forward = timing(times, "values", agent.forward)
-        agent.rollout = functools.partial(_with_forward_timed, agent, agent.rollout, timed_forward)
+        agent = PPOAgent(PPOConfig(out=tmp, eval_every=0, save_every=0, bf16=bf16))
+        env = agent.env.unwrapped
+        env.reward = timed = TimedReward(env.reward)
         obs = agent.env.reset(seed=0)[0]
         rows = []
-        try:
-            for i in range(iterations + 1):
-                agent.iteration = i
-                times.clear()
-                start = time.perf_counter()
-                batch = agent.rollout(obs)
-                obs = batch.pop("next_obs")
-                agent.update(batch)
-                total = time.perf_counter() - start
-                if i:  # the first iteration warms up allocators and caches
-                    rows.append({"total_s": total, **{p: times[p] for p in PHASES if p != "other"},
-                                 "other": total - sum(times.values()), "response_tokens": float(batch["length"].sum())})
-            flops = update_flops(agent, batch)  # the same batch as the last timed update
-            rows[-1]["update_gflops"] = flops / rows[-1]["update"] / 1e9
-        finally:
-            ppo_module.sample_from_ids = sampler
+        for i in range(iterations + 1):
+            timed.seconds = 0.0
+            metrics, obs = agent.iterate(obs)  # it times its own phases (time_*)
+            if i:  # the first iteration warms up allocators and caches
+                phases = {"sample": metrics["time_sample"], "reference": metrics["time_env"] - timed.seconds,
+                          "reward": timed.seconds, "values": metrics["time_rollout_forward"],
+                          "update": metrics["time_update"]}
+                rows.append({"total_s": metrics["time_iteration"], **phases,
+                             "other": metrics["time_iteration"] - sum(phases.values()),
+                             "response_tokens": metrics["length"] * agent.config.batch_size})
+        batch = agent.rollout(obs)
+        flops = update_flops(agent, batch)  # a batch like the timed ones
+        rows[-1]["update_gflops"] = flops / rows[-1]["update"] / 1e9
     return rows, flops
 
 
@@ -127,14 +118,6 @@ def summarize(rows: list[dict], flops: int, batch_size: int) -> dict:
             "phase_fraction": {p: median[p] / median["total_s"] for p in PHASES},
             "update_gflop": flops / 1e9, "update_gflops": median["update_gflops"],
             "mean_response_tokens": median["response_tokens"] / batch_size}
-
-
-def _with_forward_timed(agent, rollout, timed_forward, obs):
-    forward, agent.forward = agent.forward, timed_forward
-    try:
-        return rollout(obs)
-    finally:
-        agent.forward = forward
 
 
 def main() -> None:

@@ -1,12 +1,14 @@
 """The PPO agent's contract with the env: rewards rebuilt from info, and ratio == 1 before an update."""
 
+import csv
 import zlib
 
 import pytest
 import torch
 
-from agents.ppo import PPOAgent, PPOConfig, trim_padding
+from agents.ppo import PPOAgent, PPOConfig
 from rlhf_env.rewards import NormalizedReward
+from rlhf_env.sampling import trim_padding
 from tests.test_bandit_env import n_chars
 
 
@@ -16,26 +18,39 @@ def agent(tiny_policy_dir, world_dir, tmp_path):
                        iterations=2, batch_size=8, group_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=8,
                        kl_coef=0.1, eval_every=0, save_every=0, missing_eos_penalty=None)  # score every response
     agent = PPOAgent(config)
-    agent.iteration = 0
     return agent
 
 
+def perturb(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
+    """Seeded noise on every weight: a policy that is no longer its reference (KL > 0), a value head that is
+    no longer 0."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+
+
 def test_per_token_rewards_sum_to_the_env_reward(agent):
+    perturb(agent.policy, 0.05)  # else the KL terms are 0 by construction: the policy is the reference
     batch = agent.rollout(agent.env.reset(seed=0)[0])
+    assert batch["kl"].abs().min() > 1e-3
     torch.testing.assert_close(batch["token_rewards"].sum(1), batch["env_rewards"], atol=1e-4, rtol=0)
 
 
-def test_trimming_padding_columns_changes_no_log_prob_or_value(agent):
+def test_trimming_padding_columns_changes_no_log_prob_or_value(tiny_policy_dir, world_dir, tmp_path):
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "gae", advantage="gae", group_size=1,
+                                 batch_size=8))
+    perturb(agent.value, 1.0)  # a zero-initialised head would return 0 with and without the cut
     batch = agent.rollout(agent.env.reset(seed=0)[0])
-    R = batch["response_mask"].shape[1]
+    R, real = batch["response_mask"].shape[1], batch["response_mask"]
     assert batch["ids"][:, 0].eq(agent.tokenizer.pad_token_id).all()  # prompts are padded to max_prompt_tokens
     ids, mask, r = trim_padding(batch["ids"], batch["mask"], batch["response_mask"])
     assert ids.shape[1] < batch["ids"].shape[1]
     with torch.no_grad():
         full, short = agent.forward(batch["ids"], batch["mask"], R), agent.forward(ids, mask, r)
-    for a, b in zip(full[:2], short[:2]):  # log-probs and entropies (rloo has no values)
-        torch.testing.assert_close(a[:, :r] * batch["response_mask"][:, :r], b * batch["response_mask"][:, :r],
-                                   atol=1e-5, rtol=0)
+    assert (full[2][:, :r] * real[:, :r]).abs().max() > 0.1
+    for a, b in zip(full, short):  # log-probs, entropies and values
+        torch.testing.assert_close(a[:, :r] * real[:, :r], b * real[:, :r], atol=1e-5, rtol=0)
 
 
 def test_rloo_advantages_are_each_rewards_lead_over_its_siblings(agent):
@@ -73,20 +88,19 @@ def test_normalize_reward_makes_the_rewards_scale_irrelevant_and_is_checkpointed
                                    data=str(world_dir), iterations=2, batch_size=8, group_size=4, minibatch_size=4,
                                    ppo_epochs=1, max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0,
                                    normalize_reward=True, missing_eos_penalty=None))  # score every response
-        agent.iteration = 0
         return agent
 
     plain, scaled = make(n_chars, "plain"), make(scaled_chars, "scaled")
-    assert scaled.env.unwrapped.scorer.reward.std == pytest.approx(1000 * plain.env.unwrapped.scorer.reward.std)
+    assert scaled.env.unwrapped.reward.std == pytest.approx(1000 * plain.env.unwrapped.reward.std)
     batches = [agent.rollout(agent.env.reset(seed=0)[0]) for agent in (plain, scaled)]
     assert batches[0]["env_rewards"].std() > 0.1
     torch.testing.assert_close(batches[0]["env_rewards"], batches[1]["env_rewards"], atol=1e-5, rtol=0)
 
-    scaled._save(tmp_path / "scaled" / "checkpoint", batches[1]["next_obs"])
+    scaled.save()
     resumed = make(scaled_chars, "scaled")  # a checkpoint exists: no new fit, the saved statistics instead
-    assert not isinstance(resumed.env.unwrapped.scorer.reward, NormalizedReward)
-    resumed._load(tmp_path / "scaled" / "checkpoint")
-    saved, restored = scaled.env.unwrapped.scorer.reward, resumed.env.unwrapped.scorer.reward
+    assert not isinstance(resumed.env.unwrapped.reward, NormalizedReward)
+    resumed.resume()
+    saved, restored = scaled.env.unwrapped.reward, resumed.env.unwrapped.reward
     assert (restored.mean, restored.std) == (saved.mean, saved.std)
 
 
@@ -97,7 +111,6 @@ def test_bf16_keeps_the_ratio_at_one_and_the_envs_kl_in_float32(tiny_policy_dir,
     agent = PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=n_chars, out=str(tmp_path / "ppo"),
                                data=str(world_dir), iterations=2, batch_size=8, group_size=4, minibatch_size=4,
                                ppo_epochs=1, max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0, bf16=True))
-    agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
     assert batch["kl"].abs().max() < 1e-5
@@ -150,6 +163,7 @@ def tiny_config(tiny_policy_dir, world_dir, out, **overrides):
     return PPOConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_ppo_learns_a_trivially_learnable_reward(tiny_policy_dir, world_dir, tmp_path, bf16):
     """Shorter is better: a random tiny policy scores about -1.2; PPO (default advantages: leave-one-out over
@@ -177,6 +191,7 @@ class BrevityBehindPromptOffsets:
         return [4.0 * (zlib.crc32(p.encode()) % 5 - 2) + b for p, b in zip(prompts, brevity)]
 
 
+@pytest.mark.slow
 def test_rloo_learns_a_within_prompt_signal_that_gae_loses_in_prompt_offsets(tiny_policy_dir, world_dir, tmp_path):
     """The per-prompt baseline removes the offsets exactly; GAE's value head starts at 0 and must learn them
     first, so its advantages are mostly offset noise. Same seed, budget and learning rate for both."""
@@ -196,6 +211,7 @@ def header_index(path, column):
     return path.read_text().split()[0].split(",").index(column)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["rloo", "gae"])
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, world_dir, tmp_path, advantage):
     full = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "full", iterations=4, save_every=2,
@@ -221,7 +237,11 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, wo
         assert full.value.linear.weight.abs().sum() > 0  # the value head trained, so comparing it means something
         for a, b in zip(full.value.state_dict().values(), resumed.value.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert (tmp_path / "full" / "train.csv").read_text() == (tmp_path / "killed" / "train.csv").read_text()
+    full_log, resumed_log = (list(csv.DictReader(open(tmp_path / run / "train.csv"))) for run in ("full", "killed"))
+    assert len(full_log) == 4 and len(resumed_log) == 4
+    for a, b in zip(full_log, resumed_log):  # every learning metric exactly; wall-clock times differ
+        assert {k: v for k, v in a.items() if not k.startswith("time_")} == {
+            k: v for k, v in b.items() if not k.startswith("time_")}
 
 
 def test_a_reference_with_another_tokenizer_is_refused(tiny_policy_dir, world, world_dir, tmp_path):
@@ -281,7 +301,6 @@ def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir
     tokenizer.save_pretrained(tmp_path / "rm")
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(tmp_path / "rm"),
                                  advantage="gae", value_model="rm", iterations=1, ppo_epochs=1, bf16=bf16))
-    agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
     assert batch["old_values"].abs().sum() > 0  # the critic's own forward, not a zero-initialised head
@@ -298,7 +317,7 @@ def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir,
     under bf16, with its attention switched to float32."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_env.decoder import GPT2Decoder
+    from rlhf_env.accel.decoder import GPT2Decoder
     from rlhf_env.models import load_policy, save_policy
 
     torch.manual_seed(0)
@@ -314,7 +333,6 @@ def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir,
                                ppo_epochs=1, max_new_tokens=8, eval_every=0, eval_episodes=4, final_eval_episodes=4,
                                save_every=0, bf16=bf16))
     assert (agent.policy.config._attn_implementation == "rlhf_sdpa_float32") == bf16
-    agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
     assert abs(agent.update(batch)["first_minibatch_approx_kl"]) < 1e-9
@@ -334,6 +352,7 @@ def column(path, name):
     return [float(line.split(",")[i]) for line in lines[1:]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_the_ptx_term_alone_lowers_the_pretraining_loss(tiny_policy_dir, world_dir, tmp_path, bf16):
     """A constant reward and no KL penalty make every advantage 0, so only PPO-ptx moves the policy: its
@@ -354,7 +373,6 @@ def optimizer_steps(agent) -> int:
 def test_an_iteration_stops_early_once_approx_kl_passes_the_limit(tiny_policy_dir, world_dir, tmp_path,
                                                                   early_stop_kl):
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", early_stop_kl=early_stop_kl))
-    agent.iteration = 0
     batch = agent.rollout(agent.env.reset(seed=0)[0])
     batch.pop("next_obs")
     stats = agent.update(batch)
@@ -374,4 +392,4 @@ def test_the_adaptive_kl_coefficient_follows_the_measured_kl(tiny_policy_dir, wo
     rate = 0.2 * 32 / 10_000  # clip * batch_size / kl_horizon
     assert kl[0] < 1e-3 and coef[0] == pytest.approx(0.1 * (1 - rate))
     assert kl[2] > 1.2e-3 and coef[2] == pytest.approx(coef[1] * (1 + rate))
-    assert agent.env.unwrapped.scorer.kl_coef == pytest.approx(coef[1])  # the last rollout's beta
+    assert agent.env.unwrapped.kl_coef == pytest.approx(coef[1])  # the last rollout's beta

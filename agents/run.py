@@ -1,0 +1,74 @@
+"""The life of a training run, shared by the LM stages (``agents.trainer``) and the RL agents.
+
+A ``Run`` owns an output directory: it refuses to redo a finished run, resumes from ``OUT/checkpoint`` only
+if the checkpoint was written by the same run (its *fingerprint*: the settings that must agree), keeps the
+TensorBoard and CSV logs (dropping rows logged after the checkpoint it resumes from), shows a progress bar,
+and writes crash-safe checkpoints (``agents.checkpoint``)::
+
+    run = Run(out, fingerprint, total=iterations, desc="ppo", finished="result.json")
+    state, tensors = run.restore(model, optimizer, scheduler)   # (None, {}) on a fresh start
+    run.start(step)
+    ...  run.log(step, metrics); run.save(model, tokenizer, optimizer, scheduler, state, tensors)
+    run.close()
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from agents.logger import RunLogger
+
+
+class Run:
+    def __init__(self, out: str | os.PathLike, fingerprint: dict, total: int, desc: str, resume: bool = True,
+                 finished: str | None = None):
+        """``finished``: a file whose presence in ``out`` means the run is done (refused, not redone)."""
+        self.out, self.fingerprint, self.total, self.desc, self.resume = Path(out), fingerprint, total, desc, resume
+        self.finished = finished
+        self.check_not_finished()
+        self.checkpoint = self.out / "checkpoint"
+        self.logger: RunLogger | None = None
+        self.bar = None
+
+    def check_not_finished(self) -> None:
+        if self.finished and (self.out / self.finished).exists():
+            raise ValueError(f"{self.out} holds a finished run ({self.finished}); pass another --out, or delete it "
+                             "to rerun")
+
+    def restore(self, model, optimizer, scheduler, older_defaults: dict | None = None) -> tuple[dict | None, dict]:
+        """Load ``OUT/checkpoint`` (or the one a crash left) into the model, optimizer and scheduler; return its
+        ``(state, tensors)``, or ``(None, {})`` if there is none or ``resume`` is off. ``older_defaults`` fill
+        fingerprint keys that older checkpoints lack."""
+        found = find_checkpoint(self.checkpoint) if self.resume else None
+        if found is None:
+            return None, {}
+        state, tensors = load_checkpoint(found, model, optimizer, scheduler)
+        saved = {**(older_defaults or {}), **state.get("run", {})}
+        if saved != self.fingerprint:
+            changed = sorted(k for k in {*saved, *self.fingerprint} if saved.get(k) != self.fingerprint.get(k))
+            raise ValueError(f"{found} was written by a different run (it differs in {', '.join(changed)}); use "
+                             "another --out, or delete the checkpoint to start over")
+        return state, tensors
+
+    def start(self, step: int) -> None:
+        """Open the logs (rows after ``step`` are dropped: they belong to the run that crashed) and the bar."""
+        self.logger = RunLogger(self.out, resume_step=step)
+        self.bar = tqdm(total=self.total, initial=step, desc=self.desc, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        self.logger.log(step, metrics, kind=kind)
+
+    def save(self, model, tokenizer, optimizer, scheduler, state: dict, tensors: dict | None = None) -> None:
+        """A crash-safe checkpoint; ``state`` (JSON) gets the run's fingerprint, ``tensors`` go with it."""
+        save_checkpoint(self.checkpoint, model, tokenizer, optimizer, scheduler, {**state, "run": self.fingerprint},
+                        tensors)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.logger is not None:
+            self.logger.close()
