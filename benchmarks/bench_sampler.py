@@ -5,13 +5,13 @@ tokens per row (EOS does not stop any of them), sampling at temperature 1 from t
 distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods:
 
 - ``hf_generate_mkl``: ``model.generate(do_sample=True)`` with HF's layers on PyTorch's own kernels (MKL
-  on a CPU; ``rlhf_env.onednn.disabled()``), as a plain HF model runs it; it returns no log-probs, which
+  on a CPU; ``rlhf_env.accel.onednn.disabled()``), as a plain HF model runs it; it returns no log-probs, which
   flatters it;
 - ``hf_generate``: the same, with the oneDNN linears this package gives every model it loads
-  (``rlhf_env.onednn``);
+  (``rlhf_env.accel.onednn``);
 - ``hf_cache_loop``: our sampler through the model's own HF forward and dynamic cache (``fast=False``),
   the generic path any causal LM takes;
-- ``lean_gpt2``: our sampler through ``rlhf_env.decoder.GPT2Decoder`` (static cache, plain ops), the
+- ``lean_gpt2``: our sampler through ``rlhf_env.accel.decoder.GPT2Decoder`` (static cache, plain ops), the
   default for GPT-2 policies.
 
 Prints a table (tokens/s, median of ``--repeats``) and writes JSON. A second table says where the lean path's
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_env import onednn
+from rlhf_env.accel import onednn
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split

@@ -8,8 +8,11 @@ import ast
 import importlib
 import inspect
 import json
+import os
 import sys
 import textwrap
+
+from rlhf_env.accel.switch import ENV_VAR
 
 # name -> (module, config class, entry function, table function in rlhf_env.report or None, help).
 # Modules load lazily: `rlhf --help` must not import torch.
@@ -59,10 +62,14 @@ def build_parser(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--no-accel" in argv:  # before anything loads a model: stock PyTorch layers everywhere (rlhf_env.accel)
+        argv = [a for a in argv if a != "--no-accel"]
+        os.environ[ENV_VAR] = "0"
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {n:<14}{c[-1]}" for n, c in COMMANDS.items()]
-        print("usage: rlhf COMMAND [options]   (rlhf COMMAND --help for its options)\n\ncommands:\n"
-              + "\n".join(lines))
+        print("usage: rlhf [--no-accel] COMMAND [options]   (rlhf COMMAND --help for its options)\n\ncommands:\n"
+              + "\n".join(lines) + f"\n\n--no-accel: stock PyTorch layers only, no oneDNN or lean decoder (the same as "
+              f"{ENV_VAR}=0)")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nrlhf: error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

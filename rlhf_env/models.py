@@ -33,12 +33,11 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedModel,
 )
-from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from rlhf_env.onednn import use_onednn_linears
+from rlhf_env.accel import accelerate
 
 ASSETS = Path(__file__).parent / "assets"
 MODELS_DIR = ASSETS / "models"
@@ -56,23 +55,14 @@ SIZES: dict[str, dict] = {
 CONTEXT = 128  # n_positions: prompt plus response tokens
 
 
-def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap every ``gelu_new`` activation (GPT-2's, five elementwise kernels) for the same tanh
-    approximation in one fused kernel (transformers' ``GELUTanh``); returns ``model``. The two agree to
-    float rounding (~2e-7). GPT-2 spends about a tenth of a PPO iteration in that activation on a CPU, so
-    every model this package builds or loads goes through here. The config is left as it is."""
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, GELUTanh())
-    return model
+OURS = "rlhf_env_accel"  # config key that save_policy writes: a model this package built or trained
 
 
-def cpu_kernels(model: torch.nn.Module) -> torch.nn.Module:
-    """The faster CPU kernels every model this package builds or loads runs with: the fused GELU
-    (``fuse_gelu``) and oneDNN's float32 linears (``rlhf_env.onednn``). Same results to float rounding;
-    the weights and the saved files are unchanged. Returns ``model``."""
-    return use_onednn_linears(fuse_gelu(model))
+def is_ours(model, path: str | os.PathLike | None = None) -> bool:
+    """A bundled model (under the package's assets), or one this package saved (``save_policy`` marks its
+    config): the models ``accel=None`` accelerates."""
+    inside = path is not None and Path(path).resolve().is_relative_to(ASSETS.resolve())
+    return inside or bool(getattr(model.config, OURS, False))
 
 
 def _sdpa_float32(module, query, key, value, attention_mask, *args, **kwargs):
@@ -118,7 +108,7 @@ def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     config = GPT2Config(**{**settings, **dims, **overrides})
-    return cpu_kernels(GPT2LMHeadModel(config))
+    return accelerate(GPT2LMHeadModel(config), bundled=True)
 
 
 def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_POLICIES) -> str:
@@ -154,11 +144,14 @@ def load_tokenizer(name_or_path: str | os.PathLike = "sft"):
 
 
 def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, **config_overrides) -> tuple[PreTrainedModel, object]:
+                dtype: torch.dtype = torch.float32, accel: bool | None = None,
+                **config_overrides) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer by bundled name, local path or hub id.
 
     Returns ``(model, tokenizer)`` with the model in eval mode (dropout off) on ``device``.
-    ``config_overrides`` go to the model config (e.g. ``resid_pdrop=0.2`` for SFT).
+    ``accel``: this package's faster CPU kernels (``rlhf_env.accel``); None gives them to the bundled models
+    and those this package saved, not to others. ``config_overrides`` go to the model config (e.g.
+    ``resid_pdrop=0.2`` for SFT).
     """
     path = resolve(name_or_path)
     _check_causal_lm(path, name_or_path)
@@ -166,17 +159,22 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **config_overrides)
     except OSError as e:
         raise ValueError(_unknown(name_or_path, e)) from None
-    return cpu_kernels(model).to(device).eval(), load_tokenizer(name_or_path)
+    model = accelerate(model, accel, bundled=is_ours(model, path))
+    return model.to(device).eval(), load_tokenizer(name_or_path)
 
 
-def load_classifier(path: str | os.PathLike, **overrides) -> PreTrainedModel:
-    """A float32 sequence classifier (a reward model) from a local path or hub id, with this package's CPU
-    kernels (``cpu_kernels``); ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
-    return cpu_kernels(AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides))
+def load_classifier(path: str | os.PathLike, accel: bool | None = None, **overrides) -> PreTrainedModel:
+    """A float32 sequence classifier (a reward model) from a local path or hub id; ``accel`` as in
+    ``load_policy``; ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides)
+    return accelerate(model, accel, bundled=is_ours(model, path))
 
 
 def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike, half: bool = False) -> None:
-    """Save model (safetensors) and tokenizer as a self-contained HF directory."""
+    """Save model (safetensors) and tokenizer as a self-contained HF directory; its config marks it as this
+    package's (``is_ours``)."""
+    inner = getattr(model, "lm", model)  # a likelihood RM saves its LM's config
+    setattr(inner.config, OURS, True)
     state_dict = {k: v.half() for k, v in model.state_dict().items()} if half else None
     model.save_pretrained(directory, state_dict=state_dict)
     tokenizer.save_pretrained(directory)

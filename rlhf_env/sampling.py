@@ -5,9 +5,9 @@ generated exactly as it would be alone. Only the sampled token's log-probability
 ``(B, T, V)`` stack), logits are divided by the temperature both for sampling and for the returned
 log-probs, and the loop stops as soon as every row has emitted EOS.
 
-Any HF causal LM goes through its own forward and cache (``HFDecoder``); an HF GPT-2, the architecture
-of every shipped model, goes through the lean path of ``rlhf_env.decoder`` (same logits, 2.3-2.6x a plain
-HF ``generate``, ``benchmarks/bench_sampler.py``).
+Any HF causal LM goes through its own forward and cache (``HFDecoder``); an accelerated HF GPT-2 (the
+shipped models, see ``rlhf_env.accel``) goes through the lean path of ``rlhf_env.accel.decoder`` (the same
+logits, faster: ``benchmarks/bench_sampler.py`` measures it against a plain HF ``generate``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlhf_env.decoder import GPT2Decoder
+from rlhf_env.accel import accelerated
+from rlhf_env.accel.decoder import GPT2Decoder
 from rlhf_env.models import context_length
 
 
@@ -147,15 +148,21 @@ class HFDecoder:
         return out.logits[:, -1]
 
 
+def lean_decoder_applies(model) -> bool:
+    """The default decoder choice: the lean GPT-2 path for an accelerated HF GPT-2, else the model's own."""
+    return accelerated(model) and GPT2Decoder.supports(model)
+
+
 @torch.no_grad()
 def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
                     temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None,
                     fast: bool | None = None, stop_at_eos: bool = True) -> Samples:
     """Like ``sample``, from left-padded prompt ids (B, P) and their attention mask.
 
-    ``fast`` picks the lean GPT-2 path of ``rlhf_env.decoder`` (default: whenever the model is an HF
-    GPT-2); ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks; the masks still end
-    each response at its first EOS, but tokens after it are sampled and keep their log-probs).
+    ``fast`` picks the lean GPT-2 path of ``rlhf_env.accel.decoder`` (default: for an HF GPT-2 that
+    ``rlhf_env.accel`` accelerated); ``stop_at_eos=False`` always generates ``max_new_tokens`` (for
+    benchmarks; the masks still end each response at its first EOS or PAD, but tokens after it are sampled
+    and keep their log-probs).
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -171,7 +178,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
         raise ValueError(f"prompts of {P} tokens leave no room in a context of {context}")
 
     if fast is None:
-        fast = GPT2Decoder.supports(model)
+        fast = lean_decoder_applies(model)
     elif fast and not GPT2Decoder.supports(model):
         raise ValueError(f"the fast decoder supports HF GPT-2 only, not {type(model).__name__}; use fast=None")
     decoder = GPT2Decoder(model, B, P + max_new_tokens) if fast else HFDecoder(model)

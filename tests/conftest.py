@@ -18,6 +18,19 @@ transformers.utils.logging.set_verbosity_error()
 TINY_DIMS = dict(n_embd=32, n_layer=2, n_head=2)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (as CI does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def tiny_world_config(seed: int = 0) -> WorldConfig:
     return WorldConfig(seed=seed, n_sft=300, n_valid=40, n_rm=100, n_ppo=100, n_heldout=200, n_documents=300)
 

@@ -37,6 +37,7 @@ def policy_actions(model, tokenizer, prompts, R, seed=0, temperature=1.0):
     return action["response_ids"], action["logprobs"]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error:.*not within the")  # Gymnasium only warns when obs leave their space
 def test_default_env_passes_gymnasium_and_sb3_checks():
     env = gym.make("InstructBandit-v0")

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from rlhf_env.decoder import GPT2Decoder
+from rlhf_env.accel.decoder import GPT2Decoder
+from rlhf_env.accel.onednn import available as onednn_available
+from rlhf_env.accel.onednn import packed_linear
 from rlhf_env.models import new_model
-from rlhf_env.onednn import available as onednn_available
-from rlhf_env.onednn import packed_linear
-from rlhf_env.sampling import encode_prompts, positions, sample, sample_from_ids
+from rlhf_env.sampling import HFDecoder, encode_prompts, positions, sample, sample_from_ids
 from tests.test_sampling import PROMPTS, EosBoost
 
 from .conftest import TINY_DIMS
@@ -18,10 +18,10 @@ from .conftest import TINY_DIMS
                                             ({"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"},
                                              2)])
 def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn, monkeypatch):
-    import rlhf_env.decoder as decoder_module
+    import rlhf_env.accel.decoder as decoder_module
 
     calls = []
-    monkeypatch.setattr("rlhf_env.onednn.MIN_ROWS", 0)  # oneDNN even for these tiny layers
+    monkeypatch.setattr("rlhf_env.accel.onednn.MIN_ROWS", 0)  # oneDNN even for these tiny layers
     monkeypatch.setattr(decoder_module, "packed_linear",
                         lambda *args, **kwargs: calls.append(1) or packed_linear(*args, **kwargs))
     torch.manual_seed(0)
@@ -49,12 +49,19 @@ def test_fast_and_generic_paths_sample_the_same_tokens(tiny_model, tokenizer):
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=0)
 
 
-def test_the_sampler_picks_the_fast_path_only_for_plain_gpt2(tiny_model, tokenizer):
+def test_the_sampler_picks_the_fast_path_only_for_plain_gpt2(tiny_model, tokenizer, monkeypatch):
+    """The same tokens either way, and a spy on both decoders shows which one ran."""
+    used = []
+    for cls in (GPT2Decoder, HFDecoder):
+        real = cls.prefill
+        monkeypatch.setattr(cls, "prefill", lambda self, *a, real=real, name=cls.__name__, **k:
+                            used.append(name) or real(self, *a, **k))
     assert GPT2Decoder.supports(tiny_model)
     wrapped = EosBoost(tiny_model, tokenizer.eos_token_id, boost=0.0)  # any other module takes the HF path
     assert not GPT2Decoder.supports(wrapped)
     a = sample(wrapped, tokenizer, PROMPTS, 8, 1.0, torch.Generator().manual_seed(0))
     b = sample(tiny_model, tokenizer, PROMPTS, 8, 1.0, torch.Generator().manual_seed(0))
+    assert used == ["HFDecoder", "GPT2Decoder"]
     assert torch.equal(a.response_ids, b.response_ids)
     ids, mask = encode_prompts(tokenizer, PROMPTS)
     with pytest.raises(ValueError, match="GPT-2 only"):

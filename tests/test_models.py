@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.models import BUNDLED_POLICIES, SIZES, load_policy, new_model
-from rlhf_env.onednn import available as onednn_available
 from rlhf_env.sampling import sample
 
 
@@ -103,9 +103,9 @@ def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, toke
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    import rlhf_env.onednn as onednn
+    import rlhf_env.accel.onednn as onednn
+    from rlhf_env.accel.onednn import OneDNNConv1D, OneDNNLinear
     from rlhf_env.models import save_policy
-    from rlhf_env.onednn import OneDNNConv1D, OneDNNLinear
 
     monkeypatch.setattr(onednn, "MIN_ROWS", 0)  # oneDNN even for this tiny model
     calls = []
@@ -146,7 +146,7 @@ def test_onednn_linears_give_hf_gpt2s_logits_and_gradients(tiny_policy_dir, toke
 def test_onednn_switches_and_limits():
     """disabled() and mkldnn's own flag switch oneDNN off and back on; a second derivative raises rather
     than being silently wrong; a zero-width input takes the layer's own forward."""
-    from rlhf_env import onednn
+    from rlhf_env.accel import onednn
 
     probe = torch.ones(1)
     with onednn.disabled():

@@ -125,6 +125,7 @@ def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
         SequenceClassifierReward(path, transform="tanh")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rm", "rm-scalar"])
 def test_bundled_reward_models_agree_with_held_out_labelers_well_above_chance(name):
     """float64 (B,) batches, and real judgement: on ~4.7k held-out labeler pairs a random RM scores
@@ -162,6 +163,7 @@ def test_correctness_accuracy_tells_a_length_reward_from_a_checking_one():
     assert length["longer"][0] == 1.0 and length["same_length"][0] == 0.5 and length["shorter"][0] == 0.0
 
 
+@pytest.mark.slow
 def test_the_bundled_rm_ranks_correct_over_incorrect_where_length_cannot_tell():
     """On held-out customers' comparisons, at equal length (where a length-only reward ties, 0.5) and where
     the correct answer is shorter (where it scores 0), the bundled RM must check the answer."""
@@ -177,6 +179,7 @@ def test_the_bundled_rm_ranks_correct_over_incorrect_where_length_cannot_tell():
     assert accuracy["same_length"][0] > 0.75 and accuracy["shorter"][0] > 0.7
 
 
+@pytest.mark.slow
 def test_the_bundled_rm_does_not_pay_for_an_appended_pleasantry():
     """A policy can append a predictable pleasantry to any answer. A mean log-prob rises with it (the hack
     PPO found against the mean-and-sum RM); the bundled RM, a weighted sum of log-probs, must not: it

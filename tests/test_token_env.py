@@ -20,6 +20,7 @@ def kwargs(tiny_policy_dir, world_dir):
                 max_prompt_tokens=64, max_new_tokens=12, kl_coef=0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error:.*not within the")  # Gymnasium only warns when obs leave their space
 def test_default_token_env_passes_gymnasium_and_sb3_checks():
     env = gym.make("InstructToken-v0")
@@ -70,6 +71,7 @@ def test_return_plus_policy_term_equals_the_bandit_reward_exactly(kwargs, tiny_m
         np.testing.assert_allclose([s["ref_logprob"] for s in steps], info["ref_logprobs"][:n], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_expected_return_plus_entropy_bonus_equals_expected_score_minus_kl(kwargs, tiny_model, tokenizer):
     """In expectation the agent's side is kl_coef * entropy (an entropy bonus): E[return + kl_coef * sum_t H_t]
     equals E[score - kl_coef * KL], the bandit's reward of the same responses, computed independently."""

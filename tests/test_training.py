@@ -32,6 +32,7 @@ def test_pack_makes_full_blocks_separated_by_eos(world, tokenizer):
     assert tokenizer.eos_token_id in blocks[0][0] + blocks[1][0]
 
 
+@pytest.mark.slow
 def test_a_few_sft_steps_reduce_the_loss(world, world_dir, tiny_policy_dir, tokenizer, tmp_path):
     examples = demonstration_examples(world["demonstrations"]["train"], tokenizer)
     model, _ = load_policy(str(tiny_policy_dir))
@@ -45,6 +46,7 @@ def test_a_few_sft_steps_reduce_the_loss(world, world_dir, tiny_policy_dir, toke
     assert (tmp_path / "sft" / "eval.csv").read_text().count("\n") == 1 + 2  # header + 2 evaluations
 
 
+@pytest.mark.slow
 def test_pretraining_reduces_the_loss(world_dir, tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tok")
     config = PretrainConfig(size={"n_embd": 32, "n_layer": 2, "n_head": 2}, data=str(world_dir),

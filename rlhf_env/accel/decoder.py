@@ -13,7 +13,7 @@ sampled as it is now.
 - a prefill that skips most of the left padding (rows bucketed by prompt length);
 - the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
-  torch has it, and ``addmm`` elsewhere (see ``rlhf_env.onednn`` for why: MKL, where ``addmm`` goes,
+  torch has it, and ``addmm`` elsewhere (see ``rlhf_env.accel.onednn`` for why: MKL, where ``addmm`` goes,
   runs these shapes about half as fast on the AMD CPU of ``benchmarks/bench_sampler.py``);
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else ``F.gelu``'s fused kernel);
 - ``scaled_dot_product_attention`` for the prefill's attention;
@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.onednn import available as onednn_available
-from rlhf_env.onednn import pack, packed_linear, worth_it
+from rlhf_env.accel.onednn import available as onednn_available
+from rlhf_env.accel.onednn import pack, packed_linear, worth_it
 
 
 class Linear:

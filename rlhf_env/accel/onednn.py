@@ -1,16 +1,16 @@
 """float32 linear layers through oneDNN on a CPU, for training as well as inference.
 
-PyTorch sends a float32 ``addmm``/``linear`` on a CPU to MKL. On the AMD CPU these benchmarks ran on
-(AVX-512, with bf16), MKL runs the shapes of this package's models at about 100-200 GFLOP/s, and oneDNN,
-which PyTorch also ships, at 270-480 (``benchmarks/bench_sampler.py`` and
-``benchmarks/bench_ppo_iteration.py`` measure both). The results agree to float32 rounding.
+PyTorch sends a float32 ``addmm``/``linear`` on a CPU to MKL. For the small shapes of this package's models
+oneDNN, which PyTorch also ships, is faster on the CPUs we measured (``benchmarks/bench_sampler.py`` and
+``benchmarks/bench_ppo_iteration.py`` measure both; their JSON has the figures). The results agree to
+float32 rounding. ``rlhf_env.accel`` decides which models use it.
 
 ``use_onednn_linears(model)`` makes every HF ``Conv1D`` (GPT-2's projections) and ``nn.Linear`` of a
 model compute ``x @ W.T + b`` and its gradients with oneDNN's ``_linear_pointwise`` (the kernel
 TorchInductor uses for CPU linears), where that applies: float32 inputs on a CPU, outside autocast, and
 enough work for oneDNN's fixed cost per call to pay (``worth_it``).
 Anything else (CUDA, bfloat16 autocast, half weights, a torch without oneDNN) takes the layer's own
-forward, and so does everything inside ``with rlhf_env.onednn.disabled():``. The layers keep their
+forward, and so does everything inside ``with rlhf_env.accel.onednn.disabled():``. The layers keep their
 parameters, state-dict keys and class hierarchy. Not supported through oneDNN: second derivatives
 (they raise) and ``torch.func`` transforms.
 """
@@ -25,9 +25,12 @@ import torch
 from torch.autograd.function import once_differentiable
 from transformers.pytorch_utils import Conv1D
 
+from rlhf_env.accel.switch import switched_on
+
 
 @functools.cache
-def _kernel_works() -> bool:
+def kernel_works() -> bool:
+    """Whether this torch has oneDNN's linear kernel at all."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -54,9 +57,9 @@ def disabled():
 
 def available(tensor: torch.Tensor) -> bool:
     """Whether oneDNN's float32 linear applies to ``tensor`` (a weight or an input); never inside
-    ``disabled()`` or ``torch.backends.mkldnn.flags(enabled=False)``."""
-    return (not _disabled.get() and torch.backends.mkldnn.enabled and tensor.device.type == "cpu"
-            and tensor.dtype == torch.float32 and _kernel_works())
+    ``disabled()``, ``torch.backends.mkldnn.flags(enabled=False)`` or ``RLHF_ENV_ACCEL=0``."""
+    return (not _disabled.get() and switched_on() and torch.backends.mkldnn.enabled
+            and tensor.device.type == "cpu" and tensor.dtype == torch.float32 and kernel_works())
 
 
 def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,9 +108,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _Linear.apply(x, weight, bias)
 
 
-# A oneDNN call costs about 15 us however small it is, MKL's a few: for a few rows and under about a
-# million multiply-adds (e.g. one token through a 128 x 384 projection) MKL is faster (measured on the CPU
-# described above).
+# A oneDNN call has a fixed cost of some microseconds however small it is, several times MKL's: for a few
+# rows and under about a million multiply-adds (e.g. one token through a 128 x 384 projection) MKL was
+# faster where we measured.
 MIN_ROWS = 16
 MIN_MULTIPLY_ADDS = 1 << 20
 
@@ -146,8 +149,9 @@ _SWAPS = {Conv1D: OneDNNConv1D, torch.nn.Linear: OneDNNLinear}
 
 def use_onednn_linears(model: torch.nn.Module) -> torch.nn.Module:
     """Switch every ``Conv1D`` and ``nn.Linear`` of ``model`` (exact types, not subclasses) to its oneDNN
-    subclass in place, if this torch has oneDNN; returns ``model``."""
-    if _kernel_works():
+    subclass in place, if this torch has oneDNN; returns ``model``. ``rlhf_env.accel.accelerate`` calls it
+    for the models that should have it."""
+    if kernel_works():
         for module in model.modules():
             swap = _SWAPS.get(type(module))
             if swap is not None:

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from rlhf_env.decoder import GPT2Decoder
+from rlhf_env.accel.decoder import GPT2Decoder
 from rlhf_env.envs.scorer import ResponseScorer, ScorerControls
-from rlhf_env.sampling import HFDecoder, positions
+from rlhf_env.sampling import HFDecoder, lean_decoder_applies, positions
 
 
 class InstructTokenEnv(ScorerControls, gym.Env):
@@ -56,7 +56,7 @@ class InstructTokenEnv(ScorerControls, gym.Env):
     ## Arguments
     Those of ``InstructBandit-v0``, plus ``mask_top_p`` (0.9) and ``mask_top_k`` (None); ``kl_coef`` and
     ``reward`` can be changed between episodes as there.
-    The reference model keeps a KV cache per episode (the sampler's decoder: ``rlhf_env.decoder`` for
+    The reference model keeps a KV cache per episode (the sampler's decoder: ``rlhf_env.accel.decoder`` for
     GPT-2): a step is one token's forward, not the context's.
 
     ## Version History
@@ -81,8 +81,7 @@ class InstructTokenEnv(ScorerControls, gym.Env):
         self.action_space = spaces.Discrete(V)
         self.render_mode, self.mask_top_p, self.mask_top_k = render_mode, mask_top_p, mask_top_k
         # The reference's incremental decoder (the sampler's): the lean GPT-2 path when it applies.
-        self._decoder = (GPT2Decoder(core.model, 1, P + R) if GPT2Decoder.supports(core.model)
-                         else HFDecoder(core.model))
+        self._decoder = GPT2Decoder(core.model, 1, P + R) if lean_decoder_applies(core.model) else HFDecoder(core.model)
         self._t: int | None = None
 
     def _keep(self, logits: torch.Tensor) -> None:

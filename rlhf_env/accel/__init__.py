@@ -1,0 +1,110 @@
+"""Faster CPU kernels for this package's own models, behind one switch.
+
+- ``onednn``: float32 linear layers (forward and gradients) through oneDNN instead of MKL;
+- ``decoder``: the sampler's lean GPT-2 path (static KV cache, packed weights, bucketed prefill);
+- ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel.
+
+None of them changes a result beyond float rounding (the tests compare each with stock PyTorch).
+
+**When they apply.** ``rlhf_env.models.load_policy`` and ``load_classifier`` accelerate the bundled models
+and, unless asked with ``accel=True``, no other: a user's hub model runs on stock PyTorch layers. The
+sampler and the token env take the lean decoder only for an accelerated model (or when asked with
+``fast=True``). Everything is off when the environment variable ``RLHF_ENV_ACCEL=0`` is set (``rlhf
+--no-accel COMMAND`` sets it), and wherever the one-time ``probe()`` finds that this torch computes any of
+the op variants differently from ``F.linear`` (then with a warning).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from rlhf_env.accel.switch import ENV_VAR, switched_on
+
+_accelerated: weakref.WeakSet = weakref.WeakSet()
+
+
+def enabled() -> bool:
+    """Whether acceleration may be used in this process: switched on, and the probe passed."""
+    return switched_on() and probe()
+
+
+@functools.cache
+def probe() -> bool:
+    """Run every oneDNN op variant this package uses against ``F.linear`` once per process: a plain and a
+    strided (transposed-view) weight, a packed weight with and without the fused tanh GELU, and the input
+    and weight gradients. False, with a warning, on any mismatch or error; True where oneDNN is absent (the
+    layers then take PyTorch's own path, so there is nothing to get wrong)."""
+    from rlhf_env.accel import onednn
+
+    if not onednn.kernel_works():
+        return True
+    try:
+        mismatch = _probe_mismatch(onednn)
+    except (RuntimeError, NotImplementedError, AttributeError) as e:
+        mismatch = f"{type(e).__name__}: {e}"
+    if mismatch:
+        warnings.warn(f"rlhf_env.accel: oneDNN's linear disagrees with F.linear ({mismatch}); using stock PyTorch "
+                      f"layers in this process (set {ENV_VAR}=0 to skip the probe)", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def _probe_mismatch(onednn) -> str:
+    """'' if every variant matches ``F.linear`` to float32 rounding, else which one does not."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 48, generator=generator, requires_grad=True)
+    w_in_out = torch.randn(48, 40, generator=generator)  # HF Conv1D's layout: the layer uses its transpose
+    bias = torch.randn(40, generator=generator)
+    w = w_in_out.t().contiguous().requires_grad_(True)
+    want = F.linear(x, w, bias)
+    checks = {
+        "plain": onednn.linear(x, w, bias),
+        "strided weight": onednn.linear(x, w_in_out.t(), bias),
+        "packed": onednn.packed_linear(x.detach(), onednn.pack(w.detach()), bias),
+        "packed + tanh GELU": onednn.packed_linear(x.detach(), onednn.pack(w.detach()), bias, tanh_gelu=True),
+    }
+    expected = {"packed + tanh GELU": F.gelu(want, approximate="tanh")}
+    for name, got in checks.items():
+        if not torch.allclose(got, expected.get(name, want), atol=1e-4, rtol=1e-4):
+            return name
+    grad = torch.randn(32, 40, generator=generator)
+    want_x, want_w = torch.autograd.grad(want, (x, w), grad)
+    got_x, got_w = torch.autograd.grad(onednn.linear(x, w, bias), (x, w), grad)
+    if not (torch.allclose(got_x, want_x, atol=1e-4, rtol=1e-4) and torch.allclose(got_w, want_w, atol=1e-4,
+                                                                                   rtol=1e-4)):
+        return "gradients"
+    return ""
+
+
+def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap every ``gelu_new`` activation (GPT-2's, five elementwise kernels) for the same tanh
+    approximation in one fused kernel (transformers' ``GELUTanh``); returns ``model``. The two agree to
+    float rounding. The config is left as it is."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+    return model
+
+
+def accelerate(model: torch.nn.Module, requested: bool | None = None, bundled: bool = False) -> torch.nn.Module:
+    """Give ``model`` the fused GELU and oneDNN linears, in place, if ``requested`` (None: if ``bundled``) and
+    ``enabled()``. The weights, state-dict keys and saved files are unchanged. Returns ``model``."""
+    from rlhf_env.accel.onednn import use_onednn_linears
+
+    if (bundled if requested is None else requested) and enabled():
+        use_onednn_linears(fuse_gelu(model))
+        _accelerated.add(model)
+    return model
+
+
+def accelerated(model: torch.nn.Module) -> bool:
+    """Whether ``accelerate`` switched ``model`` on, and acceleration is still switched on."""
+    return switched_on() and model in _accelerated

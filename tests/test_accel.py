@@ -1,0 +1,95 @@
+"""rlhf_env.accel: one switch, the bundled and package-saved models only, and a probe that falls back."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+import rlhf_env.accel as accel
+from rlhf_env.accel import onednn
+from rlhf_env.accel.decoder import GPT2Decoder
+from rlhf_env.accel.switch import ENV_VAR, switched_off
+from rlhf_env.models import load_policy
+from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
+
+needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
+PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
+
+
+def swapped(model) -> bool:
+    return any(type(m) in (onednn.OneDNNConv1D, onednn.OneDNNLinear) for m in model.modules())
+
+
+def decoders_used(monkeypatch, model, tokenizer, **kwargs) -> list[str]:
+    """Which decoder's prefill ran when the sampler sampled ``model`` (a spy on both)."""
+    used = []
+    for cls in (GPT2Decoder, HFDecoder):
+        real = cls.prefill
+        monkeypatch.setattr(cls, "prefill", lambda self, *a, real=real, name=cls.__name__, **k:
+                            used.append(name) or real(self, *a, **k))
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    sample_from_ids(model, tokenizer, ids, mask, 4, 1.0, torch.Generator().manual_seed(0), **kwargs)
+    return used
+
+
+@needs_onednn
+def test_bundled_and_package_saved_models_are_accelerated_others_only_when_asked(tiny_policy_dir, tmp_path,
+                                                                                 monkeypatch):
+    sft, tokenizer = load_policy("sft")
+    ours, _ = load_policy(str(tiny_policy_dir))  # saved by save_policy
+    assert swapped(sft) and swapped(ours) and accel.accelerated(sft)
+    assert decoders_used(monkeypatch, ours, tokenizer) == ["GPT2Decoder"]
+    # A model someone else saved (no mark in its config), e.g. from the hub: stock layers unless asked.
+    plain = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    del plain.config.rlhf_env_accel
+    plain.save_pretrained(tmp_path / "theirs")
+    tokenizer.save_pretrained(tmp_path / "theirs")
+    theirs, _ = load_policy(str(tmp_path / "theirs"))
+    assert not swapped(theirs) and not accel.accelerated(theirs)
+    assert type(theirs.transformer.h[0].attn.c_attn) is Conv1D
+    assert decoders_used(monkeypatch, theirs, tokenizer) == ["HFDecoder"]
+    asked, _ = load_policy(str(tmp_path / "theirs"), accel=True)
+    assert swapped(asked) and decoders_used(monkeypatch, asked, tokenizer) == ["GPT2Decoder"]
+    assert not swapped(load_policy(str(tiny_policy_dir), accel=False)[0])
+
+
+@needs_onednn
+def test_the_switch_turns_everything_off(tiny_policy_dir, monkeypatch):
+    accelerated, tokenizer = load_policy(str(tiny_policy_dir))
+    monkeypatch.setenv(ENV_VAR, "0")
+    model, _ = load_policy(str(tiny_policy_dir))
+    assert not swapped(model) and not accel.enabled()
+    assert not onednn.available(torch.ones(1))  # a model accelerated before the switch: its layers too
+    assert not lean_decoder_applies(accelerated)
+    assert decoders_used(monkeypatch, accelerated, tokenizer) == ["HFDecoder"]
+    monkeypatch.delenv(ENV_VAR)
+    assert accel.enabled() and lean_decoder_applies(accelerated)
+    with switched_off():
+        assert not swapped(load_policy(str(tiny_policy_dir))[0])
+    assert accel.switched_on()
+
+
+def test_the_cli_flag_sets_the_switch(monkeypatch, capsys):
+    from rlhf_env.cli import main
+
+    monkeypatch.setenv(ENV_VAR, "1")  # monkeypatch restores the environment as it was before, after the test
+    assert accel.switched_on()
+    assert main(["--no-accel", "--help"]) == 0
+    assert "--no-accel" in capsys.readouterr().out and not accel.switched_on()
+
+
+@needs_onednn
+@pytest.mark.parametrize("broken", ["linear", "packed_linear"])
+def test_a_probe_mismatch_falls_back_to_stock_layers_with_a_warning(tiny_policy_dir, monkeypatch, broken):
+    real = getattr(onednn, broken)
+    monkeypatch.setattr(onednn, broken, lambda *args, **kwargs: real(*args, **kwargs) * 1.01)
+    accel.probe.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="disagrees with F.linear"):
+            assert not accel.probe()
+        model, _ = load_policy(str(tiny_policy_dir))
+        assert not swapped(model) and not accel.accelerated(model)
+    finally:
+        monkeypatch.undo()
+        accel.probe.cache_clear()
+    assert accel.probe()
