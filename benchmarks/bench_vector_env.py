@@ -27,10 +27,21 @@ def actions_for(prompts, R, seed=0):
     return sample(model, tokenizer, prompts, R, 1.0, torch.Generator().manual_seed(seed)).action(R)
 
 
-def time_steps(vec, actions, index, repeats):
+class FixedPrompt(gym.Wrapper):
+    """Every reset shows prompt ``index``: SyncVectorEnv's sub-envs then score the native env's prompts."""
+
+    def __init__(self, env: gym.Env, index: int):
+        super().__init__(env)
+        self.index = index
+
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed, options={"prompt_index": self.index})
+
+
+def time_steps(vec, actions, repeats, options=None):
     times, rewards = [], None
     for _ in range(repeats):
-        vec.reset(seed=0, options={"prompt_index": index} if hasattr(vec.unwrapped, "core") else None)
+        vec.reset(seed=0, options=options)
         start = time.perf_counter()
         rewards = vec.step(actions)[1]
         times.append(time.perf_counter() - start)
@@ -46,24 +57,16 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
 
     native = gym.make_vec("InstructBandit-v0", num_envs=args.num_envs)
-    sync = gym.make_vec("InstructBandit-v0", num_envs=args.num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
-    # The same prompts in both: SyncVectorEnv's sub-envs are reset one by one with their prompt index.
     _, info = native.reset(seed=0)
     index = info["prompt_index"]
     prompts = [native.unwrapped.scorer.prompts[i] for i in index]
     actions = actions_for(prompts, native.unwrapped.scorer.max_new_tokens)
+    # SyncVectorEnv over single envs fixed to the same prompts (its same-step autoreset keeps them there).
+    sync = gym.vector.SyncVectorEnv([lambda i=int(i): FixedPrompt(gym.make("InstructBandit-v0"), i) for i in index],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
-    native_s, native_r = time_steps(native, actions, index, args.repeats)
-    sync_times = []
-    for _ in range(args.repeats):
-        for env, i in zip(sync.unwrapped.envs, index):
-            env.reset(options={"prompt_index": int(i)})
-        sync.unwrapped._autoreset_envs[:] = False
-        start = time.perf_counter()
-        sync_r = sync.step(actions)[1]
-        sync_times.append(time.perf_counter() - start)
-    sync_s = float(np.median(sync_times))
+    native_s, native_r = time_steps(native, actions, args.repeats, options={"prompt_index": index})
+    sync_s, sync_r = time_steps(sync, actions, args.repeats)
     result = {"num_envs": args.num_envs, "native_step_s": native_s, "sync_step_s": sync_s,
               "native_episodes_per_s": args.num_envs / native_s, "sync_episodes_per_s": args.num_envs / sync_s,
               "speedup": sync_s / native_s, "max_abs_reward_diff": float(np.abs(native_r - sync_r).max()),

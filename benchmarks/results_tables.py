@@ -74,12 +74,32 @@ def rm_forms_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def vector_env_table(result: dict) -> str:
+    n = result["num_envs"]
+    return "\n".join([
+        "| vector env | step (s) | episodes/s |", "|---|---|---|",
+        f"| native (one batched reference forward and reward call) | {result['native_step_s']:.3f} | "
+        f"{result['native_episodes_per_s']:.0f} |",
+        f"| `SyncVectorEnv` ({n} single-env steps) | {result['sync_step_s']:.3f} | "
+        f"{result['sync_episodes_per_s']:.0f} |",
+        f"\nThe native env is {result['speedup']:.1f}x faster, with the same rewards (max difference "
+        f"{result['max_abs_reward_diff']:.0e})."])
+
+
+def token_env_table(result: dict) -> str:
+    return "\n".join([
+        "| models | env steps/s |", "|---|---|",
+        f"| accelerated (default; `rlhf_env.accel`) | {result['accelerated_steps_per_s']:.0f} |",
+        f"| stock PyTorch (`RLHF_ENV_ACCEL=0`) | {result['stock_steps_per_s']:.0f} |"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="benchmarks/results")
     results = Path(parser.parse_args().results)
     for name, fn in (("foundation.json", reward_table), ("ppo.json", ppo_table),
-                     ("over_optimisation.json", over_optimisation_table), ("rm_forms.json", rm_forms_table)):
+                     ("over_optimisation.json", over_optimisation_table), ("rm_forms.json", rm_forms_table),
+                     ("vector_env.json", vector_env_table), ("token_env.json", token_env_table)):
         path = results / name
         if path.exists():
             print(f"<!-- {name} -->\n{fn(json.loads(path.read_text()))}\n")
