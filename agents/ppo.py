@@ -35,7 +35,6 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
-from agents.checkpoint import find_checkpoint
 from agents.rl_math import (
     KLController,
     gae,
@@ -46,7 +45,6 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
-from agents.run import Run
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
 from rlhf_env.models import (
     BUNDLED_REWARDS,
@@ -59,6 +57,8 @@ from rlhf_env.models import (
 )
 from rlhf_env.rewards import NormalizedReward
 from rlhf_env.sampling import positions, response_logprobs, sample_from_ids, trim_padding
+from rlhf_env.training.checkpoint import find_checkpoint
+from rlhf_env.training.run import Run
 
 NORMALIZE_EPISODES = 512  # samples of the initial policy that set the reward's scale (normalize_reward)
 
@@ -468,7 +468,7 @@ class PPOAgent:
         return out
 
     def _ptx_blocks(self) -> list[list[int]]:
-        from agents.pretrain import pack
+        from rlhf_env.stages.pretrain import pack
         from rlhf_env.world.build import load_split
 
         texts = list(load_split(self.config.data, "pretrain", "train")["text"])
@@ -525,7 +525,7 @@ class PPOAgent:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> None:
-        """A crash-safe checkpoint of everything the run needs to continue exactly (``agents.run``)."""
+        """A crash-safe checkpoint of everything the run needs to continue exactly (``rlhf_env.training.run``)."""
         env = self.env.unwrapped
         state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "env": env.get_state()}
         if isinstance(env.reward, NormalizedReward):

@@ -22,7 +22,7 @@ import transformers
 
 from rlhf_env.evaluation import EvalConfig, evaluate
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
-from rlhf_env.world.stats import WorldStatsConfig, world_stats
+from rlhf_env.stages.comparisons import WorldStatsConfig, world_stats
 
 PAIRS = (("sft", "base"), ("sft-large", "base-large"), ("sft-large", "sft"))
 REWARDS = ("rm", "rm-scalar", "gold")

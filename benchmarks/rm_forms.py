@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import transformers
 
-from agents.reward_model import likelihood_features, ranking_loss, ranking_pairs
 from rlhf_env.evaluation import eval_prompts, generate_and_grade, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions, draw_samples, spearman_within_prompt
+from rlhf_env.stages.reward_model import likelihood_features, ranking_loss, ranking_pairs
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import grade

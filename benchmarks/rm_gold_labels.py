@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from rm_likelihood import LikelihoodRM, Reward  # benchmarks/, next to this script
 
-from agents.reward_model import RMConfig, train_reward_model
 from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
+from rlhf_env.stages.reward_model import RMConfig, train_reward_model
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import grade
 

@@ -32,13 +32,13 @@ from datasets import DatasetDict
 from safetensors.torch import load_model, save_model
 
 from agents.ppo import PPOConfig, ppo
-from agents.reward_model import ranking_loss
 from rlhf_env.evaluation import EvalConfig, evaluate
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.sampling import positions
+from rlhf_env.stages.comparisons import build_comparisons
+from rlhf_env.stages.reward_model import ranking_loss
 from rlhf_env.world.build import load_split, save_world
-from rlhf_env.world.comparisons import build_comparisons
 from rlhf_env.world.labelers import LabelerConfig
 
 

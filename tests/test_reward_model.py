@@ -10,7 +10,10 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from agents.reward_model import (
+from rlhf_env.rewards import load_reward
+from rlhf_env.rewards.classifier import classifier_logits
+from rlhf_env.rewards.metrics import ranking_accuracy, score_comparisons, spearman
+from rlhf_env.stages.reward_model import (
     RMConfig,
     new_reward_model,
     normalization,
@@ -20,9 +23,6 @@ from agents.reward_model import (
     rm_texts,
     train_reward_model,
 )
-from rlhf_env.rewards import load_reward
-from rlhf_env.rewards.classifier import classifier_logits
-from rlhf_env.rewards.metrics import ranking_accuracy, score_comparisons, spearman
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import save_world
 from rlhf_env.world.labelers import make_mistake, make_panel, rank

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from agents.checkpoint import find_checkpoint
-from agents.pretrain import PretrainConfig, pack, pretrain
-from agents.sft import SFTConfig, demonstration_examples, sft
-from agents.trainer import IGNORE, TrainConfig, collate, lm_loss, train_causal_lm
 from rlhf_env.models import load_policy, new_model
+from rlhf_env.stages.pretrain import PretrainConfig, pack, pretrain
+from rlhf_env.stages.sft import SFTConfig, demonstration_examples, sft
+from rlhf_env.training.checkpoint import find_checkpoint
+from rlhf_env.training.trainer import IGNORE, TrainConfig, collate, lm_loss, train_causal_lm
 from tests.conftest import TINY_DIMS
 
 

@@ -1,38 +1,15 @@
-"""Measurements of the embedded world itself: split sizes, family mix, labeler agreement and bias.
-
-    rlhf world --json
-"""
+"""Measurements of the labelers: their bias towards padding and how often they put a correct answer first.
+``rlhf world`` (``rlhf_env.stages.comparisons.world_stats``) reports them with the splits and the labelers'
+agreement on SFT samples."""
 
 from __future__ import annotations
 
 import itertools
-from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
-from rlhf_env.world.build import SPLITS, WorldConfig, load_split
-from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
 from rlhf_env.world.grader import grade
-from rlhf_env.world.labelers import LabelerConfig, make_panel, padded_pair, panel_agreement, rank
-
-
-@dataclass
-class WorldStatsConfig:
-    """Describe the world and measure its labeler panel."""
-
-    data: str = ""
-    """Directory of the world's datasets (empty: the bundled one)."""
-    policy: str = "sft"
-    """Policy whose samples the labelers rank to measure agreement (bundled name or path)."""
-    n_prompts: int = 300
-    """Prompts (from the rm split) used for the agreement and bias measurements."""
-    seed: int = 0
-    noise: float = LabelerConfig.noise
-    """Labeler noise scale (tunes agreement)."""
-    length_bias: float = LabelerConfig.length_bias
-    """Mean spurious utility per word."""
-    json: bool = False
+from rlhf_env.world.labelers import padded_pair, rank
 
 
 def padded_preference(rng, panel, tasks) -> float:
@@ -62,31 +39,3 @@ def correct_first(rows) -> tuple[float, int]:
             if success[i] and not success[j]:
                 right, total = right + (position[i] < position[j]), total + 1
     return right / max(total, 1), total
-
-
-def world_stats(config: WorldStatsConfig) -> dict:
-    from rlhf_env.models import DATA_DIR, load_policy
-    from rlhf_env.world.comparisons import sample_candidates
-
-    data = config.data or str(DATA_DIR)
-    splits = {s: load_split(data, "prompts", s) for s in SPLITS}
-    rows = splits["rm"].shuffle(seed=config.seed).select(range(min(config.n_prompts, len(splits["rm"]))))
-    panel = make_panel(WorldConfig().seed, LabelerConfig(noise=config.noise, length_bias=config.length_bias))
-    rng = np.random.default_rng(config.seed)
-    model, tokenizer = load_policy(config.policy)
-    candidates = sample_candidates(model, tokenizer, list(rows["prompt"]), config.seed)
-    tasks, pool, eos = list(rows["task"]), [c[0] for c in candidates], [c[1] for c in candidates]
-    return {
-        "customers": N_CUSTOMERS,
-        "heldout_customers": [f"customer-{i:02d}" for i in HELDOUT_CUSTOMERS],
-        "splits": {s: len(d) for s, d in splits.items()},
-        "labeler_written_fraction": {s: float(np.mean(np.array(d["source"]) == "labeler")) for s, d in splits.items()},
-        "families": dict(sorted(Counter(splits["heldout"]["family"]).items())),
-        "labelers": len(panel),
-        "labeler_agreement": panel_agreement(rng, panel, tasks, pool, eos),
-        "agreement_pool": f"{config.policy} samples, K=4..9 distinct per prompt, {len(tasks)} prompts",
-        "prefer_padded": padded_preference(rng, panel, tasks),
-        "correct_first": correct_first([
-            {"task": t, "responses": r, "eos": e, "ranking": rank(rng, panel[int(rng.integers(len(panel)))], t, r, e)}
-            for t, r, e in zip(tasks, pool, eos)])[0],
-    }

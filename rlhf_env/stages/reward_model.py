@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.trainer import TrainConfig, train_loop
 from rlhf_env.models import DATA_DIR, load_classifier, load_policy, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions
+from rlhf_env.training.trainer import TrainConfig, train_loop
 from rlhf_env.world.build import load_split
 
 

@@ -30,14 +30,14 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from agents.pretrain import PretrainConfig, pretrain
-from agents.reward_model import RMConfig, train_reward_model
-from agents.sft import SFTConfig, sft
 from rlhf_env.models import ASSETS, load_policy, save_policy
 from rlhf_env.rewards.likelihood import CONFIG_FILE as REWARD_CONFIG
+from rlhf_env.stages.comparisons import build_comparisons
+from rlhf_env.stages.pretrain import PretrainConfig, pretrain
+from rlhf_env.stages.reward_model import RMConfig, train_reward_model
+from rlhf_env.stages.sft import SFTConfig, sft
 from rlhf_env.tokenizer import train_tokenizer
 from rlhf_env.world.build import WorldConfig, build_world, load_split, save_world
-from rlhf_env.world.comparisons import build_comparisons
 
 STEPS = ("world", "tokenizer", "base", "sft", "comparisons", "rm")
 

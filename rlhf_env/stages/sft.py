@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agents.trainer import IGNORE, TrainConfig, train_causal_lm
 from rlhf_env.evaluation import generate_and_grade, summarize
 from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.training.trainer import IGNORE, TrainConfig, train_causal_lm
 from rlhf_env.world.build import load_split
 
 

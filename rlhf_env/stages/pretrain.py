@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.trainer import TrainConfig, train_causal_lm
 from rlhf_env.models import CONTEXT, DATA_DIR, TOKENIZER_DIR, load_tokenizer, new_model
+from rlhf_env.training.trainer import TrainConfig, train_causal_lm
 from rlhf_env.world.build import load_split
 
 

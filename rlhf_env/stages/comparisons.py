@@ -18,12 +18,26 @@ Columns: ``prompt``, ``task``, ``customer_id``, ``responses`` (list), ``eos`` (l
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
 from rlhf_env.sampling import sample
-from rlhf_env.world.labelers import N_HELDOUT_LABELERS, N_LABELERS, Labeler, LabelerConfig, make_panel, rank
+from rlhf_env.world.build import SPLITS, WorldConfig, load_split
+from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
+from rlhf_env.world.labelers import (
+    N_HELDOUT_LABELERS,
+    N_LABELERS,
+    Labeler,
+    LabelerConfig,
+    make_panel,
+    panel_agreement,
+    rank,
+)
+from rlhf_env.world.stats import correct_first, padded_preference
 
 
 def sample_candidates(model, tokenizer, prompts: list[str], seed: int, k_range=(4, 9), temperatures=(0.6, 1.4),
@@ -87,3 +101,50 @@ def build_comparisons(model, tokenizer, prompts, heldout_prompts, seed: int = 0,
         "heldout_customers": rank_all(rng, heldout_labelers, heldout_prompts.select(heldout_keep),
                                       [heldout_candidates[i] for i in heldout_keep]),
     })
+
+
+@dataclass
+class WorldStatsConfig:
+    """Describe the world and measure its labeler panel."""
+
+    data: str = ""
+    """Directory of the world's datasets (empty: the bundled one)."""
+    policy: str = "sft"
+    """Policy whose samples the labelers rank to measure agreement (bundled name or path)."""
+    n_prompts: int = 300
+    """Prompts (from the rm split) used for the agreement and bias measurements."""
+    seed: int = 0
+    noise: float = LabelerConfig.noise
+    """Labeler noise scale (tunes agreement)."""
+    length_bias: float = LabelerConfig.length_bias
+    """Mean spurious utility per word."""
+    json: bool = False
+
+
+def world_stats(config: WorldStatsConfig) -> dict:
+    """``rlhf world``: the world's splits, family mix and customers, and its labelers measured on a policy's
+    samples (agreement), on padded reference answers (bias) and on correct against incorrect answers."""
+    from rlhf_env.models import DATA_DIR, load_policy
+
+    data = config.data or str(DATA_DIR)
+    splits = {s: load_split(data, "prompts", s) for s in SPLITS}
+    rows = splits["rm"].shuffle(seed=config.seed).select(range(min(config.n_prompts, len(splits["rm"]))))
+    panel = make_panel(WorldConfig().seed, LabelerConfig(noise=config.noise, length_bias=config.length_bias))
+    rng = np.random.default_rng(config.seed)
+    model, tokenizer = load_policy(config.policy)
+    candidates = sample_candidates(model, tokenizer, list(rows["prompt"]), config.seed)
+    tasks, pool, eos = list(rows["task"]), [c[0] for c in candidates], [c[1] for c in candidates]
+    return {
+        "customers": N_CUSTOMERS,
+        "heldout_customers": [f"customer-{i:02d}" for i in HELDOUT_CUSTOMERS],
+        "splits": {s: len(d) for s, d in splits.items()},
+        "labeler_written_fraction": {s: float(np.mean(np.array(d["source"]) == "labeler")) for s, d in splits.items()},
+        "families": dict(sorted(Counter(splits["heldout"]["family"]).items())),
+        "labelers": len(panel),
+        "labeler_agreement": panel_agreement(rng, panel, tasks, pool, eos),
+        "agreement_pool": f"{config.policy} samples, K=4..9 distinct per prompt, {len(tasks)} prompts",
+        "prefer_padded": padded_preference(rng, panel, tasks),
+        "correct_first": correct_first([
+            {"task": t, "responses": r, "eos": e, "ranking": rank(rng, panel[int(rng.integers(len(panel)))], t, r, e)}
+            for t, r, e in zip(tasks, pool, eos)])[0],
+    }

@@ -1,9 +1,9 @@
-"""The life of a training run, shared by the LM stages (``agents.trainer``) and the RL agents.
+"""The life of a training run, shared by the LM stages (``rlhf_env.training.trainer``) and the RL agents.
 
 A ``Run`` owns an output directory: it refuses to redo a finished run, resumes from ``OUT/checkpoint`` only
 if the checkpoint was written by the same run (its *fingerprint*: the settings that must agree), keeps the
 TensorBoard and CSV logs (dropping rows logged after the checkpoint it resumes from), shows a progress bar,
-and writes crash-safe checkpoints (``agents.checkpoint``)::
+and writes crash-safe checkpoints (``rlhf_env.training.checkpoint``)::
 
     run = Run(out, fingerprint, total=iterations, desc="ppo", finished="result.json")
     state, tensors = run.restore(model, optimizer, scheduler)   # (None, {}) on a fresh start
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from agents.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from agents.logger import RunLogger
+from rlhf_env.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from rlhf_env.training.logger import RunLogger
 
 
 class Run:

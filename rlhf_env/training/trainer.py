@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from agents.run import Run
 from rlhf_env.models import save_policy
+from rlhf_env.training.run import Run
 
 IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
 
