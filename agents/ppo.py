@@ -35,6 +35,7 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
+from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, response_forward
 from agents.rl_math import (
     KLController,
     gae,
@@ -45,7 +46,7 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
-from rlhf_env.evaluation import eval_prompts, sample_and_grade, summarize, win_rate, win_rate_ceiling
+from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
     BUNDLED_REWARDS,
     DATA_DIR,
@@ -56,7 +57,7 @@ from rlhf_env.models import (
     save_policy,
 )
 from rlhf_env.rewards import NormalizedReward
-from rlhf_env.sampling import positions, response_logprobs, sample_from_ids, trim_padding
+from rlhf_env.sampling import positions, sample_from_ids, trim_padding
 from rlhf_env.training.checkpoint import find_checkpoint
 from rlhf_env.training.run import Run
 
@@ -76,6 +77,7 @@ class PPOConfig:
     out: str = "runs/ppo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     seed: int = 0
+    """Seed of the policy's sampling, the env's prompt draws and the minibatch order."""
     iterations: int = 100
     """PPO iterations; each samples batch_size episodes."""
     batch_size: int = 128
@@ -87,24 +89,34 @@ class PPOConfig:
     group_size: int = 8
     """Responses sampled per prompt in each iteration (the vector env's group_size); rloo needs >= 2."""
     minibatch_size: int = 16
+    """Episodes per gradient step (batch_size / minibatch_size steps per epoch)."""
     ppo_epochs: int = 4
+    """Passes over each iteration's episodes."""
     lr: float = 3e-5
     """Peak learning rate, decayed linearly to 0."""
     adam_eps: float = 1e-5
+    """AdamW's epsilon."""
     weight_decay: float = 0.01
     """AdamW's decoupled weight decay, on every parameter (PyTorch's default; the N+ recipe uses none). At the
     default lr it shrinks the weights by about 0.02% over a whole run."""
     max_grad_norm: float = 1.0
+    """Clip the gradients' global norm to this."""
     kl_coef: float = 0.05
     """beta: initial KL coefficient."""
     target_kl: float = 0.0
     """Target KL per sequence (nats) for the adaptive controller; 0 keeps kl_coef fixed."""
     kl_horizon: int = 10_000
+    """Episodes over which the adaptive KL controller moves beta by its full step (with target_kl)."""
     gamma: float = 1.0
+    """Discount of the per-token rewards (advantage=gae)."""
     gae_lambda: float = 0.95
+    """GAE's lambda (advantage=gae)."""
     clip_coef: float = 0.2
+    """PPO's clip range: the ratio is clipped to [1 - clip_coef, 1 + clip_coef]."""
     vf_clip: float = 0.2
+    """The value loss clips new values to old values +- vf_clip (advantage=gae)."""
     vf_coef: float = 0.1
+    """Weight of the value loss (advantage=gae)."""
     early_stop_kl: float = 0.0
     """Stop an iteration's epochs once approx-KL exceeds this (0: never)."""
     value_model: str = "head"
@@ -113,6 +125,7 @@ class PPOConfig:
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
+    """Web-text blocks per minibatch in the PPO-ptx term."""
     normalize_reward: bool = False
     """Rescale the reward so that the initial policy's samples on NORMALIZE_EPISODES training prompts score
     N(0, 1) (N+ recipe), before the KL penalty and the missing-EOS penalty; for a reward of another scale
@@ -120,21 +133,28 @@ class PPOConfig:
     missing_eos_penalty: float | None = -1.0
     """Score of a response without EOS (None: the reward model scores it like any other)."""
     temperature: float = 1.0
+    """Sampling temperature of the policy; the env's KL uses the same."""
     max_prompt_tokens: int = 64
+    """Prompts are left-padded to this many tokens (longer ones are an error)."""
     max_new_tokens: int = 48
+    """Longest response, in tokens; a response that reaches it without EOS gets missing_eos_penalty."""
     prompts: str = "ppo"
     """Prompt split of the world (training customers)."""
     data: str = str(DATA_DIR)
+    """Directory of the world's datasets (the bundled one by default)."""
     eval_every: int = 25
     """Iterations between held-out evaluations (0: only at the end)."""
     eval_episodes: int = 200
+    """Held-out prompts of each evaluation during the run."""
     final_eval_episodes: int = 500
     """Held-out prompts of the final evaluation (rlhf eval's default)."""
     eval_seed: int = 0
     """Seed of the held-out evaluations' prompt choice and sampling. rlhf eval's default is 0, so the final
     table matches `rlhf eval --policy OUT/final --baseline REFERENCE` whatever the training seed."""
     save_every: int = 10
+    """Iterations between resumable checkpoints in OUT/checkpoint (0: none)."""
     device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""
     bf16: bool = False
     """Mixed precision: the policy's and critic's forward and backward run their matmuls (the LM head's
     included) in bfloat16 under autocast; weights, AdamW, attention, LayerNorm, the value head and the
@@ -147,76 +167,28 @@ class PPOConfig:
     json: bool = False
     """Print the final held-out evaluation as one JSON object instead of a table."""
 
-
-def _check_native_bf16(device: str) -> None:
-    """Warn where bfloat16 matmuls are emulated: there ``bf16`` makes training slower, not faster."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    elif dev.type == "cpu":  # x86: AVX-512 BF16 or AMX; other CPUs are not checked
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    else:
-        native = True
-    if not native:
-        warnings.warn(f"bf16=True on a {dev.type} without native bfloat16 matmuls: expect it to be slower than "
-                      "float32", stacklevel=3)
-
-
-class NonFiniteLoss(ValueError):
-    """Training diverged (NaN or inf); nothing after the last good checkpoint was saved."""
-
-
-def check_same_tokenizer(tokenizer, policy, scorer, config: PPOConfig) -> None:
-    """The env scores the policy's token ids with the reference: both must read them the same way."""
-    problems = []
-    if tokenizer.get_vocab() != scorer.tokenizer.get_vocab():
-        problems.append(f"vocabularies differ ({len(tokenizer)} vs {len(scorer.tokenizer)} tokens)")
-    for name in ("eos_token_id", "pad_token_id"):
-        if getattr(tokenizer, name) != getattr(scorer, name.replace("_token", "")):
-            problems.append(f"{name} {getattr(tokenizer, name)} vs {getattr(scorer, name.replace('_token', ''))}")
-    if policy.get_input_embeddings().num_embeddings < scorer.vocab_size:
-        problems.append(f"the policy embeds {policy.get_input_embeddings().num_embeddings} tokens, the env emits "
-                        f"up to {scorer.vocab_size}")
-    if problems:
-        raise ValueError(f"policy {config.policy!r} and the env's reference {config.reference or config.policy!r} "
-                         f"do not share a tokenizer: {'; '.join(problems)}. The env reads the policy's token ids, "
-                         "so both must come from the same tokenizer.")
-
-
-class ValueHead(torch.nn.Module):
-    """A scalar value per token from hidden states, zero-initialised (values start at 0)."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.linear = torch.nn.Linear(hidden, 1)
-        torch.nn.init.zeros_(self.linear.weight)
-        torch.nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):  # float32 values, also under bf16
-            return self.linear(hidden.float()).squeeze(-1)
-
-
-class Critic(torch.nn.Module):
-    """A separate value model: a reward model's trunk and head, applied at every token (N+)."""
-
-    def __init__(self, reward_model):
-        super().__init__()
-        self.model = reward_model
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor:
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
-        with torch.autocast(ids.device.type, enabled=False):  # float32 values, also under bf16
-            return self.model.score(hidden.last_hidden_state[:, -R - 1:-1].float()).squeeze(-1)  # (B, R)
-
-
-def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False):
-    """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
-    go through the LM head. Also the last hidden states there if ``want_hidden``."""
-    logprobs, logp_all, out = response_logprobs(policy, ids, mask, R, temperature, output_hidden_states=want_hidden)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
-    return logprobs, entropy, hidden
+    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
+        positive = ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "max_prompt_tokens",
+                    "final_eval_episodes", "ptx_batch_size")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lr", "temperature", "clip_coef"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.minibatch_size > self.batch_size:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
+        if self.advantage not in ("rloo", "gae"):
+            raise ValueError(f"advantage must be 'rloo' or 'gae', got {self.advantage!r}")
+        if self.value_model not in ("head", "rm"):
+            raise ValueError(f"value_model must be 'head' or 'rm', got {self.value_model!r}")
+        k = self.group_size
+        if k < 1 or self.batch_size % k or (self.advantage == "rloo" and k < 2):
+            raise ValueError(f"group_size must divide batch_size ({self.batch_size}) and be >= 2 with "
+                             f"advantage='rloo'; got {k}")
 
 
 class PPOAgent:
@@ -230,34 +202,27 @@ class PPOAgent:
         for module in self.policy.modules():  # dropout off everywhere during RL (N+)
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        if c.advantage not in ("rloo", "gae"):
-            raise ValueError(f"advantage must be 'rloo' or 'gae', got {c.advantage!r}")
-        if c.group_size < 1 or c.batch_size % c.group_size or (c.advantage == "rloo" and c.group_size < 2):
-            raise ValueError(f"group_size must divide batch_size ({c.batch_size}) and be >= 2 with advantage='rloo'; "
-                             f"got {c.group_size}")
         if c.advantage == "rloo":
             self.value = None  # the siblings are the baseline
         elif c.value_model == "head":
             self.value = ValueHead(self.policy.config.hidden_size).to(c.device)
-        elif c.value_model == "rm":
+        else:  # "rm"
             path = resolve(c.reward, BUNDLED_REWARDS)
             rm = load_classifier(path)
             if AutoTokenizer.from_pretrained(path).get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
                                  "tokenizer; use value_model='head' with this reward")
             self.value = Critic(rm).to(c.device)
-        else:
-            raise ValueError(f"value_model must be 'head' or 'rm', got {c.value_model!r}")
         self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, group_size=c.group_size, prompts=c.prompts,
                                 reference=c.reference or c.policy,
                                 reward=c.reward, kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
-        check_same_tokenizer(self.tokenizer, self.policy, self.env.unwrapped.scorer, c)
+        self.env.unwrapped.scorer.check_policy(self.tokenizer, self.policy, c.policy)
         if c.normalize_reward and find_checkpoint(self.run.checkpoint) is None:  # else: the checkpoint's
             self._normalize_reward()
         if c.bf16:
-            _check_native_bf16(c.device)
+            check_native_bf16(c.device)
             for model in (self.policy, self.value.model) if isinstance(self.value, Critic) else (self.policy,):
                 if not float32_attention(model):
                     warnings.warn(f"{type(model).__name__} cannot switch its attention implementation, so under "
@@ -269,7 +234,8 @@ class PPOAgent:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
-        self._reference_eval = None  # the reference's held-out samples, graded once
+        self.judge = HeldOutJudge(self.env.unwrapped.scorer.model, self.tokenizer, c.data, c.eval_seed, c.temperature,
+                                  c.max_new_tokens)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -287,9 +253,16 @@ class PPOAgent:
                 run.bar.update(1)
                 run.bar.set_postfix(score=f"{metrics['score']:.2f}", kl=f"{metrics['kl']:.2f}")
                 if c.eval_every and self.iteration % c.eval_every == 0 and self.iteration < c.iterations:
-                    run.log(self.iteration, self.evaluate(), kind="eval")
-                if c.save_every and self.iteration % c.save_every == 0 and self.iteration < c.iterations:
+                    held_out = self.evaluate()
+                    run.log(self.iteration, held_out, kind="eval")
+                    run.bar.write(f"iteration {self.iteration}: held-out win rate vs the reference "
+                                  f"{held_out['win_rate_vs_reference']:.3f}, gold {held_out['gold']:.3f}, "
+                                  f"KL {held_out['kl']:.2f}")
+                if run.interrupted or (c.save_every and self.iteration % c.save_every == 0
+                                       and self.iteration < c.iterations):
                     self.save()
+                if run.interrupted:
+                    run.stop(self.iteration)
             final = self.evaluate(c.final_eval_episodes)
             run.log(self.iteration, final, kind="eval")
             save_policy(self.policy, self.tokenizer, Path(c.out) / "final")
@@ -485,43 +458,12 @@ class PPOAgent:
                                                  ids[:, 1:].reshape(-1))
 
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
-        """Held-out customers' prompts: gold win rate against the reference (and the most any policy could
-        get, ``win_rate_ceiling``; see ``rlhf_env.evaluation``), and gold, task success, RM
-        score, KL to the reference, length and EOS fraction of both (``ref_*``: the reference's)."""
-        c = self.config
-        rows = eval_prompts(c.data, "heldout", episodes or c.eval_episodes, c.eval_seed)
+        """Held-out customers' prompts against the reference (``rlhf_env.evaluation.HeldOutJudge``)."""
         self.policy.eval()
-        policy = self._held_out(self.policy, rows)
-        self.policy.train()
-        if self._reference_eval is None or len(self._reference_eval["grades"]) != len(rows):
-            ref = self._held_out(self.env.unwrapped.scorer.model, rows)  # frozen: sample and grade it once
-            self._reference_eval = {**ref, "ceiling": win_rate_ceiling(rows["task"], ref["grades"])}
-        ref = self._reference_eval
-        metrics = ("gold", "success", "rm_score", "kl", "length", "eos_frac")
-        return {"win_rate_vs_reference": win_rate(policy["grades"], ref["grades"]), "win_rate_ceiling": ref["ceiling"],
-                **{k: policy[k] for k in metrics}, **{f"ref_{k}": ref[k] for k in metrics if k != "kl"}}
-
-    @torch.no_grad()
-    def _held_out(self, model, rows) -> dict:
-        """Sample ``model`` on held-out rows as ``rlhf eval --seed EVAL_SEED`` does (same batches), and grade it."""
-        c, env = self.config, self.env.unwrapped
-        reference = env.scorer.model
-        grades, lengths, kls, rm, eos = [], [], [], [], []
-        for batch, s, batch_grades in sample_and_grade(model, self.tokenizer, rows, c.eval_seed, c.temperature,
-                                                        c.max_new_tokens):
-            if model is not reference:  # the reference's KL to itself is 0
-                ids = torch.cat([s.prompt_ids, s.response_ids], 1)
-                mask = torch.cat([s.prompt_mask, s.response_mask], 1)
-                ref_logprobs = response_logprobs(reference, ids, mask, s.response_ids.shape[1], c.temperature)[0]
-                kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
-            rm += env.reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
-            grades += batch_grades
-            lengths += s.lengths.tolist()
-            eos += s.eos.tolist()
-        summary = summarize(grades, lengths)
-        return {"grades": grades, "gold": summary["gold"], "success": summary["success"], "length": summary["length"],
-                "rm_score": float(np.mean(rm)), "kl": float(np.mean(kls)) if kls else 0.0,
-                "eos_frac": float(np.mean(eos))}
+        try:
+            return self.judge(self.policy, episodes or self.config.eval_episodes, self.env.unwrapped.reward)
+        finally:
+            self.policy.train()
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> None:

@@ -3,8 +3,8 @@ config; the help text of an option is the docstring under the field."""
 
 from __future__ import annotations
 
-import argparse
 import ast
+import difflib
 import importlib
 import inspect
 import json
@@ -49,15 +49,24 @@ def build_parser(name: str):
 
     module, cls_name, _, _, summary = COMMANDS[name]
     cls = getattr(importlib.import_module(module), cls_name)
-    parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary)
     docs = field_docs(cls)
     for action in parser._actions:
-        if action.dest in docs:
-            action.help = docs[action.dest].replace("%", "%%")  # argparse formats help strings with %
-        elif action.dest != "help":
-            action.help = " "  # ArgumentDefaultsHelpFormatter shows defaults only for actions with help
+        if action.dest in docs:  # every option: its docstring and its default (argparse formats help with %)
+            action.help = f"{docs[action.dest]} (default: {action.default})".replace("%", "%%")
     return parser
+
+
+def parse_config(parser, argv: list[str]):
+    """The config from ``argv``, or argparse's usage and a one-line error (exit 2) for an unknown option, with
+    the closest known one, or for a value the config refuses."""
+    config, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        known = [o for action in parser._actions for o in action.option_strings]
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.6)
+        parser.error(f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     parser = build_parser(name)
-    (config,) = parser.parse_args_into_dataclasses(argv[1:])
+    try:
+        config = parse_config(parser, argv[1:])
+    except ValueError as e:  # the config's own checks (__post_init__): before anything loads
+        parser.error(str(e))
     _quiet()
     module, _, entry, table, _ = COMMANDS[name]
     try:
@@ -84,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # a run's Interrupted says where it saved; a bare Ctrl-C says nothing
+        print(f"rlhf {name}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
     if table:
         show = getattr(importlib.import_module("rlhf_env.report"), table)
         print(json.dumps(result, indent=1) if getattr(config, "json", False) else show(result))

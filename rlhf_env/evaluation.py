@@ -37,16 +37,20 @@ class EvalConfig:
     episodes: int = 500
     """Number of prompts (one response per policy each)."""
     seed: int = 0
+    """Seed of the prompt choice and of both policies' sampling (the same seed, the same samples)."""
     temperature: float = 1.0
     """Sampling temperature of policy A (0 for greedy)."""
     baseline_temperature: float | None = None
     """Sampling temperature of policy B (None: the same as --temperature). E.g. --temperature 0
     --baseline_temperature 1 judges a policy's greedy answers against another's samples."""
     max_new_tokens: int = 48
+    """Longest response, in tokens."""
     batch_size: int = 125
+    """Prompts sampled together (changes speed, not results)."""
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (the bundled one by default)."""
     device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""
     json: bool = False
     """Print one JSON object instead of a table."""
 
@@ -99,6 +103,60 @@ def reference_grades(tasks) -> list[Grade]:
 def win_rate_ceiling(tasks, b: list[Grade]) -> float:
     """The most any policy can win against grades ``b`` on these tasks: the reference answers' win rate."""
     return win_rate(reference_grades(tasks), b)
+
+
+@torch.no_grad()
+def sample_and_measure(model, tokenizer, rows, seed: int, temperature: float, max_new_tokens: int, reward=None,
+                       reference=None) -> dict:
+    """``model`` sampled on ``rows`` as ``rlhf eval --seed SEED`` samples it (the same batches), graded by gold;
+    with ``reward``, its mean score; with a ``reference`` policy, its mean KL to it (nats per response, at
+    ``temperature``). Returns the grades and the means (``gold``, ``success``, ``length``, ``eos_frac``,
+    ``rm_score``, ``kl``)."""
+    from rlhf_env.sampling import response_logprobs
+
+    grades, lengths, kls, scores, eos = [], [], [], [], []
+    for batch, s, batch_grades in sample_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens):
+        if reference is not None:
+            ids = torch.cat([s.prompt_ids, s.response_ids], 1)
+            mask = torch.cat([s.prompt_mask, s.response_mask], 1)
+            ref_logprobs = response_logprobs(reference, ids, mask, s.response_ids.shape[1], temperature)[0]
+            kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
+        if reward is not None:
+            scores += reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
+        grades += batch_grades
+        lengths += s.lengths.tolist()
+        eos += s.eos.tolist()
+    summary = summarize(grades, lengths)
+    return {"grades": grades, "gold": summary["gold"], "success": summary["success"], "length": summary["length"],
+            "rm_score": float(np.mean(scores)) if scores else float("nan"), "kl": float(np.mean(kls)) if kls else 0.0,
+            "eos_frac": float(np.mean(eos))}
+
+
+class HeldOutJudge:
+    """A policy in training against its frozen reference on held-out customers' prompts: gold win rate (and
+    ``win_rate_ceiling``, the most any policy could get), and gold, task success, reward, KL to the reference,
+    length and EOS fraction of both (``ref_*``: the reference's). The reference is sampled and graded once
+    per number of episodes; both are sampled as ``rlhf eval --seed SEED`` would, so a final table matches
+    ``rlhf eval --policy OUT/final --baseline REFERENCE``."""
+
+    METRICS = ("gold", "success", "rm_score", "kl", "length", "eos_frac")
+
+    def __init__(self, reference, tokenizer, data: str, seed: int = 0, temperature: float = 1.0,
+                 max_new_tokens: int = 48, split: str = "heldout"):
+        self.reference, self.tokenizer, self.data, self.seed = reference, tokenizer, data, seed
+        self.temperature, self.max_new_tokens, self.split = temperature, max_new_tokens, split
+        self._reference: dict[int, dict] = {}
+
+    def __call__(self, policy, episodes: int, reward) -> dict[str, float]:
+        rows = eval_prompts(self.data, self.split, episodes, self.seed)
+        args = (self.tokenizer, rows, self.seed, self.temperature, self.max_new_tokens, reward)
+        ours = sample_and_measure(policy, *args, reference=self.reference)
+        if len(rows) not in self._reference:  # the reference is frozen: its KL to itself is 0
+            ref = sample_and_measure(self.reference, *args)
+            self._reference[len(rows)] = {**ref, "ceiling": win_rate_ceiling(rows["task"], ref["grades"])}
+        ref = self._reference[len(rows)]
+        return {"win_rate_vs_reference": win_rate(ours["grades"], ref["grades"]), "win_rate_ceiling": ref["ceiling"],
+                **{k: ours[k] for k in self.METRICS}, **{f"ref_{k}": ref[k] for k in self.METRICS if k != "kl"}}
 
 
 def evaluate(config: EvalConfig) -> dict:

@@ -48,6 +48,47 @@ def test_option_help_comes_from_field_docstrings():
     assert field_docs(EvalConfig)["split"].startswith("Prompt split")
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_of_every_command_has_help_and_its_default(command):
+    from rlhf_env.cli import build_parser
+
+    options = [a for a in build_parser(command)._actions if a.option_strings and a.dest != "help"]
+    assert options
+    for action in options:
+        assert action.help and action.help.endswith(f"(default: {action.default})"), (command, action.dest)
+        assert len(action.help) > len(f"(default: {action.default})") + 5, (command, action.dest)  # a real line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ppo", "--klcoef", "0.1"], "unrecognized argument --klcoef; did you mean --kl_coef?"),
+    (["ppo", "--iterations", "0"], "iterations must be a positive integer, got 0"),
+    (["ppo", "--iterations", "-1"], "iterations must be a positive integer, got -1"),
+    (["ppo", "--group_size", "3"], "group_size must divide batch_size (128)"),
+    (["ppo", "--minibatch_size", "500"], "minibatch_size (500) must be <= batch_size (128)"),
+    (["eval", "--episodess", "3"], "did you mean --episodes?"),
+])
+def test_a_users_mistake_is_one_line_before_anything_loads(argv, message, capsys, monkeypatch):
+    import rlhf_env.models as models
+
+    monkeypatch.setattr(models, "load_policy", lambda *a, **k: pytest.fail("a model loaded before the error"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: rlhf") and "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
+
+
+def test_out_pointing_to_a_file_is_refused_before_anything_loads(tmp_path, capsys, monkeypatch):
+    import agents.ppo as ppo_module
+
+    monkeypatch.setattr(ppo_module, "load_policy", lambda *a, **k: pytest.fail("a model loaded before the error"))
+    (tmp_path / "file").write_text("")
+    assert main(["ppo", "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file; pass a directory" in err[0]
+
+
 def test_unknown_command_and_unknown_policy_are_clear_errors(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

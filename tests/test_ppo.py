@@ -1,6 +1,7 @@
 """The PPO agent's contract with the env: rewards rebuilt from info, and ratio == 1 before an update."""
 
 import csv
+import json
 import zlib
 
 import pytest
@@ -242,6 +243,34 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, wo
     for a, b in zip(full_log, resumed_log):  # every learning metric exactly; wall-clock times differ
         assert {k: v for k, v in a.items() if not k.startswith("time_")} == {
             k: v for k, v in b.items() if not k.startswith("time_")}
+
+
+def test_ctrl_c_finishes_the_iteration_saves_and_says_how_to_resume(tiny_policy_dir, world_dir, tmp_path, capsys):
+    """A first Ctrl-C (SIGINT, here sent from inside the reward during iteration 2) lets iteration 2 finish, saves
+    it, and stops with a message; the same command resumes from there and finishes the run."""
+    import os
+    import signal
+
+    from rlhf_env.training.run import Interrupted
+
+    def reward(prompts, responses):
+        reward.calls += 1
+        if reward.calls == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return brevity(prompts, responses)
+
+    reward.calls, reward.__name__ = 0, "brevity"  # the name: the same run's fingerprint on resume
+    before = signal.getsignal(signal.SIGINT)
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, reward=reward))
+    with pytest.raises(Interrupted, match=r"interrupted at step 2; saved in .*checkpoint\. Rerun the same command"):
+        agent.train()
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handler is gone
+    assert "stopping after this step" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ppo" / "checkpoint" / "state.json").read_text())["state"]["iteration"] == 2
+    resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, reward=brevity))
+    resumed.train()
+    assert "resuming" in capsys.readouterr().err and resumed.iteration == 4
+    assert (tmp_path / "ppo" / "result.json").exists()
 
 
 def test_a_reference_with_another_tokenizer_is_refused(tiny_policy_dir, world, world_dir, tmp_path):

@@ -78,6 +78,23 @@ class ResponseScorer:
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
+    def check_policy(self, tokenizer, policy, name: str = "the policy") -> None:
+        """The env reads an agent's token ids with the reference's tokenizer: refuse a policy that reads them
+        another way, with what differs."""
+        problems = []
+        if tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            problems.append(f"vocabularies differ ({len(tokenizer)} vs {len(self.tokenizer)} tokens)")
+        for attr, mine in (("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
+            if getattr(tokenizer, attr) != mine:
+                problems.append(f"{attr} {getattr(tokenizer, attr)} vs {mine}")
+        if policy.get_input_embeddings().num_embeddings < self.vocab_size:
+            problems.append(f"the policy embeds {policy.get_input_embeddings().num_embeddings} tokens, the env emits "
+                            f"up to {self.vocab_size}")
+        if problems:
+            raise ValueError(f"policy {name!r} and the env's reference do not share a tokenizer: "
+                             f"{'; '.join(problems)}. The env reads the policy's token ids, so both must come "
+                             "from the same tokenizer.")
+
     def choose_prompt(self, rng: np.random.Generator, options: dict | None = None, size: int | None = None):
         """The episode's prompt index (or ``size`` of them, an array): ``options["prompt_index"]`` if
         given, else uniform from ``rng``."""

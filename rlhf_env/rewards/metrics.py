@@ -37,7 +37,9 @@ class RMEvalConfig:
     episodes: int = 500
     """Held-out customers' prompts of the best-of-n measurement (rlhf eval's default)."""
     device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""
     seed: int = 0
+    """Seed of the sampling for the best-of-n and padding measurements."""
     json: bool = False
     """Print one JSON object instead of a table."""
 

@@ -49,19 +49,24 @@ class BuildConfig:
     out: str = str(ASSETS)
     """Asset directory (the package's own by default)."""
     seed: int = 0
+    """Seed of everything: the world, the tokenizer, initialisations and data orders."""
     steps: str = ",".join(STEPS)
     """Comma-separated steps to run (world, tokenizer, base, sft, comparisons, rm), or parts of one
     (base:large, sft:small, rm:likelihood, rm:scalar)."""
     sizes: str = "small,large"
     """Comma-separated model sizes to build."""
     pretrain_epochs: float = 2.0
+    """Passes over the web-text corpus when pretraining each base model."""
     sft_epochs: float = 16.0
+    """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
     rm_epochs: float = 3.0
+    """Passes over the comparisons when training the reward models."""
     work: str = "runs/build-assets"
     """Scratch directory for training logs and checkpoints (resumable)."""
     scale: float = 1.0
     """Scale every dataset size by this factor (tiny builds for tests)."""
     device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""
 
 
 def build_assets(config: BuildConfig) -> dict:

@@ -114,11 +114,13 @@ class WorldStatsConfig:
     n_prompts: int = 300
     """Prompts (from the rm split) used for the agreement and bias measurements."""
     seed: int = 0
+    """Seed of the prompt choice, the samples and the labelers' draws."""
     noise: float = LabelerConfig.noise
     """Labeler noise scale (tunes agreement)."""
     length_bias: float = LabelerConfig.length_bias
     """Mean spurious utility per word."""
     json: bool = False
+    """Print one JSON object instead of a table."""
 
 
 def world_stats(config: WorldStatsConfig) -> dict:

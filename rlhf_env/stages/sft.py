@@ -28,6 +28,7 @@ class SFTConfig(TrainConfig):
     base: str = "base"
     """Starting policy: a bundled name or a checkpoint path."""
     data: str = str(DATA_DIR)
+    """Directory of the world's datasets (the bundled one by default)."""
     out: str = "runs/sft"
     epochs: float = 16.0
     batch_size: int = 32

@@ -7,14 +7,18 @@ and writes crash-safe checkpoints (``rlhf_env.training.checkpoint``)::
 
     run = Run(out, fingerprint, total=iterations, desc="ppo", finished="result.json")
     state, tensors = run.restore(model, optimizer, scheduler)   # (None, {}) on a fresh start
-    run.start(step)
+    run.start(step)                  # logs, bar, and a first Ctrl-C only sets run.interrupted
     ...  run.log(step, metrics); run.save(model, tokenizer, optimizer, scheduler, state, tensors)
+    ...  if run.interrupted: (save, then) run.stop(step)
     run.close()
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,16 +27,24 @@ from rlhf_env.training.checkpoint import find_checkpoint, load_checkpoint, save_
 from rlhf_env.training.logger import RunLogger
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C at a step boundary, after saving a checkpoint; its message says how to resume."""
+
+
 class Run:
     def __init__(self, out: str | os.PathLike, fingerprint: dict, total: int, desc: str, resume: bool = True,
                  finished: str | None = None):
         """``finished``: a file whose presence in ``out`` means the run is done (refused, not redone)."""
         self.out, self.fingerprint, self.total, self.desc, self.resume = Path(out), fingerprint, total, desc, resume
         self.finished = finished
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; pass a directory")
         self.check_not_finished()
         self.checkpoint = self.out / "checkpoint"
         self.logger: RunLogger | None = None
         self.bar = None
+        self.interrupted = False  # a Ctrl-C came while the run was going (see start)
+        self._previous_handler = None
 
     def check_not_finished(self) -> None:
         if self.finished and (self.out / self.finished).exists():
@@ -56,8 +68,30 @@ class Run:
 
     def start(self, step: int) -> None:
         """Open the logs (rows after ``step`` are dropped: they belong to the run that crashed) and the bar."""
+        if step:
+            print(f"{self.desc}: resuming {self.out} from step {step} of {self.total}", file=sys.stderr, flush=True)
         self.logger = RunLogger(self.out, resume_step=step)
         self.bar = tqdm(total=self.total, initial=step, desc=self.desc, dynamic_ncols=True)
+        self._catch_ctrl_c()
+
+    def _catch_ctrl_c(self) -> None:
+        """From ``start`` to ``close``, a first Ctrl-C only sets ``self.interrupted``: the loop finishes its step,
+        saves and calls ``stop``. A second Ctrl-C interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            return
+        self._previous_handler = previous = signal.getsignal(signal.SIGINT)
+
+        def first(signum, frame):
+            self.interrupted = True
+            signal.signal(signal.SIGINT, previous)
+            print(f"\n{self.desc}: stopping after this step to save a checkpoint (Ctrl-C again to stop now)",
+                  file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGINT, first)
+
+    def stop(self, step: int) -> None:
+        """Raise ``Interrupted`` after a Ctrl-C (the caller has saved ``step``)."""
+        raise Interrupted(f"interrupted at step {step}; saved in {self.checkpoint}. Rerun the same command to resume")
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         self.logger.log(step, metrics, kind=kind)
@@ -68,6 +102,9 @@ class Run:
                         tensors)
 
     def close(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
         if self.bar is not None:
             self.bar.close()
         if self.logger is not None:

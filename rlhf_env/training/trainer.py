@@ -33,14 +33,21 @@ class TrainConfig:
     epochs: float = 1.0
     """Passes over the data (fractions allowed)."""
     batch_size: int = 32
+    """Examples per optimizer step."""
     lr: float = 1e-3
     """Peak learning rate, reached after warm-up, then cosine-decayed to lr_min_ratio * lr."""
     lr_min_ratio: float = 0.1
+    """The learning rate decays (cosine) to this fraction of --lr."""
     warmup_ratio: float = 0.03
+    """Fraction of the steps spent warming the learning rate up from 0."""
     weight_decay: float = 0.01
+    """AdamW's decoupled weight decay (not applied to biases and LayerNorm weights)."""
     grad_clip: float = 1.0
+    """Clip the gradients' global norm to this."""
     seed: int = 0
+    """Seed of the initialisation, the data order and every sampling step: the same seed gives the same files."""
     log_every: int = 20
+    """Steps between rows of train.csv and TensorBoard."""
     eval_every: int = 0
     """Steps between evaluations (0: only at the end)."""
     save_every: int = 200
@@ -48,6 +55,7 @@ class TrainConfig:
     resume: bool = True
     """Resume from OUT/checkpoint if it exists."""
     device: str = "cpu"
+    """torch device (cpu, cuda, cuda:1, ...)."""
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -151,8 +159,10 @@ def train_loop(
                 window = []
             if config.eval_every and step % config.eval_every == 0 and step < total:
                 run_eval(step)
-            if config.save_every and step % config.save_every == 0 and step < total:
+            if run.interrupted or (config.save_every and step % config.save_every == 0 and step < total):
                 run.save(model, tokenizer, optimizer, scheduler, state)
+            if run.interrupted:
+                run.stop(step)
         run_eval(state["step"])
         model.eval()
         save_policy(model, tokenizer, out / "final")
