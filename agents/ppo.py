@@ -23,7 +23,6 @@ The maths is in ``agents/rl_math.py``.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -74,6 +73,10 @@ class PPOConfig:
     """KL reference policy (the env's pi_ref); empty: the initial policy. Must share the policy's tokenizer."""
     reward: str = "rm"
     """Reward: rm, rm-scalar, gold, or a reward-model path (from Python, any load_reward spec)."""
+    reward_label: int = 0
+    """With a sequence-classifier reward: the output (label) that scores a response."""
+    reward_transform: str = "logit"
+    """With a sequence-classifier reward: logit, log_softmax or softmax of that label."""
     out: str = "runs/ppo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     seed: int = 0
@@ -215,7 +218,7 @@ class PPOAgent:
             self.value = Critic(rm).to(c.device)
         self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, group_size=c.group_size, prompts=c.prompts,
                                 reference=c.reference or c.policy,
-                                reward=c.reward, kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
+                                reward=self._reward(), kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
         self.env.unwrapped.scorer.check_policy(self.tokenizer, self.policy, c.policy)
@@ -263,13 +266,15 @@ class PPOAgent:
                     self.save()
                 if run.interrupted:
                     run.stop(self.iteration)
+            if c.save_every:
+                self.save()  # the last iteration too: a later run with more --iterations extends this one
             final = self.evaluate(c.final_eval_episodes)
             run.log(self.iteration, final, kind="eval")
             save_policy(self.policy, self.tokenizer, Path(c.out) / "final")
         finally:  # also on a crash or Ctrl-C: the bar ends and the logs are flushed
             run.close()
         final["minutes"] = (time.perf_counter() - started) / 60  # this process's share, if it resumed
-        (Path(c.out) / "result.json").write_text(json.dumps(final, indent=1))
+        run.finish(final)
         return final
 
     def iterate(self, obs) -> tuple[dict[str, float], dict]:
@@ -287,6 +292,15 @@ class PPOAgent:
                  "time_iteration": time.perf_counter() - started}
         return {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
                 "lr": self.scheduler.get_last_lr()[0], **times}, obs
+
+    def _reward(self):
+        """The env's reward: the config's spec, with a classifier's label and transform if they are set."""
+        c = self.config
+        if (c.reward_label, c.reward_transform) == (0, "logit") or not isinstance(c.reward, str):
+            return c.reward
+        from rlhf_env.rewards.classifier import SequenceClassifierReward
+
+        return SequenceClassifierReward(c.reward, device=c.device, label=c.reward_label, transform=c.reward_transform)
 
     def _normalize_reward(self) -> None:
         """Replace the env's reward by one under which the initial policy's samples score N(0, 1)."""
@@ -478,7 +492,8 @@ class PPOAgent:
 
     def resume(self):
         """Restore OUT/checkpoint if there is one; returns the env's observations to continue from."""
-        older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1}  # older runs' defaults
+        older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
+                 "reward_transform": "logit"}  # the defaults of runs from before these settings
         state, tensors = self.run.restore(self.policy, self.optimizer, self.scheduler, older)
         if state is None:
             return self.env.reset(seed=self.config.seed)[0]
@@ -507,8 +522,9 @@ def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:
 
 
 def run_fingerprint(c: PPOConfig) -> dict:
-    keep = ("policy", "reference", "reward", "seed", "iterations", "batch_size", "minibatch_size", "ppo_epochs", "lr",
-            "value_model", "ptx_coef", "bf16", "normalize_reward", "advantage", "group_size")
+    keep = ("policy", "reference", "reward", "reward_label", "reward_transform", "seed", "batch_size",
+            "minibatch_size", "ppo_epochs", "lr", "value_model", "ptx_coef", "bf16", "normalize_reward", "advantage",
+            "group_size")
     plain = (str, int, float, bool, type(None))
     return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
             for k, v in asdict(c).items() if k in keep}

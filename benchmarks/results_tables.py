@@ -93,13 +93,22 @@ def token_env_table(result: dict) -> str:
         f"| stock PyTorch (`RLHF_ENV_ACCEL=0`) | {result['stock_steps_per_s']:.0f} |"])
 
 
+def make_table(result: dict) -> str:
+    rows = (("torch_import_s", "import torch"), ("transformers_import_s", "import transformers' model code"),
+            ("first_make_s", "the first `gym.make` (models, prompts, RM)"), ("fresh_total_s", "fresh process, total"),
+            ("warm_make_s", "another `gym.make` in a warm process"))
+    return "\n".join(["| `gym.make(\"InstructBandit-v0\")` | seconds |", "|---|---|",
+                      *(f"| {label} | {result[key]:.2f} |" for key, label in rows)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="benchmarks/results")
     results = Path(parser.parse_args().results)
     for name, fn in (("foundation.json", reward_table), ("ppo.json", ppo_table),
                      ("over_optimisation.json", over_optimisation_table), ("rm_forms.json", rm_forms_table),
-                     ("vector_env.json", vector_env_table), ("token_env.json", token_env_table)):
+                     ("vector_env.json", vector_env_table), ("token_env.json", token_env_table),
+                     ("make.json", make_table)):
         path = results / name
         if path.exists():
             print(f"<!-- {name} -->\n{fn(json.loads(path.read_text()))}\n")

@@ -17,6 +17,7 @@ Weights are stored in float16 to keep the package small and are loaded as float3
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -111,9 +112,26 @@ def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
     return accelerate(GPT2LMHeadModel(config), bundled=True)
 
 
+@contextlib.contextmanager
+def quiet_local_load(path: str | os.PathLike):
+    """No "Loading weights" progress bar for a model read from a local directory (it takes a moment); a
+    download from the hub keeps its bars."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = os.path.isdir(path) and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
 def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_POLICIES) -> str:
     """Map a bundled name to its directory; check that a local path exists. Hub ids pass through."""
     name = str(name_or_path)
+    what = "reward model" if bundled == BUNDLED_REWARDS else "policy"
     if name in bundled:
         path = MODELS_DIR / name
         if not (path / "config.json").exists():
@@ -124,7 +142,7 @@ def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_
             raise ValueError(f"{name!r} is not a Hugging Face model directory (it has no config.json)")
         return name
     if not re.fullmatch(r"\w[\w.-]*(/[\w.-]+)?", name):  # not of the hub-id form "name" or "org/name"
-        raise FileNotFoundError(f"no such policy path: {name!r}")
+        raise FileNotFoundError(f"no such {what} path: {name!r}")
     close = difflib.get_close_matches(name, bundled, n=1)
     if close:  # almost certainly a typo: fail now rather than after the hub's retries
         raise ValueError(f"{name!r} is not a bundled model {bundled}; did you mean {close[0]!r}?")
@@ -156,7 +174,8 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
     path = resolve(name_or_path)
     _check_causal_lm(path, name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **config_overrides)
+        with quiet_local_load(path):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **config_overrides)
     except OSError as e:
         raise ValueError(_unknown(name_or_path, e)) from None
     model = accelerate(model, accel, bundled=is_ours(model, path))
@@ -166,7 +185,8 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
 def load_classifier(path: str | os.PathLike, accel: bool | None = None, **overrides) -> PreTrainedModel:
     """A float32 sequence classifier (a reward model) from a local path or hub id; ``accel`` as in
     ``load_policy``; ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides)
+    with quiet_local_load(path):
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides)
     return accelerate(model, accel, bundled=is_ours(model, path))
 
 

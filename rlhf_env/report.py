@@ -76,20 +76,20 @@ def eval_rm_table(r: dict) -> str:
 
 
 def ppo_table(r: dict) -> str:
-    table = Table(title=f"held-out customers: gold win rate vs reference {r['win_rate_vs_reference']:.3f} "
-                        f"(ceiling {r['win_rate_ceiling']:.3f})")
+    table = Table(title="PPO vs its reference, held-out customers' prompts")
     for column in ("metric", "PPO", "reference"):
         table.add_column(column, justify="left" if column == "metric" else "right")
+    table.add_row("gold win rate (ties half)", f"{r['win_rate_vs_reference']:.3f}", "0.500")
+    table.add_row("  ceiling (see below)", f"{r['win_rate_ceiling']:.3f}", "")
     for key in ("gold", "success", "rm_score", "kl", "length", "eos_frac"):
         ref = r.get(f"ref_{key}", 0.0 if key == "kl" else None)
         table.add_row(key, f"{r[key]:.3f}", "" if ref is None else f"{ref:.3f}")
-    return _render(table, CEILING, ppo_verdict(r))
+    return _render(table, CEILING) + ppo_verdict(r)  # the verdict unwrapped: one line
 
 
 def ppo_verdict(r: dict) -> str:
     """One line: did the policy beat its reference on gold, by how much, and against the ceiling."""
     win, ceiling, gain = r["win_rate_vs_reference"], r["win_rate_ceiling"], r["gold"] - r["ref_gold"]
     verdict = "better than" if win > 0.5 else "worse than" if win < 0.5 else "tied with"
-    return (f"verdict: the policy is {verdict} its reference on gold: win rate {win:.3f} (0.5 is a tie, "
-            f"{ceiling:.3f} the most possible), gold {r['gold']:.3f} vs {r['ref_gold']:.3f} ({gain:+.3f}), "
-            f"task success {r['success']:.3f} vs {r['ref_success']:.3f}")
+    return (f"verdict: {verdict} the reference on gold, win rate {win:.3f} (0.5 ties, {ceiling:.3f} the most), "
+            f"gold {gain:+.3f}, success {r['success']:.3f} vs {r['ref_success']:.3f}")

@@ -181,6 +181,10 @@ def test_step_before_reset_is_a_clear_error(kwargs):
 def test_bad_datasets_and_rewards_are_clear_errors(kwargs):
     with pytest.raises(ValueError, match="empty"):
         InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"prompt": []})})
+    with pytest.raises(ValueError, match=r"unknown prompt split 'ppoo' \(did you mean 'ppo'\?\)\. The bundled splits"):
+        InstructBanditEnv(**{**kwargs, "prompts": "ppoo"})  # a typo never reaches the hub
+    with pytest.raises(ValueError, match=r"unknown prompt split 'trainn'\. The bundled splits are sft, valid"):
+        InstructBanditEnv(**{**kwargs, "prompts": "trainn"})
     with pytest.raises(ValueError, match="no column 'prompt'"):
         InstructBanditEnv(**{**kwargs, "prompts": Dataset.from_dict({"text": ["a"]})})
     long = Dataset.from_dict({"prompt": ["Q: hi\nA:", "Q: " + "apple " * 100 + "\nA:"]})  # ragged once tokenized

@@ -135,3 +135,15 @@ def test_eval_baseline_temperature_applies_to_the_baseline_only(tiny_policy_dir,
     _, sampled_a_alone, sampled_b_alone = run(1)
     assert greedy_a == greedy_a_alone and sampled_b == sampled_b_alone
     assert greedy_b_alone != sampled_b_alone  # the two temperatures do give different answers here
+
+
+@pytest.mark.parametrize("win, verdict", [(0.586, "better than"), (0.41, "worse than"), (0.5, "tied with")])
+def test_the_ppo_table_ends_with_a_one_line_verdict(win, verdict):
+    from rlhf_env.report import ppo_table
+
+    result = {"win_rate_vs_reference": win, "win_rate_ceiling": 0.738, "gold": 0.857, "ref_gold": 0.836,
+              "success": 0.68, "ref_success": 0.63, "rm_score": 0.59, "ref_rm_score": 0.48, "kl": 0.48,
+              "length": 8.6, "ref_length": 9.7, "eos_frac": 1.0, "ref_eos_frac": 1.0}
+    last = ppo_table(result).rstrip("\n").splitlines()[-1]
+    assert last.startswith(f"verdict: {verdict} the reference on gold, win rate {win:.3f}")
+    assert last.endswith("gold +0.021, success 0.680 vs 0.630")

@@ -164,3 +164,15 @@ def test_onednn_switches_and_limits():
         torch.autograd.grad(grad.sum(), weight)
     layer = onednn.use_onednn_linears(torch.nn.Sequential(torch.nn.Linear(0, 3)))
     assert layer(torch.randn(20, 0)).shape == (20, 3)
+
+
+def test_loading_a_local_model_prints_no_progress_bar(tiny_policy_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # conftest turns the bars off for the whole suite
+    try:
+        load_policy(str(tiny_policy_dir))
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # left as it was
+    finally:
+        hf_logging.disable_progress_bar()

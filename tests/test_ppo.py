@@ -314,8 +314,23 @@ def test_resuming_into_a_directory_of_another_run_is_refused(tiny_policy_dir, wo
     killed.evaluate = lambda: 1 / 0  # dies at iteration 2, after the checkpoint at 1
     with pytest.raises(ZeroDivisionError, match="division by zero"):
         killed.train()
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match="different run .it differs in lr."):
         PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=3, lr=1e-4)).train()
+
+
+def test_a_finished_run_is_refused_unless_asked_for_more_iterations(tiny_policy_dir, world_dir, tmp_path):
+    done = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=2, save_every=1))
+    done.train()
+    with pytest.raises(ValueError, match="finished run .result.json.; ask for more than its 2 steps to extend it"):
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=2, save_every=1))
+    more = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, save_every=1))
+    more.train()  # continues from the finished run's last iteration
+    assert more.iteration == 4
+    log = list(csv.DictReader(open(tmp_path / "ppo" / "train.csv")))
+    assert [row["step"] for row in log] == ["1", "2", "3", "4"]
+    assert json.loads((tmp_path / "ppo" / "result.json").read_text())["total_steps"] == 4
+    changed = [not torch.equal(a, b) for a, b in zip(done.policy.parameters(), more.policy.parameters())]
+    assert any(changed)  # two more iterations of updates
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -12,15 +12,17 @@ BLOCKS = re.findall(r"```python\n(.*?)```", (Path(__file__).parents[1] / "README
 
 def check_quickstart(ns, out):
     assert ns["rewards"].shape == (16,) and np.isfinite(ns["rewards"]).all()
-    assert np.abs(ns["info"]["final_info"]["kl"]).max() < 1e-2  # SFT is the reference: KL 0 up to rounding
-    assert re.search(r"custom reward: -\d+", out)  # minus the random response's word count
+    assert np.abs(ns["step_info"]["final_info"]["kl"]).max() < 1e-2  # SFT is the reference: KL 0 up to rounding
+    assert ns["info"]["eos"] and ns["info"]["score"] == -len(ns["info"]["response"].split())  # brevity, not a penalty
+    assert re.search(r"custom reward: -\d+ for ", out)
 
 
 def check_ppo(ns, out):
     result = ns["result"]
     assert 0 <= result["win_rate_vs_reference"] <= result["win_rate_ceiling"] <= 1
-    assert json.loads(Path("runs/readme-ppo/result.json").read_text())["gold"] == pytest.approx(result["gold"])
-    assert (Path("runs/readme-ppo/final") / "config.json").exists()
+    out_dir = Path(ns["config"].out)
+    assert json.loads((out_dir / "result.json").read_text())["gold"] == pytest.approx(result["gold"])
+    assert (out_dir / "final" / "config.json").exists()
 
 
 def check_models(ns, out):
@@ -33,6 +35,7 @@ def check_rewards(ns, out):
     assert ns["brevity"](ns["prompts"], ns["responses"]).tolist() == [-6.0, -8.0]  # minus the word counts
     assert ns["rm"](ns["prompts"], ns["responses"]).shape == (2,)
     assert out.strip().splitlines()[-1] == "[ 1. -1.]"  # the normalised brevity of the two responses
+    assert re.search(r"^\[1\. 1\.\] \[0\.\d+ 0\.\d+\]$", out, re.M)  # gold: the world's answers, then wrong ones
 
 
 CHECKS = {'gym.make("InstructBandit-v0", kl_coef=0.05)': check_quickstart, "PPOAgent(config).train()": check_ppo,

@@ -220,3 +220,30 @@ def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir
     np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)
     features = model.features(prompts, responses, [True, True])
     np.testing.assert_allclose(expected, 2.0 * 0.7 * features[:, 0].numpy() + 0.5, rtol=1e-5)
+
+
+def test_a_missing_reward_path_names_a_reward_model():
+    from rlhf_env.rewards import load_reward
+
+    with pytest.raises(FileNotFoundError, match="no such reward model path: '/no/such/path'"):
+        load_reward("/no/such/path")
+
+
+def test_ppo_takes_a_classifiers_label_and_transform_from_its_config(foreign_classifier, tiny_policy_dir, world_dir,
+                                                                    tmp_path):
+    """`rlhf ppo --reward PATH --reward_label 2 --reward_transform log_softmax`: the env scores with that output."""
+    from agents.ppo import PPOAgent, PPOConfig
+    from rlhf_env.cli import build_parser, parse_config
+
+    path, _, _ = foreign_classifier
+    argv = ["--policy", str(tiny_policy_dir), "--reward", str(path), "--reward_label", "2", "--reward_transform",
+            "log_softmax", "--data", str(world_dir), "--out", str(tmp_path / "ppo"), "--batch_size", "8",
+            "--minibatch_size", "8", "--group_size", "4"]
+    agent = PPOAgent(parse_config(build_parser("ppo"), argv))
+    reward = agent.env.unwrapped.reward
+    assert (reward.label, reward.transform) == (2, "log_softmax")
+    scores = reward(PROMPTS, RESPONSES)
+    assert (scores < 0).all()  # log-probabilities of label 2
+    assert PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=str(path), data=str(world_dir),
+                              out=str(tmp_path / "plain"), batch_size=8, minibatch_size=8,
+                              group_size=4)).env.unwrapped.reward.label == 0

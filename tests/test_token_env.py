@@ -115,6 +115,14 @@ def test_episode_ends_on_eos_or_at_the_length_limit(kwargs, tokenizer):
     assert truncated and not terminated and info["score"] == -1.0
 
 
+@pytest.mark.parametrize("bad, message", [({"render_mode": "human"}, "render_mode must be None or 'ansi'"),
+                                          ({"mask_top_p": 5}, r"mask_top_p must be in \(0, 1\], got 5"),
+                                          ({"mask_top_k": 0}, "mask_top_k must be None or >= 1")])
+def test_bad_arguments_are_clear_errors(kwargs, bad, message):
+    with pytest.raises(ValueError, match=message):
+        InstructTokenEnv(**kwargs, **bad)
+
+
 def test_a_pad_ends_the_episode_without_eos_as_in_the_bandit(kwargs, tokenizer):
     env = InstructTokenEnv(**kwargs)
     env.reset(seed=0)

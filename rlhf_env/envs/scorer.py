@@ -13,6 +13,9 @@ of the reward model's score (N+ recipe; None scores it like any other response).
 
 from __future__ import annotations
 
+import difflib
+import os
+
 import numpy as np
 import torch
 
@@ -35,7 +38,17 @@ def load_prompts(prompts, prompt_split: str, prompt_column: str, data: str | Non
     elif prompts in SPLITS:
         dataset = load_split(data or DATA_DIR, "prompts", prompts)
     else:
-        dataset = load_dataset(prompts, split=prompt_split)
+        name = str(prompts)
+        if not os.path.exists(name) and "/" not in name:  # neither a path nor an "org/name" hub id: a typo
+            close = difflib.get_close_matches(name, SPLITS, n=1)
+            raise ValueError(f"unknown prompt split {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f". The bundled splits are {', '.join(SPLITS)}; other prompts: a local path or "
+                             "'org/name' for datasets.load_dataset, or a datasets.Dataset")
+        try:
+            dataset = load_dataset(prompts, split=prompt_split)
+        except (ConnectionError, FileNotFoundError) as e:
+            raise ValueError(f"cannot load prompts {prompts!r} ({type(e).__name__}: {e}); the bundled splits are "
+                             f"{', '.join(SPLITS)}") from None
     if prompt_column not in dataset.column_names:
         raise ValueError(f"the prompt dataset has no column {prompt_column!r} (columns: {dataset.column_names})")
     if len(dataset) == 0:
@@ -53,8 +66,9 @@ class ResponseScorer:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (greedy decoding has no log-probs), got {temperature}")
         self.dataset = load_prompts(prompts, prompt_split, prompt_column, data)
-        self.prompts: list[str] = list(self.dataset[prompt_column])
-        self.customer_ids = (list(self.dataset["customer_id"]) if "customer_id" in self.dataset.column_names
+        columns = self.dataset.with_format("arrow")  # whole Arrow columns, not row-by-row decoding
+        self.prompts: list[str] = columns[prompt_column].to_pylist()
+        self.customer_ids = (columns["customer_id"].to_pylist() if "customer_id" in self.dataset.column_names
                              else [""] * len(self.prompts))
         self.model, self.tokenizer = load_policy(reference, device)
         self.model.requires_grad_(False)

@@ -72,6 +72,10 @@ class InstructTokenEnv(ScorerControls, gym.Env):
                  mask_top_p: float = 0.9, mask_top_k: int | None = None):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        if not 0 < mask_top_p <= 1:
+            raise ValueError(f"mask_top_p must be in (0, 1], got {mask_top_p}")
+        if mask_top_k is not None and mask_top_k < 1:
+            raise ValueError(f"mask_top_k must be None or >= 1, got {mask_top_k}")
         self.scorer = core = ResponseScorer(prompts, reference, reward, kl_coef, max_prompt_tokens, max_new_tokens,
                                             missing_eos_penalty, temperature, device, prompt_split, prompt_column,
                                             data)

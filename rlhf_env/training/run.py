@@ -15,6 +15,7 @@ and writes crash-safe checkpoints (``rlhf_env.training.checkpoint``)::
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -34,7 +35,8 @@ class Interrupted(KeyboardInterrupt):
 class Run:
     def __init__(self, out: str | os.PathLike, fingerprint: dict, total: int, desc: str, resume: bool = True,
                  finished: str | None = None):
-        """``finished``: a file whose presence in ``out`` means the run is done (refused, not redone)."""
+        """``finished``: the file (JSON, written by ``finish``) whose presence in ``out`` means the run is done:
+        refused, not redone, unless ``total`` is larger (the run is then extended from its last checkpoint)."""
         self.out, self.fingerprint, self.total, self.desc, self.resume = Path(out), fingerprint, total, desc, resume
         self.finished = finished
         if self.out.exists() and not self.out.is_dir():
@@ -47,9 +49,18 @@ class Run:
         self._previous_handler = None
 
     def check_not_finished(self) -> None:
-        if self.finished and (self.out / self.finished).exists():
-            raise ValueError(f"{self.out} holds a finished run ({self.finished}); pass another --out, or delete it "
-                             "to rerun")
+        """Refuse a finished run, unless this one asks for more steps than it made: then it extends it."""
+        if not self.finished or not (self.out / self.finished).exists():
+            return
+        done = json.loads((self.out / self.finished).read_text()).get("total_steps")
+        if done is None or self.total <= done:
+            more = f"; ask for more than its {done} steps to extend it" if done is not None else ""
+            raise ValueError(f"{self.out} holds a finished run ({self.finished}){more}; or pass another --out, or "
+                             "delete it to rerun")
+
+    def finish(self, result: dict) -> None:
+        """Write the ``finished`` file: ``result`` and the steps the run made."""
+        (self.out / self.finished).write_text(json.dumps({**result, "total_steps": self.total}, indent=1))
 
     def restore(self, model, optimizer, scheduler, older_defaults: dict | None = None) -> tuple[dict | None, dict]:
         """Load ``OUT/checkpoint`` (or the one a crash left) into the model, optimizer and scheduler; return its
@@ -60,6 +71,7 @@ class Run:
             return None, {}
         state, tensors = load_checkpoint(found, model, optimizer, scheduler)
         saved = {**(older_defaults or {}), **state.get("run", {})}
+        saved = {k: v for k, v in saved.items() if k in self.fingerprint}  # settings it no longer fixes
         if saved != self.fingerprint:
             changed = sorted(k for k in {*saved, *self.fingerprint} if saved.get(k) != self.fingerprint.get(k))
             raise ValueError(f"{found} was written by a different run (it differs in {', '.join(changed)}); use "
