@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 import zlib
 
 import pytest
@@ -437,3 +438,38 @@ def test_the_adaptive_kl_coefficient_follows_the_measured_kl(tiny_policy_dir, wo
     assert kl[0] < 1e-3 and coef[0] == pytest.approx(0.1 * (1 - rate))
     assert kl[2] > 1.2e-3 and coef[2] == pytest.approx(coef[1] * (1 + rate))
     assert agent.env.unwrapped.kl_coef == pytest.approx(coef[1])  # the last rollout's beta
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_one_before_it(tiny_policy_dir, world_dir, tmp_path):
+    class Crash(Exception):
+        pass
+
+    killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, save_every=1,
+                                  eval_every=3))
+    killed.evaluate = lambda: (_ for _ in ()).throw(Crash())  # dies at iteration 3, after checkpoints 1 and 2
+    with pytest.raises(Crash):
+        killed.train()
+    checkpoint = tmp_path / "ppo" / "checkpoint"
+    (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")  # e.g. a disk error
+    resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, save_every=1))
+    with pytest.warns(RuntimeWarning, match="checkpoint .*checkpoint is unreadable .*trying the one before it"):
+        resumed.train()
+    rows = list(csv.DictReader(open(tmp_path / "ppo" / "train.csv")))
+    assert [row["step"] for row in rows] == ["1", "2", "3", "4"]  # iteration 2 redone from checkpoint 1
+
+
+def test_a_second_process_into_the_same_out_is_refused(tiny_policy_dir, world_dir, tmp_path):
+    import subprocess
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "ppo").mkdir()
+        (tmp_path / "ppo" / "run.lock").write_text(str(other.pid))  # as a live `rlhf ppo` leaves it
+        with pytest.raises(ValueError, match=f"another process .pid {other.pid}. is running in"):
+            PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=1))
+    finally:
+        other.kill()
+        other.wait()
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=1))  # a stale lock
+    agent.train()
+    assert not (tmp_path / "ppo" / "run.lock").exists()  # released

@@ -5,9 +5,9 @@ and RNG states (``optimizer.safetensors``), the caller's own tensors (``extra.sa
 a sampler's RNG), and everything else as JSON (``state.json``): optimizer hyper-parameters, scheduler, the
 caller's state and the numpy/python RNG states.
 
-Writes are crash-safe: the new checkpoint is written to ``DIR.tmp``, the old one moved to ``DIR.old``,
-the new one renamed into place, and only then is ``DIR.old`` deleted. ``find_checkpoint`` picks up
-whichever complete checkpoint a crash left behind.
+Writes are crash-safe: the new checkpoint is written to ``DIR.tmp``, the current one moved to ``DIR.old``
+(the checkpoint before it is deleted) and the new one renamed into place. ``checkpoints`` lists the complete
+ones, newest first, so that a reader can fall back to ``DIR.old`` if ``DIR`` is unreadable.
 """
 
 from __future__ import annotations
@@ -47,19 +47,23 @@ def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, s
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))  # written last: its presence marks completion
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
-        directory.rename(old)
+        directory.rename(old)  # kept: the previous checkpoint, for when this one turns out unreadable
     tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints (their ``state.json`` written) at ``DIR``, ``DIR.tmp`` (a crash between
+    writing and renaming it) and ``DIR.old`` (the previous one), newest first."""
+    directory = Path(directory)
+    found = [c for c in (directory, directory.with_name(directory.name + ".tmp"),
+                         directory.with_name(directory.name + ".old")) if (c / "state.json").exists()]
+    return sorted(found, key=lambda c: (c / "state.json").stat().st_mtime, reverse=True)
 
 
 def find_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The complete checkpoint at ``DIR``, else the one a crash left at ``DIR.old`` or ``DIR.tmp``."""
-    directory = Path(directory)
-    for candidate in (directory, directory.with_name(directory.name + ".old"),
-                      directory.with_name(directory.name + ".tmp")):
-        if (candidate / "state.json").exists():
-            return candidate
-    return None
+    """The newest complete checkpoint (``checkpoints``), or None."""
+    found = checkpoints(directory)
+    return found[0] if found else None
 
 
 def load_checkpoint(directory: str | os.PathLike, model, optimizer, scheduler) -> tuple[dict, dict[str, torch.Tensor]]:

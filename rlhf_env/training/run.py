@@ -20,11 +20,13 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from rlhf_env.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from rlhf_env.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from rlhf_env.training.logger import RunLogger
 
 
@@ -42,6 +44,8 @@ class Run:
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file; pass a directory")
         self.check_not_finished()
+        self.lock = self.out / "run.lock"
+        self._check_no_other_process()  # before anything loads
         self.checkpoint = self.out / "checkpoint"
         self.logger: RunLogger | None = None
         self.bar = None
@@ -58,6 +62,25 @@ class Run:
             raise ValueError(f"{self.out} holds a finished run ({self.finished}){more}; or pass another --out, or "
                              "delete it to rerun")
 
+    def _check_no_other_process(self) -> None:
+        """Refuse a directory that another live process is running in (its ``run.lock``)."""
+        try:
+            text = self.lock.read_text()
+        except OSError:
+            return  # no lock
+        pid = int(text) if text.strip().isdigit() else -1  # -1: another process is writing it right now
+        if pid == os.getpid():
+            return
+        try:
+            if pid > 0:
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # a stale lock: that process died
+        except PermissionError:
+            pass  # alive, another user's
+        raise ValueError(f"another process (pid {pid}) is running in {self.out}; wait for it to end, or pass "
+                         f"another --out (if it is gone, delete {self.lock})")
+
     def finish(self, result: dict) -> None:
         """Write the ``finished`` file: ``result`` and the steps the run made."""
         (self.out / self.finished).write_text(json.dumps({**result, "total_steps": self.total}, indent=1))
@@ -66,10 +89,19 @@ class Run:
         """Load ``OUT/checkpoint`` (or the one a crash left) into the model, optimizer and scheduler; return its
         ``(state, tensors)``, or ``(None, {})`` if there is none or ``resume`` is off. ``older_defaults`` fill
         fingerprint keys that older checkpoints lack."""
-        found = find_checkpoint(self.checkpoint) if self.resume else None
-        if found is None:
+        candidates = checkpoints(self.checkpoint) if self.resume else []
+        if not candidates:
             return None, {}
-        state, tensors = load_checkpoint(found, model, optimizer, scheduler)
+        for found in candidates:  # newest first: an unreadable one falls back to the one before it
+            try:
+                state, tensors = load_checkpoint(found, model, optimizer, scheduler)
+                break
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+                warnings.warn(f"checkpoint {found} is unreadable ({type(e).__name__}: {e}); trying the one before it",
+                              RuntimeWarning, stacklevel=2)
+        else:
+            raise ValueError(f"no readable checkpoint in {self.checkpoint} ({', '.join(map(str, candidates))}); "
+                             "delete them to start over")
         saved = {**(older_defaults or {}), **state.get("run", {})}
         saved = {k: v for k, v in saved.items() if k in self.fingerprint}  # settings it no longer fixes
         if saved != self.fingerprint:
@@ -82,6 +114,17 @@ class Run:
         """Open the logs (rows after ``step`` are dropped: they belong to the run that crashed) and the bar."""
         if step:
             print(f"{self.desc}: resuming {self.out} from step {step} of {self.total}", file=sys.stderr, flush=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        while True:  # until close(), a second process into this --out refuses
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one process wins
+            except FileExistsError:
+                self._check_no_other_process()  # raises if its process is alive
+                self.lock.unlink(missing_ok=True)  # a stale lock (or this process's own): take it over
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            break
         self.logger = RunLogger(self.out, resume_step=step)
         self.bar = tqdm(total=self.total, initial=step, desc=self.desc, dynamic_ncols=True)
         self._catch_ctrl_c()
@@ -114,6 +157,8 @@ class Run:
                         tensors)
 
     def close(self) -> None:
+        if self.lock.exists() and self.lock.read_text() == str(os.getpid()):
+            self.lock.unlink()
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
