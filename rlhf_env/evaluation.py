@@ -11,13 +11,14 @@ the best A can do is tie. ``win_rate_ceiling`` is the win rate that the world's 
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from rlhf_env.models import DATA_DIR, load_policy, resolve
+from rlhf_env.models import DATA_DIR, load_policy, load_tokenizer, resolve
 from rlhf_env.sampling import sample
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade
@@ -29,7 +30,9 @@ class EvalConfig:
     """Compare two policies by the gold grader."""
 
     policy: str = "sft"
-    """Policy A: a bundled name (base, sft, base-large, sft-large) or a checkpoint path / hub id."""
+    """Policy A: a bundled name (base, sft, base-large, sft-large) or a checkpoint path / hub id. From Python,
+    also any HF causal LM in memory as a (model, tokenizer) pair, or a callable prompts -> responses (see
+    ``respond``)."""
     baseline: str = "base"
     """Policy B, same forms as --policy."""
     split: str = "heldout"
@@ -159,16 +162,47 @@ class HeldOutJudge:
                 **{k: ours[k] for k in self.METRICS}, **{f"ref_{k}": ref[k] for k in self.METRICS if k != "kl"}}
 
 
+def respond(policy, rows, seed: int = 0, temperature: float = 1.0, max_new_tokens: int = 48, batch_size: int = 125,
+            device: str = "cpu") -> tuple[list[str], list[Grade], list[int]]:
+    """Responses of any policy to ``rows``' prompts, gold grades and lengths in tokens (EOS included), whatever
+    the policy is: a bundled name, path or hub id; an in-memory ``(model, tokenizer)``; or a callable
+    ``fn(prompts) -> responses`` (an agent of your own, best-of-n, an SB3 model behind a function). A callable
+    may return ``(responses, eos)`` to say which responses ended; plain responses count as ended. Its lengths
+    are counted with the bundled tokenizer."""
+    if isinstance(policy, (str, os.PathLike)):
+        policy = load_policy(resolve(policy), device)
+    if isinstance(policy, tuple):
+        model, tokenizer = policy
+        return generate_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens, batch_size)
+    if not callable(policy):
+        raise TypeError(f"a policy is a name or path, a (model, tokenizer) pair or a callable prompts -> responses; "
+                        f"got {type(policy).__name__}")
+    prompts = list(rows["prompt"])
+    out = policy(prompts)
+    texts, eos = out if isinstance(out, tuple) else (out, [True] * len(prompts))
+    texts, eos = list(texts), [bool(e) for e in eos]
+    if len(texts) != len(prompts) or len(eos) != len(prompts) or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"the policy returned {len(texts)} responses (and {len(eos)} EOS flags) for {len(prompts)} "
+                         "prompts; it must return one string per prompt")
+    tokenizer = load_tokenizer("sft")
+    lengths = [len(tokenizer(t)["input_ids"]) + int(e) for t, e in zip(texts, eos)]
+    return texts, [grade(task, t, e) for task, t, e in zip(rows["task"], texts, eos)], lengths
+
+
+def policy_name(policy) -> str:
+    return str(policy) if isinstance(policy, (str, os.PathLike)) else getattr(policy, "name", type(policy).__name__)
+
+
 def evaluate(config: EvalConfig) -> dict:
-    policies = {"a": resolve(config.policy), "b": resolve(config.baseline)}  # fail fast on a bad name
+    for policy in (config.policy, config.baseline):  # fail fast on a bad name, before anything loads
+        if isinstance(policy, (str, os.PathLike)):
+            resolve(policy)
     rows = eval_prompts(config.data, config.split, config.episodes, config.seed)
     temperatures = {"a": config.temperature,
                     "b": config.temperature if config.baseline_temperature is None else config.baseline_temperature}
-    results = {}
-    for side, path in policies.items():
-        model, tokenizer = load_policy(path, config.device)
-        results[side] = generate_and_grade(model, tokenizer, rows, config.seed, temperatures[side],
-                                           config.max_new_tokens, config.batch_size)
+    results = {side: respond(policy, rows, config.seed, temperatures[side], config.max_new_tokens, config.batch_size,
+                             config.device)
+               for side, policy in (("a", config.policy), ("b", config.baseline))}
     (texts_a, grades_a, len_a), (texts_b, grades_b, len_b) = results["a"], results["b"]
     summary_a, summary_b = summarize(grades_a, len_a), summarize(grades_b, len_b)
     by_family = defaultdict(list)
@@ -181,7 +215,8 @@ def evaluate(config: EvalConfig) -> dict:
         for f, ix in sorted(by_family.items())
     }
     return {
-        "policy": config.policy, "baseline": config.baseline, "split": config.split, "seed": config.seed,
+        "policy": policy_name(config.policy), "baseline": policy_name(config.baseline), "split": config.split,
+        "seed": config.seed,
         "temperature_a": temperatures["a"], "temperature_b": temperatures["b"],
         "n": len(rows), "win_rate": win_rate(grades_a, grades_b),
         "win_rate_ceiling": win_rate_ceiling(rows["task"], grades_b),
