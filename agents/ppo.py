@@ -197,7 +197,8 @@ class PPOConfig:
 class PPOAgent:
     def __init__(self, config: PPOConfig):
         self.config = c = config
-        self.run = Run(c.out, run_fingerprint(c), c.iterations, "ppo", finished="result.json")  # refuses a finished one
+        name = type(self).__name__.removesuffix("Agent").lower()  # ppo, grpo, ...
+        self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json")  # refuses a finished one
         self.iteration = 0  # iterations done
         torch.manual_seed(c.seed)
         self.policy, self.tokenizer = load_policy(c.policy, c.device)
@@ -358,20 +359,25 @@ class PPOAgent:
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
         times["time_rollout_forward"] = time.perf_counter() - forward_started  # values (and bf16's old log-probs)
-        if c.advantage == "rloo":  # the env's reward, whole-sequence, against the same prompt's other responses
-            lead = leave_one_out_advantages(torch.from_numpy(env_rewards).to(dev).float(), c.group_size)
-            # scaled per response, not per token, and not re-centred: a shift by the token-weighted mean
-            # would push every token of every response the same way (towards higher entropy or lower)
-            advantages, returns = (lead / (lead.std() + 1e-8))[:, None] * mask, values
-        else:
-            advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
-            advantages = whiten(advantages, mask)
+        advantages, returns = self.advantages(torch.from_numpy(env_rewards).to(dev).float(), rewards, values, mask)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
                 "old_values": values, "advantages": advantages, "returns": returns,
                 "env_rewards": torch.from_numpy(env_rewards).float(), "score": score,
                 "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
                 "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
                 "token_rewards": rewards, "times": times}
+
+    def advantages(self, env_rewards, token_rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(advantages, returns), each (B, R), from the env's rewards (B,), the per-token rewards and values
+        (B, R) and the response mask. Another algorithm overrides this (``agents/grpo.py``)."""
+        c = self.config
+        if c.advantage == "rloo":  # the env's reward, whole-sequence, against the same prompt's other responses
+            lead = leave_one_out_advantages(env_rewards, c.group_size)
+            # scaled per response, not per token, and not re-centred: a shift by the token-weighted mean
+            # would push every token of every response the same way (towards higher entropy or lower)
+            return (lead / (lead.std() + 1e-8))[:, None] * mask, values
+        advantages, returns = gae(token_rewards, values, mask, c.gamma, c.gae_lambda)
+        return whiten(advantages, mask), returns
 
     def _rollout_forward(self, ids, mask, response_mask):
         """Log-probs and values (B, R) of a whole batch, ``minibatch_size`` rows at a time (each cut like an
@@ -493,7 +499,7 @@ class PPOAgent:
     def resume(self):
         """Restore OUT/checkpoint if there is one; returns the env's observations to continue from."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
-                 "reward_transform": "logit"}  # the defaults of runs from before these settings
+                 "reward_transform": "logit", "algorithm": "PPOConfig"}  # runs from before these settings
         state, tensors = self.run.restore(self.policy, self.optimizer, self.scheduler, older)
         if state is None:
             return self.env.reset(seed=self.config.seed)[0]
@@ -526,8 +532,9 @@ def run_fingerprint(c: PPOConfig) -> dict:
             "minibatch_size", "ppo_epochs", "lr", "value_model", "ptx_coef", "bf16", "normalize_reward", "advantage",
             "group_size")
     plain = (str, int, float, bool, type(None))
-    return {k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
-            for k, v in asdict(c).items() if k in keep}
+    return {"algorithm": type(c).__name__,  # a GRPO run does not resume a PPO one
+            **{k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable
+               for k, v in asdict(c).items() if k in keep}}
 
 
 def ppo(config: PPOConfig) -> dict:

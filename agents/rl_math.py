@@ -74,6 +74,21 @@ def leave_one_out_advantages(returns: torch.Tensor, group_size: int) -> torch.Te
     return (groups - baseline).reshape(B)
 
 
+def group_normalized_advantages(returns: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """Each return's z-score within its consecutive group of ``group_size`` responses to one prompt:
+    ``(R_i - mean_g) / (std_g + eps)`` with the unbiased std (GRPO: Shao et al. 2024). ``returns`` (B,).
+
+    Like leave-one-out it removes what a prompt's responses share; unlike it, it also rescales each prompt's
+    group to unit spread, so a prompt where the responses barely differ weighs as much as one where they
+    differ a lot (and a group that does not differ at all gets 0)."""
+    B = returns.shape[0]
+    if group_size < 2 or B % group_size:
+        raise ValueError(f"group normalisation needs groups of at least 2 that divide the batch; got {group_size} "
+                         f"for {B}")
+    groups = returns.reshape(B // group_size, group_size)
+    return ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + eps)).reshape(B)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each response; the value after the last token is 0.

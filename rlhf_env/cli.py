@@ -28,6 +28,8 @@ COMMANDS = {
            "train a reward model on ranked comparisons"),
     "ppo": ("agents.ppo", "PPOConfig", "ppo", "ppo_table",
             "PPO against the reward model with a KL penalty to the SFT policy"),
+    "grpo": ("agents.grpo", "GRPOConfig", "grpo", "ppo_table",
+             "GRPO: PPO's clipped ratio with group-normalised advantages, no critic"),
     "build-assets": ("rlhf_env.stages.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }

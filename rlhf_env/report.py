@@ -76,8 +76,8 @@ def eval_rm_table(r: dict) -> str:
 
 
 def ppo_table(r: dict) -> str:
-    table = Table(title="PPO vs its reference, held-out customers' prompts")
-    for column in ("metric", "PPO", "reference"):
+    table = Table(title="the trained policy vs its reference, held-out customers' prompts")
+    for column in ("metric", "policy", "reference"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     table.add_row("gold win rate (ties half)", f"{r['win_rate_vs_reference']:.3f}", "0.500")
     table.add_row("  ceiling (see below)", f"{r['win_rate_ceiling']:.3f}", "")

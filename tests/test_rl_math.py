@@ -113,3 +113,14 @@ def test_kl_controller_update_formula():
 def test_masked_mean_per_row():
     x, mask = torch.tensor([[1.0, 3.0], [5.0, 7.0]]), torch.tensor([[1, 0], [1, 1]]).float()
     torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.0, 6.0]))
+
+
+def test_group_normalized_advantages_by_hand():
+    from agents.rl_math import group_normalized_advantages
+
+    returns = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    got = group_normalized_advantages(returns, 3, eps=0.0 + 1e-12)
+    assert torch.allclose(got[:3], torch.tensor([-1.0, 0.0, 1.0]))  # mean 2, unbiased std 1
+    assert torch.equal(got[3:], torch.zeros(3))  # a group that does not differ carries no signal
+    with pytest.raises(ValueError, match="groups of at least 2 that divide the batch"):
+        group_normalized_advantages(returns, 4)
