@@ -36,6 +36,7 @@ def main() -> None:
               ("eval", "win_rate_vs_reference", "held-out gold win rate vs reference"),
               ("eval", "length", "held-out response length (tokens)")]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    reference_drawn = set()
     for spec in args.runs:
         label, _, directory = spec.rpartition("=")
         directory = Path(directory)
@@ -46,9 +47,14 @@ def main() -> None:
             log = logs[kind]
             if column in log:
                 ax.plot(log["step"], log[column], marker="o" if kind == "eval" else None, label=label or directory.name)
+            reference = 0.5 if column == "win_rate_vs_reference" else (log.get(f"ref_{column}") or [None])[0]
+            if kind == "eval" and reference is not None and column not in reference_drawn:  # once per panel
+                ax.axhline(reference, color="gray", linestyle="--", linewidth=1, label="reference (SFT)")
+                reference_drawn.add(column)
             ax.set_title(title)
             ax.set_xlabel("PPO iteration")
     axes.flat[0].legend()
+    axes.flat[3].legend()  # the held-out panels' reference line
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 

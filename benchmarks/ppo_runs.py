@@ -1,11 +1,12 @@
 """The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation run
 and the same against the paper's scalar-head RM (rm-scalar), the previous default (GAE with a value head,
-one response per prompt), and the gold-oracle run, each judged by `rlhf eval --baseline sft`; the default
-runs also against the larger SFT model (`--baseline sft-large`, InstructGPT's headline comparison); plus SFT
-decoded greedily, judged the same way. Each
-run's policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
+one response per prompt), the gold-oracle run, and GRPO (the same agent with group-normalised advantages),
+each judged by `rlhf eval --baseline sft`; the default runs also against the larger SFT model (`--baseline
+sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged the same way. Each run's
+policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
 --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
-400-iteration and a normalised gold oracle.
+400-iteration and a normalised gold oracle. The rows of ppo.json were trained with OMP_NUM_THREADS=1, two
+runs at a time; a run is bit-for-bit reproducible at the same thread count.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain), and its evaluations are
 kept in OUT/judged.json. Prints a table and writes JSON (and the curves of the 100-iteration runs to a PNG).
@@ -21,22 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.ppo import PPOConfig, ppo
+from agents.grpo import GRPOAgent, GRPOConfig
+from agents.ppo import PPOAgent, PPOConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
 
 VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
-            "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True}}
-DEFAULT_VARIANTS = ("default", "beta0", "rm-scalar-beta0", "gae", "gold-oracle")
+            "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True},
+            "grpo": {"algorithm": "grpo"}}
+DEFAULT_VARIANTS = ("default", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")
+ALGORITHMS = {"ppo": (PPOAgent, PPOConfig), "grpo": (GRPOAgent, GRPOConfig)}  # "algorithm" in a variant
 MULTI_SEED = ("default", "bf16")  # run with every --seeds; the other variants with the first
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
     out = runs_dir / f"{name}-seed{seed}"  # plot names follow this pattern
     if not (out / "result.json").exists():
-        ppo(PPOConfig(seed=seed, out=str(out), **overrides))
+        settings = dict(overrides)
+        agent, config = ALGORITHMS[settings.pop("algorithm", "ppo")]
+        agent(config(seed=seed, out=str(out), **settings)).train()
     cached = out / "judged.json"  # this script's evaluations of a finished run, kept with it
     if cached.exists() and cached.stat().st_mtime >= (out / "result.json").stat().st_mtime:
         return json.loads(cached.read_text())

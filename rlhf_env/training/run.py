@@ -61,6 +61,9 @@ class Run:
             more = f"; ask for more than its {done} steps to extend it" if done is not None else ""
             raise ValueError(f"{self.out} holds a finished run ({self.finished}){more}; or pass another --out, or "
                              "delete it to rerun")
+        if not checkpoints(self.out / "checkpoint"):
+            raise ValueError(f"{self.out} holds a finished run that kept no checkpoint to extend from (it ran with "
+                             "save_every=0); pass another --out")
 
     def _check_no_other_process(self) -> None:
         """Refuse a directory that another live process is running in (its ``run.lock``)."""
