@@ -332,6 +332,9 @@ def test_a_finished_run_is_refused_unless_asked_for_more_iterations(tiny_policy_
     assert json.loads((tmp_path / "ppo" / "result.json").read_text())["total_steps"] == 4
     changed = [not torch.equal(a, b) for a, b in zip(done.policy.parameters(), more.policy.parameters())]
     assert any(changed)  # two more iterations of updates
+    PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "no-checkpoint", iterations=1)).train()
+    with pytest.raises(ValueError, match="kept no checkpoint to extend from"):
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "no-checkpoint", iterations=2))
 
 
 @pytest.mark.parametrize("bf16", [False, True])
