@@ -113,12 +113,11 @@ def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
 
 
 @contextlib.contextmanager
-def quiet_local_load(path: str | os.PathLike):
-    """No "Loading weights" progress bar for a model read from a local directory (it takes a moment); a
-    download from the hub keeps its bars."""
+def no_progress_bars(quiet: bool = True):
+    """Inside: no transformers progress bars ("Loading weights", "Writing model shards"); restored after."""
     from transformers.utils import logging as hf_logging
 
-    quiet = os.path.isdir(path) and hf_logging.is_progress_bar_enabled()
+    quiet = quiet and hf_logging.is_progress_bar_enabled()
     if quiet:
         hf_logging.disable_progress_bar()
     try:
@@ -126,6 +125,12 @@ def quiet_local_load(path: str | os.PathLike):
     finally:
         if quiet:
             hf_logging.enable_progress_bar()
+
+
+def quiet_local_load(path: str | os.PathLike):
+    """No "Loading weights" bar for a model read from a local directory (it takes a moment); a download from
+    the hub keeps its bars."""
+    return no_progress_bars(os.path.isdir(path))
 
 
 def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_POLICIES) -> str:
@@ -196,7 +201,8 @@ def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike,
     inner = getattr(model, "lm", model)  # a likelihood RM saves its LM's config
     setattr(inner.config, OURS, True)
     state_dict = {k: v.half() for k, v in model.state_dict().items()} if half else None
-    model.save_pretrained(directory, state_dict=state_dict)
+    with no_progress_bars():
+        model.save_pretrained(directory, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
 
 

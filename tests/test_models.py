@@ -5,7 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from rlhf_env.accel.onednn import available as onednn_available
-from rlhf_env.models import BUNDLED_POLICIES, SIZES, load_policy, new_model
+from rlhf_env.models import BUNDLED_POLICIES, SIZES, load_policy, new_model, save_policy
 from rlhf_env.sampling import sample
 
 
@@ -166,13 +166,15 @@ def test_onednn_switches_and_limits():
     assert layer(torch.randn(20, 0)).shape == (20, 3)
 
 
-def test_loading_a_local_model_prints_no_progress_bar(tiny_policy_dir, capfd):
+def test_loading_and_saving_a_local_model_print_no_progress_bar(tiny_policy_dir, tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()  # conftest turns the bars off for the whole suite
     try:
-        load_policy(str(tiny_policy_dir))
-        assert "Loading weights" not in capfd.readouterr().err
+        model, tokenizer = load_policy(str(tiny_policy_dir))
+        save_policy(model, tokenizer, tmp_path / "saved")
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "Writing model shards" not in err
         assert hf_logging.is_progress_bar_enabled()  # left as it was
     finally:
         hf_logging.disable_progress_bar()

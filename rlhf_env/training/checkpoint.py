@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
+from rlhf_env.models import no_progress_bars
+
 
 def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, scheduler, state: dict,
                     extra: dict[str, torch.Tensor] | None = None) -> None:
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    with no_progress_bars():
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     opt = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()}
