@@ -162,11 +162,10 @@ class PPOConfig:
     """Mixed precision: the policy's and critic's forward and backward run their matmuls (the LM head's
     included) in bfloat16 under autocast; weights, AdamW, attention, LayerNorm, the value head and the
     log-softmax stay float32. Where bfloat16 is native (AVX-512 BF16 or AMX CPUs, recent GPUs) that is
-    faster: 1.25x per update than float32 (with its oneDNN linears) on the 2-core AVX-512 BF16 CPU of
-    benchmarks/bench_ppo_iteration.py; elsewhere it warns. The ratio's old log-probs then come from the same
-    bfloat16 forward, so the ratio is 1 before the first update up to kernel rounding (exactly 1 on that
-    CPU); the env's KL uses the sampler's float32 log-probs. Sampling, the reference and the reward model
-    stay float32."""
+    faster (benchmarks/bench_ppo_iteration.py measures by how much); elsewhere it warns. The ratio's old
+    log-probs then come from the same bfloat16 forward, so the ratio is 1 before the first update up to
+    kernel rounding; the env's KL uses the sampler's float32 log-probs. Sampling, the reference and the
+    reward model stay float32."""
     json: bool = False
     """Print the final held-out evaluation as one JSON object instead of a table."""
 
