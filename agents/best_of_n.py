@@ -17,7 +17,7 @@ import torch
 
 from rlhf_env.models import load_policy
 from rlhf_env.rewards import load_reward
-from rlhf_env.sampling import sample
+from rlhf_env.sampling import sample_n
 
 
 class BestOfN:
@@ -36,13 +36,8 @@ class BestOfN:
 
     def candidates(self, prompts: list[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
         """n sampled responses per prompt, their EOS flags and their rewards, each (len(prompts), n)."""
-        texts, eos = [], []
-        repeated = [p for p in prompts for _ in range(self.n)]  # a prompt's n samples side by side
-        for start in range(0, len(repeated), self.batch_size):
-            out = sample(self.model, self.tokenizer, repeated[start:start + self.batch_size], self.max_new_tokens,
-                         self.temperature, self.generator)
-            texts += out.texts
-            eos += out.eos.tolist()
+        repeated, texts, eos = sample_n(self.model, self.tokenizer, prompts, self.n, self.generator,
+                                        self.max_new_tokens, self.temperature, self.batch_size)
         scores = self.reward(repeated, texts, eos)
         shape = (len(prompts), self.n)
         grouped = [texts[i * self.n:(i + 1) * self.n] for i in range(len(prompts))]

@@ -55,7 +55,7 @@ from rlhf_env.models import (
     resolve,
     save_policy,
 )
-from rlhf_env.rewards import NormalizedReward
+from rlhf_env.rewards import NormalizedReward, load_reward
 from rlhf_env.sampling import positions, sample_from_ids, trim_padding
 from rlhf_env.training.checkpoint import find_checkpoint
 from rlhf_env.training.run import Run
@@ -296,11 +296,9 @@ class PPOAgent:
     def _reward(self):
         """The env's reward: the config's spec, with a classifier's label and transform if they are set."""
         c = self.config
-        if (c.reward_label, c.reward_transform) == (0, "logit") or not isinstance(c.reward, str):
-            return c.reward
-        from rlhf_env.rewards.classifier import SequenceClassifierReward
-
-        return SequenceClassifierReward(c.reward, device=c.device, label=c.reward_label, transform=c.reward_transform)
+        if (c.reward_label, c.reward_transform) == (0, "logit"):
+            return c.reward  # the env loads it
+        return load_reward(c.reward, device=c.device, data=c.data, label=c.reward_label, transform=c.reward_transform)
 
     def _normalize_reward(self) -> None:
         """Replace the env's reward by one under which the initial policy's samples score N(0, 1)."""
@@ -358,10 +356,11 @@ class PPOAgent:
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
         times["time_rollout_forward"] = time.perf_counter() - forward_started  # values (and bf16's old log-probs)
-        advantages, returns = self.advantages(torch.from_numpy(env_rewards).to(dev).float(), rewards, values, mask)
+        env_rewards = torch.from_numpy(env_rewards).to(dev).float()
+        advantages, returns = self.advantages(env_rewards, rewards, values, mask)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
                 "old_values": values, "advantages": advantages, "returns": returns,
-                "env_rewards": torch.from_numpy(env_rewards).float(), "score": score,
+                "env_rewards": env_rewards, "score": score,
                 "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
                 "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
                 "token_rewards": rewards, "times": times}

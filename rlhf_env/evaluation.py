@@ -78,13 +78,8 @@ def sample_and_grade(model, tokenizer, rows, seed: int = 0, temperature: float =
 def generate_and_grade(model, tokenizer, rows, seed: int = 0, temperature: float = 1.0,
                        max_new_tokens: int = 48, batch_size: int = 125) -> tuple[list[str], list[Grade], list[int]]:
     """Sample a response to each row's prompt; return texts, gold grades and token lengths."""
-    texts, grades, lengths = [], [], []
-    for _, out, batch_grades in sample_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens,
-                                                 batch_size):
-        texts += out.texts
-        grades += batch_grades
-        lengths += out.lengths.tolist()
-    return texts, grades, lengths
+    out = sample_and_measure(model, tokenizer, rows, seed, temperature, max_new_tokens, batch_size=batch_size)
+    return out["texts"], out["grades"], out["lengths"]
 
 
 def summarize(grades: list[Grade], lengths: list[int]) -> dict[str, float]:
@@ -110,15 +105,16 @@ def win_rate_ceiling(tasks, b: list[Grade]) -> float:
 
 @torch.no_grad()
 def sample_and_measure(model, tokenizer, rows, seed: int, temperature: float, max_new_tokens: int, reward=None,
-                       reference=None) -> dict:
+                       reference=None, batch_size: int = 125) -> dict:
     """``model`` sampled on ``rows`` as ``rlhf eval --seed SEED`` samples it (the same batches), graded by gold;
     with ``reward``, its mean score; with a ``reference`` policy, its mean KL to it (nats per response, at
-    ``temperature``). Returns the grades and the means (``gold``, ``success``, ``length``, ``eos_frac``,
-    ``rm_score``, ``kl``)."""
+    ``temperature``). Returns the texts, grades and lengths, and the means (``gold``, ``success``, ``length``,
+    ``eos_frac``, ``rm_score``, ``kl``)."""
     from rlhf_env.sampling import response_logprobs
 
-    grades, lengths, kls, scores, eos = [], [], [], [], []
-    for batch, s, batch_grades in sample_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens):
+    texts, grades, lengths, kls, scores, eos = [], [], [], [], [], []
+    for batch, s, batch_grades in sample_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens,
+                                                    batch_size):
         if reference is not None:
             ids = torch.cat([s.prompt_ids, s.response_ids], 1)
             mask = torch.cat([s.prompt_mask, s.response_mask], 1)
@@ -126,11 +122,13 @@ def sample_and_measure(model, tokenizer, rows, seed: int, temperature: float, ma
             kls += ((s.logprobs - ref_logprobs) * s.response_mask).sum(1).tolist()
         if reward is not None:
             scores += reward(list(batch["prompt"]), s.texts, s.eos.cpu().numpy()).tolist()
+        texts += s.texts
         grades += batch_grades
         lengths += s.lengths.tolist()
         eos += s.eos.tolist()
     summary = summarize(grades, lengths)
-    return {"grades": grades, "gold": summary["gold"], "success": summary["success"], "length": summary["length"],
+    return {"texts": texts, "lengths": lengths, "grades": grades, "gold": summary["gold"],
+            "success": summary["success"], "length": summary["length"],
             "rm_score": float(np.mean(scores)) if scores else float("nan"), "kl": float(np.mean(kls)) if kls else 0.0,
             "eos_frac": float(np.mean(eos))}
 
@@ -170,7 +168,7 @@ def respond(policy, rows, seed: int = 0, temperature: float = 1.0, max_new_token
     may return ``(responses, eos)`` to say which responses ended; plain responses count as ended. Its lengths
     are counted with the bundled tokenizer."""
     if isinstance(policy, (str, os.PathLike)):
-        policy = load_policy(resolve(policy), device)
+        policy = load_policy(policy, device)
     if isinstance(policy, tuple):
         model, tokenizer = policy
         return generate_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens, batch_size)

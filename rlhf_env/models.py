@@ -198,8 +198,7 @@ def load_classifier(path: str | os.PathLike, accel: bool | None = None, **overri
 def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike, half: bool = False) -> None:
     """Save model (safetensors) and tokenizer as a self-contained HF directory; its config marks it as this
     package's (``is_ours``)."""
-    inner = getattr(model, "lm", model)  # a likelihood RM saves its LM's config
-    setattr(inner.config, OURS, True)
+    setattr(model.config, OURS, True)
     state_dict = {k: v.half() for k, v in model.state_dict().items()} if half else None
     with no_progress_bars():
         model.save_pretrained(directory, state_dict=state_dict)

@@ -114,6 +114,21 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tempe
     return sample_from_ids(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature, generator)
 
 
+@torch.no_grad()
+def sample_n(model, tokenizer, prompts: list[str], n: int, generator: torch.Generator | None = None,
+             max_new_tokens: int = 48, temperature: float = 1.0, batch_size: int = 64
+             ) -> tuple[list[str], list[str], list[bool]]:
+    """n samples per prompt, a prompt's n side by side, ``batch_size`` rows per sampler call: the repeated
+    prompts, the responses and their EOS flags, each ``len(prompts) * n`` long."""
+    repeated = [p for p in prompts for _ in range(n)]
+    texts, eos = [], []
+    for start in range(0, len(repeated), batch_size):
+        out = sample(model, tokenizer, repeated[start:start + batch_size], max_new_tokens, temperature, generator)
+        texts += out.texts
+        eos += out.eos.tolist()
+    return repeated, texts, eos
+
+
 def draw(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row from log-probabilities (B, V), by inverse-CDF sampling: one uniform number per
     row, where ``torch.multinomial`` draws one exponential per vocabulary entry (16x slower here)."""

@@ -49,6 +49,11 @@ class LikelihoodRewardModel(torch.nn.Module):
         self.length_weight = torch.nn.Parameter(torch.tensor(0.0))  # per response token; fitting only
         self.gain, self.bias = 1.0, 0.0  # normalisation, applied by ``LikelihoodReward``
 
+    @property
+    def config(self):
+        """The LM's config: what it saves as its ``config.json`` (``save_pretrained``)."""
+        return self.lm.config
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.lm.eval()  # frozen: no dropout, ever

@@ -16,7 +16,7 @@ import torch
 
 from rlhf_env.models import DATA_DIR
 from rlhf_env.rewards import Reward, load_reward
-from rlhf_env.sampling import sample
+from rlhf_env.sampling import sample_n
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade, tokenize
 from rlhf_env.world.labelers import padded_pair, pairwise_agreement
@@ -130,12 +130,8 @@ def draw_samples(model, tokenizer, rows, n: int, seed: int = 0
                  ) -> tuple[list[str], list[str], list[bool], list[list[Grade]]]:
     """n samples of ``model`` (temperature 1) per row's prompt, flat and row by row: (prompts, texts, eos
     flags), each P * n long, and their gold grades (P lists of n)."""
-    prompts = [p for p in rows["prompt"] for _ in range(n)]
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    texts, eos = [], []
-    for start in range(0, len(prompts), 32 * n):  # 32 prompts x n samples per sampler call
-        out = sample(model, tokenizer, prompts[start:start + 32 * n], 48, 1.0, generator)
-        texts, eos = texts + out.texts, eos + out.eos.tolist()
+    prompts, texts, eos = sample_n(model, tokenizer, list(rows["prompt"]), n, generator, batch_size=32 * n)
     grades = [grade(t, x, e) for t, x, e in zip([t for t in rows["task"] for _ in range(n)], texts, eos)]
     return prompts, texts, eos, [grades[i:i + n] for i in range(0, len(grades), n)]
 
