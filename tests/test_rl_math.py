@@ -118,9 +118,9 @@ def test_masked_mean_per_row():
 def test_group_normalized_advantages_by_hand():
     from agents.rl_math import group_normalized_advantages
 
-    returns = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
-    got = group_normalized_advantages(returns, 3, eps=0.0 + 1e-12)
-    assert torch.allclose(got[:3], torch.tensor([-1.0, 0.0, 1.0]))  # mean 2, unbiased std 1
+    returns = torch.tensor([1.0, 3.0, 5.0, 5.0, 5.0, 5.0])
+    got = group_normalized_advantages(returns, 3, eps=1e-12)
+    assert torch.allclose(got[:3], torch.tensor([-1.0, 0.0, 1.0]))  # mean 3, unbiased std 2: deviations halved
     assert torch.equal(got[3:], torch.zeros(3))  # a group that does not differ carries no signal
     with pytest.raises(ValueError, match="groups of at least 2 that divide the batch"):
         group_normalized_advantages(returns, 4)
