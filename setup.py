@@ -18,6 +18,7 @@ setup(
         "datasets>=3.0",
         "gymnasium>=1.0,<2",
         "stable-baselines3>=2.4",
+        "sb3-contrib>=2.4",  # MaskablePPO on the token env (agents/sb3)
         "numpy>=1.24",
         "tqdm>=4.60",
         "rich>=13",

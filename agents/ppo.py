@@ -187,6 +187,10 @@ class PPOConfig:
             raise ValueError(f"advantage must be 'rloo' or 'gae', got {self.advantage!r}")
         if self.value_model not in ("head", "rm"):
             raise ValueError(f"value_model must be 'head' or 'rm', got {self.value_model!r}")
+        self.check_groups()
+
+    def check_groups(self) -> None:
+        """group_size must suit the advantages: leave-one-out needs siblings (another agent may say otherwise)."""
         k = self.group_size
         if k < 1 or self.batch_size % k or (self.advantage == "rloo" and k < 2):
             raise ValueError(f"group_size must divide batch_size ({self.batch_size}) and be >= 2 with "

@@ -30,6 +30,10 @@ COMMANDS = {
             "PPO against the reward model with a KL penalty to the SFT policy"),
     "grpo": ("agents.grpo", "GRPOConfig", "grpo", "ppo_table",
              "GRPO: PPO's clipped ratio with group-normalised advantages, no critic"),
+    "rloo": ("agents.rloo", "RLOOConfig", "rloo", "ppo_table",
+             "RLOO: REINFORCE with a leave-one-out baseline per prompt, one on-policy step per batch"),
+    "reinforce": ("agents.reinforce", "REINFORCEConfig", "reinforce", "ppo_table",
+                  "REINFORCE with a batch baseline, one response per prompt"),
     "build-assets": ("rlhf_env.stages.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }
