@@ -34,6 +34,8 @@ COMMANDS = {
              "RLOO: REINFORCE with a leave-one-out baseline per prompt, one on-policy step per batch"),
     "reinforce": ("agents.reinforce", "REINFORCEConfig", "reinforce", "ppo_table",
                   "REINFORCE with a batch baseline, one response per prompt"),
+    "bench": ("agents.bench", "BenchConfig", "bench", "bench_table",
+              "train any RL algorithm (ours, SB3's or module:Class) with a fixed budget and judge it like ours"),
     "build-assets": ("rlhf_env.stages.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }

@@ -172,19 +172,30 @@ def respond(policy, rows, seed: int = 0, temperature: float = 1.0, max_new_token
     if isinstance(policy, tuple):
         model, tokenizer = policy
         return generate_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens, batch_size)
+    texts, eos = call_policy(policy, list(rows["prompt"]))
+    return texts, *grade_responses(rows, texts, eos)
+
+
+def call_policy(policy, prompts: list[str]) -> tuple[list[str], list[bool]]:
+    """A callable policy's responses to ``prompts`` and whether each ended (plain responses count as ended),
+    checked: one string per prompt."""
     if not callable(policy):
         raise TypeError(f"a policy is a name or path, a (model, tokenizer) pair or a callable prompts -> responses; "
                         f"got {type(policy).__name__}")
-    prompts = list(rows["prompt"])
     out = policy(prompts)
     texts, eos = out if isinstance(out, tuple) else (out, [True] * len(prompts))
     texts, eos = list(texts), [bool(e) for e in eos]
     if len(texts) != len(prompts) or len(eos) != len(prompts) or not all(isinstance(t, str) for t in texts):
         raise ValueError(f"the policy returned {len(texts)} responses (and {len(eos)} EOS flags) for {len(prompts)} "
                          "prompts; it must return one string per prompt")
+    return texts, eos
+
+
+def grade_responses(rows, texts: list[str], eos: list[bool]) -> tuple[list[Grade], list[int]]:
+    """Gold grades of responses to ``rows``' tasks, and their lengths in bundled-tokenizer tokens (EOS included)."""
     tokenizer = load_tokenizer("sft")
     lengths = [len(tokenizer(t)["input_ids"]) + int(e) for t, e in zip(texts, eos)]
-    return texts, [grade(task, t, e) for task, t, e in zip(rows["task"], texts, eos)], lengths
+    return [grade(task, t, e) for task, t, e in zip(rows["task"], texts, eos)], lengths
 
 
 def policy_name(policy) -> str:

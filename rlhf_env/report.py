@@ -93,3 +93,19 @@ def ppo_verdict(r: dict) -> str:
     verdict = "better than" if win > 0.5 else "worse than" if win < 0.5 else "tied with"
     return (f"verdict: {verdict} the reference on gold, win rate {win:.3f} (0.5 ties, {ceiling:.3f} the most), "
             f"gold {gain:+.3f}, success {r['success']:.3f} vs {r['ref_success']:.3f}")
+
+
+def bench_table(r: dict) -> str:
+    table = Table(title=f"{r['algo']} vs its start, held-out customers")
+    for column in ("metric", "learned", "start"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    table.add_row("gold win rate (ties half)", f"{r['win_rate_vs_start']:.3f}", "0.500")
+    table.add_row("  ceiling", f"{r['win_rate_ceiling']:.3f}", "")
+    for key in ("success", "gold", "rm_score"):
+        table.add_row(key, f"{r[key]:.3f}", f"{r['start_' + key]:.3f}")
+    table.add_row("kl to the start", f"{r['kl']:.3f}", "0.000")
+    table.add_row("length", f"{r['length']:.1f}", "")
+    for key, fmt in (("episodes", "{:d}"), ("learn_seconds", "{:.1f}"), ("episodes_per_second", "{:.1f}"),
+                     ("peak_rss_mb", "{:.0f}")):
+        table.add_row(key.replace("_", " "), fmt.format(r[key]), "")
+    return _render(table) + f"reward {r['reward']}, beta {r['kl_coef']}, seed {r['seed']}, budget {r['budget']} episodes"

@@ -1,0 +1,270 @@
+"""One harness for any RL algorithm on the RLHF task: the same env, starting policy, reward, beta, episode
+budget, seeds and judging for ours, SB3's and yours.
+
+An algorithm is a class with this shape (``examples/reinforce.py`` is a complete one in 30 lines)::
+
+    class MyAlgorithm:
+        def __init__(self, make_env, policy, tokenizer, seed: int): ...
+        def learn(self, episodes: int) -> None: ...
+
+- ``make_env(num_envs, group_size=1)`` returns ``InstructBandit-v0``'s native vector env with the bench's
+  prompts, reference (the starting policy), reward, beta and length limit; every episode stepped through it
+  counts towards the episodes reported;
+- ``policy`` and ``tokenizer`` are the starting policy (a copy of its own, as ``load_policy`` returns it: eval
+  mode, so dropout is off) and its tokenizer;
+- after ``learn``, the harness judges ``algorithm.policy`` (an HF causal LM, sampled at temperature 1) or,
+  if the algorithm is callable, ``algorithm(prompts) -> responses`` (or ``(responses, eos)``).
+
+Judging is ``rlhf eval``'s on held-out customers, against the starting policy's samples: gold win rate (and
+its ceiling), task success, gold score, the bundled RM's score, KL to the starting policy (for an HF model;
+a callable may say its own ``kl``), length. Learning's wall time, episodes/s and the process's peak RSS come
+with it.
+
+    rlhf bench --algo ppo --episodes 2560 --seed 0
+    rlhf bench --algo examples.reinforce:Reinforce
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import rlhf_env  # noqa: F401  (registers the envs)
+from rlhf_env.evaluation import (
+    call_policy,
+    eval_prompts,
+    grade_responses,
+    sample_and_measure,
+    summarize,
+    win_rate,
+    win_rate_ceiling,
+)
+from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.rewards import load_reward
+
+
+@dataclass
+class BenchConfig:
+    """Train one RL algorithm on the RLHF task with a fixed budget and judge it like every other."""
+
+    algo: str = "ppo"
+    """A built-in (ppo, grpo, rloo, reinforce, best-of-N such as best-of-4, dpo, sb3-ppo, sb3-a2c,
+    sb3-ppo-token, sb3-a2c-token, sb3-maskable-ppo-token) or your class as module:Class."""
+    algo_kwargs: str = ""
+    """JSON object of keyword arguments for the algorithm's constructor, e.g. '{"lr": 1e-4}'."""
+    policy: str = "sft"
+    """Starting policy, also the KL reference and the baseline the judge compares against."""
+    reward: str = "rm"
+    """The reward the algorithm optimises: rm, gold (an oracle), or a reward-model path."""
+    kl_coef: float = 0.05
+    """beta: the env's KL penalty to the starting policy."""
+    episodes: int = 2560
+    """Episode budget: responses the algorithm may sample and have scored by the env."""
+    seed: int = 0
+    """Seed of the algorithm (the judge's prompts and samples use eval_seed)."""
+    max_new_tokens: int = 48
+    """Longest response, in tokens."""
+    eval_episodes: int = 500
+    """Held-out prompts of the judgement."""
+    eval_seed: int = 0
+    """Seed of the judge's prompt choice and sampling (rlhf eval's default)."""
+    out: str = "runs/bench"
+    """Directory for the algorithm's files (built-ins write their runs under it)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (the bundled one by default)."""
+    json: bool = False
+    """Print the result as one JSON object instead of a table."""
+
+    def __post_init__(self):
+        for name in ("episodes", "eval_episodes", "max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        try:
+            kwargs = json.loads(self.algo_kwargs or "{}")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"algo_kwargs is not JSON: {e}") from e
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"algo_kwargs must be a JSON object, got {self.algo_kwargs!r}")
+        if ":" not in self.algo and self.algo not in BUILT_INS and not self.algo.startswith("best-of-"):
+            raise ValueError(f"unknown algorithm {self.algo!r}: a built-in ({', '.join(BUILT_INS)}, best-of-N) or "
+                             "module:Class")
+
+
+class EpisodeCounter(gym.vector.VectorWrapper):
+    """Counts the episodes stepped through a vector env (one per sub-env per step of the one-step bandit)."""
+
+    def __init__(self, env, tally: list[int]):
+        super().__init__(env)
+        self.tally = tally
+
+    def step(self, actions):
+        self.tally[0] += self.num_envs
+        return self.env.step(actions)
+
+
+class EnvFactory:
+    """``make_env(num_envs, group_size=1)`` for an algorithm: the bench's env, its episodes counted."""
+
+    def __init__(self, config: BenchConfig):
+        self.config, self.tally = config, [0]
+
+    def __call__(self, num_envs: int, group_size: int = 1, **overrides):
+        c = self.config
+        settings = dict(prompts="ppo", reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
+                        max_new_tokens=c.max_new_tokens, data=c.data)
+        clash = sorted(set(overrides) & {"reference", "reward", "kl_coef", "max_new_tokens", "prompts"})
+        if clash:
+            raise ValueError(f"the bench fixes {', '.join(clash)} for every algorithm")
+        env = gym.make_vec("InstructBandit-v0", num_envs=num_envs, group_size=group_size, **settings, **overrides)
+        return EpisodeCounter(env, self.tally)
+
+    @property
+    def episodes(self) -> int:
+        return self.tally[0]
+
+
+# -- built-in algorithms, behind the same interface -------------------------------------------------
+class AgentRun:
+    """One of our PPO-family agents (agents/ppo.py and its subclasses) for ``episodes // batch_size``
+    iterations, on an env built with the bench's settings."""
+
+    def __init__(self, make_env, policy, tokenizer, seed, module: str, agent: str, config: str, **settings):
+        mod = importlib.import_module(module)
+        self.agent_cls, self.config_cls, self.settings = getattr(mod, agent), getattr(mod, config), settings
+        self.make_env, self.seed = make_env, seed
+
+    def learn(self, episodes: int) -> None:
+        c = self.make_env.config
+        batch = self.settings.get("batch_size", self.config_cls.batch_size)
+        config = self.config_cls(policy=c.policy, reward=c.reward, kl_coef=c.kl_coef, seed=self.seed,
+                                 max_new_tokens=c.max_new_tokens, data=c.data, iterations=max(1, episodes // batch),
+                                 out=str(Path(c.out) / "run"), eval_every=0, final_eval_episodes=1,
+                                 **self.settings)
+        agent = self.agent_cls(config)
+        agent.train()
+        self.policy = agent.policy
+        self.make_env.tally[0] += config.iterations * config.batch_size
+
+
+class BestOfNRun:
+    """Best-of-n against the bench's reward, no training: the frontier reference (KL at most log n - (n-1)/n)."""
+
+    def __init__(self, make_env, policy, tokenizer, seed, n: int):
+        from agents.best_of_n import BestOfN
+
+        c = make_env.config
+        self.best = BestOfN((policy.eval(), tokenizer), c.reward, n=n, seed=seed, max_new_tokens=c.max_new_tokens,
+                            data=c.data)
+        self.kl = math.log(n) - (n - 1) / n  # the bound (Beirami et al. 2024)
+
+    def learn(self, episodes: int) -> None:
+        pass
+
+    def __call__(self, prompts):
+        return self.best(prompts)
+
+
+class DPORun:
+    """DPO on the shipped comparisons (``agents/dpo.py``): offline, it steps no env episode."""
+
+    def __init__(self, make_env, policy, tokenizer, seed):
+        self.config, self.seed = make_env.config, seed
+
+    def learn(self, episodes: int) -> None:
+        from agents.dpo import DPOConfig, dpo
+
+        c = self.config
+        out = Path(c.out) / "dpo"
+        dpo(DPOConfig(policy=c.policy, seed=self.seed, data=c.data, out=str(out)))
+        self.policy = load_policy(str(out / "final"))[0]
+
+
+def _agent(module, agent, config):
+    """A built-in agent; --algo_kwargs are its config's fields (e.g. '{"lr": 1e-4, "batch_size": 64}')."""
+    return lambda make_env, policy, tokenizer, seed, **settings: AgentRun(make_env, policy, tokenizer, seed, module,
+                                                                          agent, config, **settings)
+
+
+BUILT_INS = {
+    "ppo": _agent("agents.ppo", "PPOAgent", "PPOConfig"),
+    "grpo": _agent("agents.grpo", "GRPOAgent", "GRPOConfig"),
+    "rloo": _agent("agents.rloo", "RLOOAgent", "RLOOConfig"),
+    "reinforce": _agent("agents.reinforce", "REINFORCEAgent", "REINFORCEConfig"),
+    "dpo": DPORun,
+}
+
+
+def algorithm_class(name: str):
+    """A built-in by name, ``best-of-N``, or ``module:Class`` (imported from the current directory too)."""
+    if name in BUILT_INS:
+        return BUILT_INS[name]
+    if name.startswith("best-of-"):
+        n = int(name.removeprefix("best-of-"))
+        return lambda make_env, policy, tokenizer, seed: BestOfNRun(make_env, policy, tokenizer, seed, n)
+    if ":" not in name:
+        raise ValueError(f"unknown algorithm {name!r}: a built-in ({', '.join(BUILT_INS)}, best-of-N) or module:Class")
+    module, _, cls = name.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # module:Class from the working directory, as `python -m` would find it
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load algorithm {name!r}: {e}") from e
+
+
+# -- the judgement -----------------------------------------------------------------------------------
+def judge(algorithm, config: BenchConfig, reference, tokenizer) -> dict:
+    """``rlhf eval``'s held-out judgement of the learned policy against the starting policy's samples, with the
+    bundled RM's score and the KL to the starting policy."""
+    rows = eval_prompts(config.data, "heldout", config.eval_episodes, config.eval_seed)
+    rm = load_reward("rm", data=config.data)
+    args = (tokenizer, rows, config.eval_seed, 1.0, config.max_new_tokens, rm)
+    base = sample_and_measure(reference, *args)
+    if isinstance(getattr(algorithm, "policy", None), torch.nn.Module):
+        algorithm.policy.eval()
+        ours = sample_and_measure(algorithm.policy, *args, reference=reference)
+    else:  # a callable prompts -> responses
+        texts, eos = call_policy(algorithm, list(rows["prompt"]))
+        grades, lengths = grade_responses(rows, texts, eos)
+        ours = {**summarize(grades, lengths), "grades": grades,
+                "rm_score": float(np.mean(rm(list(rows["prompt"]), texts, np.array(eos)))),
+                "kl": float(getattr(algorithm, "kl", float("nan")))}
+    return {"win_rate_vs_start": win_rate(ours["grades"], base["grades"]),
+            "win_rate_ceiling": win_rate_ceiling(rows["task"], base["grades"]),
+            "success": ours["success"], "gold": ours["gold"], "rm_score": ours["rm_score"], "kl": ours["kl"],
+            "length": ours["length"], "start_length": base["length"], "start_success": base["success"],
+            "start_gold": base["gold"], "start_rm_score": base["rm_score"]}
+
+
+def bench(config: BenchConfig) -> dict:
+    """Build the algorithm on the starting policy, let it learn within the budget, and judge it."""
+    cls = algorithm_class(config.algo)
+    torch.manual_seed(config.seed)
+    make_env = EnvFactory(config)
+    policy, tokenizer = load_policy(config.policy)
+    reference = load_policy(config.policy)[0].eval()
+    algorithm = cls(make_env, policy, tokenizer, config.seed, **json.loads(config.algo_kwargs or "{}"))
+    started = time.perf_counter()
+    algorithm.learn(config.episodes)
+    seconds = time.perf_counter() - started
+    if not callable(algorithm) and not isinstance(getattr(algorithm, "policy", None), torch.nn.Module):
+        raise TypeError(f"{config.algo}: after learn(), an algorithm must have .policy (an HF causal LM) or be "
+                        "callable as prompts -> responses")
+    result = {"algo": config.algo, "reward": config.reward, "kl_coef": config.kl_coef, "seed": config.seed,
+              "episodes": make_env.episodes, "budget": config.episodes, "learn_seconds": seconds,
+              "episodes_per_second": make_env.episodes / seconds if make_env.episodes else float("nan"),
+              **judge(algorithm, config, reference, tokenizer),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return result
