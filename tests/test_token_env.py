@@ -112,7 +112,7 @@ def test_episode_ends_on_eos_or_at_the_length_limit(kwargs, tokenizer):
     env.reset(seed=0)
     for _ in range(12):
         _, reward, terminated, truncated, info = env.step(5)
-    assert truncated and not terminated and info["score"] == -1.0
+    assert terminated and not truncated and info["score"] == -1.0  # scored: the end of the task, not a time limit
 
 
 @pytest.mark.parametrize("bad, message", [({"render_mode": "human"}, "render_mode must be None or 'ansi'"),

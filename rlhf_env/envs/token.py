@@ -51,7 +51,9 @@ class InstructTokenEnv(ScorerControls, gym.Env):
 
     ## Episode End
     Terminates when the action is EOS, or PAD (which ends a response without EOS, as in the bandit, and is
-    not part of it); truncates after ``max_new_tokens`` tokens.
+    not part of it), and terminates at ``max_new_tokens`` tokens: the response is then scored (with
+    ``missing_eos_penalty``) and nothing follows, so the length limit is part of the task, not a time limit
+    (the observation shows the position). It never truncates, so an agent does not bootstrap a value there.
 
     ## Arguments
     Those of ``InstructBandit-v0``, plus ``mask_top_p`` (0.9) and ``mask_top_k`` (None); ``kl_coef`` and
@@ -140,10 +142,9 @@ class InstructTokenEnv(ScorerControls, gym.Env):
             self._ref_sum += ref_logp
             self._t += 1
         reward = core.kl_coef * ref_logp
-        terminated = is_eos or ends
-        truncated = not terminated and self._t >= core.max_new_tokens
+        terminated = is_eos or ends or self._t >= core.max_new_tokens
         info: dict[str, Any] = {"ref_logprob": ref_logp}
-        if terminated or truncated:
+        if terminated:
             text = core.tokenizer.decode(self._tokens, skip_special_tokens=True)
             prompt = core.prompts[self._index]
             rm_score = float(core.reward([prompt], [text], [is_eos])[0])
@@ -157,7 +158,7 @@ class InstructTokenEnv(ScorerControls, gym.Env):
         else:
             pos = torch.tensor([int(self._mask[: P + self._t].sum()) - 1], device=core.device)
             self._keep(self._decoder.step(torch.tensor([token], device=core.device), pos))
-        return self._observation(), float(reward), bool(terminated), bool(truncated), info
+        return self._observation(), float(reward), bool(terminated), False, info
 
     def render(self):
         if self.render_mode != "ansi" or getattr(self, "_last", None) is None:
