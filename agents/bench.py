@@ -26,6 +26,7 @@ with it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -191,6 +192,58 @@ class DPORun:
         self.policy = load_policy(str(out / "final"))[0]
 
 
+class SB3Run:
+    """SB3's own PPO, A2C or MaskablePPO with this package's LM policies (``agents/sb3.py``): on the bandit, an
+    action is a whole response; on the token env (``level="token"``), one token. ``ent_coef`` is the bench's
+    beta, the policy's half of the KL. Learning stops once the envs have finished the budget's episodes (a
+    rollout cut short is not trained on). ``--algo_kwargs`` go to the SB3 constructor (and ``num_envs``)."""
+
+    DEFAULTS = {  # small, gentle updates: SB3's own defaults (10 epochs) move a pretrained LM far in one rollout
+        "sb3-ppo": dict(num_envs=64, n_steps=1, batch_size=16, n_epochs=4, learning_rate=1e-5),
+        "sb3-a2c": dict(num_envs=64, n_steps=1, learning_rate=1e-5, use_rms_prop=False),
+        "sb3-ppo-token": dict(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, learning_rate=1e-5, gamma=1.0),
+        "sb3-a2c-token": dict(num_envs=8, n_steps=16, learning_rate=1e-5, gamma=1.0, use_rms_prop=False),
+        "sb3-maskable-ppo-token": dict(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, learning_rate=1e-5,
+                                       gamma=1.0),
+    }
+
+    def __init__(self, make_env, policy, tokenizer, seed, name: str, **kwargs):
+        self.make_env, self.seed, self.name = make_env, seed, name
+        self.settings = {**self.DEFAULTS[name], **kwargs}
+
+    def learn(self, episodes: int) -> None:
+        from sb3_contrib import MaskablePPO
+        from stable_baselines3 import A2C, PPO
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        from agents import sb3
+
+        c, settings = self.make_env.config, dict(self.settings)
+        env_kwargs = dict(prompts="ppo", reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
+                          max_new_tokens=c.max_new_tokens, data=c.data)
+        token = self.name.endswith("-token")
+        num_envs = settings.pop("num_envs")
+        venv = (sb3.make_sb3_token_env if token else sb3.make_sb3_bandit)(num_envs, **env_kwargs)
+        venv.seed(self.seed)
+        algorithm, policy = {"sb3-ppo": (PPO, sb3.LMSequencePolicy), "sb3-a2c": (A2C, sb3.LMSequencePolicy),
+                             "sb3-ppo-token": (PPO, sb3.LMActorCriticPolicy),
+                             "sb3-a2c-token": (A2C, sb3.LMActorCriticPolicy),
+                             "sb3-maskable-ppo-token": (MaskablePPO, sb3.MaskableLMActorCriticPolicy)}[self.name]
+        model = algorithm(policy, venv, ent_coef=c.kl_coef, seed=self.seed, policy_kwargs={"lm": c.policy},
+                          **settings)
+
+        class Budget(BaseCallback):
+            finished = 0
+
+            def _on_step(self) -> bool:
+                Budget.finished += int(self.locals["dones"].sum())
+                return Budget.finished < episodes
+
+        model.learn(total_timesteps=10**12, callback=Budget())
+        self.make_env.tally[0] += Budget.finished
+        self.policy = model.policy.lm
+
+
 def _agent(module, agent, config):
     """A built-in agent; --algo_kwargs are its config's fields (e.g. '{"lr": 1e-4, "batch_size": 64}')."""
     return lambda make_env, policy, tokenizer, seed, **settings: AgentRun(make_env, policy, tokenizer, seed, module,
@@ -203,6 +256,7 @@ BUILT_INS = {
     "rloo": _agent("agents.rloo", "RLOOAgent", "RLOOConfig"),
     "reinforce": _agent("agents.reinforce", "REINFORCEAgent", "REINFORCEConfig"),
     "dpo": DPORun,
+    **{name: functools.partial(SB3Run, name=name) for name in SB3Run.DEFAULTS},
 }
 
 

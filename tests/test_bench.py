@@ -75,3 +75,14 @@ def test_a_user_reinforce_learns_on_the_bench_and_is_judged(tiny_policy_dir, wor
     assert result["kl"] > 0.05  # it moved away from the start, and the judge measured it
     assert 0.0 <= result["win_rate_vs_start"] <= result["win_rate_ceiling"] <= 1.0
     assert result["length"] < result["start_length"] - 1  # brevity, judged on held-out prompts
+
+
+@pytest.mark.parametrize("algo, episodes", [("sb3-ppo", 16), ("sb3-maskable-ppo-token", 6)])
+def test_sb3_runs_on_the_bench_within_its_budget(tiny_policy_dir, world_dir, tmp_path, algo, episodes):
+    """SB3's own algorithms with our LM policies, stopped once the budget's episodes are done."""
+    kwargs = '{"num_envs": 8, "n_steps": 1, "batch_size": 8}' if algo == "sb3-ppo" else \
+        '{"num_envs": 2, "n_steps": 8, "batch_size": 8}'
+    result = bench(tiny_bench(tiny_policy_dir, world_dir, tmp_path, algo=algo, reward=brevity, kl_coef=0.1,
+                              episodes=episodes, algo_kwargs=kwargs))
+    assert episodes <= result["episodes"] < episodes + 8  # the rollout that reached the budget ends the run
+    assert result["kl"] > 0  # it trained: the judged policy is no longer the start

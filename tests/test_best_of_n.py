@@ -48,9 +48,12 @@ def test_evaluate_takes_a_callable_or_a_model_in_memory(tiny_model, tokenizer, t
 
 
 @pytest.mark.slow
-def test_best_of_8_against_the_bundled_rm_beats_one_sample_on_gold():
-    """On the shipped assets the bundled rm checks answers, so picking by it buys gold (no training)."""
+def test_best_of_n_against_the_bundled_rm_buys_gold_monotonically_in_n():
+    """On the shipped assets the bundled rm checks answers, so picking by it buys gold (no training), the more
+    the more samples it picks from."""
     config = dict(baseline="sft", episodes=200)
-    one, eight = (evaluate(EvalConfig(policy=BestOfN("sft", "rm", n=n), **config)) for n in (1, 8))
-    assert eight["win_rate"] > 0.58 and eight["win_rate"] > one["win_rate"] + 0.08
-    assert eight["gold_a"] > one["gold_a"] and eight["policy"] == "best-of-8(sft, rm)"
+    results = {n: evaluate(EvalConfig(policy=BestOfN("sft", "rm", n=n), **config)) for n in (1, 2, 4, 8, 16)}
+    gold = [r["gold_a"] for r in results.values()]
+    assert all(a < b for a, b in zip(gold, gold[1:])), gold
+    assert results[8]["win_rate"] > 0.58 and results[8]["win_rate"] > results[1]["win_rate"] + 0.08
+    assert results[8]["policy"] == "best-of-8(sft, rm)"
