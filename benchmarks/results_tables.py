@@ -1,6 +1,9 @@
-"""Markdown tables for the README, generated from the benchmarks' JSON (nothing measured here).
+"""The results pages, generated from the benchmarks' JSON (nothing is measured here): docs/results.md,
+docs/performance.md and the README's headline table (between its `<!-- results -->` markers). A test
+(tests/test_docs.py) checks that the files are what this script writes from the JSON in the repository.
 
-    python benchmarks/results_tables.py [--results benchmarks/results]
+    python benchmarks/results_tables.py            # rewrite the pages from benchmarks/results/*.json
+    python benchmarks/results_tables.py --check    # exit 1 if a page is not up to date
 """
 
 from __future__ import annotations
@@ -101,17 +104,207 @@ def make_table(result: dict) -> str:
                       *(f"| {label} | {result[key]:.2f} |" for key, label in rows)])
 
 
+def policies_table(foundation: dict) -> str:
+    lines = ["| A vs B | win rate of A | ceiling | gold A | gold B | success A | success B | length A | length B |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in foundation["evals"]:
+        lines.append(f"| {e['policy']} vs {e['baseline']} | {e['win_rate']:.3f} | {e['win_rate_ceiling']:.3f} | "
+                     f"{e['gold_a']:.3f} | {e['gold_b']:.3f} | {e['success_a']:.3f} | {e['success_b']:.3f} | "
+                     f"{e['length_a']:.1f} | {e['length_b']:.1f} |")
+    first = foundation["evals"][0]
+    families = sorted(first["families"])
+    lines += ["", f"Success by family, {first['policy']} vs {first['baseline']}:", "",
+              "| family | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for side, name in (("a", first["policy"]), ("b", first["baseline"])):
+        lines.append(f"| {name} | " + " | ".join(f"{first['families'][f][f'success_{side}']:.2f}" for f in families)
+                     + " |")
+    return "\n".join(lines)
+
+
+def sampler_table(result: dict) -> str:
+    lines = ["| policy | parameters | HF `generate`, MKL | HF `generate`, oneDNN linears | our sampler, HF forward + "
+             "cache | our sampler, lean GPT-2 path | speed-up vs `generate`, MKL |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['policy']} | {r['parameters'] / 1e6:.1f}M | {r['hf_generate_mkl_tokens_per_s']:,.0f} "
+                     f"tokens/s | {r['hf_generate_tokens_per_s']:,.0f} | {r['hf_cache_loop_tokens_per_s']:,.0f} | "
+                     f"{r['lean_gpt2_tokens_per_s']:,.0f} | **{r['speedup_vs_generate_mkl']:.1f}×** |")
+    lines += ["", "| policy | prefill | per decode step | attention (decode) | projections and head | KV-cache read "
+              "rate | GEMM, MKL | GEMM, oneDNN |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['policy']} | {r['lean_prefill_share']:.0%} | {r['lean_step_ms']:.2f} ms | "
+                     f"{r['lean_attention_share']:.0%} | {r['lean_projection_share']:.0%} | "
+                     f"{r['kv_cache_read_gb_per_s']:.1f} GB/s | {r['gemm_gflops_mkl']:.0f} GFLOP/s | "
+                     f"{r['gemm_gflops_onednn']:.0f} GFLOP/s |")
+    lines.append(f"\n{result['batch_size']} prompts, {result['new_tokens']} new tokens each, {result['threads']} "
+                 f"threads, median of {result['repeats']}; this machine streams memory at "
+                 f"{result['streaming_read_gb_per_s']:.0f} GB/s.")
+    return "\n".join(lines)
+
+
+def ppo_iteration_table(result: dict) -> str:
+    names = {"sample": "sample (rollout, policy)", "reference": "reference forward (env)",
+             "reward": "reward model (env)", "values": "values (rollout)",
+             "update": "update (epochs × minibatches, forward + backward + AdamW)",
+             "other": "other (env bookkeeping, decoding, advantages)"}
+    columns = [("float32", result)] + [(k, result[k]) for k in ("float32_mkl", "bf16")
+                                       if isinstance(result.get(k), dict)]
+    lines = ["| phase | " + " | ".join(f"{name} (s)" for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for phase, label in names.items():
+        lines.append(f"| {label} | " + " | ".join(f"{c['phase_s'][phase]:.3f}" for _, c in columns) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{c['iteration_s']:.3f}** ({c['episodes_per_s']:.0f} episodes/s)"
+                                                for _, c in columns) + " |")
+    lines.append(f"\n{result['batch_size']} episodes, {result['ppo_epochs']} epochs of minibatches of "
+                 f"{result['minibatch_size']}, {result['threads']} threads; the float32 update runs its matmuls at "
+                 f"{result['update_gflops']:.0f} GFLOP/s, {result['update_flop_efficiency']:.0%} of this machine's "
+                 f"fastest float32 matmul ({result['matmul_peak_gflops']:.0f} GFLOP/s).")
+    return "\n".join(lines)
+
+
+def algorithms_table(result: dict) -> str:
+    lines = ["| algorithm | reward | win rate vs SFT | task success | gold | RM score | KL | episodes | learn (s) | "
+             "episodes/s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(s, key, digits):
+        m = s[key]
+        spread = f" ({m['min']:.{digits}f}..{m['max']:.{digits}f})" if s["seeds"] > 1 else ""
+        return f"{m['mean']:.{digits}f}{spread}"
+
+    for s in result["summary"]:
+        lines.append(f"| {s['algo']} | {s['reward']} | {cell(s, 'win_rate_vs_start', 3)} | {cell(s, 'success', 3)} | "
+                     f"{cell(s, 'gold', 3)} | {cell(s, 'rm_score', 2)} | {cell(s, 'kl', 2)} | "
+                     f"{s['episodes']['mean']:.0f} | {s['learn_seconds']['mean']:.0f} | "
+                     f"{s['episodes_per_second']['mean']:.1f} | {s['peak_rss_mb']['mean']:.0f} |")
+    st = result["settings"]
+    lines.append(f"\nEvery run starts from `sft` with a budget of {st['episodes']} episodes, β = 0.05, seeds "
+                 f"{', '.join(map(str, st['seeds']))} (mean, then min..max), judged on {st['eval_episodes']} held-out "
+                 f"customers' prompts against SFT's samples; {st['jobs']} runs at a time, {st['threads']} thread each.")
+    return "\n".join(lines)
+
+
+def load(results: Path, name: str) -> dict | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+NAV = ("[README](../README.md) · [world](world.md) · [envs](envs.md) · [rewards](rewards.md) · [agents](agents.md) · "
+       "[results](results.md) · [performance](performance.md) · [roadmap](roadmap.md)")
+GENERATED = ("*Generated by `python benchmarks/results_tables.py` from `benchmarks/results/*.json`: edit that script "
+             "or rerun a benchmark, not this page.*")
+
+
+def results_page(results: Path) -> str:
+    parts = ["# Results", NAV, GENERATED]
+    algorithms = load(results, "algorithms.json")
+    if algorithms:
+        parts += ["## Every algorithm on one task",
+                  "`python benchmarks/algorithms.py` runs each through `rlhf bench` "
+                  "(JSON in `benchmarks/results/algorithms.json`, plot in `algorithms.png`).",
+                  algorithms_table(algorithms), "![frontier](../benchmarks/results/algorithms.png)"]
+    foundation = load(results, "foundation.json")
+    if foundation:
+        world = foundation["world"]
+        parts += ["## The world, the shipped policies and the reward models",
+                  "`python benchmarks/foundation_report.py` (JSON in `benchmarks/results/foundation.json`). \"Win "
+                  "rate\" is the gold grader's preference on held-out customers' prompts, ties counted half; "
+                  "\"ceiling\" is what the world's reference answers (gold 1.0) get against B's samples, the most "
+                  "any policy A can score; \"success\" is explicit task success.",
+                  policies_table(foundation),
+                  f"Labelers (`rlhf world`): agreement {world['labeler_agreement']:.3f} on {world['agreement_pool']} "
+                  f"(InstructGPT: 0.726 ± 0.015); they prefer a padded answer {world['prefer_padded']:.3f} of the "
+                  f"time (gold: never) and rank a correct response above an incorrect one {world['correct_first']:.3f}"
+                  " of the time.",
+                  "The reward models on the held-out comparisons and held-out customers' prompts. `rm` (the "
+                  "default) is the frozen `sft-large` LM's summed log-probability of the response with a fitted "
+                  "weight; `rm-scalar` is InstructGPT's scalar head on the small SFT trunk; `gold` is the grader; "
+                  "\"labelers (noise-free)\" is a perfect model of the labelers. \"Best of n\" lets the reward pick "
+                  "one of n SFT samples, judged by gold against one SFT sample.",
+                  reward_table(foundation)]
+    forms = load(results, "rm_forms.json")
+    if forms:
+        parts += ["Which form of the likelihood RM to ship (`python benchmarks/rm_forms.py`, "
+                  "`benchmarks/results/rm_forms.json`):", rm_forms_table(forms)]
+    ppo = load(results, "ppo.json")
+    if ppo:
+        parts += ["## PPO at the full budget",
+                  "`python benchmarks/ppo_runs.py` (JSON in `benchmarks/results/ppo.json`): `rlhf ppo` with the "
+                  "defaults (100 iterations of 128 episodes, 8 responses per prompt, β = 0.05, the bundled `rm`) "
+                  "and the overrides of each row, judged by `rlhf eval --policy RUN/final --baseline sft` on 500 "
+                  "held-out prompts, against `sft-large`, and decoded greedily against SFT decoded greedily.",
+                  ppo_table(ppo), "![PPO curves](../benchmarks/results/ppo.png)"]
+    over = load(results, "over_optimisation.json")
+    if over:
+        parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "
+                  "SFT samples (KL = log n - (n - 1)/n) and along PPO runs (`python benchmarks/over_optimisation.py`,"
+                  " `benchmarks/results/over_optimisation.json`):", over_optimisation_table(over),
+                  "![over-optimisation](../benchmarks/results/over_optimisation.png)"]
+    return "\n\n".join(parts) + "\n"
+
+
+def performance_page(results: Path) -> str:
+    parts = ["# Performance", NAV, GENERATED,
+             "Absolute timings on a shared 2-core machine are noisy; compare the columns of one table, which one run "
+             "of one script measured."]
+    for name, title, command, fn in (
+            ("vector_env.json", "The native vector env", "bench_vector_env.py", vector_env_table),
+            ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),
+            ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
+            ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
+            ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table)):
+        result = load(results, name)
+        if result:
+            parts += [f"## {title}", f"`python benchmarks/{command}` (`benchmarks/results/{name}`).", fn(result)]
+    return "\n\n".join(parts) + "\n"
+
+
+def headline(results: Path) -> str:
+    """The README's one results table: every algorithm at the bench's budget on the RM, else PPO's seeds."""
+    algorithms = load(results, "algorithms.json")
+    if algorithms:
+        rows = [s for s in algorithms["summary"] if s["reward"] == "rm"]
+        lines = ["| algorithm (reward: the bundled RM) | gold win rate vs SFT | task success | KL to SFT | "
+                 "episodes/s |", "|---|---|---|---|---|"]
+        for s in rows:
+            lines.append(f"| {s['algo']} | {s['win_rate_vs_start']['mean']:.3f} | {s['success']['mean']:.3f} | "
+                         f"{s['kl']['mean']:.2f} | {s['episodes_per_second']['mean']:.1f} |")
+        st = algorithms["settings"]
+        lines.append(f"\n{st['episodes']} episodes each from `sft`, mean of seeds {', '.join(map(str, st['seeds']))}, "
+                     f"{st['eval_episodes']} held-out prompts (`python benchmarks/algorithms.py`; all columns, the "
+                     "gold-oracle runs and the spreads in [docs/results.md](docs/results.md)).")
+        return "\n".join(lines)
+    ppo = load(results, "ppo.json")
+    summary = ppo["default_summary"]
+    return (f"`rlhf ppo` over {sum(r['run'] == 'default' for r in ppo['rows'])} seeds: gold win rate vs SFT "
+            f"{summary['win_rate_vs_sft']['mean']:.3f} ± {summary['win_rate_vs_sft']['std']:.3f} "
+            "(`python benchmarks/ppo_runs.py`).")
+
+
+MARK_START, MARK_END = "<!-- results: generated by benchmarks/results_tables.py -->", "<!-- /results -->"
+
+
+def pages(root: Path) -> dict[Path, str]:
+    """Each generated file and its content."""
+    results = root / "benchmarks" / "results"
+    readme = (root / "README.md").read_text()
+    if MARK_START in readme:
+        before, rest = readme.split(MARK_START, 1)
+        readme = f"{before}{MARK_START}\n{headline(results)}\n{MARK_END}{rest.split(MARK_END, 1)[1]}"
+    return {root / "docs" / "results.md": results_page(results),
+            root / "docs" / "performance.md": performance_page(results), root / "README.md": readme}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="benchmarks/results")
-    results = Path(parser.parse_args().results)
-    for name, fn in (("foundation.json", reward_table), ("ppo.json", ppo_table),
-                     ("over_optimisation.json", over_optimisation_table), ("rm_forms.json", rm_forms_table),
-                     ("vector_env.json", vector_env_table), ("token_env.json", token_env_table),
-                     ("make.json", make_table)):
-        path = results / name
-        if path.exists():
-            print(f"<!-- {name} -->\n{fn(json.loads(path.read_text()))}\n")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated page is not up to date")
+    args = parser.parse_args()
+    root = Path(__file__).resolve().parents[1]
+    stale = [path for path, text in pages(root).items() if not path.exists() or path.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"{path.relative_to(root)} is not up to date: run python benchmarks/results_tables.py")
+        raise SystemExit(1 if stale else 0)
+    for path, text in pages(root).items():
+        path.write_text(text)
+    print(f"wrote {len(stale)} page(s): " + ", ".join(str(p.relative_to(root)) for p in stale))
 
 
 if __name__ == "__main__":

@@ -108,4 +108,5 @@ def bench_table(r: dict) -> str:
     for key, fmt in (("episodes", "{:d}"), ("learn_seconds", "{:.1f}"), ("episodes_per_second", "{:.1f}"),
                      ("peak_rss_mb", "{:.0f}")):
         table.add_row(key.replace("_", " "), fmt.format(r[key]), "")
-    return _render(table) + f"reward {r['reward']}, beta {r['kl_coef']}, seed {r['seed']}, budget {r['budget']} episodes"
+    return _render(table) + (f"reward {r['reward']}, beta {r['kl_coef']}, seed {r['seed']}, budget {r['budget']} "
+                             "episodes")
