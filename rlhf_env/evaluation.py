@@ -163,12 +163,16 @@ class HeldOutJudge:
 def respond(policy, rows, seed: int = 0, temperature: float = 1.0, max_new_tokens: int = 48, batch_size: int = 125,
             device: str = "cpu") -> tuple[list[str], list[Grade], list[int]]:
     """Responses of any policy to ``rows``' prompts, gold grades and lengths in tokens (EOS included), whatever
-    the policy is: a bundled name, path or hub id; an in-memory ``(model, tokenizer)``; or a callable
-    ``fn(prompts) -> responses`` (an agent of your own, best-of-n, an SB3 model behind a function). A callable
-    may return ``(responses, eos)`` to say which responses ended; plain responses count as ended. Its lengths
-    are counted with the bundled tokenizer."""
+    the policy is: a bundled name, path or hub id; an in-memory ``(model, tokenizer)``; an SB3 model (or policy)
+    of ``agents.sb3``, judged by its LM; or a callable ``fn(prompts) -> responses`` (an agent of your own,
+    best-of-n). A callable may return ``(responses, eos)`` to say which responses ended; plain responses count
+    as ended. Its lengths are counted with the bundled tokenizer."""
     if isinstance(policy, (str, os.PathLike)):
         policy = load_policy(policy, device)
+    for holder in (policy, getattr(policy, "policy", None)):  # an SB3 model holds its policy in .policy
+        if hasattr(holder, "lm") and hasattr(holder, "tokenizer"):
+            policy = (holder.lm, holder.tokenizer)
+            break
     if isinstance(policy, tuple):
         model, tokenizer = policy
         return generate_and_grade(model, tokenizer, rows, seed, temperature, max_new_tokens, batch_size)
@@ -199,7 +203,10 @@ def grade_responses(rows, texts: list[str], eos: list[bool]) -> tuple[list[Grade
 
 
 def policy_name(policy) -> str:
-    return str(policy) if isinstance(policy, (str, os.PathLike)) else getattr(policy, "name", type(policy).__name__)
+    if isinstance(policy, (str, os.PathLike)):
+        return str(policy)
+    lm_name = getattr(getattr(policy, "policy", None), "lm_name", None)  # an SB3 model of agents.sb3
+    return f"{type(policy).__name__}({lm_name})" if lm_name else getattr(policy, "name", type(policy).__name__)
 
 
 def evaluate(config: EvalConfig) -> dict:

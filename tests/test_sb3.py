@@ -25,6 +25,7 @@ from agents.sb3 import (
 )
 from rlhf_env.cli import main as rlhf
 from rlhf_env.envs.sb3 import make_sb3_vec_env
+from rlhf_env.evaluation import EvalConfig, evaluate
 from rlhf_env.models import load_policy, new_model, save_policy
 from tests.conftest import TINY_DIMS
 from tests.test_bandit_env import n_chars
@@ -237,6 +238,18 @@ def test_save_pretrained_writes_a_checkpoint_that_rlhf_eval_accepts(env_kwargs, 
     assert rlhf(["eval", "--policy", str(tmp_path / "export"), "--baseline", str(tiny_policy_dir), "--data",
                  str(world_dir), "--episodes", "4", "--max_new_tokens", str(T), "--json"]) == 0
     assert '"n": 4' in capsys.readouterr().out
+
+
+def test_evaluate_takes_an_sb3_model_and_judges_its_lm(env_kwargs, tiny_policy_dir, world_dir, tmp_path):
+    model = token_model(env_kwargs, learning_rate=1e-2)
+    model.learn(16)
+    model.policy.save_pretrained(tmp_path / "export")
+    config = dict(baseline=str(tiny_policy_dir), data=str(world_dir), episodes=12, max_new_tokens=T)
+    judged = evaluate(EvalConfig(policy=model, **config))
+    exported = evaluate(EvalConfig(policy=str(tmp_path / "export"), **config))
+    assert judged["policy"] == f"PPO({tiny_policy_dir})"
+    assert [e["a"] for e in judged["examples"]] == [e["a"] for e in exported["examples"]]  # the same samples
+    assert judged["gold_a"] == exported["gold_a"] and judged["win_rate"] == exported["win_rate"]
 
 
 # ---------------------------------------------------------------- the bandit: ResponseActions and LMSequencePolicy
