@@ -30,6 +30,8 @@ COMMANDS = {
             "PPO against the reward model with a KL penalty to the SFT policy"),
     "grpo": ("agents.grpo", "GRPOConfig", "grpo", "ppo_table",
              "GRPO: PPO's clipped ratio with group-normalised advantages, no critic"),
+    "dpo": ("agents.dpo", "DPOConfig", "dpo", None,
+            "DPO on the shipped ranked comparisons: the offline alternative to RL"),
     "rloo": ("agents.rloo", "RLOOConfig", "rloo", "ppo_table",
              "RLOO: REINFORCE with a leave-one-out baseline per prompt, one on-policy step per batch"),
     "reinforce": ("agents.reinforce", "REINFORCEConfig", "reinforce", "ppo_table",
