@@ -28,6 +28,7 @@ BEST_OF = (1, 2, 4, 8, 16)
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token", "sb3-a2c-token",
               "sb3-maskable-ppo-token", *(f"best-of-{n}" for n in BEST_OF))
 OFFLINE = ("dpo",)  # no reward to optimise: one run per seed, listed under the RM
+UNTRAINED = tuple(f"best-of-{n}" for n in BEST_OF)  # the frontier: no training, so the first seed only
 METRICS = ("win_rate_vs_start", "success", "gold", "rm_score", "kl", "length", "episodes", "learn_seconds",
            "episodes_per_second", "peak_rss_mb")
 
@@ -117,6 +118,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=1280, help="episode budget of every algorithm")
     parser.add_argument("--eval-episodes", type=int, default=500)
+    parser.add_argument("--first-seed-only", nargs="*", default=[], metavar="ALGO",
+                        help="algorithms run with the first seed only (to fit a time budget)")
+    parser.add_argument("--first-seed-only-rewards", nargs="*", default=[], metavar="REWARD",
+                        help="rewards whose runs use the first seed only")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--quick", action="store_true", help="smoke run: examples/reinforce.py and best-of-2, "
@@ -128,14 +133,19 @@ def main() -> None:
         args.algorithms, args.rewards, args.seeds = ["examples.reinforce:Reinforce", "best-of-2"], ["rm"], [0]
         args.episodes, args.eval_episodes = 128, 50
 
-    jobs = [(a, r, s) for a in args.algorithms for r in args.rewards for s in args.seeds
-            if not (a in OFFLINE and r != args.rewards[0])]
+    def wanted(a, r, s):
+        one_seed = a in UNTRAINED or a in args.first_seed_only or r in args.first_seed_only_rewards
+        return not (a in OFFLINE and r != args.rewards[0]) and not (one_seed and s != args.seeds[0])
+
+    # the first seed of everything first, so that an interrupted benchmark has a whole sweep
+    jobs = [(a, r, s) for s in args.seeds for r in args.rewards for a in args.algorithms if wanted(a, r, s)]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run(*job, args), jobs))
     summary = summarize(rows)
     print(table(summary))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("episodes", "eval_episodes", "seeds", "rewards", "threads", "jobs")}
+    settings = {k: getattr(args, k) for k in ("episodes", "eval_episodes", "seeds", "rewards", "threads", "jobs",
+                                              "first_seed_only", "first_seed_only_rewards")}
     Path(args.out).write_text(json.dumps({"settings": settings, "summary": summary, "rows": rows}, indent=1))
     plot(summary, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")

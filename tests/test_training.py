@@ -11,6 +11,13 @@ from rlhf_env.training.trainer import IGNORE, TrainConfig, collate, lm_loss, tra
 from tests.conftest import TINY_DIMS
 
 
+def learning_log(path) -> list[dict]:
+    """A run's train.csv without the process's memory (rss_mb), which differs between processes."""
+    import csv
+
+    return [{k: v for k, v in row.items() if k != "rss_mb"} for row in csv.DictReader(open(path))]
+
+
 def mean_loss(model, examples, pad_id):
     with torch.no_grad():
         return lm_loss(model.eval(), *collate(examples, pad_id)).item()
@@ -87,9 +94,9 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tokenizer, tmp_path):
     train_causal_lm(model, tokenizer, examples, TrainConfig(out=str(tmp_path / "killed"), **config))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, full[k], rtol=0, atol=1e-6)
-    log = (tmp_path / "killed" / "train.csv").read_text().split()[1:]
-    assert [int(r.split(",")[0]) for r in log] == list(range(1, 13))  # no step lost or logged twice
-    assert log == (tmp_path / "full" / "train.csv").read_text().split()[1:]
+    log, full_log = (learning_log(tmp_path / run / "train.csv") for run in ("killed", "full"))
+    assert [int(r["step"]) for r in log] == list(range(1, 13))  # no step lost or logged twice
+    assert log == full_log
 
 
 def test_resuming_with_other_settings_is_refused(world, tokenizer, tiny_model, tmp_path):
@@ -108,3 +115,23 @@ def test_a_checkpoint_left_half_swapped_by_a_crash_is_found(tmp_path):
     (old / "state.json").write_text("{}")
     assert find_checkpoint(tmp_path / "checkpoint") == old
     assert find_checkpoint(tmp_path / "elsewhere") is None
+
+
+def test_resident_memory_is_measured_now_and_logged_with_every_training_row(tmp_path):
+    import numpy as np
+
+    from rlhf_env.training.run import Run, resident_mb
+
+    before = resident_mb()
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+    during = resident_mb()
+    del block
+    assert during - before > 50 and resident_mb() < during - 50  # the current size, not the peak
+    run = Run(tmp_path / "run", {"x": 1}, total=2, desc="test")
+    run.start(0)
+    run.log(1, {"loss": 0.5})
+    run.log(1, {"gold": 0.9}, kind="eval")
+    run.close()
+    train = (tmp_path / "run" / "train.csv").read_text().splitlines()
+    assert train[0] == "step,loss,rss_mb" and float(train[1].split(",")[2]) > 50
+    assert "rss_mb" not in (tmp_path / "run" / "eval.csv").read_text()

@@ -30,6 +30,18 @@ from rlhf_env.training.checkpoint import checkpoints, load_checkpoint, save_chec
 from rlhf_env.training.logger import RunLogger
 
 
+def resident_mb() -> float:
+    """The resident memory of this process now, in MiB (Linux's /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 class Interrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C at a step boundary, after saving a checkpoint; its message says how to resume."""
 
@@ -152,6 +164,10 @@ class Run:
         raise Interrupted(f"interrupted at step {step}; saved in {self.checkpoint}. Rerun the same command to resume")
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        """A row of ``OUT/{kind}.csv`` and TensorBoard; a training row also gets the process's resident memory
+        (``rss_mb``), so that a long run's memory can be watched."""
+        if kind == "train":
+            metrics = {**metrics, "rss_mb": resident_mb()}
         self.logger.log(step, metrics, kind=kind)
 
     def save(self, model, tokenizer, optimizer, scheduler, state: dict, tensors: dict | None = None) -> None:
