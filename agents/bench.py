@@ -121,14 +121,21 @@ class EnvFactory:
     def __init__(self, config: BenchConfig):
         self.config, self.tally = config, [0]
 
-    def __call__(self, num_envs: int, group_size: int = 1, **overrides):
+    @property
+    def settings(self) -> dict:
+        """The env's settings that define the task, the same for every algorithm (its other settings, e.g.
+        ``device``, are the algorithm's)."""
         c = self.config
-        settings = dict(prompts="ppo", reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
-                        max_new_tokens=c.max_new_tokens, data=c.data)
-        clash = sorted(set(overrides) & {"reference", "reward", "kl_coef", "max_new_tokens", "prompts"})
+        return dict(prompts="ppo", reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
+                    max_new_tokens=c.max_new_tokens, max_prompt_tokens=64, missing_eos_penalty=-1.0, temperature=1.0,
+                    data=c.data)
+
+    def __call__(self, num_envs: int, group_size: int = 1, **overrides):
+        clash = sorted(set(overrides) & set(self.settings))
         if clash:
             raise ValueError(f"the bench fixes {', '.join(clash)} for every algorithm")
-        env = gym.make_vec("InstructBandit-v0", num_envs=num_envs, group_size=group_size, **settings, **overrides)
+        env = gym.make_vec("InstructBandit-v0", num_envs=num_envs, group_size=group_size, **self.settings,
+                           **overrides)
         return EpisodeCounter(env, self.tally)
 
     @property
@@ -149,10 +156,12 @@ class AgentRun:
     def learn(self, episodes: int) -> None:
         c = self.make_env.config
         batch = self.settings.get("batch_size", self.config_cls.batch_size)
-        config = self.config_cls(policy=c.policy, reward=c.reward, kl_coef=c.kl_coef, seed=self.seed,
-                                 max_new_tokens=c.max_new_tokens, data=c.data, iterations=max(1, episodes // batch),
+        if episodes < batch:
+            raise ValueError(f"a budget of {episodes} episodes is less than one iteration of {batch}; raise --episodes "
+                             "or lower batch_size in --algo_kwargs")
+        config = self.config_cls(policy=c.policy, seed=self.seed, iterations=episodes // batch,
                                  out=str(Path(c.out) / "run"), eval_every=0, final_eval_episodes=1,
-                                 **self.settings)
+                                 **self.make_env.settings, **self.settings)  # the task's settings, then the agent's
         agent = self.agent_cls(config)
         agent.train()
         self.policy = agent.policy
@@ -162,12 +171,12 @@ class AgentRun:
 class BestOfNRun:
     """Best-of-n against the bench's reward, no training: the frontier reference (KL at most log n - (n-1)/n)."""
 
-    def __init__(self, make_env, policy, tokenizer, seed, n: int):
+    def __init__(self, make_env, policy, tokenizer, seed, n: int, **kwargs):
         from agents.best_of_n import BestOfN
 
         c = make_env.config
         self.best = BestOfN((policy.eval(), tokenizer), c.reward, n=n, seed=seed, max_new_tokens=c.max_new_tokens,
-                            data=c.data)
+                            data=c.data, **kwargs)
         self.kl = math.log(n) - (n - 1) / n  # the bound (Beirami et al. 2024)
 
     def learn(self, episodes: int) -> None:
@@ -198,13 +207,17 @@ class SB3Run:
     beta, the policy's half of the KL. Learning stops once the envs have finished the budget's episodes (a
     rollout cut short is not trained on). ``--algo_kwargs`` go to the SB3 constructor (and ``num_envs``)."""
 
-    DEFAULTS = {  # small, gentle updates: SB3's own defaults (10 epochs) move a pretrained LM far in one rollout
-        "sb3-ppo": dict(num_envs=64, n_steps=1, batch_size=16, n_epochs=4, learning_rate=1e-5),
+    DEFAULTS = {  # small, gentle updates: SB3's own defaults (10 epochs) move a pretrained LM far in one rollout.
+        # PPO's advantages are not normalised: dividing them by their std would scale the policy-gradient term and
+        # not the entropy term, so ent_coef = beta would no longer be the KL's other half (A2C does not normalise)
+        "sb3-ppo": dict(num_envs=64, n_steps=1, batch_size=16, n_epochs=4, learning_rate=1e-5,
+                        normalize_advantage=False),
         "sb3-a2c": dict(num_envs=64, n_steps=1, learning_rate=1e-5, use_rms_prop=False),
-        "sb3-ppo-token": dict(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, learning_rate=1e-5, gamma=1.0),
+        "sb3-ppo-token": dict(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, learning_rate=1e-5, gamma=1.0,
+                              normalize_advantage=False),
         "sb3-a2c-token": dict(num_envs=8, n_steps=16, learning_rate=1e-5, gamma=1.0, use_rms_prop=False),
         "sb3-maskable-ppo-token": dict(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, learning_rate=1e-5,
-                                       gamma=1.0),
+                                       gamma=1.0, normalize_advantage=False),
     }
 
     def __init__(self, make_env, policy, tokenizer, seed, name: str, **kwargs):
@@ -219,8 +232,7 @@ class SB3Run:
         from agents import sb3
 
         c, settings = self.make_env.config, dict(self.settings)
-        env_kwargs = dict(prompts="ppo", reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
-                          max_new_tokens=c.max_new_tokens, data=c.data)
+        env_kwargs = self.make_env.settings
         token = self.name.endswith("-token")
         num_envs = settings.pop("num_envs")
         venv = (sb3.make_sb3_token_env if token else sb3.make_sb3_bandit)(num_envs, **env_kwargs)
@@ -233,14 +245,26 @@ class SB3Run:
                           **settings)
 
         class Budget(BaseCallback):
-            finished = 0
+            """Counts finished episodes. The rollout that reaches the budget is trained on, and the first step of
+            the next stops learning, uncounted: every counted episode is trained on, and the count passes the
+            budget by less than one rollout (not at all on the bandit, if num_envs * n_steps divides it)."""
+
+            def __init__(self):
+                super().__init__()
+                self.finished, self.done = 0, False
 
             def _on_step(self) -> bool:
-                Budget.finished += int(self.locals["dones"].sum())
-                return Budget.finished < episodes
+                if self.done:
+                    return False
+                self.finished += int(self.locals["dones"].sum())
+                return True
 
-        model.learn(total_timesteps=10**12, callback=Budget())
-        self.make_env.tally[0] += Budget.finished
+            def _on_rollout_end(self) -> None:
+                self.done = self.finished >= episodes
+
+        budget = Budget()
+        model.learn(total_timesteps=10**12, callback=budget)
+        self.make_env.tally[0] += budget.finished
         self.policy = model.policy.lm
 
 
@@ -265,8 +289,11 @@ def algorithm_class(name: str):
     if name in BUILT_INS:
         return BUILT_INS[name]
     if name.startswith("best-of-"):
-        n = int(name.removeprefix("best-of-"))
-        return lambda make_env, policy, tokenizer, seed: BestOfNRun(make_env, policy, tokenizer, seed, n)
+        n = name.removeprefix("best-of-")
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"best-of-N needs a positive integer N, got {name!r}")
+        n = int(n)
+        return functools.partial(BestOfNRun, n=n)
     if ":" not in name:
         raise ValueError(f"unknown algorithm {name!r}: a built-in ({', '.join(BUILT_INS)}, best-of-N) or module:Class")
     module, _, cls = name.partition(":")
@@ -286,18 +313,20 @@ def judge(algorithm, config: BenchConfig, reference, tokenizer) -> dict:
     rm = load_reward("rm", data=config.data)
     args = (tokenizer, rows, config.eval_seed, 1.0, config.max_new_tokens, rm)
     base = sample_and_measure(reference, *args)
-    if isinstance(getattr(algorithm, "policy", None), torch.nn.Module):
+    measured = isinstance(getattr(algorithm, "policy", None), torch.nn.Module)
+    if measured:
         algorithm.policy.eval()
         ours = sample_and_measure(algorithm.policy, *args, reference=reference)
-    else:  # a callable prompts -> responses
+    else:  # a callable prompts -> responses; its KL is what it says (best-of-n: the bound), or unknown
         texts, eos = call_policy(algorithm, list(rows["prompt"]))
         grades, lengths = grade_responses(rows, texts, eos)
         ours = {**summarize(grades, lengths), "grades": grades,
                 "rm_score": float(np.mean(rm(list(rows["prompt"]), texts, np.array(eos)))),
-                "kl": float(getattr(algorithm, "kl", float("nan")))}
+                "kl": float(getattr(algorithm, "kl", float("nan")))}  # best-of-n: the bound, not a measurement
     return {"win_rate_vs_start": win_rate(ours["grades"], base["grades"]),
             "win_rate_ceiling": win_rate_ceiling(rows["task"], base["grades"]),
             "success": ours["success"], "gold": ours["gold"], "rm_score": ours["rm_score"], "kl": ours["kl"],
+            "kl_measured": measured,
             "length": ours["length"], "start_length": base["length"], "start_success": base["success"],
             "start_gold": base["gold"], "start_rm_score": base["rm_score"]}
 
@@ -305,19 +334,25 @@ def judge(algorithm, config: BenchConfig, reference, tokenizer) -> dict:
 def bench(config: BenchConfig) -> dict:
     """Build the algorithm on the starting policy, let it learn within the budget, and judge it."""
     cls = algorithm_class(config.algo)
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty (a previous bench run?); pass a new directory")
     torch.manual_seed(config.seed)
     make_env = EnvFactory(config)
     policy, tokenizer = load_policy(config.policy)
     reference = load_policy(config.policy)[0].eval()
+    started = time.perf_counter()  # building the algorithm counts: built-ins load their models in learn()
     algorithm = cls(make_env, policy, tokenizer, config.seed, **json.loads(config.algo_kwargs or "{}"))
-    started = time.perf_counter()
     algorithm.learn(config.episodes)
     seconds = time.perf_counter() - started
     if not callable(algorithm) and not isinstance(getattr(algorithm, "policy", None), torch.nn.Module):
         raise TypeError(f"{config.algo}: after learn(), an algorithm must have .policy (an HF causal LM) or be "
                         "callable as prompts -> responses")
-    result = {"algo": config.algo, "reward": config.reward, "kl_coef": config.kl_coef, "seed": config.seed,
-              "episodes": make_env.episodes, "budget": config.episodes, "learn_seconds": seconds,
+    reward = "comparisons" if isinstance(algorithm, DPORun) else config.reward  # DPO learns from no reward
+    result = {"algo": config.algo, "policy": config.policy, "reward": reward, "kl_coef": config.kl_coef,
+              "seed": config.seed,
+              "episodes": make_env.episodes, "budget": config.episodes, "eval_episodes": config.eval_episodes,
+              "learn_seconds": seconds,
               "episodes_per_second": make_env.episodes / seconds if make_env.episodes else float("nan"),
               **judge(algorithm, config, reference, tokenizer),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from agents.ppo import PPOAgent
-from agents.rl_math import leave_one_out_advantages
-from agents.rloo import RLOOConfig
+from agents.rloo import RLOOAgent, RLOOConfig
 
 
 @dataclass
@@ -38,10 +34,10 @@ class REINFORCEConfig(RLOOConfig):
                              f"leave-one-out baseline; got group_size={self.group_size}")
 
 
-class REINFORCEAgent(PPOAgent):
-    def advantages(self, env_rewards, token_rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each response's lead over the mean of the other responses in the batch, at every one of its tokens."""
-        return leave_one_out_advantages(env_rewards, len(env_rewards))[:, None] * mask, values
+class REINFORCEAgent(RLOOAgent):
+    def baseline_group(self, batch_size: int) -> int:
+        """The whole batch shares the baseline."""
+        return batch_size
 
 
 def reinforce(config: REINFORCEConfig) -> dict:

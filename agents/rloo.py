@@ -3,9 +3,11 @@
 The env shows each prompt to ``group_size`` sub-envs. A response's advantage, at every one of its tokens, is
 its env reward (``score - beta * KL``) minus the mean of its siblings' rewards: an unbiased baseline per
 prompt, with no critic and no rescaling. By default the whole batch makes **one on-policy gradient step**
-(``minibatch_size`` 0 = the batch, one epoch). At ratio 1 the clipped surrogate's gradient is exactly
-REINFORCE's, ``-A * grad log pi(y)``, so nothing is clipped; with smaller minibatches the later steps of an
-iteration are slightly off-policy and the clip guards them, as in PPO.
+(``minibatch_size`` 0 = the batch, one epoch). At ratio 1 nothing is clipped and the clipped surrogate's
+gradient is REINFORCE's, ``-A * grad log pi(y)`` summed over each response's tokens, divided by the number of
+response tokens in the batch (the loss is a mean over tokens, as PPO's), so the step size does not grow with
+the batch's lengths. With smaller minibatches the later steps of an iteration are slightly off-policy and the
+clip guards them, as in PPO.
 
 What differs from the default ``rlhf ppo`` (which uses the same baseline): one pass instead of four, one
 step instead of 32, and the advantages are not divided by their std. Everything else is the PPO agent's
@@ -43,13 +45,19 @@ class RLOOConfig(PPOConfig):
             self.minibatch_size = self.batch_size
         super().__post_init__()
         if self.advantage != "rloo":
-            raise ValueError(f"RLOO has no critic: keep advantage='rloo', got {self.advantage!r}")
+            name = type(self).__name__.removesuffix("Config")  # RLOO, REINFORCE
+            raise ValueError(f"{name} has no critic: keep advantage='rloo', got {self.advantage!r}")
 
 
 class RLOOAgent(PPOAgent):
+    def baseline_group(self, batch_size: int) -> int:
+        """How many consecutive responses share a leave-one-out baseline: a prompt's group."""
+        return self.config.group_size
+
     def advantages(self, env_rewards, token_rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each response's lead over the mean of its siblings, at every one of its tokens."""
-        return leave_one_out_advantages(env_rewards, self.config.group_size)[:, None] * mask, values
+        """Each response's lead over the mean of the others in its baseline group, at every one of its tokens."""
+        group = self.baseline_group(len(env_rewards))
+        return leave_one_out_advantages(env_rewards, group)[:, None] * mask, values
 
 
 def rloo(config: RLOOConfig) -> dict:

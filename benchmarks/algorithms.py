@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from results_tables import algorithms_table  # benchmarks/ is on the path when this runs as a script
 
 BEST_OF = (1, 2, 4, 8, 16)
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token", "sb3-a2c-token",
@@ -37,7 +38,10 @@ def run(algo: str, reward: str, seed: int, args) -> dict:
     out = Path(args.runs_dir) / f"{algo.replace(':', '_')}-{reward}-seed{seed}"
     cached = out / "bench.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        result = json.loads(cached.read_text())
+        if (result["budget"], result.get("eval_episodes", args.eval_episodes)) != (args.episodes, args.eval_episodes):
+            raise SystemExit(f"{cached} was run with another budget or evaluation size; pass another --runs-dir")
+        return result
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "rlhf_env.cli", "bench", "--algo", algo, "--reward", reward, "--seed", str(seed),
                "--episodes", str(args.episodes), "--eval_episodes", str(args.eval_episodes), "--out", str(out),
@@ -67,22 +71,6 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry[k] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
         out.append(entry)
     return out
-
-
-def table(summary: list[dict]) -> str:
-    columns = ("win_rate_vs_start", "success", "gold", "rm_score", "kl", "learn_seconds", "episodes_per_second",
-               "peak_rss_mb")
-    width = max(len(s["algo"]) for s in summary) + 2
-    lines = [f"{'algorithm':<{width}}{'reward':<7}" + "".join(f"{c.replace('_', ' '):>22}" for c in columns)]
-    for s in summary:
-        cells = []
-        for c in columns:
-            m = s[c]
-            digits = 0 if c in ("learn_seconds", "peak_rss_mb") else 1 if c == "episodes_per_second" else 3
-            cells.append(f"{m['mean']:.{digits}f} ({m['min']:.{digits}f}..{m['max']:.{digits}f})"
-                         if s["seeds"] > 1 else f"{m['mean']:.{digits}f}")
-        lines.append(f"{s['algo']:<{width}}{s['reward']:<7}" + "".join(f"{cell:>22}" for cell in cells))
-    return "\n".join(lines)
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -130,6 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/algorithms.json")
     args = parser.parse_args()
     if args.quick:
+        args.runs_dir = args.runs_dir if args.runs_dir != "runs/algorithms" else "runs/algorithms-quick"
         args.algorithms, args.rewards, args.seeds = ["examples.reinforce:Reinforce", "best-of-2"], ["rm"], [0]
         args.episodes, args.eval_episodes = 128, 50
 
@@ -142,10 +131,10 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run(*job, args), jobs))
     summary = summarize(rows)
-    print(table(summary))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("episodes", "eval_episodes", "seeds", "rewards", "threads", "jobs",
                                               "first_seed_only", "first_seed_only_rewards")}
+    print(algorithms_table({"summary": summary, "settings": settings}))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"settings": settings, "summary": summary, "rows": rows}, indent=1))
     plot(summary, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")

@@ -91,21 +91,26 @@ def kill_and_resume(root: Path, kills: int, seed: int = 0) -> dict:
         finished_first = process.poll() is not None
         process.send_signal(signal.SIGKILL)
         process.wait()
-        rerun = rlhf("ppo", "--out", str(out), *SMALL)
-        got = weights(out) if rerun.returncode == 0 else {}
+        in_write = (out / "checkpoint.tmp").exists()  # the kill left a half-written checkpoint behind
+        rerun = None if finished_first else rlhf("ppo", "--out", str(out), *SMALL)
+        got = weights(out) if finished_first or rerun.returncode == 0 else {}
         identical = bool(got) and all(np.array_equal(got[name], want[name]) for name in want)
-        resumed = next((line for line in rerun.stderr.splitlines() + rerun.stdout.splitlines()
-                        if "resum" in line.lower()), "")
-        runs.append({"kill": k, "during_checkpoint_write": during_write, "killed_after_s": killed_at,
-                     "finished_before_kill": finished_first, "rerun_exit_code": rerun.returncode,
+        output = [] if rerun is None else rerun.stderr.splitlines() + rerun.stdout.splitlines()
+        resumed = next((line for line in output if "resum" in line.lower()), "")
+        runs.append({"kill": k, "aimed_at_checkpoint_write": during_write, "killed_during_checkpoint_write": in_write,
+                     "killed_after_s": killed_at, "finished_before_kill": finished_first,
+                     "rerun_exit_code": None if rerun is None else rerun.returncode,
                      "resume_message": resumed.strip(), "identical_to_uninterrupted": identical})
-    return {"uninterrupted_s": duration, "runs": runs,
-            "identical": sum(r["identical_to_uninterrupted"] for r in runs), "kills": kills}
+    killed = [r for r in runs if not r["finished_before_kill"]]  # a run that ended first proves nothing
+    return {"uninterrupted_s": duration, "runs": runs, "kills": len(killed),
+            "during_checkpoint_write": sum(r["killed_during_checkpoint_write"] for r in killed),
+            "identical": sum(r["identical_to_uninterrupted"] for r in killed)}
 
 
 def corrupted_checkpoint(root: Path) -> dict:
     out = root / "corrupted"
-    rlhf("ppo", "--out", str(out), *SMALL[:1], "3", *SMALL[2:])  # 3 iterations, a checkpoint after each
+    if rlhf("ppo", "--out", str(out), *SMALL[:1], "3", *SMALL[2:]).returncode:  # 3 iterations, a checkpoint each
+        raise RuntimeError("the run to corrupt failed")
     (out / "checkpoint" / "model.safetensors").write_bytes(b"not a safetensors file")
     extended = rlhf("ppo", "--out", str(out), *SMALL[:1], "4", *SMALL[2:])
     warning = next((line for line in extended.stderr.splitlines() if "unreadable" in line), "")
@@ -155,10 +160,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--soak-episodes", type=int, default=20_480)
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--soak-only", action="store_true", help="run the soak alone and add it to --out's JSON")
     parser.add_argument("--runs-dir", default="runs/reliability")
     parser.add_argument("--out", default="benchmarks/results/reliability.json")
     args = parser.parse_args()
     root = Path(args.runs_dir)
+    if args.soak_only:
+        if (root / "soak").exists():
+            raise SystemExit(f"{root / 'soak'} exists: the soak needs a fresh run; delete it")
+        result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        result["soak"] = soak(root, args.soak_episodes)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"soak: {result['soak']}\nwrote {args.out}")
+        return
     if root.exists():
         raise SystemExit(f"{root} exists: every figure here needs fresh runs; delete it or pass --runs-dir")
     result = {"kill_and_resume": kill_and_resume(root, args.kills), "corrupted_checkpoint": corrupted_checkpoint(root),

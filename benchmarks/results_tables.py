@@ -161,23 +161,62 @@ def ppo_iteration_table(result: dict) -> str:
 
 
 def algorithms_table(result: dict) -> str:
-    lines = ["| algorithm | reward | win rate vs SFT | task success | gold | RM score | KL | episodes | learn (s) | "
-             "episodes/s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| algorithm | reward | seeds | win rate vs SFT | task success | gold | RM score | KL | episodes | "
+             "learn (s) | episodes/s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(s, key, digits):
         m = s[key]
+        if m["mean"] != m["mean"]:  # NaN: nothing to measure (episodes/s of an algorithm that steps no episode)
+            return "—"
         spread = f" ({m['min']:.{digits}f}..{m['max']:.{digits}f})" if s["seeds"] > 1 else ""
         return f"{m['mean']:.{digits}f}{spread}"
 
     for s in result["summary"]:
-        lines.append(f"| {s['algo']} | {s['reward']} | {cell(s, 'win_rate_vs_start', 3)} | {cell(s, 'success', 3)} | "
-                     f"{cell(s, 'gold', 3)} | {cell(s, 'rm_score', 2)} | {cell(s, 'kl', 2)} | "
-                     f"{s['episodes']['mean']:.0f} | {s['learn_seconds']['mean']:.0f} | "
-                     f"{s['episodes_per_second']['mean']:.1f} | {s['peak_rss_mb']['mean']:.0f} |")
-    st = result["settings"]
-    lines.append(f"\nEvery run starts from `sft` with a budget of {st['episodes']} episodes, β = 0.05, seeds "
-                 f"{', '.join(map(str, st['seeds']))} (mean, then min..max), judged on {st['eval_episodes']} held-out "
-                 f"customers' prompts against SFT's samples; {st['jobs']} runs at a time, {st['threads']} thread each.")
+        bound = "*" if s["algo"].startswith("best-of-") else ""
+        lines.append(f"| {s['algo']} | {s['reward']} | {s['seeds']} | {cell(s, 'win_rate_vs_start', 3)} | "
+                     f"{cell(s, 'success', 3)} | {cell(s, 'gold', 3)} | {cell(s, 'rm_score', 2)} | "
+                     f"{cell(s, 'kl', 2)}{bound} | {s['episodes']['mean']:.0f} | {cell(s, 'learn_seconds', 0)} | "
+                     f"{cell(s, 'episodes_per_second', 1)} | {s['peak_rss_mb']['mean']:.0f} |")
+    st, rows = result["settings"], result.get("rows", [])
+    betas = ", ".join(sorted({f"{r['kl_coef']}" for r in rows})) or "?"
+    start = ", ".join(sorted({r.get("policy", "sft") for r in rows})) or "sft"
+    lines.append(f"\nEvery run starts from `{start}` with a budget of {st['episodes']} episodes and β = {betas}, "
+                 f"and is judged on {st['eval_episodes']} held-out customers' prompts against the start's samples "
+                 "(mean over seeds, then min..max). Best-of-n (no training) and DPO (offline, from the comparisons) "
+                 "step no episode; \\* best-of-n's KL is the bound log n − (n − 1)/n, not a measurement. "
+                 f"{st['jobs']} runs at a time, {st['threads']} thread each: the times compare within this table only.")
+    return "\n".join(lines)
+
+
+def reliability_table(result: dict) -> str:
+    lines = ["| check | what happened |", "|---|---|"]
+    k = result.get("kill_and_resume")
+    if k:
+        lines.append(f"| kill -9 at random points ({k['during_checkpoint_write']} of them left a half-written "
+                     f"checkpoint), then the same command again | {k['identical']} of {k['kills']} reruns finished "
+                     "with weights identical to an uninterrupted run's |")
+    c = result.get("corrupted_checkpoint")
+    if c:
+        warning = c["message"].split(": ", 1)[-1]  # without the source line of the warning
+        lines.append(f"| a corrupted checkpoint file | exit code {c['exit_code']}; `{warning}` |")
+    for key, label in (("reward_raises", "a reward that raises at its fourth call"),
+                       ("reward_nan", "a reward that returns NaN at its fourth call")):
+        r = result.get(key)
+        if r:
+            lines.append(f"| {label} | `{r['message']}`; the last good checkpoint (iteration "
+                         f"{r['last_checkpoint_iteration']}) is kept |")
+    t = result.get("two_runs_one_out")
+    if t:
+        lines.append(f"| a second run into the same `--out` while the first runs | exit code {t['second_exit_code']}: "
+                     f"`{t['message']}` |")
+    soak = result.get("soak")
+    if soak:
+        lines.append(f"| a soak run of {soak['episodes']:,} episodes ({soak['iterations']} iterations, "
+                     f"{soak['minutes']:.0f} min) | resident memory {soak['rss_mb_first']:.0f} MB at the first "
+                     f"iteration, {soak['rss_mb_after_warmup']:.0f} after warm-up, {soak['rss_mb_last']:.0f} at the "
+                     f"end (range after warm-up {soak['rss_mb_min_after_warmup']:.0f}-"
+                     f"{soak['rss_mb_max_after_warmup']:.0f}); slope "
+                     f"{soak['rss_slope_mb_per_1000_iterations']:+.1f} MB per 1000 iterations |")
     return "\n".join(lines)
 
 
@@ -249,7 +288,8 @@ def performance_page(results: Path) -> str:
             ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),
             ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
-            ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table)):
+            ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
+            ("reliability.json", "Reliability", "reliability.py", reliability_table)):
         result = load(results, name)
         if result:
             parts += [f"## {title}", f"`python benchmarks/{command}` (`benchmarks/results/{name}`).", fn(result)]
@@ -260,16 +300,25 @@ def headline(results: Path) -> str:
     """The README's one results table: every algorithm at the bench's budget on the RM, else PPO's seeds."""
     algorithms = load(results, "algorithms.json")
     if algorithms:
-        rows = [s for s in algorithms["summary"] if s["reward"] == "rm"]
-        lines = ["| algorithm (reward: the bundled RM) | gold win rate vs SFT | task success | KL to SFT | "
-                 "episodes/s |", "|---|---|---|---|---|"]
-        for s in rows:
-            lines.append(f"| {s['algo']} | {s['win_rate_vs_start']['mean']:.3f} | {s['success']['mean']:.3f} | "
-                         f"{s['kl']['mean']:.2f} | {s['episodes_per_second']['mean']:.1f} |")
+        rows = [s for s in algorithms["summary"] if s["reward"] in ("rm", "comparisons")]
+        ceiling = algorithms["rows"][0]["win_rate_ceiling"]
         st = algorithms["settings"]
-        lines.append(f"\n{st['episodes']} episodes each from `sft`, mean of seeds {', '.join(map(str, st['seeds']))}, "
-                     f"{st['eval_episodes']} held-out prompts (`python benchmarks/algorithms.py`; all columns, the "
-                     "gold-oracle runs and the spreads in [docs/results.md](docs/results.md)).")
+        lines = [f"Every algorithm on the same task from `sft`, with {st['episodes']} episodes each, against the "
+                 f"bundled RM, judged on {st['eval_episodes']} held-out customers' prompts (`python "
+                 "benchmarks/algorithms.py`; every column, the gold-oracle runs and the spreads over seeds in "
+                 "[docs/results.md](docs/results.md)):",
+                 "", "| algorithm | seeds | gold win rate vs SFT | task success | KL to SFT | episodes/s |",
+                 "|---|---|---|---|---|---|"]
+        for s in rows:
+            eps = s["episodes_per_second"]["mean"]
+            bound = "*" if s["algo"].startswith("best-of-") else ""
+            lines.append(f"| {s['algo']} | {s['seeds']} | {s['win_rate_vs_start']['mean']:.3f} | "
+                         f"{s['success']['mean']:.3f} | {s['kl']['mean']:.2f}{bound} | "
+                         f"{'—' if eps != eps else f'{eps:.1f}'} |")
+        lines.append(f"\nWin rate: how often the gold grader prefers the policy's response to SFT's (ties half). No "
+                     f"policy can pass the ceiling, {ceiling:.3f} here, since many of SFT's answers are already "
+                     "perfect and a perfect answer can only tie them. \\* best-of-n's KL is its bound, "
+                     "log n − (n − 1)/n.")
         return "\n".join(lines)
     ppo = load(results, "ppo.json")
     summary = ppo["default_summary"]

@@ -18,6 +18,14 @@ transformers.utils.logging.set_verbosity_error()
 TINY_DIMS = dict(n_embd=32, n_layer=2, n_head=2)
 
 
+def learning_log(path) -> list[dict]:
+    """A run's train.csv rows without the process's memory (rss_mb), which differs between processes."""
+    import csv
+
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k != "rss_mb"} for row in csv.DictReader(f)]
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (as CI does)")
 

@@ -4,6 +4,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = sorted((Path(__file__).parents[1] / "benchmarks").glob("*.py"))
@@ -36,6 +37,8 @@ def test_the_algorithms_benchmark_quick_mode_runs_a_user_algorithm_and_best_of_n
     rows = {r["algo"]: r for r in result["rows"]}
     assert set(rows) == {"examples.reinforce:Reinforce", "best-of-2"}
     assert rows["examples.reinforce:Reinforce"]["episodes"] == 128  # two steps of its 64 envs
-    assert rows["best-of-2"]["episodes"] == 0 and rows["best-of-2"]["kl"] > 0
+    assert rows["best-of-2"]["episodes"] == 0 and not rows["best-of-2"]["kl_measured"]
+    assert rows["best-of-2"]["kl"] == pytest.approx(np.log(2) - 1 / 2)  # the bound, said to be one
+    assert rows["examples.reinforce:Reinforce"]["kl_measured"]
     assert rows["best-of-2"]["rm_score"] > rows["best-of-2"]["start_rm_score"]  # picking by the RM raises it
     assert out.with_suffix(".png").stat().st_size > 10_000

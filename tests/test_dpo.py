@@ -1,7 +1,6 @@
 """DPO (agents/dpo.py): the loss against a hand computation, ties at init, the response log-probs (prompt
 masked, EOS only where emitted), the frozen reference computed once, learning, resume and refusals."""
 
-import csv
 import itertools
 import json
 import math
@@ -32,6 +31,7 @@ from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import save_world
 from rlhf_env.world.labelers import make_mistake, make_panel, rank
 from rlhf_env.world.tasks import FAMILIES
+from tests.conftest import learning_log
 
 
 def log_sigmoid(x: float) -> float:
@@ -256,12 +256,6 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result_and_a_finished_one_is_
     assert result == json.loads((tmp_path / "full" / "result.json").read_text())
     with pytest.raises(ValueError, match="holds a finished DPO run"):
         dpo(DPOConfig(out=str(tmp_path / "killed"), **settings))
-
-
-def learning_log(path) -> list[dict]:
-    """A run's train.csv rows without the process's memory (rss_mb, where logged), which differs between runs."""
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "rss_mb"} for row in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("option, value, message", [

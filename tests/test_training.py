@@ -8,14 +8,7 @@ from rlhf_env.stages.pretrain import PretrainConfig, pack, pretrain
 from rlhf_env.stages.sft import SFTConfig, demonstration_examples, sft
 from rlhf_env.training.checkpoint import find_checkpoint
 from rlhf_env.training.trainer import IGNORE, TrainConfig, collate, lm_loss, train_causal_lm
-from tests.conftest import TINY_DIMS
-
-
-def learning_log(path) -> list[dict]:
-    """A run's train.csv without the process's memory (rss_mb), which differs between processes."""
-    import csv
-
-    return [{k: v for k, v in row.items() if k != "rss_mb"} for row in csv.DictReader(open(path))]
+from tests.conftest import TINY_DIMS, learning_log
 
 
 def mean_loss(model, examples, pad_id):
