@@ -111,14 +111,15 @@ def test_a_checkpoint_left_half_swapped_by_a_crash_is_found(tmp_path):
 
 
 def test_resident_memory_is_measured_now_and_logged_with_every_training_row(tmp_path):
-    import numpy as np
+    import mmap
 
     from rlhf_env.training.run import Run, resident_mb
 
     before = resident_mb()
-    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+    block = mmap.mmap(-1, 64 * 2**20)  # 64 MiB of new pages (not memory the allocator already holds), touched
+    block.write(b"x" * len(block))
     during = resident_mb()
-    del block
+    block.close()
     assert during - before > 50 and resident_mb() < during - 50  # the current size, not the peak
     run = Run(tmp_path / "run", {"x": 1}, total=2, desc="test")
     run.start(0)
