@@ -189,15 +189,15 @@ class BestOfNRun:
 class DPORun:
     """DPO on the shipped comparisons (``agents/dpo.py``): offline, it steps no env episode."""
 
-    def __init__(self, make_env, policy, tokenizer, seed):
-        self.config, self.seed = make_env.config, seed
+    def __init__(self, make_env, policy, tokenizer, seed, **settings):
+        self.config, self.seed, self.settings = make_env.config, seed, settings  # --algo_kwargs: DPOConfig fields
 
     def learn(self, episodes: int) -> None:
         from agents.dpo import DPOConfig, dpo
 
         c = self.config
         out = Path(c.out) / "dpo"
-        dpo(DPOConfig(policy=c.policy, seed=self.seed, data=c.data, out=str(out)))
+        dpo(DPOConfig(policy=c.policy, seed=self.seed, data=c.data, out=str(out), **self.settings))
         self.policy = load_policy(str(out / "final"))[0]
 
 
