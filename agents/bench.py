@@ -125,10 +125,12 @@ class EnvFactory:
     def settings(self) -> dict:
         """The env's settings that define the task, the same for every algorithm (its other settings, e.g.
         ``device``, are the algorithm's)."""
+        from agents.ppo import PPOConfig  # the task's other settings are our agents' defaults
+
         c = self.config
-        return dict(prompts="ppo", reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
-                    max_new_tokens=c.max_new_tokens, max_prompt_tokens=64, missing_eos_penalty=-1.0, temperature=1.0,
-                    data=c.data)
+        return dict(prompts=PPOConfig.prompts, reference=c.policy, reward=c.reward, kl_coef=c.kl_coef,
+                    max_new_tokens=c.max_new_tokens, max_prompt_tokens=PPOConfig.max_prompt_tokens,
+                    missing_eos_penalty=PPOConfig.missing_eos_penalty, temperature=PPOConfig.temperature, data=c.data)
 
     def __call__(self, num_envs: int, group_size: int = 1, **overrides):
         clash = sorted(set(overrides) & set(self.settings))
