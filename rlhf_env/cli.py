@@ -3,6 +3,7 @@ config; the help text of an option is the docstring under the field."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import importlib
@@ -59,7 +60,8 @@ def build_parser(name: str):
 
     module, cls_name, _, _, summary = COMMANDS[name]
     cls = getattr(importlib.import_module(module), cls_name)
-    parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary)
+    parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary,
+                              formatter_class=argparse.HelpFormatter)  # the defaults are written below, once
     docs = field_docs(cls)
     for action in parser._actions:
         if action.dest in docs:  # every option: its docstring and its default (argparse formats help with %)

@@ -57,6 +57,8 @@ def test_every_option_of_every_command_has_help_and_its_default(command):
     for action in options:
         assert action.help and action.help.endswith(f"(default: {action.default})"), (command, action.dest)
         assert len(action.help) > len(f"(default: {action.default})") + 5, (command, action.dest)  # a real line
+    shown = " ".join(build_parser(command).format_help().split())  # as printed: each default once
+    assert shown.count("(default: ") == len(options), command
 
 
 @pytest.mark.parametrize("argv, message", [
