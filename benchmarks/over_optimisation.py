@@ -3,12 +3,18 @@ the SFT policy, for best-of-n sampling and for PPO checkpoints.
 
 - **Best of n** (n = 1, 2, 4, ..., 64): the RM picks the best of n SFT samples per held-out prompt. Its KL
   from SFT is the analytic ``log n - (n - 1) / n`` (Stiennon et al. 2020).
+- **Sharpened SFT** (temperature 1, 0.85, 0.7, 0.5, 0.3 and greedy): SFT sampled colder, with no reward at
+  all. Its KL from SFT is measured, ``E[log pi_T(y) - log pi_1(y)]`` per response (greedy: ``-log pi_1(y)``).
+  This is the frontier of doing nothing but sharpening SFT towards its own mode, which a policy can learn
+  without learning anything about the task; an RL policy that sits on it has learned only that.
 - **PPO**: the held-out evaluations that ``rlhf ppo`` logs along a run (``OUT/eval.csv``: gold, RM score
   and KL to the reference every ``eval_every`` iterations), for each run given, e.g. the default run and the
   beta = 0 run of ``benchmarks/ppo_runs.py``.
 
 While the proxy (RM) score rises with KL, gold should rise with it at first; where gold turns down while
 the RM keeps rising, the policy is over-optimising the RM. Prints a table, writes JSON and a PNG.
+
+Each point also has its gold win rate against SFT's samples (ties half), as ``rlhf eval`` judges it.
 
     python benchmarks/over_optimisation.py default=runs/ppo-bench/default-seed0 beta0=runs/ppo-bench/beta0-seed0
 """
@@ -22,26 +28,54 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from rlhf_env.evaluation import eval_prompts
+from rlhf_env.evaluation import eval_prompts, sample_and_grade, sample_and_measure, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.rewards import load_reward
 from rlhf_env.rewards.metrics import score_samples
+from rlhf_env.sampling import response_logprobs
+
+TEMPERATURES = (1.0, 0.85, 0.7, 0.5, 0.3, 0.0)
 
 
-def best_of_n(reward: str, policy: str, episodes: int, n_max: int, seed: int) -> list[dict]:
-    """Gold and RM score of the RM's pick among the first n of n_max samples per prompt, n = 1, 2, 4, ..."""
-    rows = eval_prompts(str(DATA_DIR), "heldout", episodes, seed)
-    model, tokenizer = load_policy(policy)
-    scores, grades = score_samples(load_reward(reward), model, tokenizer, rows, n_max, seed)
+def best_of_n(reward, model, tokenizer, rows, baseline, n_max: int, seed: int) -> list[dict]:
+    """Gold, RM score and win rate against ``baseline``'s grades of the RM's pick among the first n of n_max
+    samples per prompt, n = 1, 2, 4, ..."""
+    scores, grades = score_samples(reward, model, tokenizer, rows, n_max, seed)
     gold = np.array([[g.score for g in row] for row in grades])
     points, n = [], 1
     while n <= n_max:
-        picked = (np.arange(len(rows)), scores[:, :n].argmax(1))
+        best = scores[:, :n].argmax(1)
+        picked = (np.arange(len(rows)), best)
         kl = math.log(n) - (n - 1) / n
         points.append({"n": n, "kl": kl, "sqrt_kl": math.sqrt(kl), "gold": float(gold[picked].mean()),
-                       "rm_score": float(scores[picked].mean())})
+                       "rm_score": float(scores[picked].mean()),
+                       "win_rate": win_rate([row[j] for row, j in zip(grades, best)], baseline)})
         n *= 2
+    return points
+
+
+@torch.no_grad()
+def sharpened(reward, model, tokenizer, rows, baseline, seed: int) -> list[dict]:
+    """SFT sampled at each of ``TEMPERATURES``: gold, RM score, win rate against ``baseline``'s grades, and the
+    measured KL from SFT at temperature 1, nats per response."""
+    points = []
+    for temperature in TEMPERATURES:
+        kls, grades, scores = [], [], []
+        for batch, s, batch_grades in sample_and_grade(model, tokenizer, rows, seed + 1, temperature):
+            ids = torch.cat([s.prompt_ids, s.response_ids], 1)
+            mask = torch.cat([s.prompt_mask, s.response_mask], 1)
+            R = s.response_ids.shape[1]
+            log_p1 = response_logprobs(model, ids, mask, R)[0]
+            log_pt = response_logprobs(model, ids, mask, R, temperature)[0] if temperature else 0.0
+            kls += ((log_pt - log_p1) * s.response_mask).sum(1).tolist()
+            scores += reward(list(batch["prompt"]), s.texts, s.eos.numpy()).tolist()
+            grades += batch_grades
+        kl = max(float(np.mean(kls)), 0.0)
+        points.append({"temperature": temperature, "kl": kl, "sqrt_kl": math.sqrt(kl),
+                       "gold": float(np.mean([g.score for g in grades])), "rm_score": float(np.mean(scores)),
+                       "win_rate": win_rate(grades, baseline)})
     return points
 
 
@@ -51,11 +85,11 @@ def ppo_points(run: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     first = rows[0]
     points = [{"iteration": 0, "kl": 0.0, "sqrt_kl": 0.0, "gold": float(first["ref_gold"]),
-               "rm_score": float(first["ref_rm_score"])}]
+               "rm_score": float(first["ref_rm_score"]), "win_rate": 0.5}]
     for r in rows:
         kl = max(float(r["kl"]), 0.0)
         points.append({"iteration": int(r["step"]), "kl": kl, "sqrt_kl": math.sqrt(kl), "gold": float(r["gold"]),
-                       "rm_score": float(r["rm_score"])})
+                       "rm_score": float(r["rm_score"]), "win_rate": float(r["win_rate_vs_reference"])})
     return points
 
 
@@ -66,7 +100,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    series = {"best of n": result["best_of_n"], **{f"PPO {k}": v for k, v in result["ppo"].items()}}
+    series = {"best of n": result["best_of_n"], "sharpened SFT": result["sharpened"],
+              **{f"PPO {k}": v for k, v in result["ppo"].items()}}
     for ax, key, title in zip(axes, ("gold", "rm_score"), ("gold score (the truth)", "RM score (the proxy)")):
         for label, points in series.items():
             ax.plot([p["sqrt_kl"] for p in points], [p[key] for p in points], marker="o", label=label)
@@ -91,15 +126,20 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = dict(r.split("=", 1) for r in args.runs)
+    rows = eval_prompts(str(DATA_DIR), "heldout", args.episodes, args.seed)
+    model, tokenizer = load_policy(args.policy)
+    reward = load_reward(args.reward)
+    baseline = sample_and_measure(model, tokenizer, rows, args.seed, 1.0, 48)["grades"]  # rlhf eval's SFT samples
     result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes,
-              "best_of_n": best_of_n(args.reward, args.policy, args.episodes, args.n_max, args.seed),
+              "best_of_n": best_of_n(reward, model, tokenizer, rows, baseline, args.n_max, args.seed),
+              "sharpened": sharpened(reward, model, tokenizer, rows, baseline, args.seed),
               "ppo": {label: ppo_points(Path(d)) for label, d in runs.items() if (Path(d) / "eval.csv").exists()}}
-    print(f"{'series':<14}{'n / iteration':>14}{'KL':>8}{'gold':>8}{'RM':>8}")
-    for p in result["best_of_n"]:
-        print(f"{'best of n':<14}{p['n']:>14}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}")
-    for label, points in result["ppo"].items():
+    print(f"{'series':<15}{'n / T / iter':>13}{'KL':>8}{'gold':>8}{'RM':>8}{'win rate':>10}")
+    series = [("best of n", "n", result["best_of_n"]), ("sharpened SFT", "temperature", result["sharpened"])]
+    series += [(f"PPO {label}", "iteration", points) for label, points in result["ppo"].items()]
+    for name, key, points in series:
         for p in points:
-            print(f"{'PPO ' + label:<14}{p['iteration']:>14}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}")
+            print(f"{name:<15}{p[key]:>13}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}{p['win_rate']:>10.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -56,12 +56,14 @@ def ppo_table(ppo: dict) -> str:
 
 
 def over_optimisation_table(result: dict) -> str:
-    lines = ["| series | n or iteration | KL (nats) | gold | RM score |", "|---|---|---|---|---|"]
-    for p in result["best_of_n"]:
-        lines.append(f"| best of n | {p['n']} | {p['kl']:.2f} | {p['gold']:.3f} | {p['rm_score']:.2f} |")
-    for label, points in result["ppo"].items():
+    lines = ["| series | n, temperature or iteration | KL (nats) | gold | RM score | win rate vs SFT |",
+             "|---|---|---|---|---|---|"]
+    series = [("best of n", "n", result["best_of_n"]), ("sharpened SFT", "temperature", result.get("sharpened", []))]
+    series += [(f"PPO {label}", "iteration", points) for label, points in result["ppo"].items()]
+    for name, key, points in series:
         for p in points:
-            lines.append(f"| PPO {label} | {p['iteration']} | {p['kl']:.2f} | {p['gold']:.3f} | {p['rm_score']:.2f} |")
+            win = f"{p['win_rate']:.3f}" if "win_rate" in p else ""
+            lines.append(f"| {name} | {p[key]:g} | {p['kl']:.2f} | {p['gold']:.3f} | {p['rm_score']:.2f} | {win} |")
     return "\n".join(lines)
 
 
@@ -273,8 +275,10 @@ def results_page(results: Path) -> str:
     over = load(results, "over_optimisation.json")
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "
-                  "SFT samples (KL = log n - (n - 1)/n) and along PPO runs (`python benchmarks/over_optimisation.py`,"
-                  " `benchmarks/results/over_optimisation.json`):", over_optimisation_table(over),
+                  "SFT samples (KL = log n - (n - 1)/n), for SFT sampled colder (*sharpened*: no reward at all; KL "
+                  "measured; temperature 0 is greedy) and along PPO runs (`python benchmarks/over_optimisation.py`,"
+                  f" `benchmarks/results/over_optimisation.json`; {over['episodes']} held-out prompts, so a win rate "
+                  "moves by a few points with the prompts drawn):", over_optimisation_table(over),
                   "![over-optimisation](../benchmarks/results/over_optimisation.png)"]
     return "\n\n".join(parts) + "\n"
 
