@@ -24,6 +24,7 @@ setup(
         "rich>=13",
         "tensorboard>=2.12",
         "matplotlib>=3.7",  # the benchmarks' plots
+        "accelerate>=1.0",  # data-parallel agents: the process group under `accelerate launch` / torchrun
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -34,6 +34,7 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
+from agents import distributed
 from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, response_forward
 from agents.rl_math import (
     KLController,
@@ -200,8 +201,15 @@ class PPOConfig:
 class PPOAgent:
     def __init__(self, config: PPOConfig):
         self.config = c = config
+        self.world = distributed.world_size()  # ranks: each samples batch_size / world of the global batch
+        if c.batch_size % (self.world * c.group_size):
+            raise ValueError(f"batch_size ({c.batch_size}) is the global batch: it must split into {self.world} "
+                             f"ranks' equal shares of whole prompt groups (group_size {c.group_size})")
+        c.device = distributed.init(c.device)  # with a launcher: the process group, and the rank's own GPU
+        self.rank = distributed.rank()
         name = type(self).__name__.removesuffix("Agent").lower()  # ppo, grpo, ...
-        self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json")  # refuses a finished one
+        self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json",  # refuses a finished one
+                       main=self.rank == 0)
         self.iteration = 0  # iterations done
         torch.manual_seed(c.seed)
         self.policy, self.tokenizer = load_policy(c.policy, c.device)
@@ -220,8 +228,8 @@ class PPOAgent:
                 raise ValueError("value_model='rm' reads the policy's token ids, so the RM must share the policy's "
                                  "tokenizer; use value_model='head' with this reward")
             self.value = Critic(rm).to(c.device)
-        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size, group_size=c.group_size, prompts=c.prompts,
-                                reference=c.reference or c.policy,
+        self.env = gym.make_vec("InstructBandit-v0", num_envs=c.batch_size // self.world, group_size=c.group_size,
+                                prompts=c.prompts, reference=c.reference or c.policy,
                                 reward=self._reward(), kl_coef=c.kl_coef, max_prompt_tokens=c.max_prompt_tokens,
                                 max_new_tokens=c.max_new_tokens, temperature=c.temperature, device=c.device,
                                 missing_eos_penalty=c.missing_eos_penalty, data=c.data)
@@ -239,7 +247,8 @@ class PPOAgent:
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
                                            fused=True)  # one kernel per step
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
-        self.generator = torch.Generator(device=c.device).manual_seed(c.seed)
+        self.seed = c.seed if self.world == 1 else distributed.seed_stream(c.seed, self.rank)  # prompts, samples
+        self.generator = torch.Generator(device=c.device).manual_seed(self.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
         self.judge = HeldOutJudge(self.env.unwrapped.scorer.model, self.tokenizer, c.data, c.eval_seed, c.temperature,
                                   c.max_new_tokens)
@@ -262,23 +271,27 @@ class PPOAgent:
                 if c.eval_every and self.iteration % c.eval_every == 0 and self.iteration < c.iterations:
                     held_out = self.evaluate()
                     run.log(self.iteration, held_out, kind="eval")
-                    run.bar.write(f"iteration {self.iteration}: held-out win rate vs the reference "
-                                  f"{held_out['win_rate_vs_reference']:.3f}, gold {held_out['gold']:.3f}, "
-                                  f"KL {held_out['kl']:.2f}")
-                if run.interrupted or (c.save_every and self.iteration % c.save_every == 0
-                                       and self.iteration < c.iterations):
+                    if run.main:
+                        run.bar.write(f"iteration {self.iteration}: held-out win rate vs the reference "
+                                      f"{held_out['win_rate_vs_reference']:.3f}, gold {held_out['gold']:.3f}, "
+                                      f"KL {held_out['kl']:.2f}")
+                interrupted = distributed.any_rank(run.interrupted)  # every rank saves and stops at the same step
+                if interrupted or (c.save_every and self.iteration % c.save_every == 0
+                                   and self.iteration < c.iterations):
                     self.save()
-                if run.interrupted:
+                if interrupted:
                     run.stop(self.iteration)
             if c.save_every:
                 self.save()  # the last iteration too: a later run with more --iterations extends this one
             final = self.evaluate(c.final_eval_episodes)
             run.log(self.iteration, final, kind="eval")
-            save_policy(self.policy, self.tokenizer, Path(c.out) / "final")
+            if run.main:
+                save_policy(self.policy, self.tokenizer, Path(c.out) / "final")
         finally:  # also on a crash or Ctrl-C: the bar ends and the logs are flushed
             run.close()
         final["minutes"] = (time.perf_counter() - started) / 60  # this process's share, if it resumed
         run.finish(final)
+        distributed.barrier()  # no rank returns before rank 0 has written the final policy and result
         return final
 
     def iterate(self, obs) -> tuple[dict[str, float], dict]:
@@ -290,7 +303,7 @@ class PPOAgent:
         obs = batch.pop("next_obs")
         updating = time.perf_counter()
         stats = self.update(batch)
-        self.kl.update(batch["kl"].mean().item(), self.config.batch_size)
+        self.kl.update(distributed.gather(batch["kl"]).mean().item(), self.config.batch_size)
         self.iteration += 1
         times = {**batch.pop("times"), "time_update": time.perf_counter() - updating,
                  "time_iteration": time.perf_counter() - started}
@@ -323,7 +336,10 @@ class PPOAgent:
 
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, obs) -> dict[str, torch.Tensor]:
+    def collect(self, obs) -> dict:
+        """This rank's episodes: responses sampled to the env's prompts ``obs``, stepped through the env. Returns
+        the prompts and responses (ids and masks), the sampler's log-probs, the env's rewards and ``final_info``
+        (as tensors of one row per episode), its next observations and the seconds each phase took."""
         c, dev = self.config, self.config.device
         started = time.perf_counter()
         prompt_ids = torch.from_numpy(obs["input_ids"]).to(dev)
@@ -338,48 +354,61 @@ class PPOAgent:
         stepping = time.perf_counter()
         self.env.unwrapped.kl_coef = self.kl.coef  # the env computes the reward with the current beta
         next_obs, env_rewards, _, _, info = self.env.step(samples.action(c.max_new_tokens))
-        times = {"time_sample": stepping - started, "time_env": time.perf_counter() - stepping}
-        forward_started = time.perf_counter()
         final = info["final_info"]
         R = samples.response_ids.shape[1]
-        mask = samples.response_mask.float()
-        log_ratio = torch.from_numpy(final["log_ratio"][:, :R]).to(dev).float()
-        score = torch.from_numpy(final["score"]).to(dev).float()
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": samples.response_ids,
+                "response_mask": samples.response_mask, "logprobs": samples.logprobs,
+                "env_rewards": torch.from_numpy(env_rewards), "log_ratio": torch.from_numpy(final["log_ratio"][:, :R]),
+                **{k: torch.from_numpy(final[k]) for k in ("score", "eos", "rm_score")}, "next_obs": next_obs,
+                "times": {"time_sample": stepping - started, "time_env": time.perf_counter() - stepping}}
+
+    @torch.no_grad()
+    def rollout(self, obs) -> dict[str, torch.Tensor]:
+        """This rank's episodes (``collect``) with their old log-probs, values and advantages."""
+        c, dev = self.config, self.config.device
+        episodes = self.collect(obs)
+        forward_started = time.perf_counter()
+        prompt_ids, prompt_mask = episodes["prompt_ids"], episodes["prompt_mask"]
+        mask = episodes["response_mask"].float()
+        log_ratio = episodes["log_ratio"].to(dev).float()
+        score = episodes["score"].to(dev).float()
         rewards = per_token_rewards(score, log_ratio, mask, self.kl.coef)  # score on the EOS token itself
-        ids = torch.cat([prompt_ids, samples.response_ids], 1)
-        full_mask = torch.cat([prompt_mask, samples.response_mask], 1)
+        ids = torch.cat([prompt_ids, episodes["response_ids"]], 1)
+        full_mask = torch.cat([prompt_mask, episodes["response_mask"]], 1)
+        R = mask.shape[1]
         if c.bf16:  # the ratio's old log-probs from the update's own bfloat16 forward: the ratio starts at 1
             logprobs, values = self._rollout_forward(ids, full_mask, mask)
             old_logprobs = logprobs * mask
         else:  # the sampler's log-probs (float32, the same as the update's forward to rounding)
-            old_logprobs = samples.logprobs.float()
+            old_logprobs = episodes["logprobs"].float()
             values = torch.zeros_like(mask)
             if self.value is not None:
                 short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
                 values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
-        times["time_rollout_forward"] = time.perf_counter() - forward_started  # values (and bf16's old log-probs)
-        env_rewards = torch.from_numpy(env_rewards).to(dev).float()
+        times = {**episodes["times"], "time_rollout_forward": time.perf_counter() - forward_started}  # values
+        env_rewards = episodes["env_rewards"].to(dev).float()
         advantages, returns = self.advantages(env_rewards, rewards, values, mask)
         return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
                 "old_values": values, "advantages": advantages, "returns": returns,
                 "env_rewards": env_rewards, "score": score,
-                "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": torch.from_numpy(final["eos"]),
-                "rm_score": torch.from_numpy(final["rm_score"]).float(), "next_obs": next_obs,
+                "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": episodes["eos"],
+                "rm_score": episodes["rm_score"].float(), "next_obs": episodes["next_obs"],
                 "token_rewards": rewards, "times": times}
 
     def advantages(self, env_rewards, token_rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages, returns), each (B, R), from the env's rewards (B,), the per-token rewards and values
-        (B, R) and the response mask. Another algorithm overrides this (``agents/grpo.py``)."""
+        (B, R) and the response mask of this rank's episodes; a statistic over the batch is the global batch's.
+        Another algorithm overrides this (``agents/grpo.py``)."""
         c = self.config
         if c.advantage == "rloo":  # the env's reward, whole-sequence, against the same prompt's other responses
             lead = leave_one_out_advantages(env_rewards, c.group_size)
             # scaled per response, not per token, and not re-centred: a shift by the token-weighted mean
             # would push every token of every response the same way (towards higher entropy or lower)
-            return (lead / (lead.std() + 1e-8))[:, None] * mask, values
+            return (lead / (distributed.gather(lead).std() + 1e-8))[:, None] * mask, values
         advantages, returns = gae(token_rewards, values, mask, c.gamma, c.gae_lambda)
-        return whiten(advantages, mask), returns
+        return whiten(advantages, mask, all_sum=distributed.all_sum), returns
 
     def _rollout_forward(self, ids, mask, response_mask):
         """Log-probs and values (B, R) of a whole batch, ``minibatch_size`` rows at a time (each cut like an
@@ -415,19 +444,28 @@ class PPOAgent:
 
     # -- update ----------------------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
+        """``ppo_epochs`` passes over the global batch in minibatches of ``minibatch_size`` episodes. Every rank
+        draws the same order of the global batch and takes, of each global minibatch, the episodes it holds: its
+        loss is its tokens' share of the minibatch's mean, and the gradients are summed over the ranks."""
         c = self.config
-        B = batch["response_mask"].shape[0]
+        B = batch["response_mask"].shape[0]  # this rank's episodes: rows first .. first + B - 1 of the global batch
+        first = self.rank * B
         stats: list[dict[str, float]] = []
         rng = np.random.default_rng([c.seed, self.iteration])
         stop = False
         for _ in range(c.ppo_epochs):
-            order = rng.permutation(B)  # reshuffled minibatches every epoch
-            for start in range(0, B, c.minibatch_size):
-                idx = torch.from_numpy(order[start:start + c.minibatch_size])
+            order = rng.permutation(B * self.world)  # reshuffled minibatches every epoch
+            for start in range(0, B * self.world, c.minibatch_size):
+                chunk = order[start:start + c.minibatch_size]
+                mine = chunk[(chunk >= first) & (chunk < first + B)] - first
+                idx = torch.from_numpy(mine if len(mine) else np.zeros(1, dtype=np.int64))
                 mb_ids, mb_mask, r = trim_padding(batch["ids"][idx], batch["mask"][idx], batch["response_mask"][idx])
                 mb = {k: batch[k][idx, :r] for k in ("response_mask", "old_logprobs", "advantages", "returns",
                                                       "old_values")}
+                if not len(mine):  # none of this minibatch is here: a row of weight 0 joins the ranks' all-reduce
+                    mb["response_mask"] = mb["response_mask"] * 0
                 mb_resp = mb["response_mask"]
+                weight = distributed.share(mb_resp.sum())  # this rank's tokens over the global minibatch's
                 logprobs, entropy, values = self.forward(mb_ids, mb_mask, r)
                 pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_resp, c.clip_coef)
                 loss = pg_loss
@@ -440,7 +478,8 @@ class PPOAgent:
                     loss = loss + c.ptx_coef * ptx_loss
                     pg_stats["ptx_loss"] = ptx_loss.item()
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight).backward()
+                distributed.all_reduce_grads(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # stop before the weights are hit
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at "
@@ -449,9 +488,10 @@ class PPOAgent:
                                         "Rerun into a new --out with a lower lr or max_grad_norm, or check the "
                                         "reward for extreme values.")
                 self.optimizer.step()
-                stats.append({**pg_stats, "pg_loss": pg_loss.item(),
-                              "entropy": masked_mean(entropy.detach(), mb_resp).item(), "grad_norm": float(grad_norm)})
-                if c.early_stop_kl and pg_stats["approx_kl"] > c.early_stop_kl:
+                step = distributed.weighted_sum({**pg_stats, "pg_loss": pg_loss.item(),
+                                                 "entropy": masked_mean(entropy.detach(), mb_resp).item()}, weight)
+                stats.append({**step, "grad_norm": float(grad_norm)})
+                if c.early_stop_kl and step["approx_kl"] > c.early_stop_kl:  # the same on every rank
                     stop = True
                     break
             if stop:
@@ -480,51 +520,79 @@ class PPOAgent:
                                                  ids[:, 1:].reshape(-1))
 
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
-        """Held-out customers' prompts against the reference (``rlhf_env.evaluation.HeldOutJudge``)."""
-        self.policy.eval()
-        try:
-            return self.judge(self.policy, episodes or self.config.eval_episodes, self.env.unwrapped.reward)
-        finally:
-            self.policy.train()
+        """Held-out customers' prompts against the reference (``rlhf_env.evaluation.HeldOutJudge``). With several
+        ranks, rank 0 judges and the others get its result: the same numbers as one process (and as
+        ``rlhf eval``) for the same policy."""
+        result = None
+        if self.rank == 0:
+            self.policy.eval()
+            try:
+                result = self.judge(self.policy, episodes or self.config.eval_episodes, self.env.unwrapped.reward)
+            finally:
+                self.policy.train()
+        return distributed.broadcast_object(result)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> None:
-        """A crash-safe checkpoint of everything the run needs to continue exactly (``rlhf_env.training.run``)."""
+        """A crash-safe checkpoint of everything the run needs to continue exactly (``rlhf_env.training.run``),
+        written by rank 0 with every rank's env and sampler states (``env``, ``sampler_rng``: rank 0's;
+        ``rank_envs``, ``sampler_rng.RANK``: the others')."""
         env = self.env.unwrapped
-        state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "env": env.get_state()}
+        envs = distributed.gather_objects(env.get_state())
+        samplers = distributed.gather_objects(self.generator.get_state())
+        state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "env": envs[0], "world_size": self.world}
+        if self.world > 1:
+            state["rank_envs"] = envs[1:]
         if isinstance(env.reward, NormalizedReward):
             state["reward_normalization"] = {"mean": env.reward.mean, "std": env.reward.std}
         value = self.value.state_dict() if self.value is not None else {}
         self.run.save(self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
-                      {**{f"value.{k}": v for k, v in value.items()}, "sampler_rng": self.generator.get_state()})
+                      {**{f"value.{k}": v for k, v in value.items()}, "sampler_rng": samplers[0],
+                       **{f"sampler_rng.{rank}": rng for rank, rng in enumerate(samplers[1:], 1)}})
 
     def resume(self):
-        """Restore OUT/checkpoint if there is one; returns the env's observations to continue from."""
+        """Restore OUT/checkpoint if there is one; returns the env's observations to continue from. On as many
+        ranks as wrote it, each rank continues its own env and sampler exactly; on another number of ranks, the
+        weights, optimizer, schedule and KL coefficient carry over and each rank draws its prompts and samples
+        from a fresh seed stream (of the seed, its rank and the iteration): the run continues, not identically."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
                  "reward_transform": "logit", "algorithm": "PPOConfig"}  # runs from before these settings
         state, tensors = self.run.restore(self.policy, self.optimizer, self.scheduler, older)
         if state is None:
-            return self.env.reset(seed=self.config.seed)[0]
+            return self.env.reset(seed=self.seed)[0]
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
-        self.generator.set_state(tensors.pop("sampler_rng"))
+        samplers = {k: tensors.pop(k) for k in list(tensors) if k.startswith("sampler_rng")}
         if self.value is not None:
             self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
         env = self.env.unwrapped
         if "reward_normalization" in state:  # exactly the statistics the run started with
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward
             env.reward = NormalizedReward(raw, **state["reward_normalization"])
-        return env.set_state(state["env"])[0]
+        if state.get("world_size", 1) != self.world:
+            if self.rank == 0:
+                warnings.warn(f"{self.run.checkpoint} was saved by {state.get('world_size', 1)} ranks, resumed on "
+                              f"{self.world}: the run continues with fresh prompt and sampling streams per rank, so it "
+                              "will not match a run that was never interrupted", RuntimeWarning, stacklevel=2)
+            seed = distributed.seed_stream(self.config.seed, self.rank, self.iteration)
+            self.generator.manual_seed(seed)
+            return env.reset(seed=seed)[0]
+        if self.rank == 0:
+            self.generator.set_state(samplers["sampler_rng"])
+            return env.set_state(state["env"])[0]
+        self.generator.set_state(samplers[f"sampler_rng.{self.rank}"])
+        return env.set_state(state["rank_envs"][self.rank - 1])[0]
 
 
 def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:
     """What N+ says to watch: score, KL, score - beta*KL, length, EOS fraction, and the value model's
-    explained variance if there is one (``values``)."""
-    out = {"score": batch["score"].mean().item(), "rm_score": batch["rm_score"].mean().item(),
-           "kl": batch["kl"].mean().item(), "reward": batch["env_rewards"].mean().item(),
-           "length": batch["length"].mean().item(), "eos_frac": batch["eos"].float().mean().item()}
+    explained variance if there is one (``values``); over the global batch (every rank's episodes)."""
+    g = distributed.gather
+    out = {"score": g(batch["score"]).mean().item(), "rm_score": g(batch["rm_score"]).mean().item(),
+           "kl": g(batch["kl"]).mean().item(), "reward": g(batch["env_rewards"]).mean().item(),
+           "length": g(batch["length"]).mean().item(), "eos_frac": g(batch["eos"].float()).mean().item()}
     if values:
         real = batch["response_mask"].bool()
-        predicted, returns = batch["old_values"][real], batch["returns"][real]
+        predicted, returns = g(batch["old_values"][real]), g(batch["returns"][real])
         out["explained_variance"] = (1 - (returns - predicted).var() / returns.var().clamp(min=1e-8)).item()
     return out
 

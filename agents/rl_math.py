@@ -25,9 +25,13 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise the masked entries to std 1 (and mean 0 unless ``shift_mean=False``); padding stays 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           all_sum=lambda total: total) -> torch.Tensor:
+    """Normalise the masked entries to std 1 (and mean 0 unless ``shift_mean=False``); padding stays 0.
+    ``all_sum`` turns a local sum into one over a larger batch (data-parallel ranks): its mean and variance."""
+    n = all_sum(mask.sum())
+    mean = all_sum((x * mask).sum()) / n.clamp(min=1)  # masked_mean and masked_var, summed over all_sum's batch
+    var = all_sum(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

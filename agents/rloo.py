@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from agents import distributed
 from agents.ppo import PPOAgent, PPOConfig
 from agents.rl_math import leave_one_out_advantages
 
@@ -51,13 +52,15 @@ class RLOOConfig(PPOConfig):
 
 class RLOOAgent(PPOAgent):
     def baseline_group(self, batch_size: int) -> int:
-        """How many consecutive responses share a leave-one-out baseline: a prompt's group."""
+        """How many consecutive responses of the (global) batch share a leave-one-out baseline: a prompt's group."""
         return self.config.group_size
 
     def advantages(self, env_rewards, token_rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each response's lead over the mean of the others in its baseline group, at every one of its tokens."""
-        group = self.baseline_group(len(env_rewards))
-        return leave_one_out_advantages(env_rewards, group)[:, None] * mask, values
+        """Each response's lead over the mean of the others in its baseline group, at every one of its tokens.
+        The leads are computed over the global batch (every rank's rewards), so a group may span the ranks."""
+        rewards = distributed.gather(env_rewards)
+        lead = leave_one_out_advantages(rewards, self.baseline_group(len(rewards)))
+        return distributed.local(lead)[:, None] * mask, values
 
 
 def rloo(config: RLOOConfig) -> dict:

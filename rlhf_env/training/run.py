@@ -48,16 +48,19 @@ class Interrupted(KeyboardInterrupt):
 
 class Run:
     def __init__(self, out: str | os.PathLike, fingerprint: dict, total: int, desc: str, resume: bool = True,
-                 finished: str | None = None):
+                 finished: str | None = None, main: bool = True):
         """``finished``: the file (JSON, written by ``finish``) whose presence in ``out`` means the run is done:
-        refused, not redone, unless ``total`` is larger (the run is then extended from its last checkpoint)."""
+        refused, not redone, unless ``total`` is larger (the run is then extended from its last checkpoint).
+        ``main``: False on the other ranks of a data-parallel run, which read the run (its finished file and
+        checkpoint) but neither take the lock nor write: no logs, bar, checkpoint or finished file."""
         self.out, self.fingerprint, self.total, self.desc, self.resume = Path(out), fingerprint, total, desc, resume
-        self.finished = finished
+        self.finished, self.main = finished, main
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file; pass a directory")
         self.check_not_finished()
         self.lock = self.out / "run.lock"
-        self._check_no_other_process()  # before anything loads
+        if main:  # another rank's check could see this run's own lock, taken by rank 0's start
+            self._check_no_other_process()  # before anything loads
         self.checkpoint = self.out / "checkpoint"
         self.logger: RunLogger | None = None
         self.bar = None
@@ -98,7 +101,8 @@ class Run:
 
     def finish(self, result: dict) -> None:
         """Write the ``finished`` file: ``result`` and the steps the run made."""
-        (self.out / self.finished).write_text(json.dumps({**result, "total_steps": self.total}, indent=1))
+        if self.main:
+            (self.out / self.finished).write_text(json.dumps({**result, "total_steps": self.total}, indent=1))
 
     def restore(self, model, optimizer, scheduler, older_defaults: dict | None = None) -> tuple[dict | None, dict]:
         """Load ``OUT/checkpoint`` (or the one a crash left) into the model, optimizer and scheduler; return its
@@ -127,10 +131,10 @@ class Run:
 
     def start(self, step: int) -> None:
         """Open the logs (rows after ``step`` are dropped: they belong to the run that crashed) and the bar."""
-        if step:
+        if step and self.main:
             print(f"{self.desc}: resuming {self.out} from step {step} of {self.total}", file=sys.stderr, flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        while True:  # until close(), a second process into this --out refuses
+        while self.main:  # until close(), a second process into this --out refuses
             try:
                 fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one process wins
             except FileExistsError:
@@ -140,8 +144,8 @@ class Run:
             os.write(fd, str(os.getpid()).encode())
             os.close(fd)
             break
-        self.logger = RunLogger(self.out, resume_step=step)
-        self.bar = tqdm(total=self.total, initial=step, desc=self.desc, dynamic_ncols=True)
+        self.logger = RunLogger(self.out, resume_step=step) if self.main else None
+        self.bar = tqdm(total=self.total, initial=step, desc=self.desc, dynamic_ncols=True, disable=not self.main)
         self._catch_ctrl_c()
 
     def _catch_ctrl_c(self) -> None:
@@ -166,14 +170,17 @@ class Run:
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         """A row of ``OUT/{kind}.csv`` and TensorBoard; a training row also gets the process's resident memory
         (``rss_mb``), so that a long run's memory can be watched."""
+        if self.logger is None:  # not the main rank
+            return
         if kind == "train":
             metrics = {**metrics, "rss_mb": resident_mb()}
         self.logger.log(step, metrics, kind=kind)
 
     def save(self, model, tokenizer, optimizer, scheduler, state: dict, tensors: dict | None = None) -> None:
         """A crash-safe checkpoint; ``state`` (JSON) gets the run's fingerprint, ``tensors`` go with it."""
-        save_checkpoint(self.checkpoint, model, tokenizer, optimizer, scheduler, {**state, "run": self.fingerprint},
-                        tensors)
+        if self.main:
+            save_checkpoint(self.checkpoint, model, tokenizer, optimizer, scheduler,
+                            {**state, "run": self.fingerprint}, tensors)
 
     def close(self) -> None:
         if self.lock.exists() and self.lock.read_text() == str(os.getpid()):

@@ -1,0 +1,136 @@
+"""Data parallelism for the PPO-family agents: the ranks, and the few collectives they need.
+
+Launched by ``accelerate launch --num_processes N`` or ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1),
+``init`` joins the launcher's process group through accelerate (gloo on a CPU, NCCL on GPUs). Without a
+launcher there is one process, no process group, and every function here returns its input unchanged, so a
+plain run computes exactly what it computed before data parallelism existed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """The number of ranks: the launcher's ``WORLD_SIZE``, 1 without a launcher (known before ``init``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init(device: str) -> str:
+    """Join the launcher's process group (once per process); returns this rank's device (``cuda`` becomes the
+    rank's own GPU)."""
+    if world_size() == 1:
+        return device
+    from accelerate import PartialState
+
+    cpu = torch.device(device).type == "cpu"
+    state = PartialState(cpu=cpu)  # gloo on CPUs, NCCL on GPUs; a no-op if the group exists
+    return device if cpu else str(state.device)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def seed_stream(seed: int, *keys: int) -> int:
+    """A seed of its own for each key (rank, and iteration on a resume with another number of ranks)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def _wire() -> torch.device:
+    """Where the collectives' tensors must be: the rank's GPU for NCCL, the CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_sum(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """The sum of ``x`` over the ranks (or another reduction ``op``), on ``x``'s device."""
+    if world_size() == 1:
+        return x
+    y = x.to(_wire(), copy=True)
+    dist.all_reduce(y, op=op)
+    return y.to(x.device)
+
+
+def all_max(x: torch.Tensor) -> torch.Tensor:
+    return all_sum(x, dist.ReduceOp.MAX)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is true on one (a Ctrl-C that reached only some ranks)."""
+    return bool(all_max(torch.tensor(float(flag))).item())
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x``, concatenated along dim 0 in rank order (the ranks' lengths may differ)."""
+    if world_size() == 1:
+        return x
+    lengths = [torch.zeros((), dtype=torch.long, device=_wire()) for _ in range(world_size())]
+    dist.all_gather(lengths, torch.tensor(len(x), device=_wire()))
+    padded = x.new_zeros((int(max(lengths)), *x.shape[1:]), device=_wire())
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, lengths)]).to(x.device)
+
+
+def local(x: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of ``gather``'s result, when every rank gave as many rows."""
+    n = len(x) // world_size()
+    return x[rank() * n:(rank() + 1) * n]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's (picklable) ``obj``, in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def share(tokens: torch.Tensor) -> float:
+    """This rank's share of the ranks' total ``tokens`` (1 in one process): the weight of its loss."""
+    if world_size() == 1:
+        return 1.0
+    return (tokens / all_sum(tokens)).item()
+
+
+def weighted_sum(stats: dict[str, float], weight: float) -> dict[str, float]:
+    """Statistics of the global minibatch from each rank's (means over its tokens, weighted by its ``share``):
+    their weighted sum, and the largest for a ``*_max`` key."""
+    if world_size() == 1:
+        return stats
+    sums = all_sum(torch.tensor([v * weight for v in stats.values()], dtype=torch.float64))
+    maxima = all_max(torch.tensor([v if weight else -math.inf for v in stats.values()], dtype=torch.float64))
+    return {k: float(m if k.endswith("_max") else s) for k, s, m in zip(stats, sums, maxima)}
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients over the ranks, in one flat buffer. Each rank's loss is its share of the global
+    minibatch's (its tokens over all ranks' tokens), so the sum is the global minibatch's gradient."""
+    if world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.view_as(p)
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,206 @@
+"""Data-parallel PPO-family agents (``agents/distributed.py``): 2 gloo processes on a CPU against 1 process.
+
+The 2 ranks are spawned with ``torch.multiprocessing`` and join their process group as under ``torchrun``
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT`` in the environment), through accelerate. A spawn costs
+seconds of imports, so one spawn (the ``two_ranks`` fixture) does the 2-rank side of both tests below."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from agents.ppo import PPOAgent, PPOConfig
+from agents.reinforce import REINFORCEAgent, REINFORCEConfig
+from rlhf_env.models import new_model, save_policy
+from rlhf_env.training.run import Interrupted
+from tests.conftest import TINY_DIMS, learning_log
+from tests.test_ppo import brevity, tiny_config
+
+WORLD = 2
+
+
+def spawn(fn, *args) -> None:
+    """``fn(rank, *args)`` in WORLD processes of one gloo process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_join, args=(port, fn, args), nprocs=WORLD)
+
+
+def _join(rank, port, fn, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    fn(rank, *args)
+
+
+def weights(agent) -> dict[str, torch.Tensor]:
+    value = agent.value.state_dict() if agent.value is not None else {}
+    named = {**agent.policy.state_dict(), **{f"value.{k}": v for k, v in value.items()}}
+    return {k: v.clone() for k, v in named.items()}
+
+
+# -- one iteration: the same global batch ---------------------------------------------------------------------
+CASES = {  # a statistic over the global batch in each: the leads' std, GAE's whitening, the batch baseline
+    "ppo": (PPOAgent, PPOConfig, {}),
+    "ppo-gae-ptx": (PPOAgent, PPOConfig, {"advantage": "gae", "group_size": 1, "ptx_coef": 0.1}),
+    "reinforce": (REINFORCEAgent, REINFORCEConfig, {"group_size": 1, "minibatch_size": 8, "ppo_epochs": 1}),
+}
+BATCH = 8
+
+
+def make(case, policy_dir, world_dir, out):
+    agent, config, overrides = CASES[case]
+    settings = {**vars(tiny_config(policy_dir, world_dir, out)), "batch_size": BATCH, "minibatch_size": 4,
+                "ppo_epochs": 2, "lr": 1e-2, "kl_coef": 0.1, **overrides}
+    return agent(config(**settings))
+
+
+def record_episodes(case, policy_dir, world_dir, tmp) -> None:
+    """One process samples the global batch once (``tmp/CASE/episodes.pt``), for 1 process and 2 ranks to replay."""
+    agent = make(case, policy_dir, world_dir, tmp / case / "record")
+    episodes = agent.collect(agent.env.reset(seed=0)[0])
+    # the tiny random policy seldom ends a response: cut them at seeded lengths, so that the ranks' shares of a
+    # minibatch hold different numbers of tokens
+    lengths = torch.randint(1, 9, (BATCH, 1), generator=torch.Generator().manual_seed(0))
+    episodes["response_mask"] = episodes["response_mask"] * (torch.arange(episodes["response_mask"].shape[1]) < lengths)
+    torch.save(episodes, tmp / case / "episodes.pt")
+
+
+def replay(agent, episodes: dict, rows: slice) -> None:
+    """The test's hook: the agent's rollout gets these rows of recorded episodes instead of sampling its own."""
+    mine = {k: v[rows] if torch.is_tensor(v) else v for k, v in episodes.items()}
+    agent.collect = lambda obs: mine
+
+
+def iterate_on_rank(rank, policy_dir, world_dir, tmp):
+    """Each case's iteration on the recorded episodes, of which rank r holds rows 4r .. 4r + 3."""
+    share = BATCH // WORLD
+    for case in CASES:
+        agent = make(case, policy_dir, world_dir, tmp / case / "two")
+        episodes = torch.load(tmp / case / "episodes.pt", weights_only=False)
+        replay(agent, episodes, slice(rank * share, (rank + 1) * share))
+        metrics, _ = agent.iterate(None)
+        torch.save({"weights": weights(agent), "metrics": metrics}, tmp / case / f"rank{rank}.pt")
+
+
+# -- a run stopped and resumed ----------------------------------------------------------------------------------
+class BrevityStoppingRank1:
+    """Brevity; a Ctrl-C (SIGINT) reaches rank 1 alone, during its second rollout (iteration 2)."""
+
+    __name__ = "brevity"  # names the reward in the run fingerprint, as the uninterrupted run's
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, prompts, responses):
+        self.calls += 1
+        if self.calls == 2 and os.environ["RANK"] == "1":
+            os.kill(os.getpid(), signal.SIGINT)
+        return brevity(prompts, responses)
+
+
+def resume_config(policy_dir, world_dir, out, **overrides):
+    return tiny_config(policy_dir, world_dir, out, iterations=4, save_every=2, batch_size=8, minibatch_size=4,
+                       ppo_epochs=2, **overrides)
+
+
+def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp):
+    """An uninterrupted run (``full``), and one stopped at iteration 2 and resumed (``stopped``), on 2 ranks."""
+    full = PPOAgent(resume_config(policy_dir, world_dir, tmp / "full"))
+    full.train()
+    with pytest.raises(ValueError, match="finished run"):  # on every rank, none waiting for the others
+        PPOAgent(resume_config(policy_dir, world_dir, tmp / "full"))
+    stopped = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped", reward=BrevityStoppingRank1()))
+    with pytest.raises(Interrupted, match="interrupted at step 2"):  # rank 0 too: the ranks agree to stop
+        stopped.train()
+    if rank == 0:  # for a 1-process resume of the same checkpoint
+        shutil.copytree(tmp / "stopped", tmp / "stopped-then-1-process")
+    resumed = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped"))
+    resumed.train()
+    assert resumed.iteration == 4
+    torch.save({"full": weights(full), "resumed": weights(resumed)}, tmp / f"rank{rank}.pt")
+
+
+def on_rank(rank, policy_dir, world_dir, tmp):
+    iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
+    stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tokenizer, world_dir, tmp_path_factory):
+    """The directory where 2 ranks ran both tests' work (``on_rank``), from the tiny policy in ``DIR/policy``."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    torch.manual_seed(0)
+    save_policy(new_model(TINY_DIMS, tokenizer), tokenizer, tmp / "policy")
+    for case in CASES:
+        (tmp / "iteration" / case).mkdir(parents=True)
+        record_episodes(case, tmp / "policy", world_dir, tmp / "iteration")
+    spawn(on_rank, tmp / "policy", world_dir, tmp)
+    return tmp
+
+
+@pytest.mark.slow
+def test_an_iteration_on_two_ranks_equals_one_process_on_the_same_global_batch(two_ranks, world_dir):
+    """The same 8 episodes (sampled once, then replayed: rank r gets rows 4r .. 4r + 3, one process all 8) in
+    minibatches of 4 over 2 epochs: 2 ranks end with 1 process's weights and metrics, and with the same weights."""
+    for case in CASES:
+        tmp = two_ranks / "iteration" / case
+        one = make(case, two_ranks / "policy", world_dir, tmp / "one")
+        start = weights(one)
+        episodes = torch.load(tmp / "episodes.pt", weights_only=False)
+        assert episodes["env_rewards"].std() > 0.05 and episodes["response_mask"].sum(1).unique().numel() > 4
+        replay(one, episodes, slice(None))
+        metrics, _ = one.iterate(None)
+        expected = weights(one)
+        assert max((expected[k] - v).abs().max().item() for k, v in start.items()) > 1e-3, case  # >> the tolerance
+        ranks = [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+        for name, value in expected.items():
+            where = f"{case} {name}"
+            torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, where=where: f"{where}: {m}")
+            assert torch.equal(ranks[1]["weights"][name], ranks[0]["weights"][name]), f"{case}: the ranks diverged"
+        assert set(ranks[0]["metrics"]) == set(metrics), case  # every metric, gathered over the ranks
+        learning = {k: v for k, v in metrics.items() if not k.startswith("time_")}
+        assert {k: ranks[0]["metrics"][k] for k in learning} == pytest.approx(learning, rel=1e-4, abs=1e-6), case
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ranks, world_dir):
+    tmp = two_ranks / "resume"
+    ranks = [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    for name, value in ranks[0]["full"].items():
+        assert torch.equal(ranks[1]["full"][name], value), name  # the ranks stay in sync
+        torch.testing.assert_close(ranks[0]["resumed"][name], value, rtol=0, atol=1e-6, msg=name)
+    full_log, resumed_log = (learning_log(tmp / run / "train.csv") for run in ("full", "stopped"))
+    assert len(full_log) == 4 and len(resumed_log) == 4  # rank 0 alone logs
+    for a, b in zip(full_log, resumed_log):
+        assert {k: v for k, v in a.items() if not k.startswith("time_")} == {
+            k: v for k, v in b.items() if not k.startswith("time_")}
+    assert not any((tmp / run / "run.lock").exists() for run in ("full", "stopped"))
+
+    # The checkpoint holds both ranks' envs, which draw different prompts (a seed stream per rank) ...
+    saved = json.loads((tmp / "stopped-then-1-process" / "checkpoint" / "state.json").read_text())["state"]
+    assert saved["iteration"] == 2 and saved["world_size"] == 2 and len(saved["rank_envs"]) == 1
+    assert saved["env"]["prompt_index"] != saved["rank_envs"][0]["prompt_index"]
+    # ... and one process continues it from iteration 2, with fresh seed streams
+    one = PPOAgent(resume_config(two_ranks / "policy", world_dir, tmp / "stopped-then-1-process"))
+    with pytest.warns(RuntimeWarning, match="saved by 2 ranks, resumed on 1"):
+        one.train()
+    log = learning_log(tmp / "stopped-then-1-process" / "train.csv")
+    assert [row["step"] for row in log] == ["1", "2", "3", "4"] and log[:2] == resumed_log[:2]
+
+
+def test_a_global_batch_that_does_not_split_into_whole_groups_per_rank_is_refused(tiny_policy_dir, world_dir,
+                                                                                   tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as a launcher sets it; refused before joining any process group
+    with pytest.raises(ValueError, match=r"batch_size \(8\) is the global batch: it must split into 2 ranks'"):
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", batch_size=8, group_size=8,
+                             minibatch_size=8))
+    with pytest.raises(ValueError, match=r"batch_size \(7\) is the global batch"):
+        REINFORCEAgent(REINFORCEConfig(**{**vars(tiny_config(tiny_policy_dir, world_dir, tmp_path / "re")),
+                                          "batch_size": 7, "group_size": 1, "minibatch_size": 7}))
