@@ -23,22 +23,17 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AttentionInterface,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    PreTrainedModel,
-)
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from rlhf_env.accel import accelerate
+from rlhf_env.accel import accelerate, enabled
+from rlhf_env.accel.gpt2 import load_torch_gpt2, read_config, supports
+from rlhf_env.accel.switch import switched_on
+from rlhf_env.tokenizer import JSONTokenizer
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded through it: importing it takes seconds
+    from transformers import GPT2LMHeadModel, PreTrainedModel
 
 ASSETS = Path(__file__).parent / "assets"
 MODELS_DIR = ASSETS / "models"
@@ -66,6 +61,13 @@ def is_ours(model, path: str | os.PathLike | None = None) -> bool:
     return inside or bool(getattr(model.config, OURS, False))
 
 
+def sdpa_attention_forward(*args, **kwargs):
+    """transformers' SDPA attention (imported at the first call)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward as forward
+
+    return forward(*args, **kwargs)
+
+
 def _sdpa_float32(module, query, key, value, attention_mask, *args, **kwargs):
     """transformers' SDPA attention, computed in float32 whatever autocast made of its inputs."""
     dtype = query.dtype
@@ -76,8 +78,6 @@ def _sdpa_float32(module, query, key, value, attention_mask, *args, **kwargs):
 
 
 FLOAT32_ATTENTION = "rlhf_sdpa_float32"
-AttentionInterface.register(FLOAT32_ATTENTION, _sdpa_float32)
-AttentionMaskInterface.register(FLOAT32_ATTENTION, sdpa_mask)  # SDPA's mask format (else: no padding mask)
 
 
 def float32_attention(model: PreTrainedModel) -> bool:
@@ -86,6 +86,11 @@ def float32_attention(model: PreTrainedModel) -> bool:
     On a CPU, SDPA's bfloat16 backward is about 4x slower than its float32 one, which would cancel
     what bfloat16 matmuls gain. Not saved with the model's config. Returns False, changing nothing,
     for a model that cannot switch its attention implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(FLOAT32_ATTENTION, _sdpa_float32)
+    AttentionMaskInterface.register(FLOAT32_ATTENTION, sdpa_mask)  # SDPA's mask format (else: no padding mask)
     try:
         model.set_attn_implementation(FLOAT32_ATTENTION)
     except (ValueError, ImportError, AttributeError, NotImplementedError):
@@ -104,6 +109,8 @@ def context_length(model, default: int | None = None) -> int:
 
 def new_model(size: str, tokenizer, **overrides) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of a named size (``small``, ``large``) or explicit dims."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     dims = SIZES[size] if isinstance(size, str) else size
     settings = dict(vocab_size=len(tokenizer), n_positions=CONTEXT, bos_token_id=tokenizer.eos_token_id,
                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -155,6 +162,8 @@ def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = "sft"):
+    from transformers import AutoTokenizer
+
     path = resolve(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -176,6 +185,8 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
     and those this package saved, not to others. ``config_overrides`` go to the model config (e.g.
     ``resid_pdrop=0.2`` for SFT).
     """
+    from transformers import AutoModelForCausalLM
+
     path = resolve(name_or_path)
     _check_causal_lm(path, name_or_path)
     try:
@@ -187,9 +198,26 @@ def load_policy(name_or_path: str | os.PathLike = "sft", device: str | torch.dev
     return model.to(device).eval(), load_tokenizer(name_or_path)
 
 
+def load_reference(name_or_path: str | os.PathLike = "sft", device: str | torch.device = "cpu"):
+    """A frozen causal LM and its tokenizer, for scoring only (the envs' reference policy, the likelihood RM's
+    LM): ``(model, tokenizer)``, the model in eval mode without gradients.
+
+    A bundled GPT-2 loads as ``rlhf_env.accel.gpt2.TorchGPT2`` with a ``tokenizers``-only tokenizer, without
+    importing transformers, unless acceleration is switched off (``RLHF_ENV_ACCEL=0``); any other model
+    as ``load_policy`` loads it."""
+    path = resolve(name_or_path)
+    bundled = os.path.isdir(path) and Path(path).resolve().is_relative_to(MODELS_DIR.resolve())
+    if switched_on() and bundled and supports(read_config(path)):
+        return load_torch_gpt2(path, onednn=enabled()).to(device), JSONTokenizer(path)
+    model, tokenizer = load_policy(name_or_path, device)
+    return model.requires_grad_(False), tokenizer
+
+
 def load_classifier(path: str | os.PathLike, accel: bool | None = None, **overrides) -> PreTrainedModel:
     """A float32 sequence classifier (a reward model) from a local path or hub id; ``accel`` as in
     ``load_policy``; ``overrides`` go to ``from_pretrained`` (e.g. ``num_labels=1``)."""
+    from transformers import AutoModelForSequenceClassification
+
     with quiet_local_load(path):
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **overrides)
     return accelerate(model, accel, bundled=is_ours(model, path))
@@ -206,6 +234,8 @@ def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike,
 
 
 def _check_causal_lm(path: str, name) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     if not os.path.isdir(path):
         return  # a hub id: from_pretrained will check
     config_file = Path(path) / "config.json"

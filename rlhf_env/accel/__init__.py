@@ -2,14 +2,16 @@
 
 - ``onednn``: float32 linear layers (forward and gradients) through oneDNN instead of MKL;
 - ``decoder``: the sampler's lean GPT-2 path (static KV cache, packed weights, bucketed prefill);
-- ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel.
+- ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel;
+- ``gpt2``: the envs' frozen bundled models (reference, likelihood RM) in plain torch, loaded without
+  importing transformers (``rlhf_env.models.load_reference``).
 
 None of them changes a result beyond float rounding (the tests compare each with stock PyTorch).
 
 **When they apply.** ``rlhf_env.models.load_policy`` and ``load_classifier`` accelerate the bundled models
 and, unless asked with ``accel=True``, no other: a user's hub model runs on stock PyTorch layers. The
-sampler and the token env take the lean decoder only for an accelerated model (or when asked with
-``fast=True``). Everything is off when the environment variable ``RLHF_ENV_ACCEL=0`` is set (``rlhf
+sampler and the token env take the lean decoder only for an accelerated model or a ``gpt2`` one (or when
+asked with ``fast=True``). Everything is off when the environment variable ``RLHF_ENV_ACCEL=0`` is set (``rlhf
 --no-accel COMMAND`` sets it), and wherever the one-time ``probe()`` finds that this torch computes any of
 the op variants differently from ``F.linear`` (then with a warning).
 """
@@ -73,8 +75,9 @@ def _probe_mismatch(onednn) -> str:
         if not torch.allclose(got, expected.get(name, want), atol=1e-4, rtol=1e-4):
             return name
     grad = torch.randn(32, 40, generator=generator)
-    want_x, want_w = torch.autograd.grad(want, (x, w), grad)
-    got_x, got_w = torch.autograd.grad(onednn.linear(x, w, bias), (x, w), grad)
+    # The gradients of (y * grad).sum(): passing ``grad`` as grad_outputs makes torch import sympy (slow).
+    want_x, want_w = torch.autograd.grad((want * grad).sum(), (x, w))
+    got_x, got_w = torch.autograd.grad((onednn.linear(x, w, bias) * grad).sum(), (x, w))
     if not (torch.allclose(got_x, want_x, atol=1e-4, rtol=1e-4) and torch.allclose(got_w, want_w, atol=1e-4,
                                                                                    rtol=1e-4)):
         return "gradients"

@@ -20,14 +20,18 @@ sampled as it is now.
 - the LM head only on the last position.
 
 It matches HF's logits to float rounding (tested). ``GPT2Decoder.supports(model)`` says whether a
-model can use it; anything else goes through the generic HF path in ``rlhf_env.sampling``.
+model can use it (an HF GPT-2, or the torch-only ``rlhf_env.accel.gpt2.TorchGPT2``); anything else goes through
+the generic HF path in ``rlhf_env.sampling``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
 
@@ -55,8 +59,6 @@ class Linear:
 class GPT2Decoder:
     def __init__(self, model, batch_size: int, max_length: int, onednn: bool | None = None):
         """``onednn``: run the projections and the LM head through oneDNN (default: where available)."""
-        from transformers.activations import ACT2FN
-
         c, t = model.config, model.transformer
         self.wte, self.wpe, self.head_weight = t.wte.weight, t.wpe.weight, model.lm_head.weight  # head: (V, E)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
@@ -65,7 +67,12 @@ class GPT2Decoder:
         self.head = Linear(self.head_weight, None, onednn)
 
         tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")
-        act = (lambda x: F.gelu(x, approximate="tanh")) if tanh_gelu else ACT2FN[c.activation_function]
+        if tanh_gelu:
+            act = functools.partial(F.gelu, approximate="tanh")
+        else:  # transformers' activations, imported only for a model that has another
+            from transformers.activations import ACT2FN
+
+            act = ACT2FN[c.activation_function]
 
         def conv1d(module, **kwargs):  # HF's Conv1D keeps its weight as (in, out)
             return Linear(module.weight.T, module.bias, onednn, **kwargs)
@@ -87,6 +94,9 @@ class GPT2Decoder:
 
     @staticmethod
     def supports(model) -> bool:
+        """An HF GPT-2 LM, or the torch-only one of ``rlhf_env.accel.gpt2``."""
+        if type(model) is TorchGPT2:
+            return True
         from transformers import GPT2LMHeadModel
 
         return type(model) is GPT2LMHeadModel and not model.config.add_cross_attention

@@ -22,8 +22,8 @@ import contextvars
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-from transformers.pytorch_utils import Conv1D
 
 from rlhf_env.accel.switch import switched_on
 
@@ -126,25 +126,36 @@ def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and worth_it(x.numel() // x.shape[-1], weight))
 
 
-class OneDNNConv1D(Conv1D):
-    """HF's ``Conv1D`` (weight (in, out)) through oneDNN where it applies."""
-
-    def forward(self, x):
-        if _applies(x, self.weight):
-            return linear(x, self.weight.t(), self.bias)
-        return super().forward(x)
+def maybe_onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (weight (out, in), a strided view too), through oneDNN where it applies."""
+    return linear(x, weight, bias) if _applies(x, weight) else F.linear(x, weight, bias)
 
 
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` through oneDNN where it applies."""
 
     def forward(self, x):
+        return maybe_onednn_linear(x, self.weight, self.bias)
+
+
+@functools.cache
+def _onednn_conv1d() -> type:
+    """The class ``OneDNNConv1D``, made on first use so that importing this module does not import transformers."""
+    from transformers.pytorch_utils import Conv1D
+
+    def forward(self, x):
         if _applies(x, self.weight):
-            return linear(x, self.weight, self.bias)
-        return super().forward(x)
+            return linear(x, self.weight.t(), self.bias)
+        return Conv1D.forward(self, x)
+
+    doc = "HF's ``Conv1D`` (weight (in, out)) through oneDNN where it applies."
+    return type("OneDNNConv1D", (Conv1D,), {"forward": forward, "__module__": __name__, "__doc__": doc})
 
 
-_SWAPS = {Conv1D: OneDNNConv1D, torch.nn.Linear: OneDNNLinear}
+def __getattr__(name: str):
+    if name == "OneDNNConv1D":
+        return _onednn_conv1d()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def use_onednn_linears(model: torch.nn.Module) -> torch.nn.Module:
@@ -152,8 +163,10 @@ def use_onednn_linears(model: torch.nn.Module) -> torch.nn.Module:
     subclass in place, if this torch has oneDNN; returns ``model``. ``rlhf_env.accel.accelerate`` calls it
     for the models that should have it."""
     if kernel_works():
+        conv1d = _onednn_conv1d()
+        swaps = {conv1d.__base__: conv1d, torch.nn.Linear: OneDNNLinear}
         for module in model.modules():
-            swap = _SWAPS.get(type(module))
+            swap = swaps.get(type(module))
             if swap is not None:
                 module.__class__ = swap
     return model

@@ -19,7 +19,7 @@ import os
 import numpy as np
 import torch
 
-from rlhf_env.models import context_length, load_policy
+from rlhf_env.models import context_length, load_reference
 from rlhf_env.rewards import Reward, load_reward
 from rlhf_env.sampling import response_logprobs, response_mask, trim_padding
 
@@ -27,33 +27,36 @@ LOGPROB_TOLERANCE = 1e-4  # log-probs a hair above 0 from float rounding are acc
 
 
 def load_prompts(prompts, prompt_split: str, prompt_column: str, data: str | None):
-    """A bundled split name, a ``datasets.Dataset``, or anything ``datasets.load_dataset`` takes."""
-    from datasets import Dataset, load_dataset
-
+    """A bundled split name (read with pyarrow alone), a ``datasets.Dataset``, or anything
+    ``datasets.load_dataset`` takes; as a ``pyarrow.Table``."""
     from rlhf_env.models import DATA_DIR
-    from rlhf_env.world.build import SPLITS, load_split
+    from rlhf_env.world.storage import SPLITS, read_split
 
-    if isinstance(prompts, Dataset):
-        dataset = prompts
-    elif prompts in SPLITS:
-        dataset = load_split(data or DATA_DIR, "prompts", prompts)
+    if isinstance(prompts, str) and prompts in SPLITS:
+        table = read_split(data or DATA_DIR, "prompts", prompts)
     else:
-        name = str(prompts)
-        if not os.path.exists(name) and "/" not in name:  # neither a path nor an "org/name" hub id: a typo
-            close = difflib.get_close_matches(name, SPLITS, n=1)
-            raise ValueError(f"unknown prompt split {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                             + f". The bundled splits are {', '.join(SPLITS)}; other prompts: a local path or "
-                             "'org/name' for datasets.load_dataset, or a datasets.Dataset")
-        try:
-            dataset = load_dataset(prompts, split=prompt_split)
-        except (ConnectionError, FileNotFoundError) as e:
-            raise ValueError(f"cannot load prompts {prompts!r} ({type(e).__name__}: {e}); the bundled splits are "
-                             f"{', '.join(SPLITS)}") from None
-    if prompt_column not in dataset.column_names:
-        raise ValueError(f"the prompt dataset has no column {prompt_column!r} (columns: {dataset.column_names})")
-    if len(dataset) == 0:
+        from datasets import Dataset, load_dataset
+
+        if isinstance(prompts, Dataset):
+            dataset = prompts
+        else:
+            name = str(prompts)
+            if not os.path.exists(name) and "/" not in name:  # neither a path nor an "org/name" hub id: a typo
+                close = difflib.get_close_matches(name, SPLITS, n=1)
+                raise ValueError(f"unknown prompt split {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                                 + f". The bundled splits are {', '.join(SPLITS)}; other prompts: a local path or "
+                                 "'org/name' for datasets.load_dataset, or a datasets.Dataset")
+            try:
+                dataset = load_dataset(prompts, split=prompt_split)
+            except (ConnectionError, FileNotFoundError) as e:
+                raise ValueError(f"cannot load prompts {prompts!r} ({type(e).__name__}: {e}); the bundled splits are "
+                                 f"{', '.join(SPLITS)}") from None
+        table = dataset.with_format("arrow")[:]  # whole Arrow columns, not row-by-row decoding
+    if prompt_column not in table.column_names:
+        raise ValueError(f"the prompt dataset has no column {prompt_column!r} (columns: {table.column_names})")
+    if table.num_rows == 0:
         raise ValueError("the prompt dataset is empty")
-    return dataset
+    return table
 
 
 class ResponseScorer:
@@ -65,25 +68,17 @@ class ResponseScorer:
                  prompt_column: str = "prompt", data: str | None = None):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (greedy decoding has no log-probs), got {temperature}")
-        self.dataset = load_prompts(prompts, prompt_split, prompt_column, data)
-        columns = self.dataset.with_format("arrow")  # whole Arrow columns, not row-by-row decoding
-        self.prompts: list[str] = columns[prompt_column].to_pylist()
-        self.customer_ids = (columns["customer_id"].to_pylist() if "customer_id" in self.dataset.column_names
+        table = load_prompts(prompts, prompt_split, prompt_column, data)
+        self.prompts: list[str] = table[prompt_column].to_pylist()
+        self.customer_ids = (table["customer_id"].to_pylist() if "customer_id" in table.column_names
                              else [""] * len(self.prompts))
-        self.model, self.tokenizer = load_policy(reference, device)
-        self.model.requires_grad_(False)
+        self.model, self.tokenizer = load_reference(reference, device)
         context = context_length(self.model)
         if max_prompt_tokens + max_new_tokens > context:
             raise ValueError(f"max_prompt_tokens + max_new_tokens = {max_prompt_tokens + max_new_tokens} exceeds "
                              f"the reference model's context of {context} tokens")
-        enc = self.tokenizer(self.prompts, padding="max_length", max_length=max_prompt_tokens, padding_side="left")
-        lengths = np.array([sum(m) for m in enc["attention_mask"]])  # lists: too-long prompts make rows ragged
-        if lengths.max() > max_prompt_tokens or lengths.min() == 0:
-            i = int(np.argmax(lengths)) if lengths.max() > max_prompt_tokens else int(np.argmin(lengths))
-            raise ValueError(f"prompt {i} has {lengths[i]} tokens; prompts need 1..max_prompt_tokens="
-                             f"{max_prompt_tokens} tokens: {self.prompts[i]!r}")
-        self.prompt_ids = np.array(enc["input_ids"], dtype=np.int64)  # (N, P) left-padded
-        self.prompt_mask = np.array(enc["attention_mask"], dtype=np.int64)  # (N, P)
+        self.prompt_ids, self.prompt_mask = left_padded(self.tokenizer(self.prompts)["input_ids"], max_prompt_tokens,
+                                                        self.tokenizer.pad_token_id, self.prompts)
         self.reward = load_reward(reward, device=device, data=data)
         self.data = data
         self.kl_coef = check_kl_coef(kl_coef)
@@ -191,6 +186,20 @@ class ResponseScorer:
                   "response": texts[b], "customer_id": self.customer_ids[int(index[b])],
                   "prompt_index": int(index[b])} for b in range(len(index))]
         return rewards, infos
+
+
+def left_padded(ids: list[list[int]], width: int, pad_id: int, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of prompts, left-padded to ``width``, and their mask: two (N, width) int64 arrays. A prompt of
+    no tokens or more than ``width`` is an error."""
+    lengths = np.array([len(row) for row in ids])
+    if lengths.max() > width or lengths.min() == 0:
+        i = int(np.argmax(lengths)) if lengths.max() > width else int(np.argmin(lengths))
+        raise ValueError(f"prompt {i} has {lengths[i]} tokens; prompts need 1..max_prompt_tokens={width} tokens: "
+                         f"{prompts[i]!r}")
+    out = np.full((len(ids), width), pad_id, dtype=np.int64)
+    for row, tokens in zip(out, ids):
+        row[width - len(tokens):] = tokens
+    return out, (np.arange(width) >= width - lengths[:, None]).astype(np.int64)
 
 
 def check_kl_coef(kl_coef: float) -> float:

@@ -110,10 +110,11 @@ class LikelihoodRewardModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LikelihoodRewardModel:
-        """Load a directory written by ``save_pretrained`` (tensors and JSON only), in float32."""
-        from rlhf_env.models import load_policy
+        """Load a directory written by ``save_pretrained`` (tensors and JSON only), in float32, for scoring
+        (``rlhf_env.models.load_reference``: the bundled RM without transformers)."""
+        from rlhf_env.models import load_reference
 
-        lm, tokenizer = load_policy(str(directory), device)
+        lm, tokenizer = load_reference(str(directory), device)
         model = cls(lm, tokenizer)
         config = json.loads((Path(directory) / CONFIG_FILE).read_text())
         with torch.no_grad():

@@ -22,8 +22,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from rlhf_env.world.corpus import make_corpus
 from rlhf_env.world.customers import HELDOUT_CUSTOMERS, labeler_prompt, make_customers
 from rlhf_env.world.labelers import N_HELDOUT_LABELERS, N_LABELERS, LabelerConfig, demonstrate, make_panel
-
-SPLITS = ("sft", "valid", "rm", "ppo", "heldout")
+from rlhf_env.world.storage import SPLITS, split_path
 
 
 @dataclass
@@ -111,10 +110,5 @@ def save_world(world: dict, directory: str | Path) -> None:
 
 def load_split(directory: str | Path, name: str, split: str) -> Dataset:
     """Load one split of one world dataset through ``datasets.load_dataset``."""
-    path = Path(directory) / name / f"{split}.parquet"
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"no dataset {name!r} in {directory} (expected {path.parent}/SPLIT.parquet)")
-    if not path.exists():
-        known = sorted(p.stem for p in (Path(directory) / name).glob("*.parquet"))
-        raise ValueError(f"unknown split {split!r} of dataset {name!r}; known splits: {known}")
+    path = split_path(directory, name, split)
     return load_dataset("parquet", data_files={split: str(path)}, split=split)

@@ -1,0 +1,149 @@
+"""A torch-only GPT-2 for scoring: the bundled models without importing transformers.
+
+Importing transformers' model code takes longer than everything else ``gym.make`` does, so the envs' frozen
+models (the reference policy, the likelihood RM's language model) load the bundled checkpoints into this
+module instead, straight from ``config.json`` and ``model.safetensors`` (``rlhf_env.models.load_reference``).
+It runs HF's ``GPT2LMHeadModel`` forward for inference: the same parameter names and layouts (so the
+sampler's lean decoder, ``rlhf_env.accel.decoder``, runs it too), the same maths, and the projections
+through oneDNN as ``rlhf_env.accel`` gives them to the HF model. It has no dropout, no KV cache, no
+``generate`` and no ``save_pretrained``: anything that trains or saves a model loads it with
+``rlhf_env.models.load_policy``. The tests compare its log-probs, rewards and KL with the HF path's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlhf_env.accel.onednn import maybe_onednn_linear
+
+# GPT2Config's defaults for the settings read here (a saved config.json normally states them all).
+DEFAULTS = dict(n_inner=None, layer_norm_epsilon=1e-5, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+                add_cross_attention=False, tie_word_embeddings=True, activation_function="gelu_new")
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # the same tanh approximation
+
+
+def read_config(directory: str | Path) -> SimpleNamespace:
+    return SimpleNamespace(**{**DEFAULTS, **json.loads((Path(directory) / "config.json").read_text())})
+
+
+def supports(config: SimpleNamespace) -> bool:
+    """Whether this module computes what transformers would for a checkpoint with this config."""
+    return (getattr(config, "model_type", None) == "gpt2"
+            and getattr(config, "architectures", None) == ["GPT2LMHeadModel"]
+            and not config.add_cross_attention and config.activation_function in TANH_GELUS)
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # (B, T, V), or the last ``logits_to_keep`` positions
+
+
+class Linear(nn.Module):
+    """``x @ W + b`` for a weight stored (in, out) when ``transposed`` (GPT-2's ``Conv1D``), else (out, in)
+    (the LM head), through oneDNN where ``rlhf_env.accel`` allows it."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool = True, transposed: bool = True, onednn: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty((n_in, n_out) if transposed else (n_out, n_in)))
+        self.bias = nn.Parameter(torch.empty(n_out)) if bias else None
+        self.transposed, self.onednn = transposed, onednn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.t() if self.transposed else self.weight  # (out, in)
+        return maybe_onednn_linear(x, weight, self.bias) if self.onednn else F.linear(x, weight, self.bias)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer: int, onednn: bool):
+        super().__init__()
+        E = config.n_embd
+        self.c_attn, self.c_proj = Linear(E, 3 * E, onednn=onednn), Linear(E, E, onednn=onednn)
+        self.n_head = config.n_head
+        self.scale = (E // config.n_head) ** -0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer + 1
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, E = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, E // self.n_head).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.c_proj(out.transpose(1, 2).reshape(B, T, E))
+
+
+class MLP(nn.Module):
+    def __init__(self, config, onednn: bool):
+        super().__init__()
+        E, inner = config.n_embd, config.n_inner or 4 * config.n_embd
+        self.c_fc, self.c_proj = Linear(E, inner, onednn=onednn), Linear(inner, E, onednn=onednn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer: int, onednn: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config, layer, onednn)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config, onednn)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TorchGPT2(nn.Module):
+    """HF ``GPT2LMHeadModel``'s inference forward in plain torch, with its parameter names."""
+
+    def __init__(self, config: SimpleNamespace, onednn: bool = False):
+        super().__init__()
+        self.config = config
+        E = config.n_embd
+        self.transformer = nn.Module()
+        self.transformer.wte = nn.Embedding(config.vocab_size, E)
+        self.transformer.wpe = nn.Embedding(config.n_positions, E)
+        self.transformer.h = nn.ModuleList(Block(config, i, onednn) for i in range(config.n_layer))
+        self.transformer.ln_f = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
+        self.lm_head = Linear(E, config.vocab_size, bias=False, transposed=False, onednn=onednn)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> LMOutput:
+        """Logits of ``input_ids`` (B, T) as HF computes them: ``attention_mask`` (B, T) hides padding keys,
+        ``position_ids`` default to 0..T-1, and ``logits_to_keep`` > 0 keeps the last that many positions."""
+        t = self.transformer
+        T, device = input_ids.shape[1], input_ids.device
+        if position_ids is None:
+            position_ids = torch.arange(T, device=device)[None]
+        x = t.wte(input_ids) + t.wpe(position_ids)
+        mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()[:, None, None, :]
+        # A query that may see no key (left padding) sees itself: its output is ignored, and must not be NaN.
+        mask = mask | torch.eye(T, dtype=torch.bool, device=device)
+        for block in t.h:
+            x = block(x, mask)
+        return LMOutput(self.lm_head(t.ln_f(x[:, -logits_to_keep:])))
+
+
+def load_torch_gpt2(directory: str | Path, onednn: bool = False) -> TorchGPT2:
+    """A float32 ``TorchGPT2`` from an HF GPT-2 directory (``config.json``, ``model.safetensors``), in eval
+    mode with no gradients; ``onednn``: its projections through oneDNN where that applies."""
+    from safetensors.torch import load_file
+
+    config = read_config(directory)
+    if not supports(config):
+        raise ValueError(f"{directory} is not a GPT-2 LM head model that TorchGPT2 computes exactly")
+    model = TorchGPT2(config, onednn)  # (not on the meta device: that imports torch._dynamo, slowly)
+    state = {k: v.float() for k, v in load_file(Path(directory) / "model.safetensors").items()}
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, assign=True)
+    return model.requires_grad_(False).eval()
