@@ -20,6 +20,7 @@ import torch
 
 from rlhf_env.accel import accelerated
 from rlhf_env.accel.decoder import GPT2Decoder
+from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.models import context_length
 
 
@@ -164,8 +165,11 @@ class HFDecoder:
 
 
 def lean_decoder_applies(model) -> bool:
-    """The default decoder choice: the lean GPT-2 path for an accelerated HF GPT-2, else the model's own."""
-    return accelerated(model) and GPT2Decoder.supports(model)
+    """The default decoder choice: the lean GPT-2 path for an accelerated HF GPT-2 on a CPU (where it was measured
+    faster) and for the torch-only GPT-2 (which has no other), else the model's own: on CUDA an HF model decodes
+    through its own forward and cache until a measurement there (``benchmarks/gpu_check.py``) says otherwise."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return (type(model) is TorchGPT2 or (accelerated(model) and on_cpu)) and GPT2Decoder.supports(model)
 
 
 @torch.no_grad()
