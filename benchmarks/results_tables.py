@@ -99,11 +99,14 @@ def token_env_table(result: dict) -> str:
 
 
 def make_table(result: dict) -> str:
-    rows = (("torch_import_s", "import torch"), ("transformers_import_s", "import transformers' model code"),
-            ("first_make_s", "the first `gym.make` (models, prompts, RM)"), ("fresh_total_s", "fresh process, total"),
+    rows = (("torch_import_s", "`import torch` alone, for scale"),
+            ("fresh_make_s", "`import gymnasium, rlhf_env` and `gym.make`, fresh process"),
+            ("fresh_make_reset_step_s", "... and the first `reset` and `step`"),
             ("warm_make_s", "another `gym.make` in a warm process"))
+    imported = " and ".join(result["heavy_imports"]) or "neither transformers nor datasets"
     return "\n".join(["| `gym.make(\"InstructBandit-v0\")` | seconds |", "|---|---|",
-                      *(f"| {label} | {result[key]:.2f} |" for key, label in rows)])
+                      *(f"| {label} | {result[key]:.2f} |" for key, label in rows)]) + (
+        f"\n\nMedians of {result['repeats']} fresh processes; making and stepping the env imported {imported}.")
 
 
 def policies_table(foundation: dict) -> str:
@@ -159,6 +162,34 @@ def ppo_iteration_table(result: dict) -> str:
                  f"{result['minibatch_size']}, {result['threads']} threads; the float32 update runs its matmuls at "
                  f"{result['update_gflops']:.0f} GFLOP/s, {result['update_flop_efficiency']:.0%} of this machine's "
                  f"fastest float32 matmul ({result['matmul_peak_gflops']:.0f} GFLOP/s).")
+    return "\n".join(lines)
+
+
+def real_size_table(result: dict) -> str:
+    c, per_episode = result["config"], result["seconds_per_episode"]
+    names = {"sample": "sample (rollout, policy)", "env": "env step (reference and reward model)",
+             "update": "update (epochs × minibatches, forward + backward + AdamW)", "iteration": "**total**"}
+    lines = [f"GPT-2 small's shape with random weights, {result['parameters']:,} parameters with the bundled "
+             f"tokenizer's vocabulary ({result['parameters_with_gpt2_vocab']:,} with GPT-2's); one PPO iteration "
+             f"of {c['batch_size']} episodes ({c['ppo_epochs']} epochs of minibatches of {c['minibatch_size']}, "
+             f"{result['mean_response_tokens']:.1f} of at most {c['max_new_tokens']} new tokens), "
+             f"{result['threads']} thread(s), after {result['warmup']} warm-up iteration(s)"
+             + ("; the default batch of 128 would take minutes an iteration here, so the figures per episode scale "
+                "from this batch:" if result["scaled_from_batch"] else ":"), "",
+             "| phase | s per iteration | s per episode |", "|---|---|---|"]
+    for phase, label in names.items():
+        lines.append(f"| {label} | {result['phase_s'][phase]:.1f} | {per_episode[phase]:.3f} |")
+    lines.append(f"\nPeak RSS {result['peak_rss_mb']:,.0f} MiB; one AdamW step {result['adamw_step_s']:.2f} s; a gloo "
+                 f"all-reduce of the {result['gradient_bytes'] / 2**20:,.0f} MiB gradient between 2 local processes "
+                 f"{result['all_reduce_2_processes_median_s']:.2f} s (median). Projected seconds per 1,000 episodes:")
+    lines += ["", "| ranks | link | all-reduce (s) | compute (s) | communication (s) | total (s) | speedup |",
+              "|---|---|---|---|---|---|---|"]
+    for row in result["projection"]:
+        cells = [row["ranks"], f"{row['link']} ({row['bandwidth_gb_s']:.2f} GB/s)", f"{row['all_reduce_s']:.2f}",
+                 f"{row['compute_s']:.0f}", f"{row['communication_s']:.0f}", f"{row['seconds_per_1000_episodes']:.0f}",
+                 f"{row['speedup']:.2f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines.append("\nAssumptions:\n\n" + "\n".join(f"- {a}" for a in result["assumptions"]))
     return "\n".join(lines)
 
 
@@ -293,6 +324,7 @@ def performance_page(results: Path) -> str:
             ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
+            ("real_size.json", "PPO at GPT-2 small's size", "real_size.py", real_size_table),
             ("reliability.json", "Reliability", "reliability.py", reliability_table)):
         result = load(results, name)
         if result:
