@@ -193,6 +193,30 @@ def real_size_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def data_parallel_table(result: dict) -> str:
+    lines = [f"`rlhf ppo` with the defaults ({result['batch_size']} episodes an iteration, median of "
+             f"{result['iterations'] - 1} iterations after a warm-up), one set-up after another:", "",
+             "| set-up | episodes/s | speed-up vs 1 x 1 | efficiency per core | sample (s) | env (s) | update (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for label, r in result["setups"].items():
+        lines.append(f"| {label} | {r['episodes_per_s']:.1f} | {r['speedup_vs_1x1']:.2f} | {r['efficiency']:.0%} | "
+                     f"{r['time_sample']:.2f} | {r['time_env']:.2f} | {r['time_update']:.2f} |")
+    lines += ["", f"Projected from the 1 x 1 phases ({result['parameters'] / 1e6:.1f}M parameters; a gradient "
+              f"all-reduce between 2 local processes took {result['all_reduce_2_processes_s'] * 1e3:.2f} ms):", "",
+              "| ranks | episodes/s | s per 1,000 episodes | speed-up | largest minibatch share / even share |",
+              "|---|---|---|---|---|"]
+    for r in result["projection"]:
+        lines.append(f"| {r['ranks']} | {r['episodes_per_s']:.1f} | {r['seconds_per_1000_episodes']:.0f} | "
+                     f"{r['speedup']:.2f} | {r['largest_share_over_even']:.2f} |")
+    lines.append("\nAssumptions:\n\n" + "\n".join(f"- {a}" for a in result["assumptions"]))
+    if "full_run" in result:
+        f = result["full_run"]
+        lines.append(f"\nThe default run (seed 0) on 2 processes: held-out win rate vs SFT {f['win_rate_vs_sft']:.3f}, "
+                     f"gold {f['gold']:.3f}, KL {f['kl']:.2f}, {f['wall_s'] / 60:.1f} min; one process, seeds 0..2: "
+                     + ", ".join(f"{w:.3f}" for w in f["one_process_seeds"]) + ".")
+    return "\n".join(lines)
+
+
 def algorithms_table(result: dict) -> str:
     lines = ["| algorithm | reward | seeds | win rate vs SFT | task success | gold | RM score | KL | episodes | "
              "learn (s) | episodes/s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -324,6 +348,7 @@ def performance_page(results: Path) -> str:
             ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
+            ("data_parallel.json", "Data-parallel PPO", "data_parallel.py --full", data_parallel_table),
             ("real_size.json", "PPO at GPT-2 small's size", "real_size.py", real_size_table),
             ("reliability.json", "Reliability", "reliability.py", reliability_table)):
         result = load(results, name)

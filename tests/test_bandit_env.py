@@ -294,3 +294,23 @@ def test_a_pad_ends_a_response_without_eos_in_the_sampler_and_the_env(kwargs, to
     env = InstructBanditEnv(**kwargs)
     env_mask, env_eos = env.scorer.response_mask(ids.numpy())
     assert env_mask.tolist() == mask.tolist() and env_eos.tolist() == ended.tolist()
+
+
+def test_async_vector_env_steps_the_envs_in_worker_processes_as_the_sync_one_does(kwargs):
+    """``vectorization_mode="async"``: each sub-env, with its reference and reward, lives in a worker process."""
+    envs = {mode: gym.make_vec("InstructBandit-v0", num_envs=2, vectorization_mode=mode, kl_coef=0.1, **kwargs)
+            for mode in ("sync", "async")}
+    assert type(envs["async"]).__name__ == "AsyncVectorEnv"
+    shape = envs["sync"].single_action_space["response_ids"].shape
+    rng = np.random.default_rng(0)
+    action = {"response_ids": rng.integers(5, 50, size=(2, *shape)), "logprobs": np.full((2, *shape), -2.0, np.float32)}
+    out = {}
+    for mode, env in envs.items():
+        obs, _ = env.reset(seed=0)
+        out[mode] = (obs, *env.step(action)[1:])
+        env.close()
+    np.testing.assert_array_equal(out["sync"][0]["input_ids"], out["async"][0]["input_ids"])
+    assert out["sync"][0]["input_ids"][0].tolist() != out["sync"][0]["input_ids"][1].tolist()  # two prompts
+    np.testing.assert_allclose(out["async"][1], out["sync"][1], atol=1e-6)  # rewards
+    assert np.abs(out["sync"][1]).min() > 0.1
+    np.testing.assert_allclose(out["async"][4]["kl"], out["sync"][4]["kl"], atol=1e-6)
