@@ -40,8 +40,11 @@ RESULTS = Path("benchmarks/results")
 PHASES = ("time_sample", "time_env", "time_rollout_forward", "time_update")
 SETUPS = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 processes x 1 thread": (2, 1)}
 ASSUMPTIONS = [
-    "Each rank runs at the measured 1-process x 1-thread speed, on its own core or device, and holds its own "
-    "reference and reward model: sampling, the env step and the rollout forward divide by N.",
+    "An upper bound: each rank runs at the measured 1-process x 1-thread speed, on its own core or device, and "
+    "holds its own reference and reward model; sampling, the env step, the rollout forward and each update step's "
+    "compute divide by N. At the bundled policy's size a step's cost is mostly fixed per-call overhead that does "
+    "not divide (compare the measured 2-process row), so this holds only for models large enough to be "
+    "compute-bound (benchmarks/real_size.py projects GPT-2 small's shape).",
     "The update keeps the global minibatch (the default 16 episodes): every rank takes its episodes of each global "
     "minibatch, so a step lasts as long as the largest share (simulated with the agent's minibatch order); at 8 "
     "ranks a minibatch of 16 leaves most ranks with 1 to 3 episodes, and a larger --minibatch_size would balance "

@@ -193,6 +193,15 @@ def real_size_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cli_errors_table(result: dict) -> str:
+    lines = [f"Each case in a fresh `rlhf` process, start to exit (median of {result['repeats']}):", "",
+             "| mistake | seconds | exit code | error lines | traceback | message |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['case']} | {r['seconds']:.2f} | {r['exit_code']} | {r['error_lines']} | "
+                     f"{'yes' if r['traceback'] else 'no'} | `{r['message']}` |")
+    return "\n".join(lines)
+
+
 def data_parallel_table(result: dict) -> str:
     lines = [f"`rlhf ppo` with the defaults ({result['batch_size']} episodes an iteration, median of "
              f"{result['iterations'] - 1} iterations after a warm-up), one set-up after another:", "",
@@ -201,8 +210,9 @@ def data_parallel_table(result: dict) -> str:
     for label, r in result["setups"].items():
         lines.append(f"| {label} | {r['episodes_per_s']:.1f} | {r['speedup_vs_1x1']:.2f} | {r['efficiency']:.0%} | "
                      f"{r['time_sample']:.2f} | {r['time_env']:.2f} | {r['time_update']:.2f} |")
-    lines += ["", f"Projected from the 1 x 1 phases ({result['parameters'] / 1e6:.1f}M parameters; a gradient "
-              f"all-reduce between 2 local processes took {result['all_reduce_2_processes_s'] * 1e3:.2f} ms):", "",
+    lines += ["", f"Projected from the 1 x 1 phases, an upper bound ({result['parameters'] / 1e6:.1f}M parameters; a "
+              f"gradient all-reduce between 2 local processes took {result['all_reduce_2_processes_s'] * 1e3:.2f} ms; "
+              "the 2-process row above is what 2 ranks measured):", "",
               "| ranks | episodes/s | s per 1,000 episodes | speed-up | largest minibatch share / even share |",
               "|---|---|---|---|---|"]
     for r in result["projection"]:
@@ -345,6 +355,7 @@ def performance_page(results: Path) -> str:
     for name, title, command, fn in (
             ("vector_env.json", "The native vector env", "bench_vector_env.py", vector_env_table),
             ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),
+            ("cli_errors.json", "A user's mistake on the command line", "bench_cli_errors.py", cli_errors_table),
             ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
