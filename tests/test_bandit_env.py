@@ -296,9 +296,12 @@ def test_a_pad_ends_a_response_without_eos_in_the_sampler_and_the_env(kwargs, to
     assert env_mask.tolist() == mask.tolist() and env_eos.tolist() == ended.tolist()
 
 
+@pytest.mark.slow
 def test_async_vector_env_steps_the_envs_in_worker_processes_as_the_sync_one_does(kwargs):
-    """``vectorization_mode="async"``: each sub-env, with its reference and reward, lives in a worker process."""
-    envs = {mode: gym.make_vec("InstructBandit-v0", num_envs=2, vectorization_mode=mode, kl_coef=0.1, **kwargs)
+    """``vectorization_mode="async"``: each sub-env, with its reference and reward, lives in a worker process,
+    started with "spawn" (forking a process whose torch has run OpenMP threads can deadlock the child)."""
+    envs = {mode: gym.make_vec("InstructBandit-v0", num_envs=2, vectorization_mode=mode, kl_coef=0.1,
+                               vector_kwargs={"context": "spawn"} if mode == "async" else {}, **kwargs)
             for mode in ("sync", "async")}
     assert type(envs["async"]).__name__ == "AsyncVectorEnv"
     shape = envs["sync"].single_action_space["response_ids"].shape
