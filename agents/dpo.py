@@ -89,21 +89,15 @@ class DPOConfig(TrainConfig):
     forward_batch_size: int = 256
     """Completions per forward pass of the reference and of the evaluations (changes speed, not results)."""
 
-    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
-        for name in ("batch_size", "max_prompt_tokens", "max_new_tokens", "forward_batch_size", "log_every"):
+    def __post_init__(self):  # the trainer's checks, then DPO's own: before anything loads
+        super().__post_init__()
+        for name in ("max_prompt_tokens", "max_new_tokens", "forward_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("beta", "lr", "epochs", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("evals", "eval_every", "save_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("warmup_ratio", "lr_min_ratio"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta!r}")
+        if self.evals < 0:
+            raise ValueError(f"evals must be >= 0, got {self.evals!r}")
 
 
 def encode_comparisons(rows: list[dict], tokenizer, max_prompt_tokens: int = 64, max_new_tokens: int = 48

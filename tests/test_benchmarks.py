@@ -18,7 +18,7 @@ def test_there_are_benchmark_scripts():
 def test_benchmark_help(script, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(script), "--help"])
     monkeypatch.syspath_prepend(str(script.parent))  # as `python benchmarks/NAME.py` does
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^0$") as exit_info:
         runpy.run_path(str(script), run_name="__main__")
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out

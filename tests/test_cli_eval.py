@@ -38,7 +38,7 @@ def test_help_lists_commands_and_every_subcommand_has_help(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS)
     for name in COMMANDS:
-        with pytest.raises(SystemExit) as exit_:
+        with pytest.raises(SystemExit, match="^0$") as exit_:
             main([name, "--help"])
         assert exit_.value.code == 0
         assert "--seed" in capsys.readouterr().out
@@ -68,12 +68,14 @@ def test_every_option_of_every_command_has_help_and_its_default(command):
     (["ppo", "--group_size", "3"], "group_size must divide batch_size (128)"),
     (["ppo", "--minibatch_size", "500"], "minibatch_size (500) must be <= batch_size (128)"),
     (["eval", "--episodess", "3"], "did you mean --episodes?"),
+    (["sft", "--lr", "0"], "lr must be > 0, got 0.0"),  # the LM stages' shared settings (TrainConfig)
+    (["rm", "--warmup_ratio", "2"], "warmup_ratio must be in [0, 1], got 2.0"),
 ])
 def test_a_users_mistake_is_one_line_before_anything_loads(argv, message, capsys, monkeypatch):
     import rlhf_env.models as models
 
     monkeypatch.setattr(models, "load_policy", lambda *a, **k: pytest.fail("a model loaded before the error"))
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^2$") as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

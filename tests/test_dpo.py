@@ -234,11 +234,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result_and_a_finished_one_is_
         pass
 
     def crash(*args, **kwargs):
-        raise Crash
+        raise Crash("killed at the evaluation")
 
     with monkeypatch.context() as patch:  # crash at the step-7 evaluation, after the step-4 checkpoint
         patch.setattr(dpo_module, "evaluate_pairs", crash)
-        with pytest.raises(Crash):
+        with pytest.raises(Crash, match="killed at the evaluation"):
             dpo(DPOConfig(out=str(tmp_path / "killed"), eval_every=7, **settings))
     assert (tmp_path / "killed" / "checkpoint" / "state.json").exists()
     assert not (tmp_path / "killed" / "result.json").exists()

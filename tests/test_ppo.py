@@ -227,8 +227,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tiny_policy_dir, wo
 
     killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2,
                                   eval_every=3, advantage=advantage))
-    killed.evaluate = lambda: (_ for _ in ()).throw(Crash())  # dies at iteration 3, after the checkpoint at 2
-    with pytest.raises(Crash):
+    killed.evaluate = lambda: (_ for _ in ()).throw(Crash("killed at iteration 3"))  # after the checkpoint at 2
+    with pytest.raises(Crash, match="killed at iteration 3"):
         killed.train()
     resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "killed", iterations=4, save_every=2,
                                    advantage=advantage))
@@ -449,8 +449,8 @@ def test_an_unreadable_checkpoint_falls_back_to_the_one_before_it(tiny_policy_di
 
     killed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, save_every=1,
                                   eval_every=3))
-    killed.evaluate = lambda: (_ for _ in ()).throw(Crash())  # dies at iteration 3, after checkpoints 1 and 2
-    with pytest.raises(Crash):
+    killed.evaluate = lambda: (_ for _ in ()).throw(Crash("killed at iteration 3"))  # after checkpoints 1 and 2
+    with pytest.raises(Crash, match="killed at iteration 3"):
         killed.train()
     checkpoint = tmp_path / "ppo" / "checkpoint"
     (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")  # e.g. a disk error

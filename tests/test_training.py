@@ -74,11 +74,11 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tokenizer, tmp_path):
         pass
 
     def crash(metrics):  # raise from inside the loop at step 7, after the step-4 checkpoint
-        raise Crash
+        raise Crash("killed at step 7")
 
     model.load_state_dict(initial)
     killed = TrainConfig(out=str(tmp_path / "killed"), eval_every=7, **config)
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match="killed at step 7"):
         train_causal_lm(model, tokenizer, examples, killed, evaluate=crash)
     assert (tmp_path / "killed" / "checkpoint" / "state.json").exists()
 

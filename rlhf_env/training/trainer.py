@@ -57,6 +57,20 @@ class TrainConfig:
     device: str = "cpu"
     """torch device (cpu, cuda, cuda:1, ...)."""
 
+    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
+        for name in ("batch_size", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lr", "epochs", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("eval_every", "save_every", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("warmup_ratio", "lr_min_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     """Right-pad (input_ids, labels) pairs into (B, T) tensors plus attention mask."""
