@@ -13,6 +13,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
 from agents.ppo import PPOAgent, PPOConfig
 from agents.reinforce import REINFORCEAgent, REINFORCEConfig
@@ -38,6 +39,11 @@ def _join(rank, port, fn, args):
     fn(rank, *args)
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path) -> None:
+    """Tensors between the processes as safetensors (no pickles)."""
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+
+
 def weights(agent) -> dict[str, torch.Tensor]:
     value = agent.value.state_dict() if agent.value is not None else {}
     named = {**agent.policy.state_dict(), **{f"value.{k}": v for k, v in value.items()}}
@@ -61,19 +67,21 @@ def make(case, policy_dir, world_dir, out):
 
 
 def record_episodes(case, policy_dir, world_dir, tmp) -> None:
-    """One process samples the global batch once (``tmp/CASE/episodes.pt``), for 1 process and 2 ranks to replay."""
+    """One process samples the global batch once (``tmp/CASE/episodes.safetensors``), for 1 process and 2 ranks to
+    replay."""
     agent = make(case, policy_dir, world_dir, tmp / case / "record")
     episodes = agent.collect(agent.env.reset(seed=0)[0])
     # the tiny random policy seldom ends a response: cut them at seeded lengths, so that the ranks' shares of a
     # minibatch hold different numbers of tokens
     lengths = torch.randint(1, 9, (BATCH, 1), generator=torch.Generator().manual_seed(0))
     episodes["response_mask"] = episodes["response_mask"] * (torch.arange(episodes["response_mask"].shape[1]) < lengths)
-    torch.save(episodes, tmp / case / "episodes.pt")
+    save_tensors({k: v for k, v in episodes.items() if torch.is_tensor(v)}, tmp / case / "episodes.safetensors")
 
 
 def replay(agent, episodes: dict, rows: slice) -> None:
-    """The test's hook: the agent's rollout gets these rows of recorded episodes instead of sampling its own."""
-    mine = {k: v[rows] if torch.is_tensor(v) else v for k, v in episodes.items()}
+    """The test's hook: the agent's rollout gets these rows of recorded episodes instead of sampling its own (no
+    next observations and no phase times: ``iterate`` is called once, on both sides alike)."""
+    mine = {**{k: v[rows] for k, v in episodes.items()}, "next_obs": None, "times": {}}
     agent.collect = lambda obs: mine
 
 
@@ -82,10 +90,10 @@ def iterate_on_rank(rank, policy_dir, world_dir, tmp):
     share = BATCH // WORLD
     for case in CASES:
         agent = make(case, policy_dir, world_dir, tmp / case / "two")
-        episodes = torch.load(tmp / case / "episodes.pt", weights_only=False)
-        replay(agent, episodes, slice(rank * share, (rank + 1) * share))
+        replay(agent, load_file(tmp / case / "episodes.safetensors"), slice(rank * share, (rank + 1) * share))
         metrics, _ = agent.iterate(None)
-        torch.save({"weights": weights(agent), "metrics": metrics}, tmp / case / f"rank{rank}.pt")
+        save_tensors(weights(agent), tmp / case / f"rank{rank}.safetensors")
+        (tmp / case / f"rank{rank}.json").write_text(json.dumps(metrics))
 
 
 # -- a run stopped and resumed ----------------------------------------------------------------------------------
@@ -123,7 +131,8 @@ def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp):
     resumed = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped"))
     resumed.train()
     assert resumed.iteration == 4
-    torch.save({"full": weights(full), "resumed": weights(resumed)}, tmp / f"rank{rank}.pt")
+    save_tensors({**{f"full.{k}": v for k, v in weights(full).items()},
+                  **{f"resumed.{k}": v for k, v in weights(resumed).items()}}, tmp / f"rank{rank}.safetensors")
 
 
 def on_rank(rank, policy_dir, world_dir, tmp):
@@ -152,30 +161,35 @@ def test_an_iteration_on_two_ranks_equals_one_process_on_the_same_global_batch(t
         tmp = two_ranks / "iteration" / case
         one = make(case, two_ranks / "policy", world_dir, tmp / "one")
         start = weights(one)
-        episodes = torch.load(tmp / "episodes.pt", weights_only=False)
+        episodes = load_file(tmp / "episodes.safetensors")
         assert episodes["env_rewards"].std() > 0.05 and episodes["response_mask"].sum(1).unique().numel() > 4
         replay(one, episodes, slice(None))
         metrics, _ = one.iterate(None)
         expected = weights(one)
         assert max((expected[k] - v).abs().max().item() for k, v in start.items()) > 1e-3, case  # >> the tolerance
-        ranks = [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+        ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
         for name, value in expected.items():
             where = f"{case} {name}"
-            torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-5,
+            torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-5,
                                        msg=lambda m, where=where: f"{where}: {m}")
-            assert torch.equal(ranks[1]["weights"][name], ranks[0]["weights"][name]), f"{case}: the ranks diverged"
-        assert set(ranks[0]["metrics"]) == set(metrics), case  # every metric, gathered over the ranks
+            assert torch.equal(ranks[1][name], ranks[0][name]), f"{case}: the ranks diverged"
+        rank_metrics = json.loads((tmp / "rank0.json").read_text())
+        assert set(rank_metrics) == set(metrics), case  # every metric, gathered over the ranks
         learning = {k: v for k, v in metrics.items() if not k.startswith("time_")}
-        assert {k: ranks[0]["metrics"][k] for k in learning} == pytest.approx(learning, rel=1e-4, abs=1e-6), case
+        assert {k: rank_metrics[k] for k in learning} == pytest.approx(learning, rel=1e-4, abs=1e-6), case
 
 
 @pytest.mark.slow
 def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ranks, world_dir):
     tmp = two_ranks / "resume"
-    ranks = [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
-    for name, value in ranks[0]["full"].items():
-        assert torch.equal(ranks[1]["full"][name], value), name  # the ranks stay in sync
-        torch.testing.assert_close(ranks[0]["resumed"][name], value, rtol=0, atol=1e-6, msg=name)
+    ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
+    full = [name for name in ranks[0] if name.startswith("full.")]
+    assert full
+    for name in full:
+        value = ranks[0][name]
+        assert torch.equal(ranks[1][name], value), name  # the ranks stay in sync
+        resumed = "resumed." + name.removeprefix("full.")
+        torch.testing.assert_close(ranks[0][resumed], value, rtol=0, atol=1e-6, msg=name)
     full_log, resumed_log = (learning_log(tmp / run / "train.csv") for run in ("full", "stopped"))
     assert len(full_log) == 4 and len(resumed_log) == 4  # rank 0 alone logs
     for a, b in zip(full_log, resumed_log):
