@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from real_size import measure_all_reduce  # benchmarks/: a script's own folder is on sys.path
 
 from agents.ppo import PPOConfig
 from rlhf_env.models import load_policy
@@ -90,34 +91,6 @@ def speed(iterations: int, tmp: Path) -> dict:
     return rows
 
 
-def _all_reduce_worker(rank: int, world: int, port: int, numel: int, repeats: int, out: str) -> None:
-    import torch
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    flat = torch.ones(numel)
-    seconds = []
-    for _ in range(repeats + 1):
-        dist.barrier()
-        started = time.perf_counter()
-        dist.all_reduce(flat)
-        seconds.append(time.perf_counter() - started)
-    if rank == 0:
-        Path(out).write_text(json.dumps(seconds[1:]))
-    dist.destroy_process_group()
-
-
-def all_reduce_seconds(numel: int, repeats: int = 20) -> float:
-    """Median seconds of a float32 all-reduce of ``numel`` values between 2 local gloo processes."""
-    import torch.multiprocessing as mp
-
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        mp.spawn(_all_reduce_worker, args=(2, 29518, numel, repeats, f.name), nprocs=2)
-        return statistics.median(json.loads(Path(f.name).read_text()))
-
-
 def largest_share(ranks: int, config: PPOConfig, draws: int = 200) -> float:
     """The mean, over optimizer steps, of the largest number of a global minibatch's episodes that one rank holds,
     over the even share (minibatch_size / ranks): how much longer a step takes than a balanced one."""
@@ -172,7 +145,7 @@ def main() -> None:
     numel = sum(p.numel() for p in load_policy(PPOConfig.policy)[0].parameters())
     with tempfile.TemporaryDirectory() as tmp:
         rows = speed(args.iterations, Path(tmp))
-        all_reduce_2 = all_reduce_seconds(numel)
+        all_reduce_2 = statistics.median(measure_all_reduce(numel, repeats=20))
         result = {"iterations": args.iterations, "batch_size": PPOConfig.batch_size, "parameters": numel,
                   "setups": rows, "all_reduce_2_processes_s": all_reduce_2,
                   "projection": projection(rows["1 process x 1 thread"], numel, all_reduce_2),
