@@ -54,11 +54,15 @@ CONTEXT = 128  # n_positions: prompt plus response tokens
 OURS = "rlhf_env_accel"  # config key that save_policy writes: a model this package built or trained
 
 
+def is_bundled(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` lies under the package's shipped assets."""
+    return path is not None and Path(path).resolve().is_relative_to(ASSETS.resolve())
+
+
 def is_ours(model, path: str | os.PathLike | None = None) -> bool:
     """A bundled model (under the package's assets), or one this package saved (``save_policy`` marks its
     config): the models ``accel=None`` accelerates."""
-    inside = path is not None and Path(path).resolve().is_relative_to(ASSETS.resolve())
-    return inside or bool(getattr(model.config, OURS, False))
+    return is_bundled(path) or bool(getattr(model.config, OURS, False))
 
 
 def sdpa_attention_forward(*args, **kwargs):
@@ -206,8 +210,7 @@ def load_reference(name_or_path: str | os.PathLike = "sft", device: str | torch.
     importing transformers, unless acceleration is switched off (``RLHF_ENV_ACCEL=0``); any other model
     as ``load_policy`` loads it."""
     path = resolve(name_or_path)
-    bundled = os.path.isdir(path) and Path(path).resolve().is_relative_to(MODELS_DIR.resolve())
-    if switched_on() and bundled and supports(read_config(path)):
+    if switched_on() and is_bundled(path) and Path(path, "config.json").is_file() and supports(read_config(path)):
         return load_torch_gpt2(path, onednn=enabled()).to(device), JSONTokenizer(path)
     model, tokenizer = load_policy(name_or_path, device)
     return model.requires_grad_(False), tokenizer
