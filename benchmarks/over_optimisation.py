@@ -67,8 +67,11 @@ def sharpened(reward, model, tokenizer, rows, baseline, seed: int) -> list[dict]
             ids = torch.cat([s.prompt_ids, s.response_ids], 1)
             mask = torch.cat([s.prompt_mask, s.response_mask], 1)
             R = s.response_ids.shape[1]
-            log_p1 = response_logprobs(model, ids, mask, R)[0]
-            log_pt = response_logprobs(model, ids, mask, R, temperature)[0] if temperature else 0.0
+            log_p1, _, out = response_logprobs(model, ids, mask, R)  # one forward for both temperatures
+            log_pt = 0.0  # greedy: the response is certain
+            if temperature:
+                log_pt = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1).gather(
+                    2, s.response_ids[:, :, None]).squeeze(2)
             kls += ((log_pt - log_p1) * s.response_mask).sum(1).tolist()
             scores += reward(list(batch["prompt"]), s.texts, s.eos.numpy()).tolist()
             grades += batch_grades
