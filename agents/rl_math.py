@@ -12,26 +12,30 @@ from dataclasses import dataclass
 import torch
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def _local(total: torch.Tensor) -> torch.Tensor:
+    return total
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, all_sum=_local) -> torch.Tensor:
+    """Mean of the masked entries (along ``dim``). ``all_sum`` turns a local sum into one over a larger batch
+    (data-parallel ranks: ``agents.distributed.all_sum``), whose mean it then is."""
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        return all_sum((x * mask).sum()) / all_sum(mask.sum()).clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of the masked entries."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+def masked_var(x: torch.Tensor, mask: torch.Tensor, all_sum=_local) -> torch.Tensor:
+    """Unbiased variance of the masked entries (``all_sum`` as in ``masked_mean``)."""
+    mean = masked_mean(x, mask, all_sum=all_sum)
+    n = all_sum(mask.sum())
+    return all_sum(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
-           all_sum=lambda total: total) -> torch.Tensor:
+           all_sum=_local) -> torch.Tensor:
     """Normalise the masked entries to std 1 (and mean 0 unless ``shift_mean=False``); padding stays 0.
-    ``all_sum`` turns a local sum into one over a larger batch (data-parallel ranks): its mean and variance."""
-    n = all_sum(mask.sum())
-    mean = all_sum((x * mask).sum()) / n.clamp(min=1)  # masked_mean and masked_var, summed over all_sum's batch
-    var = all_sum(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
+    ``all_sum`` as in ``masked_mean``: the mean and variance of a larger batch."""
+    mean, var = masked_mean(x, mask, all_sum=all_sum), masked_var(x, mask, all_sum=all_sum)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
