@@ -33,7 +33,6 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 import rlhf_env  # noqa: F401  (registers the envs)
+from agents.configs import BenchConfig
 from rlhf_env.evaluation import (
     call_policy,
     eval_prompts,
@@ -50,57 +50,8 @@ from rlhf_env.evaluation import (
     win_rate,
     win_rate_ceiling,
 )
-from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.models import load_policy
 from rlhf_env.rewards import load_reward
-
-
-@dataclass
-class BenchConfig:
-    """Train one RL algorithm on the RLHF task with a fixed budget and judge it like every other."""
-
-    algo: str = "ppo"
-    """A built-in (ppo, grpo, rloo, reinforce, best-of-N such as best-of-4, dpo, sb3-ppo, sb3-a2c,
-    sb3-ppo-token, sb3-a2c-token, sb3-maskable-ppo-token) or your class as module:Class."""
-    algo_kwargs: str = ""
-    """JSON object of keyword arguments for the algorithm's constructor, e.g. '{"lr": 1e-4}'."""
-    policy: str = "sft"
-    """Starting policy, also the KL reference and the baseline the judge compares against."""
-    reward: str = "rm"
-    """The reward the algorithm optimises: rm, gold (an oracle), or a reward-model path."""
-    kl_coef: float = 0.05
-    """beta: the env's KL penalty to the starting policy."""
-    episodes: int = 2560
-    """Episode budget: responses the algorithm may sample and have scored by the env."""
-    seed: int = 0
-    """Seed of the algorithm (the judge's prompts and samples use eval_seed)."""
-    max_new_tokens: int = 48
-    """Longest response, in tokens."""
-    eval_episodes: int = 500
-    """Held-out prompts of the judgement."""
-    eval_seed: int = 0
-    """Seed of the judge's prompt choice and sampling (rlhf eval's default)."""
-    out: str = "runs/bench"
-    """Directory for the algorithm's files (built-ins write their runs under it)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (the bundled one by default)."""
-    json: bool = False
-    """Print the result as one JSON object instead of a table."""
-
-    def __post_init__(self):
-        for name in ("episodes", "eval_episodes", "max_new_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        try:
-            kwargs = json.loads(self.algo_kwargs or "{}")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"algo_kwargs is not JSON: {e}") from e
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"algo_kwargs must be a JSON object, got {self.algo_kwargs!r}")
-        if ":" not in self.algo and self.algo not in BUILT_INS and not self.algo.startswith("best-of-"):
-            raise ValueError(f"unknown algorithm {self.algo!r}: a built-in ({', '.join(BUILT_INS)}, best-of-N) or "
-                             "module:Class")
 
 
 class EpisodeCounter(gym.vector.VectorWrapper):

@@ -38,66 +38,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rlhf_env.models import DATA_DIR, context_length, load_policy
+from agents.configs import DPOConfig
+from rlhf_env import paths
+from rlhf_env.models import context_length, load_policy
 from rlhf_env.stages.reward_model import ranking_pairs
 from rlhf_env.training.checkpoint import checkpoints
-from rlhf_env.training.trainer import IGNORE, TrainConfig, train_loop
+from rlhf_env.training.trainer import IGNORE, train_loop
 from rlhf_env.world.build import load_split
 
 TIE = 1e-4  # |log-ratio difference| (nats) under which a pair counts as a tie: float rounding, not a preference
 RESULT = "result.json"  # written when a run finishes; its presence makes a rerun into the same --out refuse
 TRAIN_CHUNK = 24  # completions per forward pass in a training step (a step's are sorted by length and chunked)
 SETTINGS = "dpo.json"  # the settings a resumed run must share that the trainer's fingerprint does not cover
-
-
-@dataclass
-class DPOConfig(TrainConfig):
-    """Fine-tune a policy on the world's ranked comparisons with DPO (no reward model, no sampling)."""
-
-    policy: str = "sft"
-    """Initial policy: a bundled name or a checkpoint path."""
-    reference: str = ""
-    """Reference policy pi_ref of the implicit reward beta * log(pi / pi_ref); empty: the initial policy. Must
-    share the policy's tokenizer. Its log-probs are computed once, before training."""
-    beta: float = 2.0
-    """DPO's beta: the scale of the implicit reward, i.e. the strength of the KL regularisation to the
-    reference (small: the policy may move far from it). Higher than the usual 0.1: on the shipped comparisons a
-    loosely held policy learns the labelers' length bias (longer answers, lower gold)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (reads comparisons/train.parquet and comparisons/test.parquet)."""
-    out: str = "runs/dpo"
-    """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy) and result.json."""
-    epochs: float = 2.0
-    batch_size: int = 16
-    """Prompts per optimizer step; each brings all K of its responses and all C(K,2) pairs."""
-    lr: float = 1e-4
-    warmup_ratio: float = 0.05
-    log_every: int = 10
-    save_every: int = 100
-    evals: int = 4
-    """Number of evaluations on the test comparisons, evenly spaced (sets eval_every unless given; 0: only at
-    the end)."""
-    max_prompt_tokens: int = 64
-    """Longest prompt, in tokens, as in the env; a completion with a longer prompt is left out."""
-    max_new_tokens: int = 48
-    """Longest response, in tokens, EOS included, as in the env; a longer response is left out."""
-    forward_batch_size: int = 256
-    """Completions per forward pass of the reference and of the evaluations (changes speed, not results)."""
-
-    def __post_init__(self):  # the trainer's checks, then DPO's own: before anything loads
-        super().__post_init__()
-        for name in ("max_prompt_tokens", "max_new_tokens", "forward_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta!r}")
-        if self.evals < 0:
-            raise ValueError(f"evals must be >= 0, got {self.evals!r}")
 
 
 def encode_comparisons(rows: list[dict], tokenizer, max_prompt_tokens: int = 64, max_new_tokens: int = 48
@@ -247,9 +203,7 @@ def load_reference(config: DPOConfig, model, tokenizer):
 
 def check_out(config: DPOConfig) -> Path:
     """Refuse a file, a finished run, or a checkpoint of a run with other DPO settings; record this run's."""
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a directory")
+    out = paths.check_out(config.out)
     if (out / RESULT).exists():
         raise ValueError(f"{out} holds a finished DPO run ({RESULT}); pass another --out, or delete it to rerun")
     settings = {k: getattr(config, k) for k in ("policy", "reference", "beta", "data", "max_prompt_tokens",

@@ -12,27 +12,11 @@ with the score, instead of a separate KL term in the loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from agents.ppo import PPOAgent, PPOConfig
+from agents.configs import GRPOConfig
+from agents.ppo import PPOAgent
 from agents.rl_math import group_normalized_advantages
-
-
-@dataclass
-class GRPOConfig(PPOConfig):
-    """Optimise a policy with GRPO against a reward model, with a KL penalty to the SFT policy."""
-
-    out: str = "runs/grpo"
-    """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.advantage != "rloo" or self.group_size < 2:
-            raise ValueError("GRPO has no critic and normalises within groups: keep advantage='rloo' (no value "
-                             f"model) and group_size >= 2; got advantage={self.advantage!r}, "
-                             f"group_size={self.group_size}")
 
 
 class GRPOAgent(PPOAgent):

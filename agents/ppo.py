@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -35,6 +35,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
 from agents import distributed
+from agents.configs import PPOConfig
 from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, response_forward
 from agents.rl_math import (
     KLController,
@@ -49,7 +50,6 @@ from agents.rl_math import (
 from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
     BUNDLED_REWARDS,
-    DATA_DIR,
     float32_attention,
     load_classifier,
     load_policy,
@@ -62,140 +62,6 @@ from rlhf_env.training.checkpoint import find_checkpoint
 from rlhf_env.training.run import Run
 
 NORMALIZE_EPISODES = 512  # samples of the initial policy that set the reward's scale (normalize_reward)
-
-
-@dataclass
-class PPOConfig:
-    """Optimise a policy with PPO against a reward model, with a KL penalty to the SFT policy."""
-
-    policy: str = "sft"
-    """Initial policy: a bundled name or a checkpoint path."""
-    reference: str = ""
-    """KL reference policy (the env's pi_ref); empty: the initial policy. Must share the policy's tokenizer."""
-    reward: str = "rm"
-    """Reward: rm, rm-scalar, gold, or a reward-model path (from Python, any load_reward spec)."""
-    reward_label: int = 0
-    """With a sequence-classifier reward: the output (label) that scores a response."""
-    reward_transform: str = "logit"
-    """With a sequence-classifier reward: logit, log_softmax or softmax of that label."""
-    out: str = "runs/ppo"
-    """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
-    seed: int = 0
-    """Seed of the policy's sampling, the env's prompt draws and the minibatch order."""
-    iterations: int = 100
-    """PPO iterations; each samples batch_size episodes."""
-    batch_size: int = 128
-    """Episodes per iteration: the vector env's num_envs (batch_size / group_size distinct prompts)."""
-    advantage: str = "rloo"
-    """rloo: a response's advantage, at each of its tokens, is its env reward (score - beta * KL) minus the
-    mean of its group_size - 1 siblings' (a leave-one-out baseline per prompt; no critic). gae: per-token
-    rewards, GAE and a value model (value_model), as in InstructGPT and the N+ recipe."""
-    group_size: int = 8
-    """Responses sampled per prompt in each iteration (the vector env's group_size); rloo needs >= 2."""
-    minibatch_size: int = 16
-    """Episodes per gradient step (batch_size / minibatch_size steps per epoch)."""
-    ppo_epochs: int = 4
-    """Passes over each iteration's episodes."""
-    lr: float = 3e-5
-    """Peak learning rate, decayed linearly to 0."""
-    adam_eps: float = 1e-5
-    """AdamW's epsilon."""
-    weight_decay: float = 0.01
-    """AdamW's decoupled weight decay, on every parameter (PyTorch's default; the N+ recipe uses none). At the
-    default lr it shrinks the weights by about 0.02% over a whole run."""
-    max_grad_norm: float = 1.0
-    """Clip the gradients' global norm to this."""
-    kl_coef: float = 0.05
-    """beta: initial KL coefficient."""
-    target_kl: float = 0.0
-    """Target KL per sequence (nats) for the adaptive controller; 0 keeps kl_coef fixed."""
-    kl_horizon: int = 10_000
-    """Episodes over which the adaptive KL controller moves beta by its full step (with target_kl)."""
-    gamma: float = 1.0
-    """Discount of the per-token rewards (advantage=gae)."""
-    gae_lambda: float = 0.95
-    """GAE's lambda (advantage=gae)."""
-    clip_coef: float = 0.2
-    """PPO's clip range: the ratio is clipped to [1 - clip_coef, 1 + clip_coef]."""
-    vf_clip: float = 0.2
-    """The value loss clips new values to old values +- vf_clip (advantage=gae)."""
-    vf_coef: float = 0.1
-    """Weight of the value loss (advantage=gae)."""
-    early_stop_kl: float = 0.0
-    """Stop an iteration's epochs once approx-KL exceeds this (0: never)."""
-    value_model: str = "head"
-    """With advantage=gae: head, a zero-initialised head on the policy trunk; rm, a separate critic initialised
-    from the RM (which must share the policy's tokenizer). Unused with rloo."""
-    ptx_coef: float = 0.0
-    """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
-    ptx_batch_size: int = 8
-    """Web-text blocks per minibatch in the PPO-ptx term."""
-    normalize_reward: bool = False
-    """Rescale the reward so that the initial policy's samples on NORMALIZE_EPISODES training prompts score
-    N(0, 1) (N+ recipe), before the KL penalty and the missing-EOS penalty; for a reward of another scale
-    than the bundled RMs, which are already normalised so. The mean and std are saved with the run."""
-    missing_eos_penalty: float | None = -1.0
-    """Score of a response without EOS (None: the reward model scores it like any other)."""
-    temperature: float = 1.0
-    """Sampling temperature of the policy; the env's KL uses the same."""
-    max_prompt_tokens: int = 64
-    """Prompts are left-padded to this many tokens (longer ones are an error)."""
-    max_new_tokens: int = 48
-    """Longest response, in tokens; a response that reaches it without EOS gets missing_eos_penalty."""
-    prompts: str = "ppo"
-    """Prompt split of the world (training customers)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (the bundled one by default)."""
-    eval_every: int = 25
-    """Iterations between held-out evaluations (0: only at the end)."""
-    eval_episodes: int = 200
-    """Held-out prompts of each evaluation during the run."""
-    final_eval_episodes: int = 500
-    """Held-out prompts of the final evaluation (rlhf eval's default)."""
-    eval_seed: int = 0
-    """Seed of the held-out evaluations' prompt choice and sampling. rlhf eval's default is 0, so the final
-    table matches `rlhf eval --policy OUT/final --baseline REFERENCE` whatever the training seed."""
-    save_every: int = 10
-    """Iterations between resumable checkpoints in OUT/checkpoint (0: none)."""
-    device: str = "cpu"
-    """torch device (cpu, cuda, ...)."""
-    bf16: bool = False
-    """Mixed precision: the policy's and critic's forward and backward run their matmuls (the LM head's
-    included) in bfloat16 under autocast; weights, AdamW, attention, LayerNorm, the value head and the
-    log-softmax stay float32. Where bfloat16 is native (AVX-512 BF16 or AMX CPUs, recent GPUs) that is
-    faster (benchmarks/bench_ppo_iteration.py measures by how much); elsewhere it warns. The ratio's old
-    log-probs then come from the same bfloat16 forward, so the ratio is 1 before the first update up to
-    kernel rounding; the env's KL uses the sampler's float32 log-probs. Sampling, the reference and the
-    reward model stay float32."""
-    json: bool = False
-    """Print the final held-out evaluation as one JSON object instead of a table."""
-
-    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
-        positive = ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "max_prompt_tokens",
-                    "final_eval_episodes", "ptx_batch_size")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lr", "temperature", "clip_coef"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.minibatch_size > self.batch_size:
-            raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
-        if self.advantage not in ("rloo", "gae"):
-            raise ValueError(f"advantage must be 'rloo' or 'gae', got {self.advantage!r}")
-        if self.value_model not in ("head", "rm"):
-            raise ValueError(f"value_model must be 'head' or 'rm', got {self.value_model!r}")
-        self.check_groups()
-
-    def check_groups(self) -> None:
-        """group_size must suit the advantages: leave-one-out needs siblings (another agent may say otherwise)."""
-        k = self.group_size
-        if k < 1 or self.batch_size % k or (self.advantage == "rloo" and k < 2):
-            raise ValueError(f"group_size must divide batch_size ({self.batch_size}) and be >= 2 with "
-                             f"advantage='rloo'; got {k}")
 
 
 class PPOAgent:

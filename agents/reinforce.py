@@ -13,25 +13,8 @@ exactly REINFORCE's (see ``agents/rloo.py``). Everything else is the PPO agent's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from agents.rloo import RLOOAgent, RLOOConfig
-
-
-@dataclass
-class REINFORCEConfig(RLOOConfig):
-    """Optimise a policy with REINFORCE (batch baseline, one response per prompt) against a reward model, with
-    a KL penalty to the SFT policy."""
-
-    out: str = "runs/reinforce"
-    """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
-    group_size: int = 1
-    """Responses per prompt in each iteration (1: every episode a different prompt)."""
-
-    def check_groups(self) -> None:  # the baseline is the batch's, so any group size that divides it
-        if self.group_size < 1 or self.batch_size % self.group_size or self.batch_size < 2:
-            raise ValueError(f"group_size must divide batch_size ({self.batch_size}), which must be >= 2 for a "
-                             f"leave-one-out baseline; got group_size={self.group_size}")
+from agents.configs import REINFORCEConfig
+from agents.rloo import RLOOAgent
 
 
 class REINFORCEAgent(RLOOAgent):

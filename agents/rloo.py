@@ -18,36 +18,12 @@ step instead of 32, and the advantages are not divided by their std. Everything 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from agents import distributed
-from agents.ppo import PPOAgent, PPOConfig
+from agents.configs import RLOOConfig
+from agents.ppo import PPOAgent
 from agents.rl_math import leave_one_out_advantages
-
-
-@dataclass
-class RLOOConfig(PPOConfig):
-    """Optimise a policy with RLOO (REINFORCE, leave-one-out baseline) against a reward model, with a KL
-    penalty to the SFT policy."""
-
-    out: str = "runs/rloo"
-    """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
-    minibatch_size: int = 0
-    """Episodes per gradient step; 0: the whole batch (one on-policy step per iteration)."""
-    ppo_epochs: int = 1
-    """Passes over each iteration's episodes (1: on-policy REINFORCE)."""
-    lr: float = 3e-4
-    """Peak learning rate, decayed linearly to 0."""
-
-    def __post_init__(self):
-        if self.minibatch_size == 0:
-            self.minibatch_size = self.batch_size
-        super().__post_init__()
-        if self.advantage != "rloo":
-            name = type(self).__name__.removesuffix("Config")  # RLOO, REINFORCE
-            raise ValueError(f"{name} has no critic: keep advantage='rloo', got {self.advantage!r}")
 
 
 class RLOOAgent(PPOAgent):

@@ -1,10 +1,14 @@
 """The ``rlhf`` command. Each subcommand's options are generated from its stage's ``@dataclass``
-config; the help text of an option is the docstring under the field."""
+config; the help text of an option is the docstring under the field.
+
+The configs live in ``rlhf_env.configs`` and ``agents.configs``, which import neither torch nor transformers:
+a mistake in an option is reported before either loads, and only a command that runs imports them."""
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -12,11 +16,12 @@ import json
 import os
 import sys
 import textwrap
+import typing
 
 from rlhf_env.accel.switch import ENV_VAR
 
-# name -> (module, config class, entry function, table function in rlhf_env.report or None, help).
-# Modules load lazily: `rlhf --help` must not import torch.
+# name -> (module, config class, entry function, table function in rlhf_env.report or None, help). The config
+# class is in the configs module of the module's package; the module loads only to run the command.
 COMMANDS = {
     "eval": ("rlhf_env.evaluation", "EvalConfig", "evaluate", "eval_table", "compare two policies by the gold grader"),
     "eval-rm": ("rlhf_env.rewards.metrics", "RMEvalConfig", "evaluate_reward", "eval_rm_table",
@@ -55,30 +60,59 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def build_parser(name: str):
-    from transformers import HfArgumentParser
+def to_bool(value: str) -> bool:
+    """``--flag true`` or ``false``, also yes/no, t/f, y/n, 1/0, in any case."""
+    true, false = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")
+    if value.lower() not in true + false:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() in true
 
+
+class ConfigParser(argparse.ArgumentParser):
+    """One option per field of a dataclass config: ``--name`` (and ``--a-b`` for ``--a_b``) of the field's type,
+    its help the field's docstring and its default. A bool is ``--flag`` alone (true) or ``--flag true/false``,
+    and one that defaults to true also ``--no_flag``; ``X | None`` takes an X (None is only ever the default)."""
+
+    def __init__(self, config_class, **kwargs):
+        super().__init__(**kwargs)
+        self.config_class = config_class
+        docs, hints = field_docs(config_class), typing.get_type_hints(config_class)
+        for field in dataclasses.fields(config_class):
+            name, kind = field.name, hints[field.name]
+            if type(None) in typing.get_args(kind):
+                (kind,) = (t for t in typing.get_args(kind) if t is not type(None))
+            if kind not in (bool, int, float, str):
+                raise TypeError(f"{config_class.__name__}.{name}: no command-line form for {kind}")
+            text = f"{docs[name]} (default: {field.default})".replace("%", "%%")  # argparse formats help with %
+            flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+            if kind is bool:
+                self.add_argument(*flags, type=to_bool, nargs="?", const=True, default=field.default, help=text)
+                if field.default:
+                    self.add_argument(f"--no_{name}", f"--no-{name.replace('_', '-')}", dest=name,
+                                      action="store_false", help=f"The same as --{name} false.")
+            else:
+                self.add_argument(*flags, type=kind, default=field.default, help=text)
+
+
+def build_parser(name: str) -> ConfigParser:
     module, cls_name, _, _, summary = COMMANDS[name]
-    cls = getattr(importlib.import_module(module), cls_name)
-    parser = HfArgumentParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary,
-                              formatter_class=argparse.HelpFormatter)  # the defaults are written below, once
-    docs = field_docs(cls)
-    for action in parser._actions:
-        if action.dest in docs:  # every option: its docstring and its default (argparse formats help with %)
-            action.help = f"{docs[action.dest]} (default: {action.default})".replace("%", "%%")
-    return parser
+    cls = getattr(importlib.import_module(f"{module.split('.')[0]}.configs"), cls_name)
+    return ConfigParser(cls, prog=f"rlhf {name}", description=inspect.getdoc(cls) or summary)
 
 
-def parse_config(parser, argv: list[str]):
+def parse_config(parser: ConfigParser, argv: list[str]):
     """The config from ``argv``, or argparse's usage and a one-line error (exit 2) for an unknown option, with
-    the closest known one, or for a value the config refuses."""
-    config, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    the closest known one, or for a value the config refuses (its ``__post_init__`` checks)."""
+    options, unknown = parser.parse_known_args(argv)
     if unknown:
         known = [o for action in parser._actions for o in action.option_strings]
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])
         close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.6)
         parser.error(f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else ""))
-    return config
+    try:
+        return parser.config_class(**vars(options))
+    except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: a model or dataset path that is not there
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     name = argv[0]
-    parser = build_parser(name)
-    try:
-        config = parse_config(parser, argv[1:])
-    except ValueError as e:  # the config's own checks (__post_init__): before anything loads
-        parser.error(str(e))
+    config = parse_config(build_parser(name), argv[1:])
     _quiet()
     module, _, entry, table, _ = COMMANDS[name]
     try:

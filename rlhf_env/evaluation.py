@@ -13,49 +13,17 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from rlhf_env.models import DATA_DIR, load_policy, load_tokenizer, resolve
+from rlhf_env.configs import EvalConfig
+from rlhf_env.models import load_policy, load_tokenizer, resolve
 from rlhf_env.sampling import sample
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade
 from rlhf_env.world.tasks import reference_answer
-
-
-@dataclass
-class EvalConfig:
-    """Compare two policies by the gold grader."""
-
-    policy: str = "sft"
-    """Policy A: a bundled name (base, sft, base-large, sft-large) or a checkpoint path / hub id. From Python,
-    also any HF causal LM in memory as a (model, tokenizer) pair, or a callable prompts -> responses (see
-    ``respond``)."""
-    baseline: str = "base"
-    """Policy B, same forms as --policy."""
-    split: str = "heldout"
-    """Prompt split: heldout (held-out customers), valid, sft, rm or ppo."""
-    episodes: int = 500
-    """Number of prompts (one response per policy each)."""
-    seed: int = 0
-    """Seed of the prompt choice and of both policies' sampling (the same seed, the same samples)."""
-    temperature: float = 1.0
-    """Sampling temperature of policy A (0 for greedy)."""
-    baseline_temperature: float | None = None
-    """Sampling temperature of policy B (None: the same as --temperature). E.g. --temperature 0
-    --baseline_temperature 1 judges a policy's greedy answers against another's samples."""
-    max_new_tokens: int = 48
-    """Longest response, in tokens."""
-    batch_size: int = 125
-    """Prompts sampled together (changes speed, not results)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (the bundled one by default)."""
-    device: str = "cpu"
-    """torch device (cpu, cuda, ...)."""
-    json: bool = False
-    """Print one JSON object instead of a table."""
 
 
 def eval_prompts(data: str, split: str, episodes: int, seed: int):

@@ -18,10 +18,8 @@ Weights are stored in float16 to keep the package small and are loaded as float3
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,18 +28,19 @@ import torch
 from rlhf_env.accel import accelerate, enabled
 from rlhf_env.accel.gpt2 import load_torch_gpt2, read_config, supports
 from rlhf_env.accel.switch import switched_on
+from rlhf_env.paths import (  # noqa: F401  (re-exported: where the assets live, and what a name resolves to)
+    ASSETS,
+    BUNDLED_POLICIES,
+    BUNDLED_REWARDS,
+    DATA_DIR,
+    MODELS_DIR,
+    TOKENIZER_DIR,
+    resolve,
+)
 from rlhf_env.tokenizer import JSONTokenizer
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded through it: importing it takes seconds
     from transformers import GPT2LMHeadModel, PreTrainedModel
-
-ASSETS = Path(__file__).parent / "assets"
-MODELS_DIR = ASSETS / "models"
-TOKENIZER_DIR = ASSETS / "tokenizer"
-DATA_DIR = ASSETS / "data"
-
-BUNDLED_POLICIES = ("base", "sft", "base-large", "sft-large")
-BUNDLED_REWARDS = ("rm", "rm-scalar")  # see rlhf_env.rewards
 
 # GPT-2 architecture in two sizes; parameter counts with the 768-token vocabulary.
 SIZES: dict[str, dict] = {
@@ -142,27 +141,6 @@ def quiet_local_load(path: str | os.PathLike):
     """No "Loading weights" bar for a model read from a local directory (it takes a moment); a download from
     the hub keeps its bars."""
     return no_progress_bars(os.path.isdir(path))
-
-
-def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_POLICIES) -> str:
-    """Map a bundled name to its directory; check that a local path exists. Hub ids pass through."""
-    name = str(name_or_path)
-    what = "reward model" if bundled == BUNDLED_REWARDS else "policy"
-    if name in bundled:
-        path = MODELS_DIR / name
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"bundled model {name!r} is missing from {path}; run `rlhf build-assets`")
-        return str(path)
-    if os.path.exists(name):
-        if not any(os.path.exists(os.path.join(name, f)) for f in ("config.json", "tokenizer_config.json")):
-            raise ValueError(f"{name!r} is not a Hugging Face model directory (it has no config.json)")
-        return name
-    if not re.fullmatch(r"\w[\w.-]*(/[\w.-]+)?", name):  # not of the hub-id form "name" or "org/name"
-        raise FileNotFoundError(f"no such {what} path: {name!r}")
-    close = difflib.get_close_matches(name, bundled, n=1)
-    if close:  # almost certainly a typo: fail now rather than after the hub's retries
-        raise ValueError(f"{name!r} is not a bundled model {bundled}; did you mean {close[0]!r}?")
-    return name  # a hub id such as "gpt2" or "org/model"
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = "sft"):

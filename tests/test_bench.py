@@ -2,7 +2,8 @@
 
 import pytest
 
-from agents.bench import BenchConfig, EnvFactory, algorithm_class, bench
+from agents.bench import BUILT_INS, BenchConfig, EnvFactory, algorithm_class, bench
+from agents.configs import BUILT_IN_ALGORITHMS
 from rlhf_env.models import load_policy
 from tests.test_ppo import brevity
 
@@ -36,6 +37,7 @@ def test_bad_algorithms_and_budgets_are_clear_errors(tmp_path):
         BenchConfig(algo_kwargs="[1]")
     with pytest.raises(ValueError, match="cannot load algorithm 'examples.reinforce:Nope'"):
         algorithm_class("examples.reinforce:Nope")
+    assert BUILT_IN_ALGORITHMS == tuple(BUILT_INS)  # what BenchConfig checks --algo against, before they load
 
 
 def test_the_env_factory_fixes_the_task_and_counts_episodes(tiny_policy_dir, world_dir, tmp_path):

@@ -1,12 +1,17 @@
 """The `rlhf` command and the gold-graded evaluation."""
 
+import dataclasses
 import json
+import re
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from rlhf_env.cli import COMMANDS, field_docs, main
+from agents.ppo import PPOConfig
+from rlhf_env.cli import COMMANDS, build_parser, field_docs, main, parse_config
 from rlhf_env.evaluation import EvalConfig, reference_grades, win_rate, win_rate_ceiling
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade
@@ -41,7 +46,8 @@ def test_help_lists_commands_and_every_subcommand_has_help(capsys):
         with pytest.raises(SystemExit, match="^0$") as exit_:
             main([name, "--help"])
         assert exit_.value.code == 0
-        assert "--seed" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert all(f"--{field.name}" in out for field in dataclasses.fields(build_parser(name).config_class))
 
 
 def test_option_help_comes_from_field_docstrings():
@@ -50,9 +56,10 @@ def test_option_help_comes_from_field_docstrings():
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_option_of_every_command_has_help_and_its_default(command):
-    from rlhf_env.cli import build_parser
-
     options = [a for a in build_parser(command)._actions if a.option_strings and a.dest != "help"]
+    negations = [a for a in options if a.const is False]  # --no_resume: the other form of --resume false
+    assert all(a.help == f"The same as --{a.dest} false." for a in negations)
+    options = [a for a in options if a not in negations]
     assert options
     for action in options:
         assert action.help and action.help.endswith(f"(default: {action.default})"), (command, action.dest)
@@ -70,6 +77,13 @@ def test_every_option_of_every_command_has_help_and_its_default(command):
     (["eval", "--episodess", "3"], "did you mean --episodes?"),
     (["sft", "--lr", "0"], "lr must be > 0, got 0.0"),  # the LM stages' shared settings (TrainConfig)
     (["rm", "--warmup_ratio", "2"], "warmup_ratio must be in [0, 1], got 2.0"),
+    (["eval", "--split", "test", "--episodes", "2"], "unknown split 'test' of dataset 'prompts'"),
+    (["ppo", "--reward", "/no/such/path"], "no such reward model path: '/no/such/path'"),
+    (["ppo", "--reward", "rm-scaler"], "did you mean 'rm-scalar'?"),
+    (["ppo", "--json", "maybe"], "argument --json: expected true or false, got 'maybe'"),
+    (["ppo", "--iterations", "1.5"], "argument --iterations: invalid int value: '1.5'"),
+    (["ppo", "--missing_eos_penalty", "None"], "invalid float value: 'None'"),  # None is only ever the default
+    (["ppo", "--no_json"], "unrecognized argument --no_json"),  # only a bool that defaults to true has --no_
 ])
 def test_a_users_mistake_is_one_line_before_anything_loads(argv, message, capsys, monkeypatch):
     import rlhf_env.models as models
@@ -88,9 +102,11 @@ def test_out_pointing_to_a_file_is_refused_before_anything_loads(tmp_path, capsy
 
     monkeypatch.setattr(ppo_module, "load_policy", lambda *a, **k: pytest.fail("a model loaded before the error"))
     (tmp_path / "file").write_text("")
-    assert main(["ppo", "--out", str(tmp_path / "file")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is a file; pass a directory" in err[0]
+    for command in ("ppo", "sft", "dpo", "bench"):
+        with pytest.raises(SystemExit, match="^2$"):
+            main([command, "--out", str(tmp_path / "file")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"rlhf {command}: error: --out {tmp_path / 'file'} is a file; pass a directory"
 
 
 def test_unknown_command_and_unknown_policy_are_clear_errors(capsys):
@@ -98,11 +114,6 @@ def test_unknown_command_and_unknown_policy_are_clear_errors(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     assert main(["eval", "--policy", "sftt", "--episodes", "2"]) == 2
     assert "did you mean 'sft'" in capsys.readouterr().err
-
-
-def test_unknown_split_is_a_clear_error(capsys):
-    assert main(["eval", "--split", "test", "--episodes", "2"]) == 2
-    assert "unknown split 'test'" in capsys.readouterr().err
 
 
 def test_eval_json_on_local_checkpoints(tiny_policy_dir, world_dir, capsys):
@@ -120,9 +131,92 @@ def test_eval_json_on_local_checkpoints(tiny_policy_dir, world_dir, capsys):
 
 
 def test_import_rlhf_env_is_light():
-    code = "import sys, rlhf_env; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = ("import sys, rlhf_env, rlhf_env.cli, rlhf_env.configs, agents.configs; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# What each of benchmarks/bench_cli_errors.py's cases (issue 15's table) must say, on its one error line.
+ERRORS = {
+    "misspelled flag": "rlhf ppo: error: unrecognized argument --klcoef; did you mean --kl_coef?",
+    "zero iterations": "rlhf ppo: error: iterations must be a positive integer, got 0",
+    "negative iterations": "rlhf ppo: error: iterations must be a positive integer, got -1",
+    "--out is a file": "rlhf ppo: error: --out {file} is a file; pass a directory",
+    "unknown prompt split": "rlhf eval: error: unknown split 'trainn' of dataset 'prompts'; known splits: "
+                            "['heldout', 'ppo', 'rm', 'sft', 'valid']",
+    "no such reward path": "rlhf ppo: error: no such reward model path: '/no/such/path'",
+    "unknown command": "rlhf: error: unknown command 'frobnicate'",
+}
+RUN_ALL = """
+import contextlib, io, json, sys
+from rlhf_env.cli import main
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    print(json.dumps([code, err.getvalue(), sorted(m for m in ("torch", "transformers") if m in sys.modules)]))
+"""
+
+
+def test_every_mistake_is_one_line_from_a_process_that_imports_neither_torch_nor_transformers(tmp_path):
+    """Each case of the benchmark, and the help pages, in one fresh process: the heavy imports, not the checks,
+    are what made a mistake take seconds to reach the user, so none may happen before the error."""
+    cases = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "bench_cli_errors.py"))["CASES"]
+    assert set(cases) == set(ERRORS)
+    (tmp_path / "file").write_text("")
+    argvs = [[a.replace("{file}", str(tmp_path / "file")) for a in argv] for argv in cases.values()]
+    argvs += [["--help"], ["ppo", "--help"], ["sft", "--help"]]
+    out = subprocess.run([sys.executable, "-c", RUN_ALL, json.dumps(argvs)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert len(out) == len(argvs)
+    for label, (code, err, heavy) in zip(cases, map(json.loads, out)):
+        errors = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+        assert (code, errors, heavy) == (2, [ERRORS[label].format(file=tmp_path / "file")], []), label
+    for argv, (code, err, heavy) in zip(argvs[len(ERRORS):], map(json.loads, out[len(ERRORS):])):
+        assert (code, err, heavy) == (0, "", []), argv
+
+
+@pytest.mark.parametrize("command, argv, expected", [
+    ("ppo", ["--json"], {"json": True}),  # a bool alone is true
+    ("ppo", ["--json", "false", "--bf16", "TRUE"], {"json": False, "bf16": True}),
+    ("ppo", ["--normalize-reward", "y", "--json", "0"], {"normalize_reward": True, "json": False}),
+    ("sft", ["--resume"], {"resume": True}),
+    ("sft", ["--resume", "f"], {"resume": False}),
+    ("sft", ["--no_resume"], {"resume": False}),
+    ("dpo", ["--no-resume", "--beta", "0.5"], {"resume": False, "beta": 0.5}),
+    ("eval", ["--baseline_temperature", "0.5"], {"baseline_temperature": 0.5}),  # float | None
+    ("eval", ["--temperature", "0"], {"temperature": 0.0, "baseline_temperature": None}),
+    ("ppo", ["--missing_eos_penalty", "-2"], {"missing_eos_penalty": -2.0}),
+    ("ppo", ["--iterations", "7", "--kl-coef", "0.1", "--lr=1e-4"], {"iterations": 7, "kl_coef": 0.1, "lr": 1e-4}),
+    ("ppo", ["--device", "cuda:1", "--reward", "org/name"], {"device": "cuda:1", "reward": "org/name"}),
+    ("world", ["--noise", "0.1", "--n_prompts", "20"], {"noise": 0.1, "n_prompts": 20}),
+])
+def test_the_parser_reads_each_form_of_an_option(command, argv, expected):
+    config = parse_config(build_parser(command), argv)
+    assert dataclasses.asdict(config) == {**dataclasses.asdict(type(config)()), **expected}
+    assert {name: type(getattr(config, name)) for name in expected} == {k: type(v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_no_options_give_the_configs_defaults(command):
+    config = parse_config(build_parser(command), [])
+    assert config == type(config)()
+
+
+@pytest.mark.parametrize("reward", ["rm", "rm-scalar", "gold", "labelers", "gpt2", "org/name",
+                                    len])
+def test_a_reward_that_may_load_passes_the_configs_check(reward):
+    assert PPOConfig(reward=reward).reward == reward
+
+
+@pytest.mark.parametrize("reward", ["/no/such/path", "./rm", "~/rm", "org/name/extra"])
+def test_a_local_reward_path_that_does_not_exist_is_refused_by_the_config(reward):
+    with pytest.raises(FileNotFoundError, match=f"^no such reward model path: '{re.escape(reward)}'$"):
+        PPOConfig(reward=reward)
 
 
 def test_eval_baseline_temperature_applies_to_the_baseline_only(tiny_policy_dir, world_dir, capsys):

@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from rlhf_env.accel.switch import ENV_VAR, switched_on
+
+if TYPE_CHECKING:  # torch loads at the probe: the rlhf command reads the switch (accel.switch) without it
+    import torch
 
 _accelerated: weakref.WeakSet = weakref.WeakSet()
 
@@ -58,6 +59,9 @@ def probe() -> bool:
 
 def _probe_mismatch(onednn) -> str:
     """'' if every variant matches ``F.linear`` to float32 rounding, else which one does not."""
+    import torch
+    import torch.nn.functional as F
+
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(32, 48, generator=generator, requires_grad=True)
     w_in_out = torch.randn(48, 40, generator=generator)  # HF Conv1D's layout: the layer uses its transpose

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rlhf_env.paths import BUNDLED_REWARDS, resolve
 from rlhf_env.rewards.base import CallableReward, EnsembleReward, NormalizedReward, Reward, RewardError, check_scores
 
 __all__ = ["CallableReward", "EnsembleReward", "GoldReward", "NormalizedReward", "Reward", "RewardError",
-           "SequenceClassifierReward", "check_scores", "load_reward"]
+           "SequenceClassifierReward", "check_reward", "check_scores", "load_reward"]
+
+ORACLES = ("gold", "labelers")  # load_reward's names that are no model
 
 
 def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data: str | None = None,
@@ -48,7 +51,6 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
         from rlhf_env.rewards.gold import LabelerReward
 
         return LabelerReward(data, **kwargs)
-    from rlhf_env.models import BUNDLED_REWARDS, resolve
     from rlhf_env.rewards.likelihood import LikelihoodReward, is_likelihood_rm
 
     path = resolve(spec, BUNDLED_REWARDS)
@@ -57,6 +59,14 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
     from rlhf_env.rewards.classifier import SequenceClassifierReward
 
     return SequenceClassifierReward(spec, device=device, **kwargs)
+
+
+def check_reward(spec) -> None:
+    """Raise now for a name or path that ``load_reward`` would refuse only once it got to the model: a local path
+    that does not exist, a misspelt bundled name (``resolve``'s checks). Configs call it, so that the mistake is
+    reported before anything loads. A callable or an oracle passes."""
+    if not (callable(spec) or spec in ORACLES):
+        resolve(spec, BUNDLED_REWARDS)
 
 
 def __getattr__(name):  # heavy adapters load lazily: importing the protocol does not import torch

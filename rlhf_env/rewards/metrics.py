@@ -9,39 +9,15 @@ Works for any reward that ``load_reward`` accepts, so a user's own RM is measure
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from rlhf_env.models import DATA_DIR
+from rlhf_env.configs import RMEvalConfig
 from rlhf_env.rewards import Reward, load_reward
 from rlhf_env.sampling import sample_n
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade, tokenize
 from rlhf_env.world.labelers import padded_pair, pairwise_agreement
-
-
-@dataclass
-class RMEvalConfig:
-    """Measure a reward against the world's held-out comparisons and the gold grader."""
-
-    rm: str = "rm"
-    """Reward: rm, rm-scalar, gold, or a reward-model path / hub id (from Python, any load_reward spec)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (reads comparisons/*.parquet)."""
-    policy: str = "sft"
-    """Policy whose held-out samples the reward picks from (best of n) and is judged against."""
-    best_of_n: str = "4,16"
-    """Comma-separated n of the best-of-n win rates (empty: skip them)."""
-    episodes: int = 500
-    """Held-out customers' prompts of the best-of-n measurement (rlhf eval's default)."""
-    device: str = "cpu"
-    """torch device (cpu, cuda, ...)."""
-    seed: int = 0
-    """Seed of the sampling for the best-of-n and padding measurements."""
-    json: bool = False
-    """Print one JSON object instead of a table."""
 
 
 def spearman(a, b) -> float:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from datasets import DatasetDict
 
-from rlhf_env.models import ASSETS, load_policy, save_policy
+from rlhf_env.configs import STEPS, BuildConfig
+from rlhf_env.models import load_policy, save_policy
 from rlhf_env.rewards.likelihood import CONFIG_FILE as REWARD_CONFIG
 from rlhf_env.stages.comparisons import build_comparisons
 from rlhf_env.stages.pretrain import PretrainConfig, pretrain
@@ -38,35 +39,6 @@ from rlhf_env.stages.reward_model import RMConfig, train_reward_model
 from rlhf_env.stages.sft import SFTConfig, sft
 from rlhf_env.tokenizer import train_tokenizer
 from rlhf_env.world.build import WorldConfig, build_world, load_split, save_world
-
-STEPS = ("world", "tokenizer", "base", "sft", "comparisons", "rm")
-
-
-@dataclass
-class BuildConfig:
-    """Regenerate the shipped datasets, tokenizer and models."""
-
-    out: str = str(ASSETS)
-    """Asset directory (the package's own by default)."""
-    seed: int = 0
-    """Seed of everything: the world, the tokenizer, initialisations and data orders."""
-    steps: str = ",".join(STEPS)
-    """Comma-separated steps to run (world, tokenizer, base, sft, comparisons, rm), or parts of one
-    (base:large, sft:small, rm:likelihood, rm:scalar)."""
-    sizes: str = "small,large"
-    """Comma-separated model sizes to build."""
-    pretrain_epochs: float = 2.0
-    """Passes over the web-text corpus when pretraining each base model."""
-    sft_epochs: float = 16.0
-    """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
-    rm_epochs: float = 3.0
-    """Passes over the comparisons when training the reward models."""
-    work: str = "runs/build-assets"
-    """Scratch directory for training logs and checkpoints (resumable)."""
-    scale: float = 1.0
-    """Scale every dataset size by this factor (tiny builds for tests)."""
-    device: str = "cpu"
-    """torch device (cpu, cuda, ...)."""
 
 
 def build_assets(config: BuildConfig) -> dict:

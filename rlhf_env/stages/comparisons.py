@@ -19,12 +19,12 @@ Columns: ``prompt``, ``task``, ``customer_id``, ``responses`` (list), ``eos`` (l
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
+from rlhf_env.configs import WorldStatsConfig
 from rlhf_env.sampling import sample
 from rlhf_env.world.build import SPLITS, WorldConfig, load_split
 from rlhf_env.world.customers import HELDOUT_CUSTOMERS, N_CUSTOMERS
@@ -101,26 +101,6 @@ def build_comparisons(model, tokenizer, prompts, heldout_prompts, seed: int = 0,
         "heldout_customers": rank_all(rng, heldout_labelers, heldout_prompts.select(heldout_keep),
                                       [heldout_candidates[i] for i in heldout_keep]),
     })
-
-
-@dataclass
-class WorldStatsConfig:
-    """Describe the world and measure its labeler panel."""
-
-    data: str = ""
-    """Directory of the world's datasets (empty: the bundled one)."""
-    policy: str = "sft"
-    """Policy whose samples the labelers rank to measure agreement (bundled name or path)."""
-    n_prompts: int = 300
-    """Prompts (from the rm split) used for the agreement and bias measurements."""
-    seed: int = 0
-    """Seed of the prompt choice, the samples and the labelers' draws."""
-    noise: float = LabelerConfig.noise
-    """Labeler noise scale (tunes agreement)."""
-    length_bias: float = LabelerConfig.length_bias
-    """Mean spurious utility per word."""
-    json: bool = False
-    """Print one JSON object instead of a table."""
 
 
 def world_stats(config: WorldStatsConfig) -> dict:

@@ -9,29 +9,12 @@ Documents are joined with EOS and packed into blocks of the model's context leng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from rlhf_env.models import CONTEXT, DATA_DIR, TOKENIZER_DIR, load_tokenizer, new_model
-from rlhf_env.training.trainer import TrainConfig, train_causal_lm
+from rlhf_env.configs import PretrainConfig
+from rlhf_env.models import CONTEXT, load_tokenizer, new_model
+from rlhf_env.training.trainer import train_causal_lm
 from rlhf_env.world.build import load_split
-
-
-@dataclass
-class PretrainConfig(TrainConfig):
-    """Pretrain a base model from scratch on the web-text corpus."""
-
-    size: str = "small"
-    """Model size: small (~1M parameters) or large (~4M)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (reads pretrain/train.parquet)."""
-    tokenizer: str = str(TOKENIZER_DIR)
-    """Tokenizer directory (empty: the bundled one)."""
-    out: str = "runs/base"
-    epochs: float = 2.0
-    batch_size: int = 32
-    lr: float = 2e-3
 
 
 def pack(texts: list[str], tokenizer, block: int = CONTEXT) -> list[tuple[list[int], list[int]]]:

@@ -19,44 +19,19 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_env.models import DATA_DIR, load_classifier, load_policy, load_tokenizer, resolve, save_policy
+from rlhf_env.configs import RMConfig
+from rlhf_env.models import load_classifier, load_policy, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions
-from rlhf_env.training.trainer import TrainConfig, train_loop
+from rlhf_env.training.trainer import train_loop
 from rlhf_env.world.build import load_split
-
-
-@dataclass
-class RMConfig(TrainConfig):
-    """Train a reward model on the world's ranked comparisons."""
-
-    policy: str = "sft-large"
-    """SFT checkpoint the RM starts from (bundled name or path)."""
-    kind: str = "likelihood"
-    """likelihood: the frozen SFT LM's log-likelihood of the response, with a fitted weight
-    (rlhf_env.rewards.likelihood; the bundled rm, from sft-large); scalar: the paper's RM, the unembedding
-    replaced by a scalar head and the whole model trained (the bundled rm-scalar, --policy sft)."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (reads comparisons/train.parquet)."""
-    out: str = "runs/rm"
-    epochs: float = 3.0
-    batch_size: int = 8
-    """Prompts per batch; each brings all K of its completions and all C(K,2) pairs."""
-    lr: float = 3e-4
-    warmup_ratio: float = 0.05
-    log_every: int = 10
-    fit_steps: int = 2000
-    """kind=likelihood: full-batch Adam steps on the two weights."""
-    fit_lr: float = 1e-2
-    """kind=likelihood: Adam's step size for those weights."""
 
 
 def ranking_pairs(rankings: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

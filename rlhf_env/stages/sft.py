@@ -13,32 +13,12 @@ The loss covers response tokens and the final EOS only; prompt tokens are masked
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from rlhf_env.configs import SFTConfig
 from rlhf_env.evaluation import generate_and_grade, summarize
-from rlhf_env.models import DATA_DIR, load_policy
-from rlhf_env.training.trainer import IGNORE, TrainConfig, train_causal_lm
+from rlhf_env.models import load_policy
+from rlhf_env.training.trainer import IGNORE, train_causal_lm
 from rlhf_env.world.build import load_split
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    """Fine-tune a base model on demonstrations, selecting the checkpoint by gold score."""
-
-    base: str = "base"
-    """Starting policy: a bundled name or a checkpoint path."""
-    data: str = str(DATA_DIR)
-    """Directory of the world's datasets (the bundled one by default)."""
-    out: str = "runs/sft"
-    epochs: float = 16.0
-    batch_size: int = 32
-    lr: float = 1e-3
-    resid_pdrop: float = 0.2
-    """Residual dropout during SFT (the paper's 0.2)."""
-    evals: int = 8
-    """Number of gold evaluations on validation prompts, evenly spaced (sets eval_every)."""
-    n_valid: int = 300
-    """Validation prompts sampled and graded per evaluation."""
 
 
 def demonstration_examples(rows, tokenizer) -> list[tuple[list[int], list[int]]]:

@@ -21,11 +21,11 @@ import signal
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
+from rlhf_env.paths import check_out
 from rlhf_env.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from rlhf_env.training.logger import RunLogger
 
@@ -53,10 +53,8 @@ class Run:
         refused, not redone, unless ``total`` is larger (the run is then extended from its last checkpoint).
         ``main``: False on the other ranks of a data-parallel run, which read the run (its finished file and
         checkpoint) but neither take the lock nor write: no logs, bar, checkpoint or finished file."""
-        self.out, self.fingerprint, self.total, self.desc, self.resume = Path(out), fingerprint, total, desc, resume
-        self.finished, self.main = finished, main
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a file; pass a directory")
+        self.out, self.fingerprint, self.total, self.desc = check_out(out), fingerprint, total, desc
+        self.resume, self.finished, self.main = resume, finished, main
         self.check_not_finished()
         self.lock = self.out / "run.lock"
         if main:  # another rank's check could see this run's own lock, taken by rank 0's start

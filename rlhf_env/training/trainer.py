@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,58 +17,11 @@ import numpy as np
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from rlhf_env.configs import TrainConfig
 from rlhf_env.models import save_policy
 from rlhf_env.training.run import Run
 
 IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by the LM training stages."""
-
-    out: str = "runs/lm"
-    """Output directory: logs, checkpoint/, best/ and final/."""
-    epochs: float = 1.0
-    """Passes over the data (fractions allowed)."""
-    batch_size: int = 32
-    """Examples per optimizer step."""
-    lr: float = 1e-3
-    """Peak learning rate, reached after warm-up, then cosine-decayed to lr_min_ratio * lr."""
-    lr_min_ratio: float = 0.1
-    """The learning rate decays (cosine) to this fraction of --lr."""
-    warmup_ratio: float = 0.03
-    """Fraction of the steps spent warming the learning rate up from 0."""
-    weight_decay: float = 0.01
-    """AdamW's decoupled weight decay (not applied to biases and LayerNorm weights)."""
-    grad_clip: float = 1.0
-    """Clip the gradients' global norm to this."""
-    seed: int = 0
-    """Seed of the initialisation, the data order and every sampling step: the same seed gives the same files."""
-    log_every: int = 20
-    """Steps between rows of train.csv and TensorBoard."""
-    eval_every: int = 0
-    """Steps between evaluations (0: only at the end)."""
-    save_every: int = 200
-    """Steps between resumable checkpoints."""
-    resume: bool = True
-    """Resume from OUT/checkpoint if it exists."""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)."""
-
-    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
-        for name in ("batch_size", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lr", "epochs", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("eval_every", "save_every", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("warmup_ratio", "lr_min_ratio"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,235 @@
+"""The configs of rlhf_env's commands (``rlhf pretrain``, ``sft``, ``rm``, ``eval``, ``eval-rm``, ``world`` and
+``build-assets``): one dataclass each, whose fields are the command's options and whose field docstrings are their help (``rlhf_env.cli``). Each stage's module re-exports its config.
+
+Neither torch nor transformers is imported here, so that ``rlhf`` reports a mistake in an option before either
+loads: the ``__post_init__`` checks look at values and paths only, never at a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhf_env.paths import ASSETS, DATA_DIR, TOKENIZER_DIR, check_out
+from rlhf_env.rewards import check_reward
+from rlhf_env.world.labelers import LabelerConfig
+from rlhf_env.world.storage import split_path
+
+STEPS = ("world", "tokenizer", "base", "sft", "comparisons", "rm")  # rlhf build-assets' steps, in order
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the LM training stages."""
+
+    out: str = "runs/lm"
+    """Output directory: logs, checkpoint/, best/ and final/."""
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
+    batch_size: int = 32
+    """Examples per optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate, reached after warm-up, then cosine-decayed to lr_min_ratio * lr."""
+    lr_min_ratio: float = 0.1
+    """The learning rate decays (cosine) to this fraction of --lr."""
+    warmup_ratio: float = 0.03
+    """Fraction of the steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.01
+    """AdamW's decoupled weight decay (not applied to biases and LayerNorm weights)."""
+    grad_clip: float = 1.0
+    """Clip the gradients' global norm to this."""
+    seed: int = 0
+    """Seed of the initialisation, the data order and every sampling step: the same seed gives the same files."""
+    log_every: int = 20
+    """Steps between rows of train.csv and TensorBoard."""
+    eval_every: int = 0
+    """Steps between evaluations (0: only at the end)."""
+    save_every: int = 200
+    """Steps between resumable checkpoints."""
+    resume: bool = True
+    """Resume from OUT/checkpoint if it exists."""
+    device: str = "cpu"
+    """torch device (cpu, cuda, cuda:1, ...)."""
+
+    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
+        for name in ("batch_size", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lr", "epochs", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("eval_every", "save_every", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("warmup_ratio", "lr_min_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        check_out(self.out)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Pretrain a base model from scratch on the web-text corpus."""
+
+    size: str = "small"
+    """Model size: small (~1M parameters) or large (~4M)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (reads pretrain/train.parquet)."""
+    tokenizer: str = str(TOKENIZER_DIR)
+    """Tokenizer directory (empty: the bundled one)."""
+    out: str = "runs/base"
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 2e-3
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Fine-tune a base model on demonstrations, selecting the checkpoint by gold score."""
+
+    base: str = "base"
+    """Starting policy: a bundled name or a checkpoint path."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (the bundled one by default)."""
+    out: str = "runs/sft"
+    epochs: float = 16.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    resid_pdrop: float = 0.2
+    """Residual dropout during SFT (the paper's 0.2)."""
+    evals: int = 8
+    """Number of gold evaluations on validation prompts, evenly spaced (sets eval_every)."""
+    n_valid: int = 300
+    """Validation prompts sampled and graded per evaluation."""
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """Train a reward model on the world's ranked comparisons."""
+
+    policy: str = "sft-large"
+    """SFT checkpoint the RM starts from (bundled name or path)."""
+    kind: str = "likelihood"
+    """likelihood: the frozen SFT LM's log-likelihood of the response, with a fitted weight
+    (rlhf_env.rewards.likelihood; the bundled rm, from sft-large); scalar: the paper's RM, the unembedding
+    replaced by a scalar head and the whole model trained (the bundled rm-scalar, --policy sft)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (reads comparisons/train.parquet)."""
+    out: str = "runs/rm"
+    epochs: float = 3.0
+    batch_size: int = 8
+    """Prompts per batch; each brings all K of its completions and all C(K,2) pairs."""
+    lr: float = 3e-4
+    warmup_ratio: float = 0.05
+    log_every: int = 10
+    fit_steps: int = 2000
+    """kind=likelihood: full-batch Adam steps on the two weights."""
+    fit_lr: float = 1e-2
+    """kind=likelihood: Adam's step size for those weights."""
+
+
+@dataclass
+class EvalConfig:
+    """Compare two policies by the gold grader."""
+
+    policy: str = "sft"
+    """Policy A: a bundled name (base, sft, base-large, sft-large) or a checkpoint path / hub id. From Python,
+    also any HF causal LM in memory as a (model, tokenizer) pair, or a callable prompts -> responses (see
+    ``respond``)."""
+    baseline: str = "base"
+    """Policy B, same forms as --policy."""
+    split: str = "heldout"
+    """Prompt split: heldout (held-out customers), valid, sft, rm or ppo."""
+    episodes: int = 500
+    """Number of prompts (one response per policy each)."""
+    seed: int = 0
+    """Seed of the prompt choice and of both policies' sampling (the same seed, the same samples)."""
+    temperature: float = 1.0
+    """Sampling temperature of policy A (0 for greedy)."""
+    baseline_temperature: float | None = None
+    """Sampling temperature of policy B (None: the same as --temperature). E.g. --temperature 0
+    --baseline_temperature 1 judges a policy's greedy answers against another's samples."""
+    max_new_tokens: int = 48
+    """Longest response, in tokens."""
+    batch_size: int = 125
+    """Prompts sampled together (changes speed, not results)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (the bundled one by default)."""
+    device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+
+    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
+        split_path(self.data, "prompts", self.split)
+
+
+@dataclass
+class RMEvalConfig:
+    """Measure a reward against the world's held-out comparisons and the gold grader."""
+
+    rm: str = "rm"
+    """Reward: rm, rm-scalar, gold, or a reward-model path / hub id (from Python, any load_reward spec)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (reads comparisons/*.parquet)."""
+    policy: str = "sft"
+    """Policy whose held-out samples the reward picks from (best of n) and is judged against."""
+    best_of_n: str = "4,16"
+    """Comma-separated n of the best-of-n win rates (empty: skip them)."""
+    episodes: int = 500
+    """Held-out customers' prompts of the best-of-n measurement (rlhf eval's default)."""
+    device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""
+    seed: int = 0
+    """Seed of the sampling for the best-of-n and padding measurements."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+
+    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
+        check_reward(self.rm)
+
+
+@dataclass
+class WorldStatsConfig:
+    """Describe the world and measure its labeler panel."""
+
+    data: str = ""
+    """Directory of the world's datasets (empty: the bundled one)."""
+    policy: str = "sft"
+    """Policy whose samples the labelers rank to measure agreement (bundled name or path)."""
+    n_prompts: int = 300
+    """Prompts (from the rm split) used for the agreement and bias measurements."""
+    seed: int = 0
+    """Seed of the prompt choice, the samples and the labelers' draws."""
+    noise: float = LabelerConfig.noise
+    """Labeler noise scale (tunes agreement)."""
+    length_bias: float = LabelerConfig.length_bias
+    """Mean spurious utility per word."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+
+
+@dataclass
+class BuildConfig:
+    """Regenerate the shipped datasets, tokenizer and models."""
+
+    out: str = str(ASSETS)
+    """Asset directory (the package's own by default)."""
+    seed: int = 0
+    """Seed of everything: the world, the tokenizer, initialisations and data orders."""
+    steps: str = ",".join(STEPS)
+    """Comma-separated steps to run (world, tokenizer, base, sft, comparisons, rm), or parts of one
+    (base:large, sft:small, rm:likelihood, rm:scalar)."""
+    sizes: str = "small,large"
+    """Comma-separated model sizes to build."""
+    pretrain_epochs: float = 2.0
+    """Passes over the web-text corpus when pretraining each base model."""
+    sft_epochs: float = 16.0
+    """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
+    rm_epochs: float = 3.0
+    """Passes over the comparisons when training the reward models."""
+    work: str = "runs/build-assets"
+    """Scratch directory for training logs and checkpoints (resumable)."""
+    scale: float = 1.0
+    """Scale every dataset size by this factor (tiny builds for tests)."""
+    device: str = "cpu"
+    """torch device (cpu, cuda, ...)."""

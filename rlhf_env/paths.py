@@ -1,0 +1,49 @@
+"""Where the shipped assets live, what a model name or path resolves to, and where a run may write.
+
+No torch or transformers import here: the configs' defaults and checks use these, and the ``rlhf`` command
+reports a mistake in them before anything heavy loads. ``rlhf_env.models`` re-exports the names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+MODELS_DIR = ASSETS / "models"
+TOKENIZER_DIR = ASSETS / "tokenizer"
+DATA_DIR = ASSETS / "data"
+
+BUNDLED_POLICIES = ("base", "sft", "base-large", "sft-large")
+BUNDLED_REWARDS = ("rm", "rm-scalar")  # see rlhf_env.rewards
+
+
+def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_POLICIES) -> str:
+    """Map a bundled name to its directory; check that a local path exists. Hub ids pass through."""
+    name = str(name_or_path)
+    what = "reward model" if bundled == BUNDLED_REWARDS else "policy"
+    if name in bundled:
+        path = MODELS_DIR / name
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"bundled model {name!r} is missing from {path}; run `rlhf build-assets`")
+        return str(path)
+    if os.path.exists(name):
+        if not any(os.path.exists(os.path.join(name, f)) for f in ("config.json", "tokenizer_config.json")):
+            raise ValueError(f"{name!r} is not a Hugging Face model directory (it has no config.json)")
+        return name
+    if not re.fullmatch(r"\w[\w.-]*(/[\w.-]+)?", name):  # not of the hub-id form "name" or "org/name"
+        raise FileNotFoundError(f"no such {what} path: {name!r}")
+    close = difflib.get_close_matches(name, bundled, n=1)
+    if close:  # almost certainly a typo: fail now rather than after the hub's retries
+        raise ValueError(f"{name!r} is not a bundled model {bundled}; did you mean {close[0]!r}?")
+    return name  # a hub id such as "gpt2" or "org/model"
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """A run's output directory, refused if it is a file (the run would fail at its first write)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; pass a directory")
+    return path
