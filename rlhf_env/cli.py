@@ -44,6 +44,8 @@ COMMANDS = {
                   "REINFORCE with a batch baseline, one response per prompt"),
     "bench": ("agents.bench", "BenchConfig", "bench", "bench_table",
               "train any RL algorithm (ours, SB3's or module:Class) with a fixed budget and judge it like ours"),
+    "serve-reward": ("rlhf_env.rewards.server", "ServeRewardConfig", "serve", None,
+                     "serve one reward model over HTTP to many envs, workers and ranks (load_reward(URL))"),
     "build-assets": ("rlhf_env.stages.build_assets", "BuildConfig", "build_assets", None,
                      "regenerate the shipped datasets, tokenizer and models from a seed"),
 }

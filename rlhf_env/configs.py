@@ -1,5 +1,6 @@
-"""The configs of rlhf_env's commands (``rlhf pretrain``, ``sft``, ``rm``, ``eval``, ``eval-rm``, ``world`` and
-``build-assets``): one dataclass each, whose fields are the command's options and whose field docstrings are their help (``rlhf_env.cli``). Each stage's module re-exports its config.
+"""The configs of rlhf_env's commands (``rlhf pretrain``, ``sft``, ``rm``, ``eval``, ``eval-rm``, ``world``,
+``serve-reward`` and ``build-assets``): one dataclass each, whose fields are the command's options and whose
+field docstrings are their help (``rlhf_env.cli``). Each stage's module re-exports its config.
 
 Neither torch nor transformers is imported here, so that ``rlhf`` reports a mistake in an option before either
 loads: the ``__post_init__`` checks look at values and paths only, never at a model.
@@ -186,6 +187,31 @@ class RMEvalConfig:
 
     def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
         check_reward(self.rm)
+
+
+@dataclass
+class ServeRewardConfig:
+    """Serve one reward model to every env, async worker and data-parallel rank (``rlhf_env.rewards.server``)."""
+
+    reward: str = "rm"
+    """Reward: rm, rm-scalar, gold, labelers, or a reward-model path / hub id."""
+    host: str = "127.0.0.1"
+    """Address to bind. There is no authentication: anyone who can reach the port can use it."""
+    port: int = 8765
+    """Port to bind (0: a free one; the URL is printed)."""
+    device: str = "cpu"
+    """torch device of the reward model (cpu, cuda, ...)."""
+    data: str = str(DATA_DIR)
+    """Directory of the world's datasets (gold and labelers look up each prompt's task there)."""
+    max_batch: int = 4096
+    """Most responses in one request; a client splits larger batches."""
+
+    def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
+        check_reward(self.reward)
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {self.max_batch}")
 
 
 @dataclass

@@ -207,7 +207,7 @@ def test_no_options_give_the_configs_defaults(command):
     assert config == type(config)()
 
 
-@pytest.mark.parametrize("reward", ["rm", "rm-scalar", "gold", "labelers", "gpt2", "org/name",
+@pytest.mark.parametrize("reward", ["rm", "rm-scalar", "gold", "labelers", "gpt2", "org/name", "http://127.0.0.1:8765",
                                     len])
 def test_a_reward_that_may_load_passes_the_configs_check(reward):
     assert PPOConfig(reward=reward).reward == reward

@@ -15,6 +15,8 @@
   model of the labelers would score; an oracle too);
 - a local path or hub id of any ``AutoModelForSequenceClassification`` (its own tokenizer);
 - any callable ``fn(prompts, responses) -> B numbers``;
+- an ``http://`` or ``https://`` URL of a reward server (``rlhf_env.rewards.server``): one process holds the
+  model and every env, worker and rank scores through it (``timeout``, ``retries`` go to ``RemoteReward``);
 - a ``Reward`` instance (returned as is); build ensembles with ``EnsembleReward``, and rescale a reward
   so that some policy's samples score N(0, 1) with ``NormalizedReward.fit``.
 """
@@ -43,6 +45,10 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
         return spec
     if callable(spec):
         return CallableReward(spec, **kwargs)
+    if isinstance(spec, str) and spec.startswith(("http://", "https://")):
+        from rlhf_env.rewards.server import RemoteReward
+
+        return RemoteReward(spec, **kwargs)
     if spec == "gold":
         from rlhf_env.rewards.gold import GoldReward
 
@@ -64,8 +70,8 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
 def check_reward(spec) -> None:
     """Raise now for a name or path that ``load_reward`` would refuse only once it got to the model: a local path
     that does not exist, a misspelt bundled name (``resolve``'s checks). Configs call it, so that the mistake is
-    reported before anything loads. A callable or an oracle passes."""
-    if not (callable(spec) or spec in ORACLES):
+    reported before anything loads. A callable, an oracle or a URL passes."""
+    if not (callable(spec) or spec in ORACLES or str(spec).startswith(("http://", "https://"))):
         resolve(spec, BUNDLED_REWARDS)
 
 
