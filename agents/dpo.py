@@ -46,6 +46,7 @@ from agents.configs import DPOConfig
 from rlhf_env import paths
 from rlhf_env.models import context_length, load_policy
 from rlhf_env.stages.reward_model import ranking_pairs
+from rlhf_env.training import distributed
 from rlhf_env.training.checkpoint import checkpoints
 from rlhf_env.training.trainer import IGNORE, train_loop
 from rlhf_env.world.build import load_split
@@ -215,8 +216,9 @@ def check_out(config: DPOConfig) -> Path:
         if changed:
             raise ValueError(f"{out / 'checkpoint'} was written by a different run (it differs in "
                              f"{', '.join(changed)}); use another --out, or delete the checkpoint to start over")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(settings, indent=1))
+    if distributed.rank() == 0:  # under a launcher: rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(settings, indent=1))
     return out
 
 
@@ -270,5 +272,6 @@ def dpo(config: DPOConfig) -> dict:
               "train_prompts": len(train), "train_pairs": len(example_pairs(train)[0]),
               "test_prompts": len(test), "test_pairs": len(example_pairs(test)[0]),
               "left_out": left_out + test_left_out}
-    (out / RESULT).write_text(json.dumps(result, indent=1))
-    return result
+    if distributed.rank() == 0:
+        (out / RESULT).write_text(json.dumps(result, indent=1))
+    return distributed.broadcast_object(result)  # rank 0 evaluated: its test metrics

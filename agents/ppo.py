@@ -34,7 +34,6 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
-from agents import distributed
 from agents.configs import PPOConfig
 from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, response_forward
 from agents.rl_math import (
@@ -58,6 +57,7 @@ from rlhf_env.models import (
 )
 from rlhf_env.rewards import NormalizedReward, load_reward
 from rlhf_env.sampling import positions, sample_from_ids, trim_padding
+from rlhf_env.training import distributed
 from rlhf_env.training.checkpoint import find_checkpoint
 from rlhf_env.training.run import Run
 

@@ -18,7 +18,7 @@ def _local(total: torch.Tensor) -> torch.Tensor:
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, all_sum=_local) -> torch.Tensor:
     """Mean of the masked entries (along ``dim``). ``all_sum`` turns a local sum into one over a larger batch
-    (data-parallel ranks: ``agents.distributed.all_sum``), whose mean it then is."""
+    (data-parallel ranks: ``rlhf_env.training.distributed.all_sum``), whose mean it then is."""
     if dim is None:
         return all_sum((x * mask).sum()) / all_sum(mask.sum()).clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)

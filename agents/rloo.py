@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from agents import distributed
 from agents.configs import RLOOConfig
 from agents.ppo import PPOAgent
 from agents.rl_math import leave_one_out_advantages
+from rlhf_env.training import distributed
 
 
 class RLOOAgent(PPOAgent):

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # a run's Interrupted says where it saved; a bare Ctrl-C says nothing
         print(f"rlhf {name}: {e or 'interrupted'}", file=sys.stderr)
         return 130
-    if table and os.environ.get("RANK", "0") == "0":  # with a launcher's ranks (agents.distributed), rank 0's
+    if table and os.environ.get("RANK", "0") == "0":  # under a launcher (training.distributed): rank 0 prints
         show = getattr(importlib.import_module("rlhf_env.report"), table)
         print(json.dumps(result, indent=1) if getattr(config, "json", False) else show(result))
     return 0

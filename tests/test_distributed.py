@@ -1,4 +1,5 @@
-"""Data-parallel PPO-family agents (``agents/distributed.py``): 2 gloo processes on a CPU against 1 process.
+"""Data parallelism (``rlhf_env/training/distributed.py``) in the PPO-family agents, the training loop and DPO:
+2 gloo processes on a CPU against 1 process.
 
 The 2 ranks are spawned with ``torch.multiprocessing`` and join their process group as under ``torchrun``
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT`` in the environment), through accelerate. A spawn costs
@@ -15,11 +16,16 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from agents.dpo import DPOConfig, dpo
 from agents.ppo import PPOAgent, PPOConfig
 from agents.reinforce import REINFORCEAgent, REINFORCEConfig
-from rlhf_env.models import new_model, save_policy
+from rlhf_env.configs import TrainConfig
+from rlhf_env.models import load_policy, new_model, save_policy
+from rlhf_env.stages.sft import demonstration_examples
 from rlhf_env.training.run import Interrupted
+from rlhf_env.training.trainer import IGNORE, collate, lm_loss, train_causal_lm, train_loop
 from tests.conftest import TINY_DIMS, learning_log
+from tests.test_dpo import make_comparisons, make_data_dir
 from tests.test_ppo import brevity, tiny_config
 
 WORLD = 2
@@ -135,22 +141,130 @@ def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp):
                   **{f"resumed.{k}": v for k, v in weights(resumed).items()}}, tmp / f"rank{rank}.safetensors")
 
 
+# -- the training loop (pretraining, SFT, the scalar RM) and DPO ----------------------------------------------
+LM_EXAMPLES = 21  # in batches of 4: an epoch's last batch holds 1 example, and one rank sits it out
+
+
+def lm_config(out) -> TrainConfig:
+    return TrainConfig(out=str(out), epochs=2, batch_size=4, lr=3e-3, log_every=1, save_every=2)
+
+
+def lm_examples(tmp) -> list[tuple[list[int], list[int]]]:
+    return [tuple(example) for example in json.loads((tmp / "examples.json").read_text())]
+
+
+def train_loop_on_rank(rank, policy_dir, tmp):
+    """An uninterrupted LM run (``full``) and one that rank 1's Ctrl-C stops at step 3, then resumed (``stopped``)."""
+    examples, trained = lm_examples(tmp), {}
+    model, tokenizer = load_policy(str(policy_dir))
+    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "full"))
+    trained["full"] = model
+    calls = 0
+
+    def loss_then_ctrl_c(m, batch):  # train_causal_lm's loss, and a Ctrl-C that reaches rank 1 only
+        nonlocal calls
+        calls += 1
+        if calls == 3 and rank == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        ids, labels, mask = collate(batch, tokenizer.pad_token_id)
+        return lm_loss(m, ids, labels, mask), {}, int((labels[:, 1:] != IGNORE).sum())
+
+    model, tokenizer = load_policy(str(policy_dir))
+    with pytest.raises(Interrupted, match="interrupted at step 3"):  # rank 0 too: the ranks agree to stop
+        train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), loss_then_ctrl_c)
+    if rank == 0:  # for a 1-process resume of the same checkpoint
+        shutil.copytree(tmp / "stopped", tmp / "stopped-then-1-process")
+    model, tokenizer = load_policy(str(policy_dir))
+    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "stopped"))
+    trained["resumed"] = model
+    save_tensors({f"{run}.{k}": v.clone() for run, m in trained.items() for k, v in m.state_dict().items()},
+                 tmp / f"rank{rank}.safetensors")
+
+
+def dpo_config(policy_dir, tmp, out) -> DPOConfig:
+    return DPOConfig(policy=str(policy_dir), data=str(tmp / "data"), out=str(tmp / out), beta=0.5, epochs=1,
+                     batch_size=8, lr=3e-3, evals=1)
+
+
+def dpo_on_rank(rank, policy_dir, tmp):
+    result = dpo(dpo_config(policy_dir, tmp, "two"))
+    (tmp / f"result{rank}.json").write_text(json.dumps(result))
+
+
 def on_rank(rank, policy_dir, world_dir, tmp):
     iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume")
+    train_loop_on_rank(rank, policy_dir, tmp / "train_loop")
+    dpo_on_rank(rank, policy_dir, tmp / "dpo")
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tokenizer, world_dir, tmp_path_factory):
-    """The directory where 2 ranks ran both tests' work (``on_rank``), from the tiny policy in ``DIR/policy``."""
+def two_ranks(world, tokenizer, world_dir, tmp_path_factory):
+    """The directory where 2 ranks ran the tests' work (``on_rank``), from the tiny policy in ``DIR/policy``."""
     tmp = tmp_path_factory.mktemp("distributed")
     torch.manual_seed(0)
     save_policy(new_model(TINY_DIMS, tokenizer), tokenizer, tmp / "policy")
     for case in CASES:
         (tmp / "iteration" / case).mkdir(parents=True)
         record_episodes(case, tmp / "policy", world_dir, tmp / "iteration")
+    (tmp / "train_loop").mkdir()
+    examples = demonstration_examples(world["demonstrations"]["train"].select(range(LM_EXAMPLES)), tokenizer)
+    (tmp / "train_loop" / "examples.json").write_text(json.dumps(examples))
+    (tmp / "dpo").mkdir()
+    make_data_dir(world_dir, make_comparisons(world), tmp / "dpo" / "data")
     spawn(on_rank, tmp / "policy", world_dir, tmp)
     return tmp
+
+
+@pytest.mark.slow
+def test_the_training_loop_on_two_ranks_equals_one_process_and_resumes_on_any_number(two_ranks):
+    """The same global batches of 4 (one rank idle on each epoch's last, of 1 example; token shares unequal):
+    2 ranks end with 1 process's weights and losses; stopped by a Ctrl-C on one rank and resumed, on 2 ranks or
+    on 1, they end where the uninterrupted run did."""
+    tmp = two_ranks / "train_loop"
+    examples = lm_examples(tmp)
+    model, tokenizer = load_policy(str(two_ranks / "policy"))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "one"))
+    expected = model.state_dict()
+    assert max((expected[k] - v).abs().max().item() for k, v in start.items()) > 1e-2  # >> the tolerance
+    ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
+    for name, value in expected.items():
+        torch.testing.assert_close(ranks[0][f"full.{name}"], value, rtol=1e-5, atol=1e-5, msg=name)
+        for run in ("full", "resumed"):
+            assert torch.equal(ranks[1][f"{run}.{name}"], ranks[0][f"{run}.{name}"]), f"{run}: the ranks diverged"
+        torch.testing.assert_close(ranks[0][f"resumed.{name}"], ranks[0][f"full.{name}"], rtol=0, atol=1e-6)
+    one_log, two_log = learning_log(tmp / "one" / "train.csv"), learning_log(tmp / "full" / "train.csv")
+    assert len(two_log) == len(one_log) == 12  # rank 0 alone logs
+    for a, b in zip(one_log, two_log):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5), a["step"]
+    assert learning_log(tmp / "stopped" / "train.csv") == two_log
+    assert not (tmp / "full" / "run.lock").exists()
+
+    # the data order does not depend on the ranks: one process continues the 2 ranks' checkpoint of step 3
+    model, tokenizer = load_policy(str(two_ranks / "policy"))
+    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "stopped-then-1-process"))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, ranks[0][f"full.{name}"], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_dpo_on_two_ranks_equals_one_process(two_ranks):
+    """DPO's loss is a mean over prompts: 2 ranks of 4 prompts each take one process's steps of 8. Rank 0
+    evaluates and writes; every rank returns its result."""
+    tmp = two_ranks / "dpo"
+    one = dpo(dpo_config(two_ranks / "policy", tmp, "one"))
+    results = [json.loads((tmp / f"result{r}.json").read_text()) for r in range(WORLD)]
+    assert results[0] == results[1] == json.loads((tmp / "two" / "result.json").read_text())
+    assert one["steps"] == results[0]["steps"] == 10 and one["test_accuracy"] > 0.6
+    assert results[0] == pytest.approx(one, rel=1e-4, abs=1e-6)
+    expected, _ = load_policy(str(tmp / "one" / "final"))
+    got, _ = load_policy(str(tmp / "two" / "final"))
+    initial, _ = load_policy(str(two_ranks / "policy"))
+    moved = max((a - b).abs().max().item() for a, b in zip(expected.parameters(), initial.parameters()))
+    assert moved > 1e-2  # >> the tolerance
+    for (name, a), b in zip(expected.named_parameters(), got.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow

@@ -132,8 +132,7 @@ def test_response_logprob_masks_the_prompt_and_counts_eos_only_where_emitted(tin
         assert with_eos.item() == pytest.approx(batched[1].item() + eos_logp, abs=1e-4)
 
 
-@pytest.fixture
-def comparisons(world):
+def make_comparisons(world) -> list[dict]:
     """Ranked comparisons over world-made candidates: reference, mistaken, padded, refusal, and the reference
     cut off without EOS; ranked by one labeler (who knows the gold answers)."""
     rng = np.random.default_rng(0)
@@ -151,13 +150,22 @@ def comparisons(world):
     return rows
 
 
-@pytest.fixture
-def data_dir(world_dir, comparisons, tmp_path):
-    data = tmp_path / "data"
+def make_data_dir(world_dir, comparisons, data):
+    """A copy of the world whose comparisons are ``comparisons``: the first 80 to train on, the rest to test."""
     shutil.copytree(world_dir, data)
     save_world({"comparisons": DatasetDict({"train": Dataset.from_list(comparisons[:80]),
                                             "test": Dataset.from_list(comparisons[80:])})}, data)
     return data
+
+
+@pytest.fixture
+def comparisons(world):
+    return make_comparisons(world)
+
+
+@pytest.fixture
+def data_dir(world_dir, comparisons, tmp_path):
+    return make_data_dir(world_dir, comparisons, tmp_path / "data")
 
 
 def held_in_accuracy(policy, reference, comparisons) -> float:

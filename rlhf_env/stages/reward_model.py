@@ -30,6 +30,7 @@ from rlhf_env.models import load_classifier, load_policy, load_tokenizer, resolv
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions
+from rlhf_env.training import distributed
 from rlhf_env.training.trainer import train_loop
 from rlhf_env.world.build import load_split
 
@@ -144,6 +145,9 @@ def train_reward_model(config: RMConfig) -> dict:
     train = load_split(config.data, "comparisons", "train").to_list()
     test = load_split(config.data, "comparisons", "test").to_list()
     if config.kind == "likelihood":
+        if distributed.world_size() > 1:
+            raise ValueError("the likelihood RM's fit is two weights on features of one forward pass: run it as one "
+                             "process, without a launcher")
         return fit_likelihood_rm(config, train, test)
     model, tokenizer = new_reward_model(config.policy, config.device)
 
@@ -166,5 +170,6 @@ def train_reward_model(config: RMConfig) -> dict:
     gain, bias = normalization(test_scores(model))
     model.config.reward_gain, model.config.reward_bias = gain, bias
     state["normalization"] = {"reward_gain": gain, "reward_bias": bias}
-    save_policy(model, tokenizer, Path(config.out) / "final")
+    if distributed.rank() == 0:  # under a launcher: rank 0 writes
+        save_policy(model, tokenizer, Path(config.out) / "final")
     return state

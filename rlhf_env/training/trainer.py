@@ -1,9 +1,15 @@
-"""The training loop shared by pretraining, SFT and the reward model.
+"""The training loop shared by pretraining, SFT, the scalar reward model and DPO.
 
 AdamW with linear warm-up then cosine decay (the paper's SFT schedule), gradient clipping, a tqdm
 progress bar, TensorBoard + CSV logs, periodic atomic checkpoints and exact resume. The data order of
 epoch ``e`` is a permutation drawn from ``(seed, e)``, so resuming at step ``s`` replays exactly the
 batches a run that was never interrupted would have seen.
+
+Under a launcher (``torchrun`` / ``accelerate launch``, see ``rlhf_env.training.distributed``) the batch is the
+global one: each rank takes every N-th example of it, weights its loss by its share of the batch's units
+(tokens for the LM loss, examples otherwise), and the ranks' gradients are summed, so N ranks take the step
+one process would. Rank 0 evaluates, logs and writes; the data order does not depend on N, so a run resumes
+on any number of ranks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf_env.configs import TrainConfig
 from rlhf_env.models import save_policy
+from rlhf_env.training import distributed
 from rlhf_env.training.run import Run
 
 IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
@@ -50,7 +57,7 @@ def train_causal_lm(model, tokenizer, examples: list[tuple[list[int], list[int]]
 
     def batch_loss(m, batch):
         ids, labels, mask = (t.to(config.device) for t in collate(batch, tokenizer.pad_token_id))
-        return lm_loss(m, ids, labels, mask), {}
+        return lm_loss(m, ids, labels, mask), {}, int((labels[:, 1:] != IGNORE).sum())  # a mean over tokens
 
     return train_loop(model, tokenizer, examples, config, batch_loss, evaluate, select, desc)
 
@@ -60,19 +67,26 @@ def train_loop(
     tokenizer,
     examples: list,
     config: TrainConfig,
-    batch_loss: Callable[[object, list], tuple[torch.Tensor, dict[str, float]]],
+    batch_loss: Callable[[object, list], tuple],
     evaluate: Callable[[object], dict[str, float]] | None = None,
     select: str | None = None,
     desc: str = "train",
 ) -> dict:
-    """Train ``model`` on ``examples`` with ``batch_loss(model, batch) -> (loss, metrics)``.
+    """Train ``model`` on ``examples`` with ``batch_loss(model, batch) -> (loss, metrics[, units])``: ``loss`` is
+    a mean over ``units`` (default: the batch's examples), which weights a rank's loss under data parallelism.
 
     ``evaluate(model)`` returns metrics (logged to ``eval.csv``); if ``select`` names one of them,
     the checkpoint with its highest value is kept in ``OUT/best``. Returns the final trainer state.
     """
     out = Path(config.out)
-    torch.manual_seed(config.seed)
+    world = distributed.world_size()
+    if config.batch_size < world:
+        raise ValueError(f"batch_size ({config.batch_size}) is the global batch: it must be >= the {world} ranks")
+    config.device = distributed.init(config.device)
+    rank = distributed.rank()
+    torch.manual_seed(config.seed if world == 1 else distributed.seed_stream(config.seed, rank))  # dropout
     model.to(config.device).train()
+    distributed.broadcast_parameters(model)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = max(1, round(config.epochs * steps_per_epoch))
     decay, no_decay = [], []
@@ -86,12 +100,12 @@ def train_loop(
     # What a checkpoint must agree on to be resumed: anything else would silently mix two runs.
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
                    "lr": config.lr, "seed": config.seed}
-    run = Run(out, fingerprint, total, desc, resume=config.resume)
+    run = Run(out, fingerprint, total, desc, resume=config.resume, main=rank == 0)
     state = run.restore(model, optimizer, scheduler)[0] or {"step": 0, "best": -math.inf, "best_step": None}
     run.start(state["step"])
 
     def run_eval(step):
-        if evaluate is None:
+        if evaluate is None or not run.main:  # the ranks hold one model: rank 0 judges it
             return
         model.eval()
         metrics = evaluate(model)
@@ -108,14 +122,13 @@ def train_loop(
             epoch, offset = divmod(step, steps_per_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
             batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
-            loss, batch_metrics = batch_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, batch_metrics = _backward(model, batch[rank::world], batch_loss, len(batch) < world)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
             state["step"] = step = step + 1
-            window.append({"loss": loss.item(), **batch_metrics})
+            window.append({"loss": loss, **batch_metrics})
             run.bar.update(1)
             if step % config.log_every == 0 or step == total:
                 metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
@@ -125,16 +138,39 @@ def train_loop(
                 window = []
             if config.eval_every and step % config.eval_every == 0 and step < total:
                 run_eval(step)
-            if run.interrupted or (config.save_every and step % config.save_every == 0 and step < total):
+            interrupted = distributed.any_rank(run.interrupted)  # every rank stops at the same step
+            if interrupted or (config.save_every and step % config.save_every == 0 and step < total):
                 run.save(model, tokenizer, optimizer, scheduler, state)
-            if run.interrupted:
+            if interrupted:
                 run.stop(step)
         run_eval(state["step"])
         model.eval()
-        save_policy(model, tokenizer, out / "final")
+        if run.main:
+            save_policy(model, tokenizer, out / "final")
     finally:  # also on a crash or Ctrl-C: the bar ends and the logs are flushed
         run.close()
-    for leftover in (run.checkpoint, *(run.checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
-        shutil.rmtree(leftover, ignore_errors=True)
-    return state
+    if run.main:
+        for leftover in (run.checkpoint, *(run.checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
+            shutil.rmtree(leftover, ignore_errors=True)
+    distributed.barrier()  # no rank returns before rank 0 has written OUT/final
+    return distributed.broadcast_object(state)  # rank 0's: with its evaluations' best
 
+
+def _backward(model, batch: list, batch_loss, some_rank_idle: bool) -> tuple[float, dict[str, float]]:
+    """Backward this rank's part of a step's batch, its loss weighted by its share of the batch's units (1 in one
+    process); the gradients summed over the ranks. Returns the batch's loss and metrics (the ranks' weighted
+    means). ``some_rank_idle``: the batch has fewer examples than there are ranks (an epoch's last one)."""
+    loss, metrics, units = 0.0, {}, 0
+    if batch:
+        loss, metrics, *counted = batch_loss(model, batch)
+        units = counted[0] if counted else len(batch)
+    if some_rank_idle:  # an idle rank adds nothing, but takes part in the collectives with rank 0's metric names
+        names = distributed.broadcast_object(list(metrics))  # rank 0 always has examples
+        metrics = metrics if batch else dict.fromkeys(names, 0.0)
+    weight = distributed.share(torch.tensor(float(units)))
+    if batch:
+        (loss * weight if distributed.world_size() > 1 else loss).backward()
+        loss = loss.item()
+    distributed.all_reduce_grads(list(model.parameters()))
+    stats = distributed.weighted_sum({"loss": loss, **metrics}, weight)
+    return stats.pop("loss"), stats

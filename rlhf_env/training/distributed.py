@@ -1,9 +1,10 @@
-"""Data parallelism for the PPO-family agents: the ranks, and the few collectives they need.
+"""Data parallelism for the agents and the training loop: the ranks, and the few collectives they need.
 
 Launched by ``accelerate launch --num_processes N`` or ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1),
 ``init`` joins the launcher's process group through accelerate (gloo on a CPU, NCCL on GPUs). Without a
 launcher there is one process, no process group, and every function here returns its input unchanged, so a
-plain run computes exactly what it computed before data parallelism existed.
+plain run computes exactly what it computed before data parallelism existed. The PPO family
+(``agents.ppo``) and ``rlhf_env.training.trainer.train_loop`` (pretraining, SFT, the scalar RM, DPO) use it.
 """
 
 from __future__ import annotations
@@ -129,6 +130,16 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     dist.all_reduce(flat)
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad = g.view_as(p)
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank: the ranks start from one model whatever their seeds."""
+    if world_size() == 1:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        wire = tensor.data.to(_wire(), copy=True)
+        dist.broadcast(wire, src=0)
+        tensor.data.copy_(wire)
 
 
 def barrier() -> None:
