@@ -42,7 +42,7 @@ ASSUMPTIONS = [
     "and reward model; a rank samples, scores and trains on 1/N of the global batch, so all of an iteration's "
     "compute but the AdamW step divides by N. The global minibatch stays the same, so the optimizer steps per "
     "1,000 episodes do not change with N, and every rank runs each AdamW step in full.",
-    "One all-reduce of the policy's float32 gradient per optimizer step (agents/distributed.all_reduce_grads sums "
+    "One all-reduce of the policy's float32 gradient per optimizer step (training.distributed.all_reduce_grads sums "
     "one flat buffer), not overlapped with compute: pessimistic, since DDP-style bucketing would overlap it with "
     "the backward. The small all-reduces of statistics, the gradient's copy into the flat buffer and rank 0's "
     "held-out evaluations are left out.",

@@ -165,6 +165,47 @@ def ppo_iteration_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def vs_trl_table(result: dict) -> str:
+    st, summary, systems = result["settings"], result["summary"], result["systems"]
+    policies = [p for p in st["policies"] if p in summary]
+    lines = ["| system | one step |" + "".join(f" `{p}` episodes/s | `{p}` tokens/s | `{p}` peak RSS (MiB) |"
+                                                for p in policies), "|---|---|" + "---|---|---|" * len(policies)]
+    for name, system in systems.items():
+        cells = []
+        for p in policies:
+            s = summary[p].get(name)
+            if s is None:
+                cells += ["failed" if name in result["errors"] else "—", "", ""]
+                continue
+            e = s["episodes_per_s"]
+            cells += [f"{e['median']:.1f} ({e['min']:.1f}..{e['max']:.1f})", f"{s['tokens_per_s']['median']:,.0f}",
+                      f"{s['peak_rss_mib']['median']:,.0f}"]
+        lines.append(f"| {system['runs']} | {system['one_step']} | " + " | ".join(cells) + " |")
+    notes = {"ours-ppo-head/trl-ppo": "less work: a value head, not a critic",
+             "ours-ppo-critic/trl-ppo": "equal work", "ours-rloo/trl-rloo": "equal work"}
+    lines += ["", "| ours / TRL (median episodes/s; tokens/s) | " + " | ".join(f"`{p}`" for p in policies) + " |",
+              "|---" * (len(policies) + 1) + "|"]
+    for pair in dict.fromkeys(k for p in policies for k in result["ratios"].get(p, {})):
+        cells = [result["ratios"][p].get(pair) for p in policies]
+        lines.append(f"| {pair.replace('/', ' / ')} ({notes.get(pair, '')}) | " + " | ".join(
+            f"**{r['episodes_per_s']:.2f}×**; {r['tokens_per_s']:.2f}×" if r else "—" for r in cells) + " |")
+    sides = {"ours-rloo": "ours", "trl-ppo": "TRL's PPO", "trl-rloo": "TRL's RLOO"}
+    versions = "; ".join(f"{side}: " + ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "trl") if k in v)
+                         for name, side in sides.items() if (v := result["versions"].get(name)))
+    lines.append(f"\nEvery system: the same policy, the world's `{st['prompts']}` prompts, `{st['reward']}` as reward "
+                 f"(and as critic where there is one; TRL's PPO takes a sequence classifier, which the default `rm` is "
+                 f"not; our rows run with `--reward {st['reward']} --batch_size {st['batch_size']}`), "
+                 f"{st['batch_size']} completions a step of at most {st['max_new_tokens']} new tokens at "
+                 f"temperature {st['temperature']:g}, KL coefficient {st['kl_coef']:g} to a frozen copy of the policy, "
+                 f"{st['threads']} thread(s). Median (min..max) over {st['repeats']} interleaved runs of "
+                 f"{st['steps']} steps, each a fresh process after {st['warmup']} warm-up step(s); tokens are response "
+                 f"tokens up to and including EOS; peak RSS is the process's. Versions: {versions}.")
+    for name, error in result["errors"].items():
+        lines.append(f"\n{name} failed: `{error.splitlines()[0][:300]}`")
+    lines.append(f"\nTime to quality: {result['time_to_quality']}.")
+    return "\n".join(lines)
+
+
 def real_size_table(result: dict) -> str:
     c, per_episode = result["config"], result["seconds_per_episode"]
     names = {"sample": "sample (rollout, policy)", "env": "env step (reference and reward model)",
@@ -359,6 +400,7 @@ def performance_page(results: Path) -> str:
             ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
+            ("vs_trl.json", "Against TRL at equal work", "vs_trl.py", vs_trl_table),
             ("data_parallel.json", "Data-parallel PPO", "data_parallel.py --full", data_parallel_table),
             ("real_size.json", "PPO at GPT-2 small's size", "real_size.py", real_size_table),
             ("reliability.json", "Reliability", "reliability.py", reliability_table)):

@@ -1,5 +1,6 @@
 """Every benchmark script still parses its arguments and imports what it uses, so that none rots unseen."""
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -42,3 +43,40 @@ def test_the_algorithms_benchmark_quick_mode_runs_a_user_algorithm_and_best_of_n
     assert rows["examples.reinforce:Reinforce"]["kl_measured"]
     assert rows["best-of-2"]["rm_score"] > rows["best-of-2"]["start_rm_score"]  # picking by the RM raises it
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def _vs_trl():
+    return runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "vs_trl.py"))  # not as __main__
+
+
+def test_vs_trl_worker_protocol_is_checked_json(tmp_path):
+    """benchmarks/vs_trl.py's workers (ours and TRL's, in their own venvs) take a JSON spec and answer JSON."""
+    vs_trl = _vs_trl()
+    with pytest.raises(ValueError, match="unknown system 'trl-grpo'"):
+        vs_trl["worker_spec"]("trl-grpo", "sft", 3, 1, 1, "prompts.json")
+    spec = vs_trl["worker_spec"]("trl-rloo", "sft", 2, 1, 1, "prompts.json")
+    assert (spec["batch_size"], spec["max_new_tokens"], spec["group_size"], spec["reward"]) == (64, 48, 4, "rm-scalar")
+    assert json.loads(json.dumps(spec)) == spec
+    result = {"system": "trl-rloo", "policy": "sft", "step_seconds": [2.0, 4.0], "response_tokens": [640, 320],
+              "episodes_per_step": 64, "setup_seconds": 9.0, "versions": {"trl": "1.16.0"}, "threads": 1}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(result))
+    assert vs_trl["read_worker_result"](path, spec)["step_seconds"] == [2.0, 4.0]
+    path.write_text(json.dumps({**result, "step_seconds": [2.0]}))
+    with pytest.raises(ValueError, match="has 1 step_seconds, expected 2"):
+        vs_trl["read_worker_result"](path, spec)
+    path.write_text(json.dumps({k: v for k, v in result.items() if k != "versions"}))
+    with pytest.raises(ValueError, match="lacks versions"):
+        vs_trl["read_worker_result"](path, spec)
+
+
+def test_vs_trl_summary_and_ratios():
+    vs_trl = _vs_trl()
+    run = {"step_seconds": [1.0, 2.0, 4.0], "response_tokens": [640, 640, 640], "episodes_per_step": 64,
+           "peak_rss_mib": 500.0, "setup_seconds": 5.0}
+    ours = vs_trl["summarize"]([run])
+    assert ours["episodes_per_s"] == {"median": 32.0, "min": 16.0, "max": 64.0}
+    assert ours["tokens_per_s"]["median"] == 320.0 and ours["mean_response_tokens"] == 10.0
+    theirs = vs_trl["summarize"]([{**run, "step_seconds": [4.0, 4.0, 4.0]}])
+    ratios = vs_trl["ratios"]({"sft": {"ours-rloo": ours, "trl-rloo": theirs}})
+    assert ratios == {"sft": {"ours-rloo/trl-rloo": {"episodes_per_s": 2.0, "tokens_per_s": 2.0}}}
