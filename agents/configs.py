@@ -146,6 +146,10 @@ class PPOConfig:
             raise ValueError(f"value_model must be 'head' or 'rm', got {self.value_model!r}")
         self.check_groups()
         check_reward(self.reward)
+        if str(self.reward).startswith(("http://", "https://")) and (self.reward_label, self.reward_transform) != (
+                0, "logit"):
+            raise ValueError("a served reward's label and transform are chosen where it is served: rlhf serve-reward "
+                             "--reward_label ... --reward_transform ...")
         check_out(self.out)
 
     def check_groups(self) -> None:

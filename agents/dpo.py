@@ -226,6 +226,7 @@ def dpo(config: DPOConfig) -> dict:
     """Train ``config.policy`` with DPO on the comparisons. Returns the steps made, the final metrics on the test
     comparisons (``test_accuracy``, ``test_loss``, ...) and the data's size, also written to ``OUT/result.json``;
     the policy is in ``OUT/final``."""
+    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
     out = check_out(config)
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config.policy, config.device)
@@ -274,4 +275,4 @@ def dpo(config: DPOConfig) -> dict:
               "left_out": left_out + test_left_out}
     if distributed.rank() == 0:
         (out / RESULT).write_text(json.dumps(result, indent=1))
-    return distributed.broadcast_object(result)  # rank 0 evaluated: its test metrics
+    return distributed.broadcast_json(result)  # rank 0 evaluated: its test metrics

@@ -146,6 +146,7 @@ class PPOAgent:
                                    and self.iteration < c.iterations):
                     self.save()
                 if interrupted:
+                    distributed.barrier()  # rank 0's checkpoint is written before any rank exits
                     run.stop(self.iteration)
             if c.save_every:
                 self.save()  # the last iteration too: a later run with more --iterations extends this one
@@ -396,7 +397,7 @@ class PPOAgent:
                 result = self.judge(self.policy, episodes or self.config.eval_episodes, self.env.unwrapped.reward)
             finally:
                 self.policy.train()
-        return distributed.broadcast_object(result)
+        return distributed.broadcast_json(result)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> None:
@@ -404,8 +405,8 @@ class PPOAgent:
         written by rank 0 with every rank's env and sampler states (``env``, ``sampler_rng``: rank 0's;
         ``rank_envs``, ``sampler_rng.RANK``: the others')."""
         env = self.env.unwrapped
-        envs = distributed.gather_objects(env.get_state())
-        samplers = distributed.gather_objects(self.generator.get_state())
+        envs = distributed.gather_json(env.get_state())
+        samplers = [rng.clone() for rng in distributed.gather(self.generator.get_state()[None])]  # one per rank
         state = {"iteration": self.iteration, "kl_coef": self.kl.coef, "env": envs[0], "world_size": self.world}
         if self.world > 1:
             state["rank_envs"] = envs[1:]

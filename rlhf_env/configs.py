@@ -205,6 +205,10 @@ class ServeRewardConfig:
     """Directory of the world's datasets (gold and labelers look up each prompt's task there)."""
     max_batch: int = 4096
     """Most responses in one request; a client splits larger batches."""
+    reward_label: int = 0
+    """With a sequence-classifier reward: the output (label) that scores a response."""
+    reward_transform: str = "logit"
+    """With a sequence-classifier reward: logit, log_softmax or softmax of that label."""
 
     def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
         check_reward(self.reward)

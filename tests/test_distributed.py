@@ -23,7 +23,7 @@ from rlhf_env.configs import TrainConfig
 from rlhf_env.models import load_policy, new_model, save_policy
 from rlhf_env.stages.sft import demonstration_examples
 from rlhf_env.training.run import Interrupted
-from rlhf_env.training.trainer import IGNORE, collate, lm_loss, train_causal_lm, train_loop
+from rlhf_env.training.trainer import lm_batch_loss, train_loop
 from tests.conftest import TINY_DIMS, learning_log
 from tests.test_dpo import make_comparisons, make_data_dir
 from tests.test_ppo import brevity, tiny_config
@@ -153,29 +153,35 @@ def lm_examples(tmp) -> list[tuple[list[int], list[int]]]:
     return [tuple(example) for example in json.loads((tmp / "examples.json").read_text())]
 
 
+def lm_loss_with_a_metric(tokenizer, ctrl_c_at: int | None = None):
+    """``train_causal_lm``'s loss with a metric (the loss again: metrics gather like the loss, and an idle rank
+    takes rank 0's names); ``ctrl_c_at``: a Ctrl-C that reaches rank 1 only, at that call."""
+    lm, calls = lm_batch_loss(tokenizer, lm_config("unused")), 0
+
+    def batch_loss(m, batch):
+        nonlocal calls
+        calls += 1
+        if calls == ctrl_c_at and os.environ["RANK"] == "1":
+            os.kill(os.getpid(), signal.SIGINT)
+        loss, _, tokens = lm(m, batch)
+        return loss, {"nll": loss.item()}, tokens
+
+    return batch_loss
+
+
 def train_loop_on_rank(rank, policy_dir, tmp):
     """An uninterrupted LM run (``full``) and one that rank 1's Ctrl-C stops at step 3, then resumed (``stopped``)."""
     examples, trained = lm_examples(tmp), {}
     model, tokenizer = load_policy(str(policy_dir))
-    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "full"))
+    train_loop(model, tokenizer, examples, lm_config(tmp / "full"), lm_loss_with_a_metric(tokenizer))
     trained["full"] = model
-    calls = 0
-
-    def loss_then_ctrl_c(m, batch):  # train_causal_lm's loss, and a Ctrl-C that reaches rank 1 only
-        nonlocal calls
-        calls += 1
-        if calls == 3 and rank == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        ids, labels, mask = collate(batch, tokenizer.pad_token_id)
-        return lm_loss(m, ids, labels, mask), {}, int((labels[:, 1:] != IGNORE).sum())
-
     model, tokenizer = load_policy(str(policy_dir))
     with pytest.raises(Interrupted, match="interrupted at step 3"):  # rank 0 too: the ranks agree to stop
-        train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), loss_then_ctrl_c)
+        train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), lm_loss_with_a_metric(tokenizer, 3))
     if rank == 0:  # for a 1-process resume of the same checkpoint
         shutil.copytree(tmp / "stopped", tmp / "stopped-then-1-process")
     model, tokenizer = load_policy(str(policy_dir))
-    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "stopped"))
+    train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), lm_loss_with_a_metric(tokenizer))
     trained["resumed"] = model
     save_tensors({f"{run}.{k}": v.clone() for run, m in trained.items() for k, v in m.state_dict().items()},
                  tmp / f"rank{rank}.safetensors")
@@ -192,10 +198,10 @@ def dpo_on_rank(rank, policy_dir, tmp):
 
 
 def on_rank(rank, policy_dir, world_dir, tmp):
+    dpo_on_rank(rank, policy_dir, tmp / "dpo")  # first: DPO joins the process group itself
+    train_loop_on_rank(rank, policy_dir, tmp / "train_loop")
     iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume")
-    train_loop_on_rank(rank, policy_dir, tmp / "train_loop")
-    dpo_on_rank(rank, policy_dir, tmp / "dpo")
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +231,7 @@ def test_the_training_loop_on_two_ranks_equals_one_process_and_resumes_on_any_nu
     examples = lm_examples(tmp)
     model, tokenizer = load_policy(str(two_ranks / "policy"))
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "one"))
+    train_loop(model, tokenizer, examples, lm_config(tmp / "one"), lm_loss_with_a_metric(tokenizer))
     expected = model.state_dict()
     assert max((expected[k] - v).abs().max().item() for k, v in start.items()) > 1e-2  # >> the tolerance
     ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
@@ -237,13 +243,14 @@ def test_the_training_loop_on_two_ranks_equals_one_process_and_resumes_on_any_nu
     one_log, two_log = learning_log(tmp / "one" / "train.csv"), learning_log(tmp / "full" / "train.csv")
     assert len(two_log) == len(one_log) == 12  # rank 0 alone logs
     for a, b in zip(one_log, two_log):
-        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5), a["step"]
+        for metric in ("loss", "nll", "grad_norm"):
+            assert float(b[metric]) == pytest.approx(float(a[metric]), rel=1e-5), (a["step"], metric)
     assert learning_log(tmp / "stopped" / "train.csv") == two_log
     assert not (tmp / "full" / "run.lock").exists()
 
     # the data order does not depend on the ranks: one process continues the 2 ranks' checkpoint of step 3
     model, tokenizer = load_policy(str(two_ranks / "policy"))
-    train_causal_lm(model, tokenizer, examples, lm_config(tmp / "stopped-then-1-process"))
+    train_loop(model, tokenizer, examples, lm_config(tmp / "stopped-then-1-process"), lm_loss_with_a_metric(tokenizer))
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, ranks[0][f"full.{name}"], rtol=1e-5, atol=1e-5, msg=name)
 

@@ -220,3 +220,11 @@ def test_ppo_pays_the_served_reward_exactly_as_the_local_one(tiny_policy_dir, wo
             assert isinstance(agent.env.unwrapped.reward, RemoteReward) == (name == "remote")
             rewards[name] = agent.rollout(agent.env.reset(seed=0)[0])["env_rewards"]
     assert rewards["remote"].tolist() == rewards["local"].tolist() and rewards["local"].std() > 0
+
+
+def test_a_served_rewards_label_and_transform_are_chosen_where_it_is_served():
+    from agents.ppo import PPOConfig
+
+    with pytest.raises(ValueError, match="label and transform are chosen where it is served"):
+        PPOConfig(reward="http://127.0.0.1:8765", reward_label=1)
+    assert PPOConfig(reward="http://127.0.0.1:8765").reward_label == 0  # the defaults pass

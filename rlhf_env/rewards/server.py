@@ -135,6 +135,8 @@ def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        timeout = 60  # seconds a stalled client may hold its thread
+
         def log_message(self, format, *args):  # no line per request on stderr
             pass
 
@@ -211,7 +213,9 @@ def _error_message(error: urllib.error.HTTPError) -> str:
 
 def serve(config) -> None:
     """``rlhf serve-reward``: serve ``config.reward`` (a ``ServeRewardConfig``) until Ctrl-C; prints the URL."""
-    server = serve_reward(config.reward, config.host, config.port, config.device, config.data, config.max_batch)
+    classifier = {"label": config.reward_label, "transform": config.reward_transform}
+    server = serve_reward(config.reward, config.host, config.port, config.device, config.data, config.max_batch,
+                          **(classifier if classifier != {"label": 0, "transform": "logit"} else {}))
     print(f"serving {server.reward.name} at {server.url}", flush=True)
     try:
         server.thread.join()

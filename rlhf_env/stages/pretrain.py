@@ -13,6 +13,7 @@ import torch
 
 from rlhf_env.configs import PretrainConfig
 from rlhf_env.models import CONTEXT, load_tokenizer, new_model
+from rlhf_env.training import distributed
 from rlhf_env.training.trainer import train_causal_lm
 from rlhf_env.world.build import load_split
 
@@ -26,6 +27,7 @@ def pack(texts: list[str], tokenizer, block: int = CONTEXT) -> list[tuple[list[i
 
 
 def pretrain(config: PretrainConfig) -> dict:
+    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
     tokenizer = load_tokenizer(config.tokenizer)
     torch.manual_seed(config.seed)  # the initial weights are part of what the seed fixes
     model = new_model(config.size, tokenizer)

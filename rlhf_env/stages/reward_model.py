@@ -141,13 +141,14 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
 def train_reward_model(config: RMConfig) -> dict:
     if config.kind not in ("likelihood", "scalar"):
         raise ValueError(f"kind must be 'likelihood' or 'scalar', got {config.kind!r}")
+    if config.kind == "likelihood" and distributed.world_size() > 1:
+        raise ValueError("the likelihood RM's fit is two weights on features of one forward pass: run it as one "
+                         "process, without a launcher")
     torch.manual_seed(config.seed)  # the scalar head's initial weights
+    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
     train = load_split(config.data, "comparisons", "train").to_list()
     test = load_split(config.data, "comparisons", "test").to_list()
     if config.kind == "likelihood":
-        if distributed.world_size() > 1:
-            raise ValueError("the likelihood RM's fit is two weights on features of one forward pass: run it as one "
-                             "process, without a launcher")
         return fit_likelihood_rm(config, train, test)
     model, tokenizer = new_reward_model(config.policy, config.device)
 
@@ -172,4 +173,5 @@ def train_reward_model(config: RMConfig) -> dict:
     state["normalization"] = {"reward_gain": gain, "reward_bias": bias}
     if distributed.rank() == 0:  # under a launcher: rank 0 writes
         save_policy(model, tokenizer, Path(config.out) / "final")
+    distributed.barrier()  # no rank returns before OUT/final holds the normalised model
     return state

@@ -9,6 +9,7 @@ plain run computes exactly what it computed before data parallelism existed. The
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -35,7 +36,8 @@ def init(device: str) -> str:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    """This process's rank: the process group's, or the launcher's ``RANK`` before ``init`` (0 without one)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def seed_stream(seed: int, *keys: int) -> int:
@@ -70,13 +72,18 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x``, concatenated along dim 0 in rank order (the ranks' lengths may differ)."""
     if world_size() == 1:
         return x
+    return torch.cat(_gather_parts(x)).to(x.device)
+
+
+def _gather_parts(x: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``x`` (on the wire's device), in rank order."""
     lengths = [torch.zeros((), dtype=torch.long, device=_wire()) for _ in range(world_size())]
     dist.all_gather(lengths, torch.tensor(len(x), device=_wire()))
     padded = x.new_zeros((int(max(lengths)), *x.shape[1:]), device=_wire())
     padded[:len(x)] = x
     parts = [torch.empty_like(padded) for _ in lengths]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, lengths)]).to(x.device)
+    return [part[:n] for part, n in zip(parts, lengths)]
 
 
 def local(x: torch.Tensor) -> torch.Tensor:
@@ -85,22 +92,28 @@ def local(x: torch.Tensor) -> torch.Tensor:
     return x[rank() * n:(rank() + 1) * n]
 
 
-def gather_objects(obj) -> list:
-    """Every rank's (picklable) ``obj``, in rank order."""
+def gather_json(obj) -> list:
+    """Every rank's ``obj`` (anything JSON holds), in rank order. JSON, not pickle: nothing a rank sends runs as
+    code on another."""
     if world_size() == 1:
         return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    return [json.loads(bytes(part.cpu().numpy())) for part in _gather_parts(_json_bytes(obj))]
 
 
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank."""
+def broadcast_json(obj):
+    """Rank 0's ``obj`` (anything JSON holds) on every rank."""
     if world_size() == 1:
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    data = _json_bytes(obj if rank() == 0 else None).to(_wire())
+    length = torch.tensor(len(data), device=_wire())
+    dist.broadcast(length, src=0)
+    buffer = data if rank() == 0 else torch.empty(int(length), dtype=torch.uint8, device=_wire())
+    dist.broadcast(buffer, src=0)
+    return json.loads(bytes(buffer.cpu().numpy()))
+
+
+def _json_bytes(obj) -> torch.Tensor:
+    return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
 
 
 def share(tokens: torch.Tensor) -> float:

@@ -181,7 +181,7 @@ class Run:
                             {**state, "run": self.fingerprint}, tensors)
 
     def close(self) -> None:
-        if self.lock.exists() and self.lock.read_text() == str(os.getpid()):
+        if self.main and self.lock.exists() and self.lock.read_text() == str(os.getpid()):
             self.lock.unlink()
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)

@@ -54,12 +54,17 @@ def train_causal_lm(model, tokenizer, examples: list[tuple[list[int], list[int]]
                     evaluate: Callable[[object], dict[str, float]] | None = None, select: str | None = None,
                     desc: str = "train") -> dict:
     """Next-token training on (input_ids, labels) examples; see ``train_loop``."""
+    return train_loop(model, tokenizer, examples, config, lm_batch_loss(tokenizer, config), evaluate, select, desc)
+
+
+def lm_batch_loss(tokenizer, config: TrainConfig) -> Callable:
+    """``train_loop``'s ``batch_loss`` for (input_ids, labels) examples: the LM loss, a mean over label tokens."""
 
     def batch_loss(m, batch):
         ids, labels, mask = (t.to(config.device) for t in collate(batch, tokenizer.pad_token_id))
-        return lm_loss(m, ids, labels, mask), {}, int((labels[:, 1:] != IGNORE).sum())  # a mean over tokens
+        return lm_loss(m, ids, labels, mask), {}, int((labels[:, 1:] != IGNORE).sum())
 
-    return train_loop(model, tokenizer, examples, config, batch_loss, evaluate, select, desc)
+    return batch_loss
 
 
 def train_loop(
@@ -84,7 +89,7 @@ def train_loop(
         raise ValueError(f"batch_size ({config.batch_size}) is the global batch: it must be >= the {world} ranks")
     config.device = distributed.init(config.device)
     rank = distributed.rank()
-    torch.manual_seed(config.seed if world == 1 else distributed.seed_stream(config.seed, rank))  # dropout
+    torch.manual_seed(config.seed)
     model.to(config.device).train()
     distributed.broadcast_parameters(model)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -120,6 +125,8 @@ def train_loop(
         while state["step"] < total:
             step = state["step"]
             epoch, offset = divmod(step, steps_per_epoch)
+            if world > 1:  # each rank its own dropout, drawn from (seed, rank, step): a resume continues it
+                torch.manual_seed(distributed.seed_stream(config.seed, rank, step))
             order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
             batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
             optimizer.zero_grad(set_to_none=True)
@@ -142,6 +149,7 @@ def train_loop(
             if interrupted or (config.save_every and step % config.save_every == 0 and step < total):
                 run.save(model, tokenizer, optimizer, scheduler, state)
             if interrupted:
+                distributed.barrier()  # rank 0's checkpoint is written before any rank exits
                 run.stop(step)
         run_eval(state["step"])
         model.eval()
@@ -152,8 +160,7 @@ def train_loop(
     if run.main:
         for leftover in (run.checkpoint, *(run.checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
             shutil.rmtree(leftover, ignore_errors=True)
-    distributed.barrier()  # no rank returns before rank 0 has written OUT/final
-    return distributed.broadcast_object(state)  # rank 0's: with its evaluations' best
+    return distributed.broadcast_json(state)  # rank 0's, once it has written OUT/final: with its evaluations' best
 
 
 def _backward(model, batch: list, batch_loss, some_rank_idle: bool) -> tuple[float, dict[str, float]]:
@@ -165,7 +172,7 @@ def _backward(model, batch: list, batch_loss, some_rank_idle: bool) -> tuple[flo
         loss, metrics, *counted = batch_loss(model, batch)
         units = counted[0] if counted else len(batch)
     if some_rank_idle:  # an idle rank adds nothing, but takes part in the collectives with rank 0's metric names
-        names = distributed.broadcast_object(list(metrics))  # rank 0 always has examples
+        names = distributed.broadcast_json(list(metrics))  # rank 0 always has examples
         metrics = metrics if batch else dict.fromkeys(names, 0.0)
     weight = distributed.share(torch.tensor(float(units)))
     if batch:
