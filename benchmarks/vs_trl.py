@@ -274,7 +274,8 @@ def ensure_venv(version: str, cache: Path) -> Path:
     venv = cache / version
     python = venv / "bin" / "python"
     probe = [str(python), "-c", "import trl, torch; print(trl.__version__, torch.__version__)"]
-    if python.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.split()[:1] == [version]:
+    wanted = [version, torch.__version__]  # a trl install that moved torch would compare other builds
+    if python.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.split() == wanted:
         return python
     print(f"making {venv} (torch {torch.__version__}, trl {version}) ...", flush=True)
     torch_pin = f"torch=={torch.__version__.split('+')[0]}"
@@ -284,6 +285,10 @@ def ensure_venv(version: str, cache: Path) -> Path:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"`{' '.join(command)}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    got = subprocess.run(probe, capture_output=True, text=True).stdout.split()
+    if got != wanted:
+        raise RuntimeError(f"{venv} has trl, torch {got}, not {wanted}: trl=={version} moved torch; install our "
+                           f"torch build there by hand")
     return python
 
 
@@ -421,7 +426,7 @@ def main() -> None:
         "raw": [{k: v for k, v in r.items() if k != "versions"} for rs in runs.values() for r in rs],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average_1min": load},
         "time_to_quality": "not measured: a held-out gold win-rate curve for each side needs full training runs "
-                           "(tens of minutes each on this shared 2-core CPU) and a judge of TRL's checkpoints; "
+                           "and a judge of TRL's checkpoints; "
                            "this script measures speed at equal work only",
         "wall_s": time.time() - started}
     print_table(result)
