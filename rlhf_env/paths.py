@@ -42,8 +42,11 @@ def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_
 
 
 def check_out(out: str | os.PathLike) -> Path:
-    """A run's output directory, refused if it is a file (the run would fail at its first write)."""
+    """A run's output directory, refused if it or a directory above it is a file (the run would fail at its first
+    write)."""
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} is a file; pass a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"is under a file ({existing})"
+        raise ValueError(f"--out {path} {what}; pass a directory")
     return path

@@ -107,6 +107,10 @@ def test_out_pointing_to_a_file_is_refused_before_anything_loads(tmp_path, capsy
             main([command, "--out", str(tmp_path / "file")])
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1] == f"rlhf {command}: error: --out {tmp_path / 'file'} is a file; pass a directory"
+    with pytest.raises(SystemExit, match="^2$"):  # a directory under a file cannot be made either
+        main(["ppo", "--out", str(tmp_path / "file" / "run")])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rlhf ppo: error: --out {tmp_path / 'file' / 'run'} is under a file ({tmp_path / 'file'}); pass a directory")
 
 
 def test_unknown_command_and_unknown_policy_are_clear_errors(capsys):
