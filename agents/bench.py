@@ -181,6 +181,7 @@ class SB3Run:
         from sb3_contrib import MaskablePPO
         from stable_baselines3 import A2C, PPO
         from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.logger import Logger
 
         from agents import sb3
 
@@ -196,6 +197,8 @@ class SB3Run:
                              "sb3-maskable-ppo-token": (MaskablePPO, sb3.MaskableLMActorCriticPolicy)}[self.name]
         model = algorithm(policy, venv, ent_coef=c.kl_coef, seed=self.seed, policy_kwargs={"lm": c.policy},
                           **settings)
+        if not settings.get("verbose") and settings.get("tensorboard_log") is None:
+            model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's own would make an empty /tmp/SB3-* folder
 
         class Budget(BaseCallback):
             """Counts finished episodes. The rollout that reaches the budget is trained on, and the first step of

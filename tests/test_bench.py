@@ -1,5 +1,7 @@
 """The bench: any algorithm gets the same env, budget and judgement; a 30-line user REINFORCE learns on it."""
 
+import tempfile
+
 import pytest
 
 from agents.bench import BUILT_INS, BenchConfig, EnvFactory, algorithm_class, bench
@@ -100,6 +102,8 @@ def test_sb3_runs_on_the_bench_within_its_budget(tiny_policy_dir, world_dir, tmp
             return original(model)
         monkeypatch.setattr(cls, "train", train)
     start = {k: v.clone() for k, v in load_policy(str(tiny_policy_dir))[0].state_dict().items()}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where SB3's default logger makes a folder
+    (tmp_path / "tmp").mkdir()
     result = bench(tiny_bench(tiny_policy_dir, world_dir, tmp_path, algo=algo, reward=brevity, kl_coef=0.1,
                               episodes=episodes, algo_kwargs=json.dumps(kwargs)))
     model = models[-1]
@@ -109,3 +113,4 @@ def test_sb3_runs_on_the_bench_within_its_budget(tiny_policy_dir, world_dir, tmp
     assert model.normalize_advantage is False and model.ent_coef == 0.1
     moved = max((v - start[k]).abs().max().item() for k, v in model.policy.lm.state_dict().items() if k in start)
     assert moved > 0  # it trained: the judged policy is not the start
+    assert not list((tmp_path / "tmp").glob("SB3-*"))  # no empty log folder left in the temp directory
