@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from rlhf_env.configs import TrainConfig
+from rlhf_env.configs import TrainConfig, check_ranges
 from rlhf_env.paths import DATA_DIR, check_out
-from rlhf_env.rewards import check_reward
+from rlhf_env.rewards import check_reward, is_url
 
 # agents.bench's built-in algorithms (its BUILT_INS), named here so that BenchConfig checks --algo without them
 BUILT_IN_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token",
@@ -127,17 +127,10 @@ class PPOConfig:
     """Print the final held-out evaluation as one JSON object instead of a table."""
 
     def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
-        positive = ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "max_prompt_tokens",
-                    "final_eval_episodes", "ptx_batch_size")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lr", "temperature", "clip_coef"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        check_ranges(self, positive=("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
+                                     "max_prompt_tokens", "final_eval_episodes", "ptx_batch_size"),
+                     above_zero=("lr", "temperature", "clip_coef"),
+                     non_negative=("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"))
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
         if self.advantage not in ("rloo", "gae"):
@@ -146,8 +139,7 @@ class PPOConfig:
             raise ValueError(f"value_model must be 'head' or 'rm', got {self.value_model!r}")
         self.check_groups()
         check_reward(self.reward)
-        if str(self.reward).startswith(("http://", "https://")) and (self.reward_label, self.reward_transform) != (
-                0, "logit"):
+        if is_url(self.reward) and (self.reward_label, self.reward_transform) != (0, "logit"):
             raise ValueError("a served reward's label and transform are chosen where it is served: rlhf serve-reward "
                              "--reward_label ... --reward_transform ...")
         check_out(self.out)
@@ -250,13 +242,8 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self):  # the trainer's checks, then DPO's own: before anything loads
         super().__post_init__()
-        for name in ("max_prompt_tokens", "max_new_tokens", "forward_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta!r}")
-        if self.evals < 0:
-            raise ValueError(f"evals must be >= 0, got {self.evals!r}")
+        check_ranges(self, positive=("max_prompt_tokens", "max_new_tokens", "forward_batch_size"), above_zero=("beta",),
+                     non_negative=("evals",))
 
 
 @dataclass
@@ -292,11 +279,7 @@ class BenchConfig:
     """Print the result as one JSON object instead of a table."""
 
     def __post_init__(self):
-        for name in ("episodes", "eval_episodes", "max_new_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        check_ranges(self, positive=("episodes", "eval_episodes", "max_new_tokens"), non_negative=("kl_coef",))
         try:
             kwargs = json.loads(self.algo_kwargs or "{}")
         except json.JSONDecodeError as e:

@@ -18,6 +18,19 @@ from rlhf_env.world.storage import split_path
 STEPS = ("world", "tokenizer", "base", "sft", "comparisons", "rm")  # rlhf build-assets' steps, in order
 
 
+def check_ranges(config, positive: tuple[str, ...] = (), above_zero: tuple[str, ...] = (),
+                 non_negative: tuple[str, ...] = (), unit: tuple[str, ...] = ()) -> None:
+    """Raise a one-line ValueError for the first field of ``config`` out of its range: a positive integer, > 0,
+    >= 0, or in [0, 1]."""
+    checks = ((positive, lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+              (above_zero, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+              (unit, lambda v: 0 <= v <= 1, "in [0, 1]"))
+    for names, ok, what in checks:
+        for name in names:
+            if not ok(getattr(config, name)):
+                raise ValueError(f"{name} must be {what}, got {getattr(config, name)!r}")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by the LM training stages."""
@@ -52,18 +65,8 @@ class TrainConfig:
     """torch device (cpu, cuda, cuda:1, ...)."""
 
     def __post_init__(self):  # checks that need no model: a mistake is reported before anything loads
-        for name in ("batch_size", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lr", "epochs", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("eval_every", "save_every", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("warmup_ratio", "lr_min_ratio"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        check_ranges(self, positive=("batch_size", "log_every"), above_zero=("lr", "epochs", "grad_clip"),
+                     non_negative=("eval_every", "save_every", "weight_decay"), unit=("warmup_ratio", "lr_min_ratio"))
         check_out(self.out)
 
 
@@ -214,8 +217,7 @@ class ServeRewardConfig:
         check_reward(self.reward)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be a positive integer, got {self.max_batch}")
+        check_ranges(self, positive=("max_batch",))
 
 
 @dataclass

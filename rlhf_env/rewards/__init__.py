@@ -29,7 +29,7 @@ from rlhf_env.paths import BUNDLED_REWARDS, resolve
 from rlhf_env.rewards.base import CallableReward, EnsembleReward, NormalizedReward, Reward, RewardError, check_scores
 
 __all__ = ["CallableReward", "EnsembleReward", "GoldReward", "NormalizedReward", "Reward", "RewardError",
-           "SequenceClassifierReward", "check_reward", "check_scores", "load_reward"]
+           "SequenceClassifierReward", "check_reward", "check_scores", "is_url", "load_reward"]
 
 ORACLES = ("gold", "labelers")  # load_reward's names that are no model
 
@@ -45,7 +45,7 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
         return spec
     if callable(spec):
         return CallableReward(spec, **kwargs)
-    if isinstance(spec, str) and spec.startswith(("http://", "https://")):
+    if is_url(spec):
         from rlhf_env.rewards.server import RemoteReward
 
         return RemoteReward(spec, **kwargs)
@@ -67,11 +67,16 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
     return SequenceClassifierReward(spec, device=device, **kwargs)
 
 
+def is_url(spec) -> bool:
+    """Whether a reward spec names a reward server (``rlhf serve-reward``) rather than a model or a name."""
+    return isinstance(spec, str) and spec.startswith(("http://", "https://"))
+
+
 def check_reward(spec) -> None:
     """Raise now for a name or path that ``load_reward`` would refuse only once it got to the model: a local path
     that does not exist, a misspelt bundled name (``resolve``'s checks). Configs call it, so that the mistake is
     reported before anything loads. A callable, an oracle or a URL passes."""
-    if not (callable(spec) or spec in ORACLES or str(spec).startswith(("http://", "https://"))):
+    if not (callable(spec) or spec in ORACLES or is_url(spec)):
         resolve(spec, BUNDLED_REWARDS)
 
 
