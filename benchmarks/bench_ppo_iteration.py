@@ -8,9 +8,10 @@ and under bf16 the ratio's old log-probs), ``update`` (``ppo_epochs`` x minibatc
 AdamW and the KL controller) and ``other`` (advantages and the rest). Matmul FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on the update's own forward and backward (attention is not
 counted on a CPU: see ``update_flops``).
-Measured in alternating rounds of one run: float32 (the default: linears through oneDNN, see
-``rlhf_env.accel.onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.accel.onednn.disabled()``), and
-``bf16=True`` (bfloat16 autocast in the policy's training forward and backward; under it the ``values``
+Measured in alternating rounds of one run: float32 (the default: each model's linears on the kernel that
+``rlhf_env.accel.kernels`` measured faster on this machine), float32 with every linear through oneDNN
+(``RLHF_ENV_KERNELS=onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.accel.onednn.disabled()``),
+and ``bf16=True`` (bfloat16 autocast in the policy's training forward and backward; under it the ``values``
 phase also recomputes the ratio's old log-probs). Each update is set against the fastest matmul this
 machine does in its precision (a 2048 x 2048 matmul through MKL and through oneDNN; bfloat16: autocast's).
 Prints a table and writes JSON.
@@ -33,7 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents.ppo import PPOAgent, PPOConfig
-from rlhf_env.accel import onednn
+from rlhf_env.accel import kernels, onednn
 from rlhf_env.rewards import Reward
 
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
@@ -71,6 +72,8 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
     with contextlib.ExitStack() as stack:
         if variant == "float32_mkl":
             stack.enter_context(onednn.disabled())
+        elif variant == "float32_onednn":
+            stack.enter_context(kernels.forced("onednn"))
         return _measure(iterations, bf16=variant == "bf16")
 
 
@@ -128,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = PPOConfig()
-    variants = ("float32", "float32_mkl", "bf16")
+    variants = ("float32", "float32_onednn", "float32_mkl", "bf16")
     rows, flops = {name: [] for name in variants}, {}
     for _ in range(args.rounds):  # alternated, so that a slower spell of a shared machine hits all of them
         for name in variants:
@@ -144,13 +147,16 @@ def main() -> None:
     result = {"batch_size": config.batch_size, "minibatch_size": config.minibatch_size,
               "ppo_epochs": config.ppo_epochs, "iterations": args.iterations, "rounds": args.rounds,
               "threads": torch.get_num_threads(), "matmul_peak_gflops_float32_mkl": matmul_peak_gflops(),
+              "kernels": [choice.describe() for choice in kernels.chosen()],
               **fp32, **{name: runs[name] for name in variants[1:]},
               **{f"speedup_vs_{name}": runs[name]["iteration_s"] / fp32["iteration_s"] for name in variants[1:]},
               **{f"update_speedup_vs_{name}": runs[name]["phase_s"]["update"] / fp32["phase_s"]["update"]
                  for name in variants[1:]}}
     print(f"one PPO iteration, {config.batch_size} episodes, {config.ppo_epochs} epochs x minibatch "
           f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.rounds} x {args.iterations}); "
-          "default float32 (oneDNN), float32 through MKL, and --bf16")
+          "default float32 (the measured kernel choice), float32 all through oneDNN, float32 all through MKL, "
+          "and --bf16")
+    print("default kernels: " + "; ".join(result["kernels"]))
     print(f"{'phase':<12}" + "".join(f"{name + ' s':>16}{'share':>8}" for name in variants))
     for p in PHASES:
         print(f"{p:<12}" + "".join(f"{runs[n]['phase_s'][p]:>16.3f}{runs[n]['phase_fraction'][p]:>8.1%}"
@@ -158,7 +164,7 @@ def main() -> None:
     print(f"{'total':<12}" + "".join(f"{runs[n]['iteration_s']:>16.3f}{'':>8}" for n in variants))
     print("episodes/s: " + ", ".join(f"{n} {runs[n]['episodes_per_s']:.1f}" for n in variants))
     for name in variants[1:]:
-        print(f"float32 (oneDNN) is {result['speedup_vs_' + name]:.2f}x faster per iteration than {name} "
+        print(f"float32 (default) is {result['speedup_vs_' + name]:.2f}x faster per iteration than {name} "
               f"(update {result['update_speedup_vs_' + name]:.2f}x)")
     for name, run in runs.items():
         print(f"update ({name}): {run['update_gflop']:.1f} GFLOP at {run['update_gflops']:.1f} GFLOP/s; matmul "

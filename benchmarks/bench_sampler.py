@@ -7,8 +7,8 @@ distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods
 - ``hf_generate_mkl``: ``model.generate(do_sample=True)`` with HF's layers on PyTorch's own kernels (MKL
   on a CPU; ``rlhf_env.accel.onednn.disabled()``), as a plain HF model runs it; it returns no log-probs, which
   flatters it;
-- ``hf_generate``: the same, with the oneDNN linears this package gives every model it loads
-  (``rlhf_env.accel.onednn``);
+- ``hf_generate``: the same, with the linear kernels this package chose for the model on this machine
+  (``rlhf_env.accel.kernels``: oneDNN where it measured faster, else MKL);
 - ``hf_cache_loop``: our sampler through the model's own HF forward and dynamic cache (``fast=False``),
   the generic path any causal LM takes;
 - ``lean_gpt2``: our sampler through ``rlhf_env.accel.decoder.GPT2Decoder`` (static cache, plain ops), the
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_env.accel import onednn
+from rlhf_env.accel import kernels, onednn
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
@@ -137,6 +137,7 @@ def main() -> None:
                                        times["lean_gpt2"])
         tokens = args.batch_size * args.new_tokens
         row = {"policy": name, "parameters": n_params, "prompt_tokens": ids.shape[1],
+               "kernels": kernels.choose(model.config).describe(),
                **{f"{m}_s": times[m] for m in METHODS}, **{f"{m}_tokens_per_s": tokens / times[m] for m in METHODS},
                "speedup_vs_generate_mkl": times["hf_generate_mkl"] / times["lean_gpt2"],
                "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
@@ -153,6 +154,8 @@ def main() -> None:
               f"{r['hf_generate_tokens_per_s']:>10.0f}{r['hf_cache_loop_tokens_per_s']:>10.0f}"
               f"{r['lean_gpt2_tokens_per_s']:>10.0f}{r['speedup_vs_generate_mkl']:>17.1f}x"
               f"{r['speedup_vs_generate']:>12.1f}x")
+    for r in rows:
+        print(f"{r['policy']} kernels: {r['kernels']}")
     read_rate = streaming_read_gb_per_s()
     print(f"\nwhere the lean path's time goes; this machine streams memory at {read_rate:.0f} GB/s")
     print(f"{'policy':<11}{'prefill':>9}{'step':>9}{'attention':>11}{'projections':>13}{'KV cache read':>15}"

@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from rlhf_env.accel import kernels
+
 
 def reward_table(foundation: dict) -> str:
     lines = ["| reward | accuracy vs labelers | held-out labelers | Spearman with gold within a prompt | correct over "
@@ -127,7 +129,7 @@ def policies_table(foundation: dict) -> str:
 
 
 def sampler_table(result: dict) -> str:
-    lines = ["| policy | parameters | HF `generate`, MKL | HF `generate`, oneDNN linears | our sampler, HF forward + "
+    lines = ["| policy | parameters | HF `generate`, MKL | HF `generate`, measured kernels | our sampler, HF forward + "
              "cache | our sampler, lean GPT-2 path | speed-up vs `generate`, MKL |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['policy']} | {r['parameters'] / 1e6:.1f}M | {r['hf_generate_mkl_tokens_per_s']:,.0f} "
@@ -143,6 +145,8 @@ def sampler_table(result: dict) -> str:
     lines.append(f"\n{result['batch_size']} prompts, {result['new_tokens']} new tokens each, {result['threads']} "
                  f"threads, median of {result['repeats']}; this machine streams memory at "
                  f"{result['streaming_read_gb_per_s']:.0f} GB/s.")
+    lines += [f"Kernels chosen for `{r['policy']}` (`rlhf_env.accel.kernels`): {r['kernels']}." for r in result["rows"]
+              if "kernels" in r]
     return "\n".join(lines)
 
 
@@ -151,8 +155,10 @@ def ppo_iteration_table(result: dict) -> str:
              "reward": "reward model (env)", "values": "values (rollout)",
              "update": "update (epochs × minibatches, forward + backward + AdamW)",
              "other": "other (env bookkeeping, decoding, advantages)"}
-    columns = [("float32", result)] + [(k, result[k]) for k in ("float32_mkl", "bf16")
-                                       if isinstance(result.get(k), dict)]
+    labels = {"float32": "float32, measured kernels", "float32_onednn": "float32, all oneDNN",
+              "float32_mkl": "float32, all MKL", "bf16": "bf16"}
+    columns = [(labels["float32"], result)] + [(labels[k], result[k]) for k in ("float32_onednn", "float32_mkl", "bf16")
+                                               if isinstance(result.get(k), dict)]
     lines = ["| phase | " + " | ".join(f"{name} (s)" for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for phase, label in names.items():
         lines.append(f"| {label} | " + " | ".join(f"{c['phase_s'][phase]:.3f}" for _, c in columns) + " |")
@@ -162,6 +168,8 @@ def ppo_iteration_table(result: dict) -> str:
                  f"{result['minibatch_size']}, {result['threads']} threads; the float32 update runs its matmuls at "
                  f"{result['update_gflops']:.0f} GFLOP/s, {result['update_flop_efficiency']:.0%} of this machine's "
                  f"fastest float32 matmul ({result['matmul_peak_gflops']:.0f} GFLOP/s).")
+    if result.get("kernels"):
+        lines.append("The default's kernel choice (`rlhf_env.accel.kernels`): " + "; ".join(result["kernels"]) + ".")
     return "\n".join(lines)
 
 
@@ -392,7 +400,15 @@ def results_page(results: Path) -> str:
 def performance_page(results: Path) -> str:
     parts = ["# Performance", NAV, GENERATED,
              "Absolute timings on a shared 2-core machine are noisy; compare the columns of one table, which one run "
-             "of one script measured."]
+             "of one script measured.",
+             "**Kernels.** For float32 linears on a CPU, oneDNN beats MKL (PyTorch's default) on some CPUs and loses "
+             "on others, so no fixed rule is right. `rlhf_env.accel.kernels` times both on a model's own layer "
+             "shapes, once per machine (training layers, and the sampler's packed decode step, separately), caches "
+             "the result in `~/.cache/rlhf_env/kernels.json` (`RLHF_ENV_CACHE` moves it), and takes oneDNN only where "
+             f"it takes under {1 - kernels.MARGIN:.0%} of MKL's time. Every run prints its choice and writes it to "
+             "`OUT/kernels.json`. "
+             "`RLHF_ENV_KERNELS=onednn` or `=stock` forces one (for bit-identical runs across machines); "
+             "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off."]
     for name, title, command, fn in (
             ("vector_env.json", "The native vector env", "bench_vector_env.py", vector_env_table),
             ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),

@@ -1,5 +1,8 @@
 """rlhf_env.accel: one switch, the bundled and package-saved models only, and a probe that falls back."""
 
+import json
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -9,7 +12,7 @@ import rlhf_env.accel as accel
 from rlhf_env.accel import onednn
 from rlhf_env.accel.decoder import GPT2Decoder
 from rlhf_env.accel.switch import ENV_VAR, switched_off
-from rlhf_env.models import load_policy
+from rlhf_env.models import load_policy, new_model
 from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
 
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
@@ -93,3 +96,70 @@ def test_a_probe_mismatch_falls_back_to_stock_layers_with_a_warning(tiny_policy_
         monkeypatch.undo()
         accel.probe.cache_clear()
     assert accel.probe()
+
+
+@pytest.fixture
+def measured_kernels(tmp_path, monkeypatch):
+    """The default policy (auto: measure), a cache of its own, no choices made yet, and ``measure`` replaced by
+    given speed-ups; returns the list of shapes it was asked to measure."""
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setenv(kernels.POLICY_VAR, "auto")
+    monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "_chosen", {})
+    asked = []
+    speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1}}
+    monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab: asked.append(width) or speedups[width])
+    return asked
+
+
+@needs_onednn
+def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_kernels, tiny_policy_dir, tokenizer,
+                                                                      monkeypatch):
+    from rlhf_env.accel import kernels
+
+    model, _ = load_policy(str(tiny_policy_dir))  # width 32: oneDNN 1.25x in training layers, 0.8x decoding
+    assert swapped(model) and accel.accelerated(model)  # fused GELU and the lean decoder either way
+    decoder = GPT2Decoder(model, 2, 8)
+    assert not decoder.head.onednn and not decoder.layers[0][3].onednn  # decoding stays on addmm
+    assert measured_kernels == [32]
+    (choice,) = kernels.chosen()
+    assert (choice.layers, choice.decode, choice.source) == (True, False, "measured")
+    assert "layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock); measured now" in choice.describe()
+
+    monkeypatch.setattr(kernels, "_chosen", {})  # as a new process on this machine: the cache answers
+    load_policy(str(tiny_policy_dir))
+    assert measured_kernels == [32] and kernels.chosen()[0].source == "cache"
+    assert kernels.chosen()[0].speedup == {"layers": 1.25, "decode": 0.8}
+
+    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN.
+    wider = new_model(dict(n_embd=48, n_layer=1, n_head=2), tokenizer)
+    assert not swapped(wider) and GPT2Decoder(wider, 2, 8).head.onednn and measured_kernels == [32, 48]
+    with kernels.forced("stock"):  # nothing measured, no oneDNN
+        assert not swapped(load_policy(str(tiny_policy_dir))[0]) and measured_kernels == [32, 48]
+        assert [c.source for c in kernels.chosen()] == ["stock"]
+    assert [c.source for c in kernels.chosen()] == ["cache", "measured"]  # the block's choices are forgotten
+
+
+def test_a_bad_kernel_policy_is_refused_with_the_allowed_values(monkeypatch):
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setenv(kernels.POLICY_VAR, "fastest")
+    with pytest.raises(ValueError, match="RLHF_ENV_KERNELS='fastest': use one of auto, onednn, stock"):
+        kernels.policy()
+
+
+@needs_onednn
+def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypatch):
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setenv(kernels.POLICY_VAR, "auto")
+    monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path))
+    monkeypatch.setattr(kernels, "_chosen", {})
+    config = SimpleNamespace(n_embd=16, n_inner=None, vocab_size=40)
+    choice = kernels.choose(config)
+    assert set(choice.speedup) == {"layers", "decode"} and all(0 < v < 100 for v in choice.speedup.values())
+    assert choice.layers == (choice.speedup["layers"] > 1 / (1 - kernels.MARGIN))
+    saved = json.loads((tmp_path / "kernels.json").read_text())
+    assert saved == {f"{kernels.machine()} | width 16, inner 64, vocab 40": {
+        "layers": choice.layers, "decode": choice.decode, "speedup": choice.speedup}}

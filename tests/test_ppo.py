@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import sys
 import zlib
 
@@ -270,8 +271,15 @@ def test_ctrl_c_finishes_the_iteration_saves_and_says_how_to_resume(tiny_policy_
     assert json.loads((tmp_path / "ppo" / "checkpoint" / "state.json").read_text())["state"]["iteration"] == 2
     resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=4, reward=brevity))
     resumed.train()
-    assert "resuming" in capsys.readouterr().err and resumed.iteration == 4
+    err = capsys.readouterr().err
+    assert "resuming" in err and resumed.iteration == 4
     assert (tmp_path / "ppo" / "result.json").exists()
+    # The run log says which linear kernels it chose (conftest forces oneDNN), there and in kernels.json.
+    assert re.search(r"ppo: kernels for width 32, inner 128, vocab \d+: layers oneDNN, decode oneDNN; "
+                     r"RLHF_ENV_KERNELS=onednn", err)
+    report = json.loads((tmp_path / "ppo" / "kernels.json").read_text())
+    tiny = [c for c in report["choices"] if c["shape"].startswith("width 32, inner 128, vocab ")]
+    assert [(c["layers"], c["decode"], c["source"]) for c in tiny] == [(True, True, "onednn")] and report["machine"]
 
 
 def test_a_reference_with_another_tokenizer_is_refused(tiny_policy_dir, world, world_dir, tmp_path):

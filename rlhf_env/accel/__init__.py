@@ -1,6 +1,7 @@
 """Faster CPU kernels for this package's own models, behind one switch.
 
-- ``onednn``: float32 linear layers (forward and gradients) through oneDNN instead of MKL;
+- ``onednn``: float32 linear layers (forward and gradients) through oneDNN instead of MKL, where
+  ``kernels`` measured it faster on this machine;
 - ``decoder``: the sampler's lean GPT-2 path (static KV cache, packed weights, bucketed prefill);
 - ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel;
 - ``gpt2``: the envs' frozen bundled models (reference, likelihood RM) in plain torch, loaded without
@@ -102,14 +103,25 @@ def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def accelerate(model: torch.nn.Module, requested: bool | None = None, bundled: bool = False) -> torch.nn.Module:
-    """Give ``model`` the fused GELU and oneDNN linears, in place, if ``requested`` (None: if ``bundled``) and
-    ``enabled()``. The weights, state-dict keys and saved files are unchanged. Returns ``model``."""
+    """Give ``model`` the fused GELU, and oneDNN linears where ``onednn_layers`` says so, in place, if
+    ``requested`` (None: if ``bundled``) and ``enabled()``. The weights, state-dict keys and saved files are
+    unchanged. Returns ``model``."""
     from rlhf_env.accel.onednn import use_onednn_linears
 
     if (bundled if requested is None else requested) and enabled():
-        use_onednn_linears(fuse_gelu(model))
+        fuse_gelu(model)
+        if onednn_layers(model.config):
+            use_onednn_linears(model)
         _accelerated.add(model)
     return model
+
+
+def onednn_layers(config) -> bool:
+    """Whether a model with this config should run its layers through oneDNN here: acceleration is enabled,
+    this torch has oneDNN, and ``kernels.choose`` found it faster on this machine (or was told to use it)."""
+    from rlhf_env.accel import kernels, onednn
+
+    return enabled() and onednn.kernel_works() and kernels.choose(config).layers
 
 
 def accelerated(model: torch.nn.Module) -> bool:

@@ -13,8 +13,7 @@ sampled as it is now.
 - a prefill that skips most of the left padding (rows bucketed by prompt length);
 - the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
-  torch has it, and ``addmm`` elsewhere (see ``rlhf_env.accel.onednn`` for why: MKL, where ``addmm`` goes,
-  runs these shapes about half as fast on the AMD CPU of ``benchmarks/bench_sampler.py``);
+  torch has it and ``rlhf_env.accel.kernels`` measured it faster on this machine, and ``addmm`` elsewhere;
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else ``F.gelu``'s fused kernel);
 - ``scaled_dot_product_attention`` for the prefill's attention;
 - the LM head only on the last position.
@@ -31,6 +30,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from rlhf_env.accel import kernels
 from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
@@ -58,12 +58,13 @@ class Linear:
 
 class GPT2Decoder:
     def __init__(self, model, batch_size: int, max_length: int, onednn: bool | None = None):
-        """``onednn``: run the projections and the LM head through oneDNN (default: where available)."""
+        """``onednn``: run the projections and the LM head through oneDNN (default: where available and
+        ``kernels.choose`` found it faster here)."""
         c, t = model.config, model.transformer
         self.wte, self.wpe, self.head_weight = t.wte.weight, t.wpe.weight, model.lm_head.weight  # head: (V, E)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
         if onednn is None:
-            onednn = onednn_available(self.head_weight)
+            onednn = onednn_available(self.head_weight) and kernels.choose(c).decode
         self.head = Linear(self.head_weight, None, onednn)
 
         tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")

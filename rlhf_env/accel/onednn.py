@@ -1,9 +1,10 @@
 """float32 linear layers through oneDNN on a CPU, for training as well as inference.
 
 PyTorch sends a float32 ``addmm``/``linear`` on a CPU to MKL. For the small shapes of this package's models
-oneDNN, which PyTorch also ships, is faster on the CPUs we measured (``benchmarks/bench_sampler.py`` and
-``benchmarks/bench_ppo_iteration.py`` measure both; their JSON has the figures). The results agree to
-float32 rounding. ``rlhf_env.accel`` decides which models use it.
+oneDNN, which PyTorch also ships, is faster on some CPUs and slower on others (``benchmarks/bench_sampler.py``
+and ``benchmarks/bench_ppo_iteration.py`` measure both; their JSON has the figures), so
+``rlhf_env.accel.kernels`` measures the two on each machine and model shape. The results agree to float32
+rounding. ``rlhf_env.accel`` decides which models use it.
 
 ``use_onednn_linears(model)`` makes every HF ``Conv1D`` (GPT-2's projections) and ``nn.Linear`` of a
 model compute ``x @ W.T + b`` and its gradients with oneDNN's ``_linear_pointwise`` (the kernel

@@ -15,6 +15,7 @@ and writes crash-safe checkpoints (``rlhf_env.training.checkpoint``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -143,8 +144,23 @@ class Run:
             os.close(fd)
             break
         self.logger = RunLogger(self.out, resume_step=step) if self.main else None
+        if self.main:
+            self._report_kernels()
         self.bar = tqdm(total=self.total, initial=step, desc=self.desc, dynamic_ncols=True, disable=not self.main)
         self._catch_ctrl_c()
+
+    def _report_kernels(self) -> None:
+        """Say which linear kernels this process chose for its models (``rlhf_env.accel.kernels``), on stderr
+        and in ``OUT/kernels.json``."""
+        from rlhf_env.accel import kernels
+
+        choices = kernels.chosen()
+        if not choices:
+            return
+        for choice in choices:
+            print(f"{self.desc}: kernels for {choice.describe()}", file=sys.stderr, flush=True)
+        report = {"machine": kernels.machine(), "choices": [dataclasses.asdict(c) for c in choices]}
+        (self.out / "kernels.json").write_text(json.dumps(report, indent=1))
 
     def _catch_ctrl_c(self) -> None:
         """From ``start`` to ``close``, a first Ctrl-C only sets ``self.interrupted``: the loop finishes its step,

@@ -1,0 +1,217 @@
+"""Which float32 linear kernel to use on this machine: measured once, cached, never slower than stock.
+
+oneDNN's GEMM beats MKL's (PyTorch's default on a CPU) for this package's small shapes on some CPUs and
+loses on others, by up to a fifth either way, so no fixed rule is right everywhere. ``choose(config)``
+times both on the model's own layer shapes, for the two ways the package uses them:
+
+- ``layers``: forward and backward of every projection (training, and the frozen models' scoring) at a
+  minibatch's worth of rows, oneDNN's ``_linear_pointwise`` against ``F.linear``;
+- ``decode``: the sampler's per-step projections on prepacked weights, at a batch of single tokens,
+  against ``addmm``.
+
+oneDNN is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
+result is cached per machine (CPU model, cores, threads, torch version) and per shape in
+``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once and a run, and
+its resumption, always use the same kernels. ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the
+measurement and forces one (``auto``, the default, measures). ``chosen()`` lists what this process chose,
+for the run log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+POLICY_VAR = "RLHF_ENV_KERNELS"
+POLICIES = ("auto", "onednn", "stock")
+CACHE_VAR = "RLHF_ENV_CACHE"
+MARGIN = 0.03  # oneDNN must take under (1 - MARGIN) of stock's time
+LAYER_ROWS = 1024  # about one PPO minibatch: 16 sequences of ~64 tokens
+DECODE_ROWS = 64  # the sampler's default batch, one token each
+BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
+MIN_REPEATS, MAX_REPEATS = 3, 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each;
+    ``speedup`` is stock's time over oneDNN's for each (above 1: oneDNN faster), None where not measured;
+    ``source`` is how it was decided: "measured", "cache", or the forcing policy ("onednn" or "stock")."""
+
+    shape: str
+    layers: bool
+    decode: bool
+    speedup: dict
+    source: str
+
+    def describe(self) -> str:
+        def one(use: str) -> str:
+            ratio = self.speedup.get(use)
+            measured = f" (oneDNN {ratio:.2f}x stock)" if ratio is not None else ""
+            return f"{use} {'oneDNN' if getattr(self, use) else 'MKL'}{measured}"
+
+        how = {"measured": "measured now", "cache": "measured before, cached"}.get(self.source, f"{POLICY_VAR}="
+                                                                                                 f"{self.source}")
+        return f"{self.shape}: {one('layers')}, {one('decode')}; {how}"
+
+
+_chosen: dict[str, Choice] = {}
+
+
+def policy() -> str:
+    """``RLHF_ENV_KERNELS`` (auto, onednn or stock); a ValueError names the allowed values."""
+    value = os.environ.get(POLICY_VAR, "auto").strip().lower() or "auto"
+    if value not in POLICIES:
+        raise ValueError(f"{POLICY_VAR}={value!r}: use one of {', '.join(POLICIES)}")
+    return value
+
+
+@contextlib.contextmanager
+def forced(value: str):
+    """Inside this block ``RLHF_ENV_KERNELS`` is ``value`` and the choices made so far are forgotten, so that
+    models loaded inside choose again (e.g. a benchmark timing both kernels); both are restored after."""
+    before, saved = os.environ.get(POLICY_VAR), dict(_chosen)
+    os.environ[POLICY_VAR] = value
+    _chosen.clear()
+    try:
+        policy()  # a bad value raises here, not at the first load
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(POLICY_VAR, None)
+        else:
+            os.environ[POLICY_VAR] = before
+        _chosen.clear()
+        _chosen.update(saved)
+
+
+def cache_file() -> Path:
+    root = os.environ.get(CACHE_VAR) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlhf_env"
+    return Path(root) / "kernels.json"
+
+
+def machine() -> str:
+    """What a measurement holds for: the CPU model, its logical cores, torch's threads and torch's version."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def shapes(config) -> tuple[int, int, int]:
+    """(width, inner width, vocabulary) of a transformer config (GPT-2's or a generic HF one's names)."""
+    width = getattr(config, "n_embd", None) or config.hidden_size
+    inner = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * width
+    return int(width), int(inner), int(config.vocab_size)
+
+
+def choose(config) -> Choice:
+    """The kernels for a model with this config (see the module docstring)."""
+    width, inner, vocab = shapes(config)
+    shape = f"width {width}, inner {inner}, vocab {vocab}"
+    if shape in _chosen:
+        return _chosen[shape]
+    forced = policy()
+    if forced != "auto":
+        choice = Choice(shape, forced == "onednn", forced == "onednn", {}, forced)
+    else:
+        key = f"{machine()} | {shape}"
+        cached = _read_cache().get(key)
+        if cached is not None:
+            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache")
+        else:
+            speedup = measure(width, inner, vocab)
+            choice = Choice(shape, speedup["layers"] > 1 / (1 - MARGIN), speedup["decode"] > 1 / (1 - MARGIN),
+                            speedup, "measured")
+            _write_cache(key, {"layers": choice.layers, "decode": choice.decode, "speedup": speedup})
+    _chosen[shape] = choice
+    return choice
+
+
+def chosen() -> list[Choice]:
+    """Every choice this process has made, in order."""
+    return list(_chosen.values())
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: measure again (and rewrite it)
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**_read_cache(), key: entry}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError:
+        pass  # a read-only home: measure again next time
+
+
+def measure(width: int, inner: int, vocab: int) -> dict[str, float]:
+    """Stock time over oneDNN time (the median of interleaved rounds) for ``layers`` and ``decode``, on
+    a GPT-2 block's four projections plus the LM head."""
+    import torch
+    import torch.nn.functional as F
+
+    from rlhf_env.accel import onednn
+
+    generator = torch.Generator().manual_seed(0)
+    dims = [(3 * width, width), (width, width), (inner, width), (width, inner), (vocab, width)]  # (out, in)
+    weights = [(torch.randn(o, i, generator=generator) * i**-0.5).requires_grad_(True) for o, i in dims]
+    biases = [torch.zeros(o, requires_grad=True) for o, _ in dims]
+
+    def layers(linear):
+        def run():
+            for w, b in zip(weights, biases):
+                x = torch.randn(LAYER_ROWS, w.shape[1], generator=generator, requires_grad=True)
+                torch.autograd.backward(linear(x, w, b).sum(), inputs=[x, w, b])
+        return run
+
+    with torch.no_grad():
+        packed = [onednn.pack(w) for w in weights]
+        columns = [w.t() for w in weights]
+        inputs = [torch.randn(DECODE_ROWS, w.shape[1], generator=generator) for w in weights]
+
+    def stock_decode():
+        with torch.no_grad():
+            for x, w, b in zip(inputs, columns, biases):
+                torch.addmm(b, x, w)
+
+    def onednn_decode():
+        with torch.no_grad():
+            for x, p, b in zip(inputs, packed, biases):
+                onednn.packed_linear(x, p, b)
+
+    return {"layers": _ratio(layers(F.linear), layers(onednn.linear)), "decode": _ratio(stock_decode, onednn_decode)}
+
+
+def _ratio(stock, candidate) -> float:
+    """Median time of ``stock`` over ``candidate``, run alternately after one warm-up round each."""
+    stock(), candidate()
+    times: dict = {stock: [], candidate: []}
+    start = time.perf_counter()
+    for i in range(MAX_REPEATS):
+        for fn in (stock, candidate) if i % 2 == 0 else (candidate, stock):  # neither always goes first
+            t = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - t)
+        if i + 1 >= MIN_REPEATS and time.perf_counter() - start > BUDGET_S:
+            break
+    return statistics.median(times[stock]) / statistics.median(times[candidate])
