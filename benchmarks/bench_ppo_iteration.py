@@ -37,6 +37,7 @@ from agents.ppo import PPOAgent, PPOConfig
 from rlhf_env.accel import kernels, onednn
 from rlhf_env.rewards import Reward
 
+VARIANTS = ("float32", "float32_onednn", "float32_mkl", "bf16")
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
@@ -127,11 +128,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="measured iterations per round (after a warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating float32 and bf16")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="which to measure (bf16 is slow on a CPU without native bfloat16 matmuls)")
     parser.add_argument("--out", default="benchmarks/results/ppo_iteration.json")
     args = parser.parse_args()
 
     config = PPOConfig()
-    variants = ("float32", "float32_onednn", "float32_mkl", "bf16")
+    variants = ["float32"] + [v for v in args.variants if v != "float32"]  # the default comes first
     rows, flops = {name: [] for name in variants}, {}
     for _ in range(args.rounds):  # alternated, so that a slower spell of a shared machine hits all of them
         for name in variants:
@@ -139,7 +142,9 @@ def main() -> None:
             rows[name] += more
     runs = {name: summarize(rows[name], flops[name], config.batch_size) for name in variants}
     fp32_peak = max(matmul_peak_gflops(), matmul_peak_gflops(through_onednn=onednn.available(torch.ones(1))))
-    peaks = {"float32": fp32_peak, "float32_mkl": fp32_peak, "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
+    peaks = {"float32": fp32_peak, "float32_onednn": fp32_peak, "float32_mkl": fp32_peak}
+    if "bf16" in variants:
+        peaks["bf16"] = matmul_peak_gflops(dtype=torch.bfloat16)
     for name, run in runs.items():
         run["matmul_peak_gflops"] = peaks[name]
         run["update_flop_efficiency"] = run["update_gflops"] / peaks[name]
