@@ -173,6 +173,40 @@ def ppo_iteration_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def vs_trl_quality_table(result: dict) -> str:
+    st, curves = result["settings"], result["curves"]
+    names = {"ours": "ours (`rlhf ppo`, defaults)", "trl": f"TRL {st['trl_version']} `RLOOTrainer`, same recipe"}
+    generations = sorted({p["generation"] for curve in curves.values() for p in curve})
+    lines = ["| generation | " + " | ".join(f"{names[s]}: training s | win rate" for s in curves) + " |",
+             "|---" * (1 + 2 * len(curves)) + "|"]
+    for g in generations:
+        cells = []
+        for curve in curves.values():
+            point = next((p for p in curve if p["generation"] == g), None)
+            cells += [f"{point['train_s']:.0f}", f"{point['win_rate']:.3f}"] if point else ["—", "—"]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    summary = result.get("summary", {})
+    if "seconds_per_generation" in summary:
+        per = summary["seconds_per_generation"]
+        lines.append(f"\nTraining seconds per generation: ours {per['ours']:.2f}, TRL {per['trl']:.2f}: TRL takes "
+                     f"**{summary['seconds_per_generation_trl_over_ours']:.2f}×** our time.")
+    for row in summary.get("targets", []):
+        times = ", ".join(f"{side} {'never' if t is None else f'{t:.0f} s'}" for side, t in row["train_s"].items())
+        ratio = "" if row["trl_over_ours"] is None else f": TRL takes **{row['trl_over_ours']:.2f}×** our time"
+        lines.append(f"\nTo a held-out win rate of {row['target']:.3f}: {times}{ratio}.")
+    run = (f"the first {st['stop_after']} of a {st['generations']}-generation schedule" if st["stop_after"] <
+           st["generations"] else f"{st['generations']} generations")
+    lines.append(f"\nOne seed each; {run}, generations of {st['batch_size']} episodes ({st['group_size']} "
+                 f"samples per prompt, leave-one-out baseline, KL {st['kl_coef']:g} in the reward, "
+                 f"{st['ppo_epochs']} passes of minibatches of {st['minibatch_size']}, lr {st['lr']:g}), the bundled "
+                 f"`{st['reward']}` as reward for both (TRL's through `rlhf serve-reward`), {st['threads']} threads; "
+                 f"judged every {st['eval_every']} generations on {st['eval_episodes']} held-out prompts, so a win "
+                 "rate moves by a few points with the prompts drawn, and a time to a target hangs on one such "
+                 "judgement: the seconds per generation are the steadier ratio. Training seconds leave out loading, "
+                 "judging and saving.")
+    return "\n".join(lines)
+
+
 def vs_trl_table(result: dict) -> str:
     st, summary, systems = result["settings"], result["summary"], result["systems"]
     policies = [p for p in st["policies"] if p in summary]
@@ -210,7 +244,7 @@ def vs_trl_table(result: dict) -> str:
                  f"tokens up to and including EOS; peak RSS is the process's. Versions: {versions}.")
     for name, error in result["errors"].items():
         lines.append(f"\n{name} failed: `{error.splitlines()[0][:300]}`")
-    lines.append(f"\nTime to quality: {result['time_to_quality']}.")
+    lines.append("\nTime to quality: `benchmarks/vs_trl_quality.py`, in the next section.")
     return "\n".join(lines)
 
 
@@ -417,6 +451,10 @@ def performance_page(results: Path) -> str:
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
             ("vs_trl.json", "Against TRL at equal work", "vs_trl.py", vs_trl_table),
+            ("vs_trl_quality.json", "Against TRL: time to quality", "vs_trl_quality.py", vs_trl_quality_table),
+            ("vs_trl_quality_100.json", "Against TRL: the whole default run", "vs_trl_quality.py --stop-after 100 "
+             "--eval-every 10 --eval-episodes 200 --out benchmarks/results/vs_trl_quality_100.json",
+             vs_trl_quality_table),
             ("data_parallel.json", "Data-parallel PPO", "data_parallel.py --full", data_parallel_table),
             ("real_size.json", "PPO at GPT-2 small's size", "real_size.py", real_size_table),
             ("reliability.json", "Reliability", "reliability.py", reliability_table)):

@@ -425,9 +425,6 @@ def main() -> None:
         "versions": versions, "summary": summary, "ratios": ratios(summary), "errors": errors,
         "raw": [{k: v for k, v in r.items() if k != "versions"} for rs in runs.values() for r in rs],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average_1min": load},
-        "time_to_quality": "not measured: a held-out gold win-rate curve for each side needs full training runs "
-                           "and a judge of TRL's checkpoints; "
-                           "this script measures speed at equal work only",
         "wall_s": time.time() - started}
     print_table(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -80,3 +80,30 @@ def test_vs_trl_summary_and_ratios():
     theirs = vs_trl["summarize"]([{**run, "step_seconds": [4.0, 4.0, 4.0]}])
     ratios = vs_trl["ratios"]({"sft": {"ours-rloo": ours, "trl-rloo": theirs}})
     assert ratios == {"sft": {"ours-rloo/trl-rloo": {"episodes_per_s": 2.0, "tokens_per_s": 2.0}}}
+
+
+def _vs_trl_quality(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports vs_trl beside it
+    return runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "vs_trl_quality.py"))
+
+
+def test_time_to_quality_takes_the_first_judgement_at_the_target_and_the_best_both_reach(monkeypatch):
+    quality = _vs_trl_quality(monkeypatch)
+    ours = [{"train_s": t, "win_rate": w} for t, w in ((10.0, 0.52), (20.0, 0.61), (30.0, 0.58))]
+    trl = [{"train_s": t, "win_rate": w} for t, w in ((15.0, 0.50), (30.0, 0.55), (45.0, 0.57))]
+    assert quality["time_to"](ours, 0.6) == 20.0 and quality["time_to"](trl, 0.6) is None
+    summary = quality["summarize"]({"ours": ours, "trl": trl})
+    assert summary["best_win_rate"] == {"ours": 0.61, "trl": 0.57}
+    assert summary["targets"] == [  # TRL never reaches 0.6: compared also at 0.57, the best both reach
+        {"target": 0.55, "train_s": {"ours": 20.0, "trl": 30.0}, "trl_over_ours": 1.5},
+        {"target": 0.57, "train_s": {"ours": 20.0, "trl": 45.0}, "trl_over_ours": 2.25},
+        {"target": 0.58, "train_s": {"ours": 20.0, "trl": None}, "trl_over_ours": None},
+        {"target": 0.6, "train_s": {"ours": 20.0, "trl": None}, "trl_over_ours": None}]
+
+
+def test_the_time_to_quality_recipe_is_rlhf_ppos_default(monkeypatch):
+    """benchmarks/vs_trl_quality.py gives TRL the recipe of `rlhf ppo`'s defaults: a changed default must change it."""
+    from agents.configs import PPOConfig
+
+    recipe, config = _vs_trl_quality(monkeypatch)["RECIPE"], PPOConfig()
+    assert {k: getattr(config, k) for k in recipe} == recipe

@@ -1,0 +1,281 @@
+"""Time to quality against TRL: training wall time until the held-out gold win rate against SFT reaches a target.
+
+Both sides run one recipe on the same task: the bundled ``sft`` policy, the world's ``ppo`` prompts, the
+bundled ``rm`` as reward, a KL penalty of 0.05 to the SFT policy in the sequence's reward, 8 samples per
+prompt with a leave-one-out baseline, 128 episodes per generation, 4 passes of clipped-ratio (0.2) steps on
+minibatches of 16, AdamW at 3e-5 decaying linearly over 100 generations, temperature 1, at most 48 new tokens,
+and a response without EOS scored -1. That recipe is our ``rlhf ppo`` default, which the script checks;
+TRL's ``RLOOTrainer`` runs it with the settings in ``trl_config``. TRL scores through ``rlhf serve-reward``
+(``rlhf_env.rewards.server``, JSON over HTTP, served from this process), so both sides pay the same reward
+model; its reward function applies the EOS rule.
+
+Every ``--eval-every`` generations each policy is judged as ``rlhf eval`` judges (``rlhf_env.evaluation.
+HeldOutJudge``: ``--eval-episodes`` held-out customers' prompts, eval seed 0, against SFT's samples, gold grades,
+ties half): ours inside its worker, TRL's from the weights a callback saved, afterwards in this interpreter.
+Training time counts the steps only: loading, judging and saving are left out on both sides. Each side runs in
+a fresh subprocess at ``--threads`` threads, ours in this interpreter and TRL's in the venv that
+``benchmarks/vs_trl.py`` makes.
+
+Both runs stop after ``--stop-after`` generations (the learning-rate schedule still spans ``--generations``): a
+full run of 100 (measured once, judged every 10 generations on 200 prompts) was flat after its first 10 on both
+sides, so the judgements go where the curves rise. The targets are a win rate of 0.6, two lower levels, and the
+best win rate that both sides reach; a side's time to a target is that of its first judgement at or above it.
+Prints a table and writes JSON.
+
+    python benchmarks/vs_trl_quality.py [--stop-after 20] [--eval-every 2] [--eval-episodes 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # vs_trl, beside this script
+
+from vs_trl import MODELS, ROOT, TRL_RLOO_VERSION, ensure_venv  # noqa: E402
+
+TARGET = 0.6
+LEVELS = (0.55, 0.58)  # lower targets, compared as well: the curves flatten just under TARGET
+RECIPE = {"batch_size": 128, "group_size": 8, "minibatch_size": 16, "ppo_epochs": 4, "lr": 3e-5, "kl_coef": 0.05,
+          "clip_coef": 0.2, "temperature": 1.0, "max_new_tokens": 48, "missing_eos_penalty": -1.0,
+          "adam_eps": 1e-5, "weight_decay": 0.01, "max_grad_norm": 1.0, "advantage": "rloo", "reward": "rm",
+          "policy": "sft", "prompts": "ppo"}
+
+
+# -- the workers ----------------------------------------------------------------------------------------------
+def worker(spec_path: str, out_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    result = _train_ours(spec) if spec["side"] == "ours" else _train_trl(spec)
+    Path(out_path).write_text(json.dumps(result))
+
+
+def _train_ours(spec: dict) -> dict:
+    """``rlhf ppo``'s default run, its iterations timed, judged every ``eval_every`` generations."""
+    from agents.ppo import PPOAgent, PPOConfig
+
+    with tempfile.TemporaryDirectory() as out:
+        agent = PPOAgent(PPOConfig(out=out, iterations=spec["generations"], seed=spec["seed"], eval_every=0,
+                                   save_every=0))
+        differs = {k: (getattr(agent.config, k), v) for k, v in RECIPE.items() if getattr(agent.config, k) != v}
+        if differs:
+            raise RuntimeError(f"rlhf ppo's defaults are no longer the compared recipe: {differs}")
+        obs = agent.resume()  # a fresh run: the env's first observations
+        trained, curve = 0.0, []
+        while agent.iteration < spec["stop_after"]:
+            start = time.perf_counter()
+            _, obs = agent.iterate(obs)
+            trained += time.perf_counter() - start
+            if agent.iteration % spec["eval_every"] == 0 or agent.iteration == spec["stop_after"]:
+                judged = agent.evaluate(spec["eval_episodes"])
+                curve.append({"generation": agent.iteration, "train_s": trained,
+                              "win_rate": judged["win_rate_vs_reference"], "kl": judged["kl"]})
+    return {"side": "ours", "curve": curve}
+
+
+def trl_config(spec: dict, out: str):
+    """TRL's RLOOConfig for the recipe: a generation of 128 (16 prompts x 8) spans 8 steps of 16, reused for 4
+    passes (``num_iterations``), so one generation is 32 optimizer steps, as in ours."""
+    from trl import RLOOConfig
+
+    steps_per_generation = RECIPE["batch_size"] // RECIPE["minibatch_size"]
+    return RLOOConfig(
+        output_dir=out, per_device_train_batch_size=RECIPE["minibatch_size"], gradient_accumulation_steps=1,
+        steps_per_generation=steps_per_generation, num_generations=RECIPE["group_size"],
+        num_iterations=RECIPE["ppo_epochs"],
+        max_steps=spec["generations"] * steps_per_generation * RECIPE["ppo_epochs"],
+        max_completion_length=RECIPE["max_new_tokens"], temperature=RECIPE["temperature"], top_k=0, top_p=1.0,
+        beta=RECIPE["kl_coef"], epsilon=RECIPE["clip_coef"], learning_rate=RECIPE["lr"],
+        lr_scheduler_type="linear",
+        adam_epsilon=RECIPE["adam_eps"], weight_decay=RECIPE["weight_decay"], max_grad_norm=RECIPE["max_grad_norm"],
+        normalize_advantages=True, disable_dropout=True, bf16=False, gradient_checkpointing=False, use_cpu=True,
+        report_to="none", save_strategy="no", logging_steps=10**9, disable_tqdm=True, seed=spec["seed"])
+
+
+def _train_trl(spec: dict) -> dict:
+    """TRL's RLOOTrainer on the recipe; a callback saves the weights every ``eval_every`` generations (not timed)."""
+    import urllib.request
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import RLOOTrainer
+
+    torch.manual_seed(spec["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["policy_dir"])
+    policy = AutoModelForCausalLM.from_pretrained(spec["policy_dir"], dtype=torch.float32)
+    eos_id = tokenizer.eos_token_id
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        """``rlhf serve-reward``'s score for a response that ended with EOS, else the recipe's penalty."""
+        eos = [eos_id in ids for ids in completion_ids]
+        body = json.dumps({"prompts": prompts, "responses": completions, "eos": eos}).encode()
+        request = urllib.request.Request(spec["reward_url"] + "/score", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as reply:
+            scores = json.loads(reply.read())["scores"]
+        return [s if e else RECIPE["missing_eos_penalty"] for s, e in zip(scores, eos)]
+
+    steps_per_generation = RECIPE["batch_size"] // RECIPE["minibatch_size"] * RECIPE["ppo_epochs"]
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.started, self.untimed, self.saved = 0.0, 0.0, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            generation, rest = divmod(state.global_step, steps_per_generation)
+            if rest or not (generation % spec["eval_every"] == 0 or generation == spec["stop_after"]):
+                return
+            control.should_training_stop = generation >= spec["stop_after"]
+            trained = time.perf_counter() - self.started - self.untimed
+            start = time.perf_counter()
+            path = Path(spec["out"]) / f"generation-{generation}"
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            self.untimed += time.perf_counter() - start
+            self.saved.append({"generation": generation, "train_s": trained, "path": str(path)})
+
+    snapshots = Snapshots()
+    prompts = json.loads(Path(spec["prompts_file"]).read_text())
+    trainer = RLOOTrainer(model=policy, reward_funcs=reward, args=trl_config(spec, spec["out"] + "/trainer"),
+                          processing_class=tokenizer, train_dataset=Dataset.from_dict({"prompt": prompts}),
+                          callbacks=[snapshots])
+    trainer.train()
+    return {"side": "trl", "snapshots": snapshots.saved, "trl": trl.__version__}
+
+
+# -- the driver -----------------------------------------------------------------------------------------------
+def launch(python: str | Path, spec: dict, tmp: Path) -> dict:
+    spec_path, out_path, log_path = (tmp / f"{spec['side']}.{name}" for name in ("spec.json", "json", "log"))
+    spec_path.write_text(json.dumps(spec))
+    threads = str(spec["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONPATH": str(ROOT) if spec["side"] == "ours" else ""}
+    with open(log_path, "w") as log:
+        done = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", str(spec_path),
+                               "--worker-out", str(out_path)], cwd=ROOT if spec["side"] == "ours" else tmp, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"{spec['side']} exited {done.returncode}: {log_path.read_text().strip()[-3000:]}")
+    return json.loads(out_path.read_text())
+
+
+def judge_snapshots(snapshots: list[dict], episodes: int) -> list[dict]:
+    """TRL's saved policies judged as ours are in training (``PPOAgent.evaluate``)."""
+    from agents.configs import PPOConfig
+    from rlhf_env.evaluation import HeldOutJudge
+    from rlhf_env.models import load_policy, load_reference
+    from rlhf_env.rewards import load_reward
+
+    c = PPOConfig()  # the judge settings of rlhf ppo's own evaluations
+    reference, _ = load_reference(c.policy)
+    _, tokenizer = load_policy(c.policy)
+    judge = HeldOutJudge(reference, tokenizer, c.data, c.eval_seed, c.temperature, c.max_new_tokens)
+    reward = load_reward(c.reward)
+    curve = []
+    for snap in snapshots:
+        policy, _ = load_policy(snap["path"], accel=True)
+        judged = judge(policy, episodes, reward)
+        curve.append({"generation": snap["generation"], "train_s": snap["train_s"],
+                      "win_rate": judged["win_rate_vs_reference"], "kl": judged["kl"]})
+    return curve
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    """Training seconds at the first judgement at or above ``target``; None if none is."""
+    return next((point["train_s"] for point in curve if point["win_rate"] >= target), None)
+
+
+def summarize(curves: dict[str, list[dict]]) -> dict:
+    best = {side: max(p["win_rate"] for p in curve) for side, curve in curves.items()}
+    targets = sorted({*LEVELS, TARGET, min(best.values())})
+    rows = []
+    for target in targets:
+        times = {side: time_to(curve, target) for side, curve in curves.items()}
+        ratio = times["trl"] / times["ours"] if None not in times.values() else None
+        rows.append({"target": target, "train_s": times, "trl_over_ours": ratio})
+    per_generation = {side: curve[-1]["train_s"] / curve[-1]["generation"] for side, curve in curves.items()}
+    return {"best_win_rate": best, "targets": rows, "seconds_per_generation": per_generation,
+            "seconds_per_generation_trl_over_ours": per_generation["trl"] / per_generation["ours"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generations", type=int, default=100, help="generations of 128 episodes (rlhf ppo's "
+                                                                      "iterations)")
+    parser.add_argument("--stop-after", type=int, default=20, help="stop both runs after this many generations "
+                        "(the learning-rate schedule still spans --generations): the curves flatten early")
+    parser.add_argument("--eval-every", type=int, default=2, help="judge every this many generations")
+    parser.add_argument("--eval-episodes", type=int, default=500, help="held-out prompts per judgement")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sides", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "rlhf_env" / "vs_trl"),
+                        help="where the TRL venv lives (made on first use, as benchmarks/vs_trl.py makes it)")
+    parser.add_argument("--out", default="benchmarks/results/vs_trl_quality.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.worker_out)
+
+    from rlhf_env.paths import DATA_DIR
+    from rlhf_env.rewards import load_reward
+    from rlhf_env.rewards.server import RewardServer
+    from rlhf_env.world.build import load_split
+
+    if not 1 <= args.stop_after <= args.generations:
+        parser.error(f"--stop-after must be in 1..--generations ({args.generations}), got {args.stop_after}")
+    common = {"generations": args.generations, "stop_after": args.stop_after, "eval_every": args.eval_every,
+              "eval_episodes": args.eval_episodes, "threads": args.threads, "seed": args.seed}
+    curves, versions = {}, {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if "ours" in args.sides:
+            curves["ours"] = launch(sys.executable, {"side": "ours", **common}, tmp)["curve"]
+        if "trl" in args.sides:
+            python = ensure_venv(TRL_RLOO_VERSION, Path(args.cache))
+            prompts_file = tmp / "prompts.json"
+            prompts_file.write_text(json.dumps(list(load_split(DATA_DIR, "prompts", RECIPE["prompts"])["prompt"])))
+            server = RewardServer(load_reward(RECIPE["reward"]), RECIPE["reward"])
+            try:
+                spec = {"side": "trl", **common, "policy_dir": str(MODELS / RECIPE["policy"]),
+                        "prompts_file": str(prompts_file), "reward_url": server.url, "out": str(tmp / "trl")}
+                trl_run = launch(python, spec, tmp)
+            finally:
+                server.close()
+            versions["trl"] = trl_run["trl"]
+            curves["trl"] = judge_snapshots(trl_run["snapshots"], args.eval_episodes)
+    result = {"settings": {**RECIPE, **common, "target": TARGET, "trl_version": TRL_RLOO_VERSION}, "curves": curves,
+              "versions": versions}
+    if set(curves) == {"ours", "trl"}:
+        result["summary"] = summarize(curves)
+    print(f"held-out gold win rate vs SFT ({args.eval_episodes} prompts) against training seconds:")
+    for side, curve in curves.items():
+        print(f"{side:>5}: " + ", ".join(f"{p['train_s']:.0f}s {p['win_rate']:.3f}" for p in curve))
+    if "summary" in result:
+        per = result["summary"]["seconds_per_generation"]
+        print(f"training seconds per generation: ours {per['ours']:.2f}, trl {per['trl']:.2f} (TRL takes "
+              f"{result['summary']['seconds_per_generation_trl_over_ours']:.2f}x ours)")
+    for row in result.get("summary", {}).get("targets", []):
+        times = ", ".join(f"{side} {'never' if s is None else f'{s:.0f} s'}" for side, s in row["train_s"].items())
+        ratio = "" if row["trl_over_ours"] is None else f"; TRL takes {row['trl_over_ours']:.2f}x ours"
+        print(f"to win rate {row['target']:.3f}: {times}{ratio}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
