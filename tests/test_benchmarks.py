@@ -89,11 +89,13 @@ def _vs_trl_quality(monkeypatch):
 
 def test_time_to_quality_takes_the_first_judgement_at_the_target_and_the_best_both_reach(monkeypatch):
     quality = _vs_trl_quality(monkeypatch)
-    ours = [{"train_s": t, "win_rate": w} for t, w in ((10.0, 0.52), (20.0, 0.61), (30.0, 0.58))]
-    trl = [{"train_s": t, "win_rate": w} for t, w in ((15.0, 0.50), (30.0, 0.55), (45.0, 0.57))]
+    ours = [{"generation": g, "train_s": 10.0 * g, "win_rate": w} for g, w in ((1, 0.52), (2, 0.61), (3, 0.58))]
+    trl = [{"generation": g, "train_s": 15.0 * g, "win_rate": w} for g, w in ((1, 0.50), (2, 0.55), (3, 0.57))]
     assert quality["time_to"](ours, 0.6) == 20.0 and quality["time_to"](trl, 0.6) is None
     summary = quality["summarize"]({"ours": ours, "trl": trl})
     assert summary["best_win_rate"] == {"ours": 0.61, "trl": 0.57}
+    assert summary["seconds_per_generation"] == {"ours": 10.0, "trl": 15.0}
+    assert summary["seconds_per_generation_trl_over_ours"] == 1.5
     assert summary["targets"] == [  # TRL never reaches 0.6: compared also at 0.57, the best both reach
         {"target": 0.55, "train_s": {"ours": 20.0, "trl": 30.0}, "trl_over_ours": 1.5},
         {"target": 0.57, "train_s": {"ours": 20.0, "trl": 45.0}, "trl_over_ours": 2.25},
