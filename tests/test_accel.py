@@ -163,3 +163,20 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved == {f"{kernels.machine()} | width 16, inner 64, vocab 40": {
         "layers": choice.layers, "decode": choice.decode, "speedup": choice.speedup}}
+
+
+def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stock(measured_kernels, monkeypatch):
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = SimpleNamespace(n_embd=32, n_inner=None, vocab_size=40)
+    choice = kernels.choose(config)
+    assert (choice.layers, choice.decode, choice.source, measured_kernels) == (False, False, "unmeasured", [])
+    assert "not measured under several ranks: stock kernels" in choice.describe()
+    monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.delenv("WORLD_SIZE")
+    kernels.choose(config)  # one process measures and caches it
+    monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    choice = kernels.choose(config)
+    assert (choice.layers, choice.decode, choice.source, measured_kernels) == (True, False, "cache", [32])

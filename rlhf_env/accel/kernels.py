@@ -1,8 +1,8 @@
 """Which float32 linear kernel to use on this machine: measured once, cached, never slower than stock.
 
 oneDNN's GEMM beats MKL's (PyTorch's default on a CPU) for this package's small shapes on some CPUs and
-loses on others, by up to a fifth either way, so no fixed rule is right everywhere. ``choose(config)``
-times both on the model's own layer shapes, for the two ways the package uses them:
+loses on others (``benchmarks/bench_ppo_iteration.py`` times both), so no fixed rule is right everywhere.
+``choose(config)`` times both on the model's own layer shapes, for the two ways the package uses them:
 
 - ``layers``: forward and backward of every projection (training, and the frozen models' scoring) at a
   minibatch's worth of rows, oneDNN's ``_linear_pointwise`` against ``F.linear``;
@@ -12,7 +12,9 @@ times both on the model's own layer shapes, for the two ways the package uses th
 oneDNN is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version) and per shape in
 ``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once and a run, and
-its resumption, always use the same kernels. ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the
+its resumption, always use the same kernels. Under a launcher (``WORLD_SIZE`` > 1) nothing is measured, since
+ranks timing at once on shared cores would disagree: a cached result is used, else stock PyTorch. A
+measurement spends about ``BUDGET_S`` per use and shape. ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the
 measurement and forces one (``auto``, the default, measures). ``chosen()`` lists what this process chose,
 for the run log.
 """
@@ -41,8 +43,9 @@ MIN_REPEATS, MAX_REPEATS = 3, 7
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each;
-    ``speedup`` is stock's time over oneDNN's for each (above 1: oneDNN faster), None where not measured;
-    ``source`` is how it was decided: "measured", "cache", or the forcing policy ("onednn" or "stock")."""
+    ``speedup`` is stock's time over oneDNN's for each (above 1: oneDNN faster), empty where not measured;
+    ``source`` is how it was decided: "measured", "cache", "unmeasured" (several ranks, no cached result), or
+    the forcing policy ("onednn" or "stock")."""
 
     shape: str
     layers: bool
@@ -56,8 +59,9 @@ class Choice:
             measured = f" (oneDNN {ratio:.2f}x stock)" if ratio is not None else ""
             return f"{use} {'oneDNN' if getattr(self, use) else 'MKL'}{measured}"
 
-        how = {"measured": "measured now", "cache": "measured before, cached"}.get(self.source, f"{POLICY_VAR}="
-                                                                                                 f"{self.source}")
+        how = {"measured": "measured now", "cache": "measured before, cached",
+               "unmeasured": "not measured under several ranks: stock kernels (one single-process run measures them "
+                             "for later runs)"}.get(self.source, f"{POLICY_VAR}={self.source}")
         return f"{self.shape}: {one('layers')}, {one('decode')}; {how}"
 
 
@@ -130,6 +134,8 @@ def choose(config) -> Choice:
         cached = _read_cache().get(key)
         if cached is not None:
             choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache")
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
+            choice = Choice(shape, False, False, {}, "unmeasured")
         else:
             speedup = measure(width, inner, vocab)
             choice = Choice(shape, speedup["layers"] > 1 / (1 - MARGIN), speedup["decode"] > 1 / (1 - MARGIN),
