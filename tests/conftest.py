@@ -78,3 +78,10 @@ def tiny_policy_dir(tiny_model, tokenizer, tmp_path):
     """A tiny causal LM saved as a self-contained HF directory."""
     save_policy(tiny_model, tokenizer, tmp_path / "policy")
     return tmp_path / "policy"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_folder(tmp_path_factory):
+    """SB3 makes a log folder for every model it trains (an empty /tmp/SB3-* unless told where): here, under
+    pytest's own temporary directory."""
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3-logs"))

@@ -129,3 +129,20 @@ def test_resident_memory_is_measured_now_and_logged_with_every_training_row(tmp_
     train = (tmp_path / "run" / "train.csv").read_text().splitlines()
     assert train[0] == "step,loss,rss_mb" and float(train[1].split(",")[2]) > 50
     assert "rss_mb" not in (tmp_path / "run" / "eval.csv").read_text()
+
+
+def test_a_checkpoint_restores_each_gpus_rng_to_its_own_device_past_ten(tiny_model, tokenizer, tmp_path,
+                                                                        monkeypatch):
+    """Saved as rng.cuda.0 .. rng.cuda.10, restored in device order (as text, "10" would sort before "2")."""
+    from rlhf_env.training.checkpoint import load_checkpoint, save_checkpoint
+
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(11)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    optimizer = torch.optim.AdamW(tiny_model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(tmp_path / "checkpoint", tiny_model, tokenizer, optimizer, scheduler, {"step": 0})
+    load_checkpoint(tmp_path / "checkpoint", tiny_model, optimizer, scheduler)
+    assert [int(s[0]) for s in restored] == list(range(11))

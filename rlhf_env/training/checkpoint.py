@@ -80,7 +80,8 @@ def load_checkpoint(directory: str | os.PathLike, model, optimizer, scheduler) -
     tensors = load_file(directory / "optimizer.safetensors")
     meta = json.loads((directory / "state.json").read_text())
     torch.set_rng_state(tensors.pop("rng.torch"))
-    cuda_states = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda_states = [tensors.pop(k) for k in cuda_keys]  # by device number: "rng.cuda.10" after "rng.cuda.9"
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     per_param: dict[int, dict] = {}
