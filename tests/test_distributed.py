@@ -197,8 +197,22 @@ def dpo_on_rank(rank, policy_dir, tmp):
     (tmp / f"result{rank}.json").write_text(json.dumps(result))
 
 
+def grads_on_rank(rank, tmp):
+    """Three parameters: a gradient on both ranks, on rank 1 only, on neither; all-reduced."""
+    from rlhf_env.training.distributed import all_reduce_grads
+
+    both, one, neither = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    both.grad = torch.full((3,), rank + 1.0)
+    if rank == 1:
+        one.grad = torch.arange(3.0)
+    all_reduce_grads([both, one, neither])
+    assert neither.grad is None
+    save_tensors({"both": both.grad, "one": one.grad}, tmp / f"grads{rank}.safetensors")
+
+
 def on_rank(rank, policy_dir, world_dir, tmp):
     dpo_on_rank(rank, policy_dir, tmp / "dpo")  # first: DPO joins the process group itself
+    grads_on_rank(rank, tmp)
     train_loop_on_rank(rank, policy_dir, tmp / "train_loop")
     iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume")
@@ -220,6 +234,13 @@ def two_ranks(world, tokenizer, world_dir, tmp_path_factory):
     make_data_dir(world_dir, make_comparisons(world), tmp / "dpo" / "data")
     spawn(on_rank, tmp / "policy", world_dir, tmp)
     return tmp
+
+
+@pytest.mark.slow
+def test_gradients_are_summed_over_ranks_and_a_parameter_no_rank_used_keeps_none(two_ranks):
+    for rank in range(WORLD):  # (grads_on_rank asserted the None on each rank)
+        grads = load_file(two_ranks / f"grads{rank}.safetensors")
+        assert torch.equal(grads["both"], torch.full((3,), 3.0)) and torch.equal(grads["one"], torch.arange(3.0))
 
 
 @pytest.mark.slow

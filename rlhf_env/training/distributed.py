@@ -135,14 +135,17 @@ def weighted_sum(stats: dict[str, float], weight: float) -> dict[str, float]:
 
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum the gradients over the ranks, in one flat buffer. Each rank's loss is its share of the global
-    minibatch's (its tokens over all ranks' tokens), so the sum is the global minibatch's gradient."""
+    minibatch's (its tokens over all ranks' tokens), so the sum is the global minibatch's gradient. A parameter
+    that no rank has a gradient for keeps ``grad`` None, as in one process (the optimizer then skips it)."""
     if world_size() == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), has_grad])  # the flags ride along: one collective
     dist.all_reduce(flat)
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad = g.view_as(p)
+    *summed, ranks_with_grad = flat.split([p.numel() for p in params] + [len(params)])
+    for p, g, n in zip(params, summed, ranks_with_grad.tolist()):
+        p.grad = g.view_as(p) if n > 0 else None
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:
