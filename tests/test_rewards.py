@@ -247,3 +247,26 @@ def test_ppo_takes_a_classifiers_label_and_transform_from_its_config(foreign_cla
     assert PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward=str(path), data=str(world_dir),
                               out=str(tmp_path / "plain"), batch_size=8, minibatch_size=8,
                               group_size=4)).env.unwrapped.reward.label == 0
+
+
+def test_the_likelihood_rm_features_are_the_response_log_probs_of_a_full_forward(tiny_policy_dir):
+    """The features keep only the response end's logits: the same sums as a full forward and a per-row
+    log-prob of every response token, for responses of different lengths, with and without EOS, and empty."""
+    from rlhf_env.models import load_policy
+    from rlhf_env.rewards.likelihood import LikelihoodRewardModel
+
+    lm, tokenizer = load_policy(str(tiny_policy_dir))
+    model = LikelihoodRewardModel(lm, tokenizer)
+    prompts = ["Q: what is 1 plus 2 ?\nA:", "Q: sort : pear apple .\nA:", "Q: hi\nA:", "Q: hi\nA:"]
+    responses = [" 1 plus 2 is 3 . i hope this helps .", " apple pear .", "", " hello"]
+    eos = [True, False, False, True]
+    features = model.features(prompts, responses, eos)
+    for i, (p, r, e) in enumerate(zip(prompts, responses, eos)):
+        prompt = tokenizer(p)["input_ids"]
+        response = tokenizer(r)["input_ids"] + ([tokenizer.eos_token_id] if e else [])
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(input_ids=ids).logits[0, :-1].float(), -1)
+        want = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(response))
+        assert features[i, 1].item() == len(response)
+        assert features[i, 0].item() == pytest.approx(want, abs=1e-4)

@@ -82,9 +82,14 @@ class LikelihoodRewardModel(torch.nn.Module):
         from rlhf_env.sampling import positions
 
         ids, mask, predicts = self.encode(prompts, responses, eos)
-        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), -1).gather(2, ids[:, 1:, None]).squeeze(2) * predicts  # (B, T-1)
-        return torch.stack([logp.sum(1), predicts.sum(1)], 1)
+        # Responses end at the right edge: only the last (longest response + 1) positions' logits are needed.
+        T = ids.shape[1]
+        start = T - min(int(predicts.sum(1).max()) + 1, T)
+        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                         logits_to_keep=T - start).logits[:, :-1]  # predicting ids[:, start + 1:]
+        logp = torch.log_softmax(logits.float(), -1).gather(2, ids[:, start + 1:, None]).squeeze(2)
+        predicts = predicts[:, start:]
+        return torch.stack([(logp * predicts).sum(1), predicts.sum(1)], 1)
 
     def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False
                 ) -> torch.Tensor:
