@@ -180,3 +180,19 @@ def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stoc
     monkeypatch.setenv("WORLD_SIZE", "2")
     choice = kernels.choose(config)
     assert (choice.layers, choice.decode, choice.source, measured_kernels) == (True, False, "cache", [32])
+
+
+@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY"])
+def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_kernels, tmp_path, cache_text):
+    from rlhf_env.accel import kernels
+
+    config = SimpleNamespace(n_embd=32, n_inner=None, vocab_size=40)
+    key = f"{kernels.machine()} | width 32, inner 128, vocab 40"
+    if cache_text == "ENTRY":  # an entry of another format: no speed-ups
+        cache_text = json.dumps({key: {"layers": True, "decode": True}})
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "kernels.json").write_text(cache_text)
+    choice = kernels.choose(config)
+    assert (choice.source, measured_kernels) == ("measured", [32])
+    saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
+    assert saved[key] == {"layers": True, "decode": False, "speedup": {"layers": 1.25, "decode": 0.8}}

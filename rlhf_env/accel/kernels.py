@@ -126,12 +126,14 @@ def choose(config) -> Choice:
     shape = f"width {width}, inner {inner}, vocab {vocab}"
     if shape in _chosen:
         return _chosen[shape]
-    forced = policy()
-    if forced != "auto":
-        choice = Choice(shape, forced == "onednn", forced == "onednn", {}, forced)
+    wanted = policy()
+    if wanted != "auto":
+        choice = Choice(shape, wanted == "onednn", wanted == "onednn", {}, wanted)
     else:
         key = f"{machine()} | {shape}"
         cached = _read_cache().get(key)
+        if not (isinstance(cached, dict) and {"layers", "decode", "speedup"} <= set(cached)):
+            cached = None  # none, or written by another version: measure again
         if cached is not None:
             choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache")
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
