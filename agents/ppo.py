@@ -46,6 +46,7 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
+from rlhf_env.accel import kernels
 from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
     BUNDLED_REWARDS,
@@ -72,6 +73,7 @@ class PPOAgent:
             raise ValueError(f"batch_size ({c.batch_size}) is the global batch: it must split into {self.world} "
                              f"ranks' equal shares of whole prompt groups (group_size {c.group_size})")
         c.device = distributed.init(c.device)  # with a launcher: the process group, and the rank's own GPU
+        kernels.restore(c.out)  # a resumed run: the kernels it started with, before any model loads
         self.rank = distributed.rank()
         name = type(self).__name__.removesuffix("Agent").lower()  # ppo, grpo, ...
         self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json",  # refuses a finished one

@@ -18,7 +18,7 @@ transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 # The oneDNN paths are what the accel tests check, on any CPU: no timing decides them here (subprocesses
 # inherit it). tests/test_accel.py covers the measured choice (rlhf_env.accel.kernels) with its own cache.
-os.environ.setdefault("RLHF_ENV_KERNELS", "onednn")
+os.environ["RLHF_ENV_KERNELS"] = "onednn"
 
 TINY_DIMS = dict(n_embd=32, n_layer=2, n_head=2)
 

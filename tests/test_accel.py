@@ -109,7 +109,7 @@ def measured_kernels(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "_chosen", {})
     asked = []
     speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1}}
-    monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab: asked.append(width) or speedups[width])
+    monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer: asked.append(width) or speedups[width])
     return asked
 
 
@@ -161,7 +161,7 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     assert set(choice.speedup) == {"layers", "decode"} and all(0 < v < 100 for v in choice.speedup.values())
     assert choice.layers == (choice.speedup["layers"] > 1 / (1 - kernels.MARGIN))
     saved = json.loads((tmp_path / "kernels.json").read_text())
-    assert saved == {f"{kernels.machine()} | width 16, inner 64, vocab 40": {
+    assert saved == {f"{kernels.machine()} | 1 layer, width 16, inner 64, vocab 40": {
         "layers": choice.layers, "decode": choice.decode, "speedup": choice.speedup}}
 
 
@@ -187,7 +187,7 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
     from rlhf_env.accel import kernels
 
     config = SimpleNamespace(n_embd=32, n_inner=None, vocab_size=40)
-    key = f"{kernels.machine()} | width 32, inner 128, vocab 40"
+    key = f"{kernels.machine()} | 1 layer, width 32, inner 128, vocab 40"
     if cache_text == "ENTRY":  # an entry of another format: no speed-ups
         cache_text = json.dumps({key: {"layers": True, "decode": True}})
     (tmp_path / "cache").mkdir()
@@ -196,3 +196,44 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
     assert (choice.source, measured_kernels) == ("measured", [32])
     saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
     assert saved[key] == {"layers": True, "decode": False, "speedup": {"layers": 1.25, "decode": 0.8}}
+
+
+@needs_onednn
+def test_a_choice_made_under_no_grad_measures_the_backward_too(tmp_path, monkeypatch, tokenizer):
+    """The sampler builds its decoder under no_grad: a shape first seen there is still measured, backward too."""
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setenv(kernels.POLICY_VAR, "auto")
+    monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path))
+    monkeypatch.setattr(kernels, "_chosen", {})
+    torch.manual_seed(0)
+    with kernels.forced("stock"):  # loaded unaccelerated: its shape is not chosen at load
+        model = new_model(dict(n_embd=24, n_layer=1, n_head=2), tokenizer)
+    with torch.no_grad():
+        GPT2Decoder(model, 2, 8)
+    (choice,) = kernels.chosen()
+    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode"}
+
+
+def test_a_resumed_run_keeps_the_kernels_it_started_with(measured_kernels, tiny_policy_dir, world_dir, tmp_path,
+                                                          monkeypatch):
+    """The first run measures oneDNN faster for its layers; measured again now it would lose, yet the resumed
+    run keeps oneDNN (OUT/kernels.json), without measuring."""
+    from agents.ppo import PPOAgent
+    from rlhf_env.accel import kernels
+    from tests.test_ppo import tiny_config
+
+    PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=1, save_every=1)).train()
+    assert measured_kernels == [32]
+    monkeypatch.setattr(kernels, "_chosen", {})  # a new process, on a machine where MKL wins
+    monkeypatch.setattr(kernels, "measure", lambda *shape: measured_kernels.append(shape[0]) or {"layers": 0.8,
+                                                                                               "decode": 0.8})
+    monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "another-cache"))
+    resumed = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=2, save_every=1))
+    assert swapped(resumed.policy) and measured_kernels == [32]
+    resumed.train()
+    (choice,) = kernels.chosen()
+    assert (choice.layers, choice.decode, choice.source) == (True, False, "run")
+    monkeypatch.setattr(kernels, "_chosen", {})
+    fresh = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "fresh", iterations=1))  # a new run measures
+    assert not swapped(fresh.policy) and measured_kernels == [32, 32]

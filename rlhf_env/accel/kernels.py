@@ -11,12 +11,14 @@ loses on others (``benchmarks/bench_ppo_iteration.py`` times both), so no fixed 
 
 oneDNN is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version) and per shape in
-``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once and a run, and
-its resumption, always use the same kernels. Under a launcher (``WORLD_SIZE`` > 1) nothing is measured, since
-ranks timing at once on shared cores would disagree: a cached result is used, else stock PyTorch. A
-measurement spends about ``BUDGET_S`` per use and shape. ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the
-measurement and forces one (``auto``, the default, measures). ``chosen()`` lists what this process chose,
-for the run log.
+``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once. A run records its
+choices in ``OUT/kernels.json`` and a resumed run takes them back (``restore``) before it loads a model, so it
+continues on the kernels it started with, whatever the machine, threads or ranks it resumes on. Under a
+launcher (``WORLD_SIZE`` > 1) nothing is measured, since ranks timing at once on shared cores would disagree:
+a cached result for the ranks' thread count is used, else stock PyTorch. A measurement spends about
+``BUDGET_S`` per use and shape, and one that fails (it should not) leaves stock PyTorch.
+``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the measurement and forces one (``auto``, the default,
+measures). ``chosen()`` lists what this process chose, for the run log.
 """
 
 from __future__ import annotations
@@ -59,9 +61,11 @@ class Choice:
             measured = f" (oneDNN {ratio:.2f}x stock)" if ratio is not None else ""
             return f"{use} {'oneDNN' if getattr(self, use) else 'MKL'}{measured}"
 
-        how = {"measured": "measured now", "cache": "measured before, cached",
-               "unmeasured": "not measured under several ranks: stock kernels (one single-process run measures them "
-                             "for later runs)"}.get(self.source, f"{POLICY_VAR}={self.source}")
+        how = {"measured": "measured now", "cache": "measured before, cached", "run": "as this run chose at its start",
+               "failed": "the measurement failed: stock kernels",
+               "unmeasured": "not measured under several ranks: stock kernels (a single process at the ranks' "
+                             "thread count measures them for later runs)"}
+        how = how.get(self.source, f"{POLICY_VAR}={self.source}")
         return f"{self.shape}: {one('layers')}, {one('decode')}; {how}"
 
 
@@ -113,6 +117,11 @@ def machine() -> str:
     return f"{model} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
+def layers_of(config) -> int:
+    """Transformer blocks of a config (GPT-2's or a generic HF one's name), 1 if it names none."""
+    return int(getattr(config, "n_layer", None) or getattr(config, "num_hidden_layers", None) or 1)
+
+
 def shapes(config) -> tuple[int, int, int]:
     """(width, inner width, vocabulary) of a transformer config (GPT-2's or a generic HF one's names)."""
     width = getattr(config, "n_embd", None) or config.hidden_size
@@ -123,7 +132,8 @@ def shapes(config) -> tuple[int, int, int]:
 def choose(config) -> Choice:
     """The kernels for a model with this config (see the module docstring)."""
     width, inner, vocab = shapes(config)
-    shape = f"width {width}, inner {inner}, vocab {vocab}"
+    n_layer = layers_of(config)
+    shape = f"{n_layer} layer{'s' * (n_layer != 1)}, width {width}, inner {inner}, vocab {vocab}"
     if shape in _chosen:
         return _chosen[shape]
     wanted = policy()
@@ -132,19 +142,44 @@ def choose(config) -> Choice:
     else:
         key = f"{machine()} | {shape}"
         cached = _read_cache().get(key)
-        if not (isinstance(cached, dict) and {"layers", "decode", "speedup"} <= set(cached)):
-            cached = None  # none, or written by another version: measure again
-        if cached is not None:
+        if _valid(cached):
             choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache")
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
             choice = Choice(shape, False, False, {}, "unmeasured")
         else:
-            speedup = measure(width, inner, vocab)
-            choice = Choice(shape, speedup["layers"] > 1 / (1 - MARGIN), speedup["decode"] > 1 / (1 - MARGIN),
-                            speedup, "measured")
-            _write_cache(key, {"layers": choice.layers, "decode": choice.decode, "speedup": speedup})
+            try:
+                speedup = measure(width, inner, vocab, n_layer)
+            except (RuntimeError, NotImplementedError) as e:  # a kernel that cannot run here: stay on stock
+                choice = Choice(shape, False, False, {"error": f"{type(e).__name__}: {e}"}, "failed")
+            else:
+                choice = Choice(shape, speedup["layers"] > 1 / (1 - MARGIN), speedup["decode"] > 1 / (1 - MARGIN),
+                                speedup, "measured")
+                _write_cache(key, {"layers": choice.layers, "decode": choice.decode, "speedup": speedup})
     _chosen[shape] = choice
     return choice
+
+
+def _valid(entry) -> bool:
+    """A cached or recorded choice as this version writes it (else it is measured again)."""
+    return (isinstance(entry, dict) and isinstance(entry.get("layers"), bool) and isinstance(entry.get("decode"), bool)
+            and isinstance(entry.get("speedup"), dict)
+            and all(isinstance(v, (int, float)) for v in entry["speedup"].values()))
+
+
+def restore(out: str | os.PathLike) -> None:
+    """Take the choices a run recorded in ``OUT/kernels.json`` (``rlhf_env.training.run.Run`` writes it), so that
+    the run, resumed, continues on the kernels it started with; call it before the run loads a model. Nothing
+    for a new run, or under a forcing ``RLHF_ENV_KERNELS``."""
+    if policy() != "auto":
+        return
+    try:
+        report = json.loads((Path(out) / "kernels.json").read_text())
+    except (OSError, ValueError):
+        return
+    for entry in report.get("choices", []) if isinstance(report, dict) else []:
+        if _valid(entry) and isinstance(entry.get("shape"), str):
+            _chosen.setdefault(entry["shape"], Choice(entry["shape"], entry["layers"], entry["decode"],
+                                                      entry["speedup"], "run"))
 
 
 def chosen() -> list[Choice]:
@@ -162,26 +197,35 @@ def _read_cache() -> dict:
 
 def _write_cache(key: str, entry: dict) -> None:
     path = cache_file()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {**_read_cache(), key: entry}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-    except OSError:
-        pass  # a read-only home: measure again next time
+    except OSError:  # a read-only home: measure again next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
-def measure(width: int, inner: int, vocab: int) -> dict[str, float]:
-    """Stock time over oneDNN time (the median of interleaved rounds) for ``layers`` and ``decode``, on
-    a GPT-2 block's four projections plus the LM head."""
+def measure(width: int, inner: int, vocab: int, n_layer: int = 1) -> dict[str, float]:
+    """Stock time over oneDNN time (the median of interleaved rounds) for ``layers`` and ``decode``, on the
+    model's projections: a GPT-2 block's four, ``n_layer`` times, and the LM head once. It runs backward
+    passes whatever the caller's grad mode."""
+    import torch
+
+    dims = [(3 * width, width), (width, width), (inner, width), (width, inner)] * n_layer + [(vocab, width)]
+    with torch.inference_mode(False), torch.enable_grad():  # e.g. the sampler chooses under no_grad
+        return _measure(dims)
+
+
+def _measure(dims: list[tuple[int, int]]) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
     from rlhf_env.accel import onednn
 
     generator = torch.Generator().manual_seed(0)
-    dims = [(3 * width, width), (width, width), (inner, width), (width, inner), (vocab, width)]  # (out, in)
     weights = [(torch.randn(o, i, generator=generator) * i**-0.5).requires_grad_(True) for o, i in dims]
     biases = [torch.zeros(o, requires_grad=True) for o, _ in dims]
 

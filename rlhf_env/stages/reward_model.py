@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_env.accel import kernels
 from rlhf_env.configs import RMConfig
 from rlhf_env.models import load_classifier, load_policy, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
@@ -146,6 +147,7 @@ def train_reward_model(config: RMConfig) -> dict:
                          "process, without a launcher")
     torch.manual_seed(config.seed)  # the scalar head's initial weights
     config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
+    kernels.restore(config.out)  # a resumed run: the kernels it started with, before any model loads
     train = load_split(config.data, "comparisons", "train").to_list()
     test = load_split(config.data, "comparisons", "test").to_list()
     if config.kind == "likelihood":

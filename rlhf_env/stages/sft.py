@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from rlhf_env.accel import kernels
 from rlhf_env.configs import SFTConfig
 from rlhf_env.evaluation import generate_and_grade, summarize
 from rlhf_env.models import load_policy
@@ -32,6 +33,7 @@ def demonstration_examples(rows, tokenizer) -> list[tuple[list[int], list[int]]]
 
 def sft(config: SFTConfig) -> dict:
     config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
+    kernels.restore(config.out)  # a resumed run: the kernels it started with, before any model loads
     model, tokenizer = load_policy(config.base, config.device, resid_pdrop=config.resid_pdrop)
     examples = demonstration_examples(load_split(config.data, "demonstrations", "train"), tokenizer)
     valid = load_split(config.data, "prompts", "valid").select(range(config.n_valid))
