@@ -440,7 +440,7 @@ def performance_page(results: Path) -> str:
              "shapes, once per machine (training layers, and the sampler's packed decode step, separately), caches "
              "the result in `~/.cache/rlhf_env/kernels.json` (`RLHF_ENV_CACHE` moves it), and takes oneDNN only where "
              f"it takes under {1 - kernels.MARGIN:.0%} of MKL's time. Every run prints its choice and writes it to "
-             "`OUT/kernels.json`. "
+             "`OUT/kernels.json`, and keeps it when resumed. "
              "`RLHF_ENV_KERNELS=onednn` or `=stock` forces one (for bit-identical runs across machines); "
              "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off."]
     for name, title, command, fn in (
