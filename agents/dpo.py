@@ -259,8 +259,9 @@ def dpo(config: DPOConfig) -> dict:
     def batch_loss(m, batch):
         prompts, responses = flatten(batch)
         policy = chunked_logprobs(m, prompts, responses, pad_id, TRAIN_CHUNK)
-        loss, metrics = dpo_loss(policy, cached_reference(batch), example_pairs(batch), config.beta)
-        return loss, {k: v.item() for k, v in metrics.items()}
+        pairs = example_pairs(batch)
+        loss, metrics = dpo_loss(policy, cached_reference(batch), pairs, config.beta)
+        return loss, {k: (v.item(), len(pairs[0])) for k, v in metrics.items()}  # the loss: prompts; these: pairs
 
     final: dict[str, float] = {}
 

@@ -187,6 +187,18 @@ def train_loop_on_rank(rank, policy_dir, tmp):
                  tmp / f"rank{rank}.safetensors")
 
 
+def vary_k(rows: list[dict]) -> list[dict]:
+    """Each prompt's best 3, 4 or 5 responses in turn, so that a batch's pairs are not a multiple of its prompts."""
+    varied = []
+    for i, row in enumerate(rows):
+        best = row["ranking"][:3 + i % 3]
+        keep = sorted(best)
+        new_index = {old: new for new, old in enumerate(keep)}
+        varied.append({**row, "responses": [row["responses"][j] for j in keep], "eos": [row["eos"][j] for j in keep],
+                       "ranking": [new_index[j] for j in best]})
+    return varied
+
+
 def dpo_config(policy_dir, tmp, out) -> DPOConfig:
     return DPOConfig(policy=str(policy_dir), data=str(tmp / "data"), out=str(tmp / out), beta=0.5, epochs=1,
                      batch_size=8, lr=3e-3, evals=1)
@@ -231,7 +243,7 @@ def two_ranks(world, tokenizer, world_dir, tmp_path_factory):
     examples = demonstration_examples(world["demonstrations"]["train"].select(range(LM_EXAMPLES)), tokenizer)
     (tmp / "train_loop" / "examples.json").write_text(json.dumps(examples))
     (tmp / "dpo").mkdir()
-    make_data_dir(world_dir, make_comparisons(world), tmp / "dpo" / "data")
+    make_data_dir(world_dir, vary_k(make_comparisons(world)), tmp / "dpo" / "data")
     spawn(on_rank, tmp / "policy", world_dir, tmp)
     return tmp
 
@@ -286,6 +298,12 @@ def test_dpo_on_two_ranks_equals_one_process(two_ranks):
     assert results[0] == results[1] == json.loads((tmp / "two" / "result.json").read_text())
     assert one["steps"] == results[0]["steps"] == 10 and one["test_accuracy"] > 0.6
     assert results[0] == pytest.approx(one, rel=1e-4, abs=1e-6)
+    # The logged metrics too: the loss a mean over prompts, accuracy and rewards over pairs (K varies).
+    logs = [learning_log(tmp / run / "train.csv") for run in ("one", "two")]
+    assert [row.keys() for row in logs[0]] == [row.keys() for row in logs[1]] and "accuracy" in logs[0][0]
+    for a, b in zip(*logs):
+        for key in ("loss", "accuracy", "chosen_reward", "rejected_reward", "margin"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), key
     expected, _ = load_policy(str(tmp / "one" / "final"))
     got, _ = load_policy(str(tmp / "two" / "final"))
     initial, _ = load_policy(str(two_ranks / "policy"))

@@ -161,8 +161,10 @@ def train_reward_model(config: RMConfig) -> dict:
         return raw_scores(m, tokenizer, rm_texts(test, tokenizer.eos_token))
 
     def batch_loss(m, batch):
-        loss, accuracy = ranking_loss(scores(m, batch), [row["ranking"] for row in batch])
-        return loss, {"accuracy": accuracy.item()}
+        rankings = [row["ranking"] for row in batch]
+        loss, accuracy = ranking_loss(scores(m, batch), rankings)
+        pairs = sum(len(r) * (len(r) - 1) // 2 for r in rankings)
+        return loss, {"accuracy": (accuracy.item(), pairs)}  # the loss is a mean over prompts, this over pairs
 
     def evaluate(m):
         loss, accuracy = ranking_loss(torch.from_numpy(test_scores(m)).float(), [row["ranking"] for row in test])

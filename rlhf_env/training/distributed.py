@@ -116,19 +116,25 @@ def _json_bytes(obj) -> torch.Tensor:
     return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
 
 
-def share(tokens: torch.Tensor) -> float:
-    """This rank's share of the ranks' total ``tokens`` (1 in one process): the weight of its loss."""
+def share(tokens: torch.Tensor) -> float | torch.Tensor:
+    """This rank's share of the ranks' total ``tokens`` (1 in one process): the weight of its loss. A tensor of
+    counts gives a tensor of shares, one collective for all (a count no rank has gives 0)."""
+    if tokens.ndim:
+        return torch.ones_like(tokens) if world_size() == 1 else tokens / all_sum(tokens).clamp(min=1e-30)
     if world_size() == 1:
         return 1.0
     return (tokens / all_sum(tokens)).item()
 
 
-def weighted_sum(stats: dict[str, float], weight: float) -> dict[str, float]:
-    """Statistics of the global minibatch from each rank's (means over its tokens, weighted by its ``share``):
-    their weighted sum, and the largest for a ``*_max`` key."""
+def weighted_sum(stats: dict[str, float], weight: float, weights: dict[str, float] | None = None
+                 ) -> dict[str, float]:
+    """Statistics of the global minibatch from each rank's (means over its tokens, weighted by its ``share``,
+    or by its share of another count where ``weights`` names one): their weighted sum, and the largest for a
+    ``*_max`` key."""
     if world_size() == 1:
         return stats
-    sums = all_sum(torch.tensor([v * weight for v in stats.values()], dtype=torch.float64))
+    weights = weights or {}
+    sums = all_sum(torch.tensor([v * weights.get(k, weight) for k, v in stats.items()], dtype=torch.float64))
     maxima = all_max(torch.tensor([v if weight else -math.inf for v in stats.values()], dtype=torch.float64))
     return {k: float(m if k.endswith("_max") else s) for k, s, m in zip(stats, sums, maxima)}
 

@@ -78,7 +78,8 @@ def train_loop(
     desc: str = "train",
 ) -> dict:
     """Train ``model`` on ``examples`` with ``batch_loss(model, batch) -> (loss, metrics[, units])``: ``loss`` is
-    a mean over ``units`` (default: the batch's examples), which weights a rank's loss under data parallelism.
+    a mean over ``units`` (default: the batch's examples), which weights a rank's loss under data parallelism; a
+    metric that is a mean over other units is given as ``(mean, its units)``.
 
     ``evaluate(model)`` returns metrics (logged to ``eval.csv``); if ``select`` names one of them,
     the checkpoint with its highest value is kept in ``OUT/best``. Returns the final trainer state.
@@ -172,12 +173,15 @@ def _backward(model, batch: list, batch_loss, some_rank_idle: bool) -> tuple[flo
         loss, metrics, *counted = batch_loss(model, batch)
         units = counted[0] if counted else len(batch)
     if some_rank_idle:  # an idle rank adds nothing, but takes part in the collectives with rank 0's metric names
-        names = distributed.broadcast_json(list(metrics))  # rank 0 always has examples
-        metrics = metrics if batch else dict.fromkeys(names, 0.0)
-    weight = distributed.share(torch.tensor(float(units)))
+        names = distributed.broadcast_json({k: isinstance(v, tuple) for k, v in metrics.items()})  # rank 0 has some
+        metrics = metrics if batch else {k: (0.0, 0) if own else 0.0 for k, own in names.items()}
+    # A metric given as (mean, units) is a mean over its own units (e.g. pairs, where the loss counts prompts).
+    own_units = {k: float(v[1]) for k, v in metrics.items() if isinstance(v, tuple)}
+    metrics = {k: v[0] if isinstance(v, tuple) else v for k, v in metrics.items()}
+    weight, *own_weights = distributed.share(torch.tensor([float(units), *own_units.values()])).tolist()
     if batch:
         (loss * weight if distributed.world_size() > 1 else loss).backward()
         loss = loss.item()
     distributed.all_reduce_grads(list(model.parameters()))
-    stats = distributed.weighted_sum({"loss": loss, **metrics}, weight)
+    stats = distributed.weighted_sum({"loss": loss, **metrics}, weight, dict(zip(own_units, own_weights)))
     return stats.pop("loss"), stats
