@@ -44,11 +44,11 @@ import torch
 
 from agents.configs import DPOConfig
 from rlhf_env import paths
-from rlhf_env.accel import kernels
 from rlhf_env.models import context_length, load_policy
 from rlhf_env.stages.reward_model import ranking_pairs
 from rlhf_env.training import distributed
 from rlhf_env.training.checkpoint import checkpoints
+from rlhf_env.training.run import prepare
 from rlhf_env.training.trainer import IGNORE, train_loop
 from rlhf_env.world.build import load_split
 
@@ -227,8 +227,7 @@ def dpo(config: DPOConfig) -> dict:
     """Train ``config.policy`` with DPO on the comparisons. Returns the steps made, the final metrics on the test
     comparisons (``test_accuracy``, ``test_loss``, ...) and the data's size, also written to ``OUT/result.json``;
     the policy is in ``OUT/final``."""
-    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
-    kernels.restore(config.out)  # a resumed run: the kernels it started with, before any model loads
+    prepare(config)  # under a launcher: the rank's device; a resumed run's kernels; before anything loads
     out = check_out(config)
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config.policy, config.device)

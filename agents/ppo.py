@@ -46,7 +46,6 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
-from rlhf_env.accel import kernels
 from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
     BUNDLED_REWARDS,
@@ -60,7 +59,7 @@ from rlhf_env.rewards import NormalizedReward, load_reward
 from rlhf_env.sampling import positions, sample_from_ids, trim_padding
 from rlhf_env.training import distributed
 from rlhf_env.training.checkpoint import find_checkpoint
-from rlhf_env.training.run import Run
+from rlhf_env.training.run import Run, prepare
 
 NORMALIZE_EPISODES = 512  # samples of the initial policy that set the reward's scale (normalize_reward)
 
@@ -72,8 +71,7 @@ class PPOAgent:
         if c.batch_size % (self.world * c.group_size):
             raise ValueError(f"batch_size ({c.batch_size}) is the global batch: it must split into {self.world} "
                              f"ranks' equal shares of whole prompt groups (group_size {c.group_size})")
-        c.device = distributed.init(c.device)  # with a launcher: the process group, and the rank's own GPU
-        kernels.restore(c.out)  # a resumed run: the kernels it started with, before any model loads
+        prepare(c)  # with a launcher: the process group and the rank's own GPU; and a resumed run's kernels
         self.rank = distributed.rank()
         name = type(self).__name__.removesuffix("Agent").lower()  # ppo, grpo, ...
         self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json",  # refuses a finished one
@@ -334,7 +332,7 @@ class PPOAgent:
                 if not len(mine):  # none of this minibatch is here: a row of weight 0 joins the ranks' all-reduce
                     mb["response_mask"] = mb["response_mask"] * 0
                 mb_resp = mb["response_mask"]
-                weight = distributed.share(mb_resp.sum())  # this rank's tokens over the global minibatch's
+                weight = distributed.share(mb_resp.sum()).item()  # this rank's tokens over the global minibatch's
                 logprobs, entropy, values = self.forward(mb_ids, mb_mask, r)
                 pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_resp, c.clip_coef)
                 loss = pg_loss

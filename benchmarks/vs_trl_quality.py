@@ -176,12 +176,12 @@ def judge_snapshots(snapshots: list[dict], episodes: int) -> list[dict]:
     """TRL's saved policies judged as ours are in training (``PPOAgent.evaluate``)."""
     from agents.configs import PPOConfig
     from rlhf_env.evaluation import HeldOutJudge
-    from rlhf_env.models import load_policy, load_reference
+    from rlhf_env.models import load_policy, load_reference, load_tokenizer
     from rlhf_env.rewards import load_reward
 
     c = PPOConfig()  # the judge settings of rlhf ppo's own evaluations
     reference, _ = load_reference(c.policy)
-    _, tokenizer = load_policy(c.policy)
+    tokenizer = load_tokenizer(c.policy)
     judge = HeldOutJudge(reference, tokenizer, c.data, c.eval_seed, c.temperature, c.max_new_tokens)
     reward = load_reward(c.reward)
     curve = []

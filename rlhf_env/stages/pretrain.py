@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_env.accel import kernels
 from rlhf_env.configs import PretrainConfig
 from rlhf_env.models import CONTEXT, load_tokenizer, new_model
-from rlhf_env.training import distributed
+from rlhf_env.training.run import prepare
 from rlhf_env.training.trainer import train_causal_lm
 from rlhf_env.world.build import load_split
 
@@ -28,8 +27,7 @@ def pack(texts: list[str], tokenizer, block: int = CONTEXT) -> list[tuple[list[i
 
 
 def pretrain(config: PretrainConfig) -> dict:
-    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
-    kernels.restore(config.out)  # a resumed run: the kernels it started with, before any model loads
+    prepare(config)  # under a launcher: the rank's device; a resumed run's kernels; before anything loads
     tokenizer = load_tokenizer(config.tokenizer)
     torch.manual_seed(config.seed)  # the initial weights are part of what the seed fixes
     model = new_model(config.size, tokenizer)

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_env.accel import kernels
 from rlhf_env.configs import RMConfig
 from rlhf_env.models import load_classifier, load_policy, load_tokenizer, resolve, save_policy
 from rlhf_env.rewards.classifier import classifier_logits, prepare_tokenizer
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions
 from rlhf_env.training import distributed
+from rlhf_env.training.run import prepare
 from rlhf_env.training.trainer import train_loop
 from rlhf_env.world.build import load_split
 
@@ -146,8 +146,7 @@ def train_reward_model(config: RMConfig) -> dict:
         raise ValueError("the likelihood RM's fit is two weights on features of one forward pass: run it as one "
                          "process, without a launcher")
     torch.manual_seed(config.seed)  # the scalar head's initial weights
-    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
-    kernels.restore(config.out)  # a resumed run: the kernels it started with, before any model loads
+    prepare(config)  # under a launcher: the rank's device; a resumed run's kernels; before anything loads
     train = load_split(config.data, "comparisons", "train").to_list()
     test = load_split(config.data, "comparisons", "test").to_list()
     if config.kind == "likelihood":

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 
-from rlhf_env.accel import kernels
 from rlhf_env.configs import SFTConfig
 from rlhf_env.evaluation import generate_and_grade, summarize
 from rlhf_env.models import load_policy
-from rlhf_env.training import distributed
+from rlhf_env.training.run import prepare
 from rlhf_env.training.trainer import IGNORE, train_causal_lm
 from rlhf_env.world.build import load_split
 
@@ -32,8 +31,7 @@ def demonstration_examples(rows, tokenizer) -> list[tuple[list[int], list[int]]]
 
 
 def sft(config: SFTConfig) -> dict:
-    config.device = distributed.init(config.device)  # under a launcher: the rank's device, before anything loads
-    kernels.restore(config.out)  # a resumed run: the kernels it started with, before any model loads
+    prepare(config)  # under a launcher: the rank's device; a resumed run's kernels; before anything loads
     model, tokenizer = load_policy(config.base, config.device, resid_pdrop=config.resid_pdrop)
     examples = demonstration_examples(load_split(config.data, "demonstrations", "train"), tokenizer)
     valid = load_split(config.data, "prompts", "valid").select(range(config.n_valid))

@@ -116,14 +116,13 @@ def _json_bytes(obj) -> torch.Tensor:
     return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
 
 
-def share(tokens: torch.Tensor) -> float | torch.Tensor:
-    """This rank's share of the ranks' total ``tokens`` (1 in one process): the weight of its loss. A tensor of
-    counts gives a tensor of shares, one collective for all (a count no rank has gives 0)."""
-    if tokens.ndim:
-        return torch.ones_like(tokens) if world_size() == 1 else tokens / all_sum(tokens).clamp(min=1e-30)
+def share(counts: torch.Tensor) -> torch.Tensor:
+    """This rank's share of the ranks' total of each of ``counts`` (e.g. its tokens; ones in one process), in one
+    collective: the weight of its loss or metric. A count that no rank has gives 0."""
     if world_size() == 1:
-        return 1.0
-    return (tokens / all_sum(tokens)).item()
+        return torch.ones(counts.shape, dtype=torch.float64)
+    counts = counts.double()
+    return counts / all_sum(counts).clamp(min=1e-30)
 
 
 def weighted_sum(stats: dict[str, float], weight: float, weights: dict[str, float] | None = None

@@ -27,8 +27,19 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from rlhf_env.paths import check_out
+from rlhf_env.training import distributed
 from rlhf_env.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from rlhf_env.training.logger import RunLogger
+
+
+def prepare(config) -> None:
+    """What a run does before it loads anything: under a launcher, join the process group and take the rank's
+    device (``config.device``); for a resumed run, take back the kernels it started with (``config.out``'s
+    ``kernels.json``, ``rlhf_env.accel.kernels.restore``)."""
+    from rlhf_env.accel import kernels
+
+    config.device = distributed.init(config.device)
+    kernels.restore(config.out)
 
 
 def resident_mb() -> float:
