@@ -116,7 +116,8 @@ def _train_trl(spec: dict) -> dict:
     eos_id = tokenizer.eos_token_id
 
     def reward(prompts, completions, completion_ids, **kwargs):
-        """``rlhf serve-reward``'s score for a response that ended with EOS, else the recipe's penalty."""
+        """``rlhf serve-reward``'s score for a response that ended with EOS, else the recipe's penalty. The wire
+        of ``rlhf_env.rewards.server.RemoteReward``, written out: this venv has TRL's packages, not ours."""
         eos = [eos_id in ids for ids in completion_ids]
         body = json.dumps({"prompts": prompts, "responses": completions, "eos": eos}).encode()
         request = urllib.request.Request(spec["reward_url"] + "/score", body, {"Content-Type": "application/json"})
