@@ -292,14 +292,19 @@ def ensure_venv(version: str, cache: Path) -> Path:
     return python
 
 
+def worker_env(threads: int, ours: bool) -> dict[str, str]:
+    """A worker subprocess's environment: its threads, offline, quiet; our package importable only on our side."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+            "PYTHONPATH": str(ROOT) if ours else ""}
+
+
 def launch(python: str | Path, spec: dict, tmp: Path, threads: int) -> dict:
     """One worker subprocess; its result with the subprocess's peak RSS (MiB)."""
     name = f"{spec['system']}-{spec['policy']}-{time.monotonic_ns()}"
     spec_path, out_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.json", tmp / f"{name}.log"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "PYTHONPATH": str(ROOT) if spec["system"].startswith("ours") else ""}
+    env = worker_env(threads, ours=spec["system"].startswith("ours"))
     with open(log_path, "w") as log:
         process = subprocess.Popen([str(python), str(Path(__file__).resolve()), "--worker", str(spec_path),
                                     "--worker-out", str(out_path)], cwd=ROOT if spec["system"].startswith("ours")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # vs_trl, beside this script
 
-from vs_trl import MODELS, ROOT, TRL_RLOO_VERSION, ensure_venv  # noqa: E402
+from vs_trl import MODELS, ROOT, TRL_RLOO_VERSION, ensure_venv, worker_env  # noqa: E402
 
 TARGET = 0.6
 LEVELS = (0.55, 0.58)  # lower targets, compared as well: the curves flatten just under TARGET
@@ -160,10 +159,7 @@ def _train_trl(spec: dict) -> dict:
 def launch(python: str | Path, spec: dict, tmp: Path) -> dict:
     spec_path, out_path, log_path = (tmp / f"{spec['side']}.{name}" for name in ("spec.json", "json", "log"))
     spec_path.write_text(json.dumps(spec))
-    threads = str(spec["threads"])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "PYTHONPATH": str(ROOT) if spec["side"] == "ours" else ""}
+    env = worker_env(spec["threads"], ours=spec["side"] == "ours")
     with open(log_path, "w") as log:
         done = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", str(spec_path),
                                "--worker-out", str(out_path)], cwd=ROOT if spec["side"] == "ours" else tmp, env=env,
