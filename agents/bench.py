@@ -117,7 +117,7 @@ class AgentRun:
                                  **self.make_env.settings, **self.settings)  # the task's settings, then the agent's
         agent = self.agent_cls(config)
         agent.train()
-        self.policy = agent.policy
+        self.policy = agent.actor
         self.make_env.tally[0] += config.iterations * config.batch_size
 
 

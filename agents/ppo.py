@@ -23,6 +23,8 @@ The maths is in ``agents/rl_math.py``.
 
 from __future__ import annotations
 
+import copy
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -57,7 +59,7 @@ from rlhf_env.models import (
 )
 from rlhf_env.rewards import NormalizedReward, load_reward
 from rlhf_env.sampling import positions, sample_from_ids, trim_padding
-from rlhf_env.training import distributed
+from rlhf_env.training import distributed, sharding
 from rlhf_env.training.checkpoint import find_checkpoint
 from rlhf_env.training.run import Run, prepare
 
@@ -73,12 +75,14 @@ class PPOAgent:
                              f"ranks' equal shares of whole prompt groups (group_size {c.group_size})")
         prepare(c)  # with a launcher: the process group and the rank's own GPU; and a resumed run's kernels
         self.rank = distributed.rank()
+        self.reshard = sharding.requested()  # the launcher's FSDP setting; None: not sharded
         name = type(self).__name__.removesuffix("Agent").lower()  # ppo, grpo, ...
         self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json",  # refuses a finished one
                        main=self.rank == 0)
         self.iteration = 0  # iterations done
         torch.manual_seed(c.seed)
         self.policy, self.tokenizer = load_policy(c.policy, c.device)
+        self.actor = self.policy  # what the sampler, the judge and the saves read (a plain copy if sharded, below)
         self.policy.train()
         for module in self.policy.modules():  # dropout off everywhere during RL (N+)
             if isinstance(module, torch.nn.Dropout):
@@ -108,6 +112,15 @@ class PPOAgent:
                 if not float32_attention(model):
                     warnings.warn(f"{type(model).__name__} cannot switch its attention implementation, so under "
                                   "bf16 its attention runs in bfloat16 (slower to train on a CPU)", stacklevel=2)
+        # With accelerate's FSDP config, the policy and value model train sharded over the ranks, and the sampler,
+        # the judge and the saved policy read a plain copy refreshed after every update (rlhf_env.training.sharding)
+        if self.reshard is not None:
+            self.actor = copy.deepcopy(self.policy).requires_grad_(False)
+            for model in (self.policy, self.value) if self.value is not None else (self.policy,):
+                sharding.shard(model, self.reshard)
+            if self.rank == 0:
+                print(f"{name}: sharded over {self.world} ranks (FSDP2, reshard_after_forward={self.reshard})",
+                      file=sys.stderr, flush=True)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         self.params = list(self.policy.parameters()) + (list(self.value.parameters()) if self.value is not None else [])
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
@@ -153,7 +166,7 @@ class PPOAgent:
             final = self.evaluate(c.final_eval_episodes)
             run.log(self.iteration, final, kind="eval")
             if run.main:
-                save_policy(self.policy, self.tokenizer, Path(c.out) / "final")
+                save_policy(self.actor, self.tokenizer, Path(c.out) / "final")
         finally:  # also on a crash or Ctrl-C: the bar ends and the logs are flushed
             run.close()
         final["minutes"] = (time.perf_counter() - started) / 60  # this process's share, if it resumed
@@ -191,14 +204,14 @@ class PPOAgent:
         rows = np.random.default_rng(c.seed).permutation(len(scorer.prompts))[:NORMALIZE_EPISODES]
         generator = torch.Generator(device=c.device).manual_seed(c.seed)
         texts, eos = [], []
-        self.policy.eval()
+        self.actor.eval()
         for batch in np.array_split(rows, -(-len(rows) // c.batch_size)):  # batches of at most batch_size
-            samples = sample_from_ids(self.policy, self.tokenizer, torch.from_numpy(scorer.prompt_ids[batch]),
+            samples = sample_from_ids(self.actor, self.tokenizer, torch.from_numpy(scorer.prompt_ids[batch]),
                                       torch.from_numpy(scorer.prompt_mask[batch]), c.max_new_tokens, c.temperature,
                                       generator)
             texts += samples.texts
             eos += samples.eos.tolist()
-        self.policy.train()
+        self.actor.train()
         env.reward = NormalizedReward.fit(env.reward, [scorer.prompts[i] for i in rows], texts, eos)
 
     # -- rollout ---------------------------------------------------------------------------------
@@ -211,10 +224,10 @@ class PPOAgent:
         started = time.perf_counter()
         prompt_ids = torch.from_numpy(obs["input_ids"]).to(dev)
         prompt_mask = torch.from_numpy(obs["attention_mask"]).to(dev)
-        self.policy.eval()
-        samples = sample_from_ids(self.policy, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens,
+        self.actor.eval()
+        samples = sample_from_ids(self.actor, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens,
                                   c.temperature, self.generator)
-        self.policy.train()
+        self.actor.train()
         if not torch.isfinite(samples.logprobs).all():
             raise NonFiniteLoss(f"the policy's log-probs are not finite at iteration {self.iteration + 1}; "
                                 f"{Path(c.out) / 'checkpoint'} keeps the last good checkpoint")
@@ -297,9 +310,10 @@ class PPOAgent:
         with self._autocast():
             if self.value is None:
                 return *response_forward(self.policy, ids, mask, R, self.config.temperature)[:2], None
-            if not need_policy:  # values only: no LM head
-                if not head:
-                    return None, None, self.value(ids, mask, R)
+            if not need_policy and not head:  # the critic alone
+                return None, None, self.value(ids, mask, R)
+            if not need_policy and self.reshard is None:  # the trunk alone, no LM head (a sharded trunk's
+                # parameters are gathered by the whole model's forward only)
                 hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
                 return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
             logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head)
@@ -346,8 +360,9 @@ class PPOAgent:
                     pg_stats["ptx_loss"] = ptx_loss.item()
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss * weight).backward()
-                distributed.all_reduce_grads(self.params)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+                if self.reshard is None:  # sharded: FSDP has summed them already
+                    distributed.all_reduce_grads(self.params)
+                grad_norm = sharding.full(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # stop before the weights are hit
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at "
                                         f"iteration {self.iteration + 1}; that step was not taken and nothing was "
@@ -364,6 +379,8 @@ class PPOAgent:
             if stop:
                 break
         self.scheduler.step()
+        if self.reshard is not None:
+            sharding.gather_into(self.policy, self.actor)  # the next rollout samples the updated policy
         out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
         out["first_minibatch_approx_kl"] = stats[0]["approx_kl"]
         out["early_stopped"] = float(stop)
@@ -392,11 +409,11 @@ class PPOAgent:
         ``rlhf eval``) for the same policy."""
         result = None
         if self.rank == 0:
-            self.policy.eval()
+            self.actor.eval()
             try:
-                result = self.judge(self.policy, episodes or self.config.eval_episodes, self.env.unwrapped.reward)
+                result = self.judge(self.actor, episodes or self.config.eval_episodes, self.env.unwrapped.reward)
             finally:
-                self.policy.train()
+                self.actor.train()
         return distributed.broadcast_json(result)
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -412,8 +429,9 @@ class PPOAgent:
             state["rank_envs"] = envs[1:]
         if isinstance(env.reward, NormalizedReward):
             state["reward_normalization"] = {"mean": env.reward.mean, "std": env.reward.std}
-        value = self.value.state_dict() if self.value is not None else {}
-        self.run.save(self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
+        value = sharding.full_state_dict(self.value) if self.value is not None else {}
+        optimizer = sharding.FullOptimizer(self.optimizer) if self.reshard is not None else self.optimizer
+        self.run.save(self.actor, self.tokenizer, optimizer, self.scheduler, state,
                       {**{f"value.{k}": v for k, v in value.items()}, "sampler_rng": samplers[0],
                        **{f"sampler_rng.{rank}": rng for rank, rng in enumerate(samplers[1:], 1)}})
 
@@ -424,13 +442,17 @@ class PPOAgent:
         from a fresh seed stream (of the seed, its rank and the iteration): the run continues, not identically."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
                  "reward_transform": "logit", "algorithm": "PPOConfig"}  # runs from before these settings
-        state, tensors = self.run.restore(self.policy, self.optimizer, self.scheduler, older)
+        sharded = self.reshard is not None
+        optimizer = sharding.FullOptimizer(self.optimizer, gather=False) if sharded else self.optimizer
+        state, tensors = self.run.restore(self.actor, optimizer, self.scheduler, older)  # full tensors
         if state is None:
             return self.env.reset(seed=self.seed)[0]
+        if sharded:
+            sharding.scatter_from(self.actor, self.policy)
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
         samplers = {k: tensors.pop(k) for k in list(tensors) if k.startswith("sampler_rng")}
         if self.value is not None:
-            self.value.load_state_dict({k[len("value."):]: v for k, v in tensors.items()})
+            sharding.load_full_state_dict(self.value, {k[len("value."):]: v for k, v in tensors.items()})
         env = self.env.unwrapped
         if "reward_normalization" in state:  # exactly the statistics the run started with
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+from unittest import mock
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from agents.reinforce import REINFORCEAgent, REINFORCEConfig
 from rlhf_env.configs import TrainConfig
 from rlhf_env.models import load_policy, new_model, save_policy
 from rlhf_env.stages.sft import demonstration_examples
+from rlhf_env.training import sharding
 from rlhf_env.training.run import Interrupted
 from rlhf_env.training.trainer import lm_batch_loss, train_loop
 from tests.conftest import TINY_DIMS, learning_log
@@ -51,9 +53,13 @@ def save_tensors(tensors: dict[str, torch.Tensor], path) -> None:
 
 
 def weights(agent) -> dict[str, torch.Tensor]:
-    value = agent.value.state_dict() if agent.value is not None else {}
-    named = {**agent.policy.state_dict(), **{f"value.{k}": v for k, v in value.items()}}
+    """The agent's trained weights (gathered from the ranks' shards if sharded)."""
+    value = sharding.full_state_dict(agent.value) if agent.value is not None else {}
+    named = {**sharding.full_state_dict(agent.policy), **{f"value.{k}": v for k, v in value.items()}}
     return {k: v.clone() for k, v in named.items()}
+
+
+FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch` sets for an FSDP2 config
 
 
 # -- one iteration: the same global batch ---------------------------------------------------------------------
@@ -62,6 +68,8 @@ CASES = {  # a statistic over the global batch in each: the leads' std, GAE's wh
     "ppo-gae-ptx": (PPOAgent, PPOConfig, {"advantage": "gae", "group_size": 1, "ptx_coef": 0.1}),
     "reinforce": (REINFORCEAgent, REINFORCEConfig, {"group_size": 1, "minibatch_size": 8, "ppo_epochs": 1}),
 }
+SHARDED = {"ppo-fsdp": "ppo", "ppo-gae-ptx-fsdp": "ppo-gae-ptx", "reinforce-fsdp": "reinforce"}  # under FSDP
+CASES.update({case: CASES[plain] for case, plain in SHARDED.items()})
 BATCH = 8
 
 
@@ -69,7 +77,8 @@ def make(case, policy_dir, world_dir, out):
     agent, config, overrides = CASES[case]
     settings = {**vars(tiny_config(policy_dir, world_dir, out)), "batch_size": BATCH, "minibatch_size": 4,
                 "ppo_epochs": 2, "lr": 1e-2, "kl_coef": 0.1, **overrides}
-    return agent(config(**settings))
+    with mock.patch.dict(os.environ, FSDP if case in SHARDED else {}):  # 1 process ignores it
+        return agent(config(**settings))
 
 
 def record_episodes(case, policy_dir, world_dir, tmp) -> None:
@@ -98,7 +107,11 @@ def iterate_on_rank(rank, policy_dir, world_dir, tmp):
         agent = make(case, policy_dir, world_dir, tmp / case / "two")
         replay(agent, load_file(tmp / case / "episodes.safetensors"), slice(rank * share, (rank + 1) * share))
         metrics, _ = agent.iterate(None)
-        save_tensors(weights(agent), tmp / case / f"rank{rank}.safetensors")
+        assert (agent.reshard is not None) == (case in SHARDED) and (agent.actor is agent.policy) != (case in SHARDED)
+        trained = weights(agent)
+        for name, value in agent.actor.state_dict().items():  # what the next rollout samples
+            assert torch.equal(value, trained[name]), f"{case}: the sampler's copy is stale in {name}"
+        save_tensors(trained, tmp / case / f"rank{rank}.safetensors")
         (tmp / case / f"rank{rank}.json").write_text(json.dumps(metrics))
 
 
@@ -123,8 +136,13 @@ def resume_config(policy_dir, world_dir, out, **overrides):
                        ppo_epochs=2, **overrides)
 
 
-def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp):
+def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp, launcher_env: dict):
     """An uninterrupted run (``full``), and one stopped at iteration 2 and resumed (``stopped``), on 2 ranks."""
+    with mock.patch.dict(os.environ, launcher_env):
+        _stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp)
+
+
+def _stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp):
     full = PPOAgent(resume_config(policy_dir, world_dir, tmp / "full"))
     full.train()
     with pytest.raises(ValueError, match="finished run"):  # on every rank, none waiting for the others
@@ -227,7 +245,8 @@ def on_rank(rank, policy_dir, world_dir, tmp):
     grads_on_rank(rank, tmp)
     train_loop_on_rank(rank, policy_dir, tmp / "train_loop")
     iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
-    stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume")
+    stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume", {})
+    stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume-fsdp", FSDP)
 
 
 @pytest.fixture(scope="module")
@@ -340,8 +359,11 @@ def test_an_iteration_on_two_ranks_equals_one_process_on_the_same_global_batch(t
 
 
 @pytest.mark.slow
-def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ranks, world_dir):
-    tmp = two_ranks / "resume"
+@pytest.mark.parametrize("launch", ["resume", "resume-fsdp"])
+def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ranks, world_dir, launch):
+    """Plain data parallelism, and FSDP: the sharded run's checkpoint holds full tensors, which one process
+    resumes unsharded."""
+    tmp = two_ranks / launch
     ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
     full = [name for name in ranks[0] if name.startswith("full.")]
     assert full
@@ -367,6 +389,39 @@ def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ran
         one.train()
     log = learning_log(tmp / "stopped-then-1-process" / "train.csv")
     assert [row["step"] for row in log] == ["1", "2", "3", "4"] and log[:2] == resumed_log[:2]
+    if launch == "resume-fsdp":  # the sharded run is the plain one: each rollout sampled the updated weights
+        plain = load_file(two_ranks / "resume" / "rank0.safetensors")
+        for name in full:
+            torch.testing.assert_close(ranks[0][name], plain[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, True),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"}, False),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, False),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "1"}, True),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, None),
+])
+def test_the_launchers_fsdp_settings_choose_the_sharding(monkeypatch, env, expected):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert sharding.requested() is expected
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "do not run DeepSpeed's engine.*examples/accelerate/fsdp.yaml"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, r"parameter offload \(fsdp_offload_params\)"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "activation checkpointing"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "HYBRID_SHARD is not supported"),
+])
+def test_launcher_settings_the_agents_cannot_honour_are_refused(monkeypatch, env, message):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        sharding.requested()
 
 
 def test_a_global_batch_that_does_not_split_into_whole_groups_per_rank_is_refused(tiny_policy_dir, world_dir,

@@ -1,0 +1,138 @@
+"""Sharded data parallelism (ZeRO-3 style) for the agents, through torch's FSDP2 (``fully_shard``), switched on
+by accelerate's FSDP config.
+
+``accelerate launch --config_file examples/accelerate/fsdp.yaml $(which rlhf) ppo ...`` tells every rank to
+shard (``ACCELERATE_USE_FSDP``). The agent then shards each transformer block of its policy (the classes HF
+lists in ``_no_split_modules``), the rest of the policy as the root, and its value model: each rank keeps
+1/N of the parameters, gradients and optimizer state, and FSDP gathers a block's parameters for its forward
+and backward. The gradients are **summed** over the ranks (each rank's loss is already its share of the
+global minibatch, as in plain data parallelism), so N sharded ranks compute one process's update.
+
+The rollout sampler and the held-out judge read a plain copy of the policy, refreshed from the shards after
+every update (``gather_into``): the lean decoder reads plain weights, and sampling needs every weight at
+every token anyway. Checkpoints hold full tensors in the same files as an unsharded run's, so a checkpoint
+resumes with or without sharding, on any number of ranks.
+
+Of accelerate's FSDP settings, ``fsdp_reshard_after_forward`` (or v1's ``fsdp_sharding_strategy``) is
+honoured; parameter offload and activation checkpointing are refused; the wrapping policy and the state-dict
+type are ours (per block; full tensors). accelerate itself does not shard on a CPU, which is why the agent
+applies FSDP2 itself: the same config then runs on CPUs (gloo) and GPUs (NCCL).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from rlhf_env.training import distributed
+
+STRATEGIES = {"FULL_SHARD": True, "1": True, "SHARD_GRAD_OP": False, "2": False, "NO_SHARD": None, "3": None}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def requested() -> bool | None:
+    """What the launcher asked for: None (no sharding), or FSDP's ``reshard_after_forward`` (True: gather each
+    block's parameters again for the backward, ZeRO-3; False: keep them from the forward to the backward).
+    Raises on a setting the agents cannot honour."""
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        raise ValueError("the agents do not run DeepSpeed's engine; for ZeRO-3's sharding of parameters, gradients "
+                         "and optimizer state launch with accelerate's FSDP config instead "
+                         "(examples/accelerate/fsdp.yaml)")
+    if not _flag("ACCELERATE_USE_FSDP") or distributed.world_size() == 1:
+        return None
+    for name, what in (("FSDP_OFFLOAD_PARAMS", "parameter offload"),
+                       ("FSDP_ACTIVATION_CHECKPOINTING", "activation checkpointing")):
+        if _flag(name):
+            raise ValueError(f"the agents' FSDP does not support {what} ({name.lower()}); turn it off in the "
+                             "accelerate config")
+    if os.environ.get("FSDP_VERSION", "1") == "2":
+        return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"fsdp_sharding_strategy {strategy} is not supported by the agents; use FULL_SHARD, "
+                         "SHARD_GRAD_OP or NO_SHARD")
+    return STRATEGIES[strategy]
+
+
+def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks: the submodules of the classes that HF models in it keep whole
+    (``_no_split_modules``)."""
+    names = {name for m in model.modules() for name in getattr(m, "_no_split_modules", None) or ()}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard(module: torch.nn.Module, reshard_after_forward: bool) -> None:
+    """Shard ``module`` in place (each block its own unit, the rest the root) over all ranks; its gradients are
+    summed over the ranks, not averaged."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for block in blocks(module):
+        fully_shard(block, reshard_after_forward=reshard_after_forward)
+    fully_shard(module, reshard_after_forward=reshard_after_forward)
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+
+
+def full(x):
+    """A plain tensor of the whole value (an all-gather for a shard: every rank must call it)."""
+    return x.full_tensor() if isinstance(x, DTensor) else x
+
+
+def local(value: torch.Tensor, like) -> torch.Tensor:
+    """This rank's shard of the full ``value``, shaped like the sharded tensor ``like`` (or ``value`` itself if
+    ``like`` is not sharded); no communication."""
+    if not isinstance(like, DTensor):
+        return value
+    return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+
+@torch.no_grad()
+def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module) -> None:
+    """Copy the sharded module's parameters into the plain copy of the same module (every rank must call it)."""
+    target = dict(plain.named_parameters())
+    for name, p in sharded.named_parameters():
+        target[name].copy_(full(p))
+
+
+@torch.no_grad()
+def scatter_from(plain: torch.nn.Module, sharded: torch.nn.Module) -> None:
+    """Set the sharded module's parameters to the plain copy's (each rank takes its shard; no communication)."""
+    source = dict(plain.named_parameters())
+    for name, p in sharded.named_parameters():
+        p.copy_(local(source[name], p))
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: full(v) for k, v in module.state_dict().items()}
+
+
+def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = module.state_dict()
+    module.load_state_dict({k: local(state[k], v) for k, v in own.items()})
+
+
+class FullOptimizer:
+    """An optimizer's state as full tensors, for a checkpoint: ``state_dict`` is gathered when this is made
+    (every rank must make it), ``load_state_dict`` takes each rank's shards of a full state."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, gather: bool = True):
+        self.optimizer = optimizer
+        if gather:
+            saved = optimizer.state_dict()
+            self.saved = {**saved, "state": {i: {k: full(v) for k, v in s.items()} for i, s in saved["state"].items()}}
+
+    def state_dict(self) -> dict:
+        return self.saved
+
+    def load_state_dict(self, state: dict) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        per_param = {i: {k: v if k == "step" else local(v, params[i]) for k, v in s.items()}
+                     for i, s in state["state"].items()}
+        self.optimizer.load_state_dict({**state, "state": per_param})
