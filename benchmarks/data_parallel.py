@@ -3,9 +3,10 @@ the 1-process seeds, and a projection to 8 ranks.
 
 1. **Speed.** ``rlhf ppo`` with the defaults for ``--iterations`` iterations (no evaluation, no checkpoints), in
    three set-ups run one after another: 1 process x 1 thread, 1 process x 2 threads (plain ``rlhf ppo`` on this
-   2-core machine) and 2 processes x 1 thread (``accelerate launch --multi_gpu --num_processes 2``, accelerate's
-   torchrun launcher, which also runs on CPUs). Episodes/s from ``train.csv``'s ``time_iteration`` (median,
-   first iteration dropped), each phase's seconds, and the wall time of the command.
+   2-core machine), 2 processes x 1 thread (``accelerate launch --multi_gpu --num_processes 2``, accelerate's
+   torchrun launcher, which also runs on CPUs) and the same sharded (``accelerate launch --config_file
+   examples/accelerate/fsdp.yaml``: FSDP2, ``rlhf_env/training/sharding.py``). Episodes/s from ``train.csv``'s
+   ``time_iteration`` (median, first iteration dropped), each phase's seconds, and the wall time of the command.
 2. **Quality** (``--full``): the default run (100 iterations, seed 0) on 2 processes, judged on the held-out
    prompts as every run is, against ``benchmarks/results/ppo.json``'s 1-process default seeds.
 3. **Projection to N ranks** from the 1-process x 1-thread phase times: sampling, the env step and the rollout
@@ -39,7 +40,9 @@ from rlhf_env.models import load_policy
 
 RESULTS = Path("benchmarks/results")
 PHASES = ("time_sample", "time_env", "time_rollout_forward", "time_update")
-SETUPS = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 processes x 1 thread": (2, 1)}
+SETUPS = {"1 process x 1 thread": (1, 1, False), "1 process x 2 threads": (1, 2, False),
+          "2 processes x 1 thread": (2, 1, False), "2 processes x 1 thread, FSDP": (2, 1, True)}
+FSDP_CONFIG = Path("examples/accelerate/fsdp.yaml")
 ASSUMPTIONS = [
     "An upper bound: each rank runs at the measured 1-process x 1-thread speed, on its own core or device, and "
     "holds its own reference and reward model; sampling, the env step, the rollout forward and each update step's "
@@ -56,14 +59,16 @@ ASSUMPTIONS = [
 ]
 
 
-def rlhf_ppo(out: Path, processes: int, threads: int, args: list[str]) -> float:
-    """Run ``rlhf ppo`` on ``processes`` processes of ``threads`` threads; returns the wall seconds."""
+def rlhf_ppo(out: Path, processes: int, threads: int, args: list[str], sharded: bool = False) -> float:
+    """Run ``rlhf ppo`` on ``processes`` processes of ``threads`` threads (``sharded``: with accelerate's FSDP
+    config); returns the wall seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     rlhf = shutil.which("rlhf") or sys.exit("the rlhf command is not on PATH: pip install -e .")
-    launcher = [] if processes == 1 else [
-        shutil.which("accelerate") or sys.exit("accelerate is not on PATH"), "launch", "--multi_gpu",
-        "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", "29517"]
+    accelerate = [shutil.which("accelerate") or sys.exit("accelerate is not on PATH"), "launch"]
+    how = ["--config_file", str(FSDP_CONFIG)] if sharded else [
+        "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [] if processes == 1 else [*accelerate, *how, "--num_processes", str(processes),
+                                          "--main_process_port", "29517"]
     started = time.perf_counter()
     subprocess.run([*launcher, rlhf, "ppo", "--out", str(out), *args], check=True, env=env,
                    stdout=subprocess.DEVNULL)
@@ -74,13 +79,13 @@ def speed(iterations: int, tmp: Path) -> dict:
     args = ["--iterations", str(iterations), "--eval_every", "0", "--save_every", "0",
             "--final_eval_episodes", "50"]
     rows = {}
-    for label, (processes, threads) in SETUPS.items():
-        out = tmp / label.replace(" ", "")
-        wall = rlhf_ppo(out, processes, threads, args)
+    for label, (processes, threads, sharded) in SETUPS.items():
+        out = tmp / label.replace(" ", "").replace(",", "-")
+        wall = rlhf_ppo(out, processes, threads, args, sharded)
         with (out / "train.csv").open() as f:
             log = list(csv.DictReader(f))[1:]  # the first iteration warms up
         iteration_s = statistics.median(float(r["time_iteration"]) for r in log)
-        rows[label] = {"processes": processes, "threads": threads, "iteration_s": iteration_s,
+        rows[label] = {"processes": processes, "threads": threads, "sharded": sharded, "iteration_s": iteration_s,
                        "episodes_per_s": PPOConfig.batch_size / iteration_s, "wall_s": wall,
                        **{p: statistics.median(float(r[p]) for r in log) for p in PHASES}}
         print(f"{label:<24}{rows[label]['episodes_per_s']:>8.1f} episodes/s  (wall {wall:.0f} s)", flush=True)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import warnings
 from unittest import mock
 
 import pytest
@@ -191,7 +192,11 @@ def train_loop_on_rank(rank, policy_dir, tmp):
     """An uninterrupted LM run (``full``) and one that rank 1's Ctrl-C stops at step 3, then resumed (``stopped``)."""
     examples, trained = lm_examples(tmp), {}
     model, tokenizer = load_policy(str(policy_dir))
-    train_loop(model, tokenizer, examples, lm_config(tmp / "full"), lm_loss_with_a_metric(tokenizer))
+    with mock.patch.dict(os.environ, FSDP), warnings.catch_warnings(record=True) as caught:  # not applied: said so
+        warnings.simplefilter("always")
+        train_loop(model, tokenizer, examples, lm_config(tmp / "full"), lm_loss_with_a_metric(tokenizer))
+    said = [str(w.message) for w in caught if "only the RL agents apply" in str(w.message)]
+    assert len(said) == (rank == 0), said  # rank 0 says it once
     trained["full"] = model
     model, tokenizer = load_policy(str(policy_dir))
     with pytest.raises(Interrupted, match="interrupted at step 3"):  # rank 0 too: the ranks agree to stop

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf_env.configs import TrainConfig
 from rlhf_env.models import save_policy
-from rlhf_env.training import distributed
+from rlhf_env.training import distributed, sharding
 from rlhf_env.training.run import Run
 
 IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
@@ -90,6 +91,9 @@ def train_loop(
         raise ValueError(f"batch_size ({config.batch_size}) is the global batch: it must be >= the {world} ranks")
     config.device = distributed.init(config.device)
     rank = distributed.rank()
+    if sharding.requested() is not None and rank == 0:  # (a DeepSpeed config raises there)
+        warnings.warn("the launcher asks for FSDP, which only the RL agents apply: this stage trains plain "
+                      "data-parallel, every rank holding the whole model and optimizer", RuntimeWarning, stacklevel=2)
     torch.manual_seed(config.seed)
     model.to(config.device).train()
     distributed.broadcast_parameters(model)
