@@ -56,10 +56,13 @@ class Critic(torch.nn.Module):
             return self.model.score(hidden.last_hidden_state[:, -R - 1:-1].float()).squeeze(-1)  # (B, R)
 
 
-def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False):
+def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False,
+                     share_prompts: bool = True):
     """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
-    go through the LM head. Also the last hidden states there if ``want_hidden``."""
-    logprobs, logp_all, out = response_logprobs(policy, ids, mask, R, temperature, output_hidden_states=want_hidden)
+    go through the LM head. Also the last hidden states there if ``want_hidden``. ``share_prompts``: see
+    ``rlhf_env.sampling.response_log_softmax``."""
+    logprobs, logp_all, out = response_logprobs(policy, ids, mask, R, temperature, share_prompts=share_prompts,
+                                                output_hidden_states=want_hidden)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
     return logprobs, entropy, hidden

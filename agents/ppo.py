@@ -307,16 +307,20 @@ class PPOAgent:
         model. The value head shares the policy's forward; a separate critic runs its own (and alone when
         ``need_policy`` is False)."""
         head = isinstance(self.value, ValueHead)
+        share = self.reshard is None  # sharded: every rank must run the same forwards, whatever its prompts
         with self._autocast():
             if self.value is None:
-                return *response_forward(self.policy, ids, mask, R, self.config.temperature)[:2], None
+                logprobs, entropy, _ = response_forward(self.policy, ids, mask, R, self.config.temperature,
+                                                        share_prompts=share)
+                return logprobs, entropy, None
             if not need_policy and not head:  # the critic alone
                 return None, None, self.value(ids, mask, R)
             if not need_policy and self.reshard is None:  # the trunk alone, no LM head (a sharded trunk's
                 # parameters are gathered by the whole model's forward only)
                 hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
                 return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
-            logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head)
+            logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head,
+                                                         share)
             return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R)
 
     def _autocast(self):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -68,18 +69,73 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+# Responses per distinct prompt from which one forward over the distinct prompts, then one over the responses
+# attending to their cached keys and values, is faster than a forward over every prompt + response: measured on
+# the bundled policy, forward and backward, by benchmarks/bench_shared_prompts.py.
+SHARE_FROM = 3
+
+
 def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0,
-                         **kwargs):
+                         share_prompts: bool = True, **kwargs):
     """``log pi(. | x, y_<t)`` (B, R, V) at the R positions that predict the last R tokens of ``ids``
     (B, P + R), at ``temperature``; only those positions go through the LM head. Returns it and the
-    model's output (for ``output_hidden_states=True`` in ``kwargs``)."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1, **kwargs)
+    model's output (its ``logits``, and its ``hidden_states`` for ``output_hidden_states=True`` in ``kwargs``:
+    the last layer's at the R + 1 last positions at least).
+
+    Where the rows share prompts (at least ``SHARE_FROM`` rows per distinct prompt, as a group of responses to
+    one prompt does) and ``share_prompts``, each distinct prompt goes through the model once, and the
+    responses attend to its cached keys and values (``shared_prompt_forward``): the same logits, to float
+    rounding, and the same gradients."""
+    out = shared_prompt_forward(model, ids, mask, R, **kwargs) if share_prompts else None
+    if out is None:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1, **kwargs)
     return torch.log_softmax(out.logits[:, :-1].float() / temperature, -1), out
+
+
+def cache_argument(model) -> str | None:
+    """The name under which ``model``'s forward takes a KV cache (transformers renamed ``past_key_values`` to
+    ``cache`` during 5.x), or None for a model without one."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,
+                          share_from: float = SHARE_FROM):
+    """``response_log_softmax``'s forward with each distinct prompt of ``ids[:, :-R]`` computed once; None where
+    it does not pay (fewer than ``share_from`` rows per distinct prompt) or the model takes no cache. Returns
+    the logits (B, R + 1, V) at the positions that predict the last R tokens and the next, and with
+    ``output_hidden_states`` the last layer's hidden states there (as the last of ``hidden_states``)."""
+    cache_arg = cache_argument(model)
+    P = ids.shape[1] - R
+    if cache_arg is None or P == 0:
+        return None
+    prompts = torch.cat([ids[:, :P] * mask[:, :P], mask[:, :P]], 1)  # pad ids may differ; the masked ids do not
+    distinct, rows = torch.unique(prompts, dim=0, return_inverse=True)
+    B, U = len(ids), len(distinct)
+    if B < share_from * U:
+        return None
+    first = torch.full((U,), B, device=ids.device).scatter_reduce(0, rows, torch.arange(B, device=ids.device), "amin")
+    prompt_mask = mask[first, :P]
+    start = int(prompt_mask.any(0).int().argmax())  # the distinct prompts' common left padding goes
+    prompt_ids, prompt_mask = ids[first, start:P], prompt_mask[:, start:]
+    hidden = {"output_hidden_states": True} if output_hidden_states else {}
+    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
+                 logits_to_keep=1, use_cache=True, **hidden)
+    cache = getattr(head, cache_arg)
+    cache.batch_select_indices(rows)  # each response's own copy of its prompt's keys and values
+    full_mask = torch.cat([prompt_mask[rows], mask[:, P:]], 1)
+    tail = model(input_ids=ids[:, P:], attention_mask=full_mask, position_ids=positions(full_mask)[:, -R:],
+                 use_cache=True, **{cache_arg: cache}, **hidden)
+    logits = torch.cat([head.logits[rows], tail.logits], 1)
+    if not output_hidden_states:
+        return SimpleNamespace(logits=logits)
+    last = torch.cat([head.hidden_states[-1][rows, -1:], tail.hidden_states[-1]], 1)
+    return SimpleNamespace(logits=logits, hidden_states=(last,))
 
 
 def response_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0, **kwargs):
     """``(logprobs (B, R), log_softmax (B, R, V), output)``: the log-probs of the last R tokens of ``ids``
-    from ``response_log_softmax``, gathered."""
+    from ``response_log_softmax`` (which takes ``kwargs``), gathered."""
     logp_all, out = response_log_softmax(model, ids, mask, R, temperature, **kwargs)
     return logp_all.gather(2, ids[:, -R:, None]).squeeze(2), logp_all, out
 
@@ -146,8 +202,7 @@ class HFDecoder:
 
     def __init__(self, model):
         self.model, self.cache, self.mask = model, None, None
-        # transformers renamed `past_key_values` to `cache` during 5.x: use the name this model takes.
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache_arg = cache_argument(model)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         self.cache, self.mask = None, mask

@@ -1,5 +1,6 @@
 """The KV-cache sampler: deterministic, padding-invariant, and its log-probs are exact."""
 
+import pytest
 import torch
 
 from rlhf_env.sampling import positions, sample
@@ -95,3 +96,62 @@ def test_draw_samples_the_given_distribution():
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert freq[1] == 0  # a zero-probability token is never drawn
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # 0.01 is > 4 standard errors
+
+
+def grouped_batch(tokenizer, group: int):
+    """Prompts of different lengths (left-padded), each repeated for ``group`` responses of seeded random
+    lengths (right-padded with the pad id), as the env's groups are."""
+    from rlhf_env.sampling import encode_prompts
+
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, PROMPTS)
+    rows = torch.arange(len(PROMPTS)).repeat_interleave(group)[torch.randperm(len(PROMPTS) * group,
+                                                                            generator=torch.Generator().manual_seed(1))]
+    g = torch.Generator().manual_seed(0)
+    R = 7
+    response_mask = (torch.arange(R)[None] < torch.randint(1, R + 1, (len(rows), 1), generator=g)).long()
+    response_ids = torch.randint(5, len(tokenizer), (len(rows), R), generator=g)
+    response_ids = torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id)
+    return torch.cat([prompt_ids[rows], response_ids], 1), torch.cat([prompt_mask[rows], response_mask], 1), R
+
+
+@pytest.mark.parametrize("torch_only", [False, True])
+def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_states(tiny_model, tokenizer,
+                                                                                      tmp_path, torch_only):
+    """Each distinct prompt through the model once, its keys and values shared by its responses: the full
+    forward's log-probs, hidden states and gradients (HF's GPT-2, and the envs' torch-only one)."""
+    from rlhf_env.accel.gpt2 import load_torch_gpt2
+    from rlhf_env.models import save_policy
+    from rlhf_env.sampling import response_log_softmax, shared_prompt_forward
+
+    model = tiny_model.train()
+    if torch_only:
+        save_policy(tiny_model, tokenizer, tmp_path / "policy")
+        model = load_torch_gpt2(tmp_path / "policy").requires_grad_(True)
+    ids, mask, R = grouped_batch(tokenizer, group=4)
+    real = mask[:, -R:].bool()
+    hidden = {} if torch_only else {"output_hidden_states": True}
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logp, out = response_log_softmax(model, ids, mask, R, 0.7, share_prompts=share, **hidden)
+        (logp.gather(2, ids[:, -R:, None]).squeeze(2) * real).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        states = out.hidden_states[-1][:, -R - 1:-1] if hidden else None
+        results.append((logp, grads, states))
+    (full, full_grads, full_states), (shared, shared_grads, shared_states) = results
+    assert shared_prompt_forward(model, ids, mask, R) is not None  # the shared path ran
+    torch.testing.assert_close(shared[real], full[real], atol=2e-5, rtol=0)
+    if hidden:
+        torch.testing.assert_close(shared_states[real], full_states[real], atol=2e-5, rtol=0)
+    assert max(g.abs().max().item() for g in full_grads.values()) > 1.0  # >> the tolerance
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_prompts_are_shared_only_where_it_pays(tiny_model, tokenizer):
+    from rlhf_env.sampling import SHARE_FROM, shared_prompt_forward
+
+    ids, mask, R = grouped_batch(tokenizer, group=SHARE_FROM)
+    assert shared_prompt_forward(tiny_model, ids, mask, R) is not None
+    ids, mask, R = grouped_batch(tokenizer, group=SHARE_FROM - 1)
+    assert shared_prompt_forward(tiny_model, ids, mask, R) is None

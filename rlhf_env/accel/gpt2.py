@@ -5,8 +5,9 @@ models (the reference policy, the likelihood RM's language model) load the bundl
 module instead, straight from ``config.json`` and ``model.safetensors`` (``rlhf_env.models.load_reference``).
 It runs HF's ``GPT2LMHeadModel`` forward for inference: the same parameter names and layouts (so the
 sampler's lean decoder, ``rlhf_env.accel.decoder``, runs it too), the same maths, and the projections
-through oneDNN as ``rlhf_env.accel`` gives them to the HF model. It has no dropout, no KV cache, no
-``generate`` and no ``save_pretrained``: anything that trains or saves a model loads it with
+through oneDNN as ``rlhf_env.accel`` gives them to the HF model. Its cache (``KVCache``) serves one use: a
+forward over prompts, then one over many responses to them (``rlhf_env.sampling.response_log_softmax``). It
+has no dropout, no ``generate`` and no ``save_pretrained``: anything that trains or saves a model loads it with
 ``rlhf_env.models.load_policy``. The tests compare its log-probs, rewards and KL with the HF path's.
 """
 
@@ -40,9 +41,21 @@ def supports(config: SimpleNamespace) -> bool:
             and not config.add_cross_attention and config.activation_function in TANH_GELUS)
 
 
+class KVCache:
+    """Each layer's keys and values so far, (B, heads, T, head size), as HF's ``DynamicCache`` keeps them."""
+
+    def __init__(self):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) these rows, as ``DynamicCache.batch_select_indices`` does."""
+        self.layers = [(k[rows], v[rows]) for k, v in self.layers]
+
+
 @dataclass
 class LMOutput:
     logits: torch.Tensor  # (B, T, V), or the last ``logits_to_keep`` positions
+    cache: KVCache | None = None
 
 
 class Linear(nn.Module):
@@ -70,11 +83,14 @@ class Attention(nn.Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer + 1
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        """The attention's output, and the keys and values (``past``'s, then ``x``'s)."""
         B, T, E = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, E // self.n_head).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return self.c_proj(out.transpose(1, 2).reshape(B, T, E))
+        return self.c_proj(out.transpose(1, 2).reshape(B, T, E)), (k, v)
 
 
 class MLP(nn.Module):
@@ -95,9 +111,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config, onednn)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        attended, kv = self.attn(self.ln_1(x), mask, past)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class TorchGPT2(nn.Module):
@@ -115,22 +132,33 @@ class TorchGPT2(nn.Module):
         self.lm_head = Linear(E, config.vocab_size, bias=False, transposed=False, onednn=onednn)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> LMOutput:
-        """Logits of ``input_ids`` (B, T) as HF computes them: ``attention_mask`` (B, T) hides padding keys,
-        ``position_ids`` default to 0..T-1, and ``logits_to_keep`` > 0 keeps the last that many positions."""
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0, cache: KVCache | None = None,
+                use_cache: bool = False) -> LMOutput:
+        """Logits of ``input_ids`` (B, T) as HF computes them: ``attention_mask`` (B, past + T) hides padding
+        keys, ``position_ids`` default to 0..T-1, and ``logits_to_keep`` > 0 keeps the last that many positions.
+        With ``use_cache``, the keys and values are appended to ``cache`` (a new one if None), which the output
+        holds; a ``cache`` given holds the ``past`` tokens that ``input_ids`` continue."""
         t = self.transformer
         T, device = input_ids.shape[1], input_ids.device
+        past = cache.layers if cache is not None and cache.layers else [None] * len(t.h)
+        before = 0 if past[0] is None else past[0][0].shape[2]
         if position_ids is None:
             position_ids = torch.arange(T, device=device)[None]
         x = t.wte(input_ids) + t.wpe(position_ids)
-        mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
+        causal = torch.ones(T, before + T, dtype=torch.bool, device=device).tril(before)  # query i: keys <= before + i
+        mask = causal[None, None]
         if attention_mask is not None:
             mask = mask & attention_mask.bool()[:, None, None, :]
         # A query that may see no key (left padding) sees itself: its output is ignored, and must not be NaN.
-        mask = mask | torch.eye(T, dtype=torch.bool, device=device)
-        for block in t.h:
-            x = block(x, mask)
-        return LMOutput(self.lm_head(t.ln_f(x[:, -logits_to_keep:])))
+        mask = mask | (causal & ~causal.tril(before - 1))
+        layers = []
+        for block, kv in zip(t.h, past):
+            x, kv = block(x, mask, kv)
+            layers.append(kv)
+        if use_cache:
+            cache = cache if cache is not None else KVCache()
+            cache.layers = layers
+        return LMOutput(self.lm_head(t.ln_f(x[:, -logits_to_keep:])), cache if use_cache else None)
 
 
 def load_torch_gpt2(directory: str | Path, onednn: bool = False) -> TorchGPT2:

@@ -60,35 +60,28 @@ class LikelihoodRewardModel(torch.nn.Module):
         return self
 
     def encode(self, prompts: list[str], responses: list[str], eos: list[bool]):
-        """Left-padded ``prompt + response (+ EOS)`` ids and mask (B, T), and the mask (B, T - 1) of the
-        positions that predict a response token. Prompt and response are tokenised apart, as the policy
-        produced them."""
+        """Left-padded prompt ids next to right-padded ``response (+ EOS)`` ids, their mask (B, P + R), and R.
+        Prompt and response are tokenised apart, as the policy produced them."""
         tok, device = self.tokenizer, self.weight.device
         pairs = [(tok(p)["input_ids"], tok(r)["input_ids"] + ([tok.eos_token_id] if e else []))
                  for p, r, e in zip(prompts, responses, eos)]
-        T = max(len(p) + len(r) for p, r in pairs)
-        ids = torch.full((len(pairs), T), tok.pad_token_id, dtype=torch.long)
+        P, R = max(len(p) for p, _ in pairs), max(1, max(len(r) for _, r in pairs))
+        ids = torch.full((len(pairs), P + R), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        predicts = torch.zeros(len(pairs), T - 1)
         for i, (p, r) in enumerate(pairs):
-            ids[i, T - len(p) - len(r):] = torch.tensor(p + r)
-            mask[i, T - len(p) - len(r):] = 1
-            predicts[i, T - 1 - len(r):] = 1
-        return ids.to(device), mask.to(device), predicts.to(device)
+            ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
+            mask[i, P - len(p):P + len(r)] = 1
+        return ids.to(device), mask.to(device), R
 
     @torch.no_grad()
     def features(self, prompts: list[str], responses: list[str], eos: list[bool]) -> torch.Tensor:
-        """(B, 2): the sum of the response's token log-probs, and its length in tokens."""
-        from rlhf_env.sampling import positions
+        """(B, 2): the sum of the response's token log-probs, and its length in tokens. Responses to one prompt
+        share its forward (``rlhf_env.sampling.response_log_softmax``)."""
+        from rlhf_env.sampling import response_logprobs
 
-        ids, mask, predicts = self.encode(prompts, responses, eos)
-        # Responses end at the right edge: only the last (longest response + 1) positions' logits are needed.
-        T = ids.shape[1]
-        start = T - min(int(predicts.sum(1).max()) + 1, T)
-        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                         logits_to_keep=T - start).logits[:, :-1]  # predicting ids[:, start + 1:]
-        logp = torch.log_softmax(logits.float(), -1).gather(2, ids[:, start + 1:, None]).squeeze(2)
-        predicts = predicts[:, start:]
+        ids, mask, R = self.encode(prompts, responses, eos)
+        logp = response_logprobs(self.lm, ids, mask, R)[0]
+        predicts = mask[:, -R:].float()
         return torch.stack([(logp * predicts).sum(1), predicts.sum(1)], 1)
 
     def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False
