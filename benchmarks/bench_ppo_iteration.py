@@ -11,9 +11,11 @@ counted on a CPU: see ``update_flops``).
 Measured in alternating rounds of one run: float32 (the default: each model's linears on the kernel that
 ``rlhf_env.accel.kernels`` measured faster on this machine), float32 with every linear through oneDNN
 (``RLHF_ENV_KERNELS=onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.accel.onednn.disabled()``),
-and ``bf16=True`` (bfloat16 autocast in the policy's training forward and backward; under it the ``values``
-phase also recomputes the ratio's old log-probs). Each update is set against the fastest matmul this
-machine does in its precision (a 2048 x 2048 matmul through MKL and through oneDNN; bfloat16: autocast's).
+float32 with every prompt recomputed for each of its responses (``float32_unshared``: no
+``rlhf_env.sampling.shared_prompt_forward``), and ``bf16=True`` (bfloat16 autocast in the policy's training
+forward and backward; under it the ``values`` phase also recomputes the ratio's old log-probs). Each update is
+set against the fastest matmul this machine does in its precision (a 2048 x 2048 matmul through MKL and through
+oneDNN; bfloat16: autocast's).
 Prints a table and writes JSON.
 
     python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 2]
@@ -25,19 +27,22 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents.ppo import PPOAgent, PPOConfig
+from rlhf_env import sampling
 from rlhf_env.accel import kernels, onednn
 from rlhf_env.rewards import Reward
 
-VARIANTS = ("float32", "float32_onednn", "float32_mkl", "bf16")
+VARIANTS = ("float32", "float32_unshared", "float32_onednn", "float32_mkl", "bf16")
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
@@ -75,6 +80,8 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
             stack.enter_context(onednn.disabled())
         elif variant == "float32_onednn":
             stack.enter_context(kernels.forced("onednn"))
+        elif variant == "float32_unshared":
+            stack.enter_context(mock.patch.object(sampling, "SHARE_FROM", math.inf))
         return _measure(iterations, bf16=variant == "bf16")
 
 
@@ -142,7 +149,7 @@ def main() -> None:
             rows[name] += more
     runs = {name: summarize(rows[name], flops[name], config.batch_size) for name in variants}
     fp32_peak = max(matmul_peak_gflops(), matmul_peak_gflops(through_onednn=onednn.available(torch.ones(1))))
-    peaks = {"float32": fp32_peak, "float32_onednn": fp32_peak, "float32_mkl": fp32_peak}
+    peaks = {name: fp32_peak for name in variants if name.startswith("float32")}
     if "bf16" in variants:
         peaks["bf16"] = matmul_peak_gflops(dtype=torch.bfloat16)
     for name, run in runs.items():

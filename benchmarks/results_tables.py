@@ -155,9 +155,9 @@ def ppo_iteration_table(result: dict) -> str:
              "reward": "reward model (env)", "values": "values (rollout)",
              "update": "update (epochs × minibatches, forward + backward + AdamW)",
              "other": "other (env bookkeeping, decoding, advantages)"}
-    labels = {"float32": "float32, measured kernels", "float32_onednn": "float32, all oneDNN",
-              "float32_mkl": "float32, all MKL", "bf16": "bf16"}
-    columns = [(labels["float32"], result)] + [(labels[k], result[k]) for k in ("float32_onednn", "float32_mkl", "bf16")
+    labels = {"float32": "float32, measured kernels", "float32_unshared": "float32, prompts not shared",
+              "float32_onednn": "float32, all oneDNN", "float32_mkl": "float32, all MKL", "bf16": "bf16"}
+    columns = [(labels["float32"], result)] + [(labels[k], result[k]) for k in list(labels)[1:]
                                                if isinstance(result.get(k), dict)]
     lines = ["| phase | " + " | ".join(f"{name} (s)" for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for phase, label in names.items():

@@ -100,9 +100,10 @@ def cache_argument(model) -> str | None:
 
 
 def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,
-                          share_from: float = SHARE_FROM):
+                          share_from: float | None = None):
     """``response_log_softmax``'s forward with each distinct prompt of ``ids[:, :-R]`` computed once; None where
-    it does not pay (fewer than ``share_from`` rows per distinct prompt) or the model takes no cache. Returns
+    it does not pay (fewer than ``share_from``, default ``SHARE_FROM``, rows per distinct prompt) or the model
+    takes no cache. Returns
     the logits (B, R + 1, V) at the positions that predict the last R tokens and the next, and with
     ``output_hidden_states`` the last layer's hidden states there (as the last of ``hidden_states``)."""
     cache_arg = cache_argument(model)
@@ -112,7 +113,7 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     prompts = torch.cat([ids[:, :P] * mask[:, :P], mask[:, :P]], 1)  # pad ids may differ; the masked ids do not
     distinct, rows = torch.unique(prompts, dim=0, return_inverse=True)
     B, U = len(ids), len(distinct)
-    if B < share_from * U:
+    if B < (SHARE_FROM if share_from is None else share_from) * U:
         return None
     first = torch.full((U,), B, device=ids.device).scatter_reduce(0, rows, torch.arange(B, device=ids.device), "amin")
     prompt_mask = mask[first, :P]

@@ -484,3 +484,30 @@ def test_a_second_process_into_the_same_out_is_refused(tiny_policy_dir, world_di
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", iterations=1))  # a stale lock
     agent.train()
     assert not (tmp_path / "ppo" / "run.lock").exists()  # released
+
+
+def test_sharing_prompts_changes_no_metric_or_weight_of_a_run(tiny_policy_dir, world_dir, tmp_path):
+    """A whole-batch step on groups of 4 (rows per prompt over ``SHARE_FROM``: the update shares each prompt,
+    as do the env's reference forwards) ends where recomputing every prompt ends, to float32 rounding."""
+    import math
+    from unittest import mock
+
+    from rlhf_env import sampling
+
+    runs = []
+    for share_from in (sampling.SHARE_FROM, math.inf):
+        with mock.patch.object(sampling, "SHARE_FROM", share_from):
+            agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / str(share_from), kl_coef=0.1,
+                                         minibatch_size=32, ppo_epochs=2))
+            obs = agent.env.reset(seed=0)[0]
+            metrics = []
+            for _ in range(2):
+                step, obs = agent.iterate(obs)
+                metrics.append({k: v for k, v in step.items() if not k.startswith("time_")})
+            runs.append((metrics, {k: v.clone() for k, v in agent.policy.state_dict().items()}))
+    (shared, shared_weights), (full, full_weights) = runs
+    assert full[1]["kl"] > 0.01 and full[0]["approx_kl"] > 1e-4  # the policy moved, the reference term is live
+    for a, b in zip(shared, full):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    for name, value in full_weights.items():
+        torch.testing.assert_close(shared_weights[name], value, rtol=1e-5, atol=1e-5, msg=name)

@@ -114,22 +114,30 @@ def grouped_batch(tokenizer, group: int):
     return torch.cat([prompt_ids[rows], response_ids], 1), torch.cat([prompt_mask[rows], response_mask], 1), R
 
 
-@pytest.mark.parametrize("torch_only", [False, True])
+@pytest.mark.parametrize("kind", ["gpt2", "torch-gpt2", "llama"])
 def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_states(tiny_model, tokenizer,
-                                                                                      tmp_path, torch_only):
+                                                                                      tmp_path, kind):
     """Each distinct prompt through the model once, its keys and values shared by its responses: the full
-    forward's log-probs, hidden states and gradients (HF's GPT-2, and the envs' torch-only one)."""
+    forward's log-probs, hidden states and gradients (HF's GPT-2, the envs' torch-only one, and a Llama with
+    rotary positions and grouped-query attention through HF's own cache)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from rlhf_env.accel.gpt2 import load_torch_gpt2
     from rlhf_env.models import save_policy
     from rlhf_env.sampling import response_log_softmax, shared_prompt_forward
 
     model = tiny_model.train()
-    if torch_only:
+    if kind == "torch-gpt2":
         save_policy(tiny_model, tokenizer, tmp_path / "policy")
         model = load_torch_gpt2(tmp_path / "policy").requires_grad_(True)
+    elif kind == "llama":
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             pad_token_id=tokenizer.pad_token_id)).train()
     ids, mask, R = grouped_batch(tokenizer, group=4)
     real = mask[:, -R:].bool()
-    hidden = {} if torch_only else {"output_hidden_states": True}
+    hidden = {} if kind == "torch-gpt2" else {"output_hidden_states": True}
     results = []
     for share in (False, True):
         model.zero_grad()
