@@ -117,7 +117,7 @@ class PPOAgent:
         if self.reshard is not None:
             self.actor = copy.deepcopy(self.policy).requires_grad_(False)
             for model in (self.policy, self.value) if self.value is not None else (self.policy,):
-                sharding.shard(model, self.reshard)
+                sharding.shard(model, self.reshard, c.device)
             if self.rank == 0:
                 print(f"{name}: sharded over {self.world} ranks (FSDP2, reshard_after_forward={self.reshard})",
                       file=sys.stderr, flush=True)
@@ -315,10 +315,14 @@ class PPOAgent:
                 return logprobs, entropy, None
             if not need_policy and not head:  # the critic alone
                 return None, None, self.value(ids, mask, R)
-            if not need_policy and self.reshard is None:  # the trunk alone, no LM head (a sharded trunk's
-                # parameters are gathered by the whole model's forward only)
-                hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
-                return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
+            if not need_policy:  # the trunk's hidden states, no LM head
+                if self.reshard is None:
+                    hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+                    return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
+                # a sharded trunk's parameters are gathered by the whole model's forward only: one head position
+                out = self.policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=1,
+                                  output_hidden_states=True)
+                return None, None, self.value(out.hidden_states[-1][:, -R - 1:-1])
             logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head,
                                                          share)
             return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R)

@@ -150,6 +150,19 @@ def sampler_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def shared_prompts_table(result: dict) -> str:
+    lines = ["| policy | batch | rows per prompt | pass | every prompt recomputed (s) | each prompt once (s) | "
+             "speed-up | shared by default |", "|---|---|---|---|---|---|---|---|"]
+    passes = {"train": "forward + backward", "env": "forward"}
+    for r in result["rows"]:
+        lines.append(f"| {r['policy']} | {r['batch']} | {r['rows_per_prompt']:.2f} | {passes[r['mode']]} | "
+                     f"{r['full_s']:.4f} | {r['shared_s']:.4f} | **{r['speedup']:.2f}×** | "
+                     f"{'yes' if r['shared_path_taken'] else 'no'} |")
+    lines.append(f"\n{result['threads']} threads, median of the repeats. The agents and envs share prompts from "
+                 f"{result['share_from']} rows per distinct prompt (`rlhf_env.sampling.SHARE_FROM`).")
+    return "\n".join(lines)
+
+
 def ppo_iteration_table(result: dict) -> str:
     names = {"sample": "sample (rollout, policy)", "reference": "reference forward (env)",
              "reward": "reward model (env)", "values": "values (rollout)",
@@ -442,13 +455,23 @@ def performance_page(results: Path) -> str:
              f"it takes under {1 - kernels.MARGIN:.0%} of MKL's time. Every run prints its choice and writes it to "
              "`OUT/kernels.json`, and keeps it when resumed. "
              "`RLHF_ENV_KERNELS=onednn` or `=stock` forces one (for bit-identical runs across machines); "
-             "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off."]
+             "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off.",
+             "**Shared prompts.** The env shows each prompt to a group of sub-envs, so one step scores many "
+             "responses to the same prompt. Where rows share prompts, `rlhf_env.sampling.response_log_softmax` "
+             "runs each distinct prompt through the model once and lets its responses attend to the cached keys "
+             "and values (HF models through their own cache, the envs' torch-only GPT-2 through its `KVCache`): "
+             "the env's reference and likelihood reward model on every step, and an update whose minibatch holds "
+             "whole groups (RLOO's one step on the batch). The log-probs, hidden states and gradients are the full "
+             "forward's to float32 rounding (tested on GPT-2, the torch-only GPT-2 and a Llama). A default PPO "
+             "minibatch (16 episodes drawn from 16 prompts x 8) holds too few rows per prompt to pay, and is not "
+             "shared."]
     for name, title, command, fn in (
             ("vector_env.json", "The native vector env", "bench_vector_env.py", vector_env_table),
             ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),
             ("cli_errors.json", "A user's mistake on the command line", "bench_cli_errors.py", cli_errors_table),
             ("token_env.json", "The token env", "bench_token_env.py", token_env_table),
             ("sampler.json", "The rollout sampler", "bench_sampler.py", sampler_table),
+            ("shared_prompts.json", "Shared prompts", "bench_shared_prompts.py", shared_prompts_table),
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
             ("vs_trl.json", "Against TRL at equal work", "vs_trl.py", vs_trl_table),
             ("vs_trl_quality.json", "Against TRL: time to quality", "vs_trl_quality.py", vs_trl_quality_table),

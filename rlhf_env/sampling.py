@@ -117,7 +117,7 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
         return None
     first = torch.full((U,), B, device=ids.device).scatter_reduce(0, rows, torch.arange(B, device=ids.device), "amin")
     prompt_mask = mask[first, :P]
-    start = int(prompt_mask.any(0).int().argmax())  # the distinct prompts' common left padding goes
+    start = first_real_column(prompt_mask)  # the distinct prompts' common left padding goes
     prompt_ids, prompt_mask = ids[first, start:P], prompt_mask[:, start:]
     hidden = {"output_hidden_states": True} if output_hidden_states else {}
     head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
@@ -153,12 +153,17 @@ def response_mask(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple
     return mask.long(), eos
 
 
+def first_real_column(mask: torch.Tensor) -> int:
+    """The first column of a left-padded mask (B, T) that is not padding in every row."""
+    return int(mask.any(0).int().argmax())
+
+
 def trim_padding(ids: torch.Tensor, mask: torch.Tensor, response_mask: torch.Tensor):
     """Cut the columns of prompt + response ids (B, P + R) that are padding in every row: left of the
     longest prompt and right of the longest response. Returns ``(ids, mask, r)``, r the responses'
     new width. On a CPU the forward is compute-bound, so padding costs as much as real tokens."""
     P = ids.shape[1] - response_mask.shape[1]
-    first = int(mask[:, :P].any(0).int().argmax())
+    first = first_real_column(mask[:, :P])
     r = max(int(response_mask.sum(1).max()), 1)
     return ids[:, first:P + r], mask[:, first:P + r], r
 
@@ -203,7 +208,7 @@ class HFDecoder:
 
     def __init__(self, model):
         self.model, self.cache, self.mask = model, None, None
-        self.cache_arg = cache_argument(model)
+        self.cache_arg = cache_argument(model) or "past_key_values"  # (a forward that takes **kwargs)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         self.cache, self.mask = None, mask

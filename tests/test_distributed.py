@@ -137,23 +137,26 @@ def resume_config(policy_dir, world_dir, out, **overrides):
                        ppo_epochs=2, **overrides)
 
 
-def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp, launcher_env: dict):
+def stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp, launcher: dict, **overrides):
     """An uninterrupted run (``full``), and one stopped at iteration 2 and resumed (``stopped``), on 2 ranks."""
-    with mock.patch.dict(os.environ, launcher_env):
-        _stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp)
+    with mock.patch.dict(os.environ, launcher):
+        _stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp, **overrides)
 
 
-def _stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp):
-    full = PPOAgent(resume_config(policy_dir, world_dir, tmp / "full"))
+def _stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp, **overrides):
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "overrides.json").write_text(json.dumps(overrides))  # for the 1-process resume
+    full = PPOAgent(resume_config(policy_dir, world_dir, tmp / "full", **overrides))
     full.train()
     with pytest.raises(ValueError, match="finished run"):  # on every rank, none waiting for the others
-        PPOAgent(resume_config(policy_dir, world_dir, tmp / "full"))
-    stopped = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped", reward=BrevityStoppingRank1()))
+        PPOAgent(resume_config(policy_dir, world_dir, tmp / "full", **overrides))
+    stopped = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped", reward=BrevityStoppingRank1(),
+                                     **overrides))
     with pytest.raises(Interrupted, match="interrupted at step 2"):  # rank 0 too: the ranks agree to stop
         stopped.train()
     if rank == 0:  # for a 1-process resume of the same checkpoint
         shutil.copytree(tmp / "stopped", tmp / "stopped-then-1-process")
-    resumed = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped"))
+    resumed = PPOAgent(resume_config(policy_dir, world_dir, tmp / "stopped", **overrides))
     resumed.train()
     assert resumed.iteration == 4
     save_tensors({**{f"full.{k}": v for k, v in weights(full).items()},
@@ -252,6 +255,7 @@ def on_rank(rank, policy_dir, world_dir, tmp):
     iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume", {})
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume-fsdp", FSDP)
+    stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume-fsdp-gae", FSDP, advantage="gae", group_size=1)
 
 
 @pytest.fixture(scope="module")
@@ -364,11 +368,12 @@ def test_an_iteration_on_two_ranks_equals_one_process_on_the_same_global_batch(t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch", ["resume", "resume-fsdp"])
+@pytest.mark.parametrize("launch", ["resume", "resume-fsdp", "resume-fsdp-gae"])
 def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ranks, world_dir, launch):
-    """Plain data parallelism, and FSDP: the sharded run's checkpoint holds full tensors, which one process
-    resumes unsharded."""
+    """Plain data parallelism, and FSDP (leave-one-out; GAE with a value head, whose (1, H) weight leaves rank 1
+    an empty shard): the sharded run's checkpoint holds full tensors, which one process resumes unsharded."""
     tmp = two_ranks / launch
+    overrides = json.loads((tmp / "overrides.json").read_text())
     ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
     full = [name for name in ranks[0] if name.startswith("full.")]
     assert full
@@ -389,7 +394,7 @@ def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ran
     assert saved["iteration"] == 2 and saved["world_size"] == 2 and len(saved["rank_envs"]) == 1
     assert saved["env"]["prompt_index"] != saved["rank_envs"][0]["prompt_index"]
     # ... and one process continues it from iteration 2, with fresh seed streams
-    one = PPOAgent(resume_config(two_ranks / "policy", world_dir, tmp / "stopped-then-1-process"))
+    one = PPOAgent(resume_config(two_ranks / "policy", world_dir, tmp / "stopped-then-1-process", **overrides))
     with pytest.warns(RuntimeWarning, match="saved by 2 ranks, resumed on 1"):
         one.train()
     log = learning_log(tmp / "stopped-then-1-process" / "train.csv")
@@ -400,6 +405,16 @@ def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ran
             torch.testing.assert_close(ranks[0][name], plain[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+def launcher_env(monkeypatch, env: dict) -> None:
+    """Exactly ``env`` of the launcher's settings, on 2 ranks, whatever the shell has set."""
+    for name in [*os.environ]:
+        if name.startswith(("FSDP_", "ACCELERATE_USE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize("env, expected", [
     ({}, None),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, True),
@@ -407,24 +422,25 @@ def test_a_two_rank_run_stopped_and_resumed_matches_an_uninterrupted_one(two_ran
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, False),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "1"}, True),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, None),
+    # FSDP1 as `accelerate config` writes it: the strategy under fsdp_reshard_after_forward
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_RESHARD_AFTER_FORWARD": "shard_grad_op"}, False),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_RESHARD_AFTER_FORWARD": "NO_SHARD"}, None),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_RESHARD_AFTER_FORWARD": "full_shard"}, True),
 ])
 def test_the_launchers_fsdp_settings_choose_the_sharding(monkeypatch, env, expected):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    launcher_env(monkeypatch, env)
     assert sharding.requested() is expected
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "do not run DeepSpeed's engine.*examples/accelerate/fsdp.yaml"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "does not run DeepSpeed's engine.*examples/accelerate/fsdp.yaml"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, r"parameter offload \(fsdp_offload_params\)"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "activation checkpointing"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "HYBRID_SHARD is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "hybrid_shard"}, "HYBRID_SHARD is not supported"),
 ])
 def test_launcher_settings_the_agents_cannot_honour_are_refused(monkeypatch, env, message):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    launcher_env(monkeypatch, env)
     with pytest.raises(ValueError, match=message):
         sharding.requested()
 

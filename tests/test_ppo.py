@@ -494,9 +494,17 @@ def test_sharing_prompts_changes_no_metric_or_weight_of_a_run(tiny_policy_dir, w
 
     from rlhf_env import sampling
 
-    runs = []
+    runs, shared_calls = [], []
+    plain_forward = sampling.shared_prompt_forward
+
+    def spy(*args, **kwargs):
+        out = plain_forward(*args, **kwargs)
+        shared_calls.append((args[0].training, out is not None))  # (the policy's update, shared)
+        return out
+
     for share_from in (sampling.SHARE_FROM, math.inf):
-        with mock.patch.object(sampling, "SHARE_FROM", share_from):
+        with mock.patch.object(sampling, "SHARE_FROM", share_from), \
+                mock.patch.object(sampling, "shared_prompt_forward", spy):
             agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / str(share_from), kl_coef=0.1,
                                          minibatch_size=32, ppo_epochs=2))
             obs = agent.env.reset(seed=0)[0]
@@ -506,6 +514,7 @@ def test_sharing_prompts_changes_no_metric_or_weight_of_a_run(tiny_policy_dir, w
                 metrics.append({k: v for k, v in step.items() if not k.startswith("time_")})
             runs.append((metrics, {k: v.clone() for k, v in agent.policy.state_dict().items()}))
     (shared, shared_weights), (full, full_weights) = runs
+    assert {(True, True), (False, True), (True, False)} <= set(shared_calls)  # update and env shared, then not
     assert full[1]["kl"] > 0.01 and full[0]["approx_kl"] > 1e-4  # the policy moved, the reference term is live
     for a, b in zip(shared, full):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)

@@ -249,17 +249,22 @@ def test_ppo_takes_a_classifiers_label_and_transform_from_its_config(foreign_cla
                               group_size=4)).env.unwrapped.reward.label == 0
 
 
-def test_the_likelihood_rm_features_are_the_response_log_probs_of_a_full_forward(tiny_policy_dir):
+@pytest.mark.parametrize("copies", [1, 3])
+def test_the_likelihood_rm_features_are_the_response_log_probs_of_a_full_forward(tiny_policy_dir, copies):
     """The features keep only the response end's logits: the same sums as a full forward and a per-row
-    log-prob of every response token, for responses of different lengths, with and without EOS, and empty."""
+    log-prob of every response token, for responses of different lengths, with and without EOS, and empty;
+    rows left-padded whole, and (each prompt 3 times: its forward shared) in a prompt and a response block."""
     from rlhf_env.models import load_policy
     from rlhf_env.rewards.likelihood import LikelihoodRewardModel
+    from rlhf_env.sampling import SHARE_FROM
 
     lm, tokenizer = load_policy(str(tiny_policy_dir))
     model = LikelihoodRewardModel(lm, tokenizer)
-    prompts = ["Q: what is 1 plus 2 ?\nA:", "Q: sort : pear apple .\nA:", "Q: hi\nA:", "Q: hi\nA:"]
-    responses = [" 1 plus 2 is 3 . i hope this helps .", " apple pear .", "", " hello"]
-    eos = [True, False, False, True]
+    prompts = ["Q: what is 1 plus 2 ?\nA:", "Q: sort : pear apple .\nA:", "Q: hi\nA:", "Q: hi\nA:"] * copies
+    responses = [" 1 plus 2 is 3 . i hope this helps .", " apple pear .", "", " hello"] * copies
+    eos = [True, False, False, True] * copies
+    whole_rows = bool(model.encode(prompts, responses, eos)[1][:, -1].all())  # every row ends at the right edge
+    assert whole_rows == (len(prompts) < SHARE_FROM * len(set(prompts))) == (copies == 1)
     features = model.features(prompts, responses, eos)
     for i, (p, r, e) in enumerate(zip(prompts, responses, eos)):
         prompt = tokenizer(p)["input_ids"]

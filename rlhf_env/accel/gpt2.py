@@ -154,7 +154,8 @@ class TorchGPT2(nn.Module):
         layers = []
         for block, kv in zip(t.h, past):
             x, kv = block(x, mask, kv)
-            layers.append(kv)
+            if use_cache:  # (else each layer's keys and values go as soon as the layer is done)
+                layers.append(kv)
         if use_cache:
             cache = cache if cache is not None else KVCache()
             cache.layers = layers

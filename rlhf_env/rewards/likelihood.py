@@ -60,28 +60,35 @@ class LikelihoodRewardModel(torch.nn.Module):
         return self
 
     def encode(self, prompts: list[str], responses: list[str], eos: list[bool]):
-        """Left-padded prompt ids next to right-padded ``response (+ EOS)`` ids, their mask (B, P + R), and R.
-        Prompt and response are tokenised apart, as the policy produced them."""
+        """``(ids, mask, predicts)``: ``prompt + response (+ EOS)`` ids and mask (B, T) and the mask (B, R) of the
+        response tokens, which are the last R columns. Prompt and response are tokenised apart, as the policy
+        produced them. Where prompts repeat (``rlhf_env.sampling.SHARE_FROM`` rows per distinct prompt), the
+        prompts are left-padded and the responses right-padded, in two blocks, so that each prompt's forward is
+        shared (``rlhf_env.sampling.response_log_softmax``); else each row is left-padded whole (less padding)."""
+        from rlhf_env.sampling import SHARE_FROM
+
         tok, device = self.tokenizer, self.weight.device
         pairs = [(tok(p)["input_ids"], tok(r)["input_ids"] + ([tok.eos_token_id] if e else []))
                  for p, r, e in zip(prompts, responses, eos)]
+        blocks = len(pairs) >= SHARE_FROM * len(set(prompts))
         P, R = max(len(p) for p, _ in pairs), max(1, max(len(r) for _, r in pairs))
-        ids = torch.full((len(pairs), P + R), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
+        T = P + R if blocks else max(R + 1, max(len(p) + len(r) for p, r in pairs))
+        ids = torch.full((len(pairs), T), tok.pad_token_id, dtype=torch.long)
+        mask, predicts = torch.zeros_like(ids), torch.zeros(len(pairs), R)
         for i, (p, r) in enumerate(pairs):
-            ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
-            mask[i, P - len(p):P + len(r)] = 1
-        return ids.to(device), mask.to(device), R
+            end = P + len(r) if blocks else T  # where the row's response ends
+            ids[i, end - len(p) - len(r):end] = torch.tensor(p + r)
+            mask[i, end - len(p) - len(r):end] = 1
+            predicts[i, end - len(r) - (T - R):end - (T - R)] = 1  # its columns among the last R
+        return ids.to(device), mask.to(device), predicts.to(device)
 
     @torch.no_grad()
     def features(self, prompts: list[str], responses: list[str], eos: list[bool]) -> torch.Tensor:
-        """(B, 2): the sum of the response's token log-probs, and its length in tokens. Responses to one prompt
-        share its forward (``rlhf_env.sampling.response_log_softmax``)."""
+        """(B, 2): the sum of the response's token log-probs, and its length in tokens."""
         from rlhf_env.sampling import response_logprobs
 
-        ids, mask, R = self.encode(prompts, responses, eos)
-        logp = response_logprobs(self.lm, ids, mask, R)[0]
-        predicts = mask[:, -R:].float()
+        ids, mask, predicts = self.encode(prompts, responses, eos)
+        logp = response_logprobs(self.lm, ids, mask, predicts.shape[1])[0]  # the last R columns' tokens
         return torch.stack([(logp * predicts).sum(1), predicts.sum(1)], 1)
 
     def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False

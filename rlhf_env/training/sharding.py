@@ -40,8 +40,8 @@ def requested() -> bool | None:
     block's parameters again for the backward, ZeRO-3; False: keep them from the forward to the backward).
     Raises on a setting the agents cannot honour."""
     if _flag("ACCELERATE_USE_DEEPSPEED"):
-        raise ValueError("the agents do not run DeepSpeed's engine; for ZeRO-3's sharding of parameters, gradients "
-                         "and optimizer state launch with accelerate's FSDP config instead "
+        raise ValueError("this package does not run DeepSpeed's engine; for ZeRO-3's sharding of parameters, "
+                         "gradients and optimizer state, launch the RL agents with accelerate's FSDP config instead "
                          "(examples/accelerate/fsdp.yaml)")
     if not _flag("ACCELERATE_USE_FSDP") or distributed.world_size() == 1:
         return None
@@ -50,9 +50,13 @@ def requested() -> bool | None:
         if _flag(name):
             raise ValueError(f"the agents' FSDP does not support {what} ({name.lower()}); turn it off in the "
                              "accelerate config")
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true")
     if os.environ.get("FSDP_VERSION", "1") == "2":
-        return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
-    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+        return reshard.lower() == "true"
+    # FSDP1: `accelerate config` writes the strategy under fsdp_reshard_after_forward, an older config under
+    # fsdp_sharding_strategy
+    named = reshard.lower() not in ("true", "false")
+    strategy = (reshard if named else os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD")).upper()
     if strategy not in STRATEGIES:
         raise ValueError(f"fsdp_sharding_strategy {strategy} is not supported by the agents; use FULL_SHARD, "
                          "SHARD_GRAD_OP or NO_SHARD")
@@ -66,14 +70,17 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def shard(module: torch.nn.Module, reshard_after_forward: bool) -> None:
-    """Shard ``module`` in place (each block its own unit, the rest the root) over all ranks; its gradients are
-    summed over the ranks, not averaged."""
+def shard(module: torch.nn.Module, reshard_after_forward: bool, device: str) -> None:
+    """Shard ``module`` in place (each block its own unit, the rest the root) over all ranks, on ``device``'s
+    type (not the machine's default accelerator: a CPU run stays on the CPU where a GPU is visible); its
+    gradients are summed over the ranks, not averaged."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    mesh = init_device_mesh(torch.device(device).type, (distributed.world_size(),))
     for block in blocks(module):
-        fully_shard(block, reshard_after_forward=reshard_after_forward)
-    fully_shard(module, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
     for unit in module.modules():
         if isinstance(unit, FSDPModule):
             unit.set_gradient_divide_factor(1.0)
@@ -114,8 +121,9 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load full tensors into a module, sharded or not (strict: missing and unexpected keys raise)."""
     own = module.state_dict()
-    module.load_state_dict({k: local(state[k], v) for k, v in own.items()})
+    module.load_state_dict({k: local(v, own[k]) if k in own else v for k, v in state.items()})
 
 
 class FullOptimizer:
