@@ -23,7 +23,6 @@ The maths is in ``agents/rl_math.py``.
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 import warnings
@@ -48,6 +47,7 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
+from rlhf_env import accel
 from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
     BUNDLED_REWARDS,
@@ -115,7 +115,7 @@ class PPOAgent:
         # With accelerate's FSDP config, the policy and value model train sharded over the ranks, and the sampler,
         # the judge and the saved policy read a plain copy refreshed after every update (rlhf_env.training.sharding)
         if self.reshard is not None:
-            self.actor = copy.deepcopy(self.policy).requires_grad_(False)
+            self.actor = accel.copy_of(self.policy).requires_grad_(False)  # the lean sampler's too, if it applies
             for model in (self.policy, self.value) if self.value is not None else (self.policy,):
                 sharding.shard(model, self.reshard, c.device)
             if self.rank == 0:

@@ -23,6 +23,7 @@ from agents.ppo import PPOAgent, PPOConfig
 from agents.reinforce import REINFORCEAgent, REINFORCEConfig
 from rlhf_env.configs import TrainConfig
 from rlhf_env.models import load_policy, new_model, save_policy
+from rlhf_env.sampling import lean_decoder_applies
 from rlhf_env.stages.sft import demonstration_examples
 from rlhf_env.training import sharding
 from rlhf_env.training.run import Interrupted
@@ -109,6 +110,7 @@ def iterate_on_rank(rank, policy_dir, world_dir, tmp):
         replay(agent, load_file(tmp / case / "episodes.safetensors"), slice(rank * share, (rank + 1) * share))
         metrics, _ = agent.iterate(None)
         assert (agent.reshard is not None) == (case in SHARDED) and (agent.actor is agent.policy) != (case in SHARDED)
+        assert lean_decoder_applies(agent.actor)  # the sampler's copy samples as fast as the policy
         trained = weights(agent)
         for name, value in agent.actor.state_dict().items():  # what the next rollout samples
             assert torch.equal(value, trained[name]), f"{case}: the sampler's copy is stale in {name}"

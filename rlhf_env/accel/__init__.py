@@ -129,6 +129,17 @@ def onednn_layers(config) -> bool:
         return False
 
 
+def copy_of(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` that is accelerated if ``model`` is (its fused GELU and oneDNN linears come with
+    the copy; the record of them does not, without this)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    if model in _accelerated:
+        _accelerated.add(twin)
+    return twin
+
+
 def accelerated(model: torch.nn.Module) -> bool:
     """Whether ``accelerate`` switched ``model`` on, and acceleration is still switched on."""
     return switched_on() and model in _accelerated
