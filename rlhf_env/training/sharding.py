@@ -22,9 +22,9 @@ applies FSDP2 itself: the same config then runs on CPUs (gloo) and GPUs (NCCL).
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from rlhf_env.training import distributed
 
@@ -87,16 +87,27 @@ def shard(module: torch.nn.Module, reshard_after_forward: bool, device: str) -> 
             unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
 
 
+def sharded(x) -> bool:
+    """Whether ``x`` is a shard (a DTensor). Unsharded runs never import DTensor's module (over a second)."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(x, DTensor)
+
+
 def full(x):
     """A plain tensor of the whole value (an all-gather for a shard: every rank must call it)."""
-    return x.full_tensor() if isinstance(x, DTensor) else x
+    return x.full_tensor() if sharded(x) else x
 
 
 def local(value: torch.Tensor, like) -> torch.Tensor:
     """This rank's shard of the full ``value``, shaped like the sharded tensor ``like`` (or ``value`` itself if
     ``like`` is not sharded); no communication."""
-    if not isinstance(like, DTensor):
+    if not sharded(like):
         return value
+    from torch.distributed.tensor import distribute_tensor
+
     return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
 
 
