@@ -456,3 +456,30 @@ def test_a_global_batch_that_does_not_split_into_whole_groups_per_rank_is_refuse
     with pytest.raises(ValueError, match=r"batch_size \(7\) is the global batch"):
         REINFORCEAgent(REINFORCEConfig(**{**vars(tiny_config(tiny_policy_dir, world_dir, tmp_path / "re")),
                                           "batch_size": 7, "group_size": 1, "minibatch_size": 7}))
+
+
+@pytest.mark.slow
+def test_the_example_fsdp_config_launches_a_sharded_run(tiny_policy_dir, world_dir, tmp_path):
+    """`accelerate launch --config_file examples/accelerate/fsdp.yaml $(which rlhf) ppo ...`, as the docs say, on
+    this CPU: 2 ranks, sharded, to the end."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rlhf = shutil.which("rlhf", path=str(Path(sys.executable).parent))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml"
+    out = tmp_path / "ppo"
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+         str(port), rlhf, "ppo", "--policy", str(tiny_policy_dir), "--reward", "gold", "--data", str(world_dir),
+         "--out", str(out), "--iterations", "2", "--batch_size", "8", "--group_size", "4", "--minibatch_size", "4",
+         "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_every", "0", "--final_eval_episodes", "8"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ppo: sharded over 2 ranks (FSDP2, reshard_after_forward=True)" in done.stderr
+    assert json.loads((out / "result.json").read_text())["total_steps"] == 2
+    assert len(learning_log(out / "train.csv")) == 2
