@@ -456,7 +456,7 @@ class PPOAgent:
         if state is None:
             return self.env.reset(seed=self.seed)[0]
         if sharded:
-            sharding.scatter_from(self.actor, self.policy)
+            sharding.load_full_state_dict(self.policy, self.actor.state_dict())
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
         samplers = {k: tensors.pop(k) for k in list(tensors) if k.startswith("sampler_rng")}
         if self.value is not None:

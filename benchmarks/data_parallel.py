@@ -2,7 +2,7 @@
 the 1-process seeds, and a projection to 8 ranks.
 
 1. **Speed.** ``rlhf ppo`` with the defaults for ``--iterations`` iterations (no evaluation, no checkpoints), in
-   three set-ups run one after another: 1 process x 1 thread, 1 process x 2 threads (plain ``rlhf ppo`` on this
+   four set-ups run one after another: 1 process x 1 thread, 1 process x 2 threads (plain ``rlhf ppo`` on this
    2-core machine), 2 processes x 1 thread (``accelerate launch --multi_gpu --num_processes 2``, accelerate's
    torchrun launcher, which also runs on CPUs) and the same sharded (``accelerate launch --config_file
    examples/accelerate/fsdp.yaml``: FSDP2, ``rlhf_env/training/sharding.py``). Episodes/s from ``train.csv``'s

@@ -75,6 +75,12 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 SHARE_FROM = 3
 
 
+def worth_sharing(rows: int, distinct: int, share_from: float | None = None) -> bool:
+    """Whether ``rows`` rows of ``distinct`` prompts share them: from ``share_from`` (default ``SHARE_FROM``) rows
+    per distinct prompt."""
+    return rows >= (SHARE_FROM if share_from is None else share_from) * distinct
+
+
 def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0,
                          share_prompts: bool = True, **kwargs):
     """``log pi(. | x, y_<t)`` (B, R, V) at the R positions that predict the last R tokens of ``ids``
@@ -102,18 +108,17 @@ def cache_argument(model) -> str | None:
 def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,
                           share_from: float | None = None):
     """``response_log_softmax``'s forward with each distinct prompt of ``ids[:, :-R]`` computed once; None where
-    it does not pay (fewer than ``share_from``, default ``SHARE_FROM``, rows per distinct prompt) or the model
-    takes no cache. Returns
-    the logits (B, R + 1, V) at the positions that predict the last R tokens and the next, and with
-    ``output_hidden_states`` the last layer's hidden states there (as the last of ``hidden_states``)."""
-    cache_arg = cache_argument(model)
+    it does not pay (``worth_sharing``) or the model takes no cache. Returns the logits (B, R + 1, V) at the
+    positions that predict the last R tokens and the next, and with ``output_hidden_states`` the last layer's
+    hidden states there (as the last of ``hidden_states``)."""
     P = ids.shape[1] - R
-    if cache_arg is None or P == 0:
+    if P == 0:
         return None
     prompts = torch.cat([ids[:, :P] * mask[:, :P], mask[:, :P]], 1)  # pad ids may differ; the masked ids do not
     distinct, rows = torch.unique(prompts, dim=0, return_inverse=True)
     B, U = len(ids), len(distinct)
-    if B < (SHARE_FROM if share_from is None else share_from) * U:
+    cache_arg = cache_argument(model) if worth_sharing(B, U, share_from) else None
+    if cache_arg is None:
         return None
     first = torch.full((U,), B, device=ids.device).scatter_reduce(0, rows, torch.arange(B, device=ids.device), "amin")
     prompt_mask = mask[first, :P]

@@ -62,15 +62,15 @@ class LikelihoodRewardModel(torch.nn.Module):
     def encode(self, prompts: list[str], responses: list[str], eos: list[bool]):
         """``(ids, mask, predicts)``: ``prompt + response (+ EOS)`` ids and mask (B, T) and the mask (B, R) of the
         response tokens, which are the last R columns. Prompt and response are tokenised apart, as the policy
-        produced them. Where prompts repeat (``rlhf_env.sampling.SHARE_FROM`` rows per distinct prompt), the
+        produced them. Where prompts repeat enough (``rlhf_env.sampling.worth_sharing``), the
         prompts are left-padded and the responses right-padded, in two blocks, so that each prompt's forward is
         shared (``rlhf_env.sampling.response_log_softmax``); else each row is left-padded whole (less padding)."""
-        from rlhf_env.sampling import SHARE_FROM
+        from rlhf_env.sampling import worth_sharing
 
         tok, device = self.tokenizer, self.weight.device
         pairs = [(tok(p)["input_ids"], tok(r)["input_ids"] + ([tok.eos_token_id] if e else []))
                  for p, r, e in zip(prompts, responses, eos)]
-        blocks = len(pairs) >= SHARE_FROM * len(set(prompts))
+        blocks = worth_sharing(len(pairs), len(set(prompts)))
         P, R = max(len(p) for p, _ in pairs), max(1, max(len(r) for _, r in pairs))
         T = P + R if blocks else max(R + 1, max(len(p) + len(r) for p, r in pairs))
         ids = torch.full((len(pairs), T), tok.pad_token_id, dtype=torch.long)
@@ -79,7 +79,8 @@ class LikelihoodRewardModel(torch.nn.Module):
             end = P + len(r) if blocks else T  # where the row's response ends
             ids[i, end - len(p) - len(r):end] = torch.tensor(p + r)
             mask[i, end - len(p) - len(r):end] = 1
-            predicts[i, end - len(r) - (T - R):end - (T - R)] = 1  # its columns among the last R
+            first = 0 if blocks else R - len(r)  # its first column among the last R
+            predicts[i, first:first + len(r)] = 1
         return ids.to(device), mask.to(device), predicts.to(device)
 
     @torch.no_grad()

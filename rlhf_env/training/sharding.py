@@ -119,20 +119,13 @@ def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module) -> None:
         target[name].copy_(full(p))
 
 
-@torch.no_grad()
-def scatter_from(plain: torch.nn.Module, sharded: torch.nn.Module) -> None:
-    """Set the sharded module's parameters to the plain copy's (each rank takes its shard; no communication)."""
-    source = dict(plain.named_parameters())
-    for name, p in sharded.named_parameters():
-        p.copy_(local(source[name], p))
-
-
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: full(v) for k, v in module.state_dict().items()}
 
 
 def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load full tensors into a module, sharded or not (strict: missing and unexpected keys raise)."""
+    """Load full tensors into a module, sharded or not: each rank takes its shards, with no communication
+    (strict: missing and unexpected keys raise)."""
     own = module.state_dict()
     module.load_state_dict({k: local(v, own[k]) if k in own else v for k, v in state.items()})
 
