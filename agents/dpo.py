@@ -46,7 +46,7 @@ from agents.configs import DPOConfig
 from rlhf_env import paths
 from rlhf_env.models import context_length, load_policy
 from rlhf_env.stages.reward_model import ranking_pairs
-from rlhf_env.training import distributed
+from rlhf_env.training import distributed, sharding
 from rlhf_env.training.checkpoint import checkpoints
 from rlhf_env.training.run import prepare
 from rlhf_env.training.trainer import IGNORE, train_loop
@@ -119,11 +119,17 @@ def flatten(examples: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
 def chunked_logprobs(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, chunk: int
                      ) -> torch.Tensor:
     """``completion_logprobs`` in forward passes of at most ``chunk`` completions of similar lengths (far less
-    padding than one pass: the bundled comparisons' batches are about 40% padding), in the input order."""
+    padding than one pass: the bundled comparisons' batches are about 40% padding), in the input order. A sharded
+    model makes as many passes as the rank that needs the most (``sharding.agree``): the extra ones score the
+    shortest completion again, with zero weight."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
-    flat = torch.cat([completion_logprobs(model, [prompts[i] for i in order[s:s + chunk]],
-                                          [responses[i] for i in order[s:s + chunk]], pad_id)
-                      for s in range(0, len(order), chunk)])
+    starts = list(range(0, len(order), chunk))
+    passes = sharding.agree(len(starts), model)  # before any pass: the ranks' collectives come in one order
+    parts = [completion_logprobs(model, [prompts[i] for i in order[s:s + chunk]],
+                                 [responses[i] for i in order[s:s + chunk]], pad_id) for s in starts]
+    for _ in range(passes - len(starts)):
+        parts[0] = parts[0] + 0.0 * completion_logprobs(model, [prompts[order[0]]], [responses[order[0]]], pad_id)
+    flat = torch.cat(parts)
     inverse = torch.empty(len(order), dtype=torch.long, device=flat.device)
     inverse[torch.tensor(order, device=flat.device)] = torch.arange(len(order), device=flat.device)
     return flat[inverse]

@@ -5,12 +5,12 @@ The 2 ranks are spawned with ``torch.multiprocessing`` and join their process gr
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT`` in the environment), through accelerate. A spawn costs
 seconds of imports, so one spawn (the ``two_ranks`` fixture) does the 2-rank side of both tests below."""
 
+import faulthandler
 import json
 import os
 import shutil
 import signal
 import socket
-import warnings
 from unittest import mock
 
 import pytest
@@ -33,6 +33,7 @@ from tests.test_dpo import make_comparisons, make_data_dir
 from tests.test_ppo import brevity, tiny_config
 
 WORLD = 2
+HANG_S = 900  # a rank still running after this long is stuck (the whole spawn takes about a minute)
 
 
 def spawn(fn, *args) -> None:
@@ -44,6 +45,7 @@ def spawn(fn, *args) -> None:
 
 
 def _join(rank, port, fn, args):
+    faulthandler.dump_traceback_later(HANG_S, exit=True)  # a rank stuck in a collective fails the test, with its stack
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
     fn(rank, *args)
@@ -177,14 +179,16 @@ def lm_examples(tmp) -> list[tuple[list[int], list[int]]]:
     return [tuple(example) for example in json.loads((tmp / "examples.json").read_text())]
 
 
-def lm_loss_with_a_metric(tokenizer, ctrl_c_at: int | None = None):
+def lm_loss_with_a_metric(tokenizer, launcher: dict, ctrl_c_at: int | None = None):
     """``train_causal_lm``'s loss with a metric (the loss again: metrics gather like the loss, and an idle rank
-    takes rank 0's names); ``ctrl_c_at``: a Ctrl-C that reaches rank 1 only, at that call."""
+    takes rank 0's names), checking that the loss is taken on a sharded model exactly under the FSDP launcher;
+    ``ctrl_c_at``: a Ctrl-C that reaches rank 1 only, at that call."""
     lm, calls = lm_batch_loss(tokenizer, lm_config("unused")), 0
 
     def batch_loss(m, batch):
         nonlocal calls
         calls += 1
+        assert sharding.sharded(next(m.parameters())) == (launcher == FSDP)
         if calls == ctrl_c_at and os.environ["RANK"] == "1":
             os.kill(os.getpid(), signal.SIGINT)
         loss, _, tokens = lm(m, batch)
@@ -193,24 +197,23 @@ def lm_loss_with_a_metric(tokenizer, ctrl_c_at: int | None = None):
     return batch_loss
 
 
-def train_loop_on_rank(rank, policy_dir, tmp):
-    """An uninterrupted LM run (``full``) and one that rank 1's Ctrl-C stops at step 3, then resumed (``stopped``)."""
+def train_loop_on_rank(rank, policy_dir, tmp, launcher: dict):
+    """An uninterrupted LM run (``full``) and one that rank 1's Ctrl-C stops at step 3, then resumed (``stopped``),
+    under the ``launcher``'s settings (FSDP: each step's loss is taken on the sharded copy)."""
     examples, trained = lm_examples(tmp), {}
-    model, tokenizer = load_policy(str(policy_dir))
-    with mock.patch.dict(os.environ, FSDP), warnings.catch_warnings(record=True) as caught:  # not applied: said so
-        warnings.simplefilter("always")
-        train_loop(model, tokenizer, examples, lm_config(tmp / "full"), lm_loss_with_a_metric(tokenizer))
-    said = [str(w.message) for w in caught if "only the RL agents apply" in str(w.message)]
-    assert len(said) == (rank == 0), said  # rank 0 says it once
-    trained["full"] = model
-    model, tokenizer = load_policy(str(policy_dir))
-    with pytest.raises(Interrupted, match="interrupted at step 3"):  # rank 0 too: the ranks agree to stop
-        train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), lm_loss_with_a_metric(tokenizer, 3))
-    if rank == 0:  # for a 1-process resume of the same checkpoint
-        shutil.copytree(tmp / "stopped", tmp / "stopped-then-1-process")
-    model, tokenizer = load_policy(str(policy_dir))
-    train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), lm_loss_with_a_metric(tokenizer))
-    trained["resumed"] = model
+    with mock.patch.dict(os.environ, launcher):
+        model, tokenizer = load_policy(str(policy_dir))
+        train_loop(model, tokenizer, examples, lm_config(tmp / "full"), lm_loss_with_a_metric(tokenizer, launcher))
+        trained["full"] = model
+        model, tokenizer = load_policy(str(policy_dir))
+        with pytest.raises(Interrupted, match="interrupted at step 3"):  # rank 0 too: the ranks agree to stop
+            train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"),
+                       lm_loss_with_a_metric(tokenizer, launcher, ctrl_c_at=3))
+        if rank == 0:  # for a 1-process resume of the same checkpoint
+            shutil.copytree(tmp / "stopped", tmp / "stopped-then-1-process")
+        model, tokenizer = load_policy(str(policy_dir))
+        train_loop(model, tokenizer, examples, lm_config(tmp / "stopped"), lm_loss_with_a_metric(tokenizer, launcher))
+        trained["resumed"] = model
     save_tensors({f"{run}.{k}": v.clone() for run, m in trained.items() for k, v in m.state_dict().items()},
                  tmp / f"rank{rank}.safetensors")
 
@@ -235,6 +238,19 @@ def dpo_config(policy_dir, tmp, out) -> DPOConfig:
 def dpo_on_rank(rank, policy_dir, tmp):
     result = dpo(dpo_config(policy_dir, tmp, "two"))
     (tmp / f"result{rank}.json").write_text(json.dumps(result))
+    # Sharded, in passes of 5 completions: the ranks need unequal numbers of them, so the fewer make stand-ins.
+    needed, agree = [], sharding.agree
+
+    def spy(count, module):  # the training passes (the reference's and the evaluations' are not sharded)
+        agreed = agree(count, module)
+        if sharding.sharded(next(module.parameters())):
+            needed.append([count, agreed])
+        return agreed
+
+    with mock.patch.dict(os.environ, FSDP), mock.patch("agents.dpo.TRAIN_CHUNK", 5), \
+            mock.patch.object(sharding, "agree", spy):
+        result = dpo(dpo_config(policy_dir, tmp, "two-fsdp"))
+    (tmp / f"result{rank}-fsdp.json").write_text(json.dumps({**result, "passes": needed}))
 
 
 def grads_on_rank(rank, tmp):
@@ -253,7 +269,8 @@ def grads_on_rank(rank, tmp):
 def on_rank(rank, policy_dir, world_dir, tmp):
     dpo_on_rank(rank, policy_dir, tmp / "dpo")  # first: DPO joins the process group itself
     grads_on_rank(rank, tmp)
-    train_loop_on_rank(rank, policy_dir, tmp / "train_loop")
+    train_loop_on_rank(rank, policy_dir, tmp / "train_loop", {})
+    train_loop_on_rank(rank, policy_dir, tmp / "train_loop-fsdp", FSDP)
     iterate_on_rank(rank, policy_dir, world_dir, tmp / "iteration")
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume", {})
     stop_and_resume_on_rank(rank, policy_dir, world_dir, tmp / "resume-fsdp", FSDP)
@@ -269,9 +286,10 @@ def two_ranks(world, tokenizer, world_dir, tmp_path_factory):
     for case in CASES:
         (tmp / "iteration" / case).mkdir(parents=True)
         record_episodes(case, tmp / "policy", world_dir, tmp / "iteration")
-    (tmp / "train_loop").mkdir()
     examples = demonstration_examples(world["demonstrations"]["train"].select(range(LM_EXAMPLES)), tokenizer)
-    (tmp / "train_loop" / "examples.json").write_text(json.dumps(examples))
+    for launch in ("train_loop", "train_loop-fsdp"):
+        (tmp / launch).mkdir()
+        (tmp / launch / "examples.json").write_text(json.dumps(examples))
     (tmp / "dpo").mkdir()
     make_data_dir(world_dir, vary_k(make_comparisons(world)), tmp / "dpo" / "data")
     spawn(on_rank, tmp / "policy", world_dir, tmp)
@@ -286,15 +304,16 @@ def test_gradients_are_summed_over_ranks_and_a_parameter_no_rank_used_keeps_none
 
 
 @pytest.mark.slow
-def test_the_training_loop_on_two_ranks_equals_one_process_and_resumes_on_any_number(two_ranks):
-    """The same global batches of 4 (one rank idle on each epoch's last, of 1 example; token shares unequal):
-    2 ranks end with 1 process's weights and losses; stopped by a Ctrl-C on one rank and resumed, on 2 ranks or
-    on 1, they end where the uninterrupted run did."""
-    tmp = two_ranks / "train_loop"
+@pytest.mark.parametrize("launch", ["train_loop", "train_loop-fsdp"])
+def test_the_training_loop_on_two_ranks_equals_one_process_and_resumes_on_any_number(two_ranks, launch):
+    """The same global batches of 4 (one rank idle on each epoch's last, of 1 example, which under FSDP takes a
+    stand-in pass; token shares unequal): 2 ranks, plain or sharded, end with 1 process's weights and losses;
+    stopped by a Ctrl-C on one rank and resumed, on 2 ranks or on 1, they end where the uninterrupted run did."""
+    tmp = two_ranks / launch
     examples = lm_examples(tmp)
     model, tokenizer = load_policy(str(two_ranks / "policy"))
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    train_loop(model, tokenizer, examples, lm_config(tmp / "one"), lm_loss_with_a_metric(tokenizer))
+    train_loop(model, tokenizer, examples, lm_config(tmp / "one"), lm_loss_with_a_metric(tokenizer, {}))
     expected = model.state_dict()
     assert max((expected[k] - v).abs().max().item() for k, v in start.items()) > 1e-2  # >> the tolerance
     ranks = [load_file(tmp / f"rank{r}.safetensors") for r in range(WORLD)]
@@ -313,7 +332,8 @@ def test_the_training_loop_on_two_ranks_equals_one_process_and_resumes_on_any_nu
 
     # the data order does not depend on the ranks: one process continues the 2 ranks' checkpoint of step 3
     model, tokenizer = load_policy(str(two_ranks / "policy"))
-    train_loop(model, tokenizer, examples, lm_config(tmp / "stopped-then-1-process"), lm_loss_with_a_metric(tokenizer))
+    train_loop(model, tokenizer, examples, lm_config(tmp / "stopped-then-1-process"),
+               lm_loss_with_a_metric(tokenizer, {}))
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, ranks[0][f"full.{name}"], rtol=1e-5, atol=1e-5, msg=name)
 
@@ -339,6 +359,17 @@ def test_dpo_on_two_ranks_equals_one_process(two_ranks):
     initial, _ = load_policy(str(two_ranks / "policy"))
     moved = max((a - b).abs().max().item() for a, b in zip(expected.parameters(), initial.parameters()))
     assert moved > 1e-2  # >> the tolerance
+    for (name, a), b in zip(expected.named_parameters(), got.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+
+    # Sharded, the same: every step's passes agreed between the ranks, and some rank made stand-in ones.
+    sharded = [json.loads((tmp / f"result{r}-fsdp.json").read_text()) for r in range(WORLD)]
+    passes = [sharded[r].pop("passes") for r in range(WORLD)]
+    assert len(passes[0]) == len(passes[1]) == 10
+    assert all(a[1] == b[1] == max(a[0], b[0]) for a, b in zip(*passes))
+    assert any(a[0] != b[0] for a, b in zip(*passes))
+    assert sharded[0] == sharded[1] == pytest.approx(one, rel=1e-4, abs=1e-6)
+    got, _ = load_policy(str(tmp / "two-fsdp" / "final"))
     for (name, a), b in zip(expected.named_parameters(), got.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
 

@@ -1,5 +1,5 @@
-"""Sharded data parallelism (ZeRO-3 style) for the agents, through torch's FSDP2 (``fully_shard``), switched on
-by accelerate's FSDP config.
+"""Sharded data parallelism (ZeRO-3 style) for the agents and the stages' training loop
+(``rlhf_env.training.trainer``), through torch's FSDP2 (``fully_shard``), switched on by accelerate's FSDP config.
 
 ``accelerate launch --config_file examples/accelerate/fsdp.yaml $(which rlhf) ppo ...`` tells every rank to
 shard (``ACCELERATE_USE_FSDP``). The agent then shards each transformer block of its policy (the classes HF
@@ -10,7 +10,8 @@ global minibatch, as in plain data parallelism), so N sharded ranks compute one 
 
 The rollout sampler and the held-out judge read a plain copy of the policy, refreshed from the shards after
 every update (``gather_into``): the lean decoder reads plain weights, and sampling needs every weight at
-every token anyway. Checkpoints hold full tensors in the same files as an unsharded run's, so a checkpoint
+every token anyway. The training loop's evaluations and saves read a plain copy the same way. FSDP needs every
+rank to make as many forward passes per step; ``agree`` settles their number. Checkpoints hold full tensors in the same files as an unsharded run's, so a checkpoint
 resumes with or without sharding, on any number of ranks.
 
 Of accelerate's FSDP settings, ``fsdp_reshard_after_forward`` (or v1's ``fsdp_sharding_strategy``) is
@@ -109,6 +110,15 @@ def local(value: torch.Tensor, like) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def agree(count: int, module: torch.nn.Module) -> int:
+    """How many forward passes through ``module`` this rank makes in a step where it needs ``count``: under
+    sharding, the most that any rank needs (every rank must call it; FSDP's collectives need the ranks in step, so
+    a rank with fewer makes stand-in passes), else ``count``."""
+    if not sharded(next(module.parameters())):
+        return count
+    return int(distributed.all_max(torch.tensor(float(count))).item())
 
 
 @torch.no_grad()

@@ -9,14 +9,18 @@ Under a launcher (``torchrun`` / ``accelerate launch``, see ``rlhf_env.training.
 global one: each rank takes every N-th example of it, weights its loss by its share of the batch's units
 (tokens for the LM loss, examples otherwise), and the ranks' gradients are summed, so N ranks take the step
 one process would. Rank 0 evaluates, logs and writes; the data order does not depend on N, so a run resumes
-on any number of ranks.
+on any number of ranks. Under accelerate's FSDP config the ranks train a sharded copy of the model
+(``rlhf_env.training.sharding``); the caller's model stays plain, and is refreshed from the shards for every
+evaluation, checkpoint and at the end. FSDP's collectives need every rank to make as many forward passes in a
+step: a rank without examples in an epoch's last batch runs a stand-in one with zero weight, and a
+``batch_loss`` that makes several passes agrees their number with the other ranks (``sharding.agree``).
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import warnings
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from rlhf_env import accel
 from rlhf_env.configs import TrainConfig
 from rlhf_env.models import save_policy
 from rlhf_env.training import distributed, sharding
@@ -91,16 +96,21 @@ def train_loop(
         raise ValueError(f"batch_size ({config.batch_size}) is the global batch: it must be >= the {world} ranks")
     config.device = distributed.init(config.device)
     rank = distributed.rank()
-    if sharding.requested() is not None and rank == 0:  # (a DeepSpeed config raises there)
-        warnings.warn("the launcher asks for FSDP, which only the RL agents apply: this stage trains plain "
-                      "data-parallel, every rank holding the whole model and optimizer", RuntimeWarning, stacklevel=2)
+    reshard = sharding.requested()
     torch.manual_seed(config.seed)
     model.to(config.device).train()
     distributed.broadcast_parameters(model)
+    trained = model  # what the optimizer steps: the model itself, or its sharded copy
+    if reshard is not None:
+        trained = accel.copy_of(model)
+        sharding.shard(trained, reshard, config.device)
+        if rank == 0:
+            print(f"{desc}: sharded over {world} ranks (FSDP2, reshard_after_forward={reshard})", file=sys.stderr,
+                  flush=True)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = max(1, round(config.epochs * steps_per_epoch))
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in trained.parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
@@ -111,8 +121,15 @@ def train_loop(
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
                    "lr": config.lr, "seed": config.seed}
     run = Run(out, fingerprint, total, desc, resume=config.resume, main=rank == 0)
-    state = run.restore(model, optimizer, scheduler)[0] or {"step": 0, "best": -math.inf, "best_step": None}
+    full_optimizer = sharding.FullOptimizer(optimizer, gather=False) if reshard is not None else optimizer
+    state = run.restore(model, full_optimizer, scheduler)[0] or {"step": 0, "best": -math.inf, "best_step": None}
+    if reshard is not None:
+        sharding.load_full_state_dict(trained, model.state_dict())
     run.start(state["step"])
+
+    def refresh():  # the caller's model gets the sharded copy's weights (every rank gathers)
+        if trained is not model:
+            sharding.gather_into(trained, model)
 
     def run_eval(step):
         if evaluate is None or not run.main:  # the ranks hold one model: rank 0 judges it
@@ -135,8 +152,8 @@ def train_loop(
             order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
             batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
             optimizer.zero_grad(set_to_none=True)
-            loss, batch_metrics = _backward(model, batch[rank::world], batch_loss, len(batch) < world)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            loss, batch_metrics = _backward(trained, batch, batch_loss, reshard is not None)
+            grad_norm = sharding.full(torch.nn.utils.clip_grad_norm_(trained.parameters(), config.grad_clip))
             optimizer.step()
             scheduler.step()
             state["step"] = step = step + 1
@@ -148,14 +165,19 @@ def train_loop(
                 run.log(step, metrics)
                 run.bar.set_postfix(loss=f"{metrics['loss']:.3f}")
                 window = []
-            if config.eval_every and step % config.eval_every == 0 and step < total:
+            if config.eval_every and step % config.eval_every == 0 and step < total and evaluate is not None:
+                refresh()
                 run_eval(step)
             interrupted = distributed.any_rank(run.interrupted)  # every rank stops at the same step
             if interrupted or (config.save_every and step % config.save_every == 0 and step < total):
-                run.save(model, tokenizer, optimizer, scheduler, state)
+                if trained is not model:  # full tensors in the checkpoint: it resumes sharded or not
+                    refresh()
+                    full_optimizer = sharding.FullOptimizer(optimizer)
+                run.save(model, tokenizer, full_optimizer, scheduler, state)
             if interrupted:
                 distributed.barrier()  # rank 0's checkpoint is written before any rank exits
                 run.stop(step)
+        refresh()
         run_eval(state["step"])
         model.eval()
         if run.main:
@@ -168,14 +190,19 @@ def train_loop(
     return distributed.broadcast_json(state)  # rank 0's, once it has written OUT/final: with its evaluations' best
 
 
-def _backward(model, batch: list, batch_loss, some_rank_idle: bool) -> tuple[float, dict[str, float]]:
+def _backward(model, global_batch: list, batch_loss, sharded: bool) -> tuple[float, dict[str, float]]:
     """Backward this rank's part of a step's batch, its loss weighted by its share of the batch's units (1 in one
-    process); the gradients summed over the ranks. Returns the batch's loss and metrics (the ranks' weighted
-    means). ``some_rank_idle``: the batch has fewer examples than there are ranks (an epoch's last one)."""
-    loss, metrics, units = 0.0, {}, 0
+    process); the gradients summed over the ranks (by FSDP itself if ``sharded``). Returns the batch's loss and
+    metrics (the ranks' weighted means)."""
+    world = distributed.world_size()
+    batch = global_batch[distributed.rank()::world]
+    some_rank_idle = len(global_batch) < world  # an epoch's last batch, of fewer examples than ranks
+    loss, metrics, units, stand_in = 0.0, {}, 0, None
     if batch:
         loss, metrics, *counted = batch_loss(model, batch)
         units = counted[0] if counted else len(batch)
+    elif sharded:  # FSDP's collectives need this rank's forward and backward too: a stand-in, weighing nothing
+        stand_in = batch_loss(model, global_batch[:1])[0] * 0.0
     if some_rank_idle:  # an idle rank adds nothing, but takes part in the collectives with rank 0's metric names
         names = distributed.broadcast_json({k: isinstance(v, tuple) for k, v in metrics.items()})  # rank 0 has some
         metrics = metrics if batch else {k: (0.0, 0) if own else 0.0 for k, own in names.items()}
@@ -184,8 +211,11 @@ def _backward(model, batch: list, batch_loss, some_rank_idle: bool) -> tuple[flo
     metrics = {k: v[0] if isinstance(v, tuple) else v for k, v in metrics.items()}
     weight, *own_weights = distributed.share(torch.tensor([float(units), *own_units.values()])).tolist()
     if batch:
-        (loss * weight if distributed.world_size() > 1 else loss).backward()
+        (loss * weight if world > 1 else loss).backward()
         loss = loss.item()
-    distributed.all_reduce_grads(list(model.parameters()))
+    elif stand_in is not None:  # at the same point as the other ranks' backward: the collectives come in order
+        stand_in.backward()
+    if not sharded:
+        distributed.all_reduce_grads(list(model.parameters()))
     stats = distributed.weighted_sum({"loss": loss, **metrics}, weight, dict(zip(own_units, own_weights)))
     return stats.pop("loss"), stats
