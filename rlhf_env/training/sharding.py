@@ -10,9 +10,9 @@ global minibatch, as in plain data parallelism), so N sharded ranks compute one 
 
 The rollout sampler and the held-out judge read a plain copy of the policy, refreshed from the shards after
 every update (``gather_into``): the lean decoder reads plain weights, and sampling needs every weight at
-every token anyway. The training loop's evaluations and saves read a plain copy the same way. FSDP needs every
-rank to make as many forward passes per step; ``agree`` settles their number. Checkpoints hold full tensors in the same files as an unsharded run's, so a checkpoint
-resumes with or without sharding, on any number of ranks.
+every token anyway. The training loop's evaluations and saves read a plain copy the same way. Checkpoints hold
+full tensors in the same files as an unsharded run's, so a checkpoint resumes with or without sharding, on any
+number of ranks. FSDP needs every rank to make as many forward passes per step; ``agree`` settles their number.
 
 Of accelerate's FSDP settings, ``fsdp_reshard_after_forward`` (or v1's ``fsdp_sharding_strategy``) is
 honoured; parameter offload and activation checkpointing are refused; the wrapping policy and the state-dict
