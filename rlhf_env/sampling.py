@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rlhf_env.accel import accelerated
-from rlhf_env.accel.decoder import GPT2Decoder
+from rlhf_env.accel.decoder import GPT2Decoder, first_rows
 from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.models import context_length
 
@@ -114,13 +114,10 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     P = ids.shape[1] - R
     if P == 0:
         return None
-    prompts = torch.cat([ids[:, :P] * mask[:, :P], mask[:, :P]], 1)  # pad ids may differ; the masked ids do not
-    distinct, rows = torch.unique(prompts, dim=0, return_inverse=True)
-    B, U = len(ids), len(distinct)
-    cache_arg = cache_argument(model) if worth_sharing(B, U, share_from) else None
+    first, rows = torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
+    cache_arg = cache_argument(model) if worth_sharing(len(ids), len(first), share_from) else None
     if cache_arg is None:
         return None
-    first = torch.full((U,), B, device=ids.device).scatter_reduce(0, rows, torch.arange(B, device=ids.device), "amin")
     prompt_mask = mask[first, :P]
     start = first_real_column(prompt_mask)  # the distinct prompts' common left padding goes
     prompt_ids, prompt_mask = ids[first, start:P], prompt_mask[:, start:]

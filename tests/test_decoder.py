@@ -41,6 +41,32 @@ def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn, 
     assert bool(calls) == onednn
 
 
+@pytest.mark.parametrize("chunk", [16, 1])
+def test_rows_of_one_prompt_prefill_it_once_and_match_hf(tokenizer, chunk, monkeypatch):
+    """Groups of rows with one prompt, interleaved: each distinct prompt goes through the layers once (a spy on
+    the LM head counts rows), and every row's cache, continued with its own tokens, gives HF's logits."""
+    torch.manual_seed(0)
+    model = new_model(TINY_DIMS, tokenizer).eval()
+    order = [0, 1, 0, 2, 1, 0, 2, 0]  # 3 distinct prompts of different lengths
+    ids, mask = encode_prompts(tokenizer, [PROMPTS[i] for i in order])
+    extra = torch.randint(2, len(tokenizer), (len(order), 4), generator=torch.Generator().manual_seed(0))
+    full_ids, full_mask = torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra)], 1)
+    heads = []
+    real_head = GPT2Decoder._head
+    monkeypatch.setattr(GPT2Decoder, "_head", lambda self, x: heads.append(len(x)) or real_head(self, x))
+    with torch.no_grad():
+        reference = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
+        decoder = GPT2Decoder(model, len(order), full_ids.shape[1])
+        pos = positions(mask)
+        got = [decoder.prefill(ids, mask, pos, chunk=chunk)]
+        prefill_rows = sum(heads)
+        for t in range(extra.shape[1]):
+            got.append(decoder.step(extra[:, t], pos[:, -1] + t + 1))
+    assert prefill_rows == 3
+    P = ids.shape[1]
+    torch.testing.assert_close(torch.stack(got, 1), reference[:, P - 1:], atol=1e-5, rtol=1e-5)
+
+
 def test_fast_and_generic_paths_sample_the_same_tokens(tiny_model, tokenizer):
     ids, mask = encode_prompts(tokenizer, PROMPTS * 3)
     runs = [sample_from_ids(tiny_model, tokenizer, ids, mask, 20, 0.8, torch.Generator().manual_seed(1), fast=fast)

@@ -56,6 +56,16 @@ class Linear:
         return y if self.act is None else self.act(y)
 
 
+def first_rows(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """For each row of left-padded prompts (B, P), the index of the first row with the same prompt (its ids
+    under its mask: pad ids may differ)."""
+    prompts = torch.cat([ids * mask, mask], 1)
+    _, rows = torch.unique(prompts, dim=0, return_inverse=True)
+    B = len(ids)
+    first = torch.full((int(rows.max()) + 1,), B, device=ids.device)
+    return first.scatter_reduce(0, rows, torch.arange(B, device=ids.device), "amin")[rows]
+
+
 class GPT2Decoder:
     def __init__(self, model, batch_size: int, max_length: int, onednn: bool | None = None):
         """``onednn``: run the projections and the LM head through oneDNN (default: where available and
@@ -106,7 +116,9 @@ class GPT2Decoder:
         """Run the left-padded prompts (B, P); return the next-token logits (B, V).
 
         Rows are sorted by length and run ``chunk`` at a time, each chunk cut to its own longest
-        prompt: about half of a batch of prompts is padding, which would otherwise cost compute.
+        prompt: about half of a batch of prompts is padding, which would otherwise cost compute. Rows with
+        the same prompt (a group of samples of one prompt) run it once, and the others copy its keys, values
+        and logits.
         """
         B, P = ids.shape
         if B != self.cache.shape[2] or P > self.cache.shape[4]:
@@ -116,8 +128,10 @@ class GPT2Decoder:
         self.key_bias[:, 0, 0, :P] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.cache[:, :, :, :, :P].zero_()  # padding columns a chunk skips are masked, but NaN * 0 is NaN
         lengths = mask.sum(1)
+        first = first_rows(ids, mask)  # (B,): the first row with each row's prompt
+        distinct = first.unique()
         logits = torch.empty(B, self.head_weight.shape[0], dtype=self.head_weight.dtype, device=ids.device)
-        for rows in torch.argsort(lengths).split(chunk):
+        for rows in distinct[torch.argsort(lengths[distinct])].split(chunk):
             start = P - max(int(lengths[rows].max()), 1)  # an empty prompt still runs its last (padding) column
             n, b = P - start, len(rows)
             causal = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
@@ -132,6 +146,9 @@ class GPT2Decoder:
                 x = o(out.transpose(1, 2).reshape(b * n, E)).add_(x)
                 x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
             logits[rows] = self._head(x.view(b, n, E)[:, -1])
+        if len(distinct) < B:  # the other rows of each prompt: its keys and values (padding columns are zero)
+            self.cache[:, :, :, :, :P] = self.cache[:, :, first, :, :P]
+            logits = logits[first]
         self.length = P
         return logits
 
