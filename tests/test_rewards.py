@@ -117,6 +117,56 @@ def test_foreign_classifier_scores_through_its_own_tokenizer(foreign_classifier,
     np.testing.assert_allclose(out, want, rtol=1e-5)
 
 
+def llama_classifier(tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, num_labels=2,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    return tmp_path / "llama", model, tokenizer
+
+
+@pytest.mark.parametrize("kind", ["gpt2-word-level", "llama-bpe"])
+def test_a_classifier_runs_each_prompt_of_a_group_once_with_the_same_scores(foreign_classifier, tokenizer, tmp_path,
+                                                                           kind):
+    """Three responses per prompt, interleaved (texts of different lengths, EOS appended or not): the shared
+    forward ran (a spy on the trunk counts its rows) and every score is the text's alone. A text whose tokens
+    do not start with its prompt's (the word runs across the boundary) goes through one joint forward instead."""
+    import rlhf_env.rewards.classifier as classifier
+
+    path, model, clf_tokenizer = foreign_classifier if kind == "gpt2-word-level" else llama_classifier(tokenizer,
+                                                                                                       tmp_path)
+    reward = SequenceClassifierReward(str(path), label=1, append_eos=kind == "llama-bpe")
+    prompts, responses = [p for _ in range(3) for p in PROMPTS], [r for r in RESPONSES for _ in range(3)]
+    eos = [i % 2 == 0 for i in range(len(prompts))]
+    trunk_rows = []
+    reward.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: trunk_rows.append(len(kwargs.get("input_ids", args[0] if args else None))),
+        with_kwargs=True)
+    got = reward(prompts, responses, eos)
+    assert trunk_rows == [len(PROMPTS), len(prompts)]  # the distinct prompts, then every text's rest
+    end = clf_tokenizer.eos_token if kind == "llama-bpe" else ""
+    with torch.no_grad():  # each text alone, unpadded: the logit at its last token
+        want = [model(**clf_tokenizer(p + r + (end if e else ""), return_tensors="pt")).logits[0, 1].item()
+                for p, r, e in zip(prompts, responses, eos)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    trunk_rows.clear()
+    heads = [p[:5] for p in prompts]  # cut inside the prompt's second word: its tokens are no prefix of the text's
+    rests = [p[5:] + r for p, r in zip(prompts, responses)]
+    texts = [p + r for p, r in zip(prompts, responses)]
+    assert classifier.shared_prompt_logits(reward.model, clf_tokenizer, texts, heads, 64) is None
+    got = reward(heads, rests, [False] * len(prompts))
+    assert trunk_rows == [len(prompts)]  # one joint forward
+    with torch.no_grad():
+        want = [model(**clf_tokenizer(t, return_tensors="pt")).logits[0, 1].item() for t in texts]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
     path = str(foreign_classifier[0])
     with pytest.raises(ValueError, match="label 3 out of range"):

@@ -8,6 +8,10 @@ tokenizer whose PAD is its EOS, an appended EOS counts as padding: don't set ``a
 The bundled ``rm-scalar`` (InstructGPT's design) is an ordinary ``GPT2ForSequenceClassification`` checkpoint
 whose ``config.json`` also stores its normalisation (``reward_gain``, ``reward_bias``) and
 ``reward_append_eos`` (it was trained on ``prompt + response + EOS`` and reads the score at EOS).
+
+Where a batch holds a group of responses to each prompt (the env's ``group_size``), a causal classifier runs each
+distinct prompt once and the responses attend to its cached keys and values (``shared_prompt_logits``): the same
+scores, to float rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformers import AutoTokenizer
 
 from rlhf_env.models import BUNDLED_REWARDS, context_length, load_classifier, resolve
 from rlhf_env.rewards.base import Reward
+from rlhf_env.sampling import cache_argument, positions, worth_sharing
 
 TRANSFORMS = ("logit", "sigmoid", "softmax", "log_softmax")
 
@@ -32,12 +37,69 @@ def prepare_tokenizer(tokenizer, model=None):
     return tokenizer
 
 
-def classifier_logits(model, tokenizer, texts: list[str], max_length: int | None = None) -> torch.Tensor:
-    """Logits (B, num_labels) of a sequence classifier on texts, read at each text's last token."""
+def classifier_logits(model, tokenizer, texts: list[str], max_length: int | None = None,
+                      prompts: list[str] | None = None) -> torch.Tensor:
+    """Logits (B, num_labels) of a sequence classifier on texts, read at each text's last token.
+
+    ``prompts`` (each text's prompt, a prefix of it): where texts share them (a group of responses to one
+    prompt) and a causal classifier with a cache can, each distinct prompt runs once (``shared_prompt_logits``)."""
     device = next(model.parameters()).device
     max_length = max_length or context_length(model, default=512)
+    shared = shared_prompt_logits(model, tokenizer, texts, prompts, max_length) if prompts is not None else None
+    if shared is not None:
+        return shared
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return model(**enc.to(device)).logits.float()
+
+
+def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str], max_length: int
+                         ) -> torch.Tensor | None:
+    """``classifier_logits`` with each distinct prompt through the classifier's trunk once, and the rest of each
+    text attending to its cached keys and values; the head (``score``) reads the last token. The same logits, to
+    float rounding. None where it does not pay (``worth_sharing``) or cannot give the same logits: a classifier
+    without a cache or a ``score`` head, a text that does not tokenize as its prompt's tokens then at least one
+    more, a text over ``max_length`` (it would be truncated), or a PAD token among a text's own (HF's pooling
+    would skip it)."""
+    distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    trunk, head = model.base_model, getattr(model, "score", None)
+    if not worth_sharing(len(texts), len(distinct)) or not isinstance(head, torch.nn.Linear):
+        return None
+    cache_arg = cache_argument(trunk)
+    if cache_arg is None:
+        return None
+    heads = tokenizer(list(distinct))["input_ids"]
+    rows = [distinct[p] for p in prompts]
+    tails = []
+    for ids, row in zip(tokenizer(texts)["input_ids"], rows):
+        prompt = heads[row]
+        if len(ids) > max_length or len(ids) <= len(prompt) or ids[:len(prompt)] != prompt \
+                or tokenizer.pad_token_id in ids:
+            return None
+        tails.append(ids[len(prompt):])
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = _padded(heads, tokenizer.pad_token_id, left=True, device=device)
+    tail_ids, tail_mask = _padded(tails, tokenizer.pad_token_id, left=False, device=device)
+    out = trunk(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask), use_cache=True)
+    cache = getattr(out, cache_arg)
+    index = torch.tensor(rows, device=device)
+    cache.batch_select_indices(index)  # each text's own copy of its prompt's keys and values
+    mask = torch.cat([prompt_mask[index], tail_mask], 1)
+    T = tail_ids.shape[1]
+    hidden = trunk(input_ids=tail_ids, attention_mask=mask, position_ids=positions(mask)[:, -T:], use_cache=True,
+                   **{cache_arg: cache}).last_hidden_state  # (B, T, E)
+    last = hidden[torch.arange(len(texts), device=device), tail_mask.sum(1) - 1]
+    return head(last).float()
+
+
+def _padded(rows: list[list[int]], pad_id: int, left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a padded (B, T) batch and its mask."""
+    T = max(map(len, rows))
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, row in enumerate(rows):
+        columns = slice(T - len(row), T) if left else slice(0, len(row))
+        ids[i, columns], mask[i, columns] = torch.tensor(row), 1
+    return ids.to(device), mask.to(device)
 
 
 class SequenceClassifierReward(Reward):
@@ -83,7 +145,7 @@ class SequenceClassifierReward(Reward):
         out = []
         for start in range(0, len(texts), self.batch_size):
             logits = classifier_logits(self.model, self.tokenizer, texts[start:start + self.batch_size],
-                                       self.max_length)
+                                       self.max_length, list(prompts[start:start + self.batch_size]))
             if self.transform == "softmax":
                 logits = logits.softmax(-1)
             elif self.transform == "log_softmax":
