@@ -153,7 +153,8 @@ def sampler_table(result: dict) -> str:
 def shared_prompts_table(result: dict) -> str:
     lines = ["| policy | batch | rows per prompt | pass | every prompt recomputed (s) | each prompt once (s) | "
              "speed-up | shared by default |", "|---|---|---|---|---|---|---|---|"]
-    passes = {"train": "forward + backward", "env": "forward"}
+    passes = {"train": "forward + backward", "env": "forward", "sample": "sample (lean decoder, prefill shared)",
+              "classifier": "classifier RM scores"}
     for r in result["rows"]:
         lines.append(f"| {r['policy']} | {r['batch']} | {r['rows_per_prompt']:.2f} | {passes[r['mode']]} | "
                      f"{r['full_s']:.4f} | {r['shared_s']:.4f} | **{r['speedup']:.2f}×** | "
@@ -464,7 +465,12 @@ def performance_page(results: Path) -> str:
              "whole groups (RLOO's one step on the batch). The log-probs, hidden states and gradients are the full "
              "forward's to float32 rounding (tested on GPT-2, the torch-only GPT-2 and a Llama). A default PPO "
              "minibatch (16 episodes drawn from 16 prompts x 8) holds too few rows per prompt to pay, and is not "
-             "shared."]
+             "shared. The rollout's lean decoder (the bundled GPT-2s on a CPU) prefills each distinct prompt once "
+             "and copies its keys and values to the group's other rows. A causal HF classifier RM with a `score` "
+             "head (such as `rm-scalar`) scores a group's responses on one forward of their prompt, from the same "
+             "rows per prompt (`rlhf_env.rewards.classifier.shared_prompt_logits`); where a text's tokens do not "
+             "start with its prompt's, a text would be truncated or holds the PAD token, it scores the whole "
+             "texts as before."]
     for name, title, command, fn in (
             ("vector_env.json", "The native vector env", "bench_vector_env.py", vector_env_table),
             ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),

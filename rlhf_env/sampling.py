@@ -105,6 +105,21 @@ def cache_argument(model) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
+def prompt_then_rest(model, cache_arg: str, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: torch.Tensor,
+                     rest_ids: torch.Tensor, rest_mask: torch.Tensor, prompt_kwargs: dict | None = None, **kwargs):
+    """Each distinct prompt (U, P), left-padded, through ``model`` once with a cache; then the rest of every row
+    (B, T), right-padded, attending to the cached keys and values of its prompt ``rows[b]``. Returns both
+    outputs. ``kwargs`` go to both forwards, ``prompt_kwargs`` to the prompts' only."""
+    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask), use_cache=True,
+                 **(prompt_kwargs or {}), **kwargs)
+    cache = getattr(head, cache_arg)
+    cache.batch_select_indices(rows)  # each row's own copy of its prompt's keys and values
+    mask = torch.cat([prompt_mask[rows], rest_mask], 1)
+    tail = model(input_ids=rest_ids, attention_mask=mask, position_ids=positions(mask)[:, -rest_ids.shape[1]:],
+                 use_cache=True, **{cache_arg: cache}, **kwargs)
+    return head, tail
+
+
 def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,
                           share_from: float | None = None):
     """``response_log_softmax``'s forward with each distinct prompt of ``ids[:, :-R]`` computed once; None where
@@ -122,13 +137,8 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     start = first_real_column(prompt_mask)  # the distinct prompts' common left padding goes
     prompt_ids, prompt_mask = ids[first, start:P], prompt_mask[:, start:]
     hidden = {"output_hidden_states": True} if output_hidden_states else {}
-    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
-                 logits_to_keep=1, use_cache=True, **hidden)
-    cache = getattr(head, cache_arg)
-    cache.batch_select_indices(rows)  # each response's own copy of its prompt's keys and values
-    full_mask = torch.cat([prompt_mask[rows], mask[:, P:]], 1)
-    tail = model(input_ids=ids[:, P:], attention_mask=full_mask, position_ids=positions(full_mask)[:, -R:],
-                 use_cache=True, **{cache_arg: cache}, **hidden)
+    head, tail = prompt_then_rest(model, cache_arg, prompt_ids, prompt_mask, rows, ids[:, P:], mask[:, P:],
+                                  {"logits_to_keep": 1}, **hidden)
     logits = torch.cat([head.logits[rows], tail.logits], 1)
     if not output_hidden_states:
         return SimpleNamespace(logits=logits)
@@ -212,7 +222,9 @@ class HFDecoder:
         self.model, self.cache, self.mask = model, None, None
         self.cache_arg = cache_argument(model) or "past_key_values"  # (a forward that takes **kwargs)
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, share_prompts: bool = False
+                ) -> torch.Tensor:
+        """The prompts' next-token logits; every row runs its prompt (``share_prompts`` is not implemented here)."""
         self.cache, self.mask = None, mask
         return self._forward(ids, pos)
 
@@ -238,13 +250,13 @@ def lean_decoder_applies(model) -> bool:
 @torch.no_grad()
 def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
                     temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None,
-                    fast: bool | None = None, stop_at_eos: bool = True) -> Samples:
+                    fast: bool | None = None, stop_at_eos: bool = True, share_prompts: bool = True) -> Samples:
     """Like ``sample``, from left-padded prompt ids (B, P) and their attention mask.
 
     ``fast`` picks the lean GPT-2 path of ``rlhf_env.accel.decoder`` (default: for an HF GPT-2 that
-    ``rlhf_env.accel`` accelerated); ``stop_at_eos=False`` always generates ``max_new_tokens`` (for
-    benchmarks; the masks still end each response at its first EOS or PAD, but tokens after it are sampled
-    and keep their log-probs).
+    ``rlhf_env.accel`` accelerated), which prefills each distinct prompt once if ``share_prompts``;
+    ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks; the masks still end each
+    response at its first EOS or PAD, but tokens after it are sampled and keep their log-probs).
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -265,7 +277,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
         raise ValueError(f"the fast decoder supports HF GPT-2 only, not {type(model).__name__}; use fast=None")
     decoder = GPT2Decoder(model, B, P + max_new_tokens) if fast else HFDecoder(model)
     prompt_pos = positions(prompt_mask)
-    logits = decoder.prefill(prompt_ids, prompt_mask, prompt_pos)
+    logits = decoder.prefill(prompt_ids, prompt_mask, prompt_pos, share_prompts=share_prompts)
     pos = prompt_pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []

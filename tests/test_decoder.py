@@ -63,6 +63,12 @@ def test_rows_of_one_prompt_prefill_it_once_and_match_hf(tokenizer, chunk, monke
         for t in range(extra.shape[1]):
             got.append(decoder.step(extra[:, t], pos[:, -1] + t + 1))
     assert prefill_rows == 3
+    heads.clear()
+    with torch.no_grad():  # not shared: every row runs its prompt, to the same logits
+        unshared = GPT2Decoder(model, len(order), full_ids.shape[1]).prefill(ids, mask, pos, chunk=chunk,
+                                                                               share_prompts=False)
+    assert sum(heads) == len(order)
+    torch.testing.assert_close(unshared, got[0], atol=1e-5, rtol=1e-5)
     P = ids.shape[1]
     torch.testing.assert_close(torch.stack(got, 1), reference[:, P - 1:], atol=1e-5, rtol=1e-5)
 

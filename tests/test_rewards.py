@@ -165,6 +165,10 @@ def test_a_classifier_runs_each_prompt_of_a_group_once_with_the_same_scores(fore
     with torch.no_grad():
         want = [model(**clf_tokenizer(t, return_tensors="pt")).logits[0, 1].item() for t in texts]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Nor where a text would be truncated, or holds the PAD token, which HF's pooling skips
+    assert classifier.shared_prompt_logits(reward.model, clf_tokenizer, texts, prompts, 64) is not None
+    for changed in (texts[0] + " 7" * 64, texts[0] + " " + clf_tokenizer.pad_token + " 7"):
+        assert classifier.shared_prompt_logits(reward.model, clf_tokenizer, [changed] + texts[1:], prompts, 64) is None
 
 
 def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):

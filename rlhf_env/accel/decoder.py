@@ -112,13 +112,14 @@ class GPT2Decoder:
 
         return type(model) is GPT2LMHeadModel and not model.config.add_cross_attention
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, chunk: int = 16,
+                share_prompts: bool = True) -> torch.Tensor:
         """Run the left-padded prompts (B, P); return the next-token logits (B, V).
 
         Rows are sorted by length and run ``chunk`` at a time, each chunk cut to its own longest
         prompt: about half of a batch of prompts is padding, which would otherwise cost compute. Rows with
-        the same prompt (a group of samples of one prompt) run it once, and the others copy its keys, values
-        and logits.
+        the same prompt (a group of samples of one prompt) run it once if ``share_prompts``, and the others
+        copy its keys, values and logits.
         """
         B, P = ids.shape
         if B != self.cache.shape[2] or P > self.cache.shape[4]:
@@ -128,7 +129,8 @@ class GPT2Decoder:
         self.key_bias[:, 0, 0, :P] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.cache[:, :, :, :, :P].zero_()  # padding columns a chunk skips are masked, but NaN * 0 is NaN
         lengths = mask.sum(1)
-        first = first_rows(ids, mask)  # (B,): the first row with each row's prompt
+        # (B,): the first row with each row's prompt
+        first = first_rows(ids, mask) if share_prompts else torch.arange(B, device=ids.device)
         distinct = first.unique()
         logits = torch.empty(B, self.head_weight.shape[0], dtype=self.head_weight.dtype, device=ids.device)
         for rows in distinct[torch.argsort(lengths[distinct])].split(chunk):

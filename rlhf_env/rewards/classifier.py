@@ -9,9 +9,9 @@ The bundled ``rm-scalar`` (InstructGPT's design) is an ordinary ``GPT2ForSequenc
 whose ``config.json`` also stores its normalisation (``reward_gain``, ``reward_bias``) and
 ``reward_append_eos`` (it was trained on ``prompt + response + EOS`` and reads the score at EOS).
 
-Where a batch holds a group of responses to each prompt (the env's ``group_size``), a causal classifier runs each
-distinct prompt once and the responses attend to its cached keys and values (``shared_prompt_logits``): the same
-scores, to float rounding.
+Where a batch holds a group of responses to each prompt (the env's ``group_size``, from
+``rlhf_env.sampling.SHARE_FROM`` responses per prompt), a causal classifier runs each distinct prompt once and the
+responses attend to its cached keys and values (``shared_prompt_logits``): the same scores, to float rounding.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 
 from rlhf_env.models import BUNDLED_REWARDS, context_length, load_classifier, resolve
 from rlhf_env.rewards.base import Reward
-from rlhf_env.sampling import cache_argument, positions, worth_sharing
+from rlhf_env.sampling import cache_argument, prompt_then_rest, worth_sharing
 
 TRANSFORMS = ("logit", "sigmoid", "softmax", "log_softmax")
 
@@ -57,12 +57,13 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     """``classifier_logits`` with each distinct prompt through the classifier's trunk once, and the rest of each
     text attending to its cached keys and values; the head (``score``) reads the last token. The same logits, to
     float rounding. None where it does not pay (``worth_sharing``) or cannot give the same logits: a classifier
-    without a cache or a ``score`` head, a text that does not tokenize as its prompt's tokens then at least one
-    more, a text over ``max_length`` (it would be truncated), or a PAD token among a text's own (HF's pooling
-    would skip it)."""
+    without a trunk with a cache or a ``score`` head, a tokenizer whose PAD is not the model's, a text that does
+    not tokenize as its (non-empty) prompt's tokens then at least one more, a text over ``max_length`` (it would
+    be truncated), or a PAD token among a text's own (HF's pooling would skip it)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    trunk, head = model.base_model, getattr(model, "score", None)
-    if not worth_sharing(len(texts), len(distinct)) or not isinstance(head, torch.nn.Linear):
+    trunk, head, pad_id = model.base_model, getattr(model, "score", None), tokenizer.pad_token_id
+    if (not worth_sharing(len(texts), len(distinct)) or trunk is model or not isinstance(head, torch.nn.Linear)
+            or pad_id is None or model.config.pad_token_id != pad_id):  # HF's pooling reads the config's
         return None
     cache_arg = cache_argument(trunk)
     if cache_arg is None:
@@ -72,21 +73,14 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     tails = []
     for ids, row in zip(tokenizer(texts)["input_ids"], rows):
         prompt = heads[row]
-        if len(ids) > max_length or len(ids) <= len(prompt) or ids[:len(prompt)] != prompt \
-                or tokenizer.pad_token_id in ids:
+        if len(ids) > max_length or not 0 < len(prompt) < len(ids) or ids[:len(prompt)] != prompt or pad_id in ids:
             return None
         tails.append(ids[len(prompt):])
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = _padded(heads, tokenizer.pad_token_id, left=True, device=device)
-    tail_ids, tail_mask = _padded(tails, tokenizer.pad_token_id, left=False, device=device)
-    out = trunk(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask), use_cache=True)
-    cache = getattr(out, cache_arg)
+    prompt_ids, prompt_mask = _padded(heads, pad_id, left=True, device=device)
+    tail_ids, tail_mask = _padded(tails, pad_id, left=False, device=device)
     index = torch.tensor(rows, device=device)
-    cache.batch_select_indices(index)  # each text's own copy of its prompt's keys and values
-    mask = torch.cat([prompt_mask[index], tail_mask], 1)
-    T = tail_ids.shape[1]
-    hidden = trunk(input_ids=tail_ids, attention_mask=mask, position_ids=positions(mask)[:, -T:], use_cache=True,
-                   **{cache_arg: cache}).last_hidden_state  # (B, T, E)
+    hidden = prompt_then_rest(trunk, cache_arg, prompt_ids, prompt_mask, index, tail_ids, tail_mask)[1][0]  # (B, T, E)
     last = hidden[torch.arange(len(texts), device=device), tail_mask.sum(1) - 1]
     return head(last).float()
 
