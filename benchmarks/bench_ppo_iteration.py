@@ -12,10 +12,10 @@ Measured in alternating rounds of one run: float32 (the default: each model's li
 ``rlhf_env.accel.kernels`` measured faster on this machine), float32 with every linear through oneDNN
 (``RLHF_ENV_KERNELS=onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.accel.onednn.disabled()``),
 float32 with every prompt recomputed for each of its responses (``float32_unshared``: no
-``rlhf_env.sampling.shared_prompt_forward``), and ``bf16=True`` (bfloat16 autocast in the policy's training
-forward and backward; under it the ``values`` phase also recomputes the ratio's old log-probs). Each update is
-set against the fastest matmul this machine does in its precision (a 2048 x 2048 matmul through MKL and through
-oneDNN; bfloat16: autocast's).
+``rlhf_env.sampling.shared_prompt_forward``, and the sampler prefills every row), and ``bf16=True``
+(bfloat16 autocast in the policy's training forward and backward; under it the ``values`` phase also recomputes
+the ratio's old log-probs). Each update is set against the fastest matmul this machine does in its precision
+(a 2048 x 2048 matmul through MKL and through oneDNN; bfloat16: autocast's).
 Prints a table and writes JSON.
 
     python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 2]
@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from agents.ppo import PPOAgent, PPOConfig
 from rlhf_env import sampling
-from rlhf_env.accel import kernels, onednn
+from rlhf_env.accel import decoder, kernels, onednn
 from rlhf_env.rewards import Reward
 
 VARIANTS = ("float32", "float32_unshared", "float32_onednn", "float32_mkl", "bf16")
@@ -82,6 +82,7 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
             stack.enter_context(kernels.forced("onednn"))
         elif variant == "float32_unshared":
             stack.enter_context(mock.patch.object(sampling, "SHARE_FROM", math.inf))
+            stack.enter_context(mock.patch.object(decoder, "first_rows", lambda ids, mask: torch.arange(len(ids))))
         return _measure(iterations, bf16=variant == "bf16")
 
 
