@@ -23,7 +23,6 @@ The maths is in ``agents/rl_math.py``.
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -118,9 +117,7 @@ class PPOAgent:
             self.actor = accel.copy_of(self.policy).requires_grad_(False)  # the lean sampler's too, if it applies
             for model in (self.policy, self.value) if self.value is not None else (self.policy,):
                 sharding.shard(model, self.reshard, c.device)
-            if self.rank == 0:
-                print(f"{name}: sharded over {self.world} ranks (FSDP2, reshard_after_forward={self.reshard})",
-                      file=sys.stderr, flush=True)
+            sharding.announce(name, self.reshard)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         self.params = list(self.policy.parameters()) + (list(self.value.parameters()) if self.value is not None else [])
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
@@ -438,7 +435,7 @@ class PPOAgent:
         if isinstance(env.reward, NormalizedReward):
             state["reward_normalization"] = {"mean": env.reward.mean, "std": env.reward.std}
         value = sharding.full_state_dict(self.value) if self.value is not None else {}
-        optimizer = sharding.FullOptimizer(self.optimizer) if self.reshard is not None else self.optimizer
+        optimizer = sharding.saved(self.optimizer, self.reshard is not None)
         self.run.save(self.actor, self.tokenizer, optimizer, self.scheduler, state,
                       {**{f"value.{k}": v for k, v in value.items()}, "sampler_rng": samplers[0],
                        **{f"sampler_rng.{rank}": rng for rank, rng in enumerate(samplers[1:], 1)}})
@@ -450,13 +447,9 @@ class PPOAgent:
         from a fresh seed stream (of the seed, its rank and the iteration): the run continues, not identically."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
                  "reward_transform": "logit", "algorithm": "PPOConfig"}  # runs from before these settings
-        sharded = self.reshard is not None
-        optimizer = sharding.FullOptimizer(self.optimizer, gather=False) if sharded else self.optimizer
-        state, tensors = self.run.restore(self.actor, optimizer, self.scheduler, older)  # full tensors
+        state, tensors = sharding.restore(self.run, self.actor, self.policy, self.optimizer, self.scheduler, older)
         if state is None:
             return self.env.reset(seed=self.seed)[0]
-        if sharded:
-            sharding.load_full_state_dict(self.policy, self.actor.state_dict())
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
         samplers = {k: tensors.pop(k) for k in list(tensors) if k.startswith("sampler_rng")}
         if self.value is not None:

@@ -140,6 +140,30 @@ def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]
     module.load_state_dict({k: local(v, own[k]) if k in own else v for k, v in state.items()})
 
 
+def announce(desc: str, reshard: bool) -> None:
+    """Say on rank 0's stderr that ``desc`` trains sharded."""
+    if distributed.rank() == 0:
+        print(f"{desc}: sharded over {distributed.world_size()} ranks (FSDP2, reshard_after_forward={reshard})",
+              file=sys.stderr, flush=True)
+
+
+def restore(run, plain: torch.nn.Module, trained: torch.nn.Module, optimizer, scheduler, older_defaults=None):
+    """``run.restore`` (``rlhf_env.training.run.Run``) for a model that trains as ``trained``: itself, or its
+    sharded copy. The checkpoint's full tensors load into ``plain``, the optimizer's into each rank's shards, and
+    a sharded ``trained`` then takes its shards of the weights. Returns ``(state, tensors)``."""
+    sharded = trained is not plain
+    state, tensors = run.restore(plain, FullOptimizer(optimizer, gather=False) if sharded else optimizer, scheduler,
+                                 older_defaults)
+    if sharded and state is not None:
+        load_full_state_dict(trained, plain.state_dict())
+    return state, tensors
+
+
+def saved(optimizer, sharded: bool):
+    """The optimizer as a checkpoint holds it: full tensors if ``sharded`` (gathered: every rank must call it)."""
+    return FullOptimizer(optimizer) if sharded else optimizer
+
+
 class FullOptimizer:
     """An optimizer's state as full tensors, for a checkpoint: ``state_dict`` is gathered when this is made
     (every rank must make it), ``load_state_dict`` takes each rank's shards of a full state."""

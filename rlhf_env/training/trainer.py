@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -104,9 +103,7 @@ def train_loop(
     if reshard is not None:
         trained = accel.copy_of(model)
         sharding.shard(trained, reshard, config.device)
-        if rank == 0:
-            print(f"{desc}: sharded over {world} ranks (FSDP2, reshard_after_forward={reshard})", file=sys.stderr,
-                  flush=True)
+        sharding.announce(desc, reshard)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = max(1, round(config.epochs * steps_per_epoch))
     decay, no_decay = [], []
@@ -121,10 +118,8 @@ def train_loop(
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
                    "lr": config.lr, "seed": config.seed}
     run = Run(out, fingerprint, total, desc, resume=config.resume, main=rank == 0)
-    full_optimizer = sharding.FullOptimizer(optimizer, gather=False) if reshard is not None else optimizer
-    state = run.restore(model, full_optimizer, scheduler)[0] or {"step": 0, "best": -math.inf, "best_step": None}
-    if reshard is not None:
-        sharding.load_full_state_dict(trained, model.state_dict())
+    state = (sharding.restore(run, model, trained, optimizer, scheduler)[0]
+             or {"step": 0, "best": -math.inf, "best_step": None})
     run.start(state["step"])
 
     def refresh():  # the caller's model gets the sharded copy's weights (every rank gathers)
@@ -170,10 +165,8 @@ def train_loop(
                 run_eval(step)
             interrupted = distributed.any_rank(run.interrupted)  # every rank stops at the same step
             if interrupted or (config.save_every and step % config.save_every == 0 and step < total):
-                if trained is not model:  # full tensors in the checkpoint: it resumes sharded or not
-                    refresh()
-                    full_optimizer = sharding.FullOptimizer(optimizer)
-                run.save(model, tokenizer, full_optimizer, scheduler, state)
+                refresh()  # full tensors in the checkpoint: it resumes sharded or not
+                run.save(model, tokenizer, sharding.saved(optimizer, trained is not model), scheduler, state)
             if interrupted:
                 distributed.barrier()  # rank 0's checkpoint is written before any rank exits
                 run.stop(step)
