@@ -490,9 +490,10 @@ def test_a_global_batch_that_does_not_split_into_whole_groups_per_rank_is_refuse
 
 
 @pytest.mark.slow
-def test_the_example_fsdp_config_launches_a_sharded_run(tiny_policy_dir, world_dir, tmp_path):
-    """`accelerate launch --config_file examples/accelerate/fsdp.yaml $(which rlhf) ppo ...`, as the docs say, on
-    this CPU: 2 ranks, sharded, to the end."""
+@pytest.mark.parametrize("command", ["ppo", "dpo"])
+def test_the_example_fsdp_config_launches_a_sharded_run(tiny_policy_dir, world, world_dir, tmp_path, command):
+    """`accelerate launch --config_file examples/accelerate/fsdp.yaml $(which rlhf) ppo|dpo ...`, as the docs say,
+    on this CPU: 2 ranks, sharded, to the end."""
     import shutil
     import subprocess
     import sys
@@ -503,14 +504,21 @@ def test_the_example_fsdp_config_launches_a_sharded_run(tiny_policy_dir, world_d
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml"
-    out = tmp_path / "ppo"
+    out = tmp_path / command
+    flags = {"ppo": ["--reward", "gold", "--iterations", "2", "--batch_size", "8", "--group_size", "4",
+                     "--minibatch_size", "4", "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_every", "0",
+                     "--final_eval_episodes", "8"],
+             "dpo": ["--epochs", "0.4", "--batch_size", "8", "--evals", "1"]}[command]
+    data = world_dir
+    if command == "dpo":  # the tiny world has no comparisons: the DPO tests' own
+        data = tmp_path / "data"
+        make_data_dir(world_dir, make_comparisons(world), data)
     done = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
-         str(port), rlhf, "ppo", "--policy", str(tiny_policy_dir), "--reward", "gold", "--data", str(world_dir),
-         "--out", str(out), "--iterations", "2", "--batch_size", "8", "--group_size", "4", "--minibatch_size", "4",
-         "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_every", "0", "--final_eval_episodes", "8"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+         str(port), rlhf, command, "--policy", str(tiny_policy_dir), "--data", str(data), "--out", str(out),
+         *flags], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "ppo: sharded over 2 ranks (FSDP2, reshard_after_forward=True)" in done.stderr
-    assert json.loads((out / "result.json").read_text())["total_steps"] == 2
-    assert len(learning_log(out / "train.csv")) == 2
+    assert f"{command}: sharded over 2 ranks (FSDP2, reshard_after_forward=True)" in done.stderr
+    steps = 2 if command == "ppo" else 4  # DPO: 0.4 of an epoch's 10 batches
+    assert json.loads((out / "result.json").read_text())["total_steps" if command == "ppo" else "steps"] == steps
+    assert learning_log(out / "train.csv")[-1]["step"] == str(steps)
