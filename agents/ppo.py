@@ -23,6 +23,7 @@ The maths is in ``agents/rl_math.py``.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import asdict
@@ -58,8 +59,9 @@ from rlhf_env.models import (
 )
 from rlhf_env.rewards import NormalizedReward, load_reward
 from rlhf_env.sampling import positions, sample_from_ids, trim_padding
-from rlhf_env.training import distributed, sharding
+from rlhf_env.training import distributed
 from rlhf_env.training.checkpoint import find_checkpoint
+from rlhf_env.training.parallel import Training
 from rlhf_env.training.run import Run, prepare
 
 NORMALIZE_EPISODES = 512  # samples of the initial policy that set the reward's scale (normalize_reward)
@@ -74,7 +76,7 @@ class PPOAgent:
                              f"ranks' equal shares of whole prompt groups (group_size {c.group_size})")
         prepare(c)  # with a launcher: the process group and the rank's own GPU; and a resumed run's kernels
         self.rank = distributed.rank()
-        self.reshard = sharding.requested()  # the launcher's FSDP setting; None: not sharded
+        self.training = Training()  # the launcher's: plain data parallelism, FSDP or DeepSpeed ZeRO
         name = type(self).__name__.removesuffix("Agent").lower()  # ppo, grpo, ...
         self.run = Run(c.out, run_fingerprint(c), c.iterations, name, finished="result.json",  # refuses a finished one
                        main=self.rank == 0)
@@ -111,17 +113,17 @@ class PPOAgent:
                 if not float32_attention(model):
                     warnings.warn(f"{type(model).__name__} cannot switch its attention implementation, so under "
                                   "bf16 its attention runs in bfloat16 (slower to train on a CPU)", stacklevel=2)
-        # With accelerate's FSDP config, the policy and value model train sharded over the ranks, and the sampler,
-        # the judge and the saved policy read a plain copy refreshed after every update (rlhf_env.training.sharding)
-        if self.reshard is not None:
+        # With accelerate's FSDP or DeepSpeed config, the policy and value model train sharded over the ranks, and
+        # the sampler, the judge and the saved policy read a plain copy refreshed after every update
+        # (rlhf_env.training.parallel)
+        if self.training.copies:
             self.actor = accel.copy_of(self.policy).requires_grad_(False)  # the lean sampler's too, if it applies
-            for model in (self.policy, self.value) if self.value is not None else (self.policy,):
-                sharding.shard(model, self.reshard, c.device)
-            sharding.announce(name, self.reshard)
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
-        self.params = list(self.policy.parameters()) + (list(self.value.parameters()) if self.value is not None else [])
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
-                                           fused=True)  # one kernel per step
+        trained = [self.policy] if self.value is None else [self.policy, self.value]
+        self.optimizer = self.training.setup(
+            trained, lambda: torch.optim.AdamW([p for m in trained for p in m.parameters()], lr=c.lr, eps=c.adam_eps,
+                                               weight_decay=c.weight_decay, fused=True),  # one kernel per step
+            c.max_grad_norm, c.device, name)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.seed = c.seed if self.world == 1 else distributed.seed_stream(c.seed, self.rank)  # prompts, samples
         self.generator = torch.Generator(device=c.device).manual_seed(self.seed)
@@ -304,7 +306,7 @@ class PPOAgent:
         model. The value head shares the policy's forward; a separate critic runs its own (and alone when
         ``need_policy`` is False)."""
         head = isinstance(self.value, ValueHead)
-        share = self.reshard is None  # sharded: every rank must run the same forwards, whatever its prompts
+        share = not self.training.lockstep  # else every rank must run the same forwards, whatever its prompts
         with self._autocast():
             if self.value is None:
                 logprobs, entropy, _ = response_forward(self.policy, ids, mask, R, self.config.temperature,
@@ -313,7 +315,7 @@ class PPOAgent:
             if not need_policy and not head:  # the critic alone
                 return None, None, self.value(ids, mask, R)
             if not need_policy:  # the trunk's hidden states, no LM head
-                if self.reshard is None:
+                if not self.training.partitioned:
                     hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
                     return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
                 # a sharded trunk's parameters are gathered by the whole model's forward only: one head position
@@ -363,18 +365,9 @@ class PPOAgent:
                     ptx_loss = self.ptx_loss()
                     loss = loss + c.ptx_coef * ptx_loss
                     pg_stats["ptx_loss"] = ptx_loss.item()
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss * weight).backward()
-                if self.reshard is None:  # sharded: FSDP has summed them already
-                    distributed.all_reduce_grads(self.params)
-                grad_norm = sharding.full(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
-                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # stop before the weights are hit
-                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at "
-                                        f"iteration {self.iteration + 1}; that step was not taken and nothing was "
-                                        f"saved: {Path(c.out) / 'checkpoint'} keeps the last good checkpoint. "
-                                        "Rerun into a new --out with a lower lr or max_grad_norm, or check the "
-                                        "reward for extreme values.")
-                self.optimizer.step()
+                self.training.zero_grad()
+                self.training.backward(loss, weight)
+                grad_norm = self.training.step(functools.partial(self._check_finite, loss))
                 step = distributed.weighted_sum({**pg_stats, "pg_loss": pg_loss.item(),
                                                  "entropy": masked_mean(entropy.detach(), mb_resp).item()}, weight)
                 stats.append({**step, "grad_norm": float(grad_norm)})
@@ -384,12 +377,20 @@ class PPOAgent:
             if stop:
                 break
         self.scheduler.step()
-        if self.reshard is not None:
-            sharding.gather_into(self.policy, self.actor)  # the next rollout samples the updated policy
+        self.training.refresh(self.policy, self.actor)  # the next rollout samples the updated policy
         out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
         out["first_minibatch_approx_kl"] = stats[0]["approx_kl"]
         out["early_stopped"] = float(stop)
         return out
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Stop the run on a non-finite loss or gradient norm: before the step hits the weights (under DeepSpeed,
+        whose step clips, before they are saved)."""
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradient norm ({float(grad_norm)}) at iteration "
+                                f"{self.iteration + 1}; nothing of that step was saved: "
+                                f"{Path(self.config.out) / 'checkpoint'} keeps the last good checkpoint. Rerun into a "
+                                "new --out with a lower lr or max_grad_norm, or check the reward for extreme values.")
 
     def _ptx_blocks(self) -> list[list[int]]:
         from rlhf_env.stages.pretrain import pack
@@ -434,9 +435,8 @@ class PPOAgent:
             state["rank_envs"] = envs[1:]
         if isinstance(env.reward, NormalizedReward):
             state["reward_normalization"] = {"mean": env.reward.mean, "std": env.reward.std}
-        value = sharding.full_state_dict(self.value) if self.value is not None else {}
-        optimizer = sharding.saved(self.optimizer, self.reshard is not None)
-        self.run.save(self.actor, self.tokenizer, optimizer, self.scheduler, state,
+        value = self.training.full_state_dict(self.value) if self.value is not None else {}
+        self.run.save(self.actor, self.tokenizer, self.training.saved_optimizer(), self.scheduler, state,
                       {**{f"value.{k}": v for k, v in value.items()}, "sampler_rng": samplers[0],
                        **{f"sampler_rng.{rank}": rng for rank, rng in enumerate(samplers[1:], 1)}})
 
@@ -447,13 +447,13 @@ class PPOAgent:
         from a fresh seed stream (of the seed, its rank and the iteration): the run continues, not identically."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
                  "reward_transform": "logit", "algorithm": "PPOConfig"}  # runs from before these settings
-        state, tensors = sharding.restore(self.run, self.actor, self.policy, self.optimizer, self.scheduler, older)
+        state, tensors = self.training.restore(self.run, self.actor, self.policy, self.scheduler, older)
         if state is None:
             return self.env.reset(seed=self.seed)[0]
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
         samplers = {k: tensors.pop(k) for k in list(tensors) if k.startswith("sampler_rng")}
         if self.value is not None:
-            sharding.load_full_state_dict(self.value, {k[len("value."):]: v for k, v in tensors.items()})
+            self.training.load_full_state_dict(self.value, {k[len("value."):]: v for k, v in tensors.items()})
         env = self.env.unwrapped
         if "reward_normalization" in state:  # exactly the statistics the run started with
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward

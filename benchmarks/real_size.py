@@ -71,7 +71,7 @@ def measure_ppo(directory: Path, batch_size: int, warmup: int, iterations: int) 
               f"mean length {metrics['length']:.1f}", flush=True)
         rows.append(metrics)
     rows = rows[warmup:]
-    for p in agent.params:  # one more AdamW step, on zero gradients, timed alone
+    for p in agent.training.params:  # one more AdamW step, on zero gradients, timed alone
         p.grad = torch.zeros_like(p)
     adamw_s = []
     for _ in range(3):

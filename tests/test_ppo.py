@@ -422,7 +422,7 @@ def test_the_ptx_term_alone_lowers_the_pretraining_loss(tiny_policy_dir, world_d
 
 
 def optimizer_steps(agent) -> int:
-    return int(agent.optimizer.state[agent.params[0]]["step"])
+    return int(agent.optimizer.state[agent.training.params[0]]["step"])
 
 
 @pytest.mark.parametrize("early_stop_kl", [0.0, 1e-12])

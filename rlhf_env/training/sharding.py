@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from rlhf_env.training import distributed
+from rlhf_env.training import distributed, zero
 
 STRATEGIES = {"FULL_SHARD": True, "1": True, "SHARD_GRAD_OP": False, "2": False, "NO_SHARD": None, "3": None}
 
@@ -40,10 +40,6 @@ def requested() -> bool | None:
     """What the launcher asked for: None (no sharding), or FSDP's ``reshard_after_forward`` (True: gather each
     block's parameters again for the backward, ZeRO-3; False: keep them from the forward to the backward).
     Raises on a setting the agents cannot honour."""
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
-        raise ValueError("this package does not run DeepSpeed's engine; for ZeRO-3's sharding of parameters, "
-                         "gradients and optimizer state, launch the RL agents with accelerate's FSDP config instead "
-                         "(examples/accelerate/fsdp.yaml)")
     if not _flag("ACCELERATE_USE_FSDP") or distributed.world_size() == 1:
         return None
     for name, what in (("FSDP_OFFLOAD_PARAMS", "parameter offload"),
@@ -114,9 +110,10 @@ def local(value: torch.Tensor, like) -> torch.Tensor:
 
 def agree(count: int, module: torch.nn.Module) -> int:
     """How many forward passes through ``module`` this rank makes in a step where it needs ``count``: under
-    sharding, the most that any rank needs (every rank must call it; FSDP's collectives need the ranks in step, so
-    a rank with fewer makes stand-in passes), else ``count``."""
-    if not sharded(next(module.parameters())):
+    sharding (FSDP, or DeepSpeed's ZeRO-3), the most that any rank needs (every rank must call it; the forward's
+    collectives need the ranks in step, so a rank with fewer makes stand-in passes), else ``count``."""
+    p = next(module.parameters())
+    if not (sharded(p) or zero.partitioned(p)):
         return count
     return int(distributed.all_max(torch.tensor(float(count))).item())
 
@@ -138,30 +135,6 @@ def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]
     (strict: missing and unexpected keys raise)."""
     own = module.state_dict()
     module.load_state_dict({k: local(v, own[k]) if k in own else v for k, v in state.items()})
-
-
-def announce(desc: str, reshard: bool) -> None:
-    """Say on rank 0's stderr that ``desc`` trains sharded."""
-    if distributed.rank() == 0:
-        print(f"{desc}: sharded over {distributed.world_size()} ranks (FSDP2, reshard_after_forward={reshard})",
-              file=sys.stderr, flush=True)
-
-
-def restore(run, plain: torch.nn.Module, trained: torch.nn.Module, optimizer, scheduler, older_defaults=None):
-    """``run.restore`` (``rlhf_env.training.run.Run``) for a model that trains as ``trained``: itself, or its
-    sharded copy. The checkpoint's full tensors load into ``plain``, the optimizer's into each rank's shards, and
-    a sharded ``trained`` then takes its shards of the weights. Returns ``(state, tensors)``."""
-    sharded = trained is not plain
-    state, tensors = run.restore(plain, FullOptimizer(optimizer, gather=False) if sharded else optimizer, scheduler,
-                                 older_defaults)
-    if sharded and state is not None:
-        load_full_state_dict(trained, plain.state_dict())
-    return state, tensors
-
-
-def saved(optimizer, sharded: bool):
-    """The optimizer as a checkpoint holds it: full tensors if ``sharded`` (gathered: every rank must call it)."""
-    return FullOptimizer(optimizer) if sharded else optimizer
 
 
 class FullOptimizer:

@@ -9,11 +9,12 @@ Under a launcher (``torchrun`` / ``accelerate launch``, see ``rlhf_env.training.
 global one: each rank takes every N-th example of it, weights its loss by its share of the batch's units
 (tokens for the LM loss, examples otherwise), and the ranks' gradients are summed, so N ranks take the step
 one process would. Rank 0 evaluates, logs and writes; the data order does not depend on N, so a run resumes
-on any number of ranks. Under accelerate's FSDP config the ranks train a sharded copy of the model
-(``rlhf_env.training.sharding``); the caller's model stays plain, and is refreshed from the shards for every
-evaluation, checkpoint and at the end. FSDP's collectives need every rank to make as many forward passes in a
-step: a rank without examples in an epoch's last batch runs a stand-in one with zero weight, and a
-``batch_loss`` that makes several passes agrees their number with the other ranks (``sharding.agree``).
+on any number of ranks. Under accelerate's FSDP config, or DeepSpeed's, the ranks train sharded
+(``rlhf_env.training.parallel``): they train a copy, and the caller's model stays plain and is refreshed from
+the trained copy for every evaluation, checkpoint and at the end. The
+collectives of FSDP and DeepSpeed need every rank to make as many forward passes in a step: a rank without
+examples in an epoch's last batch runs a stand-in one with zero weight, and a ``batch_loss`` that makes several
+passes agrees their number with the other ranks (``sharding.agree``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from rlhf_env import accel
 from rlhf_env.configs import TrainConfig
 from rlhf_env.models import save_policy
-from rlhf_env.training import distributed, sharding
+from rlhf_env.training import distributed
+from rlhf_env.training.parallel import Training
 from rlhf_env.training.run import Run
 
 IGNORE = -100  # label of tokens that carry no loss (padding, prompts)
@@ -95,22 +97,22 @@ def train_loop(
         raise ValueError(f"batch_size ({config.batch_size}) is the global batch: it must be >= the {world} ranks")
     config.device = distributed.init(config.device)
     rank = distributed.rank()
-    reshard = sharding.requested()
+    training = Training()
     torch.manual_seed(config.seed)
     model.to(config.device).train()
     distributed.broadcast_parameters(model)
-    trained = model  # what the optimizer steps: the model itself, or its sharded copy
-    if reshard is not None:
-        trained = accel.copy_of(model)
-        sharding.shard(trained, reshard, config.device)
-        sharding.announce(desc, reshard)
+    trained = accel.copy_of(model) if training.copies else model  # what the optimizer steps
+
+    def adamw():
+        decay, no_decay = [], []
+        for p in trained.parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+    optimizer = training.setup([trained], adamw, config.grad_clip, config.device, desc)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = max(1, round(config.epochs * steps_per_epoch))
-    decay, no_decay = [], []
-    for p in trained.parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total), total, min_lr_rate=config.lr_min_ratio)
 
@@ -118,13 +120,12 @@ def train_loop(
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
                    "lr": config.lr, "seed": config.seed}
     run = Run(out, fingerprint, total, desc, resume=config.resume, main=rank == 0)
-    state = (sharding.restore(run, model, trained, optimizer, scheduler)[0]
+    state = (training.restore(run, model, trained, scheduler)[0]
              or {"step": 0, "best": -math.inf, "best_step": None})
     run.start(state["step"])
 
-    def refresh():  # the caller's model gets the sharded copy's weights (every rank gathers)
-        if trained is not model:
-            sharding.gather_into(trained, model)
+    def refresh():  # the caller's model gets the trained copy's weights, if it has one (every rank gathers)
+        training.refresh(trained, model)
 
     def run_eval(step):
         if evaluate is None or not run.main:  # the ranks hold one model: rank 0 judges it
@@ -146,10 +147,9 @@ def train_loop(
                 torch.manual_seed(distributed.seed_stream(config.seed, rank, step))
             order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
             batch = [examples[i] for i in order[offset * config.batch_size:(offset + 1) * config.batch_size]]
-            optimizer.zero_grad(set_to_none=True)
-            loss, batch_metrics = _backward(trained, batch, batch_loss, reshard is not None)
-            grad_norm = sharding.full(torch.nn.utils.clip_grad_norm_(trained.parameters(), config.grad_clip))
-            optimizer.step()
+            training.zero_grad()
+            loss, batch_metrics = _backward(trained, batch, batch_loss, training)
+            grad_norm = training.step()
             scheduler.step()
             state["step"] = step = step + 1
             window.append({"loss": loss, **batch_metrics})
@@ -166,7 +166,7 @@ def train_loop(
             interrupted = distributed.any_rank(run.interrupted)  # every rank stops at the same step
             if interrupted or (config.save_every and step % config.save_every == 0 and step < total):
                 refresh()  # full tensors in the checkpoint: it resumes sharded or not
-                run.save(model, tokenizer, sharding.saved(optimizer, trained is not model), scheduler, state)
+                run.save(model, tokenizer, training.saved_optimizer(), scheduler, state)
             if interrupted:
                 distributed.barrier()  # rank 0's checkpoint is written before any rank exits
                 run.stop(step)
@@ -183,10 +183,10 @@ def train_loop(
     return distributed.broadcast_json(state)  # rank 0's, once it has written OUT/final: with its evaluations' best
 
 
-def _backward(model, global_batch: list, batch_loss, sharded: bool) -> tuple[float, dict[str, float]]:
+def _backward(model, global_batch: list, batch_loss, training: Training) -> tuple[float, dict[str, float]]:
     """Backward this rank's part of a step's batch, its loss weighted by its share of the batch's units (1 in one
-    process); the gradients summed over the ranks (by FSDP itself if ``sharded``). Returns the batch's loss and
-    metrics (the ranks' weighted means)."""
+    process); the gradients summed over the ranks. Returns the batch's loss and metrics (the ranks' weighted
+    means)."""
     world = distributed.world_size()
     batch = global_batch[distributed.rank()::world]
     some_rank_idle = len(global_batch) < world  # an epoch's last batch, of fewer examples than ranks
@@ -194,8 +194,8 @@ def _backward(model, global_batch: list, batch_loss, sharded: bool) -> tuple[flo
     if batch:
         loss, metrics, *counted = batch_loss(model, batch)
         units = counted[0] if counted else len(batch)
-    elif sharded:  # FSDP's collectives need this rank's forward and backward too: a stand-in, weighing nothing
-        stand_in = batch_loss(model, global_batch[:1])[0] * 0.0
+    elif training.lockstep:  # the forward's and backward's collectives need this rank too: a stand-in, weighing 0
+        stand_in = batch_loss(model, global_batch[:1])[0]
     if some_rank_idle:  # an idle rank adds nothing, but takes part in the collectives with rank 0's metric names
         names = distributed.broadcast_json({k: isinstance(v, tuple) for k, v in metrics.items()})  # rank 0 has some
         metrics = metrics if batch else {k: (0.0, 0) if own else 0.0 for k, own in names.items()}
@@ -203,12 +203,8 @@ def _backward(model, global_batch: list, batch_loss, sharded: bool) -> tuple[flo
     own_units = {k: float(v[1]) for k, v in metrics.items() if isinstance(v, tuple)}
     metrics = {k: v[0] if isinstance(v, tuple) else v for k, v in metrics.items()}
     weight, *own_weights = distributed.share(torch.tensor([float(units), *own_units.values()])).tolist()
-    if batch:
-        (loss * weight if world > 1 else loss).backward()
-        loss = loss.item()
-    elif stand_in is not None:  # at the same point as the other ranks' backward: the collectives come in order
-        stand_in.backward()
-    if not sharded:
-        distributed.all_reduce_grads(list(model.parameters()))
+    # an idle rank's weight is 0; its stand-in goes at the same point as the others' backward: collectives in order
+    training.backward(loss if batch else stand_in, weight)
+    loss = loss.item() if batch else loss
     stats = distributed.weighted_sum({"loss": loss, **metrics}, weight, dict(zip(own_units, own_weights)))
     return stats.pop("loss"), stats
