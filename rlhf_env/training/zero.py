@@ -30,6 +30,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 
 import torch
 
@@ -112,6 +113,8 @@ class Engine:
         import deepspeed.ops
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown the run's log
+        for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):  # its calls of them, at every step
+            warnings.filterwarnings("ignore", f".*`torch.distributed.{name}` is deprecated", FutureWarning)
         # its shared-memory collectives would be compiled at start-up (seconds, a compiler) for inference only
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.stage = stage
