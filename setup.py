@@ -27,9 +27,9 @@ setup(
         "accelerate>=1.0",  # data-parallel agents: the process group under `accelerate launch` / torchrun
     ],
     extras_require={
-        "deepspeed": ["deepspeed>=0.16"],  # ZeRO through accelerate's DeepSpeed config (rlhf_env/training/zero.py)
-        "test": ["pytest>=8", "deepspeed>=0.16"],
-        "dev": ["pytest>=8", "deepspeed>=0.16", "ruff"],
+        "deepspeed": ["deepspeed>=0.19,<0.20"],  # ZeRO through accelerate's DeepSpeed config (training/zero.py)
+        "test": ["pytest>=8", "deepspeed>=0.19,<0.20"],
+        "dev": ["pytest>=8", "deepspeed>=0.19,<0.20", "ruff"],
     },
     entry_points={"console_scripts": ["rlhf=rlhf_env.cli:main"]},
 )

@@ -116,7 +116,7 @@ class PPOAgent:
         # With accelerate's FSDP or DeepSpeed config, the policy and value model train sharded over the ranks, and
         # the sampler, the judge and the saved policy read a plain copy refreshed after every update
         # (rlhf_env.training.parallel)
-        if self.training.copies:
+        if self.training.lockstep:
             self.actor = accel.copy_of(self.policy).requires_grad_(False)  # the lean sampler's too, if it applies
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
         trained = [self.policy] if self.value is None else [self.policy, self.value]

@@ -24,26 +24,23 @@ class Training:
 
     def __init__(self):
         self.reshard = sharding.requested()  # FSDP's reshard_after_forward, or None: not sharded
-        self.zero = zero.requested()  # {"stage": ...}, or None: no DeepSpeed
+        self.zero = zero.requested()  # DeepSpeed's zero_optimization settings, or None: no DeepSpeed
+        if self.reshard is not None and self.zero is not None:
+            raise ValueError("the launcher asks for both FSDP and DeepSpeed: use one accelerate config")
         self.engine: zero.Engine | None = None
 
     @property
     def lockstep(self) -> bool:
-        """Whether every rank must make the same forward and backward passes in a step (FSDP's and DeepSpeed's
-        reductions are collectives inside them), whatever its examples."""
+        """Whether the ranks train sharded (FSDP, DeepSpeed): then every rank must make the same forward and
+        backward passes in a step (their reductions are collectives inside them), whatever its examples, and the
+        loop trains a copy of its model, while the sampler, the judge and the saves read the plain model, which
+        ``refresh`` updates."""
         return self.reshard is not None or self.zero is not None
 
     @property
     def partitioned(self) -> bool:
         """Whether no rank holds whole parameters (FSDP, ZeRO-3)."""
         return self.reshard is not None or self.zero is not None and self.zero["stage"] == 3
-
-    @property
-    def copies(self) -> bool:
-        """Whether the loop trains a copy of its model (FSDP and DeepSpeed, which partition it or its optimizer
-        and flatten it), while the sampler, the judge and the saves read the plain model, which ``refresh``
-        updates."""
-        return self.lockstep
 
     def setup(self, modules: list[torch.nn.Module], make_optimizer: Callable[[], torch.optim.Optimizer],
               max_grad_norm: float, device: str, desc: str) -> torch.optim.Optimizer:
@@ -53,10 +50,10 @@ class Training:
         if self.reshard is not None:
             for module in modules:
                 sharding.shard(module, self.reshard, device)
+        self.params = [p for module in modules for p in module.parameters()]  # what is clipped and all-reduced
         self.optimizer = make_optimizer()
-        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.zero is not None:
-            self.engine = zero.Engine(modules, self.optimizer, self.zero["stage"], max_grad_norm)
+            self.engine = zero.Engine(modules, self.optimizer, self.zero, max_grad_norm, device)
         if self.lockstep and distributed.rank() == 0:
             how = (f"FSDP2, reshard_after_forward={self.reshard}" if self.engine is None
                    else f"DeepSpeed ZeRO-{self.zero['stage']}")
@@ -71,6 +68,8 @@ class Training:
         """The backward of ``loss * weight`` (``weight``: this rank's share of the global minibatch; 1 in one
         process), then the gradients summed over the ranks. ``loss`` None: this rank has no example in the step
         (then it still joins the all-reduce; a ``lockstep`` loop passes a stand-in of weight 0 instead)."""
+        if loss is None and self.lockstep:
+            raise RuntimeError("a sharded step needs every rank's backward: pass a stand-in of weight 0")
         if loss is not None:
             if self.engine is not None:
                 self.engine.backward(loss * weight)
@@ -96,12 +95,8 @@ class Training:
     def refresh(self, trained: torch.nn.Module, plain: torch.nn.Module) -> None:
         """Copy the ``trained`` module's weights into its ``plain`` copy, if they are two (every rank must call
         it)."""
-        if trained is plain:
-            return
-        if self.engine is not None:
-            self.engine.gather_into([trained], [plain])
-        else:
-            sharding.gather_into(trained, plain)
+        if trained is not plain:
+            sharding.gather_into(trained, plain, sharding.full if self.engine is None else self.engine.whole)
 
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """A trained module's state with whole tensors (every rank must call it)."""
@@ -118,21 +113,19 @@ class Training:
 
     def saved_optimizer(self):
         """The optimizer as a checkpoint holds it: its state as whole tensors (every rank must call it)."""
+        return self._checkpointed_optimizer(gather=True)
+
+    def _checkpointed_optimizer(self, gather: bool):
+        """The optimizer for ``Run.save`` (``gather``: its state gathered now) or ``Run.restore``."""
         if self.engine is not None:
-            return _EngineOptimizer(self.engine, self.engine.optimizer_state())
-        return sharding.FullOptimizer(self.optimizer) if self.reshard is not None else self.optimizer
+            return _EngineOptimizer(self.engine, self.engine.optimizer_state() if gather else None)
+        return sharding.FullOptimizer(self.optimizer, gather) if self.reshard is not None else self.optimizer
 
     def restore(self, run, plain: torch.nn.Module, trained: torch.nn.Module, scheduler, older_defaults=None):
         """``run.restore`` (``rlhf_env.training.run.Run``) for a model that trains as ``trained`` (``plain`` itself,
         or its copy): the checkpoint's whole tensors load into ``plain``, the optimizer's into each rank's
         partitions, and ``trained`` then takes its partitions of the weights. Returns ``(state, tensors)``."""
-        if self.engine is not None:
-            optimizer = _EngineOptimizer(self.engine)
-        elif self.reshard is not None:
-            optimizer = sharding.FullOptimizer(self.optimizer, gather=False)
-        else:
-            optimizer = self.optimizer
-        state, tensors = run.restore(plain, optimizer, scheduler, older_defaults)
+        state, tensors = run.restore(plain, self._checkpointed_optimizer(gather=False), scheduler, older_defaults)
         if state is not None and trained is not plain:
             self.load_full_state_dict(trained, plain.state_dict())
         return state, tensors

@@ -109,21 +109,22 @@ def local(value: torch.Tensor, like) -> torch.Tensor:
 
 
 def agree(count: int, module: torch.nn.Module) -> int:
-    """How many forward passes through ``module`` this rank makes in a step where it needs ``count``: under
-    sharding (FSDP, or DeepSpeed's ZeRO-3), the most that any rank needs (every rank must call it; the forward's
-    collectives need the ranks in step, so a rank with fewer makes stand-in passes), else ``count``."""
+    """How many forward passes through ``module`` this rank makes in a step where it needs ``count``: under FSDP
+    or DeepSpeed, the most that any rank needs (every rank must call it; their collectives need the ranks in step,
+    so a rank with fewer makes stand-in passes), else ``count``."""
     p = next(module.parameters())
-    if not (sharded(p) or zero.partitioned(p)):
+    if not (sharded(p) or zero.managed(p)):
         return count
     return int(distributed.all_max(torch.tensor(float(count))).item())
 
 
 @torch.no_grad()
-def gather_into(sharded: torch.nn.Module, plain: torch.nn.Module) -> None:
-    """Copy the sharded module's parameters into the plain copy of the same module (every rank must call it)."""
+def gather_into(trained: torch.nn.Module, plain: torch.nn.Module, whole=full) -> None:
+    """Copy the trained module's parameters, each ``whole(p)`` (default: gathered from FSDP's shards), into the
+    plain copy of the same module (every rank must call it)."""
     target = dict(plain.named_parameters())
-    for name, p in sharded.named_parameters():
-        target[name].copy_(full(p))
+    for name, p in trained.named_parameters():
+        target[name].copy_(whole(p))
 
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -101,7 +101,7 @@ def train_loop(
     torch.manual_seed(config.seed)
     model.to(config.device).train()
     distributed.broadcast_parameters(model)
-    trained = accel.copy_of(model) if training.copies else model  # what the optimizer steps
+    trained = accel.copy_of(model) if training.lockstep else model  # what the optimizer steps
 
     def adamw():
         decay, no_decay = [], []

@@ -19,9 +19,11 @@ and steps in its ``step``; the losses, schedules, logs and checkpoints stay the 
   as under FSDP: from each rank's own whole parameters under stages 1 and 2, gathered under stage 3.
 - The engine's reductions are collectives, so every rank makes the same forward and backward passes in a step.
 
-Of a DeepSpeed config, the ZeRO stage is honoured. The optimizer, the scheduler, the batch sizes and the
-clipping are the loop's: a config may leave them out or say ``auto``, and anything else is refused, as are
-gradient accumulation, fp16/bf16 (``--bf16`` is the package's mixed precision) and offload.
+Of a DeepSpeed config, the ``zero_optimization`` settings are DeepSpeed's (bucket sizes it leaves out are capped
+at the model's size). The optimizer and the scheduler are the loops' own, and a config may not set them; so are
+the batch sizes, gradient accumulation and the clipping, which a config may leave out or set to ``auto``
+(``CHECKED``). Anything else is refused, as are fp16/bf16 (``--bf16`` is the package's mixed precision) and
+offload.
 """
 
 from __future__ import annotations
@@ -31,70 +33,58 @@ import json
 import logging
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
 from rlhf_env.training import distributed
 
-REFUSED = {  # what `accelerate launch` sets from a config's deepspeed_config, the loops' values, and why
-    "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": ("offload_optimizer_device", ("none",), "no offload"),
-    "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": ("offload_param_device", ("none",), "no offload"),
-    "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": ("gradient_accumulation_steps", ("1", "auto"),
-                                               "the loops' batch is the global one"),
-    "ACCELERATE_GRADIENT_CLIPPING": ("gradient_clipping", ("auto", "none"),
-                                     "the loops clip at their own maximum norm (--max_grad_norm, grad_clip)"),
-    "ACCELERATE_DEEPSPEED_ZERO3_INIT": ("zero3_init_flag", ("false",), "the loops partition the models they load"),
+OWN_CLIPPING = "the loops clip at their own maximum norm (--max_grad_norm; grad_clip for the stages)"
+CHECKED = {  # a DeepSpeed setting the loops decide themselves: (accelerate's variable, accepted values, why)
+    "gradient_accumulation_steps": ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", ("1", "auto"),
+                                    "the loops' batch is the global one"),
+    "gradient_clipping": ("ACCELERATE_GRADIENT_CLIPPING", ("auto", "none"), OWN_CLIPPING),
+    "offload_optimizer_device": ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", ("none",), "no offload"),
+    "offload_param_device": ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", ("none",), "no offload"),
+    "zero3_init_flag": ("ACCELERATE_DEEPSPEED_ZERO3_INIT", ("false",), "the loops partition the models they load"),
+    "mixed_precision": ("ACCELERATE_MIXED_PRECISION", ("no",), "--bf16 is the package's mixed precision"),
+    "optimizer": (None, (), "the loops' own AdamW"),  # these four only in a DeepSpeed config file
+    "scheduler": (None, (), "the loops' own schedule"),
+    "train_batch_size": (None, ("auto",), "the loops' batch is the global one"),
+    "train_micro_batch_size_per_gpu": (None, ("auto",), "the loops' batch is the global one"),
 }
 
 
 def requested() -> dict | None:
-    """The ZeRO settings the launcher asked for (``{"stage": 1|2|3}``), or None without DeepSpeed or with one
-    process. Raises on a setting the loops cannot honour."""
+    """The ZeRO settings the launcher asked for (DeepSpeed's ``zero_optimization``: ``stage`` 1, 2 or 3, and
+    those a config file gives), or None without DeepSpeed or with one process. Raises on a setting the loops
+    cannot honour (``CHECKED``)."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or distributed.world_size() == 1:
         return None
     if importlib.util.find_spec("deepspeed") is None:
         raise ImportError("accelerate's DeepSpeed config needs DeepSpeed: pip install deepspeed (or this package's "
                           "[deepspeed] extra), or launch with examples/accelerate/fsdp.yaml")
+    settings = {name: os.environ[var] for name, (var, _, _) in CHECKED.items() if var and var in os.environ}
+    zero, source = {"stage": os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")}, "the DeepSpeed config"
     path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path:
-        return _from_file(path)
-    for name, (setting, allowed, why) in REFUSED.items():
-        value = os.environ.get(name, allowed[0]).lower()
-        if value not in allowed:
-            raise ValueError(f"the DeepSpeed config's {setting}: {value} is not supported ({why}): leave it out or "
-                             f"set it to {allowed[0]}")
-    return {"stage": _stage(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
-
-
-def _stage(value) -> int:
-    if str(value) not in ("1", "2", "3"):
-        raise ValueError(f"ZeRO stage {value} is not supported: use 1, 2 or 3 (stage 0 is plain data parallelism: "
-                         "launch without the DeepSpeed config)")
-    return int(value)
-
-
-def _from_file(path: str) -> dict:
-    """The settings of a DeepSpeed JSON config (``deepspeed_config_file`` in accelerate's config)."""
-    config = json.loads(open(path).read())
-    zero = config.get("zero_optimization", {})
-    theirs = {  # what the loops set themselves: (whose it is, the values a config may give it)
-        "optimizer": ("the loops' AdamW", ()), "scheduler": ("the loops' schedule", ()),
-        "gradient_accumulation_steps": ("the loops' global batch", ("auto", 1)),
-        "gradient_clipping": ("--max_grad_norm (grad_clip)", ("auto",)),
-        "train_batch_size": ("the loops' global batch", ("auto",)),
-        "train_micro_batch_size_per_gpu": ("the loops' global batch", ("auto",)),
-    }
-    for key, (whose, allowed) in theirs.items():
-        if key in config and config[key] not in allowed:
-            raise ValueError(f"{path}: {key} is set by {whose}, not by the DeepSpeed config: remove it"
-                             + (f" or set it to {allowed[0]}" if allowed else ""))
-    for key in ("fp16", "bf16"):
-        if config.get(key, {}).get("enabled") not in (False, None, "auto"):
-            raise ValueError(f"{path}: {key} is not supported; --bf16 is the package's mixed precision")
-    for key in ("offload_optimizer", "offload_param"):
-        if zero.get(key, {}).get("device", "none") != "none":
-            raise ValueError(f"{path}: zero_optimization.{key} is not supported: set its device to none")
-    return {"stage": _stage(zero.get("stage", 0))}
+    if path:  # accelerate's deepspeed_config_file: a DeepSpeed JSON config
+        config, source = json.loads(Path(path).read_text()), path
+        zero = dict(config.get("zero_optimization", {}))
+        settings.update({name: config[name] for name in CHECKED if name in config})
+        for key in ("offload_optimizer", "offload_param"):
+            settings[f"{key}_device"] = zero.pop(key, {}).get("device", "none")
+        enabled = [key for key in ("fp16", "bf16") if config.get(key, {}).get("enabled") not in (None, False, "auto")]
+        settings["mixed_precision"] = enabled[0] if enabled else "no"
+    for name, value in settings.items():
+        _, accepted, why = CHECKED[name]
+        if str(value).lower() not in accepted:
+            raise ValueError(f"{source}: {name} {json.dumps(value)} is not supported ({why}): "
+                             + (f"leave it out or set it to {accepted[0]}" if accepted else "leave it out"))
+    stage = zero.get("stage", "missing")
+    if str(stage) not in ("1", "2", "3"):
+        raise ValueError(f"{source}: ZeRO stage {stage} is not supported: use 1, 2 or 3 (stage 0 is plain data "
+                         "parallelism: launch without the DeepSpeed config)")
+    return {**zero, "stage": int(stage)}
 
 
 def partitioned(p: torch.Tensor) -> bool:
@@ -102,29 +92,48 @@ def partitioned(p: torch.Tensor) -> bool:
     return hasattr(p, "ds_id")
 
 
+def managed(p: torch.Tensor) -> bool:
+    """Whether ``p`` is trained by DeepSpeed's engine (any stage)."""
+    return partitioned(p) or hasattr(p, "_hp_mapping")
+
+
 class Engine:
     """DeepSpeed's engine over ``modules`` and their ``optimizer`` (an AdamW, made by the loop over the modules'
     parameters), clipping at ``max_grad_norm``: ``backward`` and ``step`` in place of the loop's, and the full
     tensors of its partitions for a checkpoint."""
 
-    def __init__(self, modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer, stage: int,
-                 max_grad_norm: float):
+    def __init__(self, modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer, zero: dict,
+                 max_grad_norm: float, device: str):
+        cpu = torch.device(device).type == "cpu"
+        if cpu:  # else DeepSpeed takes a GPU whenever one is visible, and moves the model there
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         import deepspeed.ops
+        from deepspeed.accelerator import get_accelerator
+
+        if cpu != (get_accelerator().device_name() == "cpu"):
+            raise ValueError(f"DeepSpeed runs on {get_accelerator().device_name()}, the run on {device}: set "
+                             "DS_ACCELERATOR to match --device")
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown the run's log
         for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):  # its calls of them, at every step
             warnings.filterwarnings("ignore", f".*`torch.distributed.{name}` is deprecated", FutureWarning)
         # its shared-memory collectives would be compiled at start-up (seconds, a compiler) for inference only
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        self.stage = stage
+        self.stage = stage = zero["stage"]
         self.optimizer = optimizer  # the loop's AdamW: DeepSpeed steps it over flat partitions
         # the parameters as torch's optimizer numbers them in a checkpoint: through its groups in turn
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         sizes = [len(group["params"]) for group in optimizer.param_groups]
         self.groups = [list(range(sum(sizes[:g]), sum(sizes[:g + 1]))) for g in range(len(sizes))]
+        # DeepSpeed's buckets hold up to 5e8 elements (2 GB of float32 each) whatever the model: at most the model's
+        size = sum(p.numel() for p in self.params)
+        defaults = {"reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8, **(
+            {"stage3_prefetch_bucket_size": 5e7} if stage == 3 else {})}
+        aligned = {k: int(-(-min(size, default) // 64) * 64) for k, default in defaults.items()}  # DeepSpeed's rule
+        zero = {**aligned, **zero}  # the config's own settings win
         config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                  "gradient_clipping": max_grad_norm, "zero_optimization": {"stage": stage},
+                  "gradient_clipping": max_grad_norm, "zero_optimization": zero,
                   "zero_allow_untested_optimizer": True, "steps_per_print": 2 ** 62, "wall_clock_breakdown": False}
         model = modules[0] if len(modules) == 1 else torch.nn.ModuleList(modules)
         self.engine, self.zero_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
@@ -149,7 +158,8 @@ class Engine:
 
     def set_full(self, p: torch.Tensor, value: torch.Tensor, key: str | None = None) -> None:
         """Set this rank's partition of parameter ``p`` (``key`` None) or of its optimizer state ``key`` from the
-        whole ``value`` (no communication)."""
+        whole ``value`` (no communication). Before the first forward only (a resume): ZeRO-3 keeps small
+        parameters gathered after their first forward, until the next step."""
         from deepspeed import utils
 
         value = value.detach().to(torch.float32)
@@ -179,13 +189,9 @@ class Engine:
             self.zero_optimizer._hp_optimizer_states_linked = False
             self.zero_optimizer._lazy_init_hp_params_optimizer_state()
 
-    def gather_into(self, modules: list[torch.nn.Module], plain: list[torch.nn.Module]) -> None:
-        """Copy the trained ``modules``' parameters into their ``plain`` copies (every rank must call it)."""
-        for module, copy in zip(modules, plain):
-            target = dict(copy.named_parameters())
-            with torch.no_grad():
-                for name, p in module.named_parameters():  # stages 1 and 2: every rank's parameters are whole
-                    target[name].copy_(self.full(p) if self.stage == 3 else p)
+    def whole(self, p: torch.Tensor) -> torch.Tensor:
+        """The whole of parameter ``p``: its own under stages 1 and 2, gathered under 3 (every rank must call it)."""
+        return self.full(p) if self.stage == 3 else p
 
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """``module.state_dict()`` with whole parameters (every rank must call it)."""
@@ -193,8 +199,13 @@ class Engine:
         return {**state, **{name: self.full(p) for name, p in module.named_parameters(remove_duplicate=False)}}
 
     def load_full_state_dict(self, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Load whole tensors into ``module``'s parameters (each rank its partitions) and buffers."""
+        """Load whole tensors into ``module``'s parameters (each rank its partitions) and buffers (strict: missing
+        and unexpected keys raise)."""
         params = dict(module.named_parameters(remove_duplicate=False))  # a tied parameter under each of its names
+        own = set(module.state_dict())
+        if own != set(state):
+            raise ValueError(f"the state does not match the model: missing {sorted(own - set(state))}, unexpected "
+                             f"{sorted(set(state) - own)}")
         for name, value in state.items():
             if name in params:
                 self.set_full(params[name], value)
@@ -215,17 +226,25 @@ class Engine:
         return {"state": state, "param_groups": groups}
 
     def load_optimizer_state(self, saved: dict) -> None:
-        """Set the optimizer's state from ``optimizer_state``'s form (each rank its partitions)."""
+        """Set the optimizer's state from ``optimizer_state``'s form, or ``torch.optim.AdamW.state_dict()``'s
+        (each rank its partitions). A parameter without state (no gradient yet) starts from zero moments at the
+        others' step: DeepSpeed counts one step for all."""
+        sizes = [len(group["params"]) for group in saved["param_groups"]]
+        if sizes != [len(group) for group in self.groups]:
+            raise ValueError(f"the checkpoint's optimizer has groups of {sizes} parameters, this run's of "
+                             f"{[len(group) for group in self.groups]}")
         for group, own in zip(self.optimizer.param_groups, saved["param_groups"]):
             group.update({k: v for k, v in own.items() if k != "params"})
         if not saved["state"]:
             return
-        step = next(iter(saved["state"].values()))["step"]
+        step = max(float(s["step"]) for s in saved["state"].values())
+        fused = any(group.get("fused") or group.get("capturable") for group in self.optimizer.param_groups)
         zero = self.zero_optimizer  # AdamW's state, made, for the flat fp32 partitions that it steps
         for flat in zero.fp32_partitioned_groups_flat if self.stage == 3 else zero.single_partition_of_fp32_groups:
-            self.optimizer.state[flat] = {"step": torch.tensor(float(step), device=flat.device),  # one each
+            self.optimizer.state[flat] = {"step": torch.tensor(step, device=flat.device if fused else "cpu"),
                                           "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
         self._link_state()
         for i, p in enumerate(self.params):
+            none = torch.zeros(p.ds_shape if self.stage == 3 else p.shape)
             for key in ("exp_avg", "exp_avg_sq"):
-                self.set_full(p, saved["state"][i][key], key)
+                self.set_full(p, saved["state"][i][key] if i in saved["state"] else none, key)
