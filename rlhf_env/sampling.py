@@ -275,9 +275,13 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
         fast = lean_decoder_applies(model)
     elif fast and not GPT2Decoder.supports(model):
         raise ValueError(f"the fast decoder supports HF GPT-2 only, not {type(model).__name__}; use fast=None")
-    decoder = GPT2Decoder(model, B, P + max_new_tokens) if fast else HFDecoder(model)
-    prompt_pos = positions(prompt_mask)
-    logits = decoder.prefill(prompt_ids, prompt_mask, prompt_pos, share_prompts=share_prompts)
+    # Columns that are padding in every row would cost every step's attention: the decoder runs without them
+    # (positions come from the mask, so nothing else changes); the samples keep the prompts as given.
+    first = first_real_column(prompt_mask)
+    run_ids, run_mask = prompt_ids[:, first:], prompt_mask[:, first:]
+    decoder = GPT2Decoder(model, B, P - first + max_new_tokens) if fast else HFDecoder(model)
+    prompt_pos = positions(run_mask)
+    logits = decoder.prefill(run_ids, run_mask, prompt_pos, share_prompts=share_prompts)
     pos = prompt_pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []

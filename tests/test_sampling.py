@@ -163,3 +163,31 @@ def test_prompts_are_shared_only_where_it_pays(tiny_model, tokenizer):
     assert shared_prompt_forward(tiny_model, ids, mask, R) is not None
     ids, mask, R = grouped_batch(tokenizer, group=SHARE_FROM - 1)
     assert shared_prompt_forward(tiny_model, ids, mask, R) is None
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_columns_of_padding_in_every_row_are_not_run(tiny_model, tokenizer, fast):
+    """Prompts padded 7 columns wider than their longest: the same samples, the prompts returned as given, and
+    the decoder never sees the extra columns."""
+    from unittest import mock
+
+    from rlhf_env.accel.decoder import GPT2Decoder
+    from rlhf_env.sampling import HFDecoder, encode_prompts, sample_from_ids
+
+    ids, mask = encode_prompts(tokenizer, PROMPTS, None, "cpu")
+    wide_ids = torch.cat([torch.full((len(ids), 7), tokenizer.pad_token_id), ids], 1)
+    wide_mask = torch.cat([torch.zeros(len(ids), 7, dtype=mask.dtype), mask], 1)
+    widths, prefill = [], (GPT2Decoder if fast else HFDecoder).prefill
+
+    def spy(self, ids, *args, **kwargs):
+        widths.append(ids.shape[1])
+        return prefill(self, ids, *args, **kwargs)
+
+    with mock.patch.object(GPT2Decoder if fast else HFDecoder, "prefill", spy):
+        narrow = sample_from_ids(tiny_model, tokenizer, ids, mask, 10, 1.0, torch.Generator().manual_seed(5), fast=fast)
+        wide = sample_from_ids(tiny_model, tokenizer, wide_ids, wide_mask, 10, 1.0, torch.Generator().manual_seed(5),
+                               fast=fast)
+    assert widths == [ids.shape[1], ids.shape[1]]
+    assert torch.equal(wide.response_ids, narrow.response_ids) and wide.texts == narrow.texts
+    torch.testing.assert_close(wide.logprobs, narrow.logprobs, atol=1e-6, rtol=0)
+    assert torch.equal(wide.prompt_ids, wide_ids) and torch.equal(wide.prompt_mask, wide_mask)
