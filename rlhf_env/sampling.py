@@ -247,6 +247,9 @@ def lean_decoder_applies(model) -> bool:
     return (type(model) is TorchGPT2 or (accelerated(model) and on_cpu)) and GPT2Decoder.supports(model)
 
 
+COMPACT_AT = 0.5  # the lean decoder drops its ended rows once at most this share of its rows still runs
+
+
 @torch.no_grad()
 def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
                     temperature: float | torch.Tensor = 1.0, generator: torch.Generator | None = None,
@@ -256,7 +259,8 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     ``fast`` picks the lean GPT-2 path of ``rlhf_env.accel.decoder`` (default: for an HF GPT-2 that
     ``rlhf_env.accel`` accelerated), which prefills each distinct prompt once if ``share_prompts``;
     ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks; the masks still end each
-    response at its first EOS or PAD, but tokens after it are sampled and keep their log-probs).
+    response at its first EOS or PAD, but tokens after it are sampled and keep their log-probs). The lean decoder
+    stops running rows that have ended (``COMPACT_AT``); the draws, one per row and step, are the same.
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -284,6 +288,8 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     logits = decoder.prefill(run_ids, run_mask, prompt_pos, share_prompts=share_prompts)
     pos = prompt_pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    live = torch.arange(B, device=device)  # the rows the decoder runs: the lean one drops ended rows
+    compact = fast and stop_at_eos
     tokens, logps = [], []
     for step in range(max_new_tokens):
         logits = logits.float()  # (B, V)
@@ -303,7 +309,16 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
                 break
         if step + 1 < max_new_tokens:
             pos = pos + 1
-            logits = decoder.step(token, pos)
+            if compact and len(live) - int(done[live].sum()) <= COMPACT_AT * len(live):  # drop the ended rows
+                running = ~done[live]
+                decoder.keep(running.nonzero().squeeze(1))
+                live = live[running]
+            if len(live) == B:
+                logits = decoder.step(token, pos)
+            else:  # an ended row's logits are never read: its token is PAD (the random stream is the same)
+                running_logits = decoder.step(token[live], pos[live])
+                logits = running_logits.new_zeros(B, running_logits.shape[1])
+                logits[live] = running_logits
 
     response_ids = torch.stack(tokens, 1)  # (B, R)
     mask, eos = response_mask(response_ids, eos_id, pad_id)

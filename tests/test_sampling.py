@@ -191,3 +191,33 @@ def test_columns_of_padding_in_every_row_are_not_run(tiny_model, tokenizer, fast
     assert torch.equal(wide.response_ids, narrow.response_ids) and wide.texts == narrow.texts
     torch.testing.assert_close(wide.logprobs, narrow.logprobs, atol=1e-6, rtol=0)
     assert torch.equal(wide.prompt_ids, wide_ids) and torch.equal(wide.prompt_mask, wide_mask)
+
+
+def test_the_lean_decoder_drops_ended_rows_and_samples_the_same(monkeypatch):
+    """The bundled SFT policy ends its responses at different steps: the lean decoder runs fewer rows as they end
+    (a spy on its steps), and samples exactly what it samples running every row to the end."""
+    from rlhf_env import sampling
+    from rlhf_env.accel.decoder import GPT2Decoder
+    from rlhf_env.models import load_policy
+    from rlhf_env.sampling import encode_prompts, sample_from_ids
+
+    policy, tokenizer = load_policy("sft")
+    ids, mask = encode_prompts(tokenizer, PROMPTS * 8, None, "cpu")
+    rows, step = [], GPT2Decoder.step
+
+    def spy(self, token, pos):
+        rows.append(len(token))
+        return step(self, token, pos)
+
+    monkeypatch.setattr(GPT2Decoder, "step", spy)
+    runs = {}
+    for compact_at in (0.5, 0.0):  # 0: never drops a row
+        monkeypatch.setattr(sampling, "COMPACT_AT", compact_at)
+        rows.clear()
+        runs[compact_at] = sample_from_ids(policy, tokenizer, ids, mask, 24, 1.0, torch.Generator().manual_seed(0),
+                                           fast=True), list(rows)
+    (dropped, dropped_rows), (kept, kept_rows) = runs[0.5], runs[0.0]
+    assert set(kept_rows) == {24} and dropped_rows[0] == 24 and dropped_rows[-1] < 12  # most rows ended early
+    assert dropped_rows == sorted(dropped_rows, reverse=True) and len(dropped_rows) == len(kept_rows)
+    assert torch.equal(dropped.response_ids, kept.response_ids) and dropped.texts == kept.texts
+    torch.testing.assert_close(dropped.logprobs, kept.logprobs, atol=1e-5, rtol=0)

@@ -171,5 +171,10 @@ class GPT2Decoder:
             x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
         return self._head(x)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Run only ``rows`` (indices of this decoder's rows) from now on; they keep their cache (one copy of it)."""
+        self.cache = self.cache[:, :, rows]
+        self.key_bias = self.key_bias[rows]
+
     def _head(self, last: torch.Tensor) -> torch.Tensor:
         return self.head(F.layer_norm(last, (self.n_embd,), *self.ln_f))
