@@ -13,15 +13,17 @@ logits, faster: ``benchmarks/bench_sampler.py`` measures it against a plain HF `
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rlhf_env.accel import accelerated
 from rlhf_env.accel.decoder import GPT2Decoder, first_rows
-from rlhf_env.accel.gpt2 import TorchGPT2
+from rlhf_env.accel.gpt2 import KVCache, TorchGPT2
 from rlhf_env.models import context_length
 
 
@@ -105,19 +107,90 @@ def cache_argument(model) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
+# A forward's fixed cost, in the positions it would compute: rows of rests are split into chunks of similar length
+# (``length_chunks``) only where that saves more positions than the extra forwards cost (measured on the bundled
+# policy by benchmarks/bench_shared_prompts.py).
+CHUNK_COST = 48
+
+
+def length_chunks(lengths: torch.Tensor, most: int = 3) -> list[torch.Tensor]:
+    """The rows (B,) of right-padded rests of these ``lengths``, in chunks of similar length: sorted, cut into up to
+    ``most`` chunks of equal counts, as many as save the most positions (each chunk runs to its own longest) net
+    of ``CHUNK_COST`` per extra forward. One chunk (all rows, in order) where chunking does not pay."""
+    order = torch.argsort(lengths, stable=True)
+    best, chunks = int(lengths.max()) * len(lengths), [torch.arange(len(lengths), device=lengths.device)]
+    for k in range(2, min(most, len(lengths)) + 1):
+        parts = order.tensor_split(k)
+        cost = sum(int(lengths[part].max()) * len(part) for part in parts) + (k - 1) * CHUNK_COST
+        if cost < best:
+            best, chunks = cost, list(parts)
+    return chunks
+
+
 def prompt_then_rest(model, cache_arg: str, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: torch.Tensor,
                      rest_ids: torch.Tensor, rest_mask: torch.Tensor, prompt_kwargs: dict | None = None, **kwargs):
     """Each distinct prompt (U, P), left-padded, through ``model`` once with a cache; then the rest of every row
     (B, T), right-padded, attending to the cached keys and values of its prompt ``rows[b]``. Returns both
-    outputs. ``kwargs`` go to both forwards, ``prompt_kwargs`` to the prompts' only."""
+    outputs. ``kwargs`` go to both forwards, ``prompt_kwargs`` to the prompts' only.
+
+    Where the rests' lengths differ enough (``length_chunks``), they run in chunks of rows of similar length, each
+    cut to its longest; the rest's output then holds ``logits``, ``last_hidden_state`` and the last of
+    ``hidden_states`` (those the model gives), in the rows' order, zero at the padding past a chunk's end."""
     head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask), use_cache=True,
                  **(prompt_kwargs or {}), **kwargs)
     cache = getattr(head, cache_arg)
-    cache.batch_select_indices(rows)  # each row's own copy of its prompt's keys and values
-    mask = torch.cat([prompt_mask[rows], rest_mask], 1)
-    tail = model(input_ids=rest_ids, attention_mask=mask, position_ids=positions(mask)[:, -rest_ids.shape[1]:],
+    chunks = length_chunks(rest_mask.sum(1))
+    prompts = _prompt_states(cache) if len(chunks) > 1 else None
+    if prompts is None:  # one chunk, or a cache whose rows it cannot swap
+        cache.batch_select_indices(rows)  # each row's own copy of its prompt's keys and values
+        return head, _rest(model, cache_arg, cache, prompt_mask[rows], rest_ids, rest_mask, kwargs)
+    tails = []
+    for chunk in chunks:
+        _take_rows(cache, prompts, rows[chunk])  # the chunk's rows' copies of their prompts' keys and values
+        width = max(int(rest_mask[chunk].sum(1).max()), 1)
+        tails.append(_rest(model, cache_arg, cache, prompt_mask[rows[chunk]], rest_ids[chunk, :width],
+                           rest_mask[chunk, :width], kwargs))
+    inverse = torch.argsort(torch.cat(chunks))
+    T = rest_ids.shape[1]
+
+    def rejoined(parts):  # each chunk's (rows, width, ...) padded to T, in the rows' order
+        return torch.cat([F.pad(x, (0, 0, 0, T - x.shape[1])) for x in parts])[inverse]
+
+    out = {}
+    for name in ("logits", "last_hidden_state"):
+        if getattr(tails[0], name, None) is not None:
+            out[name] = rejoined([getattr(tail, name) for tail in tails])
+    if getattr(tails[0], "hidden_states", None) is not None:
+        out["hidden_states"] = (rejoined([tail.hidden_states[-1] for tail in tails]),)
+    return head, SimpleNamespace(**out)
+
+
+def _prompt_states(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's keys and values in ``cache``, where a chunk of rows can take its own of them (the torch-only
+    GPT-2's cache, and HF's dynamic one); else None."""
+    if isinstance(cache, KVCache):
+        return list(cache.layers)
+    layers = getattr(cache, "layers", None)
+    if not layers or "transformers" not in sys.modules:  # (the envs' own models never import transformers)
+        return None
+    from transformers.cache_utils import DynamicLayer
+
+    return [(layer.keys, layer.values) for layer in layers] if all(type(x) is DynamicLayer for x in layers) else None
+
+
+def _take_rows(cache, states: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> None:
+    """Set ``cache`` to these ``rows`` of the keys and values ``states`` (``_prompt_states``)."""
+    if isinstance(cache, KVCache):
+        cache.layers = [(keys[rows], values[rows]) for keys, values in states]
+        return
+    for layer, (keys, values) in zip(cache.layers, states):
+        layer.keys, layer.values = keys[rows], values[rows]
+
+
+def _rest(model, cache_arg, cache, prompt_mask, rest_ids, rest_mask, kwargs):
+    mask = torch.cat([prompt_mask, rest_mask], 1)
+    return model(input_ids=rest_ids, attention_mask=mask, position_ids=positions(mask)[:, -rest_ids.shape[1]:],
                  use_cache=True, **{cache_arg: cache}, **kwargs)
-    return head, tail
 
 
 def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,

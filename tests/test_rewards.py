@@ -130,13 +130,18 @@ def llama_classifier(tokenizer, tmp_path):
     return tmp_path / "llama", model, tokenizer
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("kind", ["gpt2-word-level", "llama-bpe"])
 def test_a_classifier_runs_each_prompt_of_a_group_once_with_the_same_scores(foreign_classifier, tokenizer, tmp_path,
-                                                                           kind):
+                                                                           kind, chunked, monkeypatch):
     """Three responses per prompt, interleaved (texts of different lengths, EOS appended or not): the shared
-    forward ran (a spy on the trunk counts its rows) and every score is the text's alone. A text whose tokens
-    do not start with its prompt's (the word runs across the boundary) goes through one joint forward instead."""
+    forward ran (a spy on the trunk counts its rows; ``chunked``: the rests in chunks of similar lengths) and
+    every score is the text's alone. A text whose tokens do not start with its prompt's (the word runs across the
+    boundary) goes through one joint forward instead."""
     import rlhf_env.rewards.classifier as classifier
+    from rlhf_env import sampling
+
+    monkeypatch.setattr(sampling, "CHUNK_COST", 0 if chunked else 10 ** 6)
 
     path, model, clf_tokenizer = foreign_classifier if kind == "gpt2-word-level" else llama_classifier(tokenizer,
                                                                                                        tmp_path)
@@ -148,7 +153,9 @@ def test_a_classifier_runs_each_prompt_of_a_group_once_with_the_same_scores(fore
         lambda module, args, kwargs: trunk_rows.append(len(kwargs.get("input_ids", args[0] if args else None))),
         with_kwargs=True)
     got = reward(prompts, responses, eos)
-    assert trunk_rows == [len(PROMPTS), len(prompts)]  # the distinct prompts, then every text's rest
+    # the distinct prompts, then every text's rest (in chunks)
+    assert trunk_rows[0] == len(PROMPTS) and sum(trunk_rows[1:]) == len(prompts)
+    assert (len(trunk_rows) > 2) == chunked
     end = clf_tokenizer.eos_token if kind == "llama-bpe" else ""
     with torch.no_grad():  # each text alone, unpadded: the logit at its last token
         want = [model(**clf_tokenizer(p + r + (end if e else ""), return_tensors="pt")).logits[0, 1].item()

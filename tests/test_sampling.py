@@ -114,17 +114,25 @@ def grouped_batch(tokenizer, group: int):
     return torch.cat([prompt_ids[rows], response_ids], 1), torch.cat([prompt_mask[rows], response_mask], 1), R
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("kind", ["gpt2", "torch-gpt2", "llama"])
 def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_states(tiny_model, tokenizer,
-                                                                                      tmp_path, kind):
+                                                                                      tmp_path, kind, chunked,
+                                                                                      monkeypatch):
     """Each distinct prompt through the model once, its keys and values shared by its responses: the full
     forward's log-probs, hidden states and gradients (HF's GPT-2, the envs' torch-only one, and a Llama with
-    rotary positions and grouped-query attention through HF's own cache)."""
+    rotary positions and grouped-query attention through HF's own cache); also with the responses run in chunks
+    of similar lengths (``chunked``: a spy checks that they were)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from rlhf_env import sampling
     from rlhf_env.accel.gpt2 import load_torch_gpt2
     from rlhf_env.models import save_policy
     from rlhf_env.sampling import response_log_softmax, shared_prompt_forward
+
+    rests, rest = [], sampling._rest
+    monkeypatch.setattr(sampling, "_rest", lambda *args: rests.append(len(args[4])) or rest(*args))  # its rows
+    monkeypatch.setattr(sampling, "CHUNK_COST", 0 if chunked else 10 ** 6)
 
     model = tiny_model.train()
     if kind == "torch-gpt2":
@@ -147,7 +155,8 @@ def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_s
         states = out.hidden_states[-1][:, -R - 1:-1] if hidden else None
         results.append((logp, grads, states))
     (full, full_grads, full_states), (shared, shared_grads, shared_states) = results
-    assert shared_prompt_forward(model, ids, mask, R) is not None  # the shared path ran
+    assert rests == ([4, 4, 4] if chunked else [12])  # the shared path ran its responses, in chunks or not
+    assert shared_prompt_forward(model, ids, mask, R) is not None
     torch.testing.assert_close(shared[real], full[real], atol=2e-5, rtol=0)
     if hidden:
         torch.testing.assert_close(shared_states[real], full_states[real], atol=2e-5, rtol=0)

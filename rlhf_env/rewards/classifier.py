@@ -80,7 +80,8 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     prompt_ids, prompt_mask = _padded(heads, pad_id, left=True, device=device)
     tail_ids, tail_mask = _padded(tails, pad_id, left=False, device=device)
     index = torch.tensor(rows, device=device)
-    hidden = prompt_then_rest(trunk, cache_arg, prompt_ids, prompt_mask, index, tail_ids, tail_mask)[1][0]  # (B, T, E)
+    rest = prompt_then_rest(trunk, cache_arg, prompt_ids, prompt_mask, index, tail_ids, tail_mask)[1]
+    hidden = rest.last_hidden_state  # (B, T, E)
     last = hidden[torch.arange(len(texts), device=device), tail_mask.sum(1) - 1]
     return head(last).float()
 
