@@ -107,21 +107,23 @@ def cache_argument(model) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
-# A forward's fixed cost, in the positions it would compute: rows of rests are split into chunks of similar length
-# (``length_chunks``) only where that saves more positions than the extra forwards cost (measured on the bundled
-# policy by benchmarks/bench_shared_prompts.py).
+# A forward's fixed cost, in the positions one thread computes meanwhile: rows of rests are split into chunks of
+# similar length (``length_chunks``) only where that saves more positions than the extra forwards cost (measured on
+# the bundled policies at 1 and 2 threads by benchmarks/bench_padding.py).
 CHUNK_COST = 48
 
 
 def length_chunks(lengths: torch.Tensor, most: int = 3) -> list[torch.Tensor]:
     """The rows (B,) of right-padded rests of these ``lengths``, in chunks of similar length: sorted, cut into up to
     ``most`` chunks of equal counts, as many as save the most positions (each chunk runs to its own longest) net
-    of ``CHUNK_COST`` per extra forward. One chunk (all rows, in order) where chunking does not pay."""
+    of ``CHUNK_COST`` per extra forward and thread (more threads compute a position faster, not a forward's fixed
+    part). One chunk (all rows, in order) where chunking does not pay."""
     order = torch.argsort(lengths, stable=True)
+    cost_per_chunk = CHUNK_COST * torch.get_num_threads()
     best, chunks = int(lengths.max()) * len(lengths), [torch.arange(len(lengths), device=lengths.device)]
     for k in range(2, min(most, len(lengths)) + 1):
         parts = order.tensor_split(k)
-        cost = sum(int(lengths[part].max()) * len(part) for part in parts) + (k - 1) * CHUNK_COST
+        cost = sum(int(lengths[part].max()) * len(part) for part in parts) + (k - 1) * cost_per_chunk
         if cost < best:
             best, chunks = cost, list(parts)
     return chunks
