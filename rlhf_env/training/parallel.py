@@ -46,7 +46,7 @@ class Training:
               max_grad_norm: float, device: str, desc: str) -> torch.optim.Optimizer:
         """Shard (FSDP) the ``modules`` the loop trains, make their optimizer, and hand both to DeepSpeed's engine
         (ZeRO); returns the optimizer (for the loop's scheduler)."""
-        self.modules, self.max_grad_norm = modules, max_grad_norm
+        self.max_grad_norm = max_grad_norm
         if self.reshard is not None:
             for module in modules:
                 sharding.shard(module, self.reshard, device)
