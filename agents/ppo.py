@@ -119,10 +119,10 @@ class PPOAgent:
         if self.training.lockstep:
             self.actor = accel.copy_of(self.policy).requires_grad_(False)  # the lean sampler's too, if it applies
         self.kl = KLController(c.kl_coef, c.target_kl or None, c.kl_horizon)
-        trained = [self.policy] if self.value is None else [self.policy, self.value]
         self.optimizer = self.training.setup(
-            trained, lambda: torch.optim.AdamW([p for m in trained for p in m.parameters()], lr=c.lr, eps=c.adam_eps,
-                                               weight_decay=c.weight_decay, fused=True),  # one kernel per step
+            [self.policy] if self.value is None else [self.policy, self.value],
+            lambda params: torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
+                                             fused=True),  # one kernel per step
             c.max_grad_norm, c.device, name)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, c.iterations)
         self.seed = c.seed if self.world == 1 else distributed.seed_stream(c.seed, self.rank)  # prompts, samples

@@ -384,7 +384,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
                 break
         if step + 1 < max_new_tokens:
             pos = pos + 1
-            if compact and len(live) - int(done[live].sum()) <= COMPACT_AT * len(live):  # drop the ended rows
+            if compact and B - int(done.sum()) <= COMPACT_AT * len(live):  # drop the ended rows (dropped: ended)
                 running = ~done[live]
                 decoder.keep(running.nonzero().squeeze(1))
                 live = live[running]

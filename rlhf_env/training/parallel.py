@@ -42,16 +42,18 @@ class Training:
         """Whether no rank holds whole parameters (FSDP, ZeRO-3)."""
         return self.reshard is not None or self.zero is not None and self.zero["stage"] == 3
 
-    def setup(self, modules: list[torch.nn.Module], make_optimizer: Callable[[], torch.optim.Optimizer],
+    def setup(self, modules: list[torch.nn.Module],
+              make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
               max_grad_norm: float, device: str, desc: str) -> torch.optim.Optimizer:
-        """Shard (FSDP) the ``modules`` the loop trains, make their optimizer, and hand both to DeepSpeed's engine
-        (ZeRO); returns the optimizer (for the loop's scheduler)."""
+        """Shard (FSDP) the ``modules`` the loop trains, make their optimizer over their parameters
+        (``make_optimizer(params)``), and hand both to DeepSpeed's engine (ZeRO); returns the optimizer (for the
+        loop's scheduler)."""
         self.max_grad_norm = max_grad_norm
         if self.reshard is not None:
             for module in modules:
                 sharding.shard(module, self.reshard, device)
         self.params = [p for module in modules for p in module.parameters()]  # what is clipped and all-reduced
-        self.optimizer = make_optimizer()
+        self.optimizer = make_optimizer(self.params)
         if self.zero is not None:
             self.engine = zero.Engine(modules, self.optimizer, self.zero, max_grad_norm, device)
         if self.lockstep and distributed.rank() == 0:

@@ -103,9 +103,9 @@ def train_loop(
     distributed.broadcast_parameters(model)
     trained = accel.copy_of(model) if training.lockstep else model  # what the optimizer steps
 
-    def adamw():
+    def adamw(params):
         decay, no_decay = [], []
-        for p in trained.parameters():
+        for p in params:
             (no_decay if p.ndim < 2 else decay).append(p)
         return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)

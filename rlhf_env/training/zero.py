@@ -154,7 +154,7 @@ class Engine:
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
         value = safe_get_full_fp32_param(p) if key is None else safe_get_full_optimizer_state(p, key)
-        return value.detach().clone()
+        return value.detach().clone()  # (ZeRO-3's is a view of a padded buffer: a checkpoint wants its own)
 
     def set_full(self, p: torch.Tensor, value: torch.Tensor, key: str | None = None) -> None:
         """Set this rank's partition of parameter ``p`` (``key`` None) or of its optimizer state ``key`` from the
