@@ -8,7 +8,8 @@ import warnings
 
 import torch
 
-from rlhf_env.sampling import positions, response_logprobs
+from rlhf_env.packing import response_hidden
+from rlhf_env.sampling import response_logprobs
 
 
 def check_native_bf16(device: str) -> None:
@@ -50,19 +51,20 @@ class Critic(torch.nn.Module):
         super().__init__()
         self.model = reward_model
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor:
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, R: int, pack: bool = True) -> torch.Tensor:
+        """Values (B, R) of the last R tokens' predicting positions; ``pack``: see ``rlhf_env.packing``."""
+        hidden = response_hidden(self.model, ids, mask, R, pack)[:, :-1]
         with torch.autocast(ids.device.type, enabled=False):  # float32 values, also under bf16
-            return self.model.score(hidden.last_hidden_state[:, -R - 1:-1].float()).squeeze(-1)  # (B, R)
+            return self.model.score(hidden.float()).squeeze(-1)  # (B, R)
 
 
 def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False,
-                     share_prompts: bool = True):
+                     share_prompts: bool = True, pack: bool = True):
     """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
-    go through the LM head. Also the last hidden states there if ``want_hidden``. ``share_prompts``: see
-    ``rlhf_env.sampling.response_log_softmax``."""
+    go through the LM head. Also the last hidden states there if ``want_hidden``. ``share_prompts`` and
+    ``pack``: see ``rlhf_env.sampling.response_log_softmax``."""
     logprobs, logp_all, out = response_logprobs(policy, ids, mask, R, temperature, share_prompts=share_prompts,
-                                                output_hidden_states=want_hidden)
+                                                pack=pack, output_hidden_states=want_hidden)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
     return logprobs, entropy, hidden

@@ -57,6 +57,7 @@ from rlhf_env.models import (
     resolve,
     save_policy,
 )
+from rlhf_env.packing import response_hidden
 from rlhf_env.rewards import NormalizedReward, load_reward
 from rlhf_env.sampling import positions, sample_from_ids, trim_padding
 from rlhf_env.training import distributed
@@ -306,25 +307,26 @@ class PPOAgent:
         model. The value head shares the policy's forward; a separate critic runs its own (and alone when
         ``need_policy`` is False)."""
         head = isinstance(self.value, ValueHead)
-        share = not self.training.lockstep  # else every rank must run the same forwards, whatever its prompts
+        # else every rank must run the same forwards, whatever its prompts, and a sharded trunk's parameters are
+        # gathered by the whole model's forward only: no sharing of prompts, no packing
+        share = not self.training.lockstep
         with self._autocast():
             if self.value is None:
                 logprobs, entropy, _ = response_forward(self.policy, ids, mask, R, self.config.temperature,
-                                                        share_prompts=share)
+                                                        share_prompts=share, pack=share)
                 return logprobs, entropy, None
             if not need_policy and not head:  # the critic alone
-                return None, None, self.value(ids, mask, R)
+                return None, None, self.value(ids, mask, R, pack=share)
             if not need_policy:  # the trunk's hidden states, no LM head
                 if not self.training.partitioned:
-                    hidden = self.policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
-                    return None, None, self.value(hidden.last_hidden_state[:, -R - 1:-1])
+                    return None, None, self.value(response_hidden(self.policy, ids, mask, R, share)[:, :-1])
                 # a sharded trunk's parameters are gathered by the whole model's forward only: one head position
                 out = self.policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=1,
                                   output_hidden_states=True)
                 return None, None, self.value(out.hidden_states[-1][:, -R - 1:-1])
             logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head,
-                                                         share)
-            return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R)
+                                                         share, share)
+            return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R, pack=share)
 
     def _autocast(self):
         """bfloat16 matmuls when ``bf16`` (a no-op otherwise)."""

@@ -25,6 +25,7 @@ from rlhf_env.accel import accelerated
 from rlhf_env.accel.decoder import GPT2Decoder, first_rows
 from rlhf_env.accel.gpt2 import KVCache, TorchGPT2
 from rlhf_env.models import context_length
+from rlhf_env.packing import packed_hidden, positions
 
 
 @dataclass
@@ -66,11 +67,6 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int | None 
     return ids.to(device), mask.to(device)
 
 
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding: 0 at each row's first real token."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 # Responses per distinct prompt from which one forward over the distinct prompts, then one over the responses
 # attending to their cached keys and values, is faster than a forward over every prompt + response: measured on
 # the bundled policy, forward and backward, by benchmarks/bench_shared_prompts.py.
@@ -84,7 +80,7 @@ def worth_sharing(rows: int, distinct: int, share_from: float | None = None) -> 
 
 
 def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0,
-                         share_prompts: bool = True, **kwargs):
+                         share_prompts: bool = True, pack: bool = True, **kwargs):
     """``log pi(. | x, y_<t)`` (B, R, V) at the R positions that predict the last R tokens of ``ids``
     (B, P + R), at ``temperature``; only those positions go through the LM head. Returns it and the
     model's output (its ``logits``, and its ``hidden_states`` for ``output_hidden_states=True`` in ``kwargs``:
@@ -92,9 +88,12 @@ def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, t
 
     Where the rows share prompts (at least ``SHARE_FROM`` rows per distinct prompt, as a group of responses to
     one prompt does) and ``share_prompts``, each distinct prompt goes through the model once, and the
-    responses attend to its cached keys and values (``shared_prompt_forward``): the same logits, to float
-    rounding, and the same gradients."""
+    responses attend to its cached keys and values (``shared_prompt_forward``). Else, with ``pack``, the rows
+    run packed end to end where that saves positions (``rlhf_env.packing``). Either way the same logits, to
+    float rounding, and the same gradients."""
     out = shared_prompt_forward(model, ids, mask, R, **kwargs) if share_prompts else None
+    if out is None and pack:
+        out = packed_forward(model, ids, mask, R, **kwargs)
     if out is None:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=R + 1, **kwargs)
     return torch.log_softmax(out.logits[:, :-1].float() / temperature, -1), out
@@ -219,6 +218,18 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
         return SimpleNamespace(logits=logits)
     last = torch.cat([head.hidden_states[-1][rows, -1:], tail.hidden_states[-1]], 1)
     return SimpleNamespace(logits=logits, hidden_states=(last,))
+
+
+def packed_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False):
+    """``response_log_softmax``'s forward over packed rows (``rlhf_env.packing``); None where packing does not
+    pay or the model does not allow it. Returns the logits (B, R + 1, V) at the positions that predict the last
+    R tokens and the next, and with ``output_hidden_states`` the last layer's hidden states there."""
+    hidden = packed_hidden(model, ids, mask, R, lm_head=True)
+    if hidden is None:
+        return None
+    logits = model.get_output_embeddings()(hidden)
+    return SimpleNamespace(logits=logits, hidden_states=(hidden,)) if output_hidden_states else SimpleNamespace(
+        logits=logits)
 
 
 def response_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0, **kwargs):

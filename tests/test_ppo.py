@@ -366,6 +366,53 @@ def test_an_rm_initialised_critic_trains_and_starts_at_ratio_one(tiny_policy_dir
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.value.parameters()))  # the critic learns
 
 
+def test_packing_changes_no_metric_or_weight_of_a_run_with_a_critic(tiny_policy_dir, tokenizer, world_dir,
+                                                                     tmp_path):
+    """Minibatches of random rows share no prompts, so their forwards pack (``rlhf_env.packing``): the policy's,
+    and the separate critic's, in the rollout and the update. Two iterations end where the padded forwards
+    end, to float32 rounding; a spy checks that both models were packed."""
+    from unittest import mock
+
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from rlhf_env import packing
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=128, num_labels=1,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, resid_pdrop=0,
+                        embd_pdrop=0, attn_pdrop=0)
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    runs, packed = [], []
+    plain_hidden = packing.packed_hidden
+
+    def spy(model, *args, **kwargs):
+        out = plain_hidden(model, *args, **kwargs)
+        packed.append((type(model).__name__, out is not None))
+        return out
+
+    for below in (packing.PACK_BELOW, 0.0):
+        with mock.patch.object(packing, "PACK_BELOW", below), mock.patch.object(packing, "packed_hidden", spy), \
+                mock.patch("rlhf_env.sampling.packed_hidden", spy):
+            agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / str(below), reward=str(tmp_path / "rm"),
+                                         advantage="gae", value_model="rm", group_size=1, max_new_tokens=12,
+                                         kl_coef=0.1, ppo_epochs=2))
+            obs = agent.env.reset(seed=0)[0]
+            metrics = []
+            for _ in range(2):
+                step, obs = agent.iterate(obs)
+                metrics.append({k: v for k, v in step.items() if not k.startswith("time_")})
+            weights = {**agent.policy.state_dict(), **{f"value.{k}": v for k, v in agent.value.state_dict().items()}}
+            runs.append((metrics, {k: v.clone() for k, v in weights.items()}))
+    (with_packing, packed_weights), (padded, padded_weights) = runs
+    assert {("GPT2LMHeadModel", True), ("GPT2ForSequenceClassification", True)} <= set(packed)
+    assert padded[1]["kl"] > 0.01 and padded[0]["approx_kl"] > 1e-4  # the policy moved, the reference term is live
+    for a, b in zip(with_packing, padded):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    for name, value in padded_weights.items():
+        torch.testing.assert_close(packed_weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_a_non_gpt2_policy_trains_through_the_generic_path(tokenizer, world_dir, tmp_path, bf16):
     """Any HF causal LM: a tiny Llama (rotary positions, grouped-query attention, no GPT-2 fast decoder)

@@ -1,0 +1,148 @@
+"""Sequence packing for the training forwards: rows of prompt + response packed end to end, without padding.
+
+A batch of left-padded prompts and right-padded responses (B, P + R) spends a position on every padding
+token, and on a CPU a padded position costs as much as a real one. Packed, each row's real tokens lie end to
+end with other rows' in rows of the longest one's length (first-fit decreasing), each with its own position
+ids from 0; transformers then keeps the sequences apart by a block-diagonal causal mask, which it builds from
+the restarting position ids when no attention mask is given (``transformers.masking_utils``). Only the
+positions that predict the responses are gathered back, as (B, R + 1) rows, for the LM head or a value head.
+
+The same outputs as the padded forward, to float rounding, and the same gradients. Whether a model's trunk
+keeps packed sequences apart (and whether its logits are its output embedding of its trunk's last hidden
+state) is checked once per model on a small input (``packs``): a model that does not is never packed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+# Pack only where it leaves at most this share of the padded batch's positions: building the packed rows and
+# their mask costs a little, and a packed forward computes the same maths on fewer positions.
+PACK_BELOW = 0.9
+
+
+@dataclass
+class Packing:
+    """Rows (B, T) packed into ``ids`` and ``position_ids`` (N, C), and where to find the outputs again:
+    ``index`` (B, R + 1), the packed positions (flattened) that predict each row's last R tokens and the next;
+    past a row's response, its last real position (an output that the response mask drops)."""
+
+    ids: torch.Tensor
+    position_ids: torch.Tensor
+    index: torch.Tensor
+
+    def gather(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The packed forward's outputs (N, C, ...) at ``index``: (B, R + 1, ...)."""
+        return hidden.reshape(-1, *hidden.shape[2:])[self.index]
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[tuple[int, int]]:
+    """Each row's (packed row, offset): the longest first, each into the first packed row with room for it."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    room: list[int] = []
+    place = [(0, 0)] * len(lengths)
+    for i in order:
+        n = next((n for n, free in enumerate(room) if free >= lengths[i]), len(room))
+        if n == len(room):
+            room.append(capacity)
+        place[i] = (n, capacity - room[n])
+        room[n] -= lengths[i]
+    return place
+
+
+def plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
+    """The packing of prompt + response rows ``ids`` (B, T) with ``mask`` (left-padded prompts, right-padded
+    responses) whose last R columns are the responses; None where it would not save enough positions
+    (``PACK_BELOW``), or a row has no prompt token to predict its first or real tokens that are not contiguous."""
+    B, T = ids.shape
+    lengths = mask.sum(1)
+    prompt = mask[:, :T - R].sum(1)
+    columns = torch.arange(T, device=ids.device)
+    contiguous = (columns >= T - R - prompt[:, None]) & (columns < T - R - prompt[:, None] + lengths[:, None])
+    if not bool((prompt > 0).all()) or not torch.equal(mask.bool(), contiguous):
+        return None
+    capacity = int(lengths.max())
+    place = first_fit_decreasing(lengths.tolist(), capacity)
+    rows = 1 + max(n for n, _ in place)
+    if rows * capacity > PACK_BELOW * B * T:
+        return None
+    dev = ids.device
+    start = torch.tensor([n * capacity + offset for n, offset in place], device=dev)  # flat packed starts
+    source = torch.arange(B, device=dev) * T + T - R - prompt  # flat first real token of each row
+    within = torch.arange(int(lengths.sum()), device=dev) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+    to, of = start.repeat_interleave(lengths) + within, source.repeat_interleave(lengths) + within  # every token
+    packed_ids = torch.full((rows * capacity,), int(ids.reshape(-1)[source[0]]), dtype=ids.dtype, device=dev)
+    packed_ids[to] = ids.reshape(-1)[of]  # the padding repeats a real token (transformers warns of a PAD there)
+    position_ids = torch.zeros(rows * capacity, dtype=torch.long, device=dev)  # padding: sequences of one token
+    position_ids[to] = within
+    steps = torch.arange(R + 1, device=dev)
+    index = start[:, None] + torch.minimum(prompt[:, None] - 1 + steps, lengths[:, None] - 1)
+    return Packing(packed_ids.view(rows, capacity), position_ids.view(rows, capacity), index)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def packs(model, lm_head: bool = False) -> bool:
+    """Whether ``model.base_model`` keeps packed sequences apart (and, with ``lm_head``, whether ``model``'s
+    logits are its output embedding of that trunk's last hidden state): two short sequences, packed into one
+    row, against each on its own. Checked once per model and kind, in eval mode and without gradients."""
+    key = (lm_head,)
+    known = _CHECKED.setdefault(model, {})
+    if key not in known:
+        known[key] = _check(model, lm_head)
+    return known[key]
+
+
+def _check(model, lm_head: bool) -> bool:
+    trunk = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if lm_head and hasattr(model, "get_output_embeddings") else None
+    if trunk is None or trunk is model or (lm_head and head is None):
+        return False
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(vocab, (1, n), generator=generator).to(device) for n in (5, 3))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = [trunk(input_ids=x, use_cache=False).last_hidden_state for x in (a, b)]
+            packed = trunk(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]],
+                           device=device), use_cache=False).last_hidden_state
+            same = torch.allclose(packed, torch.cat(alone, 1), atol=1e-4, rtol=1e-4)
+            if same and lm_head:
+                same = torch.allclose(head(alone[0]), model(input_ids=a, use_cache=False).logits, atol=1e-4, rtol=1e-4)
+    except (TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError):
+        same = False
+    finally:
+        model.train(was_training)
+    return bool(same)
+
+
+def packed_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head: bool = False) -> torch.Tensor | None:
+    """The last hidden states (B, R + 1, H) of ``model.base_model`` at the positions that predict the last R
+    tokens of ``ids`` (B, T) and the next, from a packed forward; None where packing does not pay or the model
+    does not allow it (``lm_head``: the caller applies the model's output embedding to them, see ``packs``)."""
+    packing = plan(ids, mask, R) if packs(model, lm_head) else None
+    if packing is None:
+        return None
+    out = model.base_model(input_ids=packing.ids, position_ids=packing.position_ids, use_cache=False)
+    return packing.gather(out.last_hidden_state)
+
+
+def response_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, pack: bool = True) -> torch.Tensor:
+    """``packed_hidden`` with ``pack`` where it applies, else the same from the padded rows."""
+    hidden = packed_hidden(model, ids, mask, R) if pack else None
+    if hidden is None:
+        out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+        hidden = out.last_hidden_state[:, -R - 1:]
+    return hidden
