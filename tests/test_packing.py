@@ -63,12 +63,22 @@ def llama(tokenizer):
                                         pad_token_id=tokenizer.pad_token_id)).train()
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "torch-gpt2", "llama"])
 def test_packed_rows_get_the_padded_forwards_log_probs_hidden_states_and_gradients(tiny_model, tokenizer, kind,
-                                                                                   monkeypatch):
-    """HF's GPT-2 (learned positions) and a Llama (rotary positions, grouped-query attention): a spy checks
-    that the packed forward ran on fewer positions than the padded one."""
-    model = tiny_model.train() if kind == "gpt2" else llama(tokenizer)
+                                                                                   tmp_path, monkeypatch):
+    """HF's GPT-2 (learned positions), the envs' torch-only GPT-2 (its own packed mask) and a Llama (rotary
+    positions, grouped-query attention): a spy checks that the packed forward ran on fewer positions than the
+    padded one."""
+    from rlhf_env.accel.gpt2 import load_torch_gpt2
+    from rlhf_env.models import save_policy
+
+    model = tiny_model.train()
+    if kind == "torch-gpt2":
+        save_policy(tiny_model, tokenizer, tmp_path / "policy")
+        model = load_torch_gpt2(tmp_path / "policy").requires_grad_(True)
+    elif kind == "llama":
+        model = llama(tokenizer)
+    hidden = {} if kind == "torch-gpt2" else {"output_hidden_states": True}  # (no such output)
     ids, mask, R = batch(tokenizer)
     real = mask[:, -R:].bool()
     shapes, plain_plan = [], packing.plan
@@ -76,11 +86,10 @@ def test_packed_rows_get_the_padded_forwards_log_probs_hidden_states_and_gradien
     results = []
     for pack in (False, True):
         model.zero_grad()
-        logp, out = response_log_softmax(model, ids, mask, R, 0.7, share_prompts=False, pack=pack,
-                                         output_hidden_states=True)
+        logp, out = response_log_softmax(model, ids, mask, R, 0.7, share_prompts=False, pack=pack, **hidden)
         (logp.gather(2, ids[:, -R:, None]).squeeze(2) * real).sum().backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-        results.append((logp, out.hidden_states[-1][:, -R - 1:-1], grads))
+        results.append((logp, out.hidden_states[-1][:, -R - 1:-1] if hidden else logp, grads))
     (padded, padded_states, padded_grads), (packed, packed_states, packed_grads) = results
     assert len(shapes) == 1 and shapes[0][0] * shapes[0][1] < 0.7 * ids.numel()  # packed, on far fewer positions
     torch.testing.assert_close(packed[real], padded[real], atol=2e-5, rtol=0)

@@ -117,19 +117,71 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), kv
 
 
+@dataclass
+class TrunkOutput:
+    last_hidden_state: torch.Tensor  # (B, T, E), after the final LayerNorm
+    cache: KVCache | None = None
+
+
+class Trunk(nn.Module):
+    """HF ``GPT2Model``'s inference forward: embeddings, blocks and the final LayerNorm."""
+
+    def __init__(self, config: SimpleNamespace, onednn: bool = False):
+        super().__init__()
+        E = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, E)
+        self.wpe = nn.Embedding(config.n_positions, E)
+        self.h = nn.ModuleList(Block(config, i, onednn) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                use_cache: bool = False) -> TrunkOutput:
+        """See ``TorchGPT2.forward``. Without ``attention_mask`` and ``cache``, position ids that restart within
+        a row mark sequences packed end to end, which attend only within themselves (as transformers does)."""
+        T, device = input_ids.shape[1], input_ids.device
+        past = cache.layers if cache is not None and cache.layers else [None] * len(self.h)
+        before = 0 if past[0] is None else past[0][0].shape[2]
+        packed = attention_mask is None and position_ids is not None and before == 0
+        if position_ids is None:
+            position_ids = torch.arange(T, device=device)[None]
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        causal = torch.ones(T, before + T, dtype=torch.bool, device=device).tril(before)  # query i: keys <= before + i
+        mask = causal[None, None]
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()[:, None, None, :]
+        elif packed:  # packed sequences: each starts where the position ids do not go up by one
+            starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+            sequence = starts.cumsum(-1).expand(len(input_ids), T)
+            mask = mask & (sequence[:, None, :, None] == sequence[:, None, None, :])
+        # A query that may see no key (left padding) sees itself: its output is ignored, and must not be NaN.
+        mask = mask | (causal & ~causal.tril(before - 1))
+        layers = []
+        for block, kv in zip(self.h, past):
+            x, kv = block(x, mask, kv)
+            if use_cache:  # (else each layer's keys and values go as soon as the layer is done)
+                layers.append(kv)
+        if use_cache:
+            cache = cache if cache is not None else KVCache()
+            cache.layers = layers
+        return TrunkOutput(self.ln_f(x), cache if use_cache else None)
+
+
 class TorchGPT2(nn.Module):
     """HF ``GPT2LMHeadModel``'s inference forward in plain torch, with its parameter names."""
 
     def __init__(self, config: SimpleNamespace, onednn: bool = False):
         super().__init__()
         self.config = config
-        E = config.n_embd
-        self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(config.vocab_size, E)
-        self.transformer.wpe = nn.Embedding(config.n_positions, E)
-        self.transformer.h = nn.ModuleList(Block(config, i, onednn) for i in range(config.n_layer))
-        self.transformer.ln_f = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
-        self.lm_head = Linear(E, config.vocab_size, bias=False, transposed=False, onednn=onednn)
+        self.transformer = Trunk(config, onednn)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False, transposed=False, onednn=onednn)
+
+    @property
+    def base_model(self) -> Trunk:
+        return self.transformer
+
+    def get_output_embeddings(self) -> Linear:
+        return self.lm_head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, logits_to_keep: int = 0, cache: KVCache | None = None,
@@ -138,28 +190,8 @@ class TorchGPT2(nn.Module):
         keys, ``position_ids`` default to 0..T-1, and ``logits_to_keep`` > 0 keeps the last that many positions.
         With ``use_cache``, the keys and values are appended to ``cache`` (a new one if None), which the output
         holds; a ``cache`` given holds the ``past`` tokens that ``input_ids`` continue."""
-        t = self.transformer
-        T, device = input_ids.shape[1], input_ids.device
-        past = cache.layers if cache is not None and cache.layers else [None] * len(t.h)
-        before = 0 if past[0] is None else past[0][0].shape[2]
-        if position_ids is None:
-            position_ids = torch.arange(T, device=device)[None]
-        x = t.wte(input_ids) + t.wpe(position_ids)
-        causal = torch.ones(T, before + T, dtype=torch.bool, device=device).tril(before)  # query i: keys <= before + i
-        mask = causal[None, None]
-        if attention_mask is not None:
-            mask = mask & attention_mask.bool()[:, None, None, :]
-        # A query that may see no key (left padding) sees itself: its output is ignored, and must not be NaN.
-        mask = mask | (causal & ~causal.tril(before - 1))
-        layers = []
-        for block, kv in zip(t.h, past):
-            x, kv = block(x, mask, kv)
-            if use_cache:  # (else each layer's keys and values go as soon as the layer is done)
-                layers.append(kv)
-        if use_cache:
-            cache = cache if cache is not None else KVCache()
-            cache.layers = layers
-        return LMOutput(self.lm_head(t.ln_f(x[:, -logits_to_keep:])), cache if use_cache else None)
+        out = self.transformer(input_ids, attention_mask, position_ids, cache, use_cache)
+        return LMOutput(self.lm_head(out.last_hidden_state[:, -logits_to_keep:]), out.cache)
 
 
 def load_torch_gpt2(directory: str | Path, onednn: bool = False) -> TorchGPT2:
