@@ -5,6 +5,10 @@
   forward of every row padded to the batch's longest. Whole groups of 4 and 8 responses to 16 held-out prompts,
   sampled by the policy at temperature 1 (ending at EOS), as RLOO's update (``train``: forward and backward) and the
   env's reference (``env``: forward) run them, and the bundled classifier RM ``rm-scalar`` scoring them.
+- ``packing``: prompt + response rows packed end to end (``rlhf_env.packing``) against the same rows padded
+  (``PACK_BELOW`` = 0): 64 responses to 64 distinct held-out prompts, sampled by the policy, as PPO's update runs a
+  minibatch of 16 of them (``train``: forward and backward) and the env's reference (the torch-only GPT-2) all 64
+  (``env``: forward).
 - ``sampler``: the rollout's sampler on the env's prompts (left-padded to ``max_prompt_tokens``, 64), with neither
   of its two cuts, with the prompt columns that are padding in every row cut, and with the decoder also dropping
   the rows that have ended (``COMPACT_AT``). The samples are the same in all three (tested).
@@ -28,8 +32,8 @@ import numpy as np
 import torch
 from bench_shared_prompts import timed  # benchmarks/: a script's own folder is on sys.path
 
-from rlhf_env import sampling
-from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env import packing, sampling
+from rlhf_env.models import DATA_DIR, load_policy, load_reference
 from rlhf_env.rewards.classifier import SequenceClassifierReward, classifier_logits
 from rlhf_env.sampling import encode_prompts, response_logprobs, sample_from_ids, trim_padding
 from rlhf_env.world.build import load_split
@@ -73,6 +77,31 @@ def forward_seconds(model, ids, mask, R, train: bool, repeats: int) -> float:
     return timed(call, repeats)
 
 
+def packing_rows(name: str, prompts: list[str], threads: int, new_tokens: int, repeats: int) -> list[dict]:
+    """Padded against packed: a minibatch of 16 rows that share no prompt, forward and backward, and the env's
+    reference forward over all 64."""
+    model, tokenizer = load_policy(name)
+    model.train()
+    reference = load_reference(name)[0]
+    ids, mask = env_prompts(tokenizer, prompts[:64])
+    s = sample_from_ids(model, tokenizer, ids, mask, new_tokens, 1.0, torch.Generator().manual_seed(0))
+    rows = []
+    for mode, lm, take in (("train", model, 16), ("env", reference, 64)):
+        full, full_mask, R = trim_padding(torch.cat([s.prompt_ids, s.response_ids], 1)[:take],
+                                          torch.cat([s.prompt_mask, s.response_mask], 1)[:take],
+                                          s.response_mask[:take])
+        plan = packing.plan(full, full_mask, R)
+        pair = []
+        for below in (0.0, packing.PACK_BELOW):
+            with mock.patch.object(packing, "PACK_BELOW", below):
+                pair.append(forward_seconds(lm, full, full_mask, R, mode == "train", repeats))
+        rows.append({"policy": name, "threads": threads, "batch": f"{take} rows, distinct prompts", "mode": mode,
+                     "padded_s": pair[0], "packed_s": pair[1], "speedup": pair[0] / pair[1],
+                     "padded_positions": full.numel(), "packed_positions": None if plan is None else plan.ids.numel(),
+                     "real_positions": int(full_mask.sum())})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", nargs="+", default=["sft", "sft-large"])
@@ -84,7 +113,8 @@ def main() -> None:
     prompts = list(load_split(DATA_DIR, "prompts", "heldout")["prompt"])
     rm = SequenceClassifierReward("rm-scalar")
     result = {"threads": args.threads, "torch": torch.__version__, "chunk_cost": sampling.CHUNK_COST,
-              "compact_at": sampling.COMPACT_AT, "chunks": [], "sampler": []}
+              "compact_at": sampling.COMPACT_AT, "pack_below": packing.PACK_BELOW, "chunks": [], "sampler": [],
+              "packing": []}
     off = 10 ** 9  # a chunk cost no saving beats: one chunk
     print(f"{'policy':<10}{'threads':>8} {'batch':<32}{'pass':>12}{'one chunk s':>13}{'chunked s':>11}"
           f"{'speed-up':>10}{'chunks':>8}")
@@ -135,6 +165,15 @@ def main() -> None:
             result["sampler"].append(row)
             print(f"{name:<10}{threads:>8} {label:<32}{'sample':>12} "
                   + ", ".join(f"{k} {v:.4f}" for k, v in seconds.items()) + f": {row['speedup']:.2f}x", flush=True)
+    print(f"\n{'policy':<10}{'threads':>8} {'batch':<28}{'pass':>6}{'padded s':>10}{'packed s':>10}{'speed-up':>10}"
+          f"{'positions padded / packed / real':>34}")
+    for threads, name in [(t, p) for t in args.threads for p in args.policies]:
+        torch.set_num_threads(threads)
+        for row in packing_rows(name, prompts, threads, args.new_tokens, args.repeats):
+            result["packing"].append(row)
+            print(f"{name:<10}{threads:>8} {row['batch']:<28}{row['mode']:>6}{row['padded_s']:>10.4f}"
+                  f"{row['packed_s']:>10.4f}{row['speedup']:>9.2f}x{row['padded_positions']:>14} / "
+                  f"{row['packed_positions']} / {row['real_positions']}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -177,8 +177,16 @@ def padding_table(result: dict) -> str:
         lines.append(f"| {r['policy']} | {r['threads']} | {r['batch']} | {r['neither_s']:.4f} | "
                      f"{r['prompt columns cut_s']:.4f} | {r['and ended rows dropped_s']:.4f} | "
                      f"**{r['speedup']:.2f}×** |")
+    if result.get("packing"):
+        lines += ["", "| policy | threads | batch | pass | padded (s) | packed (s) | speed-up | positions: padded, "
+                  "packed, real |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["packing"]:
+            lines.append(f"| {r['policy']} | {r['threads']} | {r['batch']} | {passes[r['mode']]} | "
+                         f"{r['padded_s']:.4f} | {r['packed_s']:.4f} | **{r['speedup']:.2f}×** | "
+                         f"{r['padded_positions']:,}, {r['packed_positions'] or '—'}, {r['real_positions']:,} |")
     lines.append(f"\nMedian of the repeats. `CHUNK_COST` {result['chunk_cost']} positions per extra forward and "
-                 f"thread, `COMPACT_AT` {result['compact_at']}.")
+                 f"thread, `COMPACT_AT` {result['compact_at']}"
+                 + (f", `PACK_BELOW` {result['pack_below']}." if "pack_below" in result else "."))
     return "\n".join(lines)
 
 
@@ -495,7 +503,12 @@ def performance_page(results: Path) -> str:
              "an extra forward's fixed cost): the same log-probs, hidden states and gradients (tested). The sampler "
              "runs without the prompt columns that are padding in every row, and the lean decoder stops running "
              "rows that have ended once half of its rows have (`COMPACT_AT`): the same draws, so the same samples "
-             "(tested)."]
+             "(tested). Where rows share no prompt (PPO's minibatches of random rows, a batch of one response per "
+             "prompt), their forwards run packed: each row's real tokens end to end with other rows', in rows of "
+             "the longest one's length, kept apart by a block-diagonal causal mask (`rlhf_env.packing`; the policy, "
+             "a value head, a separate critic and the env's reference). A model is packed only after a check "
+             "on a small input that its trunk keeps packed rows apart and its logits are its head's: the same "
+             "log-probs, values and gradients (tested)."]
     for name, title, command, fn in (
             ("vector_env.json", "The native vector env", "bench_vector_env.py", vector_env_table),
             ("make.json", "Making the env in a fresh process", "bench_make.py", make_table),
