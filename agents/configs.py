@@ -82,6 +82,10 @@ class PPOConfig:
     value_model: str = "head"
     """With advantage=gae: head, a zero-initialised head on the policy trunk; rm, a separate critic initialised
     from the RM (which must share the policy's tokenizer). Unused with rloo."""
+    token_target_coef: float = 0.0
+    """Weight of a per-token KL(pi || q) over the whole vocabulary at the sampled responses' positions, q the
+    KL-regularised optimum of a reward that sums its LM's token log-probs (the bundled rm): pi_ref * p_rm^(c/beta)
+    (agents/token_target.py). 0: off. Needs such a reward and kl_coef > 0."""
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
@@ -130,7 +134,8 @@ class PPOConfig:
         check_ranges(self, positive=("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
                                      "max_prompt_tokens", "final_eval_episodes", "ptx_batch_size"),
                      above_zero=("lr", "temperature", "clip_coef"),
-                     non_negative=("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"))
+                     non_negative=("kl_coef", "target_kl", "ptx_coef", "token_target_coef", "eval_every", "save_every",
+                                   "early_stop_kl"))
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
         if self.advantage not in ("rloo", "gae"):

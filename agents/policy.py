@@ -60,11 +60,15 @@ class Critic(torch.nn.Module):
 
 def response_forward(policy, ids, mask, R: int, temperature: float, want_hidden: bool = False,
                      share_prompts: bool = True, pack: bool = True):
-    """Log-probs (B, R) and entropies (B, R) of the response tokens; only the positions that predict them
-    go through the LM head. Also the last hidden states there if ``want_hidden``. ``share_prompts`` and
-    ``pack``: see ``rlhf_env.sampling.response_log_softmax``."""
+    """Log-probs (B, R) of the response tokens and the log-softmax (B, R, V) at the positions that predict them
+    (only those go through the LM head). Also the last hidden states there if ``want_hidden``. ``share_prompts``
+    and ``pack``: see ``rlhf_env.sampling.response_log_softmax``."""
     logprobs, logp_all, out = response_logprobs(policy, ids, mask, R, temperature, share_prompts=share_prompts,
                                                 pack=pack, output_hidden_states=want_hidden)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
     hidden = out.hidden_states[-1][:, -R - 1:-1] if want_hidden else None
-    return logprobs, entropy, hidden
+    return logprobs, logp_all, hidden
+
+
+def entropy(logp_all: torch.Tensor) -> torch.Tensor:
+    """Entropies (B, R) of a log-softmax (B, R, V)."""
+    return -(logp_all.exp() * logp_all).sum(-1)

@@ -36,7 +36,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
 from agents.configs import PPOConfig
-from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, response_forward
+from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, entropy, response_forward
 from agents.rl_math import (
     KLController,
     gae,
@@ -47,6 +47,7 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
+from agents.token_target import TokenTarget, token_kl
 from rlhf_env import accel
 from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
@@ -129,6 +130,8 @@ class PPOAgent:
         self.seed = c.seed if self.world == 1 else distributed.seed_stream(c.seed, self.rank)  # prompts, samples
         self.generator = torch.Generator(device=c.device).manual_seed(self.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
+        if c.token_target_coef > 0:  # refuse a reward without a token target now, not at the first rollout
+            self._token_target()
         self.judge = HeldOutJudge(self.env.unwrapped.scorer.model, self.tokenizer, c.data, c.eval_seed, c.temperature,
                                   c.max_new_tokens)
 
@@ -189,6 +192,10 @@ class PPOAgent:
                  "time_iteration": time.perf_counter() - started}
         return {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
                 "lr": self.scheduler.get_last_lr()[0], **times}, obs
+
+    def _token_target(self) -> TokenTarget:
+        scorer = self.env.unwrapped.scorer
+        return TokenTarget(scorer.model, scorer.reward, self.tokenizer)
 
     def _reward(self):
         """The env's reward: the config's spec, with a classifier's label and transform if they are set."""
@@ -267,10 +274,15 @@ class PPOAgent:
                 values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
+        extra = {}
+        if c.token_target_coef > 0:
+            short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
+            target = self._token_target()(short_ids, short_mask, r, self.kl.coef, c.temperature)
+            extra["token_target"] = torch.nn.functional.pad(target, (0, 0, 0, R - r))
         times = {**episodes["times"], "time_rollout_forward": time.perf_counter() - forward_started}  # values
         env_rewards = episodes["env_rewards"].to(dev).float()
         advantages, returns = self.advantages(env_rewards, rewards, values, mask)
-        return {"ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
+        return {**extra, "ids": ids, "mask": full_mask, "response_mask": mask, "old_logprobs": old_logprobs,
                 "old_values": values, "advantages": advantages, "returns": returns,
                 "env_rewards": env_rewards, "score": score,
                 "kl": (log_ratio * mask).sum(1), "length": mask.sum(1), "eos": episodes["eos"],
@@ -303,18 +315,18 @@ class PPOAgent:
         return logprobs, values
 
     def forward(self, ids, mask, R: int, need_policy: bool = True):
-        """(log-probs, entropies, values) of the response tokens, each (B, R); values are None without a value
-        model. The value head shares the policy's forward; a separate critic runs its own (and alone when
-        ``need_policy`` is False)."""
+        """(log-probs (B, R), log-softmax (B, R, V), values (B, R)) of the response tokens; values are None
+        without a value model. The value head shares the policy's forward; a separate critic runs its own (and
+        alone when ``need_policy`` is False)."""
         head = isinstance(self.value, ValueHead)
         # else every rank must run the same forwards, whatever its prompts, and a sharded trunk's parameters are
         # gathered by the whole model's forward only: no sharing of prompts, no packing
         share = not self.training.lockstep
         with self._autocast():
             if self.value is None:
-                logprobs, entropy, _ = response_forward(self.policy, ids, mask, R, self.config.temperature,
-                                                        share_prompts=share, pack=share)
-                return logprobs, entropy, None
+                logprobs, logp_all, _ = response_forward(self.policy, ids, mask, R, self.config.temperature,
+                                                         share_prompts=share, pack=share)
+                return logprobs, logp_all, None
             if not need_policy and not head:  # the critic alone
                 return None, None, self.value(ids, mask, R, pack=share)
             if not need_policy:  # the trunk's hidden states, no LM head
@@ -324,9 +336,9 @@ class PPOAgent:
                 out = self.policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=1,
                                   output_hidden_states=True)
                 return None, None, self.value(out.hidden_states[-1][:, -R - 1:-1])
-            logprobs, entropy, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head,
-                                                         share, share)
-            return logprobs, entropy, self.value(hidden) if head else self.value(ids, mask, R, pack=share)
+            logprobs, logp_all, hidden = response_forward(self.policy, ids, mask, R, self.config.temperature, head,
+                                                          share, share)
+            return logprobs, logp_all, self.value(hidden) if head else self.value(ids, mask, R, pack=share)
 
     def _autocast(self):
         """bfloat16 matmuls when ``bf16`` (a no-op otherwise)."""
@@ -356,9 +368,13 @@ class PPOAgent:
                     mb["response_mask"] = mb["response_mask"] * 0
                 mb_resp = mb["response_mask"]
                 weight = distributed.share(mb_resp.sum()).item()  # this rank's tokens over the global minibatch's
-                logprobs, entropy, values = self.forward(mb_ids, mb_mask, r)
+                logprobs, logp_all, values = self.forward(mb_ids, mb_mask, r)
                 pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_resp, c.clip_coef)
                 loss = pg_loss
+                if "token_target" in batch:
+                    target_loss = masked_mean(token_kl(logp_all, batch["token_target"][idx, :r]), mb_resp)
+                    loss = loss + c.token_target_coef * target_loss
+                    pg_stats["token_target_kl"] = target_loss.item()
                 if values is not None:
                     vf_loss = value_loss(values, mb["old_values"], mb["returns"], mb_resp, c.vf_clip)
                     loss = loss + c.vf_coef * vf_loss
@@ -370,8 +386,8 @@ class PPOAgent:
                 self.training.zero_grad()
                 self.training.backward(loss, weight)
                 grad_norm = self.training.step(functools.partial(self._check_finite, loss))
-                step = distributed.weighted_sum({**pg_stats, "pg_loss": pg_loss.item(),
-                                                 "entropy": masked_mean(entropy.detach(), mb_resp).item()}, weight)
+                ent = masked_mean(entropy(logp_all.detach()), mb_resp).item()
+                step = distributed.weighted_sum({**pg_stats, "pg_loss": pg_loss.item(), "entropy": ent}, weight)
                 stats.append({**step, "grad_norm": float(grad_norm)})
                 if c.early_stop_kl and step["approx_kl"] > c.early_stop_kl:  # the same on every rank
                     stop = True

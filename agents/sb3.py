@@ -65,7 +65,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from agents.policy import ValueHead, response_forward
+from agents.policy import ValueHead, entropy, response_forward
 from rlhf_env.envs.sb3 import make_sb3_vec_env
 from rlhf_env.envs.token import InstructTokenEnv
 from rlhf_env.models import load_policy, save_policy
@@ -210,9 +210,9 @@ class LMSequencePolicy(LMPolicyMixin, ActorCriticPolicy):
         actions = actions.long()  # SB3's rollout buffer keeps actions as floats
         real, _ = response_mask(actions, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         ids, full_mask, r = trim_padding(torch.cat([ids, actions], 1), torch.cat([mask, real], 1), real)
-        logprobs, entropy, hidden = response_forward(self.lm, ids, full_mask, r, self.temperature, want_hidden=True)
+        logprobs, logp_all, hidden = response_forward(self.lm, ids, full_mask, r, self.temperature, want_hidden=True)
         real = real[:, :r]
-        return self.value_net(hidden[:, 0]), (logprobs * real).sum(1), (entropy * real).sum(1)
+        return self.value_net(hidden[:, 0]), (logprobs * real).sum(1), (entropy(logp_all) * real).sum(1)
 
     def forward(self, obs, deterministic: bool = False):
         actions, log_prob = self._sample(obs, deterministic)

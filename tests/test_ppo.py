@@ -52,8 +52,9 @@ def test_trimming_padding_columns_changes_no_log_prob_or_value(tiny_policy_dir, 
     with torch.no_grad():
         full, short = agent.forward(batch["ids"], batch["mask"], R), agent.forward(ids, mask, r)
     assert (full[2][:, :r] * real[:, :r]).abs().max() > 0.1
-    for a, b in zip(full, short):  # log-probs, entropies and values
-        torch.testing.assert_close(a[:, :r] * real[:, :r], b * real[:, :r], atol=1e-5, rtol=0)
+    for a, b in zip(full, short):  # log-probs (B, R), log-softmax (B, R, V) and values (B, R)
+        keep = real[:, :r] if a.dim() == 2 else real[:, :r, None]
+        torch.testing.assert_close(a[:, :r] * keep, b * keep, atol=1e-5, rtol=0)
 
 
 def test_rloo_advantages_are_each_rewards_lead_over_its_siblings(agent):

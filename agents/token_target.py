@@ -1,0 +1,59 @@
+"""A target over whole next-token distributions, for a reward that sums its language model's token log-probs.
+
+The bundled RM (``rlhf_env.rewards.likelihood``) scores ``r(x, y) = c * sum_t log p(y_t | x, y_<t)`` (plus a
+constant), with ``c`` its fitted weight times its normalising gain. With the env's KL penalty, the return of a
+response is ``sum_t [c log p(y_t) - beta log(pi(y_t) / pi_ref(y_t))]``, and at each position the distribution
+that maximises the expected immediate term is
+
+    q(. | x, y_<t)  proportional to  pi_ref(. | x, y_<t) * p(. | x, y_<t) ** (c / beta)
+
+(the KL-regularised optimum, token by token). ``KL(pi || q)`` at the positions that the policy's own samples
+visit is a loss over the whole vocabulary at every position: its gradient has no sampling noise, where the
+policy gradient learns from the one token sampled there. PPO adds it to its loss with ``token_target_coef``
+(``agents.ppo``); the sampled advantages still carry what it leaves out (a token's effect on the later ones,
+EOS and the missing-EOS penalty).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_env.rewards import NormalizedReward
+from rlhf_env.rewards.likelihood import LikelihoodReward
+from rlhf_env.sampling import response_log_softmax
+
+
+class TokenTarget:
+    """``log q`` (B, R, V) at the response positions of a batch, from the env's reference and reward."""
+
+    def __init__(self, reference, reward, tokenizer):
+        """``reference``: the env's reference policy; ``reward``: the env's reward (a likelihood RM, possibly
+        normalised), read as it is now (a resumed run's normalisation is restored before its first rollout)."""
+        scale = 1.0
+        if isinstance(reward, NormalizedReward):
+            scale, reward = 1.0 / reward.std, reward.reward
+        if not isinstance(reward, LikelihoodReward):
+            raise ValueError(f"token_target_coef needs a reward that sums its LM's token log-probs (a likelihood RM, "
+                             f"such as the bundled rm); {getattr(reward, 'name', type(reward).__name__)!r} is not one: "
+                             "set token_target_coef=0")
+        rm = reward.model
+        if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError("token_target_coef reads the policy's token ids with the reward model's LM, so the reward "
+                             "model must share the policy's tokenizer")
+        self.reference, self.lm = reference, rm.lm
+        self.coef = rm.weight.item() * rm.gain * scale  # c: the reward per nat of the LM's log-probability
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, R: int, beta: float, temperature: float = 1.0
+                 ) -> torch.Tensor:
+        """``log q`` at the positions that predict the last R tokens of ``ids`` (B, T), for KL coefficient beta."""
+        if beta <= 0:
+            raise ValueError("the token target needs a KL coefficient > 0 (with beta = 0 it is the LM's argmax)")
+        reference = response_log_softmax(self.reference, ids, mask, R, temperature)[0]
+        lm = response_log_softmax(self.lm, ids, mask, R)[0]
+        return torch.log_softmax(reference + self.coef / beta * lm, -1)
+
+
+def token_kl(logp_all: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``KL(pi || q)`` (B, R) from the policy's log-softmax and ``log q``, each (B, R, V)."""
+    return (logp_all.exp() * (logp_all - target)).sum(-1)

@@ -1,0 +1,90 @@
+"""The token target (``agents.token_target``): q is the per-token KL-regularised optimum of a likelihood RM, the
+agent refuses rewards without one, and PPO with it moves the policy towards q on new samples."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from agents.ppo import PPOAgent
+from agents.token_target import TokenTarget, token_kl
+from rlhf_env.rewards import NormalizedReward
+from rlhf_env.rewards.likelihood import LikelihoodReward, LikelihoodRewardModel
+from rlhf_env.sampling import encode_prompts, response_log_softmax
+from tests.test_ppo import tiny_config
+
+
+@pytest.fixture
+def likelihood_rm_dir(tokenizer, tmp_path):
+    """A likelihood RM whose LM is another tiny GPT-2 (not the policy), weight 0.8 and gain 1.5."""
+    from rlhf_env.models import new_model, save_policy
+    from tests.conftest import TINY_DIMS
+
+    torch.manual_seed(1)
+    model = LikelihoodRewardModel(new_model(TINY_DIMS, tokenizer).eval(), tokenizer)
+    with torch.no_grad():
+        model.weight.fill_(0.8)
+    model.gain, model.bias = 1.5, 0.2
+    save_policy(model, tokenizer, tmp_path / "rm")
+    return tmp_path / "rm"
+
+
+def test_q_is_the_per_token_optimum_of_the_rm_reward_less_the_kl_penalty(tiny_model, tokenizer, likelihood_rm_dir):
+    """log q = log_softmax(log pi_ref + c / beta * log p), c = weight * gain (/ std when normalised); and q
+    maximises sum_v pi(v) [c log p(v) - beta log(pi(v) / pi_ref(v))] against seeded random distributions, where
+    its value is beta log Z."""
+    reward = LikelihoodReward(str(likelihood_rm_dir))
+    lm = reward.model.lm
+    ids, mask = encode_prompts(tokenizer, ["Q: what is 3 plus 4 ?\nA: 7", "Q: hi\nA: hello there"])
+    R, beta = 3, 0.3
+    target = TokenTarget(tiny_model, reward, tokenizer)(ids, mask, R, beta)
+    ref = response_log_softmax(tiny_model, ids, mask, R)[0].detach()
+    logp = response_log_softmax(lm, ids, mask, R)[0]
+    c = 0.8 * 1.5
+    torch.testing.assert_close(target, torch.log_softmax(ref + c / beta * logp, -1), atol=1e-5, rtol=0)
+    halved = TokenTarget(tiny_model, NormalizedReward(reward, mean=0.0, std=2.0), tokenizer)(ids, mask, R, beta)
+    torch.testing.assert_close(halved, torch.log_softmax(ref + c / 2 / beta * logp, -1), atol=1e-5, rtol=0)
+
+    def value(log_pi):  # the expected immediate return at each position, (B, R)
+        return (log_pi.exp() * (c * logp - beta * (log_pi - ref))).sum(-1)
+
+    log_z = torch.logsumexp(ref + c / beta * logp, -1)
+    torch.testing.assert_close(value(target), beta * log_z, atol=1e-4, rtol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.1, 1.0, 5.0):
+        other = torch.log_softmax(target + scale * torch.randn(target.shape, generator=g), -1)
+        assert (value(other) < value(target)).all()
+    assert (value(ref) < value(target) - 1e-3).all()  # the reference itself is not optimal
+    assert token_kl(target, target).abs().max() < 1e-5
+    assert (token_kl(ref, target) > 0).all()
+
+
+def test_the_token_target_refuses_a_reward_without_token_log_probs_and_a_zero_beta(tiny_model, tokenizer,
+                                                                                   likelihood_rm_dir, tiny_policy_dir,
+                                                                                   world_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs a reward that sums its LM's token log-probs"):
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", token_target_coef=1.0))  # brevity
+    target = TokenTarget(tiny_model, LikelihoodReward(str(likelihood_rm_dir)), tokenizer)
+    ids, mask = encode_prompts(tokenizer, ["Q: hi\nA: hello"])
+    with pytest.raises(ValueError, match="needs a KL coefficient > 0"):
+        target(ids, mask, 1, beta=0.0)
+
+
+def test_ppo_with_the_token_target_moves_new_samples_towards_q(tiny_policy_dir, world_dir, likelihood_rm_dir,
+                                                             tmp_path):
+    """The logged loss is KL(pi || q) over each iteration's update, on that iteration's fresh samples: with the
+    token target it falls to under half its start in 10 iterations; with a negligible weight (the same loss
+    logged, the policy gradient alone driving the policy) it ends at over twice that."""
+    finals = {}
+    for coef in (1.0, 1e-8):
+        out = tmp_path / str(coef)
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, out, reward=str(likelihood_rm_dir), iterations=10,
+                             kl_coef=0.05, lr=1e-2, token_target_coef=coef, missing_eos_penalty=None)).train()
+        with open(out / "train.csv") as f:
+            kls = [float(row["token_target_kl"]) for row in csv.DictReader(f)]
+        finals[coef] = float(np.mean(kls[-3:]))
+        if coef == 1.0:
+            assert finals[coef] < 0.5 * kls[0], kls
+    assert finals[1.0] < 0.5 * finals[1e-8], finals
+
