@@ -5,8 +5,10 @@ each judged by `rlhf eval --baseline sft`; the default runs also against the lar
 sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged the same way. Each run's
 policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
 --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
-400-iteration and a normalised gold oracle. The rows of ppo.json were trained with OMP_NUM_THREADS=1, two
-runs at a time; a run is bit-for-bit reproducible at the same thread count.
+400-iteration and a normalised gold oracle, and the token target (``agents/token_target.py``) with two responses
+per prompt, at 100 and 300 iterations (``--variants token-target token-target-300 --out
+benchmarks/results/ppo_token_target.json``). The rows of ppo.json
+were trained with OMP_NUM_THREADS=1, two runs at a time; a run is bit-for-bit reproducible at the same thread count.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain), and its evaluations are
 kept in OUT/judged.json. Prints a table and writes JSON (and the curves of the 100-iteration runs to a PNG).
@@ -31,10 +33,12 @@ VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
             "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True},
-            "grpo": {"algorithm": "grpo"}}
+            "grpo": {"algorithm": "grpo"},
+            "token-target": {"token_target_coef": 3.0, "group_size": 2},
+            "token-target-300": {"token_target_coef": 3.0, "group_size": 2, "iterations": 300}}
 DEFAULT_VARIANTS = ("default", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")
 ALGORITHMS = {"ppo": (PPOAgent, PPOConfig), "grpo": (GRPOAgent, GRPOConfig)}  # "algorithm" in a variant
-MULTI_SEED = ("default", "bf16")  # run with every --seeds; the other variants with the first
+MULTI_SEED = ("default", "bf16", "token-target", "token-target-300")  # every --seeds; the other variants: the first
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:

@@ -46,14 +46,27 @@ def ppo_table(ppo: dict) -> str:
                      f"{r['win_rate_vs_sft_large']:.3f} | {r['gold']:.3f} | {r['success']:.3f} | "
                      f"{r['rm_score']:.2f} | {r['kl']:.2f} | {r['length']:.1f} | "
                      f"{r['greedy_win_rate_vs_greedy_sft']:.3f} | {r['minutes']:.1f} |")
-    summary = ppo.get("default_summary")
-    if summary:
-        def cell(k, digits=3):
+    for name in ("default", "token-target", "token-target-300"):
+        summary = ppo.get(f"{name}_summary")
+        if not summary:
+            continue
+
+        def cell(k, digits=3, summary=summary):
             return f"{summary[k]['mean']:.{digits}f} ± {summary[k]['std']:.{digits}f}"
-        lines.append(f"| **default, mean ± std over {sum(r['run'] == 'default' for r in rows)} seeds** | "
+        lines.append(f"| **{name}, mean ± std over {sum(r['run'] == name for r in rows)} seeds** | "
                      f"**{cell('win_rate_vs_sft')}** | {cell('win_rate_vs_sft_large')} | {cell('gold')} | "
                      f"{cell('success')} | {cell('rm_score', 2)} | {cell('kl', 2)} | {cell('length', 1)} | "
                      f"{cell('greedy_win_rate_vs_greedy_sft')} | {cell('minutes', 1)} |")
+    return "\n".join(lines)
+
+
+def token_target_ceiling_table(result: dict) -> str:
+    lines = ["| β | α | win rate vs SFT | gold | task success | KL from SFT (nats) | length |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        beta = "— (SFT)" if r["beta"] is None else f"{r['beta']:g}"
+        lines.append(f"| {beta} | {r['alpha']:.2f} | {r['win_rate_vs_sft']:.3f} | {r['gold']:.3f} | "
+                     f"{r['success']:.3f} | {r['kl']:.2f} | {r['length']:.1f} |")
     return "\n".join(lines)
 
 
@@ -460,6 +473,24 @@ def results_page(results: Path) -> str:
                   "and the overrides of each row, judged by `rlhf eval --policy RUN/final --baseline sft` on 500 "
                   "held-out prompts, against `sft-large`, and decoded greedily against SFT decoded greedily.",
                   ppo_table(ppo), "![PPO curves](../benchmarks/results/ppo.png)"]
+    token = load(results, "ppo_token_target.json")
+    if token:
+        parts += ["### With the token target",
+                  "`python benchmarks/ppo_runs.py --variants token-target token-target-300 --out "
+                  "benchmarks/results/ppo_token_target.json`: the defaults with a per-token KL(π ‖ q) over the whole "
+                  "vocabulary added to the loss (`--token_target_coef 3`), q ∝ π_ref · p_rm^(c/β) the per-token "
+                  "KL-regularised optimum of the bundled likelihood RM (`agents/token_target.py`), and 2 responses "
+                  "per prompt (`--group_size 2`: 64 prompts an iteration), for the default 100 iterations and for 300 "
+                  "(`--iterations 300`, the learning rate decaying over them), judged as above. 2 threads, one run "
+                  "at a time.", ppo_table(token),
+                  "![PPO curves, token target](../benchmarks/results/ppo_token_target.png)"]
+    ceiling = load(results, "token_target_ceiling.json")
+    if ceiling:
+        parts += ["What the token target aims at: q itself, sampled token by token from both models (`python "
+                  "benchmarks/token_target_ceiling.py`, `benchmarks/results/token_target_ceiling.json`), judged the "
+                  f"same way on {ceiling['episodes']} held-out prompts; α = c/β with c = {ceiling['rm_coef']:.4f} "
+                  "for the bundled `rm`, and α = 0 is SFT itself. A policy that matched q everywhere would score "
+                  "this.", token_target_ceiling_table(ceiling)]
     over = load(results, "over_optimisation.json")
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "
