@@ -84,8 +84,8 @@ class PPOConfig:
     from the RM (which must share the policy's tokenizer). Unused with rloo."""
     token_target_coef: float = 0.0
     """Weight of a per-token KL(pi || q) over the whole vocabulary at the sampled responses' positions, q the
-    KL-regularised optimum of a reward that sums its LM's token log-probs (the bundled rm): pi_ref * p_rm^(c/beta)
-    (agents/token_target.py). 0: off. Needs such a reward and kl_coef > 0."""
+    per-token KL-regularised optimum of a reward that sums its LM's token log-probs (the bundled rm):
+    pi_ref * p_rm^(c/beta) (agents/token_target.py). 0: off. Needs such a reward and kl_coef > 0."""
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
@@ -138,6 +138,9 @@ class PPOConfig:
                                    "early_stop_kl"))
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
+        if self.token_target_coef > 0 and self.kl_coef == 0:
+            raise ValueError("token_target_coef needs kl_coef > 0: with beta = 0 the token target is the reward "
+                             "model's argmax")
         if self.advantage not in ("rloo", "gae"):
             raise ValueError(f"advantage must be 'rloo' or 'gae', got {self.advantage!r}")
         if self.value_model not in ("head", "rm"):

@@ -130,8 +130,7 @@ class PPOAgent:
         self.seed = c.seed if self.world == 1 else distributed.seed_stream(c.seed, self.rank)  # prompts, samples
         self.generator = torch.Generator(device=c.device).manual_seed(self.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
-        if c.token_target_coef > 0:  # refuse a reward without a token target now, not at the first rollout
-            self._token_target()
+        self.token_target = self._token_target() if c.token_target_coef > 0 else None  # (resume: built again)
         self.judge = HeldOutJudge(self.env.unwrapped.scorer.model, self.tokenizer, c.data, c.eval_seed, c.temperature,
                                   c.max_new_tokens)
 
@@ -195,7 +194,7 @@ class PPOAgent:
 
     def _token_target(self) -> TokenTarget:
         scorer = self.env.unwrapped.scorer
-        return TokenTarget(scorer.model, scorer.reward, self.tokenizer)
+        return TokenTarget(scorer.model, scorer.reward, self.tokenizer)  # refuses a reward without one
 
     def _reward(self):
         """The env's reward: the config's spec, with a classifier's label and transform if they are set."""
@@ -275,10 +274,10 @@ class PPOAgent:
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
         extra = {}
-        if c.token_target_coef > 0:
+        if self.token_target is not None:  # log q (B, r, V): the update reads it at its minibatches' :r columns
             short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
-            target = self._token_target()(short_ids, short_mask, r, self.kl.coef, c.temperature)
-            extra["token_target"] = torch.nn.functional.pad(target, (0, 0, 0, R - r))
+            extra["token_target"] = self.token_target(short_ids, short_mask, r, self.kl.coef, c.temperature,
+                                                      c.minibatch_size)
         times = {**episodes["times"], "time_rollout_forward": time.perf_counter() - forward_started}  # values
         env_rewards = episodes["env_rewards"].to(dev).float()
         advantages, returns = self.advantages(env_rewards, rewards, values, mask)
@@ -464,7 +463,8 @@ class PPOAgent:
         weights, optimizer, schedule and KL coefficient carry over and each rank draws its prompts and samples
         from a fresh seed stream (of the seed, its rank and the iteration): the run continues, not identically."""
         older = {"bf16": False, "normalize_reward": False, "advantage": "gae", "group_size": 1, "reward_label": 0,
-                 "reward_transform": "logit", "algorithm": "PPOConfig"}  # runs from before these settings
+                 "reward_transform": "logit", "algorithm": "PPOConfig",
+                 "token_target_coef": 0.0}  # runs from before these settings
         state, tensors = self.training.restore(self.run, self.actor, self.policy, self.scheduler, older)
         if state is None:
             return self.env.reset(seed=self.seed)[0]
@@ -476,6 +476,8 @@ class PPOAgent:
         if "reward_normalization" in state:  # exactly the statistics the run started with
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward
             env.reward = NormalizedReward(raw, **state["reward_normalization"])
+            if self.token_target is not None:  # its c reads the normalisation
+                self.token_target = self._token_target()
         if state.get("world_size", 1) != self.world:
             if self.rank == 0:
                 warnings.warn(f"{self.run.checkpoint} was saved by {state.get('world_size', 1)} ranks, resumed on "
@@ -508,7 +510,7 @@ def rollout_metrics(batch: dict, values: bool = True) -> dict[str, float]:
 def run_fingerprint(c: PPOConfig) -> dict:
     keep = ("policy", "reference", "reward", "reward_label", "reward_transform", "seed", "batch_size",
             "minibatch_size", "ppo_epochs", "lr", "value_model", "ptx_coef", "bf16", "normalize_reward", "advantage",
-            "group_size")
+            "group_size", "token_target_coef")
     plain = (str, int, float, bool, type(None))
     return {"algorithm": type(c).__name__,  # a GRPO run does not resume a PPO one
             **{k: v if isinstance(v, plain) else getattr(v, "__name__", repr(v))  # e.g. a reward callable

@@ -7,11 +7,14 @@ that maximises the expected immediate term is
 
     q(. | x, y_<t)  proportional to  pi_ref(. | x, y_<t) * p(. | x, y_<t) ** (c / beta)
 
-(the KL-regularised optimum, token by token). ``KL(pi || q)`` at the positions that the policy's own samples
+(the KL-regularised optimum, token by token: myopic, since the optimum over whole responses also weighs each
+token's effect on the later ones). ``KL(pi || q)`` at the positions that the policy's own samples
 visit is a loss over the whole vocabulary at every position: its gradient has no sampling noise, where the
 policy gradient learns from the one token sampled there. PPO adds it to its loss with ``token_target_coef``
 (``agents.ppo``); the sampled advantages still carry what it leaves out (a token's effect on the later ones,
-EOS and the missing-EOS penalty).
+EOS and the missing-EOS penalty). q reads the policy's own token ids with the RM's LM, where the RM scores a
+response's text as it tokenises it (prompt and response apart): the same tokens for the policies of this package,
+which share the RM's tokenizer (checked), so a proxy only where a policy's ids are not its tokenizer's split.
 """
 
 from __future__ import annotations
@@ -41,17 +44,21 @@ class TokenTarget:
             raise ValueError("token_target_coef reads the policy's token ids with the reward model's LM, so the reward "
                              "model must share the policy's tokenizer")
         self.reference, self.lm = reference, rm.lm
-        self.coef = rm.weight.item() * rm.gain * scale  # c: the reward per nat of the LM's log-probability
+        self.coef = rm.weight.item() * reward.gain * scale  # c: the reward per nat of the LM's log-probability
 
     @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, R: int, beta: float, temperature: float = 1.0
-                 ) -> torch.Tensor:
-        """``log q`` at the positions that predict the last R tokens of ``ids`` (B, T), for KL coefficient beta."""
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, R: int, beta: float, temperature: float = 1.0,
+                 rows: int | None = None) -> torch.Tensor:
+        """``log q`` at the positions that predict the last R tokens of ``ids`` (B, T), for KL coefficient beta;
+        ``rows`` at a time (all at once if None), so that the (rows, R, V) intermediates stay an update's size."""
         if beta <= 0:
             raise ValueError("the token target needs a KL coefficient > 0 (with beta = 0 it is the LM's argmax)")
-        reference = response_log_softmax(self.reference, ids, mask, R, temperature)[0]
-        lm = response_log_softmax(self.lm, ids, mask, R)[0]
-        return torch.log_softmax(reference + self.coef / beta * lm, -1)
+        parts = []
+        for chunk in torch.arange(len(ids), device=ids.device).split(rows or len(ids)):
+            target = response_log_softmax(self.reference, ids[chunk], mask[chunk], R, temperature)[0]
+            target.add_(response_log_softmax(self.lm, ids[chunk], mask[chunk], R)[0], alpha=self.coef / beta)
+            parts.append(torch.log_softmax(target, -1))
+        return torch.cat(parts)
 
 
 def token_kl(logp_all: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@ sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judge
 policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
 --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
 400-iteration and a normalised gold oracle, and the token target (``agents/token_target.py``) with two responses
-per prompt, at 100 and 300 iterations (``--variants token-target token-target-300 --out
-benchmarks/results/ppo_token_target.json``). The rows of ppo.json
-were trained with OMP_NUM_THREADS=1, two runs at a time; a run is bit-for-bit reproducible at the same thread count.
+per prompt, at 100 and 300 iterations, with the default at 2 responses per prompt as its control
+(``--variants group2 token-target token-target-300 --out benchmarks/results/ppo_token_target.json``). The rows
+of ppo.json were trained with OMP_NUM_THREADS=1, two runs at a time; a run is bit-for-bit reproducible at the
+same thread count.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain), and its evaluations are
 kept in OUT/judged.json. Prints a table and writes JSON (and the curves of the 100-iteration runs to a PNG).
@@ -34,6 +35,7 @@ VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
             "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True},
             "grpo": {"algorithm": "grpo"},
+            "group2": {"group_size": 2},  # the token target's control: its group size alone
             "token-target": {"token_target_coef": 3.0, "group_size": 2},
             "token-target-300": {"token_target_coef": 3.0, "group_size": 2, "iterations": 300}}
 DEFAULT_VARIANTS = ("default", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")

@@ -476,13 +476,14 @@ def results_page(results: Path) -> str:
     token = load(results, "ppo_token_target.json")
     if token:
         parts += ["### With the token target",
-                  "`python benchmarks/ppo_runs.py --variants token-target token-target-300 --out "
+                  "`python benchmarks/ppo_runs.py --variants group2 token-target token-target-300 --out "
                   "benchmarks/results/ppo_token_target.json`: the defaults with a per-token KL(π ‖ q) over the whole "
                   "vocabulary added to the loss (`--token_target_coef 3`), q ∝ π_ref · p_rm^(c/β) the per-token "
-                  "KL-regularised optimum of the bundled likelihood RM (`agents/token_target.py`), and 2 responses "
-                  "per prompt (`--group_size 2`: 64 prompts an iteration), for the default 100 iterations and for 300 "
-                  "(`--iterations 300`, the learning rate decaying over them), judged as above. 2 threads, one run "
-                  "at a time.", ppo_table(token),
+                  "(myopic) KL-regularised optimum of the bundled likelihood RM (`agents/token_target.py`), and 2 "
+                  "responses per prompt (`--group_size 2`: 64 prompts an iteration), for the default 100 iterations "
+                  "and for 300 (`--iterations 300`, the learning rate decaying over them), judged as above. 2 threads, "
+                  "one run at a time. `group2` is the control: the default with 2 responses per prompt and no token "
+                  "target.", ppo_table(token),
                   "![PPO curves, token target](../benchmarks/results/ppo_token_target.png)"]
     ceiling = load(results, "token_target_ceiling.json")
     if ceiling:
@@ -490,7 +491,8 @@ def results_page(results: Path) -> str:
                   "benchmarks/token_target_ceiling.py`, `benchmarks/results/token_target_ceiling.json`), judged the "
                   f"same way on {ceiling['episodes']} held-out prompts; α = c/β with c = {ceiling['rm_coef']:.4f} "
                   "for the bundled `rm`, and α = 0 is SFT itself. A policy that matched q everywhere would score "
-                  "this.", token_target_ceiling_table(ceiling)]
+                  "this: the point the token term pulls towards, not a bound (the sampled advantages can pass it).",
+                  token_target_ceiling_table(ceiling)]
     over = load(results, "over_optimisation.json")
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "

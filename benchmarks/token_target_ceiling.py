@@ -5,11 +5,12 @@ with α = c/β for the bundled likelihood RM (c its weight times its gain, β th
 learned but sampled: at every step both models (the reference ``sft`` and the RM's frozen LM) run on the same
 prefix, and the next token is drawn from their normalised product. Its gold win rate against SFT's samples (``rlhf
 eval``'s judge: held-out customers' prompts, eval seed 0, ties half) is what a policy that matched q everywhere
-would score: a ceiling for the token target at that β. α = 0 is SFT itself (the judge's noise floor).
+would score: where the token term pulls at that β, not a bound (the sampled advantages can pass it). α = 0 is
+SFT itself (the judge's noise floor).
 
 Prints a table and writes JSON.
 
-    python benchmarks/token_target_ceiling.py [--betas 0.05 0.087 0.029] [--episodes 500]
+    python benchmarks/token_target_ceiling.py [--betas 0.05 0.1] [--episodes 500]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from rlhf_env.configs import EvalConfig
 from rlhf_env.evaluation import evaluate
-from rlhf_env.models import BUNDLED_REWARDS, load_reference, resolve
+from rlhf_env.models import BUNDLED_REWARDS, load_reference, load_tokenizer, resolve
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.sampling import draw, encode_prompts, positions
 
@@ -33,7 +34,8 @@ class ProductSampler:
     KL from π_ref (its summed log q - log π_ref)."""
 
     def __init__(self, reference, lm, tokenizer, alpha: float, max_new_tokens: int = 48, batch_size: int = 125):
-        self.reference, self.lm, self.tokenizer, self.alpha = reference, lm, tokenizer, alpha
+        # (no ``lm`` and ``tokenizer`` pair of attributes: rlhf_env.evaluation.respond would sample that LM)
+        self.models, self.encoder, self.alpha = (reference, lm), tokenizer, alpha
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.kl: list[float] = []
 
@@ -42,18 +44,18 @@ class ProductSampler:
         generator = torch.Generator().manual_seed(0)
         texts, ended = [], []
         for start in range(0, len(prompts), self.batch_size):
-            ids, mask = encode_prompts(self.tokenizer, prompts[start:start + self.batch_size])
+            ids, mask = encode_prompts(self.encoder, prompts[start:start + self.batch_size])
             out = self._sample(ids, mask, generator)
             texts += out[0]
             ended += out[1]
         return texts, ended
 
     def _sample(self, ids, mask, generator):
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        eos, pad = self.encoder.eos_token_id, self.encoder.pad_token_id
         B = len(ids)
         pos = positions(mask)
         outs = [model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-                for model in (self.reference, self.lm)]
+                for model in self.models]
         done, tokens, kl = torch.zeros(B, dtype=torch.bool), [], torch.zeros(B)
         last = pos[:, -1:]
         for _ in range(self.max_new_tokens):
@@ -69,26 +71,26 @@ class ProductSampler:
                 break
             mask, last = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1), last + 1
             outs = [model(input_ids=token[:, None], attention_mask=mask, position_ids=last, cache=o.cache,
-                          use_cache=True) for model, o in zip((self.reference, self.lm), outs)]
+                          use_cache=True) for model, o in zip(self.models, outs)]
         self.kl += kl.tolist()
         texts, ended = [], []
         for row in torch.stack(tokens, 1).tolist():
             stop = row.index(eos) if eos in row else len(row)
-            texts.append(self.tokenizer.decode([t for t in row[:stop] if t != pad]))
+            texts.append(self.encoder.decode([t for t in row[:stop] if t != pad]))
             ended.append(eos in row)
         return texts, ended
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.087, 0.029],
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.05],
                         help="KL coefficients; each gives alpha = c / beta (0.05 is rlhf ppo's default)")
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/token_target_ceiling.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    reference, tokenizer = load_reference("sft")
+    reference, tokenizer = load_reference("sft")[0], load_tokenizer("sft")  # (an HF tokenizer: it pads)
     rm = LikelihoodRewardModel.from_pretrained(resolve("rm", BUNDLED_REWARDS))
     c = rm.weight.item() * rm.gain
     rows = []

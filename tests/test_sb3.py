@@ -411,12 +411,12 @@ SHORT = dict(reward=brevity, kl_coef=0.0, missing_eos_penalty=None)  # shorter i
 
 @pytest.mark.slow
 def test_sb3_ppo_learns_a_trivially_learnable_reward_on_the_bandit(env_kwargs):
-    """Brevity: the tiny policy's responses score about -1.1; 10 PPO iterations of 32 responses must get it above
+    """Brevity: the tiny policy's responses score about -1.1; 12 PPO iterations of 32 responses must get it above
     -0.4 (the LM learns to end at once)."""
     kwargs = {**env_kwargs, **SHORT}
     model = bandit_model(kwargs, n_envs=32, batch_size=8, n_epochs=4, learning_rate=1e-2)
     before = kl_regularised_return(model.policy, model.get_env(), episodes=2)["reward"]
-    model.learn(320)
+    model.learn(384)
     after = kl_regularised_return(model.policy, model.get_env(), episodes=2)["reward"]
     assert before < -0.9 and after > -0.4, (before, after)
 

@@ -45,6 +45,9 @@ def test_q_is_the_per_token_optimum_of_the_rm_reward_less_the_kl_penalty(tiny_mo
     torch.testing.assert_close(target, torch.log_softmax(ref + c / beta * logp, -1), atol=1e-5, rtol=0)
     halved = TokenTarget(tiny_model, NormalizedReward(reward, mean=0.0, std=2.0), tokenizer)(ids, mask, R, beta)
     torch.testing.assert_close(halved, torch.log_softmax(ref + c / 2 / beta * logp, -1), atol=1e-5, rtol=0)
+    raw = LikelihoodReward(str(likelihood_rm_dir), normalize=False)  # scores without the gain: c = the weight
+    torch.testing.assert_close(TokenTarget(tiny_model, raw, tokenizer)(ids, mask, R, beta, rows=1),
+                               torch.log_softmax(ref + 0.8 / beta * logp, -1), atol=1e-5, rtol=0)
 
     def value(log_pi):  # the expected immediate return at each position, (B, R)
         return (log_pi.exp() * (c * logp - beta * (log_pi - ref))).sum(-1)
@@ -64,7 +67,11 @@ def test_the_token_target_refuses_a_reward_without_token_log_probs_and_a_zero_be
                                                                                    likelihood_rm_dir, tiny_policy_dir,
                                                                                    world_dir, tmp_path):
     with pytest.raises(ValueError, match="needs a reward that sums its LM's token log-probs"):
-        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", token_target_coef=1.0))  # brevity
+        PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", kl_coef=0.05,
+                             token_target_coef=1.0))  # brevity
+    with pytest.raises(ValueError, match="token_target_coef needs kl_coef > 0"):
+        tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(likelihood_rm_dir), kl_coef=0.0,
+                    token_target_coef=1.0)
     target = TokenTarget(tiny_model, LikelihoodReward(str(likelihood_rm_dir)), tokenizer)
     ids, mask = encode_prompts(tokenizer, ["Q: hi\nA: hello"])
     with pytest.raises(ValueError, match="needs a KL coefficient > 0"):
