@@ -400,13 +400,7 @@ def test_packing_changes_no_metric_or_weight_of_a_run_with_a_critic(tiny_policy_
             agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / str(below), reward=str(tmp_path / "rm"),
                                          advantage="gae", value_model="rm", group_size=1, max_new_tokens=12,
                                          kl_coef=0.1, ppo_epochs=2))
-            obs = agent.env.reset(seed=0)[0]
-            metrics = []
-            for _ in range(2):
-                step, obs = agent.iterate(obs)
-                metrics.append({k: v for k, v in step.items() if not k.startswith("time_")})
-            weights = {**agent.policy.state_dict(), **{f"value.{k}": v for k, v in agent.value.state_dict().items()}}
-            runs.append((metrics, {k: v.clone() for k, v in weights.items()}))
+            runs.append(two_iterations(agent))
     (with_packing, packed_weights), (padded, padded_weights) = runs
     assert {("GPT2LMHeadModel", True), ("GPT2ForSequenceClassification", True)} <= set(packed)
     assert padded[1]["kl"] > 0.01 and padded[0]["approx_kl"] > 1e-4  # the policy moved, the reference term is live
@@ -536,6 +530,18 @@ def test_a_second_process_into_the_same_out_is_refused(tiny_policy_dir, world_di
     assert not (tmp_path / "ppo" / "run.lock").exists()  # released
 
 
+def two_iterations(agent) -> tuple[list[dict], dict]:
+    """Two iterations from seed 0: their metrics (less the timings) and the weights after them (the policy's, and
+    a value model's as ``value.*``)."""
+    obs = agent.env.reset(seed=0)[0]
+    metrics = []
+    for _ in range(2):
+        step, obs = agent.iterate(obs)
+        metrics.append({k: v for k, v in step.items() if not k.startswith("time_")})
+    value = {} if agent.value is None else {f"value.{k}": v for k, v in agent.value.state_dict().items()}
+    return metrics, {k: v.clone() for k, v in {**agent.policy.state_dict(), **value}.items()}
+
+
 def test_sharing_prompts_changes_no_metric_or_weight_of_a_run(tiny_policy_dir, world_dir, tmp_path):
     """A whole-batch step on groups of 4 (rows per prompt over ``SHARE_FROM``: the update shares each prompt,
     as do the env's reference forwards) ends where recomputing every prompt ends, to float32 rounding."""
@@ -557,12 +563,7 @@ def test_sharing_prompts_changes_no_metric_or_weight_of_a_run(tiny_policy_dir, w
                 mock.patch.object(sampling, "shared_prompt_forward", spy):
             agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / str(share_from), kl_coef=0.1,
                                          minibatch_size=32, ppo_epochs=2))
-            obs = agent.env.reset(seed=0)[0]
-            metrics = []
-            for _ in range(2):
-                step, obs = agent.iterate(obs)
-                metrics.append({k: v for k, v in step.items() if not k.startswith("time_")})
-            runs.append((metrics, {k: v.clone() for k, v in agent.policy.state_dict().items()}))
+            runs.append(two_iterations(agent))
     (shared, shared_weights), (full, full_weights) = runs
     assert {(True, True), (False, True), (True, False)} <= set(shared_calls)  # update and env shared, then not
     assert full[1]["kl"] > 0.01 and full[0]["approx_kl"] > 1e-4  # the policy moved, the reference term is live
