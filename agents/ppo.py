@@ -262,6 +262,7 @@ class PPOAgent:
         ids = torch.cat([prompt_ids, episodes["response_ids"]], 1)
         full_mask = torch.cat([prompt_mask, episodes["response_mask"]], 1)
         R = mask.shape[1]
+        short_ids, short_mask, r = trim_padding(ids, full_mask, mask)  # the batch without its all-padding columns
         if c.bf16:  # the ratio's old log-probs from the update's own bfloat16 forward: the ratio starts at 1
             logprobs, values = self._rollout_forward(ids, full_mask, mask)
             old_logprobs = logprobs * mask
@@ -269,13 +270,11 @@ class PPOAgent:
             old_logprobs = episodes["logprobs"].float()
             values = torch.zeros_like(mask)
             if self.value is not None:
-                short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
                 values = self.forward(short_ids, short_mask, r, need_policy=False)[2]
                 values = torch.nn.functional.pad(values, (0, R - r))
         values = values * mask
         extra = {}
         if self.token_target is not None:  # log q (B, r, V): the update reads it at its minibatches' :r columns
-            short_ids, short_mask, r = trim_padding(ids, full_mask, mask)
             extra["token_target"] = self.token_target(short_ids, short_mask, r, self.kl.coef, c.temperature,
                                                       c.minibatch_size)
         times = {**episodes["times"], "time_rollout_forward": time.perf_counter() - forward_started}  # values

@@ -55,10 +55,16 @@ class TokenTarget:
             raise ValueError("the token target needs a KL coefficient > 0 (with beta = 0 it is the LM's argmax)")
         parts = []
         for chunk in torch.arange(len(ids), device=ids.device).split(rows or len(ids)):
-            target = response_log_softmax(self.reference, ids[chunk], mask[chunk], R, temperature)[0]
-            target.add_(response_log_softmax(self.lm, ids[chunk], mask[chunk], R)[0], alpha=self.coef / beta)
-            parts.append(torch.log_softmax(target, -1))
+            parts.append(product_log_softmax(response_log_softmax(self.reference, ids[chunk], mask[chunk], R,
+                                                                  temperature)[0],
+                                             response_log_softmax(self.lm, ids[chunk], mask[chunk], R)[0],
+                                             self.coef / beta))
         return torch.cat(parts)
+
+
+def product_log_softmax(reference: torch.Tensor, lm: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``log q`` for q ∝ pi_ref * p^alpha, from the two log-softmaxes (..., V)."""
+    return torch.log_softmax(reference + alpha * lm, -1)
 
 
 def token_kl(logp_all: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.token_target import product_log_softmax
 from rlhf_env.configs import EvalConfig
 from rlhf_env.evaluation import evaluate
 from rlhf_env.models import BUNDLED_REWARDS, load_reference, load_tokenizer, resolve
@@ -60,7 +61,7 @@ class ProductSampler:
         last = pos[:, -1:]
         for _ in range(self.max_new_tokens):
             ref, lm = (torch.log_softmax(o.logits[:, -1].float(), -1) for o in outs)
-            log_q = torch.log_softmax(ref + self.alpha * lm, -1)
+            log_q = product_log_softmax(ref, lm, self.alpha)
             token = draw(log_q, generator)
             picked = token[:, None]
             kl += torch.where(done, 0.0, (log_q.gather(1, picked) - ref.gather(1, picked))[:, 0])

@@ -224,14 +224,12 @@ def packed_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_
                    **kwargs):
     """``response_log_softmax``'s forward over packed rows (``rlhf_env.packing``); None where packing does not
     pay, the model does not allow it, or ``kwargs`` ask for other outputs. Returns the logits (B, R + 1, V) at the
-    positions that predict the last R tokens and the next, and with ``output_hidden_states`` the last layer's
-    hidden states there."""
+    positions that predict the last R tokens and the next, and the last layer's hidden states there (with or
+    without ``output_hidden_states``: they are computed anyway)."""
     hidden = None if kwargs else packed_hidden(model, ids, mask, R, lm_head=True)
     if hidden is None:
         return None
-    logits = model.get_output_embeddings()(hidden)
-    return SimpleNamespace(logits=logits, hidden_states=(hidden,)) if output_hidden_states else SimpleNamespace(
-        logits=logits)
+    return SimpleNamespace(logits=model.get_output_embeddings()(hidden), hidden_states=(hidden,))
 
 
 def response_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0, **kwargs):

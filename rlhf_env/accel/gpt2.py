@@ -136,9 +136,10 @@ class Trunk(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                use_cache: bool = False) -> TrunkOutput:
-        """See ``TorchGPT2.forward``. Without ``attention_mask`` and ``cache``, position ids that restart within
-        a row mark sequences packed end to end, which attend only within themselves (as transformers does)."""
+                use_cache: bool = False, keep: int = 0) -> TrunkOutput:
+        """See ``TorchGPT2.forward``; ``keep`` > 0: the hidden states of the last that many positions only.
+        Without ``attention_mask`` and ``cache``, position ids that restart within a row mark sequences packed end
+        to end, which attend only within themselves (as transformers does)."""
         T, device = input_ids.shape[1], input_ids.device
         past = cache.layers if cache is not None and cache.layers else [None] * len(self.h)
         before = 0 if past[0] is None else past[0][0].shape[2]
@@ -164,7 +165,7 @@ class Trunk(nn.Module):
         if use_cache:
             cache = cache if cache is not None else KVCache()
             cache.layers = layers
-        return TrunkOutput(self.ln_f(x), cache if use_cache else None)
+        return TrunkOutput(self.ln_f(x[:, -keep:]), cache if use_cache else None)
 
 
 class TorchGPT2(nn.Module):
@@ -190,8 +191,8 @@ class TorchGPT2(nn.Module):
         keys, ``position_ids`` default to 0..T-1, and ``logits_to_keep`` > 0 keeps the last that many positions.
         With ``use_cache``, the keys and values are appended to ``cache`` (a new one if None), which the output
         holds; a ``cache`` given holds the ``past`` tokens that ``input_ids`` continue."""
-        out = self.transformer(input_ids, attention_mask, position_ids, cache, use_cache)
-        return LMOutput(self.lm_head(out.last_hidden_state[:, -logits_to_keep:]), out.cache)
+        out = self.transformer(input_ids, attention_mask, position_ids, cache, use_cache, keep=logits_to_keep)
+        return LMOutput(self.lm_head(out.last_hidden_state), out.cache)
 
 
 def load_torch_gpt2(directory: str | Path, onednn: bool = False) -> TorchGPT2:
