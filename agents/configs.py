@@ -19,6 +19,9 @@ from rlhf_env.rewards import check_reward, is_url
 BUILT_IN_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token",
                        "sb3-a2c-token", "sb3-maskable-ppo-token")
 
+# token_target_coef's default weight where the reward allows the token target (benchmarks/ppo_runs.py measures it)
+TOKEN_TARGET_COEF = 10.0
+
 
 @dataclass
 class PPOConfig:
@@ -38,7 +41,7 @@ class PPOConfig:
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     seed: int = 0
     """Seed of the policy's sampling, the env's prompt draws and the minibatch order."""
-    iterations: int = 100
+    iterations: int = 300
     """PPO iterations; each samples batch_size episodes."""
     batch_size: int = 128
     """Episodes per iteration: the vector env's num_envs (batch_size / group_size distinct prompts)."""
@@ -46,19 +49,19 @@ class PPOConfig:
     """rloo: a response's advantage, at each of its tokens, is its env reward (score - beta * KL) minus the
     mean of its group_size - 1 siblings' (a leave-one-out baseline per prompt; no critic). gae: per-token
     rewards, GAE and a value model (value_model), as in InstructGPT and the N+ recipe."""
-    group_size: int = 8
+    group_size: int = 2
     """Responses sampled per prompt in each iteration (the vector env's group_size); rloo needs >= 2."""
     minibatch_size: int = 16
     """Episodes per gradient step (batch_size / minibatch_size steps per epoch)."""
-    ppo_epochs: int = 4
+    ppo_epochs: int = 2
     """Passes over each iteration's episodes."""
-    lr: float = 3e-5
+    lr: float = 1e-4
     """Peak learning rate, decayed linearly to 0."""
     adam_eps: float = 1e-5
     """AdamW's epsilon."""
     weight_decay: float = 0.01
     """AdamW's decoupled weight decay, on every parameter (PyTorch's default; the N+ recipe uses none). At the
-    default lr it shrinks the weights by about 0.02% over a whole run."""
+    default lr it shrinks the weights by under 0.3% over a whole run."""
     max_grad_norm: float = 1.0
     """Clip the gradients' global norm to this."""
     kl_coef: float = 0.05
@@ -82,10 +85,11 @@ class PPOConfig:
     value_model: str = "head"
     """With advantage=gae: head, a zero-initialised head on the policy trunk; rm, a separate critic initialised
     from the RM (which must share the policy's tokenizer). Unused with rloo."""
-    token_target_coef: float = 0.0
+    token_target_coef: float | None = None
     """Weight of a per-token KL(pi || q) over the whole vocabulary at the sampled responses' positions, q the
     per-token KL-regularised optimum of a reward that sums its LM's token log-probs (the bundled rm):
-    pi_ref * p_rm^(c/beta) (agents/token_target.py). 0: off. Needs such a reward and kl_coef > 0."""
+    pi_ref * p_rm^(c/beta) (agents/token_target.py). 0: off. None: TOKEN_TARGET_COEF where the reward is such
+    a model sharing the policy's tokenizer and kl_coef > 0, else off (the run says which on stderr)."""
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
@@ -134,11 +138,12 @@ class PPOConfig:
         check_ranges(self, positive=("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
                                      "max_prompt_tokens", "final_eval_episodes", "ptx_batch_size"),
                      above_zero=("lr", "temperature", "clip_coef"),
-                     non_negative=("kl_coef", "target_kl", "ptx_coef", "token_target_coef", "eval_every", "save_every",
-                                   "early_stop_kl"))
+                     non_negative=("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"))
+        if self.token_target_coef is not None:
+            check_ranges(self, non_negative=("token_target_coef",))
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
-        if self.token_target_coef > 0 and self.kl_coef == 0:
+        if self.token_target_coef and self.kl_coef == 0:
             raise ValueError("token_target_coef needs kl_coef > 0: with beta = 0 the token target is the reward "
                              "model's argmax")
         if self.advantage not in ("rloo", "gae"):
@@ -166,6 +171,16 @@ class GRPOConfig(PPOConfig):
 
     out: str = "runs/grpo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
+    iterations: int = 100
+    """PPO iterations; each samples batch_size episodes."""
+    group_size: int = 8
+    """Responses sampled per prompt in each iteration (the group that normalises the rewards)."""
+    lr: float = 3e-5
+    """Peak learning rate, decayed linearly to 0."""
+    ppo_epochs: int = 4
+    """Passes over each iteration's episodes."""
+    token_target_coef: float | None = 0.0
+    """Weight of PPO's token target (agents/token_target.py); 0: off, GRPO as published (None: as PPO)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -182,6 +197,12 @@ class RLOOConfig(PPOConfig):
 
     out: str = "runs/rloo"
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
+    iterations: int = 100
+    """Iterations; each samples batch_size episodes."""
+    group_size: int = 8
+    """Responses sampled per prompt in each iteration (the leave-one-out baseline's group)."""
+    token_target_coef: float | None = 0.0
+    """Weight of PPO's token target (agents/token_target.py); 0: off, as published (None: as PPO)."""
     minibatch_size: int = 0
     """Episodes per gradient step; 0: the whole batch (one on-policy step per iteration)."""
     ppo_epochs: int = 1

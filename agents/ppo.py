@@ -24,6 +24,7 @@ The maths is in ``agents/rl_math.py``.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -35,7 +36,7 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 import rlhf_env  # noqa: F401  (registers the envs)
-from agents.configs import PPOConfig
+from agents.configs import TOKEN_TARGET_COEF, PPOConfig
 from agents.policy import Critic, NonFiniteLoss, ValueHead, check_native_bf16, entropy, response_forward
 from agents.rl_math import (
     KLController,
@@ -47,7 +48,7 @@ from agents.rl_math import (
     value_loss,
     whiten,
 )
-from agents.token_target import TokenTarget, token_kl
+from agents.token_target import TokenTarget, refusal, token_kl
 from rlhf_env import accel
 from rlhf_env.evaluation import HeldOutJudge
 from rlhf_env.models import (
@@ -130,7 +131,7 @@ class PPOAgent:
         self.seed = c.seed if self.world == 1 else distributed.seed_stream(c.seed, self.rank)  # prompts, samples
         self.generator = torch.Generator(device=c.device).manual_seed(self.seed)
         self.ptx = self._ptx_blocks() if c.ptx_coef > 0 else None
-        self.token_target = self._token_target() if c.token_target_coef > 0 else None  # (resume: built again)
+        self.token_target = self._token_target()  # None when off (resume: built again)
         self.judge = HeldOutJudge(self.env.unwrapped.scorer.model, self.tokenizer, c.data, c.eval_seed, c.temperature,
                                   c.max_new_tokens)
 
@@ -192,8 +193,18 @@ class PPOAgent:
         return {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
                 "lr": self.scheduler.get_last_lr()[0], **times}, obs
 
-    def _token_target(self) -> TokenTarget:
-        scorer = self.env.unwrapped.scorer
+    def _token_target(self) -> TokenTarget | None:
+        """The token target if the config asks for it; by default (None) wherever the reward allows it. Its
+        weight is ``self.token_target_coef``."""
+        c, scorer = self.config, self.env.unwrapped.scorer
+        self.token_target_coef = TOKEN_TARGET_COEF if c.token_target_coef is None else c.token_target_coef
+        problem = "kl_coef is 0" if c.kl_coef == 0 else refusal(scorer.reward, self.tokenizer)
+        if c.token_target_coef is None and problem:
+            self.token_target_coef = 0.0
+            if self.rank == 0:
+                print(f"{self.run.desc}: token target off ({problem})", file=sys.stderr, flush=True)
+        if self.token_target_coef == 0:
+            return None
         return TokenTarget(scorer.model, scorer.reward, self.tokenizer)  # refuses a reward without one
 
     def _reward(self):
@@ -371,7 +382,7 @@ class PPOAgent:
                 loss = pg_loss
                 if "token_target" in batch:
                     target_loss = masked_mean(token_kl(logp_all, batch["token_target"][idx, :r]), mb_resp)
-                    loss = loss + c.token_target_coef * target_loss
+                    loss = loss + self.token_target_coef * target_loss
                     pg_stats["token_target_kl"] = target_loss.item()
                 if values is not None:
                     vf_loss = value_loss(values, mb["old_values"], mb["returns"], mb_resp, c.vf_clip)

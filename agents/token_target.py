@@ -32,17 +32,13 @@ class TokenTarget:
     def __init__(self, reference, reward, tokenizer):
         """``reference``: the env's reference policy; ``reward``: the env's reward (a likelihood RM, possibly
         normalised), read as it is now (a resumed run's normalisation is restored before its first rollout)."""
+        problem = refusal(reward, tokenizer)
+        if problem:
+            raise ValueError(f"token_target_coef: {problem}; set token_target_coef=0")
         scale = 1.0
         if isinstance(reward, NormalizedReward):
             scale, reward = 1.0 / reward.std, reward.reward
-        if not isinstance(reward, LikelihoodReward):
-            raise ValueError(f"token_target_coef needs a reward that sums its LM's token log-probs (a likelihood RM, "
-                             f"such as the bundled rm); {getattr(reward, 'name', type(reward).__name__)!r} is not one: "
-                             "set token_target_coef=0")
         rm = reward.model
-        if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError("token_target_coef reads the policy's token ids with the reward model's LM, so the reward "
-                             "model must share the policy's tokenizer")
         self.reference, self.lm = reference, rm.lm
         self.coef = rm.weight.item() * reward.gain * scale  # c: the reward per nat of the LM's log-probability
 
@@ -60,6 +56,20 @@ class TokenTarget:
                                              response_log_softmax(self.lm, ids[chunk], mask[chunk], R)[0],
                                              self.coef / beta))
         return torch.cat(parts)
+
+
+def refusal(reward, tokenizer) -> str:
+    """Why the token target cannot work with this reward and this policy tokenizer ("" if it can): it needs a
+    reward that sums its LM's token log-probs, read with the policy's own token ids."""
+    if isinstance(reward, NormalizedReward):
+        reward = reward.reward
+    if not isinstance(reward, LikelihoodReward):
+        return (f"it needs a reward that sums its LM's token log-probs (a likelihood RM, such as the bundled rm); "
+                f"{getattr(reward, 'name', type(reward).__name__)!r} is not one")
+    if reward.model.tokenizer.get_vocab() != tokenizer.get_vocab():
+        return "it reads the policy's token ids with the reward model's LM, so the reward model must share the " \
+               "policy's tokenizer"
+    return ""
 
 
 def product_log_softmax(reference: torch.Tensor, lm: torch.Tensor, alpha: float) -> torch.Tensor:

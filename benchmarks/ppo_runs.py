@@ -1,18 +1,19 @@
-"""The README's PPO results: the default `rlhf ppo` over several seeds, the beta = 0 over-optimisation run
-and the same against the paper's scalar-head RM (rm-scalar), the previous default (GAE with a value head,
-one response per prompt), the gold-oracle run, and GRPO (the same agent with group-normalised advantages),
-each judged by `rlhf eval --baseline sft`; the default runs also against the larger SFT model (`--baseline
-sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged the same way. Each run's
-policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval --baseline sft
---temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an oracle, a
-400-iteration and a normalised gold oracle, and the token target (``agents/token_target.py``) with two responses
-per prompt, at 100 and 300 iterations, with the default at 2 responses per prompt as its control
-(``--variants group2 token-target token-target-300 --out benchmarks/results/ppo_token_target.json``). The rows
-of ppo.json were trained with OMP_NUM_THREADS=1, two runs at a time; a run is bit-for-bit reproducible at the
-same thread count.
+"""The README's PPO results: the default `rlhf ppo` (with the token target, ``agents/token_target.py``) over
+several seeds; the previous, black-box default (no token target, 8 responses per prompt, 100 iterations: the
+recipe of algorithms.json's PPO); the beta = 0 over-optimisation run and the same against the paper's scalar-head
+RM (rm-scalar); GAE with a value head, one response per prompt; the gold-oracle run; and GRPO (group-normalised
+advantages, its own recipe). Each is judged by `rlhf eval --baseline sft`; the default runs also against the
+larger SFT model (`--baseline sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged
+the same way. Each run's policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval
+--baseline sft --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an
+oracle, a 400-iteration and a normalised gold oracle, and the token target's first measurement (stop 28: weight
+3 at the black-box optimiser settings, 100 and 300 iterations, with the black-box default at 2 responses per
+prompt as its control: ``--variants group2 token-target token-target-300 --out
+benchmarks/results/ppo_token_target.json``). Runs go one at a time at 2 threads (ppo_token_target.json and the
+current ppo.json); a run is bit-for-bit reproducible at the same thread count.
 
 A run whose OUT/result.json exists is not trained again (delete it to retrain), and its evaluations are
-kept in OUT/judged.json. Prints a table and writes JSON (and the curves of the 100-iteration runs to a PNG).
+kept in OUT/judged.json. Prints a table and writes JSON (and the runs' curves to a PNG).
 
     python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
 """
@@ -29,16 +30,20 @@ from agents.grpo import GRPOAgent, GRPOConfig
 from agents.ppo import PPOAgent, PPOConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
 
+# the default before the token target (stop 28): black-box PPO, as in benchmarks/results/algorithms.json
+BLACK_BOX = {"token_target_coef": 0.0, "group_size": 8, "lr": 3e-5, "ppo_epochs": 4, "iterations": 100}
+OLD = {"lr": 3e-5, "ppo_epochs": 4, "iterations": 100}  # its optimiser settings, under the token-target variants
 VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
             "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True},
             "grpo": {"algorithm": "grpo"},
-            "group2": {"group_size": 2},  # the token target's control: its group size alone
-            "token-target": {"token_target_coef": 3.0, "group_size": 2},
-            "token-target-300": {"token_target_coef": 3.0, "group_size": 2, "iterations": 300}}
-DEFAULT_VARIANTS = ("default", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")
+            "black-box": BLACK_BOX,
+            "group2": {**BLACK_BOX, "group_size": 2},  # the token target's control: its group size alone
+            "token-target": {**OLD, "token_target_coef": 3.0, "group_size": 2},
+            "token-target-300": {**OLD, "token_target_coef": 3.0, "group_size": 2, "iterations": 300}}
+DEFAULT_VARIANTS = ("default", "black-box", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")
 ALGORITHMS = {"ppo": (PPOAgent, PPOConfig), "grpo": (GRPOAgent, GRPOConfig)}  # "algorithm" in a variant
 MULTI_SEED = ("default", "bf16", "token-target", "token-target-300")  # every --seeds; the other variants: the first
 
@@ -135,8 +140,7 @@ def main() -> None:
         import subprocess
         import sys
 
-        names = [f"{r['run']}-seed{r['seed']}" for r in rows  # 100 iterations (one x-axis), float32
-                 if "iterations" not in r["overrides"] and r["run"] != "bf16"]
+        names = [f"{r['run']}-seed{r['seed']}" for r in rows if r["run"] != "bf16"]  # float32
         subprocess.run([sys.executable, str(Path(__file__).with_name("plot_ppo.py")),
                         *[f"{n}={runs_dir / n}" for n in names], "--out", str(Path(args.out).with_suffix(".png"))],
                        check=True)

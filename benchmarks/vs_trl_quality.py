@@ -1,13 +1,15 @@
 """Time to quality against TRL: training wall time until the held-out gold win rate against SFT reaches a target.
 
 Both sides run one recipe on the same task: the bundled ``sft`` policy, the world's ``ppo`` prompts, the
-bundled ``rm`` as reward, a KL penalty of 0.05 to the SFT policy in the sequence's reward, 8 samples per
-prompt with a leave-one-out baseline, 128 episodes per generation, 4 passes of clipped-ratio (0.2) steps on
-minibatches of 16, AdamW at 3e-5 decaying linearly over 100 generations, temperature 1, at most 48 new tokens,
+bundled ``rm`` as reward, a KL penalty of 0.05 to the SFT policy in the sequence's reward, 2 samples per
+prompt with a leave-one-out baseline, 128 episodes per generation, 2 passes of clipped-ratio (0.2) steps on
+minibatches of 16, AdamW at 1e-4 decaying linearly over 300 generations, temperature 1, at most 48 new tokens,
 and a response without EOS scored -1. That recipe is our ``rlhf ppo`` default, which the script checks;
 TRL's ``RLOOTrainer`` runs it with the settings in ``trl_config``. TRL scores through ``rlhf serve-reward``
 (``rlhf_env.rewards.server``, JSON over HTTP, served from this process), so both sides pay the same reward
-model; its reward function applies the EOS rule.
+model; its reward function applies the EOS rule. Ours also has its default token target
+(``agents/token_target.py``), which reads the reward model's LM: our best agent on this task, and one that TRL,
+which sees the reward only as scores, does not have.
 
 Every ``--eval-every`` generations each policy is judged as ``rlhf eval`` judges (``rlhf_env.evaluation.
 HeldOutJudge``: ``--eval-episodes`` held-out customers' prompts, eval seed 0, against SFT's samples, gold grades,
@@ -16,13 +18,12 @@ Training time counts the steps only: loading, judging and saving are left out on
 a fresh subprocess at ``--threads`` threads, ours in this interpreter and TRL's in the venv that
 ``benchmarks/vs_trl.py`` makes.
 
-Both runs stop after ``--stop-after`` generations (the learning-rate schedule still spans ``--generations``): a
-full run of 100 (measured once, judged every 10 generations on 200 prompts) was flat after its first 10 on both
-sides, so the judgements go where the curves rise. The targets are a win rate of 0.6, two lower levels, and the
-best win rate that both sides reach; a side's time to a target is that of its first judgement at or above it.
+Both runs stop after ``--stop-after`` generations (the learning-rate schedule still spans ``--generations``), so
+the judgements go where the curves rise. The targets are a win rate of 0.6, two lower levels, and the best win
+rate that both sides reach; a side's time to a target is that of its first judgement at or above it.
 Prints a table and writes JSON.
 
-    python benchmarks/vs_trl_quality.py [--stop-after 20] [--eval-every 2] [--eval-episodes 500]
+    python benchmarks/vs_trl_quality.py [--stop-after 40] [--eval-every 4] [--eval-episodes 500]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from vs_trl import MODELS, ROOT, TRL_RLOO_VERSION, ensure_venv, worker_env  # no
 
 TARGET = 0.6
 LEVELS = (0.55, 0.58)  # lower targets, compared as well: the curves flatten just under TARGET
-RECIPE = {"batch_size": 128, "group_size": 8, "minibatch_size": 16, "ppo_epochs": 4, "lr": 3e-5, "kl_coef": 0.05,
+RECIPE = {"batch_size": 128, "group_size": 2, "minibatch_size": 16, "ppo_epochs": 2, "lr": 1e-4, "kl_coef": 0.05,
           "clip_coef": 0.2, "temperature": 1.0, "max_new_tokens": 48, "missing_eos_penalty": -1.0,
           "adam_eps": 1e-5, "weight_decay": 0.01, "max_grad_norm": 1.0, "advantage": "rloo", "reward": "rm",
           "policy": "sft", "prompts": "ppo"}
@@ -81,8 +82,8 @@ def _train_ours(spec: dict) -> dict:
 
 
 def trl_config(spec: dict, out: str):
-    """TRL's RLOOConfig for the recipe: a generation of 128 (16 prompts x 8) spans 8 steps of 16, reused for 4
-    passes (``num_iterations``), so one generation is 32 optimizer steps, as in ours."""
+    """TRL's RLOOConfig for the recipe: a generation of 128 (64 prompts x 2) spans 8 steps of 16, reused for 2
+    passes (``num_iterations``), so one generation is 16 optimizer steps, as in ours."""
     from trl import RLOOConfig
 
     steps_per_generation = RECIPE["batch_size"] // RECIPE["minibatch_size"]
@@ -210,11 +211,11 @@ def summarize(curves: dict[str, list[dict]]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generations", type=int, default=100, help="generations of 128 episodes (rlhf ppo's "
+    parser.add_argument("--generations", type=int, default=300, help="generations of 128 episodes (rlhf ppo's "
                                                                       "iterations)")
-    parser.add_argument("--stop-after", type=int, default=20, help="stop both runs after this many generations "
+    parser.add_argument("--stop-after", type=int, default=40, help="stop both runs after this many generations "
                         "(the learning-rate schedule still spans --generations): the curves flatten early")
-    parser.add_argument("--eval-every", type=int, default=2, help="judge every this many generations")
+    parser.add_argument("--eval-every", type=int, default=4, help="judge every this many generations")
     parser.add_argument("--eval-episodes", type=int, default=500, help="held-out prompts per judgement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

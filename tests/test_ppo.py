@@ -163,7 +163,7 @@ def brevity(prompts, responses):
 
 def tiny_config(tiny_policy_dir, world_dir, out, **overrides):
     settings = dict(policy=str(tiny_policy_dir), reward=brevity, out=str(out), data=str(world_dir), iterations=30,
-                    batch_size=32, group_size=4, minibatch_size=8, lr=3e-3, kl_coef=0.0, max_new_tokens=8,
+                    batch_size=32, group_size=4, minibatch_size=8, ppo_epochs=4, lr=3e-3, kl_coef=0.0, max_new_tokens=8,
                     missing_eos_penalty=None, eval_every=0, eval_episodes=8, final_eval_episodes=8,
                     save_every=0)
     return PPOConfig(**{**settings, **overrides})

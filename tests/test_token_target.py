@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.configs import TOKEN_TARGET_COEF, GRPOConfig, REINFORCEConfig, RLOOConfig
 from agents.ppo import PPOAgent
 from agents.token_target import TokenTarget, token_kl
 from rlhf_env.rewards import NormalizedReward
@@ -76,6 +77,26 @@ def test_the_token_target_refuses_a_reward_without_token_log_probs_and_a_zero_be
     ids, mask = encode_prompts(tokenizer, ["Q: hi\nA: hello"])
     with pytest.raises(ValueError, match="needs a KL coefficient > 0"):
         target(ids, mask, 1, beta=0.0)
+
+
+def test_by_default_ppo_uses_the_token_target_wherever_the_reward_allows_it(tiny_policy_dir, world_dir,
+                                                                          likelihood_rm_dir, tmp_path, capsys):
+    """token_target_coef=None (PPO's default): on, at TOKEN_TARGET_COEF, with a likelihood RM and beta > 0; off,
+    with the reason on stderr, for a reward without token log-probs or with beta = 0, where an explicit weight is
+    an error. GRPO, RLOO and REINFORCE keep their published recipes: off unless asked for."""
+    on = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "on", reward=str(likelihood_rm_dir),
+                              kl_coef=0.05))
+    assert on.config.token_target_coef is None
+    assert on.token_target is not None and on.token_target_coef == TOKEN_TARGET_COEF > 0
+    assert "token target off" not in capsys.readouterr().err
+    brevity = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "brevity", kl_coef=0.05))
+    assert brevity.token_target is None and brevity.token_target_coef == 0
+    assert "token target off (it needs a reward that sums its LM's token log-probs" in capsys.readouterr().err
+    beta0 = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "beta0", reward=str(likelihood_rm_dir),
+                                 kl_coef=0.0))
+    assert beta0.token_target is None and beta0.token_target_coef == 0
+    assert "token target off (kl_coef is 0)" in capsys.readouterr().err
+    assert GRPOConfig.token_target_coef == RLOOConfig.token_target_coef == REINFORCEConfig.token_target_coef == 0
 
 
 def test_ppo_with_the_token_target_moves_new_samples_towards_q(tiny_policy_dir, world_dir, likelihood_rm_dir,
