@@ -88,8 +88,9 @@ class PPOConfig:
     token_target_coef: float | None = None
     """Weight of a per-token KL(pi || q) over the whole vocabulary at the sampled responses' positions, q the
     per-token KL-regularised optimum of a reward that sums its LM's token log-probs (the bundled rm):
-    pi_ref * p_rm^(c/beta) (agents/token_target.py). 0: off. None: TOKEN_TARGET_COEF where the reward is such
-    a model sharing the policy's tokenizer and kl_coef > 0, else off (the run says which on stderr)."""
+    pi_ref * p_rm^(c/beta) (agents/token_target.py). 0: off. None (the default): 10 (TOKEN_TARGET_COEF) where
+    the reward is such a model sharing the policy's tokenizer and kl_coef > 0, else off; the run says which on
+    stderr."""
     ptx_coef: float = 0.0
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
@@ -180,7 +181,7 @@ class GRPOConfig(PPOConfig):
     ppo_epochs: int = 4
     """Passes over each iteration's episodes."""
     token_target_coef: float | None = 0.0
-    """Weight of PPO's token target (agents/token_target.py); 0: off, GRPO as published (None: as PPO)."""
+    """Weight of PPO's token target (agents/token_target.py); 0: off, GRPO as published."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -202,7 +203,7 @@ class RLOOConfig(PPOConfig):
     group_size: int = 8
     """Responses sampled per prompt in each iteration (the leave-one-out baseline's group)."""
     token_target_coef: float | None = 0.0
-    """Weight of PPO's token target (agents/token_target.py); 0: off, as published (None: as PPO)."""
+    """Weight of PPO's token target (agents/token_target.py); 0: off, as published."""
     minibatch_size: int = 0
     """Episodes per gradient step; 0: the whole batch (one on-policy step per iteration)."""
     ppo_epochs: int = 1

@@ -5,7 +5,7 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5) with the N+ recipe (Huang et
 - the agent acts through the env's native vector env: it sends responses with their log-probs and
   builds **per-token rewards** from the env's ``info``: ``-kl_coef * (log pi - log pi_ref)`` at every
   token and the score on the EOS token itself; summed, they are exactly the env's reward;
-- advantages, by default (``advantage="rloo"``): the env shows each prompt to ``group_size`` = 8 sub-envs,
+- advantages, by default (``advantage="rloo"``): the env shows each prompt to ``group_size`` = 2 sub-envs,
   and a response's advantage, at every one of its tokens, is its env reward minus the mean of its
   siblings' (a leave-one-out baseline per prompt, as in RLOO; no critic), divided by the batch's std of
   those per-response leads. With ``advantage="gae"``, the InstructGPT/N+ way: GAE with gamma = 1,
@@ -14,7 +14,10 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5) with the N+ recipe (Huang et
 - a clipped policy loss;
 - fixed or adaptive KL coefficient, early stop on approx-KL, log-ratio clamp, dropout off,
   AdamW (eps 1e-5) with linear decay to 0 and gradient clipping;
-- PPO-ptx: ``ptx_coef`` times the pretraining log-likelihood on the web-text corpus.
+- PPO-ptx: ``ptx_coef`` times the pretraining log-likelihood on the web-text corpus;
+- beyond InstructGPT, and on by default wherever the reward allows it: the token target
+  (``agents/token_target.py``), a per-token KL over the whole vocabulary towards the likelihood RM's per-token
+  KL-regularised optimum.
 
 The maths is in ``agents/rl_math.py``.
 
@@ -191,6 +194,7 @@ class PPOAgent:
         times = {**batch.pop("times"), "time_update": time.perf_counter() - updating,
                  "time_iteration": time.perf_counter() - started}
         return {**stats, **rollout_metrics(batch, self.value is not None), "kl_coef": self.kl.coef,
+                "token_target_coef": self.token_target_coef,
                 "lr": self.scheduler.get_last_lr()[0], **times}, obs
 
     def _token_target(self) -> TokenTarget | None:
@@ -201,8 +205,10 @@ class PPOAgent:
         problem = "kl_coef is 0" if c.kl_coef == 0 else refusal(scorer.reward, self.tokenizer)
         if c.token_target_coef is None and problem:
             self.token_target_coef = 0.0
-            if self.rank == 0:
-                print(f"{self.run.desc}: token target off ({problem})", file=sys.stderr, flush=True)
+        if c.token_target_coef is None and self.rank == 0:
+            print(f"{self.run.desc}: token target " + (f"off ({problem})" if problem else
+                                                       f"on, weight {self.token_target_coef:g}"),
+                  file=sys.stderr, flush=True)
         if self.token_target_coef == 0:
             return None
         return TokenTarget(scorer.model, scorer.reward, self.tokenizer)  # refuses a reward without one

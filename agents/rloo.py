@@ -9,8 +9,9 @@ response tokens in the batch (the loss is a mean over tokens, as PPO's), so the 
 the batch's lengths. With smaller minibatches the later steps of an iteration are slightly off-policy and the
 clip guards them, as in PPO.
 
-What differs from the default ``rlhf ppo`` (which uses the same baseline): one pass instead of four, one
-step instead of 32, and the advantages are not divided by their std. Everything else is the PPO agent's
+What differs from the default ``rlhf ppo`` (which uses the same baseline, over 2 responses per prompt
+instead of 8): one pass instead of two, one step instead of 16, the advantages are not divided by their std,
+and no token target unless asked for. Everything else is the PPO agent's
 (``agents/ppo.py``): the env, the sampler, evaluation, checkpoints and resume.
 
     rlhf rloo --out runs/rloo --seed 0

@@ -7,7 +7,7 @@ the 1-process seeds, and a projection to 8 ranks.
    torchrun launcher, which also runs on CPUs) and the same sharded (``accelerate launch --config_file
    examples/accelerate/fsdp.yaml``: FSDP2, ``rlhf_env/training/sharding.py``). Episodes/s from ``train.csv``'s
    ``time_iteration`` (median, first iteration dropped), each phase's seconds, and the wall time of the command.
-2. **Quality** (``--full``): the default run (100 iterations, seed 0) on 2 processes, judged on the held-out
+2. **Quality** (``--full``): the default run (seed 0) on 2 processes, judged on the held-out
    prompts as every run is, against ``benchmarks/results/ppo.json``'s 1-process default seeds.
 3. **Projection to N ranks** from the 1-process x 1-thread phase times: sampling, the env step and the rollout
    forward divide by N; each optimizer step waits for the rank with the largest share of its global minibatch

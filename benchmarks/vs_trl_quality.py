@@ -78,7 +78,7 @@ def _train_ours(spec: dict) -> dict:
                 judged = agent.evaluate(spec["eval_episodes"])
                 curve.append({"generation": agent.iteration, "train_s": trained,
                               "win_rate": judged["win_rate_vs_reference"], "kl": judged["kl"]})
-    return {"side": "ours", "curve": curve}
+    return {"side": "ours", "curve": curve, "token_target_coef": agent.token_target_coef}
 
 
 def trl_config(spec: dict, out: str):
@@ -238,11 +238,12 @@ def main() -> None:
         parser.error(f"--stop-after must be in 1..--generations ({args.generations}), got {args.stop_after}")
     common = {"generations": args.generations, "stop_after": args.stop_after, "eval_every": args.eval_every,
               "eval_episodes": args.eval_episodes, "threads": args.threads, "seed": args.seed}
-    curves, versions = {}, {}
+    curves, versions, ours = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "ours" in args.sides:
-            curves["ours"] = launch(sys.executable, {"side": "ours", **common}, tmp)["curve"]
+            ours = launch(sys.executable, {"side": "ours", **common}, tmp)
+            curves["ours"] = ours["curve"]
         if "trl" in args.sides:
             python = ensure_venv(TRL_RLOO_VERSION, Path(args.cache))
             prompts_file = tmp / "prompts.json"
@@ -256,7 +257,8 @@ def main() -> None:
                 server.close()
             versions["trl"] = trl_run["trl"]
             curves["trl"] = judge_snapshots(trl_run["snapshots"], args.eval_episodes)
-    result = {"settings": {**RECIPE, **common, "target": TARGET, "trl_version": TRL_RLOO_VERSION}, "curves": curves,
+    result = {"settings": {**RECIPE, **common, "target": TARGET, "trl_version": TRL_RLOO_VERSION,
+                           "ours_token_target_coef": ours.get("token_target_coef")}, "curves": curves,
               "versions": versions}
     if set(curves) == {"ours", "trl"}:
         result["summary"] = summarize(curves)

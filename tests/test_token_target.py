@@ -88,7 +88,7 @@ def test_by_default_ppo_uses_the_token_target_wherever_the_reward_allows_it(tiny
                               kl_coef=0.05))
     assert on.config.token_target_coef is None
     assert on.token_target is not None and on.token_target_coef == TOKEN_TARGET_COEF > 0
-    assert "token target off" not in capsys.readouterr().err
+    assert f"token target on, weight {TOKEN_TARGET_COEF:g}" in capsys.readouterr().err
     brevity = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "brevity", kl_coef=0.05))
     assert brevity.token_target is None and brevity.token_target_coef == 0
     assert "token target off (it needs a reward that sums its LM's token log-probs" in capsys.readouterr().err
