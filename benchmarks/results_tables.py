@@ -229,8 +229,11 @@ def ppo_iteration_table(result: dict) -> str:
 def vs_trl_quality_table(result: dict) -> str:
     st, curves = result["settings"], result["curves"]
     weight = st.get("ours_token_target_coef")  # None: measured before the token target existed
+    changed = st.get("trl_overrides") or {}
+    trl_recipe = ("its own recipe: " + ", ".join(f"{k} {v:g}" for k, v in changed.items())) if changed else \
+        "same recipe"
     names = {"ours": f"ours (`rlhf ppo`, {f'token target {weight:g}' if weight else 'no token target'})",
-             "trl": f"TRL {st['trl_version']} `RLOOTrainer`, same recipe, no token target"}
+             "trl": f"TRL {st['trl_version']} `RLOOTrainer`, {trl_recipe}, no token target"}
     generations = sorted({p["generation"] for curve in curves.values() for p in curve})
     lines = ["| generation | " + " | ".join(f"{names[s]}: training s | win rate" for s in curves) + " |",
              "|---" * (1 + 2 * len(curves)) + "|"]
@@ -559,6 +562,9 @@ def performance_page(results: Path) -> str:
             ("ppo_iteration.json", "One PPO iteration", "bench_ppo_iteration.py", ppo_iteration_table),
             ("vs_trl.json", "Against TRL at equal work", "vs_trl.py", vs_trl_table),
             ("vs_trl_quality.json", "Against TRL: time to quality", "vs_trl_quality.py", vs_trl_quality_table),
+            ("vs_trl_quality_same_recipe.json", "Against TRL: time to quality, TRL on our recipe",
+             "vs_trl_quality.py --trl-recipe same --out benchmarks/results/vs_trl_quality_same_recipe.json",
+             vs_trl_quality_table),
             ("vs_trl_quality_100.json", "Against TRL: a whole run of the recipe before the token target",
              "vs_trl_quality.py --stop-after 100 "
              "--eval-every 10 --eval-episodes 200 --out benchmarks/results/vs_trl_quality_100.json",
