@@ -12,8 +12,9 @@ prompt as its control: ``--variants group2 token-target token-target-300 --out
 benchmarks/results/ppo_token_target.json``). Runs go one at a time at 2 threads (ppo_token_target.json and the
 current ppo.json); a run is bit-for-bit reproducible at the same thread count.
 
-A run whose OUT/result.json exists is not trained again (delete it to retrain), and its evaluations are
-kept in OUT/judged.json. Prints a table and writes JSON (and the runs' curves to a PNG).
+A run whose OUT/result.json exists is not trained again (delete it to retrain), unless its checkpoint says it
+was trained with other settings (older defaults, say): then the script stops. Its evaluations are kept in
+OUT/judged.json. Prints a table and writes JSON (and the runs' curves to a PNG).
 
     python benchmarks/ppo_runs.py [--seeds 0 1 2] [--runs-dir runs/ppo-bench]
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.grpo import GRPOAgent, GRPOConfig
-from agents.ppo import PPOAgent, PPOConfig
+from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
 from rlhf_env.evaluation import EvalConfig, evaluate
 
 # the default before the token target (stop 28): black-box PPO, as in benchmarks/results/algorithms.json
@@ -45,21 +46,36 @@ VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "token-target-300": {**OLD, "token_target_coef": 3.0, "group_size": 2, "iterations": 300}}
 DEFAULT_VARIANTS = ("default", "black-box", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")
 ALGORITHMS = {"ppo": (PPOAgent, PPOConfig), "grpo": (GRPOAgent, GRPOConfig)}  # "algorithm" in a variant
-MULTI_SEED = ("default", "bf16", "token-target", "token-target-300")  # every --seeds; the other variants: the first
+# every --seeds; the other variants: the first
+MULTI_SEED = ("default", "black-box", "bf16", "token-target", "token-target-300")
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
     out = runs_dir / f"{name}-seed{seed}"  # plot names follow this pattern
+    settings = dict(overrides)
+    agent, config_cls = ALGORITHMS[settings.pop("algorithm", "ppo")]
+    config = config_cls(seed=seed, out=str(out), **settings)
     if not (out / "result.json").exists():
-        settings = dict(overrides)
-        agent, config = ALGORITHMS[settings.pop("algorithm", "ppo")]
-        agent(config(seed=seed, out=str(out), **settings)).train()
+        agent(config).train()
+    check_trained_as(out, config)
     cached = out / "judged.json"  # this script's evaluations of a finished run, kept with it
     if cached.exists() and cached.stat().st_mtime >= (out / "result.json").stat().st_mtime:
         return json.loads(cached.read_text())
     row = judge(name, seed, out, overrides)
     cached.write_text(json.dumps(row, indent=1))
     return row
+
+
+def check_trained_as(out: Path, config) -> None:
+    """Refuse a finished run in OUT that its checkpoint says was trained with other settings than ``config``'s
+    (e.g. under the defaults of an older version): its rows would describe another recipe."""
+    state = out / "checkpoint" / "state.json"
+    saved = json.loads(state.read_text())["state"].get("run", {}) if state.exists() else {}
+    wanted = run_fingerprint(config)
+    differs = sorted(k for k in wanted if k in saved and saved[k] != wanted[k])
+    if differs:
+        raise RuntimeError(f"{out} was trained with other settings ({', '.join(differs)}) than this script's; delete "
+                           "it to retrain")
 
 
 def judge(name: str, seed: int, out: Path, overrides: dict) -> dict:

@@ -46,7 +46,7 @@ def ppo_table(ppo: dict) -> str:
                      f"{r['win_rate_vs_sft_large']:.3f} | {r['gold']:.3f} | {r['success']:.3f} | "
                      f"{r['rm_score']:.2f} | {r['kl']:.2f} | {r['length']:.1f} | "
                      f"{r['greedy_win_rate_vs_greedy_sft']:.3f} | {r['minutes']:.1f} |")
-    for name in ("default", "token-target", "token-target-300"):
+    for name in ("default", "black-box", "token-target", "token-target-300"):
         summary = ppo.get(f"{name}_summary")
         if not summary:
             continue
