@@ -198,17 +198,18 @@ class PPOAgent:
                 "lr": self.scheduler.get_last_lr()[0], **times}, obs
 
     def _token_target(self) -> TokenTarget | None:
-        """The token target if the config asks for it; by default (None) wherever the reward allows it. Its
-        weight is ``self.token_target_coef``."""
+        """The token target if the config asks for it; by default (None) wherever the reward allows it, said on
+        stderr. Sets its weight, ``self.token_target_coef``."""
         c, scorer = self.config, self.env.unwrapped.scorer
-        self.token_target_coef = TOKEN_TARGET_COEF if c.token_target_coef is None else c.token_target_coef
-        problem = "kl_coef is 0" if c.kl_coef == 0 else refusal(scorer.reward, self.tokenizer)
-        if c.token_target_coef is None and problem:
-            self.token_target_coef = 0.0
-        if c.token_target_coef is None and self.rank == 0:
-            print(f"{self.run.desc}: token target " + (f"off ({problem})" if problem else
-                                                       f"on, weight {self.token_target_coef:g}"),
-                  file=sys.stderr, flush=True)
+        if c.token_target_coef is not None:
+            self.token_target_coef = c.token_target_coef
+        else:
+            problem = "kl_coef is 0" if c.kl_coef == 0 else refusal(scorer.reward, self.tokenizer)
+            self.token_target_coef = 0.0 if problem else TOKEN_TARGET_COEF
+            if self.rank == 0:
+                print(f"{self.run.desc}: token target " + (f"off ({problem})" if problem else
+                                                           f"on, weight {self.token_target_coef:g}"),
+                      file=sys.stderr, flush=True)
         if self.token_target_coef == 0:
             return None
         return TokenTarget(scorer.model, scorer.reward, self.tokenizer)  # refuses a reward without one
@@ -493,7 +494,7 @@ class PPOAgent:
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward
             env.reward = NormalizedReward(raw, **state["reward_normalization"])
             if self.token_target is not None:  # its c reads the normalisation
-                self.token_target = self._token_target()
+                self.token_target = TokenTarget(env.scorer.model, env.reward, self.tokenizer)
         if state.get("world_size", 1) != self.world:
             if self.rank == 0:
                 warnings.warn(f"{self.run.checkpoint} was saved by {state.get('world_size', 1)} ranks, resumed on "

@@ -116,3 +116,22 @@ def test_ppo_with_the_token_target_moves_new_samples_towards_q(tiny_policy_dir, 
             assert finals[coef] < 0.5 * kls[0], kls
     assert finals[1.0] < 0.5 * finals[1e-8], finals
 
+
+
+def test_a_resumed_run_rebuilds_its_token_target_on_the_saved_normalisation(tiny_policy_dir, world_dir,
+                                                                            likelihood_rm_dir, tmp_path):
+    """With normalize_reward, q's c divides by the fitted std; a resumed run restores that std after building its
+    token target on the raw reward, so it must build it again: the resumed c equals the saved run's."""
+    def make():
+        return PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(likelihood_rm_dir),
+                                    kl_coef=0.05, normalize_reward=True, iterations=2))
+
+    first = make()
+    assert isinstance(first.env.unwrapped.reward, NormalizedReward)
+    first.env.reset(seed=0)  # a checkpoint holds the env's pending prompts
+    first.save()
+    resumed = make()  # a checkpoint exists: built on the raw reward, before resume restores the statistics
+    raw_coef = resumed.token_target.coef
+    resumed.resume()
+    assert resumed.token_target.coef == pytest.approx(first.token_target.coef)
+    assert abs(first.token_target.coef - raw_coef) > 1e-3 * abs(raw_coef)  # the normalisation matters here
