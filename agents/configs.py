@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rlhf_env.configs import TrainConfig, check_ranges
 from rlhf_env.paths import DATA_DIR, check_out
-from rlhf_env.rewards import check_reward, is_url
+from rlhf_env.rewards import ORACLES, check_reward, is_url
 
 # agents.bench's built-in algorithms (its BUILT_INS), named here so that BenchConfig checks --algo without them
 BUILT_IN_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token",
@@ -95,10 +95,12 @@ class PPOConfig:
     """gamma_ptx: weight of the pretraining log-likelihood (PPO-ptx); 0 is plain PPO."""
     ptx_batch_size: int = 8
     """Web-text blocks per minibatch in the PPO-ptx term."""
-    normalize_reward: bool = False
+    normalize_reward: bool | None = None
     """Rescale the reward so that the initial policy's samples on NORMALIZE_EPISODES training prompts score
     N(0, 1) (N+ recipe), before the KL penalty and the missing-EOS penalty; for a reward of another scale
-    than the bundled RMs, which are already normalised so. The mean and std are saved with the run."""
+    than the bundled RMs, which are already normalised so. The mean and std are saved with the run. None (the
+    default): on for the world's oracles (gold, labelers), whose grades lie in [0, 1], off for anything else;
+    pass it for a reward of your own of another scale."""
     missing_eos_penalty: float | None = -1.0
     """Score of a response without EOS (None: the reward model scores it like any other)."""
     temperature: float = 1.0
@@ -142,6 +144,8 @@ class PPOConfig:
                      non_negative=("kl_coef", "target_kl", "ptx_coef", "eval_every", "save_every", "early_stop_kl"))
         if self.token_target_coef is not None:
             check_ranges(self, non_negative=("token_target_coef",))
+        if self.normalize_reward is None:  # decided here, so that the run's fingerprint records the decision
+            self.normalize_reward = isinstance(self.reward, str) and self.reward in ORACLES
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
         if self.token_target_coef and self.kl_coef == 0:

@@ -237,6 +237,9 @@ class PPOAgent:
             eos += samples.eos.tolist()
         self.actor.train()
         env.reward = NormalizedReward.fit(env.reward, [scorer.prompts[i] for i in rows], texts, eos)
+        if self.rank == 0:
+            print(f"{self.run.desc}: reward normalised to N(0, 1) on the initial policy's samples of {len(rows)} "
+                  f"prompts (their mean {env.reward.mean:.3g}, std {env.reward.std:.3g})", file=sys.stderr, flush=True)
 
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,13 +1,14 @@
 """The README's PPO results: the default `rlhf ppo` (with the token target, ``agents/token_target.py``) over
 several seeds; the previous, black-box default (no token target, 8 responses per prompt, 100 iterations: the
 recipe of algorithms.json's PPO); the beta = 0 over-optimisation run and the same against the paper's scalar-head
-RM (rm-scalar); GAE with a value head, one response per prompt; the gold-oracle run; and GRPO (group-normalised
-advantages, its own recipe). Each is judged by `rlhf eval --baseline sft`; the default runs also against the
-larger SFT model (`--baseline sft-large`, InstructGPT's headline comparison); plus SFT decoded greedily, judged
-the same way. Each run's policy is also decoded greedily and judged against SFT decoded greedily (`rlhf eval
---baseline sft --temperature 0`). More variants (`--variants`): bf16, the labelers' noise-free utility as an
-oracle, a 400-iteration and a normalised gold oracle, and the token target's first measurement (stop 28: weight
-3 at the black-box optimiser settings, 100 and 300 iterations, with the black-box default at 2 responses per
+RM (rm-scalar); GAE with a value head, one response per prompt; the gold-oracle run over several seeds (gold's
+grades normalised, as `rlhf ppo` does by default) and once on gold's raw [0, 1] grades; and GRPO
+(group-normalised advantages, its own recipe). Each is judged by `rlhf eval --baseline sft`; the default runs also
+against the larger SFT model (`--baseline sft-large`, InstructGPT's headline comparison); plus SFT decoded
+greedily, judged the same way. Each run's policy is also decoded greedily and judged against SFT decoded
+greedily (`rlhf eval --baseline sft --temperature 0`). More variants (`--variants`): bf16, the labelers'
+noise-free utility as an oracle, a 400-iteration gold oracle, and the token target's first measurement (stop 28:
+weight 3 at the black-box optimiser settings, 100 and 300 iterations, with the black-box default at 2 responses per
 prompt as its control: ``--variants group2 token-target token-target-300 --out
 benchmarks/results/ppo_token_target.json``). Runs go one at a time at 2 threads (ppo_token_target.json and the
 current ppo.json); a run is bit-for-bit reproducible at the same thread count.
@@ -38,16 +39,17 @@ VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
-            "gold-oracle-normalized": {"reward": "gold", "normalize_reward": True},
+            "gold-oracle-raw": {"reward": "gold", "normalize_reward": False},  # gold's [0, 1] grades, as before
             "grpo": {"algorithm": "grpo"},
             "black-box": BLACK_BOX,
             "group2": {**BLACK_BOX, "group_size": 2},  # the token target's control: its group size alone
             "token-target": {**OLD, "token_target_coef": 3.0, "group_size": 2},
             "token-target-300": {**OLD, "token_target_coef": 3.0, "group_size": 2, "iterations": 300}}
-DEFAULT_VARIANTS = ("default", "black-box", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "grpo")
+DEFAULT_VARIANTS = ("default", "black-box", "beta0", "rm-scalar-beta0", "gae", "gold-oracle", "gold-oracle-raw",
+                    "grpo")
 ALGORITHMS = {"ppo": (PPOAgent, PPOConfig), "grpo": (GRPOAgent, GRPOConfig)}  # "algorithm" in a variant
 # every --seeds; the other variants: the first
-MULTI_SEED = ("default", "black-box", "bf16", "token-target", "token-target-300")
+MULTI_SEED = ("default", "black-box", "gold-oracle", "bf16", "token-target", "token-target-300")
 
 
 def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:

@@ -46,7 +46,7 @@ def ppo_table(ppo: dict) -> str:
                      f"{r['win_rate_vs_sft_large']:.3f} | {r['gold']:.3f} | {r['success']:.3f} | "
                      f"{r['rm_score']:.2f} | {r['kl']:.2f} | {r['length']:.1f} | "
                      f"{r['greedy_win_rate_vs_greedy_sft']:.3f} | {r['minutes']:.1f} |")
-    for name in ("default", "black-box", "token-target", "token-target-300"):
+    for name in ("default", "black-box", "gold-oracle", "token-target", "token-target-300"):
         summary = ppo.get(f"{name}_summary")
         if not summary:
             continue
@@ -61,12 +61,26 @@ def ppo_table(ppo: dict) -> str:
 
 
 def token_target_ceiling_table(result: dict) -> str:
-    lines = ["| β | α | win rate vs SFT | gold | task success | KL from SFT (nats) | length |",
-             "|---|---|---|---|---|---|---|"]
+    greedy = result.get("greedy", False)
+    lines = [f"| β | α | win rate vs {'greedy ' if greedy else ''}SFT | gold | task success | KL from SFT (nats) | "
+             "length |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        beta = "— (SFT)" if r["beta"] is None else f"{r['beta']:g}"
+        beta = f"— ({'greedy ' if greedy else ''}SFT)" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(f"| {beta} | {r['alpha']:.2f} | {r['win_rate_vs_sft']:.3f} | {r['gold']:.3f} | "
                      f"{r['success']:.3f} | {r['kl']:.2f} | {r['length']:.1f} |")
+    return "\n".join(lines)
+
+
+def gold_imitation_table(result: dict) -> str:
+    n = result["settings"]["n"]
+    lines = [f"| round | examples (gold's best of {n}) | gold of the round's samples | gold of the best of {n} | "
+             "win rate vs SFT | task success | minutes so far, judging included |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if r["round"] == 0:
+            lines.append(f"| 0 (SFT) | | | | {r['win_rate_vs_sft']:.3f} | {r['success']:.3f} | |")
+        else:
+            lines.append(f"| {r['round']} | {r['examples']} | {r['sampled_gold']:.3f} | {r['best_of_n_gold']:.3f} | "
+                         f"{r['win_rate_vs_sft']:.3f} | {r['success']:.3f} | {r['seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -480,7 +494,10 @@ def results_page(results: Path) -> str:
                   "--baseline sft` on 500 held-out prompts, against `sft-large`, and decoded greedily against SFT "
                   "decoded greedily. `black-box` is the default before the token target (no token target, 8 "
                   "responses per prompt, 4 passes at lr 3e-5, 100 iterations), PPO's recipe in the bench above; "
-                  "`grpo` keeps that recipe too. 2 threads, one run at a time.",
+                  "`grpo` keeps that recipe too. `gold-oracle` trains on the gold grader itself, whose grades `rlhf "
+                  "ppo` normalises by default to N(0, 1) on SFT's samples (the bundled RMs' scale, which β and the "
+                  "missing-EOS penalty assume); `gold-oracle-raw` keeps its [0, 1] grades. \"RM score\" is each "
+                  "run's own reward (normalised gold for `gold-oracle`). 2 threads, one run at a time.",
                   ppo_table(ppo), "![PPO curves](../benchmarks/results/ppo.png)"]
     token = load(results, "ppo_token_target.json")
     if token:
@@ -502,6 +519,20 @@ def results_page(results: Path) -> str:
                   "for the bundled `rm`, and α = 0 is SFT itself. A policy that matched q everywhere would score "
                   "this: the point the token term pulls towards, not a bound (the sampled advantages can pass it).",
                   token_target_ceiling_table(ceiling)]
+    greedy = load(results, "token_target_ceiling_greedy.json")
+    if greedy:
+        parts += ["q decoded greedily (its argmax at every step) against SFT decoded greedily, the table's greedy "
+                  "column (`python benchmarks/token_target_ceiling.py --greedy --out "
+                  "benchmarks/results/token_target_ceiling_greedy.json`): what a policy that matched q would score "
+                  "there.", token_target_ceiling_table(greedy)]
+    imitation = load(results, "gold_imitation.json")
+    if imitation:
+        settings = imitation["settings"]
+        parts += ["How much of gold's best of n a policy of this size keeps once it must answer alone: rounds of "
+                  f"fine-tuning on gold's best of {settings['n']} samples of the current policy, "
+                  f"{settings['prompts']} training prompts a round (`python benchmarks/gold_imitation.py`, "
+                  "`benchmarks/results/gold_imitation.json`), each round judged as above "
+                  f"({settings['episodes']} held-out prompts).", gold_imitation_table(imitation)]
     over = load(results, "over_optimisation.json")
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "

@@ -8,9 +8,14 @@ eval``'s judge: held-out customers' prompts, eval seed 0, ties half) is what a p
 would score: where the token term pulls at that β, not a bound (the sampled advantages can pass it). α = 0 is
 SFT itself (the judge's noise floor).
 
+With ``--greedy``, q is decoded greedily (its argmax at every step) and judged against SFT decoded greedily, the
+comparison of ``ppo.json``'s greedy column: what a policy that matched q everywhere would score there. Its
+α = 0 row is greedy SFT against itself (0.5 up to ties).
+
 Prints a table and writes JSON.
 
     python benchmarks/token_target_ceiling.py [--betas 0.05 0.1] [--episodes 500]
+    python benchmarks/token_target_ceiling.py --greedy --out benchmarks/results/token_target_ceiling_greedy.json
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from rlhf_env.sampling import draw, encode_prompts, positions
 
 
 class ProductSampler:
-    """A callable policy (prompts -> responses, ended) that samples q ∝ π_ref · p^α, and keeps each response's
-    KL from π_ref (its summed log q - log π_ref)."""
+    """A callable policy (prompts -> responses, ended) that samples q ∝ π_ref · p^α (or, ``greedy``, takes its
+    argmax), and keeps each response's KL from π_ref (its summed log q - log π_ref)."""
 
-    def __init__(self, reference, lm, tokenizer, alpha: float, max_new_tokens: int = 48, batch_size: int = 125):
+    def __init__(self, reference, lm, tokenizer, alpha: float, max_new_tokens: int = 48, batch_size: int = 125,
+                 greedy: bool = False):
         # (no ``lm`` and ``tokenizer`` pair of attributes: rlhf_env.evaluation.respond would sample that LM)
-        self.models, self.encoder, self.alpha = (reference, lm), tokenizer, alpha
+        self.models, self.encoder, self.alpha, self.greedy = (reference, lm), tokenizer, alpha, greedy
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.kl: list[float] = []
 
@@ -62,7 +68,7 @@ class ProductSampler:
         for _ in range(self.max_new_tokens):
             ref, lm = (torch.log_softmax(o.logits[:, -1].float(), -1) for o in outs)
             log_q = product_log_softmax(ref, lm, self.alpha)
-            token = draw(log_q, generator)
+            token = log_q.argmax(-1) if self.greedy else draw(log_q, generator)
             picked = token[:, None]
             kl += torch.where(done, 0.0, (log_q.gather(1, picked) - ref.gather(1, picked))[:, 0])
             token = torch.where(done, pad, token)
@@ -87,6 +93,8 @@ def main() -> None:
     parser.add_argument("--betas", type=float, nargs="+", default=[0.05],
                         help="KL coefficients; each gives alpha = c / beta (0.05 is rlhf ppo's default)")
     parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--greedy", action="store_true",
+                        help="decode q greedily and judge it against SFT decoded greedily")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/token_target_ceiling.json")
     args = parser.parse_args()
@@ -98,8 +106,10 @@ def main() -> None:
     print(f"{'beta':>8}{'alpha':>8}{'win rate vs SFT':>17}{'gold':>8}{'success':>9}{'KL (nats)':>11}{'length':>8}")
     for beta in [None, *args.betas]:  # None: alpha 0, SFT itself
         alpha = 0.0 if beta is None else c / beta
-        policy = ProductSampler(reference, rm.lm, tokenizer, alpha)
-        judged = evaluate(EvalConfig(policy=policy, baseline="sft", episodes=args.episodes))
+        policy = ProductSampler(reference, rm.lm, tokenizer, alpha, greedy=args.greedy)
+        # (a callable policy decodes as it does; the temperature reaches the baseline, SFT)
+        judged = evaluate(EvalConfig(policy=policy, baseline="sft", episodes=args.episodes,
+                                     temperature=0.0 if args.greedy else 1.0))
         row = {"beta": beta, "alpha": alpha, "win_rate_vs_sft": judged["win_rate"], "gold": judged["gold_a"],
                "success": judged["success_a"], "success_sft": judged["success_b"], "kl": float(np.mean(policy.kl)),
                "length": judged["length_a"], "win_rate_ceiling": judged["win_rate_ceiling"]}
@@ -107,7 +117,8 @@ def main() -> None:
         print(f"{'—' if beta is None else beta:>8}{alpha:>8.2f}{row['win_rate_vs_sft']:>17.3f}{row['gold']:>8.3f}"
               f"{row['success']:>9.3f}{row['kl']:>11.2f}{row['length']:>8.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rm_coef": c, "episodes": args.episodes, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"rm_coef": c, "episodes": args.episodes, "greedy": args.greedy,
+                                          "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-from agents.ppo import PPOAgent, PPOConfig
+from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
 from rlhf_env.rewards import NormalizedReward
 from rlhf_env.sampling import trim_padding
 from tests.test_bandit_env import n_chars
@@ -106,6 +106,23 @@ def test_normalize_reward_makes_the_rewards_scale_irrelevant_and_is_checkpointed
     resumed.resume()
     saved, restored = scaled.env.unwrapped.reward, resumed.env.unwrapped.reward
     assert (restored.mean, restored.std) == (saved.mean, saved.std)
+
+
+def test_by_default_the_oracles_are_normalised_and_nothing_else(tiny_policy_dir, world_dir, tmp_path, capsys):
+    """normalize_reward=None (the default) turns on for gold and labelers, whose grades lie in [0, 1], and stays
+    off for the bundled RMs and rewards of one's own; an explicit value wins. The run fits and says so."""
+    assert PPOConfig(reward="gold").normalize_reward is True
+    assert PPOConfig(reward="labelers").normalize_reward is True
+    assert PPOConfig(reward="rm").normalize_reward is False
+    assert PPOConfig(reward=n_chars).normalize_reward is False
+    assert PPOConfig(reward="gold", normalize_reward=False).normalize_reward is False
+    assert run_fingerprint(PPOConfig(reward="gold"))["normalize_reward"] is True  # the decision, not None
+    agent = PPOAgent(PPOConfig(policy=str(tiny_policy_dir), reward="gold", out=str(tmp_path / "gold"),
+                               data=str(world_dir), iterations=1, batch_size=8, group_size=4, minibatch_size=4,
+                               ppo_epochs=1, max_new_tokens=8, kl_coef=0.1, eval_every=0, save_every=0))
+    reward = agent.env.unwrapped.reward
+    assert isinstance(reward, NormalizedReward) and 0 <= reward.mean <= 1 and 0 < reward.std < 1
+    assert "reward normalised to N(0, 1)" in capsys.readouterr().err
 
 
 def test_bf16_keeps_the_ratio_at_one_and_the_envs_kl_in_float32(tiny_policy_dir, world_dir, tmp_path):
