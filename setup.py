@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["rlhf_env", "rlhf_env.*", "agents", "agents.*"]),
-    package_data={"rlhf_env": ["assets/*.json", "assets/**/*"]},
+    package_data={"rlhf_env": ["assets/*.json", "assets/**/*", "accel/*.c"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.13,<2.14",  # the one CI tests; install torch==2.13.0 (CPU) first on a fresh machine: see README

@@ -552,7 +552,10 @@ def performance_page(results: Path) -> str:
              "on others, so no fixed rule is right. `rlhf_env.accel.kernels` times both on a model's own layer "
              "shapes, once per machine (training layers, and the sampler's packed decode step, separately), caches "
              "the result in `~/.cache/rlhf_env/kernels.json` (`RLHF_ENV_CACHE` moves it), and takes oneDNN only where "
-             f"it takes under {1 - kernels.MARGIN:.0%} of MKL's time. Every run prints its choice and writes it to "
+             f"it takes under {1 - kernels.MARGIN:.0%} of MKL's time. The MLP's tanh GELU is chosen the same way, "
+             "between aten's and a small C kernel of the package's (`rlhf_env.accel.gelu`, compiled at first use by "
+             "the system's C compiler, cached per machine; aten's where there is no compiler). Every run prints its "
+             "choice and writes it to "
              "`OUT/kernels.json`, and keeps it when resumed. "
              "`RLHF_ENV_KERNELS=onednn` or `=stock` forces one (for bit-identical runs across machines); "
              "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off.",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rlhf_env.accel import accelerate, onednn_layers
+from rlhf_env.accel import accelerate, c_gelu, onednn_layers
 from rlhf_env.accel.gpt2 import load_torch_gpt2, read_config, supports
 from rlhf_env.accel.switch import switched_on
 from rlhf_env.paths import (  # noqa: F401  (re-exported: where the assets live, and what a name resolves to)
@@ -189,7 +189,9 @@ def load_reference(name_or_path: str | os.PathLike = "sft", device: str | torch.
     as ``load_policy`` loads it."""
     path = resolve(name_or_path)
     if switched_on() and is_bundled(path) and Path(path, "config.json").is_file() and supports(read_config(path)):
-        return load_torch_gpt2(path, onednn=onednn_layers(read_config(path))).to(device), JSONTokenizer(path)
+        config = read_config(path)
+        model = load_torch_gpt2(path, onednn=onednn_layers(config), c_gelu=c_gelu(config))
+        return model.to(device), JSONTokenizer(path)
     model, tokenizer = load_policy(name_or_path, device)
     return model.requires_grad_(False), tokenizer
 

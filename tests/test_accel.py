@@ -9,13 +9,15 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 import rlhf_env.accel as accel
-from rlhf_env.accel import onednn
+from rlhf_env.accel import gelu, onednn
 from rlhf_env.accel.decoder import GPT2Decoder
+from rlhf_env.accel.gelu import TanhGELU
 from rlhf_env.accel.switch import ENV_VAR, switched_off
 from rlhf_env.models import load_policy, new_model
 from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
 
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
+GELU_MEASURED = ("gelu",) if gelu.library() is not None else ()  # the C GELU is measured where it built
 PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
 
 
@@ -108,7 +110,7 @@ def measured_kernels(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "_chosen", {})
     asked = []
-    speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1}}
+    speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0}}
     monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer: asked.append(width) or speedups[width])
     return asked
 
@@ -125,16 +127,20 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert measured_kernels == [32]
     (choice,) = kernels.chosen()
     assert (choice.layers, choice.decode, choice.source) == (True, False, "measured")
-    assert "layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock); measured now" in choice.describe()
+    assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten; measured now"
+            in choice.describe())
+    assert not any(type(m) is TanhGELU for m in model.modules())  # GELU: not measured, so aten's
 
     monkeypatch.setattr(kernels, "_chosen", {})  # as a new process on this machine: the cache answers
     load_policy(str(tiny_policy_dir))
     assert measured_kernels == [32] and kernels.chosen()[0].source == "cache"
     assert kernels.chosen()[0].speedup == {"layers": 1.25, "decode": 0.8}
 
-    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN.
+    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN, or the C GELU.
     wider = new_model(dict(n_embd=48, n_layer=1, n_head=2), tokenizer)
     assert not swapped(wider) and GPT2Decoder(wider, 2, 8).head.onednn and measured_kernels == [32, 48]
+    assert type(wider.transformer.h[0].mlp.act) is TanhGELU and kernels.chosen()[1].gelu
+    assert "GELU C kernel (C 2.00x aten)" in kernels.chosen()[1].describe()
     with kernels.forced("stock"):  # nothing measured, no oneDNN
         assert not swapped(load_policy(str(tiny_policy_dir))[0]) and measured_kernels == [32, 48]
         assert [c.source for c in kernels.chosen()] == ["stock"]
@@ -158,11 +164,13 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     monkeypatch.setattr(kernels, "_chosen", {})
     config = SimpleNamespace(n_embd=16, n_inner=None, vocab_size=40)
     choice = kernels.choose(config)
-    assert set(choice.speedup) == {"layers", "decode"} and all(0 < v < 100 for v in choice.speedup.values())
+    assert set(choice.speedup) == {"layers", "decode", *GELU_MEASURED} and all(0 < v < 100 for v in
+                                                                            choice.speedup.values())
     assert choice.layers == (choice.speedup["layers"] > 1 / (1 - kernels.MARGIN))
+    assert choice.gelu == (choice.speedup.get("gelu", 0) > 1 / (1 - kernels.MARGIN))
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved == {f"{kernels.machine()} | 1 layer, width 16, inner 64, vocab 40": {
-        "layers": choice.layers, "decode": choice.decode, "speedup": choice.speedup}}
+        "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "speedup": choice.speedup}}
 
 
 def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stock(measured_kernels, monkeypatch):
@@ -182,7 +190,7 @@ def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stoc
     assert (choice.layers, choice.decode, choice.source, measured_kernels) == (True, False, "cache", [32])
 
 
-@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY"])
+@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY", "NO GELU"])
 def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_kernels, tmp_path, cache_text):
     from rlhf_env.accel import kernels
 
@@ -190,12 +198,14 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
     key = f"{kernels.machine()} | 1 layer, width 32, inner 128, vocab 40"
     if cache_text == "ENTRY":  # an entry of another format: no speed-ups
         cache_text = json.dumps({key: {"layers": True, "decode": True}})
+    if cache_text == "NO GELU":  # an older version's entry: GELU not measured
+        cache_text = json.dumps({key: {"layers": True, "decode": True, "speedup": {"layers": 1.3, "decode": 1.3}}})
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "kernels.json").write_text(cache_text)
     choice = kernels.choose(config)
     assert (choice.source, measured_kernels) == ("measured", [32])
     saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
-    assert saved[key] == {"layers": True, "decode": False, "speedup": {"layers": 1.25, "decode": 0.8}}
+    assert saved[key] == {"layers": True, "decode": False, "gelu": False, "speedup": {"layers": 1.25, "decode": 0.8}}
 
 
 @needs_onednn
@@ -212,7 +222,7 @@ def test_a_choice_made_under_no_grad_measures_the_backward_too(tmp_path, monkeyp
     with torch.no_grad():
         GPT2Decoder(model, 2, 8)
     (choice,) = kernels.chosen()
-    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode"}
+    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode", *GELU_MEASURED}
 
 
 def test_a_resumed_run_keeps_the_kernels_it_started_with(measured_kernels, tiny_policy_dir, world_dir, tmp_path,

@@ -55,15 +55,18 @@ def test_shipped_policies_load_and_generate(name):
 
 
 def test_fused_gelu_computes_what_gpt2s_own_activation_does(tiny_policy_dir, tokenizer):
-    """Every load swaps GPT-2's five-kernel gelu_new for the fused tanh GELU: same logits, config untouched."""
+    """Every load swaps GPT-2's five-kernel gelu_new for the tanh GELU in one kernel (here the package's C kernel,
+    which the tests' RLHF_ENV_KERNELS=onednn forces where it builds, else aten's): same logits, config untouched."""
     from transformers import AutoModelForCausalLM
     from transformers.activations import GELUTanh, NewGELUActivation
+
+    from rlhf_env.accel.gelu import TanhGELU, library
 
     original = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
     assert any(isinstance(m, NewGELUActivation) for m in original.modules())
     model, _ = load_policy(str(tiny_policy_dir))
-    acts = [m for m in model.modules() if isinstance(m, (GELUTanh, NewGELUActivation))]
-    assert acts and all(type(m) is GELUTanh for m in acts)
+    acts = [m for m in model.modules() if isinstance(m, (GELUTanh, NewGELUActivation, TanhGELU))]
+    assert acts and all(type(m) is (TanhGELU if library() is not None else GELUTanh) for m in acts)
     assert model.config.activation_function == "gelu_new"
     ids = tokenizer(["Translate to French: good morning", "Hi"], return_tensors="pt", padding=True)
     with torch.no_grad():

@@ -3,7 +3,8 @@
 - ``onednn``: float32 linear layers (forward and gradients) through oneDNN instead of MKL, where
   ``kernels`` measured it faster on this machine;
 - ``decoder``: the sampler's lean GPT-2 path (static KV cache, packed weights, bucketed prefill);
-- ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel;
+- ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel: aten's, or the
+  package's C kernel (``gelu``) where ``kernels`` measured it faster on this machine;
 - ``gpt2``: the envs' frozen bundled models (reference, likelihood RM) in plain torch, loaded without
   importing transformers (``rlhf_env.models.load_reference``).
 
@@ -89,27 +90,30 @@ def _probe_mismatch(onednn) -> str:
     return ""
 
 
-def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
+def fuse_gelu(model: torch.nn.Module, c_kernel: bool = False) -> torch.nn.Module:
     """Swap every ``gelu_new`` activation (GPT-2's, five elementwise kernels) for the same tanh
-    approximation in one fused kernel (transformers' ``GELUTanh``); returns ``model``. The two agree to
-    float rounding. The config is left as it is."""
+    approximation in one kernel: aten's (transformers' ``GELUTanh``), or with ``c_kernel`` the package's
+    (``rlhf_env.accel.gelu.TanhGELU``, which falls back to aten's wherever it does not apply); returns
+    ``model``. They agree to float rounding. The config is left as it is."""
     from transformers.activations import GELUTanh, NewGELUActivation
+
+    from rlhf_env.accel.gelu import TanhGELU
 
     for module in model.modules():
         for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, GELUTanh())
+            if type(child) in (NewGELUActivation, GELUTanh, TanhGELU):
+                setattr(module, name, TanhGELU() if c_kernel else GELUTanh())
     return model
 
 
 def accelerate(model: torch.nn.Module, requested: bool | None = None, bundled: bool = False) -> torch.nn.Module:
-    """Give ``model`` the fused GELU, and oneDNN linears where ``onednn_layers`` says so, in place, if
-    ``requested`` (None: if ``bundled``) and ``enabled()``. The weights, state-dict keys and saved files are
-    unchanged. Returns ``model``."""
+    """Give ``model`` the fused GELU (the C kernel where ``c_gelu`` says so), and oneDNN linears where
+    ``onednn_layers`` says so, in place, if ``requested`` (None: if ``bundled``) and ``enabled()``. The weights,
+    state-dict keys and saved files are unchanged. Returns ``model``."""
     from rlhf_env.accel.onednn import use_onednn_linears
 
     if (bundled if requested is None else requested) and enabled():
-        fuse_gelu(model)
+        fuse_gelu(model, c_gelu(model.config))
         if onednn_layers(model.config):
             use_onednn_linears(model)
         _accelerated.add(model)
@@ -126,6 +130,20 @@ def onednn_layers(config) -> bool:
     try:
         return kernels.choose(config).layers
     except AttributeError:  # a config that names no width or vocabulary: nothing to measure, stay on stock
+        return False
+
+
+def c_gelu(config) -> bool:
+    """Whether a model with this config should run its tanh GELU through the package's C kernel here:
+    acceleration is enabled and ``kernels.choose`` found the kernel (built on this machine) faster, or was told
+    to use it."""
+    from rlhf_env.accel import kernels
+
+    if not enabled():
+        return False
+    try:
+        return kernels.choose(config).gelu
+    except AttributeError:  # as in onednn_layers
         return False
 
 

@@ -14,7 +14,8 @@ sampled as it is now.
 - the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
   torch has it and ``rlhf_env.accel.kernels`` measured it faster on this machine, and ``addmm`` elsewhere;
-- the MLP's tanh GELU in the same oneDNN kernel as its first projection (else ``F.gelu``'s fused kernel);
+- the MLP's tanh GELU in the same oneDNN kernel as its first projection (else the package's C kernel or
+  ``F.gelu``'s, as ``rlhf_env.accel.kernels`` chose);
 - ``scaled_dot_product_attention`` for the prefill's attention;
 - the LM head only on the last position.
 
@@ -30,10 +31,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import kernels
+from rlhf_env.accel import gelu, kernels
 from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
+from rlhf_env.accel.switch import switched_on
 
 
 class Linear:
@@ -78,8 +80,9 @@ class GPT2Decoder:
         self.head = Linear(self.head_weight, None, onednn)
 
         tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")
-        if tanh_gelu:
-            act = functools.partial(F.gelu, approximate="tanh")
+        if tanh_gelu:  # the package's C kernel where kernels.choose found it faster, else aten's
+            act = gelu.apply if switched_on() and kernels.choose(c).gelu else functools.partial(F.gelu,
+                                                                                                approximate="tanh")
         else:  # transformers' activations, imported only for a model that has another
             from transformers.activations import ACT2FN
 

@@ -13,6 +13,7 @@ has no dropout, no ``generate`` and no ``save_pretrained``: anything that trains
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlhf_env.accel import gelu
 from rlhf_env.accel.onednn import maybe_onednn_linear
 
 # GPT2Config's defaults for the settings read here (a saved config.json normally states them all).
@@ -94,22 +96,23 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config, onednn: bool):
+    def __init__(self, config, onednn: bool, c_gelu: bool = False):
         super().__init__()
         E, inner = config.n_embd, config.n_inner or 4 * config.n_embd
         self.c_fc, self.c_proj = Linear(E, inner, onednn=onednn), Linear(inner, E, onednn=onednn)
+        self.act = gelu.apply if c_gelu else functools.partial(F.gelu, approximate="tanh")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, config, layer: int, onednn: bool):
+    def __init__(self, config, layer: int, onednn: bool, c_gelu: bool = False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = Attention(config, layer, onednn)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.mlp = MLP(config, onednn)
+        self.mlp = MLP(config, onednn, c_gelu)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         attended, kv = self.attn(self.ln_1(x), mask, past)
@@ -126,12 +129,12 @@ class TrunkOutput:
 class Trunk(nn.Module):
     """HF ``GPT2Model``'s inference forward: embeddings, blocks and the final LayerNorm."""
 
-    def __init__(self, config: SimpleNamespace, onednn: bool = False):
+    def __init__(self, config: SimpleNamespace, onednn: bool = False, c_gelu: bool = False):
         super().__init__()
         E = config.n_embd
         self.wte = nn.Embedding(config.vocab_size, E)
         self.wpe = nn.Embedding(config.n_positions, E)
-        self.h = nn.ModuleList(Block(config, i, onednn) for i in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, i, onednn, c_gelu) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -171,10 +174,10 @@ class Trunk(nn.Module):
 class TorchGPT2(nn.Module):
     """HF ``GPT2LMHeadModel``'s inference forward in plain torch, with its parameter names."""
 
-    def __init__(self, config: SimpleNamespace, onednn: bool = False):
+    def __init__(self, config: SimpleNamespace, onednn: bool = False, c_gelu: bool = False):
         super().__init__()
         self.config = config
-        self.transformer = Trunk(config, onednn)
+        self.transformer = Trunk(config, onednn, c_gelu)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False, transposed=False, onednn=onednn)
 
     @property
@@ -195,15 +198,16 @@ class TorchGPT2(nn.Module):
         return LMOutput(self.lm_head(out.last_hidden_state), out.cache)
 
 
-def load_torch_gpt2(directory: str | Path, onednn: bool = False) -> TorchGPT2:
+def load_torch_gpt2(directory: str | Path, onednn: bool = False, c_gelu: bool = False) -> TorchGPT2:
     """A float32 ``TorchGPT2`` from an HF GPT-2 directory (``config.json``, ``model.safetensors``), in eval
-    mode with no gradients; ``onednn``: its projections through oneDNN where that applies."""
+    mode with no gradients; ``onednn``: its projections through oneDNN where that applies; ``c_gelu``: its GELU
+    through the package's C kernel (``rlhf_env.accel.gelu``) where that applies."""
     from safetensors.torch import load_file
 
     config = read_config(directory)
     if not supports(config):
         raise ValueError(f"{directory} is not a GPT-2 LM head model that TorchGPT2 computes exactly")
-    model = TorchGPT2(config, onednn)  # (not on the meta device: that imports torch._dynamo, slowly)
+    model = TorchGPT2(config, onednn, c_gelu)  # (not on the meta device: that imports torch._dynamo, slowly)
     state = {k: v.float() for k, v in load_file(Path(directory) / "model.safetensors").items()}
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["transformer.wte.weight"]

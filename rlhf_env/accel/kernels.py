@@ -1,4 +1,4 @@
-"""Which float32 linear kernel to use on this machine: measured once, cached, never slower than stock.
+"""Which float32 kernels to use on this machine: measured once, cached, never slower than stock.
 
 oneDNN's GEMM beats MKL's (PyTorch's default on a CPU) for this package's small shapes on some CPUs and
 loses on others (``benchmarks/bench_ppo_iteration.py`` times both), so no fixed rule is right everywhere.
@@ -7,9 +7,12 @@ loses on others (``benchmarks/bench_ppo_iteration.py`` times both), so no fixed 
 - ``layers``: forward and backward of every projection (training, and the frozen models' scoring) at a
   minibatch's worth of rows, oneDNN's ``_linear_pointwise`` against ``F.linear``;
 - ``decode``: the sampler's per-step projections on prepacked weights, at a batch of single tokens,
-  against ``addmm``.
+  against ``addmm``;
 
-oneDNN is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
+and likewise ``gelu``: the MLP's tanh GELU, forward and backward at a minibatch's worth of rows of the inner
+width, through the package's C kernel (``rlhf_env.accel.gelu``, where a C compiler built it) against aten's.
+
+A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version) and per shape in
 ``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once. A run records its
 choices in ``OUT/kernels.json`` and a resumed run takes them back (``restore``) before it loads a model, so it
@@ -17,8 +20,9 @@ continues on the kernels it started with, whatever the machine, threads or ranks
 launcher (``WORLD_SIZE`` > 1) nothing is measured, since ranks timing at once on shared cores would disagree:
 a cached result for the ranks' thread count is used, else stock PyTorch. A measurement spends about
 ``BUDGET_S`` per use and shape, and one that fails (it should not) leaves stock PyTorch.
-``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the measurement and forces one (``auto``, the default,
-measures). ``chosen()`` lists what this process chose, for the run log.
+``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the measurement and forces the package's kernels (oneDNN, and
+the C GELU where it built) or stock PyTorch's (``auto``, the default, measures). ``chosen()`` lists what this
+process chose, for the run log.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 POLICY_VAR = "RLHF_ENV_KERNELS"
 POLICIES = ("auto", "onednn", "stock")
 CACHE_VAR = "RLHF_ENV_CACHE"
-MARGIN = 0.03  # oneDNN must take under (1 - MARGIN) of stock's time
+MARGIN = 0.03  # a kernel must take under (1 - MARGIN) of stock's time
 LAYER_ROWS = 1024  # about one PPO minibatch: 16 sequences of ~64 tokens
 DECODE_ROWS = 64  # the sampler's default batch, one token each
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
@@ -44,16 +48,17 @@ MIN_REPEATS, MAX_REPEATS = 3, 7
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each;
-    ``speedup`` is stock's time over oneDNN's for each (above 1: oneDNN faster), empty where not measured;
-    ``source`` is how it was decided: "measured", "cache", "unmeasured" (several ranks, no cached result), or
-    the forcing policy ("onednn" or "stock")."""
+    """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each, ``gelu``
+    whether the C GELU is; ``speedup`` is stock's time over the candidate's for each (above 1: the candidate
+    faster), without the ones not measured; ``source`` is how it was decided: "measured", "cache", "unmeasured"
+    (several ranks, no cached result), or the forcing policy ("onednn" or "stock")."""
 
     shape: str
     layers: bool
     decode: bool
     speedup: dict
     source: str
+    gelu: bool = False  # (last: a run recorded before the C GELU existed used aten's)
 
     def describe(self) -> str:
         def one(use: str) -> str:
@@ -61,12 +66,15 @@ class Choice:
             measured = f" (oneDNN {ratio:.2f}x stock)" if ratio is not None else ""
             return f"{use} {'oneDNN' if getattr(self, use) else 'MKL'}{measured}"
 
+        ratio = self.speedup.get("gelu")
+        gelu = f"GELU {'C kernel' if self.gelu else 'aten'}" + (f" (C {ratio:.2f}x aten)" if ratio is not None else "")
+
         how = {"measured": "measured now", "cache": "measured before, cached", "run": "as this run chose at its start",
                "failed": "the measurement failed: stock kernels",
                "unmeasured": "not measured under several ranks: stock kernels (a single process at the ranks' "
                              "thread count measures them for later runs)"}
         how = how.get(self.source, f"{POLICY_VAR}={self.source}")
-        return f"{self.shape}: {one('layers')}, {one('decode')}; {how}"
+        return f"{self.shape}: {one('layers')}, {one('decode')}, {gelu}; {how}"
 
 
 _chosen: dict[str, Choice] = {}
@@ -138,12 +146,13 @@ def choose(config) -> Choice:
         return _chosen[shape]
     wanted = policy()
     if wanted != "auto":
-        choice = Choice(shape, wanted == "onednn", wanted == "onednn", {}, wanted)
+        forced = wanted == "onednn"
+        choice = Choice(shape, forced, forced, {}, wanted, forced and _gelu_built())
     else:
         key = f"{machine()} | {shape}"
         cached = _read_cache().get(key)
-        if _valid(cached):
-            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache")
+        if _valid(cached) and isinstance(cached.get("gelu"), bool):
+            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache", cached["gelu"])
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
             choice = Choice(shape, False, False, {}, "unmeasured")
         else:
@@ -152,15 +161,23 @@ def choose(config) -> Choice:
             except (RuntimeError, NotImplementedError) as e:  # a kernel that cannot run here: stay on stock
                 choice = Choice(shape, False, False, {"error": f"{type(e).__name__}: {e}"}, "failed")
             else:
-                choice = Choice(shape, speedup["layers"] > 1 / (1 - MARGIN), speedup["decode"] > 1 / (1 - MARGIN),
-                                speedup, "measured")
-                _write_cache(key, {"layers": choice.layers, "decode": choice.decode, "speedup": speedup})
+                faster = {use: speedup.get(use, 0.0) > 1 / (1 - MARGIN) for use in ("layers", "decode", "gelu")}
+                choice = Choice(shape, faster["layers"], faster["decode"], speedup, "measured", faster["gelu"])
+                _write_cache(key, {"layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu,
+                                   "speedup": speedup})
     _chosen[shape] = choice
     return choice
 
 
+def _gelu_built() -> bool:
+    from rlhf_env.accel import gelu
+
+    return gelu.library() is not None
+
+
 def _valid(entry) -> bool:
-    """A cached or recorded choice as this version writes it (else it is measured again)."""
+    """A cached or recorded choice as this version writes it (else it is measured again); a cached one must also
+    say ``gelu``, which a recorded one of an older version may lack."""
     return (isinstance(entry, dict) and isinstance(entry.get("layers"), bool) and isinstance(entry.get("decode"), bool)
             and isinstance(entry.get("speedup"), dict)
             and all(isinstance(v, (int, float)) for v in entry["speedup"].values()))
@@ -179,7 +196,7 @@ def restore(out: str | os.PathLike) -> None:
     for entry in report.get("choices", []) if isinstance(report, dict) else []:
         if _valid(entry) and isinstance(entry.get("shape"), str):
             _chosen.setdefault(entry["shape"], Choice(entry["shape"], entry["layers"], entry["decode"],
-                                                      entry["speedup"], "run"))
+                                                      entry["speedup"], "run", entry.get("gelu") is True))
 
 
 def chosen() -> list[Choice]:
@@ -209,14 +226,37 @@ def _write_cache(key: str, entry: dict) -> None:
 
 
 def measure(width: int, inner: int, vocab: int, n_layer: int = 1) -> dict[str, float]:
-    """Stock time over oneDNN time (the median of interleaved rounds) for ``layers`` and ``decode``, on the
-    model's projections: a GPT-2 block's four, ``n_layer`` times, and the LM head once. It runs backward
-    passes whatever the caller's grad mode."""
+    """Stock time over the candidate's (the median of interleaved rounds): oneDNN's for ``layers`` and
+    ``decode``, on the model's projections (a GPT-2 block's four, ``n_layer`` times, and the LM head once),
+    where this torch has oneDNN; the C kernel's for ``gelu``, on ``n_layer`` GELUs of the inner width, where it
+    built. It runs backward passes whatever the caller's grad mode."""
     import torch
+
+    from rlhf_env.accel import onednn
 
     dims = [(3 * width, width), (width, width), (inner, width), (width, inner)] * n_layer + [(vocab, width)]
     with torch.inference_mode(False), torch.enable_grad():  # e.g. the sampler chooses under no_grad
-        return _measure(dims)
+        return {**(_measure(dims) if onednn.kernel_works() else {}),
+                **({"gelu": _measure_gelu(inner, n_layer)} if _gelu_built() else {})}
+
+
+def _measure_gelu(inner: int, n_layer: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    from rlhf_env.accel import gelu
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(LAYER_ROWS, inner, generator=generator, requires_grad=True)
+    grad = torch.randn(LAYER_ROWS, inner, generator=generator)
+
+    def run(fn):
+        def rounds():
+            for _ in range(n_layer):
+                torch.autograd.backward((fn(x) * grad).sum(), inputs=[x])  # (grad_outputs would import sympy)
+        return rounds
+
+    return _ratio(run(lambda v: F.gelu(v, approximate="tanh")), run(gelu.apply))
 
 
 def _measure(dims: list[tuple[int, int]]) -> dict[str, float]:
