@@ -112,9 +112,11 @@ class AgentRun:
         if episodes < batch:
             raise ValueError(f"a budget of {episodes} episodes is less than one iteration of {batch}; raise --episodes "
                              "or lower batch_size in --algo_kwargs")
+        # The reward as every algorithm here gets it: not normalised (rlhf ppo's default for gold and labelers)
         config = self.config_cls(policy=c.policy, seed=self.seed, iterations=episodes // batch,
                                  out=str(Path(c.out) / "run"), eval_every=0, final_eval_episodes=1,
-                                 **self.make_env.settings, **self.settings)  # the task's settings, then the agent's
+                                 **{"normalize_reward": False, **self.make_env.settings,
+                                    **self.settings})  # the task's settings, then the agent's
         agent = self.agent_cls(config)
         agent.train()
         self.policy = agent.actor

@@ -8,9 +8,11 @@ and under bf16 the ratio's old log-probs), ``update`` (``ppo_epochs`` x minibatc
 AdamW and the KL controller) and ``other`` (advantages and the rest). Matmul FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on the update's own forward and backward (attention is not
 counted on a CPU: see ``update_flops``).
-Measured in alternating rounds of one run: float32 (the default: each model's linears on the kernel that
-``rlhf_env.accel.kernels`` measured faster on this machine), float32 with every linear through oneDNN
-(``RLHF_ENV_KERNELS=onednn``), float32 with PyTorch's own kernels (MKL; ``rlhf_env.accel.onednn.disabled()``),
+Measured in alternating rounds of one run: float32 (the default: each model's linears and GELU on the kernels
+that ``rlhf_env.accel.kernels`` measured faster on this machine), float32 with the package's kernels forced
+(``RLHF_ENV_KERNELS=onednn``: every linear through oneDNN, the GELU through the C kernel where it builds), float32
+with PyTorch's own linears (MKL; ``rlhf_env.accel.onednn.disabled()``; the GELU as measured), float32 with stock
+PyTorch's kernels throughout (``float32_stock``: MKL and aten's GELU, ``RLHF_ENV_KERNELS=stock``),
 float32 with every prompt recomputed for each of its responses (``float32_unshared``: no
 ``rlhf_env.sampling.shared_prompt_forward``, and the sampler prefills every row), and ``bf16=True``
 (bfloat16 autocast in the policy's training forward and backward; under it the ``values`` phase also recomputes
@@ -42,7 +44,7 @@ from rlhf_env import sampling
 from rlhf_env.accel import decoder, kernels, onednn
 from rlhf_env.rewards import Reward
 
-VARIANTS = ("float32", "float32_unshared", "float32_onednn", "float32_mkl", "bf16")
+VARIANTS = ("float32", "float32_unshared", "float32_onednn", "float32_mkl", "float32_stock", "bf16")
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
@@ -80,6 +82,8 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
             stack.enter_context(onednn.disabled())
         elif variant == "float32_onednn":
             stack.enter_context(kernels.forced("onednn"))
+        elif variant == "float32_stock":
+            stack.enter_context(kernels.forced("stock"))
         elif variant == "float32_unshared":
             stack.enter_context(mock.patch.object(sampling, "SHARE_FROM", math.inf))
             stack.enter_context(mock.patch.object(decoder, "first_rows", lambda ids, mask: torch.arange(len(ids))))
@@ -167,8 +171,7 @@ def main() -> None:
                  for name in variants[1:]}}
     print(f"one PPO iteration, {config.batch_size} episodes, {config.ppo_epochs} epochs x minibatch "
           f"{config.minibatch_size}, {torch.get_num_threads()} threads (median of {args.rounds} x {args.iterations}); "
-          "default float32 (the measured kernel choice), float32 all through oneDNN, float32 all through MKL, "
-          "and --bf16")
+          "default float32 (the measured kernel choice) against the variants: " + ", ".join(variants[1:]))
     print("default kernels: " + "; ".join(result["kernels"]))
     print(f"{'phase':<12}" + "".join(f"{name + ' s':>16}{'share':>8}" for name in variants))
     for p in PHASES:

@@ -62,8 +62,9 @@ def ppo_table(ppo: dict) -> str:
 
 def token_target_ceiling_table(result: dict) -> str:
     greedy = result.get("greedy", False)
-    lines = [f"| β | α | win rate vs {'greedy ' if greedy else ''}SFT | gold | task success | KL from SFT (nats) | "
-             "length |", "|---|---|---|---|---|---|---|"]
+    kl = "log q − log π_ref summed along the greedy path" if greedy else "KL from SFT (nats)"
+    lines = [f"| β | α | win rate vs {'greedy ' if greedy else ''}SFT | gold | task success | {kl} | length |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         beta = f"— ({'greedy ' if greedy else ''}SFT)" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(f"| {beta} | {r['alpha']:.2f} | {r['win_rate_vs_sft']:.3f} | {r['gold']:.3f} | "
@@ -223,7 +224,8 @@ def ppo_iteration_table(result: dict) -> str:
              "update": "update (epochs × minibatches, forward + backward + AdamW)",
              "other": "other (env bookkeeping, decoding, advantages)"}
     labels = {"float32": "float32, measured kernels", "float32_unshared": "float32, prompts not shared",
-              "float32_onednn": "float32, all oneDNN", "float32_mkl": "float32, all MKL", "bf16": "bf16"}
+              "float32_onednn": "float32, all oneDNN + C GELU", "float32_mkl": "float32, all MKL",
+              "float32_stock": "float32, stock PyTorch (MKL, aten GELU)", "bf16": "bf16"}
     columns = [(labels["float32"], result)] + [(labels[k], result[k]) for k in list(labels)[1:]
                                                if isinstance(result.get(k), dict)]
     lines = ["| phase | " + " | ".join(f"{name} (s)" for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -557,7 +559,8 @@ def performance_page(results: Path) -> str:
              "the system's C compiler, cached per machine; aten's where there is no compiler). Every run prints its "
              "choice and writes it to "
              "`OUT/kernels.json`, and keeps it when resumed. "
-             "`RLHF_ENV_KERNELS=onednn` or `=stock` forces one (for bit-identical runs across machines); "
+             "`RLHF_ENV_KERNELS=stock` forces stock PyTorch's kernels (for bit-identical runs across machines) and "
+             "`=onednn` the package's; "
              "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off.",
              "**Shared prompts.** The env shows each prompt to a group of sub-envs, so one step scores many "
              "responses to the same prompt. Where rows share prompts, `rlhf_env.sampling.response_log_softmax` "

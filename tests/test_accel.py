@@ -17,7 +17,7 @@ from rlhf_env.models import load_policy, new_model
 from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
 
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
-GELU_MEASURED = ("gelu",) if gelu.library() is not None else ()  # the C GELU is measured where it built
+GELU_MEASURED = ("gelu",) if gelu.compiler() is not None else ()  # the C GELU is measured where it builds
 PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
 
 

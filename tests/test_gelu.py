@@ -8,6 +8,7 @@ import rlhf_env.accel as accel
 from rlhf_env.accel import gelu
 from rlhf_env.accel.gelu import TanhGELU
 from rlhf_env.accel.gpt2 import load_torch_gpt2
+from rlhf_env.accel.switch import switched_off
 from rlhf_env.models import new_model
 
 needs_compiler = pytest.mark.skipif(gelu.compiler() is None, reason="no C compiler to build the kernel")
@@ -47,6 +48,10 @@ def test_the_c_gelu_is_at_least_as_close_to_float64_as_atens():
     assert torch.isfinite(ours_grad).all()
     assert (ours_grad.double() - exact_grad).abs().max() <= 1e-6 < (aten_grad.double() - exact_grad).abs().max()
     torch.testing.assert_close(ours_grad, aten_grad)
+    # Far beyond any activation (where aten's own float32 arithmetic overflows): x or 0, derivative 1 or 0.
+    far = torch.tensor([1e13, 3e38, -1e13, -3e38])
+    assert gelu.forward(far).tolist() == [*far[:2].tolist(), 0.0, 0.0]
+    assert gelu.backward(far, torch.full((4,), 2.0)).tolist() == [2.0, 2.0, 0.0, 0.0]
 
 
 @needs_compiler
@@ -61,7 +66,9 @@ def test_through_autograd_and_in_a_model_it_gives_atens_outputs_and_gradients(to
     torch.testing.assert_close(ours, stock)
 
     torch.manual_seed(0)
-    model = new_model(dict(n_embd=32, n_layer=2, n_head=2), tokenizer)
+    with switched_off():  # stock PyTorch: GPT-2's own gelu_new
+        model = new_model(dict(n_embd=32, n_layer=2, n_head=2), tokenizer)
+    assert not any(type(m) is TanhGELU for m in model.modules())
     fast = accel.copy_of(model)
     accel.fuse_gelu(fast, c_kernel=True)
     assert sum(type(m) is TanhGELU for m in fast.modules()) == 2

@@ -29,20 +29,24 @@ static inline float minus_2u(float v) {
     return m > 80.0f ? 80.0f : (m < -80.0f ? -80.0f : m);
 }
 
+/* Where the clamp holds (|2u| >= 80), s is 0 or 1 to float32 precision: the GELU is 0 or x, its derivative 0 or 1
+   (the clamped e would leave x * 1.8e-35 and a wrong derivative for inputs beyond any activation's range). */
 void gelu_forward(const float *x, float *y, ptrdiff_t n, int threads) {
     #pragma omp parallel for simd schedule(static) num_threads(threads)
     for (ptrdiff_t i = 0; i < n; i++) {
-        const float v = x[i];
-        y[i] = v / (1.0f + exp_poly(minus_2u(v)));
+        const float v = x[i], m = minus_2u(v);
+        const float s = m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : 1.0f / (1.0f + exp_poly(m)));
+        y[i] = v * s;
     }
 }
 
 void gelu_backward(const float *x, const float *grad, float *out, ptrdiff_t n, int threads) {
     #pragma omp parallel for simd schedule(static) num_threads(threads)
     for (ptrdiff_t i = 0; i < n; i++) {
-        const float v = x[i];
-        const float e = exp_poly(minus_2u(v)), s = 1.0f / (1.0f + e);
+        const float v = x[i], m = minus_2u(v);
+        const float e = exp_poly(m), s = 1.0f / (1.0f + e);
         const float du = 1.5957691216057308f * (1.0f + 0.134145f * v * v); /* d(2u)/dx */
-        out[i] = grad[i] * (s + (v * du) * (s * (e * s))); /* e s = 1 - s: the product stays finite */
+        const float d = s + (v * du) * (s * (e * s)); /* e s = 1 - s: the product stays finite */
+        out[i] = grad[i] * (m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : d));
     }
 }

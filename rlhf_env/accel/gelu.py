@@ -1,15 +1,16 @@
 """GPT-2's tanh GELU on a CPU through a small C kernel (``gelu.c``), where it is faster than PyTorch's.
 
-aten's float32 tanh GELU runs several times slower than a plain ``tanh`` of the same tensor on the CPUs tried
-(``benchmarks/bench_ppo_iteration.py`` times both kernels), and it is a large share of a PPO update for this
-package's small models. ``gelu.c`` computes the same function, forward and backward, in loops that the compiler
-vectorises, to float32 rounding of aten's (tested against float64).
+aten's float32 tanh GELU runs several times slower than a plain ``tanh`` of the same tensor on the CPUs tried,
+and it is a large share of a PPO update for this package's small models (``rlhf_env.accel.kernels`` times both
+GELUs on each machine; a run's log says what it measured). ``gelu.c`` computes the same function, forward and
+backward, in loops that the compiler vectorises, to float32 rounding of aten's (tested against float64).
 
 - **Build.** At first use, ``library()`` compiles ``gelu.c`` with the system's C compiler (``$CC``, else ``cc`` or
   ``gcc``; ``-O3 -march=native -fopenmp``, 512-bit vectors where the CPU has them) into
-  ``$RLHF_ENV_CACHE/gelu-<hash>.so`` (the hash covers the source, the compiler and the flags, so the file is built
-  once per machine) and loads it with ``ctypes``: no Python build step, no pickles. Without a compiler, or if the
-  build or load fails, it is None and everything stays on aten's GELU.
+  ``$RLHF_ENV_CACHE/gelu-<hash>.so`` (the hash covers the source, the compiler, the flags and the CPU's model and
+  instruction sets: built once per machine, and one file per CPU in a cache that several share) and loads it with
+  ``ctypes``: no Python build step, no pickles. Without a compiler, or if the build or load fails, it is None and
+  everything stays on aten's GELU.
 - **Choice.** ``rlhf_env.accel.kernels`` times both kernels on a model's own MLP width, once per machine, and
   takes this one only where it is faster (``Choice.gelu``); ``RLHF_ENV_KERNELS=stock`` keeps aten's, ``=onednn``
   forces this one.
@@ -24,6 +25,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -46,6 +48,16 @@ def compiler() -> str | None:
     return None
 
 
+def cpu() -> str:
+    """The CPU's model and instruction-set flags (what ``-march=native`` compiles for), as far as Linux says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+    except OSError:
+        lines = []
+    return "".join(sorted(set(lines))) or platform.processor() or platform.machine()
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built at the first call in this machine's cache if need be; None where it cannot be
@@ -57,7 +69,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        digest = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS]).encode()).hexdigest()[:16]
+        digest = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS, cpu()]).encode()).hexdigest()[:16]
         target = cache_file().with_name(f"gelu-{digest}.so")
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

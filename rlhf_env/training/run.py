@@ -135,8 +135,9 @@ class Run:
         saved = {k: v for k, v in saved.items() if k in self.fingerprint}  # settings it no longer fixes
         if saved != self.fingerprint:
             changed = sorted(k for k in {*saved, *self.fingerprint} if saved.get(k) != self.fingerprint.get(k))
-            raise ValueError(f"{found} was written by a different run (it differs in {', '.join(changed)}); use "
-                             "another --out, or delete the checkpoint to start over")
+            raise ValueError(f"{found} was written by a different run (it differs in {', '.join(changed)}); pass "
+                             "the settings it was written with (a newer version's defaults may differ), use another "
+                             "--out, or delete the checkpoint to start over")
         return state, tensors
 
     def start(self, step: int) -> None:
