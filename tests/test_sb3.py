@@ -423,11 +423,12 @@ def test_sb3_ppo_learns_a_trivially_learnable_reward_on_the_bandit(env_kwargs):
 
 @pytest.mark.slow
 def test_sb3_ppo_learns_a_trivially_learnable_reward_on_the_token_env(env_kwargs):
-    """The same brevity reward, one token per step: 9 PPO iterations of 8 x 16 steps must get above -0.4."""
+    """The same brevity reward, one token per step: 12 PPO iterations of 8 x 16 steps must get above -0.4. (At 9,
+    float rounding alone, e.g. another GELU kernel, moved the result between -0.17 and -0.40.)"""
     kwargs = {**env_kwargs, **SHORT}
     model = token_model(kwargs, n_envs=8, n_steps=16, batch_size=32, n_epochs=4, learning_rate=1e-2, gamma=1.0)
     before = kl_regularised_return(model.policy, model.get_env(), episodes=4)["reward"]
-    model.learn(9 * 128)
+    model.learn(12 * 128)
     after = kl_regularised_return(model.policy, model.get_env(), episodes=4)["reward"]
     assert before < -0.9 and after > -0.4, (before, after)
 
