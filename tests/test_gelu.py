@@ -1,5 +1,7 @@
 """rlhf_env.accel.gelu: the C tanh GELU computes aten's function, forward and backward, and falls back to aten's."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,9 +92,9 @@ def test_the_envs_torch_gpt2_with_the_c_gelu_scores_as_without(tiny_policy_dir):
 
 
 @needs_compiler
-def test_without_a_compiler_everything_stays_on_atens_gelu(monkeypatch):
-    """No compiler: no library, ``apply`` is aten's GELU bit for bit, and forcing the package's kernels
-    (``RLHF_ENV_KERNELS=onednn``) leaves the GELU on aten."""
+def test_without_a_compiler_everything_stays_on_atens_gelu(monkeypatch, tmp_path):
+    """No compiler: no library, ``apply`` is aten's GELU bit for bit, forcing the package's kernels
+    (``RLHF_ENV_KERNELS=onednn``) leaves the GELU on aten, and so does a resumed run that started on the C GELU."""
     from types import SimpleNamespace
 
     from rlhf_env.accel import kernels
@@ -105,6 +107,15 @@ def test_without_a_compiler_everything_stays_on_atens_gelu(monkeypatch):
         assert torch.equal(gelu.apply(x), F.gelu(x, approximate="tanh"))
         with kernels.forced("onednn"):
             assert not kernels.choose(SimpleNamespace(n_embd=8, n_inner=None, vocab_size=16)).gelu
+        # A run that started on the C GELU, resumed on a machine that cannot build it: aten's, and it says so.
+        (tmp_path / "kernels.json").write_text(json.dumps({"choices": [
+            {"shape": "1 layer, width 8, inner 32, vocab 16", "layers": False, "decode": False, "gelu": True,
+             "speedup": {"gelu": 2.0}, "source": "measured"}]}))
+        monkeypatch.setenv(kernels.POLICY_VAR, "auto")
+        monkeypatch.setattr(kernels, "_chosen", {})
+        kernels.restore(tmp_path)
+        (restored,) = kernels.chosen()
+        assert restored.source == "run" and not restored.gelu and "GELU aten (C 2.00x aten)" in restored.describe()
     finally:
         monkeypatch.undo()
         gelu.library.cache_clear()

@@ -186,7 +186,8 @@ def _valid(entry) -> bool:
 def restore(out: str | os.PathLike) -> None:
     """Take the choices a run recorded in ``OUT/kernels.json`` (``rlhf_env.training.run.Run`` writes it), so that
     the run, resumed, continues on the kernels it started with; call it before the run loads a model. Nothing
-    for a new run, or under a forcing ``RLHF_ENV_KERNELS``."""
+    for a new run, or under a forcing ``RLHF_ENV_KERNELS``. A recorded C GELU that cannot be built here becomes
+    aten's (and says so)."""
     if policy() != "auto":
         return
     try:
@@ -196,7 +197,8 @@ def restore(out: str | os.PathLike) -> None:
     for entry in report.get("choices", []) if isinstance(report, dict) else []:
         if _valid(entry) and isinstance(entry.get("shape"), str):
             _chosen.setdefault(entry["shape"], Choice(entry["shape"], entry["layers"], entry["decode"],
-                                                      entry["speedup"], "run", entry.get("gelu") is True))
+                                                      entry["speedup"], "run",
+                                                      entry.get("gelu") is True and _gelu_built()))
 
 
 def chosen() -> list[Choice]:
