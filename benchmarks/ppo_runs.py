@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.bench import BLACK_BOX_PPO
 from agents.grpo import GRPOAgent, GRPOConfig
 from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
 from rlhf_env.evaluation import EvalConfig, evaluate
 
-# the default before the token target (stop 28): black-box PPO, as in benchmarks/results/algorithms.json
-BLACK_BOX = {"token_target_coef": 0.0, "group_size": 8, "lr": 3e-5, "ppo_epochs": 4, "iterations": 100}
-OLD = {"lr": 3e-5, "ppo_epochs": 4, "iterations": 100}  # its optimiser settings, under the token-target variants
+# the default before the token target (stop 28): black-box PPO, the bench's (benchmarks/results/algorithms.json)
+BLACK_BOX = {**BLACK_BOX_PPO, "iterations": 100}
+OLD = {k: BLACK_BOX[k] for k in ("lr", "ppo_epochs", "iterations")}  # its optimiser, under the token-target variants
 VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},

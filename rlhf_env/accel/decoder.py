@@ -31,11 +31,10 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import gelu, kernels
+from rlhf_env.accel import c_gelu, gelu, kernels
 from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
-from rlhf_env.accel.switch import switched_on
 
 
 class Linear:
@@ -81,8 +80,7 @@ class GPT2Decoder:
 
         tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")
         if tanh_gelu:  # the package's C kernel where kernels.choose found it faster, else aten's
-            act = gelu.apply if switched_on() and kernels.choose(c).gelu else functools.partial(F.gelu,
-                                                                                                approximate="tanh")
+            act = gelu.apply if c_gelu(c) else functools.partial(F.gelu, approximate="tanh")
         else:  # transformers' activations, imported only for a model that has another
             from transformers.activations import ACT2FN
 

@@ -48,28 +48,19 @@ def compiler() -> str | None:
     return None
 
 
-def cpu() -> str:
-    """The CPU's model and instruction-set flags (what ``-march=native`` compiles for), as far as Linux says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags"))]
-    except OSError:
-        lines = []
-    return "".join(sorted(set(lines))) or platform.processor() or platform.machine()
-
-
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built at the first call in this machine's cache if need be; None where it cannot be
     built or loaded (then the caller stays on aten)."""
-    from rlhf_env.accel.kernels import cache_file
+    from rlhf_env.accel.kernels import cache_file, cpuinfo
 
     cc = compiler()
     if cc is None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        digest = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS, cpu()]).encode()).hexdigest()[:16]
+        cpu = [cpuinfo("model name") or platform.processor(), cpuinfo("flags")]  # what -march=native compiles for
+        digest = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS, *cpu]).encode()).hexdigest()[:16]
         target = cache_file().with_name(f"gelu-{digest}.so")
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -112,16 +112,20 @@ def cache_file() -> Path:
     return Path(root) / "kernels.json"
 
 
+def cpuinfo(key: str) -> str:
+    """The first ``key`` line of Linux's /proc/cpuinfo ("model name", "flags", ...), "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key), "")
+    except OSError:
+        return ""
+
+
 def machine() -> str:
     """What a measurement holds for: the CPU model, its logical cores, torch's threads and torch's version."""
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
+    model = cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{model} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
