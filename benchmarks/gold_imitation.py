@@ -4,9 +4,11 @@ iteration) with the gold grader as a perfect selector, judged on held-out custom
 The gold-oracle target (issue 12: a gold win rate of 0.69 against SFT's samples) is the level of gold's best of 8
 SFT samples, which picks one of 8 answers per prompt at test time. A policy answers once. Each round here samples
 ``--n`` responses of the current policy to ``--prompts`` training prompts (the ``ppo`` split, new ones each round
-while they last), keeps each prompt's gold-best response that ended with EOS, fine-tunes the policy on those
-(``rlhf_env.training.trainer.train_causal_lm``, the SFT stage's loss: response tokens and EOS), and judges the
-policy as ``rlhf eval --baseline sft`` does (500 held-out prompts, eval seed 0, ties half). Round 0 is SFT itself.
+while they last), keeps each prompt's gold-best response that ended with EOS (``agents.best_of_n.BestOfN`` with
+gold as the reward), fine-tunes the policy on those as the SFT stage does its demonstrations
+(``rlhf_env.stages.sft.demonstration_examples``, ``rlhf_env.training.trainer.train_causal_lm``: response tokens and
+EOS), and judges the policy as ``rlhf eval --baseline sft`` does (500 held-out prompts, eval seed 0, ties half).
+Round 0 is SFT itself.
 So the table says how much of best-of-n's win rate a policy of this size keeps once it must answer alone.
 
 Prints a table and writes JSON.
@@ -24,39 +26,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.best_of_n import BestOfN
 from rlhf_env.configs import EvalConfig, TrainConfig
 from rlhf_env.evaluation import evaluate
 from rlhf_env.models import load_policy
 from rlhf_env.paths import DATA_DIR
-from rlhf_env.sampling import sample
-from rlhf_env.training.trainer import IGNORE, train_causal_lm
+from rlhf_env.stages.sft import demonstration_examples
+from rlhf_env.training.trainer import train_causal_lm
 from rlhf_env.world.build import load_split
-from rlhf_env.world.grader import grade
 
 
-@torch.no_grad()
-def best_of_n(model, tokenizer, rows, n: int, generator: torch.Generator, batch_size: int = 128):
-    """Each prompt's gold-best of ``n`` samples that ended with EOS, as (input_ids, labels) examples with the prompt
-    masked; and the mean gold of all samples and of each prompt's best."""
-    model.eval()
-    examples, mean, best = [], [], []
-    for start in range(0, len(rows), batch_size // n):
-        batch = rows[start:start + batch_size // n]
-        prompts = [p for p in batch["prompt"] for _ in range(n)]
-        out = sample(model, tokenizer, prompts, 48, 1.0, generator)
-        ended = out.eos.numpy()
-        graded = np.array([grade(task, text, bool(eos)).score for task, text, eos in
-                           zip([t for t in batch["task"] for _ in range(n)], out.texts, ended)]).reshape(-1, n)
-        mean += graded.mean(1).tolist()
-        best += graded.max(1).tolist()
-        for i, scores in enumerate(np.where(ended.reshape(-1, n), graded, -np.inf)):
-            if not np.isfinite(scores.max()):
-                continue  # no response ended
-            k = i * n + int(scores.argmax())
-            prompt = out.prompt_ids[k][out.prompt_mask[k].bool()].tolist()
-            response = out.response_ids[k][out.response_mask[k].bool()].tolist()  # EOS included
-            examples.append((prompt + response, [IGNORE] * len(prompt) + response))
-    return examples, float(np.mean(mean)), float(np.mean(best))
+def best_of_n(chooser: BestOfN, rows) -> tuple[list, float, float]:
+    """Each prompt's gold-best of ``chooser.n`` samples that ended with EOS (``agents.best_of_n``, gold as the
+    reward), as the SFT stage's (input_ids, labels) examples; and the mean gold of all samples and of each
+    prompt's best."""
+    chooser.model.eval()
+    prompts = list(rows["prompt"])
+    texts, eos, gold = chooser.candidates(prompts)
+    best = np.where(eos, gold, -np.inf).argmax(1)
+    kept = [i for i in range(len(prompts)) if eos[i, best[i]]]  # prompts where some response ended
+    demonstrations = {"prompt": [prompts[i] for i in kept],  # (sampled texts start with the space that
+                      "response": [texts[i][best[i]].removeprefix(" ") for i in kept]}  # demonstrations lack)
+    return demonstration_examples(demonstrations, chooser.tokenizer), float(gold.mean()), float(gold.max(1).mean())
 
 
 def judge(model, tokenizer, episodes: int) -> dict:
@@ -81,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_policy("sft")
     prompts = load_split(DATA_DIR, "prompts", "ppo").shuffle(seed=0)
-    generator = torch.Generator().manual_seed(0)
+    chooser = BestOfN((model, tokenizer), "gold", n=args.n, batch_size=128)
     started = time.perf_counter()
     rows = [{"round": 0, "examples": 0, **judge(model, tokenizer, args.episodes), "seconds": 0.0}]
     print(f"{'round':>6}{'examples':>10}{'sampled gold':>14}{'best of n':>11}{'win rate vs SFT':>17}{'success':>9}"
@@ -90,7 +81,7 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         first = (r - 1) * args.prompts % len(prompts)
         batch = prompts.select([(first + i) % len(prompts) for i in range(args.prompts)])
-        examples, mean, best = best_of_n(model, tokenizer, batch, args.n, generator)
+        examples, mean, best = best_of_n(chooser, batch)
         train_causal_lm(model, tokenizer, examples,
                         TrainConfig(out=f"{args.runs_dir}/round{r}", epochs=args.epochs, lr=args.lr, save_every=0,
                                     seed=r, resume=False), desc=f"round {r}")
