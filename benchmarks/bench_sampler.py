@@ -11,16 +11,19 @@ distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods
   (``rlhf_env.accel.kernels``: oneDNN where it measured faster, else MKL);
 - ``hf_cache_loop``: our sampler through the model's own HF forward and dynamic cache (``fast=False``),
   the generic path any causal LM takes;
-- ``lean_gpt2``: our sampler through ``rlhf_env.accel.decoder.GPT2Decoder`` (static cache, plain ops), the
-  default for GPT-2 policies.
+- ``lean_torch_attention``: our sampler through ``rlhf_env.accel.decoder.GPT2Decoder`` (static cache, plain
+  ops) with each decode step's attention in PyTorch ops (``attend_torch``);
+- ``lean_gpt2``: the same with the attention the package's kernels chose on this machine (``attend_c``, the C
+  kernel, where ``rlhf_env.accel.kernels`` measured it faster): the default for GPT-2 policies.
 
 Prints a table (tokens/s, median of ``--repeats``) and writes JSON. A second table says where the lean path's
-time goes: the prefill (a run that samples one token), the decode steps, and, from one profiled run
-(``torch.profiler``, self CPU time by op), the share of the batched attention matmuls (``aten::bmm``: only
-the decode steps use them) and of the projections and LM head (oneDNN's ``mkldnn::_linear_pointwise``,
-or MKL's ``aten::addmm`` and ``aten::mm`` where torch has no oneDNN). It also gives the rate at
-which those attention matmuls read the KV cache, next to this machine's streaming read rate (the sum of a
-256 MB tensor), and the float32 GFLOP/s of one decode-step projection through MKL and through oneDNN.
+time goes: the prefill (a run that samples one token), the decode steps, the share of the wall time spent in
+the decode steps' attention (timed around each call), and, from one profiled run (``torch.profiler``, self CPU
+time by op), the share of the projections and LM head (oneDNN's ``mkldnn::_linear_pointwise``, or MKL's
+``aten::addmm`` and ``aten::mm``). It also gives the rate at which the attention reads the KV cache (the
+columns it reads: the C kernel skips each row's left padding, PyTorch's ops read every column), next to this
+machine's streaming read rate (the sum of a 256 MB tensor), and the float32 GFLOP/s of one decode-step
+projection through MKL and through oneDNN.
 
     python benchmarks/bench_sampler.py [--batch-size 64] [--new-tokens 48] [--repeats 5]
 """
@@ -33,16 +36,17 @@ import platform
 import time
 from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
-from rlhf_env.accel import kernels, onednn
+from rlhf_env.accel import decoder, kernels, onednn
 from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
 
-METHODS = ("hf_generate_mkl", "hf_generate", "hf_cache_loop", "lean_gpt2")
+METHODS = ("hf_generate_mkl", "hf_generate", "hf_cache_loop", "lean_torch_attention", "lean_gpt2")
 PROJECTION_OPS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")  # MKL's GEMMs, oneDNN's
 
 
@@ -64,15 +68,29 @@ def lean_breakdown(model, tokenizer, ids, mask, new_tokens: int, repeats: int, l
         run("lean_gpt2", model, tokenizer, ids, mask, new_tokens, 0)
     self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total_us = sum(self_us.values())
-    attention_us = self_us.get("aten::bmm", 0.0)
-    c = model.config
-    B, P = ids.shape
-    # Each decode step (the first token comes from the prefill) reads every layer's keys and values so far.
-    kv_bytes = sum(2 * c.n_layer * B * c.n_embd * (P + s) * 4 for s in range(1, new_tokens))
+    attention = {"s": 0.0, "columns": 0}
+    attend_c, attend_torch = decoder.attend_c, decoder.attend_torch
+
+    def timed(fn, columns):
+        def call(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            attention["s"] += time.perf_counter() - start
+            attention["columns"] += columns(*args)
+            return out
+        return call
+
+    # the columns read: the C kernel's, each row's from its start to t; PyTorch's, every one up to t
+    with (mock.patch.object(decoder, "attend_c", timed(attend_c, lambda qkv, kv, bias, start, t, scale:
+                                                        int((t + 1 - start).sum()))),
+          mock.patch.object(decoder, "attend_torch", timed(attend_torch, lambda qkv, kv, bias, t, scale:
+                                                            len(qkv) * (t + 1)))):
+        timed_s = median_time(partial(run, "lean_gpt2", model, tokenizer, ids, mask, new_tokens, 0), 1)
+    kv_bytes = 2 * model.config.n_embd * 4 * attention["columns"]  # keys and values, float32
     return {"lean_prefill_s": prefill_s, "lean_step_ms": (lean_s - prefill_s) / (new_tokens - 1) * 1e3,
-            "lean_prefill_share": prefill_s / lean_s, "lean_attention_share": attention_us / total_us,
+            "lean_prefill_share": prefill_s / lean_s, "lean_attention_share": attention["s"] / timed_s,
             "lean_projection_share": sum(self_us.get(k, 0.0) for k in PROJECTION_OPS) / total_us,
-            "kv_cache_read_gb_per_s": kv_bytes / (attention_us * 1e-6) / 1e9}
+            "kv_cache_read_gb_per_s": kv_bytes / attention["s"] / 1e9}
 
 
 def gemm_gflops(batch: int, width: int, repeats: int = 200) -> dict[str, float]:
@@ -106,8 +124,10 @@ def run(method: str, model, tokenizer, ids, mask, new_tokens: int, seed: int) ->
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
         return out[:, ids.shape[1]:]
-    fast = method == "lean_gpt2"
-    return sample_from_ids(model, tokenizer, ids, mask, new_tokens, 1.0, generator, fast=fast,
+    if method == "lean_torch_attention":
+        with mock.patch.object(decoder, "c_attention", lambda config: False):
+            return run("lean_gpt2", model, tokenizer, ids, mask, new_tokens, seed)
+    return sample_from_ids(model, tokenizer, ids, mask, new_tokens, 1.0, generator, fast=method != "hf_cache_loop",
                            stop_at_eos=False).response_ids
 
 
@@ -141,18 +161,19 @@ def main() -> None:
                **{f"{m}_s": times[m] for m in METHODS}, **{f"{m}_tokens_per_s": tokens / times[m] for m in METHODS},
                "speedup_vs_generate_mkl": times["hf_generate_mkl"] / times["lean_gpt2"],
                "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
-               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"], **breakdown,
+               "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"],
+               "speedup_vs_torch_attention": times["lean_torch_attention"] / times["lean_gpt2"], **breakdown,
                **{f"gemm_gflops_{k}": v for k, v in gemm_gflops(args.batch_size, model.config.n_embd).items()}}
         rows.append(row)
 
     print(f"batch {args.batch_size}, {args.new_tokens} new tokens per row, tokens/s (median of {args.repeats}), "
           f"{torch.get_num_threads()} threads")
-    print(f"{'policy':<11}{'params':>8}{'generate, MKL':>15}{'generate':>10}{'HF loop':>10}{'lean':>10}"
-          f"{'vs generate, MKL':>18}{'vs generate':>13}")
+    print(f"{'policy':<11}{'params':>8}{'generate, MKL':>15}{'generate':>10}{'HF loop':>10}{'lean, torch attn':>18}"
+          f"{'lean':>10}{'vs generate, MKL':>18}{'vs generate':>13}")
     for r in rows:
         print(f"{r['policy']:<11}{r['parameters'] / 1e6:>7.1f}M{r['hf_generate_mkl_tokens_per_s']:>15.0f}"
               f"{r['hf_generate_tokens_per_s']:>10.0f}{r['hf_cache_loop_tokens_per_s']:>10.0f}"
-              f"{r['lean_gpt2_tokens_per_s']:>10.0f}{r['speedup_vs_generate_mkl']:>17.1f}x"
+              f"{r['lean_torch_attention_tokens_per_s']:>18.0f}{r['lean_gpt2_tokens_per_s']:>10.0f}{r['speedup_vs_generate_mkl']:>17.1f}x"
               f"{r['speedup_vs_generate']:>12.1f}x")
     for r in rows:
         print(f"{r['policy']} kernels: {r['kernels']}")

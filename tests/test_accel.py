@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 import rlhf_env.accel as accel
-from rlhf_env.accel import gelu, onednn
+from rlhf_env.accel import native, onednn
 from rlhf_env.accel.decoder import GPT2Decoder
 from rlhf_env.accel.gelu import TanhGELU
 from rlhf_env.accel.switch import ENV_VAR, switched_off
@@ -17,7 +17,7 @@ from rlhf_env.models import load_policy, new_model
 from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
 
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
-GELU_MEASURED = ("gelu",) if gelu.compiler() is not None else ()  # the C GELU is measured where it builds
+GELU_MEASURED = ("gelu",) if native.compiler() is not None else ()  # the C GELU is measured where it builds
 PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
 
 
@@ -110,8 +110,9 @@ def measured_kernels(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "_chosen", {})
     asked = []
-    speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0}}
-    monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer: asked.append(width) or speedups[width])
+    speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5}}
+    monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer, heads: asked.append(width)
+                        or speedups[width])
     return asked
 
 
@@ -127,8 +128,9 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert measured_kernels == [32]
     (choice,) = kernels.chosen()
     assert (choice.layers, choice.decode, choice.source) == (True, False, "measured")
-    assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten; measured now"
-            in choice.describe())
+    assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten, decode attention torch;"
+            " measured now" in choice.describe())
+    assert not decoder.c_attention  # not measured: PyTorch's ops
     assert not any(type(m) is TanhGELU for m in model.modules())  # GELU: not measured, so aten's
 
     monkeypatch.setattr(kernels, "_chosen", {})  # as a new process on this machine: the cache answers
@@ -136,11 +138,15 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert measured_kernels == [32] and kernels.chosen()[0].source == "cache"
     assert kernels.chosen()[0].speedup == {"layers": 1.25, "decode": 0.8}
 
-    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN, or the C GELU.
+    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN, or the C GELU and attention.
     wider = new_model(dict(n_embd=48, n_layer=1, n_head=2), tokenizer)
-    assert not swapped(wider) and GPT2Decoder(wider, 2, 8).head.onednn and measured_kernels == [32, 48]
+    decoder = GPT2Decoder(wider, 2, 8)
+    assert not swapped(wider) and decoder.head.onednn and measured_kernels == [32, 48]
     assert type(wider.transformer.h[0].mlp.act) is TanhGELU and kernels.chosen()[1].gelu
-    assert "GELU C kernel (C 2.00x aten)" in kernels.chosen()[1].describe()
+    assert decoder.c_attention == (native.library() is not None) and kernels.chosen()[1].attention
+    assert ("1 layer, width 48, 2 heads, inner 192, vocab 768: layers MKL (oneDNN 1.02x stock), decode oneDNN (oneDNN "
+            "1.10x stock), GELU C kernel (C 2.00x aten), decode attention C kernel (C 1.50x torch); measured now"
+            == kernels.chosen()[1].describe())
     with kernels.forced("stock"):  # nothing measured, no oneDNN
         assert not swapped(load_policy(str(tiny_policy_dir))[0]) and measured_kernels == [32, 48]
         assert [c.source for c in kernels.chosen()] == ["stock"]
@@ -170,7 +176,8 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     assert choice.gelu == (choice.speedup.get("gelu", 0) > 1 / (1 - kernels.MARGIN))
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved == {f"{kernels.machine()} | 1 layer, width 16, inner 64, vocab 40": {
-        "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "speedup": choice.speedup}}
+        "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "attention": False,
+        "speedup": choice.speedup}}  # no heads in the config: no attention measured
 
 
 def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stock(measured_kernels, monkeypatch):
@@ -190,7 +197,7 @@ def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stoc
     assert (choice.layers, choice.decode, choice.source, measured_kernels) == (True, False, "cache", [32])
 
 
-@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY", "NO GELU"])
+@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY", "NO GELU", "NO ATTENTION"])
 def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_kernels, tmp_path, cache_text):
     from rlhf_env.accel import kernels
 
@@ -200,12 +207,16 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
         cache_text = json.dumps({key: {"layers": True, "decode": True}})
     if cache_text == "NO GELU":  # an older version's entry: GELU not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "speedup": {"layers": 1.3, "decode": 1.3}}})
+    if cache_text == "NO ATTENTION":  # the last version's entry: decode attention not measured
+        cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True,
+                                       "speedup": {"layers": 1.3, "decode": 1.3, "gelu": 2.0}}})
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "kernels.json").write_text(cache_text)
     choice = kernels.choose(config)
     assert (choice.source, measured_kernels) == ("measured", [32])
     saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
-    assert saved[key] == {"layers": True, "decode": False, "gelu": False, "speedup": {"layers": 1.25, "decode": 0.8}}
+    assert saved[key] == {"layers": True, "decode": False, "gelu": False, "attention": False,
+                          "speedup": {"layers": 1.25, "decode": 0.8}}
 
 
 @needs_onednn
@@ -222,7 +233,8 @@ def test_a_choice_made_under_no_grad_measures_the_backward_too(tmp_path, monkeyp
     with torch.no_grad():
         GPT2Decoder(model, 2, 8)
     (choice,) = kernels.chosen()
-    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode", *GELU_MEASURED}
+    attention = ("attention",) if GELU_MEASURED else ()  # (a config with heads: the C attention is measured too)
+    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode", *GELU_MEASURED, *attention}
 
 
 def test_a_resumed_run_keeps_the_kernels_it_started_with(measured_kernels, tiny_policy_dir, world_dir, tmp_path,
@@ -247,3 +259,18 @@ def test_a_resumed_run_keeps_the_kernels_it_started_with(measured_kernels, tiny_
     monkeypatch.setattr(kernels, "_chosen", {})
     fresh = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "fresh", iterations=1))  # a new run measures
     assert not swapped(fresh.policy) and measured_kernels == [32, 32]
+
+
+def test_a_run_recorded_before_heads_and_attention_were_measured_resumes_on_its_kernels(measured_kernels, tmp_path):
+    """An older ``OUT/kernels.json`` names shapes without heads and has no attention choice: the resumed run takes
+    its layers and GELU as recorded and PyTorch's decode attention, and measures nothing."""
+    from rlhf_env.accel import kernels
+
+    (tmp_path / "kernels.json").write_text(json.dumps({"choices": [
+        {"shape": "1 layer, width 32, inner 128, vocab 40", "layers": True, "decode": False, "gelu": False,
+         "speedup": {"layers": 1.3, "decode": 0.9}, "source": "measured"}]}))
+    kernels.restore(tmp_path)
+    choice = kernels.choose(SimpleNamespace(n_embd=32, n_head=4, n_inner=None, vocab_size=40))
+    assert (choice.shape, choice.layers, choice.decode, choice.gelu, choice.attention, choice.source) == (
+        "1 layer, width 32, 4 heads, inner 128, vocab 40", True, False, False, False, "run")
+    assert measured_kernels == []

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 import rlhf_env.accel as accel
-from rlhf_env.accel import gelu
+from rlhf_env.accel import gelu, native
 from rlhf_env.accel.gelu import TanhGELU
 from rlhf_env.accel.gpt2 import load_torch_gpt2
 from rlhf_env.accel.switch import switched_off
 from rlhf_env.models import new_model
 
-needs_compiler = pytest.mark.skipif(gelu.compiler() is None, reason="no C compiler to build the kernel")
+needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C compiler to build the kernel")
 
 
 def inputs() -> torch.Tensor:
@@ -35,7 +35,7 @@ def test_the_c_gelu_is_at_least_as_close_to_float64_as_atens():
     """Forward and backward against the tanh GELU in float64. Forward: within 32 float32 ulps wherever the value is
     above 1e-6 (aten's tanh form loses whole digits in the negative tail: far more ulps there) and 1e-9 below it;
     backward: within 1e-6, where aten is within about 3e-6. Both agree with aten's to float32 tolerance."""
-    assert gelu.library() is not None  # a compiler is there: the build must work
+    assert native.library() is not None  # a compiler is there: the build must work
     x = inputs()
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     exact = F.gelu(x.double(), approximate="tanh")
@@ -92,31 +92,34 @@ def test_the_envs_torch_gpt2_with_the_c_gelu_scores_as_without(tiny_policy_dir):
 
 
 @needs_compiler
-def test_without_a_compiler_everything_stays_on_atens_gelu(monkeypatch, tmp_path):
+def test_without_a_compiler_everything_stays_on_pytorchs_kernels(monkeypatch, tmp_path):
     """No compiler: no library, ``apply`` is aten's GELU bit for bit, forcing the package's kernels
-    (``RLHF_ENV_KERNELS=onednn``) leaves the GELU on aten, and so does a resumed run that started on the C GELU."""
+    (``RLHF_ENV_KERNELS=onednn``) leaves the GELU and the decode attention on PyTorch's, and so does a resumed run
+    that started on the C kernels."""
     from types import SimpleNamespace
 
     from rlhf_env.accel import kernels
 
-    monkeypatch.setattr(gelu, "compiler", lambda: None)
-    gelu.library.cache_clear()
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    native.library.cache_clear()
     try:
-        assert gelu.library() is None
+        assert native.library() is None
         x = torch.randn(300, 70, generator=torch.Generator().manual_seed(0))
         assert torch.equal(gelu.apply(x), F.gelu(x, approximate="tanh"))
         with kernels.forced("onednn"):
-            assert not kernels.choose(SimpleNamespace(n_embd=8, n_inner=None, vocab_size=16)).gelu
+            forced = kernels.choose(SimpleNamespace(n_embd=8, n_head=2, n_inner=None, vocab_size=16))
+            assert forced.layers and not forced.gelu and not forced.attention
         # A run that started on the C GELU, resumed on a machine that cannot build it: aten's, and it says so.
         (tmp_path / "kernels.json").write_text(json.dumps({"choices": [
-            {"shape": "1 layer, width 8, inner 32, vocab 16", "layers": False, "decode": False, "gelu": True,
-             "speedup": {"gelu": 2.0}, "source": "measured"}]}))
+            {"shape": "1 layer, width 8, 2 heads, inner 32, vocab 16", "layers": False, "decode": False, "gelu": True,
+             "attention": True, "speedup": {"gelu": 2.0, "attention": 1.5}, "source": "measured"}]}))
         monkeypatch.setenv(kernels.POLICY_VAR, "auto")
         monkeypatch.setattr(kernels, "_chosen", {})
         kernels.restore(tmp_path)
         (restored,) = kernels.chosen()
-        assert restored.source == "run" and not restored.gelu and "GELU aten (C 2.00x aten)" in restored.describe()
+        assert restored.source == "run" and not restored.gelu and not restored.attention
+        assert "GELU aten (C 2.00x aten), decode attention torch (C 1.50x torch)" in restored.describe()
     finally:
         monkeypatch.undo()
-        gelu.library.cache_clear()
-    assert gelu.library() is not None
+        native.library.cache_clear()
+    assert native.library() is not None

@@ -60,7 +60,8 @@ def test_fused_gelu_computes_what_gpt2s_own_activation_does(tiny_policy_dir, tok
     from transformers import AutoModelForCausalLM
     from transformers.activations import GELUTanh, NewGELUActivation
 
-    from rlhf_env.accel.gelu import TanhGELU, library
+    from rlhf_env.accel.gelu import TanhGELU
+    from rlhf_env.accel.native import library
 
     original = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
     assert any(isinstance(m, NewGELUActivation) for m in original.modules())

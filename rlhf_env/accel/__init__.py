@@ -5,6 +5,7 @@
 - ``decoder``: the sampler's lean GPT-2 path (static KV cache, packed weights, bucketed prefill);
 - ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel: aten's, or the
   package's C kernel (``gelu``) where ``kernels`` measured it faster on this machine;
+- ``native``: the package's C kernels (the GELU, the decoder's decode-step attention), built once per machine;
 - ``gpt2``: the envs' frozen bundled models (reference, likelihood RM) in plain torch, loaded without
   importing transformers (``rlhf_env.models.load_reference``).
 
@@ -137,12 +138,22 @@ def c_gelu(config) -> bool:
     """Whether a model with this config should run its tanh GELU through the package's C kernel here:
     acceleration is enabled and ``kernels.choose`` found the kernel (built on this machine) faster, or was told
     to use it."""
+    return _c_kernel(config, "gelu")
+
+
+def c_attention(config) -> bool:
+    """Whether the sampler's lean decoder should run a model's decode-step attention through the package's C
+    kernel here (``rlhf_env.accel.decoder``): as ``c_gelu``, for ``kernels.Choice.attention``."""
+    return _c_kernel(config, "attention")
+
+
+def _c_kernel(config, use: str) -> bool:
     from rlhf_env.accel import kernels
 
     if not enabled():
         return False
     try:
-        return kernels.choose(config).gelu
+        return getattr(kernels.choose(config), use)
     except AttributeError:  # as in onednn_layers
         return False
 

@@ -16,7 +16,10 @@ sampled as it is now.
   torch has it and ``rlhf_env.accel.kernels`` measured it faster on this machine, and ``addmm`` elsewhere;
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else the package's C kernel or
   ``F.gelu``'s, as ``rlhf_env.accel.kernels`` chose);
-- ``scaled_dot_product_attention`` for the prefill's attention;
+- ``scaled_dot_product_attention`` for the prefill's attention, and for a decoding step's the package's C kernel
+  (``attend_c``: the new keys and values written and each row's attention in one pass, which reads no column of a
+  row's left padding) where ``rlhf_env.accel.kernels`` measured it faster than the same in PyTorch ops
+  (``attend_torch``) on this machine;
 - the LM head only on the last position.
 
 It matches HF's logits to float rounding (tested). ``GPT2Decoder.supports(model)`` says whether a
@@ -31,7 +34,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import c_gelu, gelu, kernels
+from rlhf_env.accel import c_attention, c_gelu, gelu, kernels, native
 from rlhf_env.accel.gpt2 import TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
@@ -55,6 +58,31 @@ class Linear:
             return y if self.onednn_act is None else self.onednn_act(y)
         y = x @ self.weight if self.bias is None else torch.addmm(self.bias, x, self.weight)
         return y if self.act is None else self.act(y)
+
+
+def attend_torch(qkv: torch.Tensor, kv: torch.Tensor, key_bias: torch.Tensor, t: int, scale: float) -> torch.Tensor:
+    """One decoding step's attention in PyTorch ops: the step's projections ``qkv`` (B, 3 E) give the queries, and
+    the keys and values that are written at column ``t`` of the layer's cache ``kv`` (2, B, H, T, D); every
+    row attends to its columns up to ``t`` with the additive ``key_bias`` (B, 1, 1, T). Returns (B, E)."""
+    B, H, D = qkv.shape[0], kv.shape[2], kv.shape[4]
+    qkv = qkv.view(B, 3, H, 1, D)
+    kv[:, :, :, t:t + 1] = qkv[:, 1:].transpose(0, 1)
+    scores = (qkv[:, 0] @ kv[0, :, :, :t + 1].transpose(-1, -2)).mul_(scale).add_(key_bias[..., :t + 1])
+    return (torch.softmax(scores, -1) @ kv[1, :, :, :t + 1]).view(B, H * D)
+
+
+def attend_c(qkv: torch.Tensor, kv: torch.Tensor, key_bias: torch.Tensor, start: torch.Tensor, t: int,
+             scale: float) -> torch.Tensor:
+    """``attend_torch`` through the package's C kernel (float32 CPU tensors, ``kv`` and ``key_bias`` contiguous,
+    ``native.library()`` built), which reads each row's columns from ``start`` (B,) on only: a row's left padding,
+    masked in ``key_bias``, is skipped instead of multiplied by 0."""
+    B, H, D = qkv.shape[0], kv.shape[2], kv.shape[4]
+    qkv, out = qkv.contiguous(), torch.empty(B, H * D, dtype=qkv.dtype)
+    k, v = kv[0], kv[1]
+    native.library().attend_step(qkv.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+                                 key_bias.data_ptr(), key_bias.stride(0), start.data_ptr(), B, H, D, t, scale,
+                                 out.data_ptr(), native.threads(B * H * (t + 1) * D))
+    return out
 
 
 def first_rows(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -102,7 +130,10 @@ class GPT2Decoder:
         self.cache = torch.empty(len(self.layers), 2, batch_size, self.n_head, max_length, self.head_dim,
                                  dtype=p.dtype, device=p.device)
         self.key_bias = torch.zeros(batch_size, 1, 1, max_length, dtype=p.dtype, device=p.device)  # -inf: padding
+        self.start = torch.zeros(batch_size, dtype=torch.long, device=p.device)  # each row's first real column
         self.length = 0  # tokens in the cache
+        self.c_attention = (p.device.type == "cpu" and p.dtype == torch.float32 and c_attention(c)
+                            and native.library() is not None)
 
     @staticmethod
     def supports(model) -> bool:
@@ -128,6 +159,7 @@ class GPT2Decoder:
                              f"prompts of shape {tuple(ids.shape)}")
         E, H, D = self.n_embd, self.n_head, self.head_dim
         self.key_bias[:, 0, 0, :P] = torch.where(mask.bool(), 0.0, float("-inf"))
+        self.start = mask.long().argmax(1)  # (a row of all padding: 0, and the bias masks it)
         self.cache[:, :, :, :, :P].zero_()  # padding columns a chunk skips are masked, but NaN * 0 is NaN
         lengths = mask.sum(1)
         # (B,): the first row with each row's prompt
@@ -157,18 +189,16 @@ class GPT2Decoder:
 
     def step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,) at positions ``pos`` (B,); return the next logits (B, V)."""
-        B, E = token.shape[0], self.n_embd
-        t = self.length
-        self.length = end = t + 1
-        bias = self.key_bias[:, :, :, :end]
+        E, t = self.n_embd, self.length
+        self.length = t + 1
         x = self.wte[token] + self.wpe[pos]  # (B, E)
         for i, (w1, b1, e1, qkv_proj, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
-            qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1)).view(B, 3, self.n_head, 1, self.head_dim)
-            kv = self.cache[i]  # (2, B, H, T, D)
-            kv[:, :, :, t:end] = qkv[:, 1:].transpose(0, 1)
-            scores = (qkv[:, 0] @ kv[0, :, :, :end].transpose(-1, -2)).mul_(self.scales[i]).add_(bias)
-            out = torch.softmax(scores, -1) @ kv[1, :, :, :end]  # (B, H, 1, D)
-            x = o(out.view(B, E)).add_(x)
+            qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1))  # (B, 3 E)
+            if self.c_attention:
+                out = attend_c(qkv, self.cache[i], self.key_bias, self.start, t, self.scales[i])
+            else:
+                out = attend_torch(qkv, self.cache[i], self.key_bias, t, self.scales[i])
+            x = o(out).add_(x)
             x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
         return self._head(x)
 
@@ -176,6 +206,7 @@ class GPT2Decoder:
         """Run only ``rows`` (indices of this decoder's rows) from now on; they keep their cache (one copy of it)."""
         self.cache = self.cache[:, :, rows]
         self.key_bias = self.key_bias[rows]
+        self.start = self.start[rows]
 
     def _head(self, last: torch.Tensor) -> torch.Tensor:
         return self.head(F.layer_norm(last, (self.n_embd,), *self.ln_f))

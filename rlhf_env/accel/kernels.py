@@ -9,8 +9,12 @@ loses on others (``benchmarks/bench_ppo_iteration.py`` times both), so no fixed 
 - ``decode``: the sampler's per-step projections on prepacked weights, at a batch of single tokens,
   against ``addmm``;
 
-and likewise ``gelu``: the MLP's tanh GELU, forward and backward at a minibatch's worth of rows of the inner
-width, through the package's C kernel (``rlhf_env.accel.gelu``, where a C compiler built it) against aten's.
+and likewise, for the package's C kernels (``rlhf_env.accel.native``, where a C compiler built them):
+
+- ``gelu``: the MLP's tanh GELU, forward and backward at a minibatch's worth of rows of the inner width, through
+  ``rlhf_env.accel.gelu`` against aten's;
+- ``attention``: the sampler's decode-step attention over a KV cache of a batch of left-padded prompts, through
+  ``rlhf_env.accel.decoder.attend_c`` against the same in PyTorch ops (``attend_torch``).
 
 A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version) and per shape in
@@ -21,7 +25,7 @@ launcher (``WORLD_SIZE`` > 1) nothing is measured, since ranks timing at once on
 a cached result for the ranks' thread count is used, else stock PyTorch. A measurement spends about
 ``BUDGET_S`` per use and shape, and one that fails (it should not) leaves stock PyTorch.
 ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the measurement and forces the package's kernels (oneDNN, and
-the C GELU where it built) or stock PyTorch's (``auto``, the default, measures). ``chosen()`` lists what this
+the C kernels where they built) or stock PyTorch's (``auto``, the default, measures). ``chosen()`` lists what this
 process chose, for the run log.
 """
 
@@ -42,6 +46,7 @@ CACHE_VAR = "RLHF_ENV_CACHE"
 MARGIN = 0.03  # a kernel must take under (1 - MARGIN) of stock's time
 LAYER_ROWS = 1024  # about one PPO minibatch: 16 sequences of ~64 tokens
 DECODE_ROWS = 64  # the sampler's default batch, one token each
+DECODE_PROMPT, DECODE_NEW = 48, 48  # the attention's measured cache: prompts of up to 48 tokens, 48 new ones
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
 MIN_REPEATS, MAX_REPEATS = 3, 7
 
@@ -49,9 +54,10 @@ MIN_REPEATS, MAX_REPEATS = 3, 7
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each, ``gelu``
-    whether the C GELU is; ``speedup`` is stock's time over the candidate's for each (above 1: the candidate
-    faster), without the ones not measured; ``source`` is how it was decided: "measured", "cache", "unmeasured"
-    (several ranks, no cached result), or the forcing policy ("onednn" or "stock")."""
+    and ``attention`` whether the C GELU and the C decode-step attention are; ``speedup`` is stock's time over
+    the candidate's for each (above 1: the candidate faster), without the ones not measured; ``source`` is how it
+    was decided: "measured", "cache", "unmeasured" (several ranks, no cached result), or the forcing policy
+    ("onednn" or "stock")."""
 
     shape: str
     layers: bool
@@ -59,6 +65,7 @@ class Choice:
     speedup: dict
     source: str
     gelu: bool = False  # (last: a run recorded before the C GELU existed used aten's)
+    attention: bool = False  # (and one recorded before the C attention, PyTorch's)
 
     def describe(self) -> str:
         def one(use: str) -> str:
@@ -66,15 +73,18 @@ class Choice:
             measured = f" (oneDNN {ratio:.2f}x stock)" if ratio is not None else ""
             return f"{use} {'oneDNN' if getattr(self, use) else 'MKL'}{measured}"
 
-        ratio = self.speedup.get("gelu")
-        gelu = f"GELU {'C kernel' if self.gelu else 'aten'}" + (f" (C {ratio:.2f}x aten)" if ratio is not None else "")
+        def c(use: str, name: str, stock: str) -> str:
+            ratio = self.speedup.get(use)
+            return (f"{name} {'C kernel' if getattr(self, use) else stock}"
+                    + (f" (C {ratio:.2f}x {stock})" if ratio is not None else ""))
 
         how = {"measured": "measured now", "cache": "measured before, cached", "run": "as this run chose at its start",
                "failed": "the measurement failed: stock kernels",
                "unmeasured": "not measured under several ranks: stock kernels (a single process at the ranks' "
                              "thread count measures them for later runs)"}
         how = how.get(self.source, f"{POLICY_VAR}={self.source}")
-        return f"{self.shape}: {one('layers')}, {one('decode')}, {gelu}; {how}"
+        return (f"{self.shape}: {one('layers')}, {one('decode')}, {c('gelu', 'GELU', 'aten')}, "
+                f"{c('attention', 'decode attention', 'torch')}; {how}")
 
 
 _chosen: dict[str, Choice] = {}
@@ -141,42 +151,54 @@ def shapes(config) -> tuple[int, int, int]:
     return int(width), int(inner), int(config.vocab_size)
 
 
+def heads_of(config) -> int | None:
+    """Attention heads of a config (GPT-2's or a generic HF one's name), None if it names none."""
+    heads = getattr(config, "n_head", None) or getattr(config, "num_attention_heads", None)
+    return int(heads) if heads else None
+
+
 def choose(config) -> Choice:
     """The kernels for a model with this config (see the module docstring)."""
     width, inner, vocab = shapes(config)
-    n_layer = layers_of(config)
-    shape = f"{n_layer} layer{'s' * (n_layer != 1)}, width {width}, inner {inner}, vocab {vocab}"
+    n_layer, heads = layers_of(config), heads_of(config)
+    older = f"{n_layer} layer{'s' * (n_layer != 1)}, width {width}, inner {inner}, vocab {vocab}"
+    shape = older.replace(", inner", f", {heads} heads, inner") if heads else older
     if shape in _chosen:
+        return _chosen[shape]
+    if older != shape and getattr(_chosen.get(older), "source", None) == "run":  # recorded before heads were
+        _chosen[shape] = dataclasses.replace(_chosen[older], shape=shape)
         return _chosen[shape]
     wanted = policy()
     if wanted != "auto":
         forced = wanted == "onednn"
-        choice = Choice(shape, forced, forced, {}, wanted, forced and _gelu_built())
+        choice = Choice(shape, forced, forced, {}, wanted, forced and _c_built(), forced and _c_built())
     else:
         key = f"{machine()} | {shape}"
         cached = _read_cache().get(key)
-        if _valid(cached) and isinstance(cached.get("gelu"), bool):
-            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache", cached["gelu"])
+        if _valid(cached) and all(isinstance(cached.get(use), bool) for use in ("gelu", "attention")):
+            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache", cached["gelu"],
+                            cached["attention"])
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
             choice = Choice(shape, False, False, {}, "unmeasured")
         else:
             try:
-                speedup = measure(width, inner, vocab, n_layer)
+                speedup = measure(width, inner, vocab, n_layer, heads)
             except (RuntimeError, NotImplementedError) as e:  # a kernel that cannot run here: stay on stock
                 choice = Choice(shape, False, False, {"error": f"{type(e).__name__}: {e}"}, "failed")
             else:
-                faster = {use: speedup.get(use, 0.0) > 1 / (1 - MARGIN) for use in ("layers", "decode", "gelu")}
-                choice = Choice(shape, faster["layers"], faster["decode"], speedup, "measured", faster["gelu"])
-                _write_cache(key, {"layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu,
-                                   "speedup": speedup})
+                uses = ("layers", "decode", "gelu", "attention")
+                faster = {use: speedup.get(use, 0.0) > 1 / (1 - MARGIN) for use in uses}
+                choice = Choice(shape, faster["layers"], faster["decode"], speedup, "measured", faster["gelu"],
+                                faster["attention"])
+                _write_cache(key, {**{use: faster[use] for use in uses}, "speedup": speedup})
     _chosen[shape] = choice
     return choice
 
 
-def _gelu_built() -> bool:
-    from rlhf_env.accel import gelu
+def _c_built() -> bool:
+    from rlhf_env.accel import native
 
-    return gelu.library() is not None
+    return native.library() is not None
 
 
 def _valid(entry) -> bool:
@@ -190,8 +212,8 @@ def _valid(entry) -> bool:
 def restore(out: str | os.PathLike) -> None:
     """Take the choices a run recorded in ``OUT/kernels.json`` (``rlhf_env.training.run.Run`` writes it), so that
     the run, resumed, continues on the kernels it started with; call it before the run loads a model. Nothing
-    for a new run, or under a forcing ``RLHF_ENV_KERNELS``. A recorded C GELU that cannot be built here becomes
-    aten's (and says so)."""
+    for a new run, or under a forcing ``RLHF_ENV_KERNELS``. A recorded C kernel that cannot be built here becomes
+    PyTorch's (and says so)."""
     if policy() != "auto":
         return
     try:
@@ -202,7 +224,8 @@ def restore(out: str | os.PathLike) -> None:
         if _valid(entry) and isinstance(entry.get("shape"), str):
             _chosen.setdefault(entry["shape"], Choice(entry["shape"], entry["layers"], entry["decode"],
                                                       entry["speedup"], "run",
-                                                      entry.get("gelu") is True and _gelu_built()))
+                                                      entry.get("gelu") is True and _c_built(),
+                                                      entry.get("attention") is True and _c_built()))
 
 
 def chosen() -> list[Choice]:
@@ -231,11 +254,12 @@ def _write_cache(key: str, entry: dict) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def measure(width: int, inner: int, vocab: int, n_layer: int = 1) -> dict[str, float]:
+def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | None = None) -> dict[str, float]:
     """Stock time over the candidate's (the median of interleaved rounds): oneDNN's for ``layers`` and
     ``decode``, on the model's projections (a GPT-2 block's four, ``n_layer`` times, and the LM head once),
-    where this torch has oneDNN; the C kernel's for ``gelu``, on ``n_layer`` GELUs of the inner width, where it
-    built. It runs backward passes whatever the caller's grad mode."""
+    where this torch has oneDNN; the C kernels' where they built: for ``gelu``, on ``n_layer`` GELUs of the inner
+    width, and for ``attention`` (given the ``heads``), on ``n_layer`` layers' decode steps. It runs backward
+    passes whatever the caller's grad mode."""
     import torch
 
     from rlhf_env.accel import onednn
@@ -243,7 +267,8 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1) -> dict[str, f
     dims = [(3 * width, width), (width, width), (inner, width), (width, inner)] * n_layer + [(vocab, width)]
     with torch.inference_mode(False), torch.enable_grad():  # e.g. the sampler chooses under no_grad
         return {**(_measure(dims) if onednn.kernel_works() else {}),
-                **({"gelu": _measure_gelu(inner, n_layer)} if _gelu_built() else {})}
+                **({"gelu": _measure_gelu(inner, n_layer)} if _c_built() else {}),
+                **({"attention": _measure_attention(width, heads, n_layer)} if heads and _c_built() else {})}
 
 
 def _measure_gelu(inner: int, n_layer: int) -> float:
@@ -263,6 +288,35 @@ def _measure_gelu(inner: int, n_layer: int) -> float:
         return rounds
 
     return _ratio(run(lambda v: F.gelu(v, approximate="tanh")), run(gelu.apply))
+
+
+def _measure_attention(width: int, heads: int, n_layer: int) -> float:
+    """Decode steps at ``DECODE_ROWS`` rows over a cache of left-padded prompts (each row's prompt of 8 to
+    ``DECODE_PROMPT`` tokens), every fourth of ``DECODE_NEW`` steps, once per layer."""
+    import torch
+
+    from rlhf_env.accel.decoder import attend_c, attend_torch
+
+    generator = torch.Generator().manual_seed(0)
+    B, P, D = DECODE_ROWS, DECODE_PROMPT, width // heads
+    cache = torch.randn(2, B, heads, P + DECODE_NEW, D, generator=generator)
+    qkv = torch.randn(B, 3 * width, generator=generator)
+    start = P - torch.randint(8, P + 1, (B,), generator=generator)
+    bias = torch.where(torch.arange(P + DECODE_NEW) < start[:, None], float("-inf"), 0.0)[:, None, None]
+    steps = range(P, P + DECODE_NEW, 4)
+
+    def torch_steps():
+        with torch.no_grad():
+            for _ in range(n_layer):
+                for t in steps:
+                    attend_torch(qkv, cache, bias, t, D**-0.5)
+
+    def c_steps():
+        for _ in range(n_layer):
+            for t in steps:
+                attend_c(qkv, cache, bias, start, t, D**-0.5)
+
+    return _ratio(torch_steps, c_steps)
 
 
 def _measure(dims: list[tuple[int, int]]) -> dict[str, float]:

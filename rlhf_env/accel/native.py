@@ -1,0 +1,81 @@
+"""The package's C kernels (``cpu.c``): built once per machine with the system's C compiler, loaded with ctypes.
+
+``library()`` compiles ``cpu.c`` at first use with ``$CC`` (else ``cc`` or ``gcc``; ``-O3 -march=native -fopenmp``,
+512-bit vectors where the CPU has them) into ``$RLHF_ENV_CACHE/cpu-<hash>.so``, where the hash covers the source, the
+compiler, the flags and the CPU's model and instruction sets: built once per machine, and one file per CPU in a cache
+that several share. No Python build step and no pickles; the loops run on torch's own OpenMP runtime. Without a
+compiler, or if the build or load fails, it is None, and every caller stays on PyTorch's kernels:
+
+- ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, forward and backward;
+- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``).
+
+Whether each is used on a model is measured per machine, against PyTorch's, by ``rlhf_env.accel.kernels``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("cpu.c")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-shared", "-fPIC")
+PARALLEL_FROM = 1 << 16  # elements below which one thread does it all (a parallel region costs microseconds)
+
+_P, _N, _I, _F = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float
+SIGNATURES = {  # each function's argument types (all return nothing)
+    "gelu_forward": [_P, _P, _N, _I],
+    "gelu_backward": [_P, _P, _P, _N, _I],
+    "attend_step": [_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I],
+}
+
+
+def compiler() -> str | None:
+    """The C compiler to build with: ``$CC``, else ``cc`` or ``gcc`` on the PATH; None if there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built at the first call in this machine's cache if need be; None where they cannot be
+    built or loaded."""
+    from rlhf_env.accel.kernels import cache_file, cpuinfo
+
+    cc = compiler()
+    if cc is None:
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        cpu = [cpuinfo("model name") or platform.processor(), cpuinfo("flags")]  # what -march=native compiles for
+        digest = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS, *cpu]).encode()).hexdigest()[:16]
+        target = cache_file().with_name(f"cpu-{digest}.so")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built aside, then moved in atomically
+                built = Path(tmp) / target.name
+                subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True,
+                               timeout=120)
+                os.replace(built, target)
+        lib = ctypes.CDLL(str(target))
+        for name, argtypes in SIGNATURES.items():
+            function = getattr(lib, name)
+            function.argtypes, function.restype = argtypes, None
+    except (OSError, AttributeError, subprocess.SubprocessError):
+        return None
+    return lib
+
+
+def threads(work: int) -> int:
+    """The OpenMP threads for ``work`` elements: torch's, or 1 below ``PARALLEL_FROM``."""
+    import torch
+
+    return torch.get_num_threads() if work >= PARALLEL_FROM else 1

@@ -1,0 +1,97 @@
+"""The sampler's decode-step attention through the package's C kernel (``rlhf_env.accel.decoder.attend_c``)
+against the same in PyTorch ops (``attend_torch``)."""
+
+from unittest import mock
+
+import pytest
+import torch
+
+from rlhf_env.accel import decoder, native
+from rlhf_env.accel.decoder import GPT2Decoder, attend_c, attend_torch
+from rlhf_env.models import load_policy
+from rlhf_env.sampling import encode_prompts, sample_from_ids
+
+needs_kernels = pytest.mark.skipif(native.compiler() is None, reason="no C compiler to build the kernels")
+
+
+def left_padded_cache(B=5, H=3, D=20, P=7, T=12, seed=0):
+    """A layer's cache (2, B, H, T, D) of left-padded prompts (P columns; row 0 unpadded, row 1 with a masked
+    column inside its prompt), its additive key mask (B, 1, 1, T) and each row's first real column."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.tensor([0, 2, 6, 3, 5])[:B]
+    real = torch.arange(T) >= start[:, None]
+    real[1, 4] = False
+    cache = torch.randn(2, B, H, T, D, generator=generator) * real[None, :, None, :, None]
+    bias = torch.where(real, 0.0, float("-inf"))[:, None, None]
+    return cache, bias, start, generator
+
+
+@needs_kernels
+@pytest.mark.parametrize("D", [20, 32])  # a head size that is and one that is not a multiple of the vector width
+def test_the_c_kernel_writes_and_attends_as_pytorchs_ops(D):
+    cache, bias, start, generator = left_padded_cache(D=D)
+    theirs, ours = cache.clone(), cache.clone()
+    B, H = cache.shape[1:3]
+    for t in range(7, 12):  # decoding steps: each writes its keys and values at column t and attends up to it
+        qkv = torch.randn(B, 3 * H * D, generator=generator) * 3
+        scale = D**-0.5
+        expected = attend_torch(qkv, theirs, bias, t, scale)
+        got = attend_c(qkv, ours, bias, start, t, scale)
+        assert got.shape == (B, H * D)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # (exp amplifies the sums' rounding)
+        assert torch.equal(ours, theirs)  # the same keys and values written, nothing else touched
+
+
+@needs_kernels
+def test_the_c_kernel_never_reads_a_rows_left_padding():
+    """NaN in the padding columns before each row's start: PyTorch's ops read them (and give NaN); the kernel
+    skips them. A masked column after the start is read, and weighs 0."""
+    cache, bias, start, generator = left_padded_cache()
+    B, H, D = cache.shape[1], cache.shape[2], cache.shape[4]
+    poisoned = cache.clone()
+    for b in range(B):
+        poisoned[:, b, :, :start[b]] = float("nan")
+    qkv = torch.randn(B, 3 * H * D, generator=generator)
+    expected = attend_torch(qkv, cache.clone(), bias, 8, D**-0.5)
+    torch.testing.assert_close(attend_c(qkv, poisoned, bias, start, 8, D**-0.5), expected, rtol=1e-4, atol=1e-5)
+    assert attend_torch(qkv, poisoned, bias, 8, D**-0.5)[2:].isnan().all()
+
+
+@needs_kernels
+def test_the_sampler_draws_the_same_samples_with_either_attention(tiny_policy_dir):
+    model, tokenizer = load_policy(str(tiny_policy_dir))
+    ids, mask = encode_prompts(tokenizer, ["a", "the longest prompt of them all, by far", "two words"] * 4)
+    used = []
+
+    def sample(c_kernel: bool):
+        with mock.patch.object(decoder, "c_attention", lambda config: c_kernel):
+            used.append(GPT2Decoder(model, 1, 4).c_attention)
+            return sample_from_ids(model, tokenizer, ids, mask, 24, 1.0, torch.Generator().manual_seed(0), fast=True)
+
+    ours, theirs = sample(True), sample(False)
+    assert used == [True, False]
+    assert torch.equal(ours.response_ids, theirs.response_ids)
+    torch.testing.assert_close(ours.logprobs, theirs.logprobs, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_a_decoder_that_drops_rows_keeps_each_rows_own_columns(tiny_policy_dir):
+    """``keep`` (the sampler drops ended rows) takes each kept row's first real column along: the logits after it
+    are those of the decoder on PyTorch's ops."""
+    model, tokenizer = load_policy(str(tiny_policy_dir))
+    ids, mask = encode_prompts(tokenizer, ["a", "the longest prompt of them all, by far", "two words", "x y"])
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, model.config.vocab_size, (6, 4), generator=generator)
+    logits = []
+    for c_kernel in (True, False):
+        with mock.patch.object(decoder, "c_attention", lambda config, c_kernel=c_kernel: c_kernel), torch.no_grad():
+            lean = GPT2Decoder(model, 4, ids.shape[1] + 6)
+            assert lean.c_attention == c_kernel
+            lean.prefill(ids, mask, pos)
+            out = [lean.step(tokens[i], pos[:, -1] + 1 + i) for i in range(3)]
+            lean.keep(torch.tensor([2, 0]))  # the short rows, in another order
+            out += [lean.step(tokens[i, [2, 0]], pos[[2, 0], -1] + 1 + i) for i in range(3, 6)]
+        logits.append(out)
+    for ours, theirs in zip(*logits):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
