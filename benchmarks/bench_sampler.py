@@ -16,14 +16,14 @@ distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods
 - ``lean_gpt2``: the same with the attention the package's kernels chose on this machine (``attend_c``, the C
   kernel, where ``rlhf_env.accel.kernels`` measured it faster): the default for GPT-2 policies.
 
-Prints a table (tokens/s, median of ``--repeats``) and writes JSON. A second table says where the lean path's
-time goes: the prefill (a run that samples one token), the decode steps, the share of the wall time spent in
-the decode steps' attention (timed around each call), and, from one profiled run (``torch.profiler``, self CPU
-time by op), the share of the projections and LM head (oneDNN's ``mkldnn::_linear_pointwise``, or MKL's
-``aten::addmm`` and ``aten::mm``). It also gives the rate at which the attention reads the KV cache (the
-columns it reads: the C kernel skips each row's left padding, PyTorch's ops read every column), next to this
-machine's streaming read rate (the sum of a 256 MB tensor), and the float32 GFLOP/s of one decode-step
-projection through MKL and through oneDNN.
+Prints a table (tokens/s, median of ``--repeats`` rounds, the methods interleaved) and writes JSON. A second
+table says where the lean path's time goes: the prefill (a run that samples one token), the decode steps, the
+share of the wall time spent in the decode steps' attention (timed around each call), and, from one profiled run
+(``torch.profiler``, self CPU time by op, over that run's wall time), the share of the projections and LM head (oneDNN's
+``mkldnn::_linear_pointwise``, or MKL's ``aten::addmm`` and ``aten::mm``). It also gives the rate at which the
+attention reads the KV cache (the columns it reads: the C kernel skips each row's left padding, PyTorch's ops
+read every column), next to this machine's streaming read rate (the sum of a 256 MB tensor), and the float32
+GFLOP/s of one decode-step projection through MKL and through oneDNN.
 
     python benchmarks/bench_sampler.py [--batch-size 64] [--new-tokens 48] [--repeats 5]
 """
@@ -65,9 +65,10 @@ def lean_breakdown(model, tokenizer, ids, mask, new_tokens: int, repeats: int, l
 
     prefill_s = median_time(partial(run, "lean_gpt2", model, tokenizer, ids, mask, 1, 0), repeats)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
         run("lean_gpt2", model, tokenizer, ids, mask, new_tokens, 0)
+        profiled_us = (time.perf_counter() - start) * 1e6  # (the C kernels are not the profiler's ops: wall time)
     self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
-    total_us = sum(self_us.values())
     attention = {"s": 0.0, "columns": 0}
     attend_c, attend_torch = decoder.attend_c, decoder.attend_torch
 
@@ -89,7 +90,7 @@ def lean_breakdown(model, tokenizer, ids, mask, new_tokens: int, repeats: int, l
     kv_bytes = 2 * model.config.n_embd * 4 * attention["columns"]  # keys and values, float32
     return {"lean_prefill_s": prefill_s, "lean_step_ms": (lean_s - prefill_s) / (new_tokens - 1) * 1e3,
             "lean_prefill_share": prefill_s / lean_s, "lean_attention_share": attention["s"] / timed_s,
-            "lean_projection_share": sum(self_us.get(k, 0.0) for k in PROJECTION_OPS) / total_us,
+            "lean_projection_share": sum(self_us.get(k, 0.0) for k in PROJECTION_OPS) / profiled_us,
             "kv_cache_read_gb_per_s": kv_bytes / attention["s"] / 1e9}
 
 
@@ -146,13 +147,16 @@ def main() -> None:
         model, tokenizer = load_policy(name)
         ids, mask = encode_prompts(tokenizer, prompts)
         n_params = sum(p.numel() for p in model.parameters())
-        times = {}
         with torch.no_grad():
             for method in METHODS:
                 out = run(method, model, tokenizer, ids, mask, args.new_tokens, 0)  # warm-up
                 assert out.shape == (args.batch_size, args.new_tokens), out.shape
-                times[method] = median_time(partial(run, method, model, tokenizer, ids, mask, args.new_tokens, 0),
-                                            args.repeats)
+            samples = {method: [] for method in METHODS}
+            for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits every method alike
+                for method in METHODS:
+                    samples[method].append(median_time(partial(run, method, model, tokenizer, ids, mask,
+                                                               args.new_tokens, 0), 1))
+            times = {method: float(np.median(samples[method])) for method in METHODS}
             breakdown = lean_breakdown(model, tokenizer, ids, mask, args.new_tokens, args.repeats,
                                        times["lean_gpt2"])
         tokens = args.batch_size * args.new_tokens
