@@ -8,17 +8,16 @@ and under bf16 the ratio's old log-probs), ``update`` (``ppo_epochs`` x minibatc
 AdamW and the KL controller) and ``other`` (advantages and the rest). Matmul FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on the update's own forward and backward (attention is not
 counted on a CPU: see ``update_flops``).
-Measured in alternating rounds of one run: float32 (the default: each model's linears and GELU on the kernels
-that ``rlhf_env.accel.kernels`` measured faster on this machine), float32 with the package's kernels forced
-(``RLHF_ENV_KERNELS=onednn``: every linear through oneDNN, the GELU through the C kernel where it builds), float32
-with PyTorch's own linears (MKL; ``rlhf_env.accel.onednn.disabled()``; the GELU as measured), float32 with stock
-PyTorch's kernels throughout (``float32_stock``: MKL and aten's GELU, ``RLHF_ENV_KERNELS=stock``),
-float32 with every prompt recomputed for each of its responses (``float32_unshared``: no
-``rlhf_env.sampling.shared_prompt_forward``, and the sampler prefills every row), and ``bf16=True``
-(bfloat16 autocast in the policy's training forward and backward; under it the ``values`` phase also recomputes
-the ratio's old log-probs). Each update is set against the fastest matmul this machine does in its precision
-(a 2048 x 2048 matmul through MKL and through oneDNN; bfloat16: autocast's).
-Prints a table and writes JSON.
+Measured in alternating rounds of one run: float32 (the default: each model's linears and GELU on the kernels that
+``rlhf_env.accel.kernels`` measured faster on this machine), float32 with the package's kernels forced
+(``RLHF_ENV_KERNELS=onednn``: every linear through oneDNN, the GELU and the sampler's decode attention through the C
+kernels where they build), float32 with PyTorch's own linears (MKL; ``rlhf_env.accel.onednn.disabled()``; the GELU
+as measured), float32 with stock PyTorch's kernels throughout (``float32_stock``: MKL and aten's GELU,
+``RLHF_ENV_KERNELS=stock``), float32 with every prompt recomputed for each of its responses (``float32_unshared``:
+no ``rlhf_env.sampling.shared_prompt_forward``, and the sampler prefills every row), and ``bf16=True`` (bfloat16
+autocast in the policy's training forward and backward; under it the ``values`` phase also recomputes the ratio's
+old log-probs). Each update is set against the fastest matmul this machine does in its precision (a 2048 x 2048
+matmul through MKL and through oneDNN; bfloat16: autocast's). Prints a table and writes JSON.
 
     python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 2]
 """

@@ -176,7 +176,9 @@ def sampler_table(result: dict) -> str:
                      f"{r['gemm_gflops_onednn']:.0f} GFLOP/s |")
     lines.append(f"\n{result['batch_size']} prompts, {result['new_tokens']} new tokens each, {result['threads']} "
                  f"threads, median of {result['repeats']}; this machine streams memory at "
-                 f"{result['streaming_read_gb_per_s']:.0f} GB/s.")
+                 f"{result['streaming_read_gb_per_s']:.0f} GB/s. Attention: its share of the wall time; its read "
+                 "rate: the keys and values of the columns it reads (the C kernel skips each row's left padding) over "
+                 "that time.")
     lines += [f"Kernels chosen for `{r['policy']}` (`rlhf_env.accel.kernels`): {r['kernels']}." for r in result["rows"]
               if "kernels" in r]
     return "\n".join(lines)
@@ -228,7 +230,7 @@ def ppo_iteration_table(result: dict) -> str:
              "update": "update (epochs × minibatches, forward + backward + AdamW)",
              "other": "other (env bookkeeping, decoding, advantages)"}
     labels = {"float32": "float32, measured kernels", "float32_unshared": "float32, prompts not shared",
-              "float32_onednn": "float32, all oneDNN + C GELU", "float32_mkl": "float32, all MKL",
+              "float32_onednn": "float32, all oneDNN + C kernels", "float32_mkl": "float32, all MKL",
               "float32_stock": "float32, stock PyTorch (MKL, aten GELU)", "bf16": "bf16"}
     columns = [(labels["float32"], result)] + [(labels[k], result[k]) for k in list(labels)[1:]
                                                if isinstance(result.get(k), dict)]

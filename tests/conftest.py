@@ -16,9 +16,9 @@ from rlhf_env.world.build import WorldConfig, build_world, save_world
 datasets.disable_progress_bars()
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
-# The package's kernels (oneDNN, the C GELU) are what the accel tests check, on any CPU: no timing decides them
-# here (subprocesses inherit it). tests/test_accel.py covers the measured choice (rlhf_env.accel.kernels) with its
-# own cache.
+# The package's kernels (oneDNN, the C GELU and decode attention) are what the accel tests check, on any CPU: no
+# timing decides them here (subprocesses inherit it). tests/test_accel.py covers the measured choice
+# (rlhf_env.accel.kernels) with its own cache.
 os.environ["RLHF_ENV_KERNELS"] = "onednn"
 
 TINY_DIMS = dict(n_embd=32, n_layer=2, n_head=2)

@@ -43,6 +43,33 @@ def test_the_c_kernel_writes_and_attends_as_pytorchs_ops(D):
 
 
 @needs_kernels
+def test_on_several_threads_it_gives_what_one_thread_does(monkeypatch):
+    """More (row, head) pairs than threads, not a multiple of them: each thread's share, and its own scores."""
+    cache, bias, start, generator = left_padded_cache(B=5, H=3)
+    qkv = torch.randn(5, 3 * 3 * 20, generator=generator)
+    one = attend_c(qkv, cache.clone(), bias, start, 9, 0.2)
+    monkeypatch.setattr(native, "PARALLEL_FROM", 0)  # every call parallel
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        assert native.threads(1) == 4
+        torch.testing.assert_close(attend_c(qkv, cache.clone(), bias, start, 9, 0.2), one, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_it_refuses_what_the_kernel_cannot_take():
+    cache, bias, start, generator = left_padded_cache()
+    qkv = torch.randn(5, 3 * 3 * 20, generator=generator)
+    with pytest.raises(ValueError, match="float32 CPU tensors of one batch, a contiguous cache and a column inside"):
+        attend_c(qkv.bfloat16(), cache, bias, start, 8, 0.2)  # a bfloat16 projection (autocast)
+    with pytest.raises(ValueError, match=r"column 12: float32 CPU tensors"):
+        attend_c(qkv, cache, bias, start, 12, 0.2)  # past the cache's last column
+    with pytest.raises(ValueError, match=r"qkv \(4, 180\)"):
+        attend_c(qkv[:4], cache, bias, start, 8, 0.2)  # fewer rows than the cache
+
+
+@needs_kernels
 def test_the_c_kernel_never_reads_a_rows_left_padding():
     """NaN in the padding columns before each row's start: PyTorch's ops read them (and give NaN); the kernel
     skips them. A masked column after the start is read, and weighs 0."""
@@ -64,12 +91,14 @@ def test_the_sampler_draws_the_same_samples_with_either_attention(tiny_policy_di
     used = []
 
     def sample(c_kernel: bool):
-        with mock.patch.object(decoder, "c_attention", lambda config: c_kernel):
-            used.append(GPT2Decoder(model, 1, 4).c_attention)
-            return sample_from_ids(model, tokenizer, ids, mask, 24, 1.0, torch.Generator().manual_seed(0), fast=True)
+        with (mock.patch.object(decoder, "c_attention", lambda config: c_kernel),
+              mock.patch.object(decoder, "attend_c", wraps=attend_c) as kernel):
+            out = sample_from_ids(model, tokenizer, ids, mask, 24, 1.0, torch.Generator().manual_seed(0), fast=True)
+            used.append(kernel.call_count)
+            return out
 
     ours, theirs = sample(True), sample(False)
-    assert used == [True, False]
+    assert used[0] >= 2 * (24 - 1) and used[1] == 0  # every layer's every decode step, or none
     assert torch.equal(ours.response_ids, theirs.response_ids)
     torch.testing.assert_close(ours.logprobs, theirs.logprobs, rtol=1e-5, atol=1e-5)
 
@@ -95,3 +124,21 @@ def test_a_decoder_that_drops_rows_keeps_each_rows_own_columns(tiny_policy_dir):
         logits.append(out)
     for ours, theirs in zip(*logits):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_a_resumed_run_keeps_the_c_attention_it_started_with(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setenv(kernels.POLICY_VAR, "auto")
+    monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setattr(kernels, "measure", lambda *shape: pytest.fail("a resumed run measures nothing"))
+    (tmp_path / "kernels.json").write_text(json.dumps({"choices": [
+        {"shape": "1 layer, width 8, 2 heads, inner 32, vocab 16", "layers": False, "decode": False, "gelu": False,
+         "attention": True, "speedup": {"attention": 1.5}, "source": "measured"}]}))
+    kernels.restore(tmp_path)
+    choice = kernels.choose(SimpleNamespace(n_embd=8, n_head=2, n_inner=None, vocab_size=16))
+    assert (choice.source, choice.attention, choice.gelu) == ("run", True, False)

@@ -65,11 +65,12 @@ void gelu_backward(const float *x, const float *grad, float *out, ptrdiff_t n, i
    - out[b, h] (B, H, D) = sum over s of softmax_s(scale q . k[s] + bias[b * bias_sb + s]) v[s], for s from start[b]
      to t: columns before a row's start (its left padding) are never read; a -inf bias after it gives weight 0.
    Where a row has no finite score (it cannot happen in the sampler: column t is the row's own token), its output is
-   NaN, as a softmax over nothing would be. */
-void attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh, const float *bias,
+   NaN, as a softmax over nothing would be. Returns 0, or 1 where a thread could not allocate its scores. */
+int attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh, const float *bias,
                  ptrdiff_t bias_sb, const int64_t *start, int B, int H, int D, int t, float scale, float *out,
                  int threads) {
-    #pragma omp parallel num_threads(threads)
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         float *p = malloc(sizeof(float) * (size_t)(t + 1)); /* this thread's scores */
         #pragma omp for schedule(static)
@@ -84,7 +85,7 @@ void attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t s
             }
             const int first = start[b] < 0 ? 0 : (start[b] > t ? t : (int)start[b]);
             if (p == NULL) {
-                for (int d = 0; d < D; d++) o[d] = NAN;
+                failed = 1;
                 continue;
             }
             float m = -INFINITY;
@@ -113,4 +114,5 @@ void attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t s
         }
         free(p);
     }
+    return failed;
 }

@@ -9,7 +9,7 @@ matrix then): ``sample_from_ids`` builds one per batch, so a policy that is bein
 sampled as it is now.
 
 - a **static KV cache**, allocated once for prompt + response and written in place, and one
-  additive key mask; a decoding step reads prefix views of both;
+  additive key mask; a decoding step reads each row's columns up to its own token;
 - a prefill that skips most of the left padding (rows bucketed by prompt length);
 - the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
@@ -73,15 +73,23 @@ def attend_torch(qkv: torch.Tensor, kv: torch.Tensor, key_bias: torch.Tensor, t:
 
 def attend_c(qkv: torch.Tensor, kv: torch.Tensor, key_bias: torch.Tensor, start: torch.Tensor, t: int,
              scale: float) -> torch.Tensor:
-    """``attend_torch`` through the package's C kernel (float32 CPU tensors, ``kv`` and ``key_bias`` contiguous,
-    ``native.library()`` built), which reads each row's columns from ``start`` (B,) on only: a row's left padding,
-    masked in ``key_bias``, is skipped instead of multiplied by 0."""
-    B, H, D = qkv.shape[0], kv.shape[2], kv.shape[4]
-    qkv, out = qkv.contiguous(), torch.empty(B, H * D, dtype=qkv.dtype)
+    """``attend_torch`` through the package's C kernel (float32 CPU tensors, ``native.library()`` built), which
+    reads each row's columns from ``start`` (B,) on only: a row's left padding, masked in ``key_bias``, is skipped
+    instead of multiplied by 0. Shapes, types and layouts are checked first: the kernel trusts them."""
+    B, H, T, D = kv.shape[1], kv.shape[2], kv.shape[3], kv.shape[4]
+    floats = (qkv, kv, key_bias)
+    if not (all(x.dtype == torch.float32 and x.device.type == "cpu" for x in floats) and start.dtype == torch.long
+            and kv.is_contiguous() and key_bias.is_contiguous() and start.is_contiguous() and 0 <= t < T
+            and qkv.shape == (B, 3 * H * D) and key_bias.shape == (B, 1, 1, T) and start.shape == (B,)):
+        raise ValueError(f"attend_c: qkv {tuple(qkv.shape)} {qkv.dtype}, cache {tuple(kv.shape)} {kv.dtype}, "
+                         f"key bias {tuple(key_bias.shape)}, start {tuple(start.shape)} {start.dtype}, column {t}: "
+                         "float32 CPU tensors of one batch, a contiguous cache and a column inside it")
+    qkv, out = qkv.contiguous(), torch.empty(B, H * D)
     k, v = kv[0], kv[1]
-    native.library().attend_step(qkv.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
-                                 key_bias.data_ptr(), key_bias.stride(0), start.data_ptr(), B, H, D, t, scale,
-                                 out.data_ptr(), native.threads(B * H * (t + 1) * D))
+    if native.library().attend_step(qkv.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+                                    key_bias.data_ptr(), key_bias.stride(0), start.data_ptr(), B, H, D, t, scale,
+                                    out.data_ptr(), native.threads(B * H * (t + 1) * D)):
+        raise MemoryError("attend_c: the kernel could not allocate its scores")
     return out
 
 
@@ -194,7 +202,7 @@ class GPT2Decoder:
         x = self.wte[token] + self.wpe[pos]  # (B, E)
         for i, (w1, b1, e1, qkv_proj, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
             qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1))  # (B, 3 E)
-            if self.c_attention:
+            if self.c_attention and qkv.dtype == torch.float32:  # (not a bfloat16 projection under autocast)
                 out = attend_c(qkv, self.cache[i], self.key_bias, self.start, t, self.scales[i])
             else:
                 out = attend_torch(qkv, self.cache[i], self.key_bias, t, self.scales[i])

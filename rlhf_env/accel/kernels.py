@@ -22,8 +22,9 @@ result is cached per machine (CPU model, cores, threads, torch version) and per 
 choices in ``OUT/kernels.json`` and a resumed run takes them back (``restore``) before it loads a model, so it
 continues on the kernels it started with, whatever the machine, threads or ranks it resumes on. Under a
 launcher (``WORLD_SIZE`` > 1) nothing is measured, since ranks timing at once on shared cores would disagree:
-a cached result for the ranks' thread count is used, else stock PyTorch. A measurement spends about
-``BUDGET_S`` per use and shape, and one that fails (it should not) leaves stock PyTorch.
+a cached result for the ranks' thread count is used, else stock PyTorch (a cache written before shapes named
+their heads, or before the C attention, no longer answers: one single-process run measures again). A
+measurement spends about ``BUDGET_S`` per use and shape, and one that fails (it should not) leaves stock PyTorch.
 ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the measurement and forces the package's kernels (oneDNN, and
 the C kernels where they built) or stock PyTorch's (``auto``, the default, measures). ``chosen()`` lists what this
 process chose, for the run log.
@@ -64,7 +65,7 @@ class Choice:
     decode: bool
     speedup: dict
     source: str
-    gelu: bool = False  # (last: a run recorded before the C GELU existed used aten's)
+    gelu: bool = False  # (a run recorded before the C GELU existed used aten's)
     attention: bool = False  # (and one recorded before the C attention, PyTorch's)
 
     def describe(self) -> str:
@@ -152,9 +153,10 @@ def shapes(config) -> tuple[int, int, int]:
 
 
 def heads_of(config) -> int | None:
-    """Attention heads of a config (GPT-2's or a generic HF one's name), None if it names none."""
-    heads = getattr(config, "n_head", None) or getattr(config, "num_attention_heads", None)
-    return int(heads) if heads else None
+    """Attention heads of a GPT-2 config (the sampler's lean decoder, whose decode attention is measured, runs
+    GPT-2s only), None for another model type or a config that names none."""
+    heads = getattr(config, "n_head", None)
+    return int(heads) if heads and getattr(config, "model_type", "gpt2") == "gpt2" else None
 
 
 def choose(config) -> Choice:
@@ -166,7 +168,7 @@ def choose(config) -> Choice:
     if shape in _chosen:
         return _chosen[shape]
     if older != shape and getattr(_chosen.get(older), "source", None) == "run":  # recorded before heads were
-        _chosen[shape] = dataclasses.replace(_chosen[older], shape=shape)
+        _chosen[shape] = dataclasses.replace(_chosen.pop(older), shape=shape)
         return _chosen[shape]
     wanted = policy()
     if wanted != "auto":
@@ -203,7 +205,7 @@ def _c_built() -> bool:
 
 def _valid(entry) -> bool:
     """A cached or recorded choice as this version writes it (else it is measured again); a cached one must also
-    say ``gelu``, which a recorded one of an older version may lack."""
+    say ``gelu`` and ``attention`` (``choose`` checks), which a recorded one of an older version may lack."""
     return (isinstance(entry, dict) and isinstance(entry.get("layers"), bool) and isinstance(entry.get("decode"), bool)
             and isinstance(entry.get("speedup"), dict)
             and all(isinstance(v, (int, float)) for v in entry["speedup"].values()))
