@@ -7,7 +7,8 @@ ids from 0; transformers then keeps the sequences apart by a block-diagonal caus
 the restarting position ids when no attention mask is given (``transformers.masking_utils``). Only the
 positions that predict the responses are gathered back, as (B, R + 1) rows, for the LM head or a value head.
 
-The same outputs as the padded forward, to float rounding, and the same gradients. Whether a model's trunk
+The same outputs as the padded forward, to float rounding, and the same gradients. A GPT-2 that ``rlhf_env.accel``
+accelerated runs its last block at the gathered positions only (``rlhf_env.accel.trunk``). Whether a model's trunk
 keeps packed sequences apart (and whether its logits are its output embedding of its trunk's last hidden
 state) is checked once per model on a small input (``packs``): a model that does not is never packed.
 """
@@ -18,6 +19,8 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+
+from rlhf_env.accel import trunk
 
 # Pack only where it leaves at most this share of the padded batch's positions: building the packed rows and
 # their mask costs a little, and a packed forward computes the same maths on fewer positions.
@@ -136,6 +139,8 @@ def packed_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
     packing = plan(ids, mask, R) if packs(model, lm_head) else None
     if packing is None:
         return None
+    if trunk.applies(model):  # a GPT-2's last block at the kept positions only: the same, for less
+        return trunk.hidden_at(model, packing.ids, packing.position_ids, packing.index)
     out = model.base_model(input_ids=packing.ids, position_ids=packing.position_ids, use_cache=False)
     return packing.gather(out.last_hidden_state)
 

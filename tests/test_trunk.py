@@ -1,0 +1,69 @@
+"""GPT-2's packed trunk with its last block at the kept positions only (``rlhf_env.accel.trunk``), against the
+model's own forward."""
+
+from unittest import mock
+
+import pytest
+import torch
+
+from rlhf_env import packing
+from rlhf_env.accel import trunk
+from rlhf_env.accel.switch import switched_off
+from rlhf_env.models import new_model
+from rlhf_env.packing import plan
+
+
+def packed_batch(tokenizer, seed=0):
+    """Left-padded prompts and right-padded responses (B, P + R) of seeded random tokens and lengths, and R."""
+    generator = torch.Generator().manual_seed(seed)
+    B, P, R = 7, 9, 5
+    prompt = torch.arange(P)[None] >= P - torch.randint(1, P + 1, (B, 1), generator=generator)
+    response = torch.arange(R)[None] < torch.randint(1, R + 1, (B, 1), generator=generator)
+    mask = torch.cat([prompt, response], 1).long()
+    ids = torch.randint(5, len(tokenizer), (B, P + R), generator=generator) * mask
+    return ids, mask, R
+
+
+@pytest.mark.parametrize("dims", [dict(n_layer=1), dict(n_layer=3),
+                                  dict(n_layer=2, scale_attn_by_inverse_layer_idx=True)])
+def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, dims):
+    torch.manual_seed(0)
+    model = new_model(dict(n_embd=32, n_head=4, **{"n_layer": 2, **dims}), tokenizer)
+    assert trunk.applies(model)
+    ids, mask, R = packed_batch(tokenizer)
+    layout = plan(ids, mask, R)
+    assert layout is not None and layout.ids.numel() < ids.numel()  # packed: fewer positions than the rows
+    weights = torch.randn(*layout.index.shape, 32, generator=torch.Generator().manual_seed(1))
+
+    def run(fn):
+        model.zero_grad()
+        hidden = fn()
+        (hidden * weights).sum().backward()
+        return hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    ours, our_grads = run(lambda: trunk.hidden_at(model, layout.ids, layout.position_ids, layout.index))
+    theirs, their_grads = run(lambda: layout.gather(model.base_model(  # (no cache: transformers sees the packing)
+        input_ids=layout.ids, position_ids=layout.position_ids, use_cache=False).last_hidden_state))
+    torch.testing.assert_close(ours, theirs)
+    assert our_grads.keys() == their_grads.keys() and len(our_grads) == len(list(model.base_model.parameters()))
+    for name, grad in their_grads.items():  # to float rounding of the largest (a sum over many positions)
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-5, atol=1e-6 * float(grad.abs().max()), msg=name)
+
+
+def test_it_stands_in_only_for_an_accelerated_gpt2_without_active_dropout(tokenizer):
+    model = new_model(dict(n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.1), tokenizer)
+    assert not trunk.applies(model.train())  # dropout active: the model's own forward
+    assert trunk.applies(model.eval())
+    with switched_off():  # not accelerated
+        assert not trunk.applies(new_model(dict(n_embd=16, n_layer=1, n_head=2), tokenizer))
+
+
+def test_packed_forwards_of_an_accelerated_gpt2_go_through_it(tokenizer):
+    model = new_model(dict(n_embd=16, n_layer=2, n_head=2), tokenizer)
+    ids, mask, R = packed_batch(tokenizer)
+    with mock.patch.object(trunk, "hidden_at", wraps=trunk.hidden_at) as spy:
+        hidden = packing.response_hidden(model, ids, mask, R)
+    assert spy.call_count == 1 and hidden.shape == (len(ids), R + 1, 16)
+    unpacked = packing.response_hidden(model, ids, mask, R, pack=False)  # the padded rows, the model's own forward
+    real = torch.cat([mask[:, -R - 1:-R], mask[:, -R:]], 1).bool()  # positions whose outputs a caller reads
+    torch.testing.assert_close(hidden[real], unpacked[real])
