@@ -142,3 +142,16 @@ def test_a_resumed_run_keeps_the_c_attention_it_started_with(tmp_path, monkeypat
     kernels.restore(tmp_path)
     choice = kernels.choose(SimpleNamespace(n_embd=8, n_head=2, n_inner=None, vocab_size=16))
     assert (choice.source, choice.attention, choice.gelu) == ("run", True, False)
+
+
+@needs_kernels
+def test_the_kernel_reports_its_status():
+    """``attend_step`` returns 0 when it could allocate (1 would raise ``MemoryError`` in ``attend_c``): the status
+    reaches Python as an int."""
+    cache, bias, start, generator = left_padded_cache()
+    qkv = torch.randn(5, 3 * 3 * 20, generator=generator)
+    k, v, out = cache[0], cache[1], torch.empty(5, 60)
+    status = native.library().attend_step(qkv.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+                                          bias.data_ptr(), bias.stride(0), start.data_ptr(), 5, 3, 20, 8, 0.2,
+                                          out.data_ptr(), 1)
+    assert status == 0 and torch.isfinite(out).all()

@@ -29,10 +29,10 @@ FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-shar
 PARALLEL_FROM = 1 << 16  # elements below which one thread does it all (a parallel region costs microseconds)
 
 _P, _N, _I, _F = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float
-SIGNATURES = {  # each function's argument types (all return nothing)
-    "gelu_forward": [_P, _P, _N, _I],
-    "gelu_backward": [_P, _P, _P, _N, _I],
-    "attend_step": [_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I],
+SIGNATURES = {  # each function's argument types and return type
+    "gelu_forward": ([_P, _P, _N, _I], None),
+    "gelu_backward": ([_P, _P, _P, _N, _I], None),
+    "attend_step": ([_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
 }
 
 
@@ -66,9 +66,9 @@ def library() -> ctypes.CDLL | None:
                                timeout=120)
                 os.replace(built, target)
         lib = ctypes.CDLL(str(target))
-        for name, argtypes in SIGNATURES.items():
+        for name, (argtypes, restype) in SIGNATURES.items():
             function = getattr(lib, name)
-            function.argtypes, function.restype = argtypes, None
+            function.argtypes, function.restype = argtypes, restype
     except (OSError, AttributeError, subprocess.SubprocessError):
         return None
     return lib
