@@ -19,7 +19,7 @@ autocast in the policy's training forward and backward; under it the ``values`` 
 old log-probs). Each update is set against the fastest matmul this machine does in its precision (a 2048 x 2048
 matmul through MKL and through oneDNN; bfloat16: autocast's). Prints a table and writes JSON.
 
-    python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 2]
+    python benchmarks/bench_ppo_iteration.py [--iterations 3] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def summarize(rows: list[dict], flops: int, batch_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="measured iterations per round (after a warm-up)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating float32 and bf16")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds, alternating float32 and bf16")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="which to measure (bf16 is slow on a CPU without native bfloat16 matmuls)")
     parser.add_argument("--out", default="benchmarks/results/ppo_iteration.json")
