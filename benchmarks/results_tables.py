@@ -506,8 +506,9 @@ def results_page(results: Path) -> str:
                   "ppo` normalises by default to N(0, 1) on SFT's samples (the bundled RMs' scale, which β and the "
                   "missing-EOS penalty assume); `gold-oracle-raw` keeps its [0, 1] grades. \"RM score\" is each "
                   "run's own reward (normalised gold for `gold-oracle`). 2 threads, one run at a time. The default "
-                  "rows were trained with the C GELU that `rlhf_env.accel.kernels` chose on this machine, the other "
-                  "rows before it existed, with aten's (the same function to float rounding).",
+                  "rows were trained with the C GELU and decode attention that `rlhf_env.accel.kernels` chose on "
+                  "this machine and the packed trunk (`rlhf_env.accel.trunk`), the other rows before them, with aten's "
+                  "GELU and PyTorch's attention (the same functions to float rounding).",
                   ppo_table(ppo), "![PPO curves](../benchmarks/results/ppo.png)"]
     token = load(results, "ppo_token_target.json")
     if token:

@@ -26,7 +26,7 @@ That worker imports only torch, transformers, datasets and TRL, and reads the mo
 file of the prompts; every exchange is JSON. Our rows run the same worker in this interpreter. A TRL version
 that cannot be installed or run is recorded, with its error, in the JSON, and the other rows still run.
 
-    python benchmarks/vs_trl.py                    # sft and sft-large, 2 interleaved repeats of 3 steps each
+    python benchmarks/vs_trl.py                    # sft and sft-large, 4 interleaved repeats of 3 steps each
     python benchmarks/vs_trl.py --quick            # sft only, 1 repeat of 1 step: a smoke run
     python benchmarks/vs_trl.py --systems ours-rloo trl-rloo --policies sft
 """
@@ -370,7 +370,7 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run, after the warm-up")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every system")
+    parser.add_argument("--repeats", type=int, default=4, help="interleaved rounds of every system")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every system (OMP/MKL too)")
     parser.add_argument("--quick", action="store_true", help="sft only, one repeat of one timed step")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "rlhf_env" / "vs_trl"),
