@@ -29,13 +29,11 @@ the generic HF path in ``rlhf_env.sampling``.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
 from rlhf_env.accel import c_attention, c_gelu, gelu, kernels, native
-from rlhf_env.accel.gpt2 import TorchGPT2
+from rlhf_env.accel.gpt2 import TANH_GELUS, TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
 
@@ -114,9 +112,9 @@ class GPT2Decoder:
             onednn = onednn_available(self.head_weight) and kernels.choose(c).decode
         self.head = Linear(self.head_weight, None, onednn)
 
-        tanh_gelu = c.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        tanh_gelu = c.activation_function in TANH_GELUS
         if tanh_gelu:  # the package's C kernel where kernels.choose found it faster, else aten's
-            act = gelu.apply if c_gelu(c) else functools.partial(F.gelu, approximate="tanh")
+            act = gelu.tanh_gelu(c_gelu(c))
         else:  # transformers' activations, imported only for a model that has another
             from transformers.activations import ACT2FN
 

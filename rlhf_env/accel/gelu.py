@@ -17,6 +17,8 @@ backward, in loops that the compiler vectorises, to float32 rounding of aten's (
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -65,6 +67,12 @@ def apply(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _Function.apply(x)
     return forward(x)
+
+
+def tanh_gelu(c_kernel: bool):
+    """The tanh GELU function to call: ``apply`` (the package's kernel, aten's wherever it does not apply) with
+    ``c_kernel``, else aten's."""
+    return apply if c_kernel else functools.partial(F.gelu, approximate="tanh")
 
 
 class TanhGELU(torch.nn.Module):

@@ -13,7 +13,6 @@ has no dropout, no ``generate`` and no ``save_pretrained``: anything that trains
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,7 @@ class MLP(nn.Module):
         super().__init__()
         E, inner = config.n_embd, config.n_inner or 4 * config.n_embd
         self.c_fc, self.c_proj = Linear(E, inner, onednn=onednn), Linear(inner, E, onednn=onednn)
-        self.act = gelu.apply if c_gelu else functools.partial(F.gelu, approximate="tanh")
+        self.act = gelu.tanh_gelu(c_gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(x)))

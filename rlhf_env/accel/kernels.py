@@ -50,6 +50,7 @@ DECODE_ROWS = 64  # the sampler's default batch, one token each
 DECODE_PROMPT, DECODE_NEW = 48, 48  # the attention's measured cache: prompts of up to 48 tokens, 48 new ones
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
 MIN_REPEATS, MAX_REPEATS = 3, 7
+C_USES = ("gelu", "attention")  # the choices between a C kernel of the package's and PyTorch's ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,13 +174,13 @@ def choose(config) -> Choice:
     wanted = policy()
     if wanted != "auto":
         forced = wanted == "onednn"
-        choice = Choice(shape, forced, forced, {}, wanted, forced and _c_built(), forced and _c_built())
+        choice = Choice(shape, forced, forced, {}, wanted, **{use: forced and _c_built() for use in C_USES})
     else:
         key = f"{machine()} | {shape}"
         cached = _read_cache().get(key)
-        if _valid(cached) and all(isinstance(cached.get(use), bool) for use in ("gelu", "attention")):
-            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache", cached["gelu"],
-                            cached["attention"])
+        if _valid(cached) and all(isinstance(cached.get(use), bool) for use in C_USES):
+            choice = Choice(shape, cached["layers"], cached["decode"], cached["speedup"], "cache",
+                            **{use: cached[use] for use in C_USES})
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
             choice = Choice(shape, False, False, {}, "unmeasured")
         else:
@@ -188,11 +189,10 @@ def choose(config) -> Choice:
             except (RuntimeError, NotImplementedError) as e:  # a kernel that cannot run here: stay on stock
                 choice = Choice(shape, False, False, {"error": f"{type(e).__name__}: {e}"}, "failed")
             else:
-                uses = ("layers", "decode", "gelu", "attention")
-                faster = {use: speedup.get(use, 0.0) > 1 / (1 - MARGIN) for use in uses}
-                choice = Choice(shape, faster["layers"], faster["decode"], speedup, "measured", faster["gelu"],
-                                faster["attention"])
-                _write_cache(key, {**{use: faster[use] for use in uses}, "speedup": speedup})
+                faster = {use: speedup.get(use, 0.0) > 1 / (1 - MARGIN) for use in ("layers", "decode", *C_USES)}
+                choice = Choice(shape, faster["layers"], faster["decode"], speedup, "measured",
+                                **{use: faster[use] for use in C_USES})
+                _write_cache(key, {**faster, "speedup": speedup})
     _chosen[shape] = choice
     return choice
 
@@ -226,8 +226,8 @@ def restore(out: str | os.PathLike) -> None:
         if _valid(entry) and isinstance(entry.get("shape"), str):
             _chosen.setdefault(entry["shape"], Choice(entry["shape"], entry["layers"], entry["decode"],
                                                       entry["speedup"], "run",
-                                                      entry.get("gelu") is True and _c_built(),
-                                                      entry.get("attention") is True and _c_built()))
+                                                      **{use: entry.get(use) is True and _c_built()
+                                                         for use in C_USES}))
 
 
 def chosen() -> list[Choice]:
