@@ -123,3 +123,36 @@ def test_without_a_compiler_everything_stays_on_pytorchs_kernels(monkeypatch, tm
         monkeypatch.undo()
         native.library.cache_clear()
     assert native.library() is not None
+
+
+def test_a_failed_build_is_remembered_and_said(monkeypatch, tmp_path):
+    """A compiler that fails: no library, a warning that names the compiler's messages, and a later process
+    (the cache cleared) warns again without running the compiler a second time."""
+    from rlhf_env.accel import kernels
+
+    calls = tmp_path / "calls"
+    cc = tmp_path / "broken-cc"
+    cc.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "broken-cc 1.0"; exit 0; fi\n'
+                  f'echo build >> {calls}\necho "cpu.c: error: no such intrinsic" >&2\nexit 1\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "cache"))
+    native.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="could not build them"):
+            assert native.library() is None
+        (log,) = (tmp_path / "cache").glob("cpu-*.failed")
+        assert "no such intrinsic" in log.read_text() and "exit status 1" in log.read_text()
+        native.library.cache_clear()
+        with pytest.warns(UserWarning, match="failed before"):
+            assert native.library() is None
+        assert calls.read_text().splitlines() == ["build"]  # tried once
+        log.unlink()  # deleting the log retries
+        native.library.cache_clear()
+        with pytest.warns(UserWarning, match="could not build them"):
+            assert native.library() is None
+        assert calls.read_text().splitlines() == ["build", "build"]
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+    assert native.library() is not None

@@ -4,7 +4,9 @@
 512-bit vectors where the CPU has them) into ``$RLHF_ENV_CACHE/cpu-<hash>.so``, where the hash covers the source, the
 compiler, the flags and the CPU's model and instruction sets: built once per machine, and one file per CPU in a cache
 that several share. No Python build step and no pickles; the loops run on torch's own OpenMP runtime. Without a
-compiler, or if the build or load fails, it is None, and every caller stays on PyTorch's kernels:
+compiler, or if the build or load fails, it is None, and every caller stays on PyTorch's kernels. A failed build is
+remembered next to where the library would be (``cpu-<hash>.failed``, the compiler's messages): later processes warn
+and do not try again until that file is deleted, or the source, compiler or CPU changes.
 
 - ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, forward and backward;
 - ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``).
@@ -22,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu.c")
@@ -58,12 +61,23 @@ def library() -> ctypes.CDLL | None:
         cpu = [cpuinfo("model name") or platform.processor(), cpuinfo("flags")]  # what -march=native compiles for
         digest = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS, *cpu]).encode()).hexdigest()[:16]
         target = cache_file().with_name(f"cpu-{digest}.so")
+        failed = target.with_suffix(".failed")
+        if failed.exists():
+            warnings.warn(f"the package's C kernels stay off: building them with {cc} failed before (see {failed}; "
+                          "delete it to try again)", stacklevel=2)
+            return None
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built aside, then moved in atomically
                 built = Path(tmp) / target.name
-                subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True,
-                               timeout=120)
+                build = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
+                                       text=True, timeout=120)
+                if build.returncode != 0:
+                    failed.write_text(f"{' '.join([cc, *FLAGS, str(SOURCE)])}\nexit status {build.returncode}\n"
+                                      f"{build.stdout}{build.stderr}")
+                    warnings.warn(f"the package's C kernels stay off: {cc} could not build them (see {failed}); "
+                                  "PyTorch's kernels run instead", stacklevel=2)
+                    return None
                 os.replace(built, target)
         lib = ctypes.CDLL(str(target))
         for name, (argtypes, restype) in SIGNATURES.items():
