@@ -60,6 +60,11 @@ def ppo_table(ppo: dict) -> str:
     return "\n".join(lines)
 
 
+def betas_flag(result: dict) -> str:
+    """The ``--betas`` that reproduce ``result``'s rows (the row of SFT itself has none)."""
+    return "--betas " + " ".join(f"{row['beta']:g}" for row in result["rows"] if row["beta"] is not None)
+
+
 def token_target_ceiling_table(result: dict) -> str:
     greedy = result.get("greedy", False)
     kl = "log q − log π_ref summed along the greedy path" if greedy else "KL from SFT (nats)"
@@ -525,7 +530,8 @@ def results_page(results: Path) -> str:
     ceiling = load(results, "token_target_ceiling.json")
     if ceiling:
         parts += ["What the token target aims at: q itself, sampled token by token from both models (`python "
-                  "benchmarks/token_target_ceiling.py`, `benchmarks/results/token_target_ceiling.json`), judged the "
+                  f"benchmarks/token_target_ceiling.py {betas_flag(ceiling)}`, "
+                  "`benchmarks/results/token_target_ceiling.json`), judged the "
                   f"same way on {ceiling['episodes']} held-out prompts; α = c/β with c = {ceiling['rm_coef']:.4f} "
                   "for the bundled `rm`, and α = 0 is SFT itself. A policy that matched q everywhere would score "
                   "this: the point the token term pulls towards, not a bound (the sampled advantages can pass it).",
@@ -533,7 +539,7 @@ def results_page(results: Path) -> str:
     greedy = load(results, "token_target_ceiling_greedy.json")
     if greedy:
         parts += ["q decoded greedily (its argmax at every step) against SFT decoded greedily, the table's greedy "
-                  "column (`python benchmarks/token_target_ceiling.py --greedy --out "
+                  f"column (`python benchmarks/token_target_ceiling.py --greedy {betas_flag(greedy)} --out "
                   "benchmarks/results/token_target_ceiling_greedy.json`): what a policy that matched q would score "
                   "there.", token_target_ceiling_table(greedy)]
     imitation = load(results, "gold_imitation.json")
@@ -572,20 +578,21 @@ def performance_page(results: Path) -> str:
              "`RLHF_ENV_KERNELS=stock` forces stock PyTorch's kernels (for bit-identical runs across machines) and "
              "`=onednn` the package's; "
              "`RLHF_ENV_ACCEL=0` (`rlhf --no-accel`) turns every accelerated path off.",
-             "**Shared prompts.** The env shows each prompt to a group of sub-envs, so one step scores many "
-             "responses to the same prompt. Where rows share prompts, `rlhf_env.sampling.response_log_softmax` "
-             "runs each distinct prompt through the model once and lets its responses attend to the cached keys "
-             "and values (HF models through their own cache, the envs' torch-only GPT-2 through its `KVCache`): "
-             "the env's reference and likelihood reward model on every step, and an update whose minibatch holds "
-             "whole groups (RLOO's one step on the batch). The log-probs, hidden states and gradients are the full "
-             "forward's to float32 rounding (tested on GPT-2, the torch-only GPT-2 and a Llama). A default PPO "
-             "minibatch (16 episodes drawn from 16 prompts x 8) holds too few rows per prompt to pay, and is not "
-             "shared. The rollout's lean decoder (the bundled GPT-2s on a CPU) prefills each distinct prompt once "
-             "and copies its keys and values to the group's other rows. A causal HF classifier RM with a `score` "
-             "head (such as `rm-scalar`) scores a group's responses on one forward of their prompt, from the same "
-             "rows per prompt (`rlhf_env.rewards.classifier.shared_prompt_logits`); where a text's tokens do not "
-             "start with its prompt's, a text would be truncated or holds the PAD token, it scores the whole "
-             "texts as before.",
+             "**Shared prompts.** The env shows each prompt to a group of sub-envs, so one step scores many responses "
+             "to the same prompt. Where rows share prompts, `rlhf_env.sampling.response_log_softmax` runs each distinct"
+             " prompt through the model once and lets its responses attend to the cached keys and values (HF models "
+             "through their own cache, the envs' torch-only GPT-2 through its `KVCache`), from "
+             "`rlhf_env.sampling.SHARE_FROM` rows per prompt: the env's reference and likelihood reward model where a "
+             "step shows each prompt that often (not `rlhf ppo`'s default of 2 responses per prompt; its rows run "
+             "packed instead), and an update whose minibatch holds whole groups (RLOO's one step on the batch). The "
+             "log-probs, hidden states and gradients are the full forward's to float32 rounding (tested on GPT-2, the "
+             "torch-only GPT-2 and a Llama). The black-box recipe's PPO minibatch (16 episodes drawn from 16 prompts x "
+             "8) holds too few rows per prompt to pay, and is not shared. The rollout's lean decoder (the bundled "
+             "GPT-2s on a CPU) prefills each distinct prompt once and copies its keys and values to the group's other "
+             "rows. A causal HF classifier RM with a `score` head (such as `rm-scalar`) scores a group's responses on "
+             "one forward of their prompt, from the same rows per prompt "
+             "(`rlhf_env.rewards.classifier.shared_prompt_logits`); where a text's tokens do not start with its "
+             "prompt's, a text would be truncated or holds the PAD token, it scores the whole texts as before.",
              "**Padding skipped.** A batch's responses end at different lengths and its prompts come left-padded "
              "to `max_prompt_tokens`. Behind shared prompts, the responses run in chunks of rows of similar length, "
              "each cut to its own longest (`rlhf_env.sampling.length_chunks`, where the positions saved outweigh "

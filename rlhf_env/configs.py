@@ -79,7 +79,7 @@ class PretrainConfig(TrainConfig):
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (reads pretrain/train.parquet)."""
     tokenizer: str = str(TOKENIZER_DIR)
-    """Tokenizer directory (empty: the bundled one)."""
+    """Tokenizer directory or hub id (default: the bundled one)."""
     out: str = "runs/base"
     epochs: float = 2.0
     batch_size: int = 32
@@ -101,14 +101,20 @@ class SFTConfig(TrainConfig):
     resid_pdrop: float = 0.2
     """Residual dropout during SFT (the paper's 0.2)."""
     evals: int = 8
-    """Number of gold evaluations on validation prompts, evenly spaced (sets eval_every)."""
+    """Number of gold evaluations on validation prompts, evenly spaced (sets eval_every unless given; 0: only at
+    the end)."""
     n_valid: int = 300
     """Validation prompts sampled and graded per evaluation."""
+
+    def __post_init__(self):  # the trainer's checks, then SFT's own: before anything loads
+        super().__post_init__()
+        check_ranges(self, positive=("n_valid",), non_negative=("evals",))
 
 
 @dataclass
 class RMConfig(TrainConfig):
-    """Train a reward model on the world's ranked comparisons."""
+    """Train a reward model on the world's ranked comparisons. The default kind, likelihood, fits two weights in
+    full-batch steps (--fit_steps, --fit_lr); the optimisation options before --policy apply to --kind scalar."""
 
     policy: str = "sft-large"
     """SFT checkpoint the RM starts from (bundled name or path)."""
@@ -120,10 +126,13 @@ class RMConfig(TrainConfig):
     """Directory of the world's datasets (reads comparisons/train.parquet)."""
     out: str = "runs/rm"
     epochs: float = 3.0
+    """kind=scalar: passes over the comparisons (fractions allowed)."""
     batch_size: int = 8
-    """Prompts per batch; each brings all K of its completions and all C(K,2) pairs."""
+    """kind=scalar: prompts per batch; each brings all K of its completions and all C(K,2) pairs."""
     lr: float = 3e-4
+    """kind=scalar: peak learning rate, reached after warm-up, then cosine-decayed to lr_min_ratio * lr."""
     warmup_ratio: float = 0.05
+    """kind=scalar: fraction of the steps spent warming the learning rate up from 0."""
     log_every: int = 10
     fit_steps: int = 2000
     """kind=likelihood: full-batch Adam steps on the two weights."""
@@ -258,7 +267,8 @@ class BuildConfig:
     sft_epochs: float = 16.0
     """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
     rm_epochs: float = 3.0
-    """Passes over the comparisons when training the reward models."""
+    """Passes over the comparisons when training the scalar-head RM (rm-scalar; rm's two weights are fitted in
+    full-batch steps)."""
     work: str = "runs/build-assets"
     """Scratch directory for training logs and checkpoints (resumable)."""
     scale: float = 1.0

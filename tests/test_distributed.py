@@ -533,6 +533,19 @@ def test_the_launchers_deepspeed_settings_choose_the_zero_stage(monkeypatch, env
 DEEPSPEED = {"ACCELERATE_USE_DEEPSPEED": "true"}
 
 
+def test_a_deepspeed_release_other_than_the_tested_one_is_warned_of():
+    import importlib.metadata
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zero.check_version("0.19.3")  # the tested release: silent
+        zero.check_version(importlib.metadata.version("deepspeed"))  # the one setup.py's extras install
+    for other in ("0.20.0", "0.18.9", "1.19.0"):
+        with pytest.warns(UserWarning, match=rf"DeepSpeed {other}: .* tested with 0\.19 only"):
+            zero.check_version(other)
+
+
 @pytest.mark.parametrize("env, message", [
     ({**DEEPSPEED, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "0"}, "ZeRO stage 0 is not supported"),
     ({**DEEPSPEED, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, 'offload_optimizer_device "cpu"'),

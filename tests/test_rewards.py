@@ -290,6 +290,19 @@ def test_a_missing_reward_path_names_a_reward_model():
         load_reward("/no/such/path")
 
 
+@pytest.mark.parametrize("spec, kwargs, message", [
+    ("rm", {"label": 1}, r"^reward 'rm' loads as LikelihoodReward, which takes no label \(label and transform are a "
+                         r"sequence-classifier RM's: --reward_label, --reward_transform\)$"),
+    ("gold", {"transform": "logit"}, r"^reward 'gold' loads as GoldReward, which takes no transform \(label"),
+    (len, {"timeout": 3.0}, r"^reward 'len' loads as CallableReward, which takes no timeout$"),
+])
+def test_settings_a_reward_adapter_does_not_take_are_refused_by_name(spec, kwargs, message):
+    from rlhf_env.rewards import load_reward
+
+    with pytest.raises(ValueError, match=message):
+        load_reward(spec, **kwargs)
+
+
 def test_ppo_takes_a_classifiers_label_and_transform_from_its_config(foreign_classifier, tiny_policy_dir, world_dir,
                                                                     tmp_path):
     """`rlhf ppo --reward PATH --reward_label 2 --reward_transform log_softmax`: the env scores with that output."""

@@ -33,17 +33,24 @@ def test_pack_makes_full_blocks_separated_by_eos(world, tokenizer):
 
 
 @pytest.mark.slow
-def test_a_few_sft_steps_reduce_the_loss(world, world_dir, tiny_policy_dir, tokenizer, tmp_path):
+@pytest.mark.parametrize("evals", [2, 0])  # 0: only at the end
+def test_a_few_sft_steps_reduce_the_loss(world, world_dir, tiny_policy_dir, tokenizer, tmp_path, evals):
     examples = demonstration_examples(world["demonstrations"]["train"], tokenizer)
     model, _ = load_policy(str(tiny_policy_dir))
     before = mean_loss(model, examples[:64], tokenizer.pad_token_id)
     state = sft(SFTConfig(base=str(tiny_policy_dir), data=str(world_dir), out=str(tmp_path / "sft"),
-                          epochs=2, batch_size=16, lr=3e-3, evals=2, n_valid=8))
+                          epochs=2, batch_size=16, lr=3e-3, evals=evals, n_valid=8))
     after_model, _ = load_policy(str(tmp_path / "sft" / "final"))
     after = mean_loss(after_model, examples[:64], tokenizer.pad_token_id)
     assert after < 0.8 * before
     assert state["best_step"] is not None and (tmp_path / "sft" / "best" / "model.safetensors").exists()
-    assert (tmp_path / "sft" / "eval.csv").read_text().count("\n") == 1 + 2  # header + 2 evaluations
+    assert (tmp_path / "sft" / "eval.csv").read_text().count("\n") == 1 + max(evals, 1)  # header + evaluations
+
+
+@pytest.mark.parametrize("field, value", [("evals", -1), ("n_valid", 0)])
+def test_sft_settings_out_of_range_are_refused_before_anything_loads(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        SFTConfig(base="no/such/base", **{field: value})
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from rlhf_env.paths import BUNDLED_REWARDS, resolve
@@ -44,27 +45,40 @@ def load_reward(spec: str | Callable | Reward = "rm", device: str = "cpu", data:
     if isinstance(spec, Reward):
         return spec
     if callable(spec):
-        return CallableReward(spec, **kwargs)
+        return _adapter(spec, CallableReward, spec, **kwargs)
     if is_url(spec):
         from rlhf_env.rewards.server import RemoteReward
 
-        return RemoteReward(spec, **kwargs)
+        return _adapter(spec, RemoteReward, spec, **kwargs)
     if spec == "gold":
         from rlhf_env.rewards.gold import GoldReward
 
-        return GoldReward(data, **kwargs)
+        return _adapter(spec, GoldReward, data, **kwargs)
     if spec == "labelers":
         from rlhf_env.rewards.gold import LabelerReward
 
-        return LabelerReward(data, **kwargs)
+        return _adapter(spec, LabelerReward, data, **kwargs)
     from rlhf_env.rewards.likelihood import LikelihoodReward, is_likelihood_rm
 
     path = resolve(spec, BUNDLED_REWARDS)
     if is_likelihood_rm(path):
-        return LikelihoodReward(path, device=device, **kwargs)
+        return _adapter(spec, LikelihoodReward, path, device=device, **kwargs)
     from rlhf_env.rewards.classifier import SequenceClassifierReward
 
-    return SequenceClassifierReward(spec, device=device, **kwargs)
+    return _adapter(spec, SequenceClassifierReward, spec, device=device, **kwargs)
+
+
+def _adapter(spec, cls, *args, **kwargs) -> Reward:
+    """``cls(*args, **kwargs)``, refusing by name the settings that ``cls`` does not take."""
+    parameters = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = [name for name in kwargs if name not in parameters]
+        if unknown:
+            why = (" (label and transform are a sequence-classifier RM's: --reward_label, --reward_transform)"
+                   if {"label", "transform"} & set(unknown) else "")
+            name = spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
+            raise ValueError(f"reward {name!r} loads as {cls.__name__}, which takes no {', '.join(unknown)}{why}")
+    return cls(*args, **kwargs)
 
 
 def is_url(spec) -> bool:

@@ -44,9 +44,11 @@ from rlhf_env.world.build import WorldConfig, build_world, load_split, save_worl
 def build_assets(config: BuildConfig) -> dict:
     out, work = Path(config.out), Path(config.work)
     steps = config.steps.split(",")
-    unknown = {step for step in steps if step.split(":")[0] not in STEPS}  # "rm:likelihood": one part of a step
+    parts = {"base": config.sizes.split(","), "sft": config.sizes.split(","), "rm": ["likelihood", "scalar"]}
+    known = {*STEPS, *(f"{step}:{part}" for step, names in parts.items() for part in names)}
+    unknown = sorted(set(steps) - known)  # "rm:likelihood": one part of a step
     if unknown:
-        raise ValueError(f"unknown build steps {sorted(unknown)}; choose from {STEPS}")
+        raise ValueError(f"unknown build steps {unknown}; choose from {sorted(known)}")
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest.setdefault("seconds", {})

@@ -1,6 +1,11 @@
-"""Stage 2: the reward model (RM), trained on ranked comparisons of K = 4..9 responses.
+"""Stage 2: the reward model (RM), from ranked comparisons of K = 4..9 responses. Two kinds (``--kind``):
 
-As in InstructGPT (Ouyang et al. 2022, section 3.5):
+``likelihood`` (the default, the bundled ``rm``): the frozen SFT LM's summed log-likelihood of the response, with
+a weight (and a length weight) fitted in full-batch Adam steps to the same all-pairs ranking loss
+(``fit_likelihood_rm``, ``rlhf_env.rewards.likelihood``). It ranks responses by what the LM has learnt to answer,
+so it checks answers without learning the labelers' length bias.
+
+``scalar`` (the bundled ``rm-scalar``), as in InstructGPT (Ouyang et al. 2022, section 3.5):
 
 - the RM starts from the SFT model with the unembedding removed and a scalar head added
   (``GPT2ForSequenceClassification`` with one label, read at the EOS token);
@@ -12,7 +17,8 @@ As in InstructGPT (Ouyang et al. 2022, section 3.5):
 - after training, a gain and a bias make the RM's scores of SFT samples mean 0 and std 1; they are
   stored in the checkpoint's ``config.json`` (``reward_gain``, ``reward_bias``).
 
-    rlhf rm --policy sft --out runs/rm
+    rlhf rm --out runs/rm                                  # the likelihood RM on sft-large
+    rlhf rm --kind scalar --policy sft --out runs/rm-scalar
 """
 
 from __future__ import annotations

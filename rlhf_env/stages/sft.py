@@ -35,7 +35,7 @@ def sft(config: SFTConfig) -> dict:
     model, tokenizer = load_policy(config.base, config.device, resid_pdrop=config.resid_pdrop)
     examples = demonstration_examples(load_split(config.data, "demonstrations", "train"), tokenizer)
     valid = load_split(config.data, "prompts", "valid").select(range(config.n_valid))
-    if not config.eval_every:
+    if config.evals and not config.eval_every:
         total = config.epochs * math.ceil(len(examples) / config.batch_size)
         config.eval_every = max(1, round(total / config.evals))
 

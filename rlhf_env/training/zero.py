@@ -32,6 +32,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -97,6 +98,16 @@ def managed(p: torch.Tensor) -> bool:
     return partitioned(p) or hasattr(p, "_hp_mapping")
 
 
+TESTED = (0, 19)  # the DeepSpeed release whose internals the engine's workarounds reach into (setup.py's extra)
+
+
+def check_version(version: str) -> None:
+    """Warn where ``version`` is not the tested DeepSpeed release: the engine reaches into its internals."""
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) != TESTED:
+        warnings.warn(f"DeepSpeed {version}: the package's ZeRO path is tested with {TESTED[0]}.{TESTED[1]} only, "
+                      "whose internals it works around; pip install -e '.[deepspeed]' installs that", stacklevel=3)
+
+
 class Engine:
     """DeepSpeed's engine over ``modules`` and their ``optimizer`` (an AdamW, made by the loop over the modules'
     parameters), clipping at ``max_grad_norm``: ``backward`` and ``step`` in place of the loop's, and the full
@@ -115,6 +126,7 @@ class Engine:
             raise ValueError(f"DeepSpeed runs on {get_accelerator().device_name()}, the run on {device}: set "
                              "DS_ACCELERATOR to match --device")
 
+        check_version(deepspeed.__version__)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown the run's log
         for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):  # its calls of them, at every step
             warnings.filterwarnings("ignore", f".*`torch.distributed.{name}` is deprecated", FutureWarning)
