@@ -264,8 +264,12 @@ class BuildConfig:
     """Comma-separated model sizes to build."""
     pretrain_epochs: float = 2.0
     """Passes over the web-text corpus when pretraining each base model."""
+    large_pretrain_epochs: float | None = None
+    """Passes for the large base model (None: --pretrain_epochs): a larger model needs more tokens."""
     sft_epochs: float = 16.0
     """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
+    large_sft_epochs: float | None = None
+    """At most this many passes for the large SFT model (None: --sft_epochs)."""
     rm_epochs: float = 3.0
     """Passes over the comparisons when training the scalar-head RM (rm-scalar; rm's two weights are fitted in
     full-batch steps)."""
@@ -275,3 +279,7 @@ class BuildConfig:
     """Scale every dataset size by this factor (tiny builds for tests)."""
     device: str = "cpu"
     """torch device (cpu, cuda, ...)."""
+
+    def __post_init__(self):  # before any step runs
+        given = tuple(name for name in ("large_pretrain_epochs", "large_sft_epochs") if getattr(self, name) is not None)
+        check_ranges(self, above_zero=("pretrain_epochs", "sft_epochs", "rm_epochs", "scale", *given))

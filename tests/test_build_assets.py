@@ -49,3 +49,26 @@ def test_a_tiny_build_makes_every_asset_and_the_env_runs_on_them(tmp_path):
     build_assets(BuildConfig(**{**vars(config), "steps": "world"}))  # the same seed: the same files
     assert {f.relative_to(out): f.read_bytes() for f in sorted((out / "data").rglob("*.parquet"))
             if "comparisons" not in f.parts} == world
+
+
+def test_the_large_model_takes_its_own_epochs_where_given(monkeypatch, tmp_path):
+    from rlhf_env.stages import build_assets as module
+
+    seen = []
+    monkeypatch.setattr(module, "pretrain", lambda c: seen.append(("base", c.size, c.epochs)))
+    monkeypatch.setattr(module, "sft", lambda c: seen.append(("sft", c.base.split("/")[-1], c.epochs))
+                        or {"best": 0.5, "best_step": 1})
+    monkeypatch.setattr(module, "_ship", lambda *args, **kwargs: None)
+    common = dict(out=str(tmp_path / "assets"), work=str(tmp_path / "work"), steps="base,sft", pretrain_epochs=2,
+                  sft_epochs=16)
+    build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32))
+    assert seen == [("base", "small", 2), ("sft", "base", 16), ("base", "large", 6), ("sft", "base-large", 32)]
+    seen.clear()
+    build_assets(BuildConfig(**common))  # None: the shared settings
+    assert seen == [("base", "small", 2), ("sft", "base", 16), ("base", "large", 2), ("sft", "base-large", 16)]
+
+
+@pytest.mark.parametrize("field, value", [("large_pretrain_epochs", 0.0), ("sft_epochs", -1.0), ("scale", 0.0)])
+def test_build_settings_out_of_range_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be > 0"):
+        BuildConfig(**{field: value})

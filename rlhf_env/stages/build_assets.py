@@ -61,6 +61,10 @@ def build_assets(config: BuildConfig) -> dict:
     data, tokenizer_dir, models = out / "data", out / "tokenizer", out / "models"
     sizes = [("" if size == "small" else f"-{size}", size) for size in config.sizes.split(",")]
 
+    def epochs(size: str, stage: str) -> float:  # the large model's own, where given
+        own = getattr(config, f"large_{stage}_epochs") if size == "large" else None
+        return getattr(config, f"{stage}_epochs") if own is None else own
+
     def timed(name, fn, *args):
         if name not in steps and name.split(":")[0] not in steps:
             return
@@ -84,13 +88,13 @@ def build_assets(config: BuildConfig) -> dict:
 
     def base(suffix, size):
         pretrain(PretrainConfig(size=size, data=str(data), tokenizer=str(tokenizer_dir),
-                                out=str(work / f"base{suffix}"), epochs=config.pretrain_epochs, seed=config.seed,
+                                out=str(work / f"base{suffix}"), epochs=epochs(size, "pretrain"), seed=config.seed,
                                 device=config.device))
         _ship(work / f"base{suffix}" / "final", models / f"base{suffix}")
 
     def sft_step(suffix, size):
         state = sft(SFTConfig(base=str(models / f"base{suffix}"), data=str(data), out=str(work / f"sft{suffix}"),
-                              epochs=config.sft_epochs, seed=config.seed, device=config.device,
+                              epochs=epochs(size, "sft"), seed=config.seed, device=config.device,
                               n_valid=min(300, world_config.n_valid)))
         _ship(work / f"sft{suffix}" / "best", models / f"sft{suffix}")
         return {"best_valid_gold": state["best"], "best_step": state["best_step"]}
