@@ -79,7 +79,7 @@ class PretrainConfig(TrainConfig):
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (reads pretrain/train.parquet)."""
     tokenizer: str = str(TOKENIZER_DIR)
-    """Tokenizer directory or hub id (default: the bundled one)."""
+    """Tokenizer directory or hub id (the bundled one by default)."""
     out: str = "runs/base"
     epochs: float = 2.0
     batch_size: int = 32
