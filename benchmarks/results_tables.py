@@ -60,24 +60,6 @@ def ppo_table(ppo: dict) -> str:
     return "\n".join(lines)
 
 
-def training_lengths_table(rows: list[dict]) -> str:
-    lines = ["| A | B | win rate of A | ceiling | gold A | gold B | success A | success B |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['a']} | {r['b']} | {r['win_rate']:.3f} | {r['win_rate_ceiling']:.3f} | {r['gold_a']:.3f} | "
-              f"{r['gold_b']:.3f} | {r['success_a']:.3f} | {r['success_b']:.3f} |" for r in rows]
-    return "\n".join(lines)
-
-
-def training_lengths_rm_table(rows: list[dict]) -> str:
-    lines = ["| reward | accuracy vs labelers | held-out labelers | labeler agreement | Spearman with gold within a "
-             "prompt | correct over incorrect, same length | prefers padded | best of 4, win rate | best of 16, win "
-             "rate |", "|---|---|---|---|---|---|---|---|---|"]
-    keys = ("accuracy", "accuracy_heldout_labelers", "labeler_agreement", "spearman_within_prompt",
-            "correct_over_incorrect_same_length", "prefer_padded", "best_of_4_win_rate", "best_of_16_win_rate")
-    lines += [f"| {r['rm']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def betas_flag(result: dict) -> str:
     """The ``--betas`` that reproduce ``result``'s rows (the row of SFT itself has none)."""
     return "--betas " + " ".join(f"{row['beta']:g}" for row in result["rows"] if row["beta"] is not None)
@@ -162,13 +144,19 @@ def make_table(result: dict) -> str:
         f"\n\nMedians of {result['repeats']} fresh processes; making and stepping the env imported {imported}.")
 
 
-def policies_table(foundation: dict) -> str:
+def pairs_table(evals: list[dict]) -> str:
+    """``rlhf eval`` results, one row per pair of policies."""
     lines = ["| A vs B | win rate of A | ceiling | gold A | gold B | success A | success B | length A | length B |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for e in foundation["evals"]:
+    for e in evals:
         lines.append(f"| {e['policy']} vs {e['baseline']} | {e['win_rate']:.3f} | {e['win_rate_ceiling']:.3f} | "
                      f"{e['gold_a']:.3f} | {e['gold_b']:.3f} | {e['success_a']:.3f} | {e['success_b']:.3f} | "
                      f"{e['length_a']:.1f} | {e['length_b']:.1f} |")
+    return "\n".join(lines)
+
+
+def policies_table(foundation: dict) -> str:
+    lines = [pairs_table(foundation["evals"])]
     first = foundation["evals"][0]
     families = sorted(first["families"])
     lines += ["", f"Success by family, {first['policy']} vs {first['baseline']}:", "",
@@ -517,17 +505,16 @@ def results_page(results: Path) -> str:
                   "`benchmarks/results/rm_forms.json`):", rm_forms_table(forms)]
     lengths = load(results, "training_lengths.json")
     if lengths:
+        variants = "; ".join(f"`{name}`: " + ", ".join(f"`--{k} {v}`" for k, v in b["settings"].items())
+                             + f" (valid gold {b['sft_valid_gold']:.3f} at step {b['sft_best_step']})"
+                             for name, b in lengths["builds"].items())
         parts += ["How long to train each size (`python benchmarks/training_lengths.py`, "
                   "`benchmarks/results/training_lengths.json`): SFT variants built aside by `rlhf build-assets` "
                   "with other lengths (the shipped ones are untouched), judged on "
-                  f"{lengths['episodes']} held-out customers' prompts; `sft-32` is the small SFT with 32 epochs "
-                  "instead of 16, `sft-large-32` the large one, `sft-large-pretrain-6-32` the large one on a base "
-                  "pretrained for 6 epochs instead of 2. Every variant kept its last checkpoint: "
-                  + ", ".join(f"`{name}` valid gold {b['sft_valid_gold']:.3f} at step {b['sft_best_step']}"
-                              for name, b in lengths["builds"].items()) + ".",
-                  training_lengths_table(lengths["evals"]),
+                  f"{lengths['episodes']} held-out customers' prompts. The variants, each with the SFT checkpoint "
+                  f"it kept: {variants}.", pairs_table(lengths["evals"]),
                   "The likelihood RM fitted on each large SFT (the shipped `rm`'s recipe), measured as above:",
-                  training_lengths_rm_table(lengths["reward_models"])]
+                  reward_table(lengths)]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",

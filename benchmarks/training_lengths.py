@@ -25,6 +25,7 @@ from pathlib import Path
 
 import datasets
 import transformers
+from results_tables import pairs_table, reward_table  # benchmarks/ is on the path when this runs as a script
 
 from rlhf_env.configs import BuildConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
@@ -39,10 +40,7 @@ VARIANTS = {
     "sft-large-pretrain-6-32": (dict(steps="base:large,sft:large", sizes="large", pretrain_epochs=6, sft_epochs=32),
                                 "large", "sft-32"),
 }
-SHIPPED = "shipped (16 epochs)"
-METRICS = ("win_rate", "win_rate_ceiling", "gold_a", "gold_b", "success_a", "success_b")
-RM_METRICS = ("accuracy", "accuracy_heldout_labelers", "labeler_agreement", "spearman_within_prompt",
-              "correct_over_incorrect_same_length", "prefer_padded", "best_of_4_win_rate", "best_of_16_win_rate")
+SHIPPED = json.loads((ASSETS / "manifest.json").read_text())["config"]  # the shipped build's settings
 
 
 def build(name: str, work: Path) -> Path:
@@ -84,18 +82,18 @@ def main() -> None:
                         "sft_valid_gold": manifest["metrics"][step]["best_valid_gold"],
                         "sft_best_step": manifest["metrics"][step]["best_step"]}
 
-    def judge(a: str, b: str) -> dict:
-        result = evaluate(EvalConfig(policy=a, baseline=b, episodes=args.episodes, seed=args.seed))
-        return {k: result[k] for k in METRICS}
+    def judge(a: str, b: str, a_name: str, b_name: str) -> dict:
+        return {**evaluate(EvalConfig(policy=a, baseline=b, episodes=args.episodes, seed=args.seed)),
+                "policy": a_name, "baseline": b_name}
 
-    rows = [{"a": f"sft-large, {SHIPPED}", "b": f"sft, {SHIPPED}", **judge("sft-large", "sft")}]
+    shipped = f"shipped, {SHIPPED['sft_epochs']:g} SFT epochs"
+    rows = [judge("sft-large", "sft", f"sft-large ({shipped})", f"sft ({shipped})")]
     for name, (_, size, small) in VARIANTS.items():
-        rows.append({"a": name, "b": f"sft, {SHIPPED}", **judge(model(name, work, size), "sft")})
+        rows.append(judge(model(name, work, size), "sft", name, f"sft ({shipped})"))
         if small:
-            rows.append({"a": name, "b": small, **judge(model(name, work, size), model(small, work, "small"))})
+            rows.append(judge(model(name, work, size), model(small, work, "small"), name, small))
 
-    rms = [{"rm": f"rm on sft-large, {SHIPPED}", **{k: evaluate_reward(RMEvalConfig(rm="rm", seed=args.seed))[k]
-                                                    for k in RM_METRICS}}]
+    rms = [{**evaluate_reward(RMEvalConfig(rm="rm", seed=args.seed)), "rm": f"rm on sft-large ({shipped})"}]
     for name, (_, size, _) in VARIANTS.items():
         if size != "large":
             continue
@@ -104,19 +102,13 @@ def main() -> None:
             build_assets(BuildConfig(out=str(out), work=str(work / name / "work"), steps="rm:likelihood",
                                      sizes="large"))
             fitted.touch()
-        result = evaluate_reward(RMEvalConfig(rm=str(out / "models" / "rm"), seed=args.seed))
-        rms.append({"rm": f"rm on {name}", **{k: result[k] for k in RM_METRICS}})
+        rms.append({**evaluate_reward(RMEvalConfig(rm=str(out / "models" / "rm"), seed=args.seed)),
+                    "rm": f"rm on {name}"})
 
     print(f"SFT lengths, on {args.episodes} held-out customers' prompts (gold win rate of A against B, ties half):\n")
-    print("| A | B | win rate of A | ceiling | gold A | gold B | success A | success B |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['a']} | {r['b']} | {r['win_rate']:.3f} | {r['win_rate_ceiling']:.3f} | {r['gold_a']:.3f} | "
-              f"{r['gold_b']:.3f} | {r['success_a']:.3f} | {r['success_b']:.3f} |")
-    print("\n| reward | " + " | ".join(RM_METRICS) + " |")
-    print("|---|" + "---|" * len(RM_METRICS))
-    for r in rms:
-        print(f"| {r['rm']} | " + " | ".join(f"{r[k]:.3f}" for k in RM_METRICS) + " |")
+    print(pairs_table(rows))
+    print()
+    print(reward_table({"reward_models": rms}))
     Path(args.out).write_text(json.dumps({"episodes": args.episodes, "seed": args.seed, "builds": builds,
                                           "evals": rows, "reward_models": rms,
                                           "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
