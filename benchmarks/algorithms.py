@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from results_tables import algorithms_table  # benchmarks/ is on the path when this runs as a script
 
+from rlhf_env.paths import assets_digest
+
 BEST_OF = (1, 2, 4, 8, 16)
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token", "sb3-a2c-token",
               "sb3-maskable-ppo-token", *(f"best-of-{n}" for n in BEST_OF))
@@ -135,7 +137,8 @@ def main() -> None:
                                               "first_seed_only", "first_seed_only_rewards")}
     print(algorithms_table({"summary": summary, "settings": settings}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": settings, "summary": summary, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"settings": settings, "assets": assets_digest(), "summary": summary,
+                                          "rows": rows}, indent=1))
     plot(summary, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
 

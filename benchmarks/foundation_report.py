@@ -21,6 +21,7 @@ import datasets
 import transformers
 
 from rlhf_env.evaluation import EvalConfig, evaluate
+from rlhf_env.paths import assets_digest
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.stages.comparisons import WorldStatsConfig, world_stats
 
@@ -79,7 +80,8 @@ def main() -> None:
     for r in evals:
         r.pop("examples")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"evals": evals, "world": world, "reward_models": rms}, indent=1))
+    Path(args.out).write_text(json.dumps({"assets": assets_digest(), "evals": evals, "world": world,
+                                          "reward_models": rms}, indent=1))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from agents.best_of_n import BestOfN
 from rlhf_env.configs import EvalConfig, TrainConfig
 from rlhf_env.evaluation import evaluate
 from rlhf_env.models import load_policy
-from rlhf_env.paths import DATA_DIR
+from rlhf_env.paths import DATA_DIR, assets_digest
 from rlhf_env.stages.sft import demonstration_examples
 from rlhf_env.training.trainer import train_causal_lm
 from rlhf_env.world.build import load_split
@@ -92,7 +92,8 @@ def main() -> None:
               f"{row['success']:>9.3f}{row['seconds']:>9.0f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "runs_dir")}
-    Path(args.out).write_text(json.dumps({"settings": settings, "torch": torch.__version__, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"settings": settings, "assets": assets_digest(), "torch": torch.__version__,
+                                          "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 
 

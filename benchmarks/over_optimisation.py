@@ -32,6 +32,7 @@ import torch
 
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, sample_and_measure, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.paths import assets_digest
 from rlhf_env.rewards import load_reward
 from rlhf_env.rewards.metrics import score_samples
 from rlhf_env.sampling import response_logprobs
@@ -133,7 +134,7 @@ def main() -> None:
     model, tokenizer = load_policy(args.policy)
     reward = load_reward(args.reward)
     baseline = sample_and_measure(model, tokenizer, rows, args.seed, 1.0, 48)["grades"]  # rlhf eval's SFT samples
-    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes,
+    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes, "assets": assets_digest(),
               "best_of_n": best_of_n(reward, model, tokenizer, rows, baseline, args.n_max, args.seed),
               "sharpened": sharpened(reward, model, tokenizer, rows, baseline, args.seed),
               "ppo": {label: ppo_points(Path(d)) for label, d in runs.items() if (Path(d) / "eval.csv").exists()}}

@@ -32,6 +32,7 @@ from agents.bench import BLACK_BOX_PPO
 from agents.grpo import GRPOAgent, GRPOConfig
 from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
 from rlhf_env.evaluation import EvalConfig, evaluate
+from rlhf_env.paths import assets_digest
 
 # the default before the token target (stop 28): black-box PPO, the bench's (benchmarks/results/algorithms.json)
 BLACK_BOX = {**BLACK_BOX_PPO, "iterations": 100}
@@ -153,7 +154,9 @@ def main() -> None:
         print(f"{name} over {sum(r['run'] == name for r in rows)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, **{f"{n}_summary": v for n, v in summaries.items()},
+    Path(args.out).write_text(json.dumps({"assets": assets_digest(), "variants": args.variants, "seeds": args.seeds,
+                                          "rows": rows,
+                                          **{f"{n}_summary": v for n, v in summaries.items()},
                                           "greedy_sft": greedy}, indent=1))
     try:
         import subprocess

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from rlhf_env.accel import kernels
+from rlhf_env.paths import assets_digest
 
 
 def reward_table(foundation: dict) -> str:
@@ -461,6 +462,33 @@ def reliability_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+SHIPPED = assets_digest()  # the quality benchmarks record the build they ran on as "assets"
+
+
+def stale(result: dict, name: str) -> list[str]:
+    """A warning for a quality benchmark's table whose JSON was made on another build of the shipped models and data
+    (or before the JSON recorded its build): its figures are not the shipped models'."""
+    if result.get("assets") == SHIPPED:
+        return []
+    made = f"build {result['assets']}" if result.get("assets") else "an earlier build"
+    return [f"**Not rerun on the shipped assets (build {SHIPPED}):** `{name}` was made on {made} of the models and "
+            "data, so these figures are not the shipped models'."]
+
+
+def algorithms_command(algorithms: dict) -> str:
+    """The command that made algorithms.json: its runs given one seed only, from its settings."""
+    st = algorithms["settings"]
+    flags = [f"--{key.replace('_', '-')} {' '.join(st[key])}" for key in ("first_seed_only", "first_seed_only_rewards")
+             if st.get(key)]
+    return " ".join(["python benchmarks/algorithms.py", *flags])
+
+
+def ppo_command(ppo: dict) -> str:
+    """The command that made ppo.json (its variants and seeds, where it recorded them)."""
+    flags = [f"--{key} {' '.join(map(str, ppo[key]))}" for key in ("variants", "seeds") if ppo.get(key)]
+    return " ".join(["python benchmarks/ppo_runs.py", *flags])
+
+
 def load(results: Path, name: str) -> dict | None:
     path = results / name
     return json.loads(path.read_text()) if path.exists() else None
@@ -477,9 +505,10 @@ def results_page(results: Path) -> str:
     algorithms = load(results, "algorithms.json")
     if algorithms:
         parts += ["## Every algorithm on one task",
-                  "`python benchmarks/algorithms.py` runs each through `rlhf bench` "
+                  f"`{algorithms_command(algorithms)}` runs each through `rlhf bench` "
                   "(JSON in `benchmarks/results/algorithms.json`, plot in `algorithms.png`).",
-                  algorithms_table(algorithms), "![frontier](../benchmarks/results/algorithms.png)"]
+                  algorithms_table(algorithms), *stale(algorithms, "algorithms.json"),
+                  "![frontier](../benchmarks/results/algorithms.png)"]
     foundation = load(results, "foundation.json")
     if foundation:
         world = foundation["world"]
@@ -498,11 +527,11 @@ def results_page(results: Path) -> str:
                   "weight; `rm-scalar` is InstructGPT's scalar head on the small SFT trunk; `gold` is the grader; "
                   "\"labelers (noise-free)\" is a perfect model of the labelers. \"Best of n\" lets the reward pick "
                   "one of n SFT samples, judged by gold against one SFT sample.",
-                  reward_table(foundation)]
+                  reward_table(foundation), *stale(foundation, "foundation.json")]
     forms = load(results, "rm_forms.json")
     if forms:
         parts += ["Which form of the likelihood RM to ship (`python benchmarks/rm_forms.py`, "
-                  "`benchmarks/results/rm_forms.json`):", rm_forms_table(forms)]
+                  "`benchmarks/results/rm_forms.json`):", rm_forms_table(forms), *stale(forms, "rm_forms.json")]
     lengths = load(results, "training_lengths.json")
     if lengths:
         variants = "; ".join(f"`{name}`: " + ", ".join(f"`--{k} {v}`" for k, v in b["settings"].items())
@@ -514,25 +543,24 @@ def results_page(results: Path) -> str:
                   f"{lengths['episodes']} held-out customers' prompts. The variants, each with the SFT checkpoint "
                   f"it kept: {variants}.", pairs_table(lengths["evals"]),
                   "The likelihood RM fitted on each large SFT (the shipped `rm`'s recipe), measured as above:",
-                  reward_table(lengths)]
+                  reward_table(lengths), *stale(lengths, "training_lengths.json")]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",
-                  "`python benchmarks/ppo_runs.py` (JSON in `benchmarks/results/ppo.json`): `rlhf ppo` with the "
+                  f"`{ppo_command(ppo)}` (JSON in `benchmarks/results/ppo.json`): `rlhf ppo` with the "
                   "defaults (300 iterations of 128 episodes, 2 responses per prompt, 2 passes at lr 1e-4, β = 0.05, "
                   "the bundled `rm` and the token target, weight 10, wherever the reward allows it: not with β = 0, "
                   "`rm-scalar` or `gold`) and the overrides of each row, judged by `rlhf eval --policy RUN/final "
                   "--baseline sft` on 500 held-out prompts, against `sft-large`, and decoded greedily against SFT "
                   "decoded greedily. `black-box` is the default before the token target (no token target, 8 "
-                  "responses per prompt, 4 passes at lr 3e-5, 100 iterations), PPO's recipe in the bench above; "
-                  "`grpo` keeps that recipe too. `gold-oracle` trains on the gold grader itself, whose grades `rlhf "
-                  "ppo` normalises by default to N(0, 1) on SFT's samples (the bundled RMs' scale, which β and the "
-                  "missing-EOS penalty assume); `gold-oracle-raw` keeps its [0, 1] grades. \"RM score\" is each "
-                  "run's own reward (normalised gold for `gold-oracle`). 2 threads, one run at a time. The default "
-                  "rows were trained with the C GELU and decode attention that `rlhf_env.accel.kernels` chose on "
-                  "this machine and the packed trunk (`rlhf_env.accel.trunk`), the other rows before them, with aten's "
-                  "GELU and PyTorch's attention (the same functions to float rounding).",
-                  ppo_table(ppo), "![PPO curves](../benchmarks/results/ppo.png)"]
+                  "responses per prompt, 4 passes at lr 3e-5, 100 iterations), PPO's recipe in the bench above. "
+                  "`gold-oracle` trains on the gold grader itself, whose grades `rlhf ppo` normalises by default to "
+                  "N(0, 1) on SFT's samples (the bundled RMs' scale, which β and the missing-EOS penalty assume). "
+                  "\"RM score\" is each run's own reward (normalised gold for `gold-oracle`). 2 threads, one run at "
+                  "a time, with the kernels that `rlhf_env.accel.kernels` chose on this machine and the packed trunk "
+                  "(`rlhf_env.accel.trunk`). The script's other variants (GAE with a value head, GRPO, gold's raw "
+                  "grades, bf16, ...) run with `--variants`.",
+                  ppo_table(ppo), *stale(ppo, "ppo.json"), "![PPO curves](../benchmarks/results/ppo.png)"]
     token = load(results, "ppo_token_target.json")
     if token:
         parts += ["### The token target's first measurement",
@@ -543,7 +571,7 @@ def results_page(results: Path) -> str:
                   " and 2 responses per prompt (`--group_size 2`: 64 prompts an iteration), for 100 iterations and "
                   "for 300, judged as above. `group2` is the control: the black-box recipe with 2 responses per "
                   "prompt. The default's weight, learning rate and passes came after these, from single-seed runs "
-                  "judged on the same held-out prompts.", ppo_table(token),
+                  "judged on the same held-out prompts.", ppo_table(token), *stale(token, "ppo_token_target.json"),
                   "![PPO curves, token target](../benchmarks/results/ppo_token_target.png)"]
     ceiling = load(results, "token_target_ceiling.json")
     if ceiling:
@@ -553,13 +581,14 @@ def results_page(results: Path) -> str:
                   f"same way on {ceiling['episodes']} held-out prompts; α = c/β with c = {ceiling['rm_coef']:.4f} "
                   "for the bundled `rm`, and α = 0 is SFT itself. A policy that matched q everywhere would score "
                   "this: the point the token term pulls towards, not a bound (the sampled advantages can pass it).",
-                  token_target_ceiling_table(ceiling)]
+                  token_target_ceiling_table(ceiling), *stale(ceiling, "token_target_ceiling.json")]
     greedy = load(results, "token_target_ceiling_greedy.json")
     if greedy:
         parts += ["q decoded greedily (its argmax at every step) against SFT decoded greedily, the table's greedy "
                   f"column (`python benchmarks/token_target_ceiling.py --greedy {betas_flag(greedy)} --out "
                   "benchmarks/results/token_target_ceiling_greedy.json`): what a policy that matched q would score "
-                  "there.", token_target_ceiling_table(greedy)]
+                  "there.", token_target_ceiling_table(greedy),
+                  *stale(greedy, "token_target_ceiling_greedy.json")]
     imitation = load(results, "gold_imitation.json")
     if imitation:
         settings = imitation["settings"]
@@ -567,7 +596,8 @@ def results_page(results: Path) -> str:
                   f"fine-tuning on gold's best of {settings['n']} samples of the current policy, "
                   f"{settings['prompts']} training prompts a round (`python benchmarks/gold_imitation.py`, "
                   "`benchmarks/results/gold_imitation.json`), each round judged as above "
-                  f"({settings['episodes']} held-out prompts).", gold_imitation_table(imitation)]
+                  f"({settings['episodes']} held-out prompts).", gold_imitation_table(imitation),
+                  *stale(imitation, "gold_imitation.json")]
     over = load(results, "over_optimisation.json")
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "
@@ -575,6 +605,7 @@ def results_page(results: Path) -> str:
                   "measured; temperature 0 is greedy) and along PPO runs (`python benchmarks/over_optimisation.py`,"
                   f" `benchmarks/results/over_optimisation.json`; {over['episodes']} held-out prompts, so a win rate "
                   "moves by a few points with the prompts drawn):", over_optimisation_table(over),
+                  *stale(over, "over_optimisation.json"),
                   "![over-optimisation](../benchmarks/results/over_optimisation.png)"]
     return "\n\n".join(parts) + "\n"
 
@@ -646,7 +677,8 @@ def performance_page(results: Path) -> str:
             ("reliability.json", "Reliability", "reliability.py", reliability_table)):
         result = load(results, name)
         if result:
-            parts += [f"## {title}", f"`python benchmarks/{command}` (`benchmarks/results/{name}`).", fn(result)]
+            parts += [f"## {title}", f"`python benchmarks/{command}` (`benchmarks/results/{name}`).", fn(result),
+                      *(stale(result, name) if name.startswith("vs_trl_quality") else [])]  # the others: speed
     return "\n\n".join(parts) + "\n"
 
 
@@ -661,12 +693,13 @@ def default_run(results: Path) -> list[str]:
     def mean(k, digits=3):
         return f"{s[k]['mean']:.{digits}f}"
     return [f"The default `rlhf ppo` (its token target on the bundled RM), over {seeds} seeds: gold win rate "
-            f"**{mean('win_rate_vs_sft')} ± {s['win_rate_vs_sft']['std']:.3f}** against SFT, "
+            f"**{mean('win_rate_vs_sft')} ± {s['win_rate_vs_sft']['std']:.3f}** against SFT (SFT decoded greedily: "
+            f"{ppo['greedy_sft']['win_rate_vs_sft']:.3f}; no policy can pass {first['win_rate_ceiling']:.3f}), "
             f"{mean('win_rate_vs_sft_large')} against the larger `sft-large`, task success {mean('success')} "
             f"(SFT: {first['success_sft']:.3f}); decoded greedily, {mean('greedy_win_rate_vs_greedy_sft')} against "
-            f"greedy SFT; {mean('minutes', 1)} minutes a run (`python benchmarks/ppo_runs.py`, every row in "
+            f"greedy SFT; {mean('minutes', 1)} minutes a run (`{ppo_command(ppo)}`, every row in "
             "[docs/results.md](docs/results.md)). In the bench below, PPO sees the reward as scores only, like "
-            "every other algorithm there.", ""]
+            "every other algorithm there.", *(line for note in stale(ppo, "ppo.json") for line in ("", note)), ""]
 
 
 def headline(results: Path) -> str:
@@ -677,9 +710,9 @@ def headline(results: Path) -> str:
         ceiling = algorithms["rows"][0]["win_rate_ceiling"]
         st = algorithms["settings"]
         lines = [f"Every algorithm on the same task from `sft`, with {st['episodes']} episodes each, against the "
-                 f"bundled RM, judged on {st['eval_episodes']} held-out customers' prompts (`python "
-                 "benchmarks/algorithms.py`; every column, the gold-oracle runs and the spreads over seeds in "
-                 "[docs/results.md](docs/results.md)):",
+                 f"bundled RM, judged on {st['eval_episodes']} held-out customers' prompts "
+                 f"(`{algorithms_command(algorithms)}`; every column, the gold-oracle runs and the spreads over "
+                 "seeds in [docs/results.md](docs/results.md)):",
                  "", "| algorithm | seeds | gold win rate vs SFT | task success | KL to SFT | episodes/s |",
                  "|---|---|---|---|---|---|"]
         for s in rows:
@@ -692,6 +725,7 @@ def headline(results: Path) -> str:
                      f"policy can pass the ceiling, {ceiling:.3f} here, since many of SFT's answers are already "
                      "perfect and a perfect answer can only tie them. \\* best-of-n's KL is its bound, "
                      "log n − (n − 1)/n.")
+        lines += [line for note in stale(algorithms, "algorithms.json") for line in ("", note)]
         return "\n".join(default_run(results) + lines)
     return "\n".join(default_run(results)).strip()
 

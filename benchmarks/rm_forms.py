@@ -29,6 +29,7 @@ import transformers
 
 from rlhf_env.evaluation import eval_prompts, generate_and_grade, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
+from rlhf_env.paths import assets_digest
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions, draw_samples, spearman_within_prompt
 from rlhf_env.stages.reward_model import likelihood_features, ranking_loss, ranking_pairs
@@ -114,6 +115,7 @@ def main() -> None:
     print(f"| gold (frontier) | | | {gold_picks[4]:.3f} | {gold_picks[n]:.3f} | |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"prompts": args.prompts, "samples": n, "seed": args.seed,
+                                          "assets": assets_digest(),
                                           "forms": results, "gold_best_of_n_win_rate": gold_picks}, indent=1))
     print(f"wrote {args.out}")
 

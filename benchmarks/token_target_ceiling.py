@@ -31,6 +31,7 @@ from agents.token_target import product_log_softmax
 from rlhf_env.configs import EvalConfig
 from rlhf_env.evaluation import evaluate
 from rlhf_env.models import BUNDLED_REWARDS, load_reference, load_tokenizer, resolve
+from rlhf_env.paths import assets_digest
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.sampling import draw, encode_prompts, positions
 
@@ -118,6 +119,7 @@ def main() -> None:
               f"{row['success']:>9.3f}{row['kl']:>11.2f}{row['length']:>8.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rm_coef": c, "episodes": args.episodes, "greedy": args.greedy,
+                                          "assets": assets_digest(),
                                           "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 

@@ -29,7 +29,7 @@ from results_tables import pairs_table, reward_table  # benchmarks/ is on the pa
 
 from rlhf_env.configs import BuildConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
-from rlhf_env.paths import ASSETS
+from rlhf_env.paths import ASSETS, assets_digest
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.stages.build_assets import build_assets
 
@@ -109,7 +109,8 @@ def main() -> None:
     print(pairs_table(rows))
     print()
     print(reward_table({"reward_models": rms}))
-    Path(args.out).write_text(json.dumps({"episodes": args.episodes, "seed": args.seed, "builds": builds,
+    Path(args.out).write_text(json.dumps({"episodes": args.episodes, "seed": args.seed, "assets": assets_digest(),
+                                          "builds": builds,
                                           "evals": rows, "reward_models": rms,
                                           "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
     print(f"\nwrote {args.out}")

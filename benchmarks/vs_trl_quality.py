@@ -240,7 +240,7 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args.worker_out)
 
-    from rlhf_env.paths import DATA_DIR
+    from rlhf_env.paths import DATA_DIR, assets_digest
     from rlhf_env.rewards import load_reward
     from rlhf_env.rewards.server import RewardServer
     from rlhf_env.world.build import load_split
@@ -271,7 +271,7 @@ def main() -> None:
             curves["trl"] = judge_snapshots(trl_run["snapshots"], args.eval_episodes)
     result = {"settings": {**RECIPE, **common, "target": TARGET, "trl_version": TRL_RLOO_VERSION,
                            "ours_token_target_coef": ours.get("token_target_coef"),
-                           "trl_overrides": TRL_RECIPES[args.trl_recipe]}, "curves": curves,
+                           "trl_overrides": TRL_RECIPES[args.trl_recipe]}, "assets": assets_digest(), "curves": curves,
               "versions": versions}
     if set(curves) == {"ours", "trl"}:
         result["summary"] = summarize(curves)

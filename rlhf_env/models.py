@@ -214,6 +214,16 @@ def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike,
     with no_progress_bars():
         model.save_pretrained(directory, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
+    usual_file_modes(directory)
+
+
+def usual_file_modes(directory: str | os.PathLike) -> None:
+    """Give the ``*.safetensors`` files in ``directory`` the mode of any other new file (0666 less the umask), as
+    its JSON files have: safetensors writes them readable by their owner alone."""
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    for path in Path(directory).glob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
 
 
 def _check_causal_lm(path: str, name) -> None:

@@ -7,6 +7,7 @@ reports a mistake in them before anything heavy loads. ``rlhf_env.models`` re-ex
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,17 @@ def resolve(name_or_path: str | os.PathLike, bundled: tuple[str, ...] = BUNDLED_
     if close:  # almost certainly a typo: fail now rather than after the hub's retries
         raise ValueError(f"{name!r} is not a bundled model {bundled}; did you mean {close[0]!r}?")
     return name  # a hub id such as "gpt2" or "org/model"
+
+
+def assets_digest(assets: str | os.PathLike = ASSETS) -> str:
+    """A short fingerprint of a build of the assets: every file's path and bytes but ``manifest.json``'s (its
+    timings). The quality benchmarks record it in their JSON, and the results pages mark a table made on another
+    build."""
+    root, digest = Path(assets), hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def check_out(out: str | os.PathLike) -> Path:

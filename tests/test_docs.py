@@ -29,3 +29,24 @@ def test_the_readme_is_short_and_every_link_resolves():
 @pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
 def test_every_docs_page_links_back_to_the_readme(page):
     assert "(../README.md)" in page.read_text().split("\n\n", 3)[1]
+
+
+def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
+    from rlhf_env.paths import assets_digest
+
+    assets = tmp_path / "assets"
+    (assets / "models" / "sft").mkdir(parents=True)
+    weights = assets / "models" / "sft" / "model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    (assets / "manifest.json").write_text('{"seconds": {"sft:small": 1.0}}')
+    digest = assets_digest(assets)
+    (assets / "manifest.json").write_text('{"seconds": {"sft:small": 2.0}}')  # timings only: the same build
+    assert assets_digest(assets) == digest
+    weights.write_bytes(b"\x00" * 63 + b"\x01")  # one byte of a model: another build
+    assert assets_digest(assets) != digest
+
+    stale = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))["stale"]
+    assert stale({"assets": assets_digest(), "rows": []}, "ppo.json") == []
+    for result in ({"assets": digest}, {}):  # another build, or none recorded
+        (note,) = stale(result, "ppo.json")
+        assert "Not rerun on the shipped assets" in note and "`ppo.json`" in note

@@ -1,5 +1,7 @@
 """The LM training stages: SFT lowers the loss, prompts are masked, and runs resume exactly."""
 
+import os
+
 import pytest
 import torch
 
@@ -153,3 +155,22 @@ def test_a_checkpoint_restores_each_gpus_rng_to_its_own_device_past_ten(tiny_mod
     save_checkpoint(tmp_path / "checkpoint", tiny_model, tokenizer, optimizer, scheduler, {"step": 0})
     load_checkpoint(tmp_path / "checkpoint", tiny_model, optimizer, scheduler)
     assert [int(s[0]) for s in restored] == list(range(11))
+
+
+def test_saved_weights_get_the_mode_of_any_other_new_file(tiny_model, tokenizer, tmp_path):
+    """safetensors alone writes its files readable by their owner only (0600): a checkpoint or saved policy
+    shared with a group, or copied into a package, would be unreadable to the others."""
+    from rlhf_env.models import save_policy
+    from rlhf_env.training.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        save_policy(tiny_model, tokenizer, tmp_path / "policy")
+        optimizer = torch.optim.AdamW(tiny_model.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        save_checkpoint(tmp_path / "checkpoint", tiny_model, tokenizer, optimizer, scheduler, {"step": 0})
+    finally:
+        os.umask(old)
+    weights = [*(tmp_path / "policy").glob("*.safetensors"), *(tmp_path / "checkpoint").glob("*.safetensors")]
+    assert {p.name for p in weights} == {"model.safetensors", "optimizer.safetensors", "extra.safetensors"}
+    assert {oct(p.stat().st_mode & 0o777) for p in weights} == {oct(0o644)}

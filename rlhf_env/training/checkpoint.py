@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
-from rlhf_env.models import no_progress_bars
+from rlhf_env.models import no_progress_bars, usual_file_modes
 
 
 def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, scheduler, state: dict,
@@ -41,6 +41,7 @@ def save_checkpoint(directory: str | os.PathLike, model, tokenizer, optimizer, s
             tensors[f"rng.cuda.{i}"] = rng
     save_file(tensors, tmp / "optimizer.safetensors")
     save_file({k: v.contiguous() for k, v in (extra or {}).items()}, tmp / "extra.safetensors")
+    usual_file_modes(tmp)
     meta = {
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict(),

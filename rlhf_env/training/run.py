@@ -147,7 +147,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         while self.main:  # until close(), a second process into this --out refuses
             try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one process wins
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # atomic: one process wins
             except FileExistsError:
                 self._check_no_other_process()  # raises if its process is alive
                 self.lock.unlink(missing_ok=True)  # a stale lock (or this process's own): take it over
