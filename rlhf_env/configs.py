@@ -95,7 +95,7 @@ class SFTConfig(TrainConfig):
     data: str = str(DATA_DIR)
     """Directory of the world's datasets (the bundled one by default)."""
     out: str = "runs/sft"
-    epochs: float = 16.0
+    epochs: float = 32.0
     batch_size: int = 32
     lr: float = 1e-3
     resid_pdrop: float = 0.2
@@ -264,9 +264,9 @@ class BuildConfig:
     """Comma-separated model sizes to build."""
     pretrain_epochs: float = 2.0
     """Passes over the web-text corpus when pretraining each base model."""
-    large_pretrain_epochs: float | None = None
-    """Passes for the large base model (None: --pretrain_epochs): a larger model needs more tokens."""
-    sft_epochs: float = 16.0
+    large_pretrain_epochs: float | None = 6.0
+    """Passes for the large base model: a larger model needs more tokens (None, from Python: --pretrain_epochs)."""
+    sft_epochs: float = 32.0
     """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
     large_sft_epochs: float | None = None
     """At most this many passes for the large SFT model (None: --sft_epochs)."""

@@ -64,7 +64,7 @@ def test_the_large_model_takes_its_own_epochs_where_given(monkeypatch, tmp_path)
     build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32))
     assert seen == [("base", "small", 2), ("sft", "base", 16), ("base", "large", 6), ("sft", "base-large", 32)]
     seen.clear()
-    build_assets(BuildConfig(**common))  # None: the shared settings
+    build_assets(BuildConfig(**common, large_pretrain_epochs=None))  # None: the shared settings
     assert seen == [("base", "small", 2), ("sft", "base", 16), ("base", "large", 2), ("sft", "base-large", 16)]
 
 
