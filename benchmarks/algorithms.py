@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from results_tables import algorithms_table  # benchmarks/ is on the path when this runs as a script
 
-from rlhf_env.paths import assets_digest
+from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
 
 BEST_OF = (1, 2, 4, 8, 16)
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce", "dpo", "sb3-ppo", "sb3-a2c", "sb3-ppo-token", "sb3-a2c-token",
@@ -40,11 +40,12 @@ def run(algo: str, reward: str, seed: int, args) -> dict:
     out = Path(args.runs_dir) / f"{algo.replace(':', '_')}-{reward}-seed{seed}"
     cached = out / "bench.json"
     if cached.exists():
+        check_built_on(out, args.build)  # a run of another build of the assets would describe other models
         result = json.loads(cached.read_text())
         if (result["budget"], result.get("eval_episodes", args.eval_episodes)) != (args.episodes, args.eval_episodes):
             raise SystemExit(f"{cached} was run with another budget or evaluation size; pass another --runs-dir")
         return result
-    out.mkdir(parents=True, exist_ok=True)
+    mark_built_on(out, args.build)
     command = [sys.executable, "-m", "rlhf_env.cli", "bench", "--algo", algo, "--reward", reward, "--seed", str(seed),
                "--episodes", str(args.episodes), "--eval_episodes", str(args.eval_episodes), "--out", str(out),
                "--json"]
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/algorithms")
     parser.add_argument("--out", default="benchmarks/results/algorithms.json")
     args = parser.parse_args()
+    args.build = assets_digest()  # at the start: the build every run uses
     if args.quick:
         args.runs_dir = args.runs_dir if args.runs_dir != "runs/algorithms" else "runs/algorithms-quick"
         args.algorithms, args.rewards, args.seeds = ["examples.reinforce:Reinforce", "best-of-2"], ["rm"], [0]
@@ -137,7 +139,7 @@ def main() -> None:
                                               "first_seed_only", "first_seed_only_rewards")}
     print(algorithms_table({"summary": summary, "settings": settings}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": settings, "assets": assets_digest(), "summary": summary,
+    Path(args.out).write_text(json.dumps({"settings": settings, "assets": args.build, "summary": summary,
                                           "rows": rows}, indent=1))
     plot(summary, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")

@@ -37,6 +37,7 @@ from real_size import measure_all_reduce  # benchmarks/: a script's own folder i
 
 from agents.ppo import PPOConfig
 from rlhf_env.models import load_policy
+from rlhf_env.paths import assets_digest
 
 RESULTS = Path("benchmarks/results")
 PHASES = ("time_sample", "time_env", "time_rollout_forward", "time_update")
@@ -167,6 +168,8 @@ def main() -> None:
         f = result["full_run"]
         print(f"\n2 processes, default run: win rate vs SFT {f['win_rate_vs_sft']:.3f} (1 process, seeds: "
               f"{', '.join(f'{w:.3f}' for w in f['one_process_seeds'])}), {f['wall_s'] / 60:.1f} min")
+    if "full_run" in result:  # win rates: a quality result, of one build of the assets
+        result["assets"] = assets_digest()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -32,7 +32,7 @@ import torch
 
 from rlhf_env.evaluation import eval_prompts, sample_and_grade, sample_and_measure, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
-from rlhf_env.paths import assets_digest
+from rlhf_env.paths import assets_digest, check_built_on
 from rlhf_env.rewards import load_reward
 from rlhf_env.rewards.metrics import score_samples
 from rlhf_env.sampling import response_logprobs
@@ -129,12 +129,14 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/over_optimisation.json")
     args = parser.parse_args()
 
-    runs = dict(r.split("=", 1) for r in args.runs)
+    runs, build = dict(r.split("=", 1) for r in args.runs), assets_digest()
+    for run_dir in runs.values():
+        check_built_on(run_dir, build)  # their held-out evaluations were made against this build's SFT and RM
     rows = eval_prompts(str(DATA_DIR), "heldout", args.episodes, args.seed)
     model, tokenizer = load_policy(args.policy)
     reward = load_reward(args.reward)
     baseline = sample_and_measure(model, tokenizer, rows, args.seed, 1.0, 48)["grades"]  # rlhf eval's SFT samples
-    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes, "assets": assets_digest(),
+    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes, "assets": build,
               "best_of_n": best_of_n(reward, model, tokenizer, rows, baseline, args.n_max, args.seed),
               "sharpened": sharpened(reward, model, tokenizer, rows, baseline, args.seed),
               "ppo": {label: ppo_points(Path(d)) for label, d in runs.items() if (Path(d) / "eval.csv").exists()}}

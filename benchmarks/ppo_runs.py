@@ -32,7 +32,7 @@ from agents.bench import BLACK_BOX_PPO
 from agents.grpo import GRPOAgent, GRPOConfig
 from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
 from rlhf_env.evaluation import EvalConfig, evaluate
-from rlhf_env.paths import assets_digest
+from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
 
 # the default before the token target (stop 28): black-box PPO, the bench's (benchmarks/results/algorithms.json)
 BLACK_BOX = {**BLACK_BOX_PPO, "iterations": 100}
@@ -54,13 +54,15 @@ ALGORITHMS = {"ppo": (PPOAgent, PPOConfig), "grpo": (GRPOAgent, GRPOConfig)}  # 
 MULTI_SEED = ("default", "black-box", "gold-oracle", "bf16", "token-target", "token-target-300")
 
 
-def run(name: str, seed: int, runs_dir: Path, overrides: dict) -> dict:
+def run(name: str, seed: int, runs_dir: Path, overrides: dict, build: str) -> dict:
     out = runs_dir / f"{name}-seed{seed}"  # plot names follow this pattern
     settings = dict(overrides)
     agent, config_cls = ALGORITHMS[settings.pop("algorithm", "ppo")]
     config = config_cls(seed=seed, out=str(out), **settings)
     if not (out / "result.json").exists():
+        mark_built_on(out, build)  # before the first step: a resumed run keeps its record
         agent(config).train()
+    check_built_on(out, build)  # a finished run of another build of the assets would describe other models
     check_trained_as(out, config)
     cached = out / "judged.json"  # this script's evaluations of a finished run, kept with it
     if cached.exists() and cached.stat().st_mtime >= (out / "result.json").stat().st_mtime:
@@ -119,8 +121,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/ppo.json")
     args = parser.parse_args()
 
-    runs_dir = Path(args.runs_dir)
-    rows = [run(name, seed, runs_dir, VARIANTS[name]) for name in args.variants
+    runs_dir, build = Path(args.runs_dir), assets_digest()
+    rows = [run(name, seed, runs_dir, VARIANTS[name], build) for name in args.variants
             for seed in (args.seeds if name in MULTI_SEED else args.seeds[:1])]
     keys = ("win_rate_vs_sft", "win_rate_vs_sft_large", "gold", "success", "length", "rm_score", "kl", "minutes",
             "greedy_win_rate_vs_greedy_sft", "greedy_gold", "greedy_success")
@@ -154,7 +156,7 @@ def main() -> None:
         print(f"{name} over {sum(r['run'] == name for r in rows)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"assets": assets_digest(), "variants": args.variants, "seeds": args.seeds,
+    Path(args.out).write_text(json.dumps({"assets": build, "variants": args.variants, "seeds": args.seeds,
                                           "rows": rows,
                                           **{f"{n}_summary": v for n, v in summaries.items()},
                                           "greedy_sft": greedy}, indent=1))

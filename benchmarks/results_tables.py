@@ -399,6 +399,7 @@ def data_parallel_table(result: dict) -> str:
         lines.append(f"\nThe default run (seed 0) on 2 processes: held-out win rate vs SFT {f['win_rate_vs_sft']:.3f}, "
                      f"gold {f['gold']:.3f}, KL {f['kl']:.2f}, {f['wall_s'] / 60:.1f} min; one process, seeds 0..2: "
                      + ", ".join(f"{w:.3f}" for w in f["one_process_seeds"]) + ".")
+        lines += [f"\n{note}" for note in stale(result, "data_parallel.json")]
     return "\n".join(lines)
 
 
@@ -543,7 +544,10 @@ def results_page(results: Path) -> str:
                   f"{lengths['episodes']} held-out customers' prompts. The variants, each with the SFT checkpoint "
                   f"it kept: {variants}.", pairs_table(lengths["evals"]),
                   "The likelihood RM fitted on each large SFT (the shipped `rm`'s recipe), measured as above:",
-                  reward_table(lengths), *stale(lengths, "training_lengths.json")]
+                  reward_table(lengths),
+                  *([f"**Made on an earlier build than the shipped one ({SHIPPED}):** the rows named \"shipped\" are "
+                     "that build's models; the shipped models are now built with the lengths that "
+                     "`rlhf_env/assets/manifest.json` records."] if stale(lengths, "training_lengths.json") else [])]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",
@@ -713,6 +717,7 @@ def headline(results: Path) -> str:
                  f"bundled RM, judged on {st['eval_episodes']} held-out customers' prompts "
                  f"(`{algorithms_command(algorithms)}`; every column, the gold-oracle runs and the spreads over "
                  "seeds in [docs/results.md](docs/results.md)):",
+                 *(line for note in stale(algorithms, "algorithms.json") for line in ("", note)),
                  "", "| algorithm | seeds | gold win rate vs SFT | task success | KL to SFT | episodes/s |",
                  "|---|---|---|---|---|---|"]
         for s in rows:
@@ -725,7 +730,6 @@ def headline(results: Path) -> str:
                      f"policy can pass the ceiling, {ceiling:.3f} here, since many of SFT's answers are already "
                      "perfect and a perfect answer can only tie them. \\* best-of-n's KL is its bound, "
                      "log n − (n − 1)/n.")
-        lines += [line for note in stale(algorithms, "algorithms.json") for line in ("", note)]
         return "\n".join(default_run(results) + lines)
     return "\n".join(default_run(results)).strip()
 

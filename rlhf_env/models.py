@@ -217,11 +217,24 @@ def save_policy(model: PreTrainedModel, tokenizer, directory: str | os.PathLike,
     usual_file_modes(directory)
 
 
+def _umask() -> int:
+    """The process's umask: from /proc where Linux has it (reading it through os.umask sets it for a moment, which
+    another thread's new file could catch)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def usual_file_modes(directory: str | os.PathLike) -> None:
     """Give the ``*.safetensors`` files in ``directory`` the mode of any other new file (0666 less the umask), as
     its JSON files have: safetensors writes them readable by their owner alone."""
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
+    umask = _umask()
     for path in Path(directory).glob("*.safetensors"):
         path.chmod(0o666 & ~umask)
 

@@ -47,10 +47,34 @@ def assets_digest(assets: str | os.PathLike = ASSETS) -> str:
     timings). The quality benchmarks record it in their JSON, and the results pages mark a table made on another
     build."""
     root, digest = Path(assets), hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise FileNotFoundError(f"no assets in {root}; run `rlhf build-assets`")
+    for path in files:
         digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+BUILT_ON = "assets.txt"  # in a benchmark's run directory: the build of the assets the run used
+
+
+def check_built_on(run_dir: str | os.PathLike, digest: str) -> None:
+    """Refuse a benchmark's finished run in ``run_dir`` that was made on another build of the assets than
+    ``digest``, or that never recorded one (``mark_built_on``): reusing it would stamp a table with a build its
+    run did not use."""
+    recorded = Path(run_dir) / BUILT_ON
+    made = recorded.read_text().strip() if recorded.exists() else "an unrecorded build"
+    if made != digest:
+        raise RuntimeError(f"{run_dir} was made on {made} of the assets, not the shipped build {digest}; delete it "
+                           "or pass another runs directory")
+
+
+def mark_built_on(run_dir: str | os.PathLike, digest: str) -> None:
+    """Record in ``run_dir`` the build of the assets that the run about to start uses."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / BUILT_ON).write_text(digest + "\n")
 
 
 def check_out(out: str | os.PathLike) -> Path:

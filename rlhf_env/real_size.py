@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_env.models import TOKENIZER_DIR, load_tokenizer, no_progress_bars
+from rlhf_env.models import TOKENIZER_DIR, load_tokenizer, no_progress_bars, usual_file_modes
 
 ARCHITECTURES = ("gpt2-small", "llama")
 GPT2_SMALL_VOCAB = 50257  # GPT-2's byte-level BPE vocabulary, for the published parameter count
@@ -92,6 +92,7 @@ def build_real_size(arch: str, directory: str | os.PathLike, seed: int = 0) -> d
         with no_progress_bars():
             model.save_pretrained(paths[name])
         tokenizer.save_pretrained(paths[name])
+        usual_file_modes(paths[name])
     return paths
 
 

@@ -72,3 +72,14 @@ def test_the_large_model_takes_its_own_epochs_where_given(monkeypatch, tmp_path)
 def test_build_settings_out_of_range_are_refused(field, value):
     with pytest.raises(ValueError, match=f"^{field} must be > 0"):
         BuildConfig(**{field: value})
+
+
+def test_the_defaults_are_the_settings_the_shipped_assets_were_built_with():
+    """`rlhf build-assets` with no options rebuilds what ships: the manifest records the settings of its build."""
+    from rlhf_env.paths import ASSETS
+
+    shipped = json.loads((ASSETS / "manifest.json").read_text())["config"]
+    defaults = BuildConfig()
+    for field in ("seed", "sizes", "pretrain_epochs", "large_pretrain_epochs", "sft_epochs", "large_sft_epochs",
+                  "rm_epochs", "scale"):
+        assert shipped[field] == getattr(defaults, field), field

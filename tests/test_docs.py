@@ -32,7 +32,7 @@ def test_every_docs_page_links_back_to_the_readme(page):
 
 
 def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
-    from rlhf_env.paths import assets_digest
+    from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
 
     assets = tmp_path / "assets"
     (assets / "models" / "sft").mkdir(parents=True)
@@ -43,7 +43,20 @@ def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
     (assets / "manifest.json").write_text('{"seconds": {"sft:small": 2.0}}')  # timings only: the same build
     assert assets_digest(assets) == digest
     weights.write_bytes(b"\x00" * 63 + b"\x01")  # one byte of a model: another build
-    assert assets_digest(assets) != digest
+    changed = assets_digest(assets)
+    assert changed != digest
+    (assets / ".DS_Store").write_bytes(b"x")  # hidden files are no part of a build
+    assert assets_digest(assets) == changed
+    with pytest.raises(FileNotFoundError, match="no assets in"):
+        assets_digest(tmp_path / "nowhere")
+
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="was made on an unrecorded build of the assets"):
+        check_built_on(run, digest)  # a run from before runs recorded their build
+    mark_built_on(run, digest)
+    check_built_on(run, digest)
+    with pytest.raises(RuntimeError, match=f"was made on {digest} of the assets, not the shipped build {digest[::-1]}"):
+        check_built_on(run, digest[::-1])
 
     stale = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))["stale"]
     assert stale({"assets": assets_digest(), "rows": []}, "ppo.json") == []

@@ -157,13 +157,14 @@ def test_a_checkpoint_restores_each_gpus_rng_to_its_own_device_past_ten(tiny_mod
     assert [int(s[0]) for s in restored] == list(range(11))
 
 
-def test_saved_weights_get_the_mode_of_any_other_new_file(tiny_model, tokenizer, tmp_path):
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_saved_weights_get_the_mode_of_any_other_new_file(tiny_model, tokenizer, tmp_path, umask, mode):
     """safetensors alone writes its files readable by their owner only (0600): a checkpoint or saved policy
     shared with a group, or copied into a package, would be unreadable to the others."""
     from rlhf_env.models import save_policy
     from rlhf_env.training.checkpoint import save_checkpoint
 
-    old = os.umask(0o022)
+    old = os.umask(umask)
     try:
         save_policy(tiny_model, tokenizer, tmp_path / "policy")
         optimizer = torch.optim.AdamW(tiny_model.parameters())
@@ -173,4 +174,4 @@ def test_saved_weights_get_the_mode_of_any_other_new_file(tiny_model, tokenizer,
         os.umask(old)
     weights = [*(tmp_path / "policy").glob("*.safetensors"), *(tmp_path / "checkpoint").glob("*.safetensors")]
     assert {p.name for p in weights} == {"model.safetensors", "optimizer.safetensors", "extra.safetensors"}
-    assert {oct(p.stat().st_mode & 0o777) for p in weights} == {oct(0o644)}
+    assert {oct(p.stat().st_mode & 0o777) for p in weights} == {oct(mode)}

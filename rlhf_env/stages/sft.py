@@ -1,6 +1,7 @@
 """Stage 1: supervised fine-tuning (SFT) on labeler demonstrations.
 
-As in InstructGPT (Ouyang et al. 2022, section 3.5): many epochs (16), cosine learning-rate decay,
+As in InstructGPT (Ouyang et al. 2022, section 3.5): many epochs (the paper: 16; 32 here by default, where
+validation was still improving at 16), cosine learning-rate decay,
 residual dropout 0.2, and the checkpoint chosen by the quality of its *samples*, not by validation
 loss (which overfits after about one epoch). The paper selected by RM score; before an RM exists we
 select by the gold grader's score of samples on validation prompts from training customers.
