@@ -45,7 +45,6 @@ def run(algo: str, reward: str, seed: int, args) -> dict:
         if (result["budget"], result.get("eval_episodes", args.eval_episodes)) != (args.episodes, args.eval_episodes):
             raise SystemExit(f"{cached} was run with another budget or evaluation size; pass another --runs-dir")
         return result
-    mark_built_on(out, args.build)
     command = [sys.executable, "-m", "rlhf_env.cli", "bench", "--algo", algo, "--reward", reward, "--seed", str(seed),
                "--episodes", str(args.episodes), "--eval_episodes", str(args.eval_episodes), "--out", str(out),
                "--json"]
@@ -55,6 +54,7 @@ def run(algo: str, reward: str, seed: int, args) -> dict:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     text = done.stdout  # the JSON object is last (a run may print lines before it)
     result = json.loads(text[0 if text.startswith("{") else text.rfind("\n{") + 1:])
+    mark_built_on(out, args.build)  # after the run: `rlhf bench` wants an empty --out (one process, not resumed)
     cached.write_text(json.dumps(result, indent=1))
     print(f"{algo} ({reward}, seed {seed}): win rate {result['win_rate_vs_start']:.3f}, gold {result['gold']:.3f}, "
           f"KL {result['kl']:.2f}, {result['learn_seconds']:.0f} s", flush=True)

@@ -72,7 +72,10 @@ def check_built_on(run_dir: str | os.PathLike, digest: str) -> None:
 
 
 def mark_built_on(run_dir: str | os.PathLike, digest: str) -> None:
-    """Record in ``run_dir`` the build of the assets that the run about to start uses."""
+    """Record in ``run_dir`` the build of the assets that the run about to start uses (refused where a run started
+    there on another build: a resumed run stays on one build)."""
+    if (Path(run_dir) / BUILT_ON).exists():
+        check_built_on(run_dir, digest)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / BUILT_ON).write_text(digest + "\n")
 

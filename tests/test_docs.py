@@ -55,6 +55,9 @@ def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
         check_built_on(run, digest)  # a run from before runs recorded their build
     mark_built_on(run, digest)
     check_built_on(run, digest)
+    mark_built_on(run, digest)  # resumed on the same build
+    with pytest.raises(RuntimeError, match=f"was made on {digest} of the assets"):
+        mark_built_on(run, digest[::-1])  # resumed on another
     with pytest.raises(RuntimeError, match=f"was made on {digest} of the assets, not the shipped build {digest[::-1]}"):
         check_built_on(run, digest[::-1])
 
