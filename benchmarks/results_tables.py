@@ -399,7 +399,7 @@ def data_parallel_table(result: dict) -> str:
         lines.append(f"\nThe default run (seed 0) on 2 processes: held-out win rate vs SFT {f['win_rate_vs_sft']:.3f}, "
                      f"gold {f['gold']:.3f}, KL {f['kl']:.2f}, {f['wall_s'] / 60:.1f} min; one process, seeds 0..2: "
                      + ", ".join(f"{w:.3f}" for w in f["one_process_seeds"]) + ".")
-        lines += [f"\n{note}" for note in stale(result, "data_parallel.json")]
+        lines += stale_lines(result, "data_parallel.json")
     return "\n".join(lines)
 
 
@@ -466,10 +466,20 @@ def reliability_table(result: dict) -> str:
 SHIPPED = assets_digest()  # the quality benchmarks record the build they ran on as "assets"
 
 
+def on_shipped(result: dict) -> bool:
+    """Whether a quality benchmark's JSON was made on the shipped build of the assets."""
+    return result.get("assets") == SHIPPED
+
+
+def stale_lines(result: dict, name: str) -> list[str]:
+    """``stale``'s warning as lines of text joined by newlines: after a blank line, so that it is a paragraph."""
+    return [line for note in stale(result, name) for line in ("", note)]
+
+
 def stale(result: dict, name: str) -> list[str]:
     """A warning for a quality benchmark's table whose JSON was made on another build of the shipped models and data
     (or before the JSON recorded its build): its figures are not the shipped models'."""
-    if result.get("assets") == SHIPPED:
+    if on_shipped(result):
         return []
     made = f"build {result['assets']}" if result.get("assets") else "an earlier build"
     return [f"**Not rerun on the shipped assets (build {SHIPPED}):** `{name}` was made on {made} of the models and "
@@ -547,7 +557,7 @@ def results_page(results: Path) -> str:
                   reward_table(lengths),
                   *([f"**Made on an earlier build than the shipped one ({SHIPPED}):** the rows named \"shipped\" are "
                      "that build's models; the shipped models are now built with the lengths that "
-                     "`rlhf_env/assets/manifest.json` records."] if stale(lengths, "training_lengths.json") else [])]
+                     "`rlhf_env/assets/manifest.json` records."] if not on_shipped(lengths) else [])]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",
@@ -703,7 +713,7 @@ def default_run(results: Path) -> list[str]:
             f"(SFT: {first['success_sft']:.3f}); decoded greedily, {mean('greedy_win_rate_vs_greedy_sft')} against "
             f"greedy SFT; {mean('minutes', 1)} minutes a run (`{ppo_command(ppo)}`, every row in "
             "[docs/results.md](docs/results.md)). In the bench below, PPO sees the reward as scores only, like "
-            "every other algorithm there.", *(line for note in stale(ppo, "ppo.json") for line in ("", note)), ""]
+            "every other algorithm there.", *stale_lines(ppo, "ppo.json"), ""]
 
 
 def headline(results: Path) -> str:
@@ -717,7 +727,7 @@ def headline(results: Path) -> str:
                  f"bundled RM, judged on {st['eval_episodes']} held-out customers' prompts "
                  f"(`{algorithms_command(algorithms)}`; every column, the gold-oracle runs and the spreads over "
                  "seeds in [docs/results.md](docs/results.md)):",
-                 *(line for note in stale(algorithms, "algorithms.json") for line in ("", note)),
+                 *stale_lines(algorithms, "algorithms.json"),
                  "", "| algorithm | seeds | gold win rate vs SFT | task success | KL to SFT | episodes/s |",
                  "|---|---|---|---|---|---|"]
         for s in rows:
