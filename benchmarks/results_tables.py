@@ -112,6 +112,12 @@ def rm_forms_table(result: dict) -> str:
                      f"{r['best_of_4_win_rate']:.3f} | {r[f'best_of_{n}_win_rate']:.3f} | {r['prefers_padding']:.3f} |")
     gold = result["gold_best_of_n_win_rate"]
     lines.append(f"| *gold picking* | | | *{gold['4']:.3f}* | *{gold[str(n)]:.3f}* | |")
+    trained = [r for r in result["forms"] if "lm_epochs" in r]
+    if trained:
+        lines.append("\nThe forms whose LM is trained: `rlhf rm " + "`, `rlhf rm ".join(
+            f"--lm_epochs {r['lm_epochs']:g} --lm_lr {r['lm_lr']:g} --lm_pairs {r['lm_pairs']}" for r in trained)
+                     + "`, its weights fitted again after the LM's training. All pairs include the labelers' "
+                     "preference for longer answers; same-length pairs hold none of it.")
     return "\n".join(lines)
 
 

@@ -11,7 +11,11 @@ comparisons, a length term fitted and then dropped) and measured on held-out cus
 - ``prefers_padding``: how often the form scores an SFT sample with a pleasantry appended above the
   sample itself; a policy can always append one, so a form that pays for it will be padded by PPO.
 
-Prints a table and writes benchmarks/results/rm_forms.json. About 4 minutes on 2 cores.
+Two more forms train the LM itself (``rlhf rm --lm_epochs``): the sum form, its LM trained by the same ranking
+loss on all the training pairs, or only on pairs of responses of equal length (``--lm_pairs same_length``), whose
+labels hold none of the labelers' length preference. Their runs go under ``--work``.
+
+Prints a table and writes benchmarks/results/rm_forms.json. About 15 minutes on 2 cores.
 
     python benchmarks/rm_forms.py
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import datasets
@@ -32,12 +37,13 @@ from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.paths import assets_digest
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions, draw_samples, spearman_within_prompt
-from rlhf_env.stages.reward_model import likelihood_features, ranking_loss, ranking_pairs
+from rlhf_env.stages.reward_model import RMConfig, likelihood_features, ranking_loss, ranking_pairs, train_reward_model
 from rlhf_env.world import lexicon as lx
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import grade
 
 FORMS = {"mean": (1.0, 0.0), "sum (shipped)": (0.0, 1.0), "mean and sum": (1.0, 1.0)}  # which features a form uses
+TRAINED = {"sum, LM trained on all pairs": "all", "sum, LM trained on same-length pairs": "same_length"}
 
 
 def with_mean(f: torch.Tensor) -> torch.Tensor:
@@ -64,6 +70,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=300)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lm_epochs", type=float, default=2.0, help="passes of the trained forms' LM training")
+    parser.add_argument("--lm_lr", type=float, default=3e-5, help="their LM's peak learning rate")
+    parser.add_argument("--work", default="runs/rm-forms", help="where the trained forms' runs go")
     parser.add_argument("--out", default="benchmarks/results/rm_forms.json")
     args = parser.parse_args()
     datasets.disable_progress_bars()
@@ -71,11 +80,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     data = str(DATA_DIR)
-    model = LikelihoodRewardModel(*load_policy("sft-large"))
     train, test = (load_split(data, "comparisons", split).to_list() for split in ("train", "test"))
-    f_train, f_test = (with_mean(likelihood_features(model, *completions(rows))) for rows in (train, test))
     heldout = load_split(data, "comparisons", "heldout_customers").to_list()
-    f_heldout = with_mean(likelihood_features(model, *completions(heldout)))
     heldout_grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in heldout]
     bounds = np.cumsum([0] + [len(row["responses"]) for row in heldout])
     train_pairs, test_pairs = (ranking_pairs([row["ranking"] for row in rows]) for rows in (train, test))
@@ -86,25 +92,41 @@ def main() -> None:
     n = args.samples
     prompts, texts, eos, grades = draw_samples(policy, tokenizer, rows, n, args.seed + 1)  # as rlhf eval-rm's
     gold = np.array([[g.score for g in row] for row in grades])
-    f_samples = with_mean(likelihood_features(model, prompts, texts, eos))
     rng = np.random.default_rng(args.seed)
     padded = [t + " " + lx.FILLERS[int(rng.integers(len(lx.FILLERS)))] for t in texts]
-    f_padded = with_mean(likelihood_features(model, prompts, padded, [True] * len(padded)))
 
-    results = []
-    for name, use in FORMS.items():
-        w, w_len = fit(f_train, train_pairs, use)
-        scores = (f_samples[:, :2] @ w).reshape(len(rows), n).numpy()
-        flat = (f_heldout[:, :2] @ w).numpy()
+    def features(model: LikelihoodRewardModel) -> dict[str, torch.Tensor]:
+        """The model's (mean, sum, length) features of every set of responses measured here."""
+        return {"train": with_mean(likelihood_features(model, *completions(train))),
+                "test": with_mean(likelihood_features(model, *completions(test))),
+                "heldout": with_mean(likelihood_features(model, *completions(heldout))),
+                "samples": with_mean(likelihood_features(model, prompts, texts, eos)),
+                "padded": with_mean(likelihood_features(model, prompts, padded, [True] * len(padded)))}
+
+    def measure(name: str, f: dict[str, torch.Tensor], w: torch.Tensor, w_len: float) -> dict:
+        scores = (f["samples"][:, :2] @ w).reshape(len(rows), n).numpy()
+        flat = (f["heldout"][:, :2] @ w).numpy()
         row = {"form": name, "weights_mean_sum": w.tolist(), "length_weight": w_len,
-               "accuracy": ranking_loss(f_test[:, :2] @ w, test_pairs)[1].item(),
+               "accuracy": ranking_loss(f["test"][:, :2] @ w, test_pairs)[1].item(),
                "spearman_within_prompt": spearman_within_prompt([flat[a:b] for a, b in zip(bounds, bounds[1:])],
                                                                 heldout_grades)}
         for k in (4, n):
             picked = [g[j] for g, j in zip(grades, scores[:, :k].argmax(1))]
             row[f"best_of_{k}_win_rate"] = win_rate(picked, baseline)
-        row["prefers_padding"] = float(((f_padded[:, :2] - f_samples[:, :2]) @ w > 0).float().mean())
-        results.append(row)
+        row["prefers_padding"] = float(((f["padded"][:, :2] - f["samples"][:, :2]) @ w > 0).float().mean())
+        return row
+
+    frozen = features(LikelihoodRewardModel(*load_policy("sft-large")))
+    results = []
+    for name, use in FORMS.items():
+        results.append(measure(name, frozen, *fit(frozen["train"], train_pairs, use)))
+    for name, pairs in TRAINED.items():  # the LM trained by the ranking loss, as rlhf rm --lm_epochs trains it
+        out = Path(args.work) / pairs
+        state = train_reward_model(RMConfig(policy="sft-large", out=str(out), lm_epochs=args.lm_epochs,
+                                            lm_lr=args.lm_lr, lm_pairs=pairs, seed=args.seed))
+        trained = LikelihoodRewardModel.from_pretrained(out / "final")
+        row = measure(name, features(trained), torch.tensor([0.0, state["weight"]]), state["length_weight"])
+        results.append({**row, "lm_epochs": args.lm_epochs, "lm_lr": args.lm_lr, "lm_pairs": pairs})
     gold_picks = {k: win_rate([g[j] for g, j in zip(grades, gold[:, :k].argmax(1))], baseline) for k in (4, n)}
 
     columns = ["accuracy", "spearman_within_prompt", "best_of_4_win_rate", f"best_of_{n}_win_rate",
@@ -115,6 +137,7 @@ def main() -> None:
     print(f"| gold (frontier) | | | {gold_picks[4]:.3f} | {gold_picks[n]:.3f} | |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"prompts": args.prompts, "samples": n, "seed": args.seed,
+                                          "command": "python benchmarks/rm_forms.py " + " ".join(sys.argv[1:]),
                                           "assets": assets_digest(),
                                           "forms": results, "gold_best_of_n_win_rate": gold_picks}, indent=1))
     print(f"wrote {args.out}")

@@ -138,6 +138,25 @@ class RMConfig(TrainConfig):
     """kind=likelihood: full-batch Adam steps on the two weights."""
     fit_lr: float = 1e-2
     """kind=likelihood: Adam's step size for those weights."""
+    lm_epochs: float = 0.0
+    """kind=likelihood: passes over the comparisons that also train the LM through the ranking loss, at the weights
+    of a first fit, which is then redone (0: the LM stays frozen, as in the bundled rm)."""
+    lm_lr: float = 3e-5
+    """kind=likelihood, --lm_epochs > 0: the LM's peak learning rate (warm-up and decay as --lr's)."""
+    lm_pairs: str = "all"
+    """kind=likelihood, --lm_epochs > 0: the pairs that train the LM: all, or same_length (only pairs of responses
+    of equal length in tokens, whose labels hold none of the labelers' length preference)."""
+
+    def __post_init__(self):  # the trainer's checks, then the RM's own: before anything loads
+        super().__post_init__()
+        for name, value, choices in (("kind", self.kind, ("likelihood", "scalar")),
+                                     ("lm_pairs", self.lm_pairs, ("all", "same_length"))):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        check_ranges(self, positive=("fit_steps",), above_zero=("fit_lr", "lm_lr"), non_negative=("lm_epochs",))
+        if self.lm_epochs and self.kind != "likelihood":
+            raise ValueError("--lm_epochs trains the likelihood RM's LM: it needs --kind likelihood (--epochs trains "
+                             "the scalar RM)")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file
 
 from rlhf_env.rewards import load_reward
 from rlhf_env.rewards.classifier import classifier_logits
@@ -21,6 +22,7 @@ from rlhf_env.stages.reward_model import (
     ranking_pairs,
     raw_scores,
     rm_texts,
+    same_length_pairs,
     train_reward_model,
 )
 from rlhf_env.world import lexicon as lx
@@ -175,3 +177,71 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.corrcoef([0.5, 0.5, 2], [0, 1, 2])[0, 1])
+
+
+def test_same_length_pairs_keeps_the_pairs_of_responses_of_equal_length():
+    pairs = ranking_pairs([[1, 0, 3, 2], [0, 1]])  # prompt 0: four responses; prompt 1: two
+    lengths = torch.tensor([5.0, 9.0, 4.0, 5.0, 3.0, 3.0])
+    winners, losers, group = same_length_pairs(pairs, lengths)
+    # prompt 0's pairs (1,0) (1,3) (1,2) (0,3) (0,2) (3,2): only (0,3) is of equal lengths; winners are longer
+    # in three of the others and shorter in none
+    assert (winners.tolist(), losers.tolist(), group.tolist()) == ([0, 4], [3, 5], [0, 1])
+
+
+def lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, name, **kwargs):
+    data = tmp_path / f"data-{name}"
+    shutil.copytree(world_dir, data)
+    save_world({"comparisons": DatasetDict({"train": Dataset.from_list(rows[:80]),
+                                            "test": Dataset.from_list(rows[80:])})}, data)
+    config = RMConfig(policy=str(tiny_policy_dir), kind="likelihood", data=str(data), out=str(tmp_path / name),
+                      weight_decay=0.0, **kwargs)
+    return train_reward_model(config), load_file(tmp_path / name / "final" / "model.safetensors")
+
+
+def test_training_the_likelihood_rms_lm_fits_the_rankings_better_than_its_weights_alone(
+        comparisons, world_dir, tiny_policy_dir, tmp_path):
+    """--lm_epochs trains the LM through the ranking loss: the training loss ends well below the frozen LM's
+    best fit, and the LM's weights move; its run keeps the trainer's logs under OUT/lm."""
+    frozen, before = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "frozen")
+    trained, after = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "trained", lm_epochs=4.0,
+                                   lm_lr=1e-3)
+    print(frozen["train_loss"], trained["train_loss"], frozen["test_accuracy"], trained["test_accuracy"])
+    assert trained["train_loss"] < frozen["train_loss"] - 0.1
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "trained" / "lm" / "train.csv").exists()
+    reward = load_reward(str(tmp_path / "trained" / "final"))  # the shipped form: normalised on the test set
+    scores = np.concatenate(score_comparisons(reward, comparisons[80:]))
+    assert abs(scores.mean()) < 1e-4 and scores.std() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_same_length_pairs_give_the_lm_nothing_to_learn_where_every_pair_differs_in_length(
+        world, world_dir, tiny_policy_dir, tmp_path):
+    """With --lm_pairs same_length, comparisons whose responses all differ in length leave the LM as it was
+    (no weight decay here); with all pairs, the same training moves it."""
+    rng = np.random.default_rng(0)
+    panel = make_panel(0)
+    rows = []
+    for row in world["prompts"]["rm"]:
+        ref = " " + FAMILIES[json.loads(row["task"])["family"]].reference(json.loads(row["task"])["spec"])
+        responses = [ref, ref + " " + lx.FILLERS[1], ref + " " + lx.FILLERS[1] + " " + lx.FILLERS[2]]
+        rows.append({"prompt": row["prompt"], "task": row["task"], "customer_id": row["customer_id"],
+                     "responses": responses, "eos": [True] * 3,
+                     "ranking": rank(rng, panel[0], row["task"], responses), "labeler_id": 0})
+    policy = load_file(tiny_policy_dir / "model.safetensors")
+    _, same = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, "same", lm_epochs=1.0, lm_lr=1e-3,
+                            lm_pairs="same_length")
+    _, every = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, "all", lm_epochs=1.0, lm_lr=1e-3)
+    assert all(torch.equal(policy[k], same[k]) for k in policy)
+    assert any(not torch.equal(policy[k], every[k]) for k in policy)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lm_pairs": "equal"}, "lm_pairs must be one of"),
+    ({"kind": "dpo"}, "kind must be one of"),
+    ({"kind": "scalar", "lm_epochs": 1.0}, "needs --kind likelihood"),
+    ({"lm_epochs": -1.0}, "lm_epochs must be >= 0"),
+    ({"lm_lr": 0.0}, "lm_lr must be > 0"),
+])
+def test_rm_config_refuses_bad_lm_training_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RMConfig(**kwargs)

@@ -83,14 +83,16 @@ class LikelihoodRewardModel(torch.nn.Module):
             predicts[i, first:first + len(r)] = 1
         return ids.to(device), mask.to(device), predicts.to(device)
 
-    @torch.no_grad()
-    def features(self, prompts: list[str], responses: list[str], eos: list[bool]) -> torch.Tensor:
-        """(B, 2): the sum of the response's token log-probs, and its length in tokens."""
+    def features(self, prompts: list[str], responses: list[str], eos: list[bool], grad: bool = False
+                 ) -> torch.Tensor:
+        """(B, 2): the sum of the response's token log-probs, and its length in tokens; with ``grad``, the first
+        differentiable in the LM's weights (``rlhf rm --lm_epochs``: the LM trained by the ranking loss)."""
         from rlhf_env.sampling import response_logprobs
 
         ids, mask, predicts = self.encode(prompts, responses, eos)
-        logp = response_logprobs(self.lm, ids, mask, predicts.shape[1])[0]  # the last R columns' tokens
-        return torch.stack([(logp * predicts).sum(1), predicts.sum(1)], 1)
+        with torch.set_grad_enabled(grad):
+            logp = response_logprobs(self.lm, ids, mask, predicts.shape[1])[0]  # the last R columns' tokens
+            return torch.stack([(logp * predicts).sum(1), predicts.sum(1)], 1)
 
     def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False
                 ) -> torch.Tensor:

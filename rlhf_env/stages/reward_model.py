@@ -3,7 +3,9 @@
 ``likelihood`` (the default, the bundled ``rm``): the frozen SFT LM's summed log-likelihood of the response, with
 a weight (and a length weight) fitted in full-batch Adam steps to the same all-pairs ranking loss
 (``fit_likelihood_rm``, ``rlhf_env.rewards.likelihood``). It ranks responses by what the LM has learnt to answer,
-so it checks answers without learning the labelers' length bias.
+so it checks answers without learning the labelers' length bias. ``--lm_epochs`` also trains the LM by that loss
+(``train_likelihood_lm``), on all pairs or only on pairs of equal length (``--lm_pairs same_length``);
+``benchmarks/rm_forms.py`` measures both against the frozen LM.
 
 ``scalar`` (the bundled ``rm-scalar``), as in InstructGPT (Ouyang et al. 2022, section 3.5):
 
@@ -18,6 +20,7 @@ so it checks answers without learning the labelers' length bias.
   stored in the checkpoint's ``config.json`` (``reward_gain``, ``reward_bias``).
 
     rlhf rm --out runs/rm                                  # the likelihood RM on sft-large
+    rlhf rm --lm_epochs 2 --out runs/rm-trained            # its LM trained too
     rlhf rm --kind scalar --policy sft --out runs/rm-scalar
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,27 +120,79 @@ def likelihood_features(model: LikelihoodRewardModel, prompts: list[str], respon
                       for i in tqdm(range(0, len(prompts), batch_size), desc=desc, dynamic_ncols=True)])
 
 
-def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> dict:
-    """Fit the likelihood RM's two weights with the ranking loss, full batch: the LM is frozen, so its
-    features are computed once and the loss is convex in the weights."""
-    lm, tokenizer = load_policy(config.policy, config.device)
-    model = LikelihoodRewardModel(lm, tokenizer).to(config.device)
-    f_train = likelihood_features(model, *completions(train), desc="rm features (train)")
-    f_test = likelihood_features(model, *completions(test), desc="rm features (test)")
+def same_length_pairs(pairs: tuple[torch.Tensor, ...], lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The ``ranking_pairs`` whose two responses have the same ``lengths`` (tokens): a labeler's preference
+    between them holds no length preference."""
+    winners, losers, group = pairs
+    keep = lengths[winners] == lengths[losers]
+    return winners[keep], losers[keep], group[keep]
+
+
+def fit_weights(model: LikelihoodRewardModel, f_train: torch.Tensor, train: list[dict], config: RMConfig
+                ) -> tuple[float, float]:
+    """Fit the weight and the length weight to the training rankings, full batch, on precomputed features (the
+    loss is convex in them). Returns the last step's ``(loss, accuracy)``."""
     rankings = ranking_pairs([row["ranking"] for row in train])  # once, for every step
-    test_rankings = [row["ranking"] for row in test]
     optimizer = torch.optim.Adam([model.weight, model.length_weight], lr=config.fit_lr)
     for _ in range(config.fit_steps):
         loss, accuracy = ranking_loss(model.score_features(f_train, fitting=True), rankings)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return loss.item(), accuracy.item()
+
+
+def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config: RMConfig) -> dict:
+    """Train the RM's LM by the ranking loss of ``r + w_len * len`` at the fitted weights, held fixed
+    (``--lm_epochs``, ``--lm_lr``; ``--lm_pairs same_length``: only pairs of equal length). The trainer's loop:
+    a progress bar, logs and a resumable checkpoint under ``OUT/lm``."""
+    lm_config = replace(config, out=str(Path(config.out) / "lm"), epochs=config.lm_epochs, lr=config.lm_lr)
+    weight, length_weight = model.weight.item(), model.length_weight.item()
+
+    def batch_loss(lm, batch):
+        if lm is not model.lm:
+            raise RuntimeError("the likelihood RM's LM trains in one process, as itself")
+        f = model.features(*completions(batch), grad=True)
+        scores = weight * f[:, 0] + length_weight * f[:, 1]
+        pairs = ranking_pairs([row["ranking"] for row in batch])
+        if config.lm_pairs == "same_length":
+            winners, losers, _ = same_length_pairs(pairs, f[:, 1])
+            if not len(winners):  # no pair of equal length in this batch: nothing to learn from it
+                return scores.sum() * 0.0, {"accuracy": (0.0, 0)}
+            margin = scores[winners] - scores[losers]
+            loss = -torch.nn.functional.logsigmoid(margin).mean()  # a mean over the kept pairs
+            return loss, {"accuracy": ((margin > 0).float().mean().item(), len(winners))}
+        loss, accuracy = ranking_loss(scores, pairs)
+        return loss, {"accuracy": (accuracy.item(), len(pairs[0]))}
+
+    model.lm.requires_grad_(True)
+    try:
+        state = train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm")
+    finally:
+        model.lm.requires_grad_(False).eval()
+    return state
+
+
+def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> dict:
+    """Fit the likelihood RM's two weights with the ranking loss, full batch: with the LM frozen, its features
+    are computed once and the loss is convex in the weights. With ``--lm_epochs``, the LM is then trained at those
+    weights (``train_likelihood_lm``) and the weights fitted again."""
+    lm, tokenizer = load_policy(config.policy, config.device)
+    model = LikelihoodRewardModel(lm, tokenizer).to(config.device)
+    f_train = likelihood_features(model, *completions(train), desc="rm features (train)")
+    loss, accuracy = fit_weights(model, f_train, train, config)
+    if config.lm_epochs:
+        train_likelihood_lm(model, train, config)
+        f_train = likelihood_features(model, *completions(train), desc="rm features (train)")
+        loss, accuracy = fit_weights(model, f_train, train, config)
+    f_test = likelihood_features(model, *completions(test), desc="rm features (test)")
+    test_rankings = [row["ranking"] for row in test]
     with torch.no_grad():
         test_loss, test_accuracy = ranking_loss(model.score_features(f_test, fitting=True), test_rankings)
         reward_accuracy = ranking_loss(model.score_features(f_test), test_rankings)[1]
         model.gain, model.bias = normalization(model.score_features(f_test).double().numpy())
     save_policy(model, tokenizer, Path(config.out) / "final")
-    state = {"train_loss": loss.item(), "train_accuracy": accuracy.item(), "test_loss": test_loss.item(),
+    state = {"train_loss": loss, "train_accuracy": accuracy, "test_loss": test_loss.item(),
              "test_accuracy": test_accuracy.item(), "test_accuracy_without_length": reward_accuracy.item(),
              "weight": model.weight.item(), "length_weight": model.length_weight.item(),
              "normalization": {"reward_gain": model.gain, "reward_bias": model.bias}}
@@ -146,8 +202,6 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
 
 
 def train_reward_model(config: RMConfig) -> dict:
-    if config.kind not in ("likelihood", "scalar"):
-        raise ValueError(f"kind must be 'likelihood' or 'scalar', got {config.kind!r}")
     if config.kind == "likelihood" and distributed.world_size() > 1:
         raise ValueError("the likelihood RM's fit is two weights on features of one forward pass: run it as one "
                          "process, without a launcher")
