@@ -121,6 +121,37 @@ def rm_forms_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def sizes_table(result: dict) -> str:
+    columns = {"accuracy": "RM accuracy vs labelers", "spearman_within_prompt": "RM Spearman within a prompt",
+               "correct_over_incorrect_same_length": "RM correct over incorrect, same length",
+               "best_of_16_win_rate": "RM best of 16, win rate"}
+    lines = ["| large SFT | SFT lr | valid gold | win rate vs sft | vs shipped sft-large | success | "
+             + " | ".join(columns.values()) + " |", "|---|---|---|---|---|---|" + "---|" * len(columns)]
+    for r in result["rows"]:
+        large = f"{r['vs_sft_large']['win_rate']:.3f}" if "vs_sft_large" in r else ""
+        valid = f"{r['best_valid_gold']:.3f}" if "best_valid_gold" in r else ""
+        lines.append(f"| {r['name']} | {r['lr']:g} | {valid} | {r['vs_sft']['win_rate']:.3f} | {large} | "
+                     f"{r['vs_sft']['success']:.3f} | " + " | ".join(f"{r['rm'][c]:.3f}" for c in columns) + " |")
+    seeds = result.get("ppo_seeds") or []
+    if seeds:
+        lines += ["", f"The default `rlhf ppo` on each RM (`--reward`), seeds {', '.join(map(str, seeds))}, judged as "
+                  "the PPO table below judges a run (500 held-out prompts); the means, each seed's in brackets:", "",
+                  "| PPO on the RM of | win rate vs sft | vs shipped sft-large | greedy vs greedy sft | gold | success "
+                  "| KL |", "|---|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            p = r["ppo"]
+            each = " / ".join(f"{run['win_rate_vs_sft']:.3f}" for run in p["runs"])
+            lines.append(f"| {r['name']} | {p['win_rate_vs_sft']:.3f} ({each}) | {p['win_rate_vs_sft_large']:.3f} | "
+                         f"{p['greedy_win_rate_vs_greedy_sft']:.3f} | {p['gold']:.3f} | {p['success']:.3f} | "
+                         f"{p['kl']:.2f} |")
+    families = sorted(result["rows"][0]["vs_sft"]["families"])
+    lines += ["", "Win rate against sft by family:", "",
+              "| large SFT | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for r in result["rows"]:
+        lines.append(f"| {r['name']} | " + " | ".join(f"{r['vs_sft']['families'][f]:.3f}" for f in families) + " |")
+    return "\n".join(lines)
+
+
 def vector_env_table(result: dict) -> str:
     n = result["num_envs"]
     return "\n".join([
@@ -564,6 +595,13 @@ def results_page(results: Path) -> str:
                   *([f"**Made on an earlier build than the shipped one ({SHIPPED}):** the rows named \"shipped\" are "
                      "that build's models; the shipped models are now built with the lengths that "
                      "`rlhf_env/assets/manifest.json` records."] if not on_shipped(lengths) else [])]
+    sizes = load(results, "sizes.json")
+    if sizes:
+        parts += ["The large SFT model's learning rate (`python benchmarks/sizes.py`, "
+                  "`benchmarks/results/sizes.json`): `base-large` fine-tuned as "
+                  "`rlhf sft --base base-large --lr LR` does, judged on "
+                  f"{sizes['episodes']} held-out customers' prompts, and the likelihood RM fitted on it (the shipped "
+                  "`rm`'s recipe), measured as above.", sizes_table(sizes), *stale(sizes, "sizes.json")]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",
