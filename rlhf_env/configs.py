@@ -289,6 +289,8 @@ class BuildConfig:
     """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
     large_sft_epochs: float | None = None
     """At most this many passes for the large SFT model (None: --sft_epochs)."""
+    large_sft_lr: float | None = None
+    """The large SFT model's peak learning rate (None: rlhf sft's default, the small model's)."""
     rm_epochs: float = 3.0
     """Passes over the comparisons when training the scalar-head RM (rm-scalar; rm's two weights are fitted in
     full-batch steps)."""
@@ -300,5 +302,6 @@ class BuildConfig:
     """torch device (cpu, cuda, ...)."""
 
     def __post_init__(self):  # before any step runs
-        given = tuple(name for name in ("large_pretrain_epochs", "large_sft_epochs") if getattr(self, name) is not None)
+        given = tuple(name for name in ("large_pretrain_epochs", "large_sft_epochs", "large_sft_lr")
+                      if getattr(self, name) is not None)
         check_ranges(self, above_zero=("pretrain_epochs", "sft_epochs", "rm_epochs", "scale", *given))

@@ -56,19 +56,22 @@ def test_the_large_model_takes_its_own_epochs_where_given(monkeypatch, tmp_path)
 
     seen = []
     monkeypatch.setattr(module, "pretrain", lambda c: seen.append(("base", c.size, c.epochs)))
-    monkeypatch.setattr(module, "sft", lambda c: seen.append(("sft", c.base.split("/")[-1], c.epochs))
+    monkeypatch.setattr(module, "sft", lambda c: seen.append(("sft", c.base.split("/")[-1], c.epochs, c.lr))
                         or {"best": 0.5, "best_step": 1})
     monkeypatch.setattr(module, "_ship", lambda *args, **kwargs: None)
     common = dict(out=str(tmp_path / "assets"), work=str(tmp_path / "work"), steps="base,sft", pretrain_epochs=2,
                   sft_epochs=16)
-    build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32))
-    assert seen == [("base", "small", 2), ("sft", "base", 16), ("base", "large", 6), ("sft", "base-large", 32)]
+    build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32, large_sft_lr=3e-4))
+    assert seen == [("base", "small", 2), ("sft", "base", 16, 1e-3), ("base", "large", 6),
+                    ("sft", "base-large", 32, 3e-4)]
     seen.clear()
     build_assets(BuildConfig(**common, large_pretrain_epochs=None))  # None: the shared settings
-    assert seen == [("base", "small", 2), ("sft", "base", 16), ("base", "large", 2), ("sft", "base-large", 16)]
+    assert seen == [("base", "small", 2), ("sft", "base", 16, 1e-3), ("base", "large", 2),
+                    ("sft", "base-large", 16, 1e-3)]
 
 
-@pytest.mark.parametrize("field, value", [("large_pretrain_epochs", 0.0), ("sft_epochs", -1.0), ("scale", 0.0)])
+@pytest.mark.parametrize("field, value", [("large_pretrain_epochs", 0.0), ("sft_epochs", -1.0), ("scale", 0.0),
+                                          ("large_sft_lr", 0.0)])
 def test_build_settings_out_of_range_are_refused(field, value):
     with pytest.raises(ValueError, match=f"^{field} must be > 0"):
         BuildConfig(**{field: value})
@@ -81,5 +84,5 @@ def test_the_defaults_are_the_settings_the_shipped_assets_were_built_with():
     shipped = json.loads((ASSETS / "manifest.json").read_text())["config"]
     defaults = BuildConfig()
     for field in ("seed", "sizes", "pretrain_epochs", "large_pretrain_epochs", "sft_epochs", "large_sft_epochs",
-                  "rm_epochs", "scale"):
+                  "large_sft_lr", "rm_epochs", "scale"):
         assert shipped[field] == getattr(defaults, field), field

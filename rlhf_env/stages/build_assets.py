@@ -93,9 +93,10 @@ def build_assets(config: BuildConfig) -> dict:
         _ship(work / f"base{suffix}" / "final", models / f"base{suffix}")
 
     def sft_step(suffix, size):
+        lr = {"lr": config.large_sft_lr} if size == "large" and config.large_sft_lr is not None else {}
         state = sft(SFTConfig(base=str(models / f"base{suffix}"), data=str(data), out=str(work / f"sft{suffix}"),
                               epochs=epochs(size, "sft"), seed=config.seed, device=config.device,
-                              n_valid=min(300, world_config.n_valid)))
+                              n_valid=min(300, world_config.n_valid), **lr))
         _ship(work / f"sft{suffix}" / "best", models / f"sft{suffix}")
         return {"best_valid_gold": state["best"], "best_step": state["best_step"]}
 
