@@ -15,7 +15,7 @@ Two more forms train the LM itself (``rlhf rm --lm_epochs``): the sum form, its 
 loss on all the training pairs, or only on pairs of responses of equal length (``--lm_pairs same_length``), whose
 labels hold none of the labelers' length preference. Their runs go under ``--work``.
 
-Prints a table and writes benchmarks/results/rm_forms.json. About 15 minutes on 2 cores.
+Prints a table and writes benchmarks/results/rm_forms.json.
 
     python benchmarks/rm_forms.py
 """
@@ -137,7 +137,7 @@ def main() -> None:
     print(f"| gold (frontier) | | | {gold_picks[4]:.3f} | {gold_picks[n]:.3f} | |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"prompts": args.prompts, "samples": n, "seed": args.seed,
-                                          "command": "python benchmarks/rm_forms.py " + " ".join(sys.argv[1:]),
+                                          "command": " ".join(["python benchmarks/rm_forms.py", *sys.argv[1:]]),
                                           "assets": assets_digest(),
                                           "forms": results, "gold_best_of_n_win_rate": gold_picks}, indent=1))
     print(f"wrote {args.out}")

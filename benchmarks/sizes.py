@@ -11,8 +11,8 @@ is fitted too (``rlhf rm --policy``) and measured by ``rlhf eval-rm``, and the d
 under ``--work`` with that script's names: ``default-seedN`` is the default run on the shipped ``rm``). The shipped
 ``sft-large`` is the first row.
 
-Prints a table and writes benchmarks/results/sizes.json. Each learning rate's SFT takes most of an hour on two
-cores, and each PPO run about as long as ``rlhf ppo``; judging takes minutes.
+Prints a table and writes benchmarks/results/sizes.json. Each learning rate costs one SFT run of the large model,
+and each seed one ``rlhf ppo`` run.
 
     python benchmarks/sizes.py [--lrs 3e-4]
 """
@@ -32,7 +32,7 @@ from results_tables import sizes_table
 
 from rlhf_env.configs import RMConfig, SFTConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
-from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
+from rlhf_env.paths import ASSETS, assets_digest, check_built_on, mark_built_on
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.stages.build_assets import _ship
 from rlhf_env.stages.reward_model import train_reward_model
@@ -79,12 +79,18 @@ def main() -> None:
         keys = ("win_rate_vs_sft", "win_rate_vs_sft_large", "greedy_win_rate_vs_greedy_sft", "gold", "success", "kl")
         return {"runs": runs, **{k: float(np.mean([r[k] for r in runs])) for k in keys}} if runs else {}
 
-    rows = [{"name": "sft-large (shipped)", "lr": SFTConfig.lr, "vs_sft": judge("sft-large", "sft"),
+    manifest = json.loads((ASSETS / "manifest.json").read_text())
+    shipped_lr = manifest["config"].get("large_sft_lr") or SFTConfig.lr  # None: rlhf sft's default
+    rows = [{"name": "sft-large (shipped)", "lr": shipped_lr, **manifest["metrics"]["sft:large"],
+             "vs_sft": judge("sft-large", "sft"),
              "rm": evaluate_reward(RMEvalConfig(rm="rm", seed=args.seed)), "ppo": ppo("default", {})}]
     for lr in args.lrs:
         model, run = variant(lr, work, digest)
         fitted = work / f"rm-lr{lr:g}"
-        if not (fitted / "final").exists():
+        if (fitted / "final").exists():
+            check_built_on(fitted, digest)
+        else:
+            mark_built_on(fitted, digest)
             train_reward_model(RMConfig(policy=str(model), out=str(fitted), seed=args.seed))
         rows.append({"name": f"sft-large, lr {lr:g}", "lr": lr, **run, "vs_sft": judge(str(model), "sft"),
                      "vs_sft_large": judge(str(model), "sft-large"),

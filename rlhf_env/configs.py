@@ -114,7 +114,8 @@ class SFTConfig(TrainConfig):
 @dataclass
 class RMConfig(TrainConfig):
     """Train a reward model on the world's ranked comparisons. The default kind, likelihood, fits two weights in
-    full-batch steps (--fit_steps, --fit_lr); the optimisation options before --policy apply to --kind scalar."""
+    full-batch steps (--fit_steps, --fit_lr); the optimisation options before --policy apply to --kind scalar,
+    and to the likelihood RM's LM with --lm_epochs (which takes --lm_lr for --lr)."""
 
     policy: str = "sft-large"
     """SFT checkpoint the RM starts from (bundled name or path)."""
@@ -143,9 +144,10 @@ class RMConfig(TrainConfig):
     of a first fit, which is then redone (0: the LM stays frozen, as in the bundled rm)."""
     lm_lr: float = 3e-5
     """kind=likelihood, --lm_epochs > 0: the LM's peak learning rate (warm-up and decay as --lr's)."""
-    lm_pairs: str = "all"
-    """kind=likelihood, --lm_epochs > 0: the pairs that train the LM: all, or same_length (only pairs of responses
-    of equal length in tokens, whose labels hold none of the labelers' length preference)."""
+    lm_pairs: str = "same_length"
+    """kind=likelihood, --lm_epochs > 0: the pairs that train the LM: same_length (only pairs of responses of equal
+    length in tokens, whose labels hold none of the labelers' length preference; their loss is a mean over those
+    pairs), or all (the paper's loss; the LM then learns that preference too: benchmarks/rm_forms.py)."""
 
     def __post_init__(self):  # the trainer's checks, then the RM's own: before anything loads
         super().__post_init__()

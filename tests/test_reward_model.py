@@ -183,14 +183,14 @@ def test_same_length_pairs_keeps_the_pairs_of_responses_of_equal_length():
     pairs = ranking_pairs([[1, 0, 3, 2], [0, 1]])  # prompt 0: four responses; prompt 1: two
     lengths = torch.tensor([5.0, 9.0, 4.0, 5.0, 3.0, 3.0])
     winners, losers, group = same_length_pairs(pairs, lengths)
-    # prompt 0's pairs (1,0) (1,3) (1,2) (0,3) (0,2) (3,2): only (0,3) is of equal lengths; winners are longer
-    # in three of the others and shorter in none
+    # prompt 0's pairs (1,0) (1,3) (1,2) (0,3) (0,2) (3,2): only (0,3) is of equal lengths; the winner is longer
+    # in each of the other five
     assert (winners.tolist(), losers.tolist(), group.tolist()) == ([0, 4], [3, 5], [0, 1])
 
 
 def lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, name, **kwargs):
     data = tmp_path / f"data-{name}"
-    shutil.copytree(world_dir, data)
+    shutil.copytree(world_dir, data, dirs_exist_ok=True)
     save_world({"comparisons": DatasetDict({"train": Dataset.from_list(rows[:80]),
                                             "test": Dataset.from_list(rows[80:])})}, data)
     config = RMConfig(policy=str(tiny_policy_dir), kind="likelihood", data=str(data), out=str(tmp_path / name),
@@ -204,8 +204,7 @@ def test_training_the_likelihood_rms_lm_fits_the_rankings_better_than_its_weight
     best fit, and the LM's weights move; its run keeps the trainer's logs under OUT/lm."""
     frozen, before = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "frozen")
     trained, after = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "trained", lm_epochs=4.0,
-                                   lm_lr=1e-3)
-    print(frozen["train_loss"], trained["train_loss"], frozen["test_accuracy"], trained["test_accuracy"])
+                                   lm_lr=1e-3, lm_pairs="all")
     assert trained["train_loss"] < frozen["train_loss"] - 0.1
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "trained" / "lm" / "train.csv").exists()
@@ -230,9 +229,36 @@ def test_same_length_pairs_give_the_lm_nothing_to_learn_where_every_pair_differs
     policy = load_file(tiny_policy_dir / "model.safetensors")
     _, same = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, "same", lm_epochs=1.0, lm_lr=1e-3,
                             lm_pairs="same_length")
-    _, every = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, "all", lm_epochs=1.0, lm_lr=1e-3)
+    _, every = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, rows, "all", lm_epochs=1.0, lm_lr=1e-3,
+                             lm_pairs="all")
     assert all(torch.equal(policy[k], same[k]) for k in policy)
     assert any(not torch.equal(policy[k], every[k]) for k in policy)
+
+
+def test_same_length_pairs_train_the_lm_where_some_pairs_are_of_equal_length(comparisons, world_dir,
+                                                                              tiny_policy_dir, tmp_path):
+    """The comparisons' reference and mistaken answers are mostly of one length: --lm_pairs same_length learns
+    from those pairs, its training loss falling below the frozen LM's on the same pairs."""
+    equal = sum(len(same_length_pairs(ranking_pairs([row["ranking"]]),
+                                      torch.tensor([len(r.split()) for r in row["responses"]]).float())[0])
+                for row in comparisons[:80])
+    assert equal >= 20  # enough equal-length pairs to learn from (counted in words, a proxy for tokens)
+    _, policy = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "frozen")
+    state, trained = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "same", lm_epochs=4.0,
+                                   lm_lr=1e-3)  # same_length: the default
+    assert any(not torch.equal(policy[k], trained[k]) for k in policy)
+    log = (tmp_path / "same" / "lm" / "train.csv").read_text().splitlines()
+    header, first, last = log[0].split(","), log[1].split(","), log[-1].split(",")
+    loss = header.index("loss")
+    assert float(last[loss]) < float(first[loss]) - 0.05
+
+
+def test_an_rm_run_refuses_the_lm_run_of_another_rm_in_its_directory(comparisons, world_dir, tiny_policy_dir,
+                                                                     tmp_path):
+    lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=0.5, lm_lr=1e-3)
+    with pytest.raises(RuntimeError, match="holds the LM run of another RM"):
+        lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=0.5, lm_lr=1e-3,
+                      lm_pairs="all")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -7,11 +7,11 @@ number or a swapped word is unlikely under a model that learned the task). So th
 
     r(x, y) = w * sum_t log p(y_t | x, y_<t)
 
-over the response tokens (EOS included when the policy emitted it), with p the SFT language model it was
-built from, kept frozen. The weight is fitted with the paper's K-ranking loss on the labelers'
-comparisons, to ``r(x, y) + w_len * len(y)``: the length term soaks up the labelers' spurious length
-preference while fitting and is dropped from the reward (a length-decorrelated RM, as in ODIN: Chen et al.
-2024). A gain and a bias then make SFT samples score mean 0 and std 1.
+over the response tokens (EOS included when the policy emitted it), with p the SFT language model it was built
+from, kept frozen (``rlhf rm --lm_epochs`` trains it first; the bundled ``rm``'s is untrained). The weight is
+fitted with the paper's K-ranking loss on the labelers' comparisons, to ``r(x, y) + w_len * len(y)``: the length
+term soaks up the labelers' spurious length preference while fitting and is dropped from the reward (a
+length-decorrelated RM, as in ODIN: Chen et al. 2024). A gain and a bias then make SFT samples score mean 0 and std 1.
 
 Why the sum and not the mean log-prob, which agrees more with the labelers (they like longer answers):
 every token's log-prob is at most 0, so appending anything to a response can only lower a sum, while a
@@ -40,7 +40,8 @@ def is_likelihood_rm(path: str | Path) -> bool:
 
 
 class LikelihoodRewardModel(torch.nn.Module):
-    """A frozen causal LM and a learned weight on its log-likelihood of the response (see the module)."""
+    """A causal LM, frozen for scoring, and a learned weight on its log-likelihood of the response (see the
+    module)."""
 
     def __init__(self, lm, tokenizer):
         super().__init__()

@@ -148,16 +148,28 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
     a progress bar, logs and a resumable checkpoint under ``OUT/lm``."""
     lm_config = replace(config, out=str(Path(config.out) / "lm"), epochs=config.lm_epochs, lr=config.lm_lr)
     weight, length_weight = model.weight.item(), model.length_weight.item()
+    # What a checkpoint in OUT/lm must agree on beyond the trainer's fingerprint: another RM's run is refused.
+    setting = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight,
+               "length_weight": length_weight}
+    recorded = Path(lm_config.out) / "rm_setting.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != setting:
+        raise RuntimeError(f"{lm_config.out} holds the LM run of another RM ({recorded.read_text().strip()}); "
+                           "delete it or pass another --out")
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(setting))
 
     def batch_loss(lm, batch):
         if lm is not model.lm:
             raise RuntimeError("the likelihood RM's LM trains in one process, as itself")
+        lm.eval()  # no dropout: the LM trains on the features that its weights were fitted to and that it scores by
         f = model.features(*completions(batch), grad=True)
         scores = weight * f[:, 0] + length_weight * f[:, 1]
         pairs = ranking_pairs([row["ranking"] for row in batch])
         if config.lm_pairs == "same_length":
             winners, losers, _ = same_length_pairs(pairs, f[:, 1])
-            if not len(winners):  # no pair of equal length in this batch: nothing to learn from it
+            if not len(winners):  # no pair of equal length in this batch (rare: K >= 4 responses to each of
+                # batch_size prompts): no gradient, but AdamW's decay and the schedule still step, and the logs
+                # count its accuracy as 0
                 return scores.sum() * 0.0, {"accuracy": (0.0, 0)}
             margin = scores[winners] - scores[losers]
             loss = -torch.nn.functional.logsigmoid(margin).mean()  # a mean over the kept pairs
@@ -192,7 +204,8 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
         reward_accuracy = ranking_loss(model.score_features(f_test), test_rankings)[1]
         model.gain, model.bias = normalization(model.score_features(f_test).double().numpy())
     save_policy(model, tokenizer, Path(config.out) / "final")
-    state = {"train_loss": loss, "train_accuracy": accuracy, "test_loss": test_loss.item(),
+    state = {"lm_epochs": config.lm_epochs, "lm_lr": config.lm_lr, "lm_pairs": config.lm_pairs,
+             "train_loss": loss, "train_accuracy": accuracy, "test_loss": test_loss.item(),
              "test_accuracy": test_accuracy.item(), "test_accuracy_without_length": reward_accuracy.item(),
              "weight": model.weight.item(), "length_weight": model.length_weight.item(),
              "normalization": {"reward_gain": model.gain, "reward_bias": model.bias}}
