@@ -4,8 +4,8 @@
 a weight (and a length weight) fitted in full-batch Adam steps to the same all-pairs ranking loss
 (``fit_likelihood_rm``, ``rlhf_env.rewards.likelihood``). It ranks responses by what the LM has learnt to answer,
 so it checks answers without learning the labelers' length bias. ``--lm_epochs`` also trains the LM by that loss
-(``train_likelihood_lm``), on all pairs or only on pairs of equal length (``--lm_pairs same_length``);
-``benchmarks/rm_forms.py`` measures both against the frozen LM.
+(``train_likelihood_lm``), on the pairs of equal length (``--lm_pairs same_length``, the default) or on all
+(``--lm_pairs all``); ``benchmarks/rm_forms.py`` measures both against the frozen LM.
 
 ``scalar`` (the bundled ``rm-scalar``), as in InstructGPT (Ouyang et al. 2022, section 3.5):
 
