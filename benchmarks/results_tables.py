@@ -602,6 +602,18 @@ def results_page(results: Path) -> str:
                   "`rlhf sft --base base-large --lr LR` does, judged on "
                   f"{sizes['episodes']} held-out customers' prompts, and the likelihood RM fitted on it (the shipped "
                   "`rm`'s recipe), measured as above.", sizes_table(sizes), *stale(sizes, "sizes.json")]
+        q_new, q_shipped = load(results, "token_target_ceiling_sizes.json"), load(results, "token_target_ceiling.json")
+        if q_new and q_shipped:
+            shipped = {r["beta"]: r for r in q_shipped["rows"]}
+            compared = [(r, shipped[r["beta"]]) for r in q_new["rows"] if r["beta"] in shipped and r["beta"]]
+            parts += ["What the token target aims at on that RM: q sampled directly (`python "
+                      f"benchmarks/token_target_ceiling.py --rm {q_new['rm']} --out "
+                      "benchmarks/results/token_target_ceiling_sizes.json`), against q on the shipped `rm` "
+                      "(`token_target_ceiling.json`), win rate against SFT on "
+                      f"{q_new['episodes']} held-out prompts: "
+                      + "; ".join(f"β = {a['beta']:g}: {a['win_rate_vs_sft']:.3f} against {b['win_rate_vs_sft']:.3f}"
+                                  for a, b in compared) + ".",
+                      *stale(q_new, "token_target_ceiling_sizes.json")]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",

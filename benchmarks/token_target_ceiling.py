@@ -16,6 +16,8 @@ Prints a table and writes JSON.
 
     python benchmarks/token_target_ceiling.py [--betas 0.05 0.1] [--episodes 500]
     python benchmarks/token_target_ceiling.py --greedy --out benchmarks/results/token_target_ceiling_greedy.json
+    python benchmarks/token_target_ceiling.py --rm runs/sizes/rm-lr0.0003/final \
+        --out benchmarks/results/token_target_ceiling_sizes.json
 """
 
 from __future__ import annotations
@@ -97,11 +99,13 @@ def main() -> None:
     parser.add_argument("--greedy", action="store_true",
                         help="decode q greedily and judge it against SFT decoded greedily")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rm", default="rm", help="the likelihood RM whose q is sampled: rm, or a path (e.g. "
+                        "benchmarks/sizes.py's RM on another large SFT)")
     parser.add_argument("--out", default="benchmarks/results/token_target_ceiling.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reference, tokenizer = load_reference("sft")[0], load_tokenizer("sft")  # (an HF tokenizer: it pads)
-    rm = LikelihoodRewardModel.from_pretrained(resolve("rm", BUNDLED_REWARDS))
+    rm = LikelihoodRewardModel.from_pretrained(resolve(args.rm, BUNDLED_REWARDS))
     c = rm.weight.item() * rm.gain
     rows = []
     print(f"{'beta':>8}{'alpha':>8}{'win rate vs SFT':>17}{'gold':>8}{'success':>9}{'KL (nats)':>11}{'length':>8}")
@@ -118,7 +122,8 @@ def main() -> None:
         print(f"{'—' if beta is None else beta:>8}{alpha:>8.2f}{row['win_rate_vs_sft']:>17.3f}{row['gold']:>8.3f}"
               f"{row['success']:>9.3f}{row['kl']:>11.2f}{row['length']:>8.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rm_coef": c, "episodes": args.episodes, "greedy": args.greedy,
+    Path(args.out).write_text(json.dumps({"rm": args.rm, "rm_coef": c, "episodes": args.episodes,
+                                          "greedy": args.greedy,
                                           "assets": assets_digest(),
                                           "rows": rows}, indent=1))
     print(f"wrote {args.out}")
