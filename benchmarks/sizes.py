@@ -34,7 +34,7 @@ from rlhf_env.configs import RMConfig, SFTConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
 from rlhf_env.paths import ASSETS, assets_digest, check_built_on, mark_built_on
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
-from rlhf_env.stages.build_assets import _ship
+from rlhf_env.stages.build_assets import ship
 from rlhf_env.stages.reward_model import train_reward_model
 from rlhf_env.stages.sft import sft
 
@@ -49,7 +49,7 @@ def variant(lr: float, work: Path, digest: str) -> tuple[Path, dict]:
         sft(SFTConfig(base="base-large", lr=lr, out=str(run)))
     model = run / "model"
     if not model.exists():
-        _ship(run / "best", model)
+        ship(run / "best", model)
     evals = [line.split(",") for line in (run / "eval.csv").read_text().splitlines()]
     gold = evals[0].index("gold")
     best = max(evals[1:], key=lambda row: float(row[gold]))

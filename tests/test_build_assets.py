@@ -58,7 +58,7 @@ def test_the_large_model_takes_its_own_epochs_where_given(monkeypatch, tmp_path)
     monkeypatch.setattr(module, "pretrain", lambda c: seen.append(("base", c.size, c.epochs)))
     monkeypatch.setattr(module, "sft", lambda c: seen.append(("sft", c.base.split("/")[-1], c.epochs, c.lr))
                         or {"best": 0.5, "best_step": 1})
-    monkeypatch.setattr(module, "_ship", lambda *args, **kwargs: None)
+    monkeypatch.setattr(module, "ship", lambda *args, **kwargs: None)
     common = dict(out=str(tmp_path / "assets"), work=str(tmp_path / "work"), steps="base,sft", pretrain_epochs=2,
                   sft_epochs=16)
     build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32, large_sft_lr=3e-4))

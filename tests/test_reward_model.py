@@ -254,11 +254,30 @@ def test_same_length_pairs_train_the_lm_where_some_pairs_are_of_equal_length(com
 
 
 def test_an_rm_run_refuses_the_lm_run_of_another_rm_in_its_directory(comparisons, world_dir, tiny_policy_dir,
-                                                                     tmp_path):
-    lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=0.5, lm_lr=1e-3)
-    with pytest.raises(RuntimeError, match="holds the LM run of another RM"):
-        lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=0.5, lm_lr=1e-3,
-                      lm_pairs="all")
+                                                                     tmp_path, monkeypatch):
+    """An LM run that crashed at its third step left a checkpoint: the same RM resumes it, another RM (here
+    other pairs) is refused by the checkpoint's fingerprint."""
+    from rlhf_env.rewards.likelihood import LikelihoodRewardModel
+
+    features, calls = LikelihoodRewardModel.features, []
+
+    def crashing(self, *args, grad=False):
+        calls.append(grad)
+        if calls.count(True) == 3:
+            raise KeyboardInterrupt("a crash at the LM's third step")
+        return features(self, *args, grad=grad)
+
+    monkeypatch.setattr(LikelihoodRewardModel, "features", crashing)
+    with pytest.raises(KeyboardInterrupt, match="third step"):
+        lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=1e-3,
+                      save_every=1)
+    monkeypatch.setattr(LikelihoodRewardModel, "features", features)
+    with pytest.raises(ValueError, match="differs in lm_pairs"):
+        lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=1e-3,
+                      save_every=1, lm_pairs="all")
+    state, _ = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=1e-3,
+                             save_every=1)
+    assert state["lm_pairs"] == "same_length"
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -90,14 +90,14 @@ def build_assets(config: BuildConfig) -> dict:
         pretrain(PretrainConfig(size=size, data=str(data), tokenizer=str(tokenizer_dir),
                                 out=str(work / f"base{suffix}"), epochs=epochs(size, "pretrain"), seed=config.seed,
                                 device=config.device))
-        _ship(work / f"base{suffix}" / "final", models / f"base{suffix}")
+        ship(work / f"base{suffix}" / "final", models / f"base{suffix}")
 
     def sft_step(suffix, size):
         lr = {"lr": config.large_sft_lr} if size == "large" and config.large_sft_lr is not None else {}
         state = sft(SFTConfig(base=str(models / f"base{suffix}"), data=str(data), out=str(work / f"sft{suffix}"),
                               epochs=epochs(size, "sft"), seed=config.seed, device=config.device,
                               n_valid=min(300, world_config.n_valid), **lr))
-        _ship(work / f"sft{suffix}" / "best", models / f"sft{suffix}")
+        ship(work / f"sft{suffix}" / "best", models / f"sft{suffix}")
         return {"best_valid_gold": state["best"], "best_step": state["best_step"]}
 
     def comparisons():
@@ -110,7 +110,7 @@ def build_assets(config: BuildConfig) -> dict:
     def rm(name, kind, policy):
         state = train_reward_model(RMConfig(policy=str(models / policy), kind=kind, data=str(data), seed=config.seed,
                                             out=str(work / name), epochs=config.rm_epochs, device=config.device))
-        _ship(work / name / "final", models / name, policy=kind == "likelihood")
+        ship(work / name / "final", models / name, policy=kind == "likelihood")
         return state["normalization"]
 
     timed("world", world)
@@ -127,7 +127,7 @@ def build_assets(config: BuildConfig) -> dict:
     return manifest
 
 
-def _ship(checkpoint: Path, destination: Path, policy: bool = True) -> None:
+def ship(checkpoint: Path, destination: Path, policy: bool = True) -> None:
     """Copy a trained checkpoint into the assets as float16 safetensors with dropout set to 0 (``policy``:
     anything ``load_policy`` reads, the likelihood RM's directory too; else a sequence classifier)."""
     if policy:

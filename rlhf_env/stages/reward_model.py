@@ -148,15 +148,6 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
     a progress bar, logs and a resumable checkpoint under ``OUT/lm``."""
     lm_config = replace(config, out=str(Path(config.out) / "lm"), epochs=config.lm_epochs, lr=config.lm_lr)
     weight, length_weight = model.weight.item(), model.length_weight.item()
-    # What a checkpoint in OUT/lm must agree on beyond the trainer's fingerprint: another RM's run is refused.
-    setting = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight,
-               "length_weight": length_weight}
-    recorded = Path(lm_config.out) / "rm_setting.json"
-    if recorded.exists() and json.loads(recorded.read_text()) != setting:
-        raise RuntimeError(f"{lm_config.out} holds the LM run of another RM ({recorded.read_text().strip()}); "
-                           "delete it or pass another --out")
-    recorded.parent.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(setting))
 
     def batch_loss(lm, batch):
         if lm is not model.lm:
@@ -179,7 +170,10 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
 
     model.lm.requires_grad_(True)
     try:
-        state = train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm")
+        # beside the trainer's settings, a checkpoint in OUT/lm resumes only for the same RM
+        rm = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight,
+              "length_weight": length_weight}
+        state = train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm", fingerprint=rm)
     finally:
         model.lm.requires_grad_(False).eval()
     return state

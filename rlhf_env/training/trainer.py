@@ -83,13 +83,15 @@ def train_loop(
     evaluate: Callable[[object], dict[str, float]] | None = None,
     select: str | None = None,
     desc: str = "train",
+    fingerprint: dict | None = None,
 ) -> dict:
     """Train ``model`` on ``examples`` with ``batch_loss(model, batch) -> (loss, metrics[, units])``: ``loss`` is
     a mean over ``units`` (default: the batch's examples), which weights a rank's loss under data parallelism; a
     metric that is a mean over other units is given as ``(mean, its units)``.
 
     ``evaluate(model)`` returns metrics (logged to ``eval.csv``); if ``select`` names one of them,
-    the checkpoint with its highest value is kept in ``OUT/best``. Returns the final trainer state.
+    the checkpoint with its highest value is kept in ``OUT/best``. ``fingerprint``: the caller's own settings that a
+    checkpoint must agree on to be resumed, beside the loop's. Returns the final trainer state.
     """
     out = Path(config.out)
     world = distributed.world_size()
@@ -118,7 +120,7 @@ def train_loop(
 
     # What a checkpoint must agree on to be resumed: anything else would silently mix two runs.
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
-                   "lr": config.lr, "seed": config.seed}
+                   "lr": config.lr, "seed": config.seed, **(fingerprint or {})}
     run = Run(out, fingerprint, total, desc, resume=config.resume, main=rank == 0)
     state = (training.restore(run, model, trained, scheduler)[0]
              or {"step": 0, "best": -math.inf, "best_step": None})
