@@ -280,6 +280,37 @@ def test_an_rm_run_refuses_the_lm_run_of_another_rm_in_its_directory(comparisons
     assert state["lm_pairs"] == "same_length"
 
 
+def test_a_crash_after_the_lm_run_reuses_its_trained_lm(comparisons, world_dir, tiny_policy_dir, tmp_path,
+                                                        monkeypatch):
+    """A crash in the refit that follows the LM's training: the rerun takes OUT/lm's trained LM instead of training
+    it again, and ends with the RM of a run that never crashed; an RM of other settings is refused it."""
+    from rlhf_env.stages import reward_model as module
+
+    whole, expected = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path / "whole", comparisons, "rm", lm_epochs=1.0,
+                                    lm_lr=1e-3)
+    fit, loops, fits = module.fit_weights, [], []
+
+    def crashing_fit(*args, **kwargs):
+        fits.append(1)
+        if len(fits) == 2:
+            raise KeyboardInterrupt("a crash in the refit")
+        return fit(*args, **kwargs)
+
+    loop = module.train_loop
+    monkeypatch.setattr(module, "train_loop", lambda *args, **kwargs: loops.append(1) or loop(*args, **kwargs))
+    monkeypatch.setattr(module, "fit_weights", crashing_fit)
+    with pytest.raises(KeyboardInterrupt, match="in the refit"):
+        lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=1e-3)
+    monkeypatch.setattr(module, "fit_weights", fit)
+    with pytest.raises(ValueError, match=r"another RM or LM run \(its settings differ: \['lr'\]\)"):
+        lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=2e-3)
+    state, resumed = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0,
+                                   lm_lr=1e-3)
+    assert len(loops) == 1  # the LM trained once, before the crash
+    assert state["weight"] == whole["weight"] and state["length_weight"] == whole["length_weight"]
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"lm_pairs": "equal"}, "lm_pairs must be one of"),
     ({"kind": "dpo"}, "kind must be one of"),

@@ -168,14 +168,25 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
         loss, accuracy = ranking_loss(scores, pairs)
         return loss, {"accuracy": (accuracy.item(), len(pairs[0]))}
 
+    # beside the trainer's settings, a checkpoint in OUT/lm resumes only for the same RM
+    rm = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight, "length_weight": length_weight}
+    done = Path(lm_config.out) / "trained.json"  # a finished LM run (a crash in the refit after it: not redone)
+    settings = {**rm, "examples": len(train), "batch_size": config.batch_size, "epochs": config.lm_epochs,
+                "lr": config.lm_lr, "weight_decay": config.weight_decay, "seed": config.seed}
+    if done.exists():
+        record = json.loads(done.read_text())
+        if record.get("settings") != settings:
+            raise ValueError(f"{done.parent} holds the trained LM of another RM or LM run (its settings differ: "
+                             f"{sorted(k for k in settings if record.get('settings', {}).get(k) != settings[k])}); "
+                             "delete it or pass another --out")
+        model.lm.load_state_dict(load_policy(str(done.parent / "final"))[0].state_dict())
+        return record["state"]
     model.lm.requires_grad_(True)
     try:
-        # beside the trainer's settings, a checkpoint in OUT/lm resumes only for the same RM
-        rm = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight,
-              "length_weight": length_weight}
         state = train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm", fingerprint=rm)
     finally:
         model.lm.requires_grad_(False).eval()
+    done.write_text(json.dumps({"settings": settings, "state": state}, indent=1))
     return state
 
 
@@ -183,6 +194,10 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
     """Fit the likelihood RM's two weights with the ranking loss, full batch: with the LM frozen, its features
     are computed once and the loss is convex in the weights. With ``--lm_epochs``, the LM is then trained at those
     weights (``train_likelihood_lm``) and the weights fitted again."""
+    if config.lm_epochs:  # a resumed LM run: the kernels it started with (its run records them in OUT/lm)
+        from rlhf_env.accel import kernels
+
+        kernels.restore(Path(config.out) / "lm")
     lm, tokenizer = load_policy(config.policy, config.device)
     model = LikelihoodRewardModel(lm, tokenizer).to(config.device)
     f_train = likelihood_features(model, *completions(train), desc="rm features (train)")
