@@ -13,7 +13,8 @@ comparisons, a length term fitted and then dropped) and measured on held-out cus
 
 Two more forms train the LM itself (``rlhf rm --lm_epochs``): the sum form, its LM trained by the same ranking
 loss on all the training pairs, or only on pairs of responses of equal length (``--lm_pairs same_length``), whose
-labels hold none of the labelers' length preference. Their runs go under ``--work``.
+labels hold none of the labelers' length preference. Their runs go under ``--work``; a finished one is reused
+where it was made on the shipped build with the same settings (delete it to retrain).
 
 Prints a table and writes benchmarks/results/rm_forms.json.
 
@@ -34,7 +35,7 @@ import transformers
 
 from rlhf_env.evaluation import eval_prompts, generate_and_grade, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
-from rlhf_env.paths import assets_digest
+from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions, draw_samples, spearman_within_prompt
 from rlhf_env.stages.reward_model import RMConfig, likelihood_features, ranking_loss, ranking_pairs, train_reward_model
@@ -65,6 +66,21 @@ def fit(f: torch.Tensor, pairs, use: tuple[float, float], steps: int = 2000) -> 
     return w[:2], float(w[2])
 
 
+def trained_form(out: Path, settings: dict, seed: int, digest: str) -> dict:
+    """``rlhf rm --lm_epochs`` into ``out`` with ``settings``, or its finished fit there (``OUT/fit.json``) if that
+    was made on this build of the assets with the same settings (else refused: delete it to retrain)."""
+    fitted = out / "fit.json"
+    if fitted.exists():
+        check_built_on(out, digest)
+        state = json.loads(fitted.read_text())
+        differ = {k: (state.get(k), v) for k, v in settings.items() if state.get(k) != v}
+        if differ:
+            raise RuntimeError(f"{out} was fitted with other settings (found, wanted): {differ}; delete it to retrain")
+        return state
+    mark_built_on(out, digest)  # before the run: a resumed run stays on one build
+    return train_reward_model(RMConfig(policy="sft-large", out=str(out), seed=seed, **settings))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=300)
@@ -78,6 +94,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(args.seed)
+    digest = assets_digest()
 
     data = str(DATA_DIR)
     train, test = (load_split(data, "comparisons", split).to_list() for split in ("train", "test"))
@@ -121,9 +138,8 @@ def main() -> None:
     for name, use in FORMS.items():
         results.append(measure(name, frozen, *fit(frozen["train"], train_pairs, use)))
     for name, pairs in TRAINED.items():  # the LM trained by the ranking loss, as rlhf rm --lm_epochs trains it
-        out = Path(args.work) / pairs
-        state = train_reward_model(RMConfig(policy="sft-large", out=str(out), lm_epochs=args.lm_epochs,
-                                            lm_lr=args.lm_lr, lm_pairs=pairs, seed=args.seed))
+        out, settings = Path(args.work) / pairs, {"lm_epochs": args.lm_epochs, "lm_lr": args.lm_lr, "lm_pairs": pairs}
+        state = trained_form(out, settings, args.seed, digest)
         trained = LikelihoodRewardModel.from_pretrained(out / "final")
         row = measure(name, features(trained), torch.tensor([0.0, state["weight"]]), state["length_weight"])
         results.append({**row, "lm_epochs": args.lm_epochs, "lm_lr": args.lm_lr, "lm_pairs": pairs})
@@ -138,7 +154,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"prompts": args.prompts, "samples": n, "seed": args.seed,
                                           "command": " ".join(["python benchmarks/rm_forms.py", *sys.argv[1:]]),
-                                          "assets": assets_digest(),
+                                          "assets": digest,
                                           "forms": results, "gold_best_of_n_win_rate": gold_picks}, indent=1))
     print(f"wrote {args.out}")
 
