@@ -32,7 +32,7 @@ from agents.bench import BLACK_BOX_PPO
 from agents.grpo import GRPOAgent, GRPOConfig
 from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
 from rlhf_env.evaluation import EvalConfig, evaluate
-from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
+from rlhf_env.paths import assets_digest, finished_on
 
 # the default before the token target (stop 28): black-box PPO, the bench's (benchmarks/results/algorithms.json)
 BLACK_BOX = {**BLACK_BOX_PPO, "iterations": 100}
@@ -59,10 +59,8 @@ def run(name: str, seed: int, runs_dir: Path, overrides: dict, build: str) -> di
     settings = dict(overrides)
     agent, config_cls = ALGORITHMS[settings.pop("algorithm", "ppo")]
     config = config_cls(seed=seed, out=str(out), **settings)
-    if not (out / "result.json").exists():
-        mark_built_on(out, build)  # before the first step: a resumed run keeps its record
+    if not finished_on(out, build, "result.json"):  # a finished run of another build would describe other models
         agent(config).train()
-    check_built_on(out, build)  # a finished run of another build of the assets would describe other models
     check_trained_as(out, config)
     cached = out / "judged.json"  # this script's evaluations of a finished run, kept with it
     if cached.exists() and cached.stat().st_mtime >= (out / "result.json").stat().st_mtime:

@@ -601,19 +601,11 @@ def results_page(results: Path) -> str:
                   "`benchmarks/results/sizes.json`): `base-large` fine-tuned as "
                   "`rlhf sft --base base-large --lr LR` does, judged on "
                   f"{sizes['episodes']} held-out customers' prompts, and the likelihood RM fitted on it (the shipped "
-                  "`rm`'s recipe), measured as above.", sizes_table(sizes), *stale(sizes, "sizes.json")]
-        q_new, q_shipped = load(results, "token_target_ceiling_sizes.json"), load(results, "token_target_ceiling.json")
-        if q_new and q_shipped:
-            shipped = {r["beta"]: r for r in q_shipped["rows"]}
-            compared = [(r, shipped[r["beta"]]) for r in q_new["rows"] if r["beta"] in shipped and r["beta"]]
-            parts += ["What the token target aims at on that RM: q sampled directly (`python "
-                      f"benchmarks/token_target_ceiling.py --rm {q_new['rm']} --out "
-                      "benchmarks/results/token_target_ceiling_sizes.json`), against q on the shipped `rm` "
-                      "(`token_target_ceiling.json`), win rate against SFT on "
-                      f"{q_new['episodes']} held-out prompts: "
-                      + "; ".join(f"β = {a['beta']:g}: {a['win_rate_vs_sft']:.3f} against {b['win_rate_vs_sft']:.3f}"
-                                  for a, b in compared) + ".",
-                      *stale(q_new, "token_target_ceiling_sizes.json")]
+                  "`rm`'s recipe), measured as above.", sizes_table(sizes),
+                  *stale(sizes, "sizes.json"),
+                  *(["So its rows named \"shipped\" and its columns against the shipped `sft-large` are that "
+                     "build's `sft-large` and `rm`; the shipped ones are built at the learning rate that "
+                     "`rlhf_env/assets/manifest.json` records (`large_sft_lr`)."] if not on_shipped(sizes) else [])]
     ppo = load(results, "ppo.json")
     if ppo:
         parts += ["## PPO at the full budget",

@@ -35,7 +35,7 @@ import transformers
 
 from rlhf_env.evaluation import eval_prompts, generate_and_grade, win_rate
 from rlhf_env.models import DATA_DIR, load_policy
-from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
+from rlhf_env.paths import assets_digest, finished_on
 from rlhf_env.rewards.likelihood import LikelihoodRewardModel
 from rlhf_env.rewards.metrics import completions, draw_samples, spearman_within_prompt
 from rlhf_env.stages.reward_model import RMConfig, likelihood_features, ranking_loss, ranking_pairs, train_reward_model
@@ -66,19 +66,16 @@ def fit(f: torch.Tensor, pairs, use: tuple[float, float], steps: int = 2000) -> 
     return w[:2], float(w[2])
 
 
-def trained_form(out: Path, settings: dict, seed: int, digest: str) -> dict:
+def trained_form(out: Path, settings: dict, digest: str) -> dict:
     """``rlhf rm --lm_epochs`` into ``out`` with ``settings``, or its finished fit there (``OUT/fit.json``) if that
     was made on this build of the assets with the same settings (else refused: delete it to retrain)."""
-    fitted = out / "fit.json"
-    if fitted.exists():
-        check_built_on(out, digest)
-        state = json.loads(fitted.read_text())
+    if finished_on(out, digest, "fit.json"):
+        state = json.loads((out / "fit.json").read_text())
         differ = {k: (state.get(k), v) for k, v in settings.items() if state.get(k) != v}
         if differ:
             raise RuntimeError(f"{out} was fitted with other settings (found, wanted): {differ}; delete it to retrain")
         return state
-    mark_built_on(out, digest)  # before the run: a resumed run stays on one build
-    return train_reward_model(RMConfig(policy="sft-large", out=str(out), seed=seed, **settings))
+    return train_reward_model(RMConfig(policy="sft-large", out=str(out), **settings))
 
 
 def main() -> None:
@@ -138,8 +135,9 @@ def main() -> None:
     for name, use in FORMS.items():
         results.append(measure(name, frozen, *fit(frozen["train"], train_pairs, use)))
     for name, pairs in TRAINED.items():  # the LM trained by the ranking loss, as rlhf rm --lm_epochs trains it
-        out, settings = Path(args.work) / pairs, {"lm_epochs": args.lm_epochs, "lm_lr": args.lm_lr, "lm_pairs": pairs}
-        state = trained_form(out, settings, args.seed, digest)
+        out = Path(args.work) / pairs
+        state = trained_form(out, {"lm_epochs": args.lm_epochs, "lm_lr": args.lm_lr, "lm_pairs": pairs,
+                                   "seed": args.seed}, digest)
         trained = LikelihoodRewardModel.from_pretrained(out / "final")
         row = measure(name, features(trained), torch.tensor([0.0, state["weight"]]), state["length_weight"])
         results.append({**row, "lm_epochs": args.lm_epochs, "lm_lr": args.lm_lr, "lm_pairs": pairs})

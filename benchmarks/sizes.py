@@ -1,20 +1,20 @@
 """Why sft-large hardly beats sft: the large model's SFT learning rate.
 
-The shipped ``sft-large`` is fine-tuned with SFT's defaults, the small model's learning rate among them. For each
-``--lrs`` value, this fine-tunes the shipped ``base-large`` as ``rlhf sft --base base-large --lr LR`` does (every
-other setting the shipped one's), into ``--work/sft-large-lrLR`` (a finished run is not trained again; an
-interrupted one resumes), ships its best checkpoint as ``rlhf build-assets`` does (float16, no dropout), and
-judges it with ``rlhf eval`` on ``--episodes`` held-out customers' prompts (gold grader, ties half) against the
-shipped ``sft`` and ``sft-large``. The likelihood RM is the large SFT model's log-likelihood, so each variant's RM
-is fitted too (``rlhf rm --policy``) and measured by ``rlhf eval-rm``, and the default ``rlhf ppo`` is run on it
-(``--reward``) for each of ``--ppo_seeds`` and judged as ``benchmarks/ppo_runs.py`` judges a run (its runs go
-under ``--work`` with that script's names: ``default-seedN`` is the default run on the shipped ``rm``). The shipped
-``sft-large`` is the first row.
+The shipped ``sft-large`` is fine-tuned at ``rlhf build-assets --large_sft_lr`` (the manifest records it; the
+build before it used SFT's default, the small model's rate). For each ``--lrs`` value, this fine-tunes the shipped
+``base-large`` as ``rlhf sft --base base-large --lr LR`` does (every other setting the shipped one's), into
+``--work/sft-large-lrLR`` (a finished run is not trained again; an interrupted one resumes), ships its best
+checkpoint as ``rlhf build-assets`` does (float16, no dropout), and judges it with ``rlhf eval`` on ``--episodes``
+held-out customers' prompts (gold grader, ties half) against the shipped ``sft`` and ``sft-large``. The likelihood
+RM is the large SFT model's log-likelihood, so each variant's RM is fitted too (``rlhf rm --policy``) and measured
+by ``rlhf eval-rm``, and the default ``rlhf ppo`` is run on it (``--reward``) for each of ``--ppo_seeds`` and
+judged as ``benchmarks/ppo_runs.py`` judges a run (its runs go under ``--work`` with that script's names:
+``default-seedN`` is the default run on the shipped ``rm``). The shipped ``sft-large`` is the first row.
 
 Prints a table and writes benchmarks/results/sizes.json. Each learning rate costs one SFT run of the large model,
 and each seed one ``rlhf ppo`` run.
 
-    python benchmarks/sizes.py [--lrs 3e-4]
+    python benchmarks/sizes.py [--lrs 1e-3]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from results_tables import sizes_table
 
 from rlhf_env.configs import RMConfig, SFTConfig
 from rlhf_env.evaluation import EvalConfig, evaluate
-from rlhf_env.paths import ASSETS, assets_digest, check_built_on, mark_built_on
+from rlhf_env.paths import ASSETS, assets_digest, finished_on
 from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
 from rlhf_env.stages.build_assets import ship
 from rlhf_env.stages.reward_model import train_reward_model
@@ -42,10 +42,7 @@ from rlhf_env.stages.sft import sft
 def variant(lr: float, work: Path, digest: str) -> tuple[Path, dict]:
     """The large SFT model fine-tuned at ``lr``, shipped under ``work``, and its run's best validation gold."""
     run = work / f"sft-large-lr{lr:g}"
-    if (run / "final").exists():
-        check_built_on(run, digest)  # a finished run made on another build of the assets is refused
-    else:
-        mark_built_on(run, digest)
+    if not finished_on(run, digest, "final"):  # a finished run made on another build of the assets is refused
         sft(SFTConfig(base="base-large", lr=lr, out=str(run)))
     model = run / "model"
     if not model.exists():
@@ -58,7 +55,7 @@ def variant(lr: float, work: Path, digest: str) -> tuple[Path, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4], help="the large SFT's learning rates")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3], help="the large SFT's learning rates")
     parser.add_argument("--work", default="runs/sizes")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--ppo_seeds", type=int, nargs="*", default=[0, 1, 2], help="the PPO runs' seeds")
@@ -87,10 +84,7 @@ def main() -> None:
     for lr in args.lrs:
         model, run = variant(lr, work, digest)
         fitted = work / f"rm-lr{lr:g}"
-        if (fitted / "final").exists():
-            check_built_on(fitted, digest)
-        else:
-            mark_built_on(fitted, digest)
+        if not finished_on(fitted, digest, "final"):
             train_reward_model(RMConfig(policy=str(model), out=str(fitted), seed=args.seed))
         rows.append({"name": f"sft-large, lr {lr:g}", "lr": lr, **run, "vs_sft": judge(str(model), "sft"),
                      "vs_sft_large": judge(str(model), "sft-large"),

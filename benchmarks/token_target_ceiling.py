@@ -16,8 +16,7 @@ Prints a table and writes JSON.
 
     python benchmarks/token_target_ceiling.py [--betas 0.05 0.1] [--episodes 500]
     python benchmarks/token_target_ceiling.py --greedy --out benchmarks/results/token_target_ceiling_greedy.json
-    python benchmarks/token_target_ceiling.py --rm runs/sizes/rm-lr0.0003/final \
-        --out benchmarks/results/token_target_ceiling_sizes.json
+    python benchmarks/token_target_ceiling.py --rm runs/my-rm/final --out /tmp/q_my_rm.json   # another RM's q
 """
 
 from __future__ import annotations

@@ -291,8 +291,9 @@ class BuildConfig:
     """At most this many passes over the demonstrations (the checkpoint with the best gold score is kept)."""
     large_sft_epochs: float | None = None
     """At most this many passes for the large SFT model (None: --sft_epochs)."""
-    large_sft_lr: float | None = None
-    """The large SFT model's peak learning rate (None: rlhf sft's default, the small model's)."""
+    large_sft_lr: float | None = 3e-4
+    """The large SFT model's peak learning rate (None, from Python: rlhf sft's default, the small model's;
+    benchmarks/sizes.py measured both)."""
     rm_epochs: float = 3.0
     """Passes over the comparisons when training the scalar-head RM (rm-scalar; rm's two weights are fitted in
     full-batch steps)."""

@@ -80,6 +80,17 @@ def mark_built_on(run_dir: str | os.PathLike, digest: str) -> None:
     (Path(run_dir) / BUILT_ON).write_text(digest + "\n")
 
 
+def finished_on(run_dir: str | os.PathLike, digest: str, finished: str) -> bool:
+    """Whether ``run_dir`` holds a finished run (its file ``finished`` exists) to reuse: True if it was made on build
+    ``digest`` of the assets (one of another build is refused, ``check_built_on``); False if not finished, after
+    recording ``digest`` for the run about to start or resume there (``mark_built_on``)."""
+    if (Path(run_dir) / finished).exists():
+        check_built_on(run_dir, digest)
+        return True
+    mark_built_on(run_dir, digest)
+    return False
+
+
 def check_out(out: str | os.PathLike) -> Path:
     """A run's output directory, refused if it or a directory above it is a file (the run would fail at its first
     write)."""

@@ -61,11 +61,11 @@ def test_the_large_model_takes_its_own_epochs_where_given(monkeypatch, tmp_path)
     monkeypatch.setattr(module, "ship", lambda *args, **kwargs: None)
     common = dict(out=str(tmp_path / "assets"), work=str(tmp_path / "work"), steps="base,sft", pretrain_epochs=2,
                   sft_epochs=16)
-    build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32, large_sft_lr=3e-4))
+    build_assets(BuildConfig(**common, large_pretrain_epochs=6, large_sft_epochs=32, large_sft_lr=2e-4))
     assert seen == [("base", "small", 2), ("sft", "base", 16, 1e-3), ("base", "large", 6),
-                    ("sft", "base-large", 32, 3e-4)]
+                    ("sft", "base-large", 32, 2e-4)]
     seen.clear()
-    build_assets(BuildConfig(**common, large_pretrain_epochs=None))  # None: the shared settings
+    build_assets(BuildConfig(**common, large_pretrain_epochs=None, large_sft_lr=None))  # None: the shared settings
     assert seen == [("base", "small", 2), ("sft", "base", 16, 1e-3), ("base", "large", 2),
                     ("sft", "base-large", 16, 1e-3)]
 

@@ -32,7 +32,7 @@ def test_every_docs_page_links_back_to_the_readme(page):
 
 
 def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
-    from rlhf_env.paths import assets_digest, check_built_on, mark_built_on
+    from rlhf_env.paths import assets_digest, check_built_on, finished_on, mark_built_on
 
     assets = tmp_path / "assets"
     (assets / "models" / "sft").mkdir(parents=True)
@@ -60,6 +60,13 @@ def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
         mark_built_on(run, digest[::-1])  # resumed on another
     with pytest.raises(RuntimeError, match=f"was made on {digest} of the assets, not the shipped build {digest[::-1]}"):
         check_built_on(run, digest[::-1])
+    fresh = tmp_path / "fresh"
+    assert not finished_on(fresh, digest, "result.json")  # not finished: its build recorded for the run to come
+    check_built_on(fresh, digest)
+    (fresh / "result.json").write_text("{}")
+    assert finished_on(fresh, digest, "result.json")
+    with pytest.raises(RuntimeError, match=f"was made on {digest} of the assets, not the shipped build {digest[::-1]}"):
+        finished_on(fresh, digest[::-1], "result.json")  # finished on another build: refused, not reused
 
     stale = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))["stale"]
     assert stale({"assets": assets_digest(), "rows": []}, "ppo.json") == []

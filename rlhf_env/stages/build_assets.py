@@ -71,6 +71,7 @@ def build_assets(config: BuildConfig) -> dict:
         start = time.perf_counter()
         result = fn(*args)
         manifest["seconds"][name] = round(time.perf_counter() - start, 1)
+        manifest.get("notes", {}).pop(name, None)  # a note on how the step's output was made is now untrue
         if result:
             manifest["metrics"][name] = result
         manifest_path.parent.mkdir(parents=True, exist_ok=True)

@@ -172,21 +172,24 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
     rm = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight, "length_weight": length_weight}
     done = Path(lm_config.out) / "trained.json"  # a finished LM run (a crash in the refit after it: not redone)
     settings = {**rm, "examples": len(train), "batch_size": config.batch_size, "epochs": config.lm_epochs,
-                "lr": config.lm_lr, "weight_decay": config.weight_decay, "seed": config.seed}
-    if done.exists():
+                "lr": config.lm_lr, **{k: getattr(config, k) for k in ("lr_min_ratio", "warmup_ratio", "weight_decay",
+                                                                         "grad_clip", "seed")}}
+    if done.exists() and config.resume:
         record = json.loads(done.read_text())
         if record.get("settings") != settings:
             raise ValueError(f"{done.parent} holds the trained LM of another RM or LM run (its settings differ: "
                              f"{sorted(k for k in settings if record.get('settings', {}).get(k) != settings[k])}); "
                              "delete it or pass another --out")
         model.lm.load_state_dict(load_policy(str(done.parent / "final"))[0].state_dict())
-        return record["state"]
+        return {"step": record["steps"]}
     model.lm.requires_grad_(True)
     try:
         state = train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm", fingerprint=rm)
     finally:
         model.lm.requires_grad_(False).eval()
-    done.write_text(json.dumps({"settings": settings, "state": state}, indent=1))
+    written = done.with_suffix(".tmp")  # then renamed: a crash never leaves half a record
+    written.write_text(json.dumps({"settings": settings, "steps": state["step"]}, indent=1))
+    written.replace(done)
     return state
 
 
@@ -213,7 +216,7 @@ def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> 
         reward_accuracy = ranking_loss(model.score_features(f_test), test_rankings)[1]
         model.gain, model.bias = normalization(model.score_features(f_test).double().numpy())
     save_policy(model, tokenizer, Path(config.out) / "final")
-    state = {"lm_epochs": config.lm_epochs, "lm_lr": config.lm_lr, "lm_pairs": config.lm_pairs,
+    state = {"lm_epochs": config.lm_epochs, "lm_lr": config.lm_lr, "lm_pairs": config.lm_pairs, "seed": config.seed,
              "train_loss": loss, "train_accuracy": accuracy, "test_loss": test_loss.item(),
              "test_accuracy": test_accuracy.item(), "test_accuracy_without_length": reward_accuracy.item(),
              "weight": model.weight.item(), "length_weight": model.length_weight.item(),
