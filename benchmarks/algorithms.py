@@ -137,7 +137,7 @@ def main() -> None:
     summary = summarize(rows)
     settings = {k: getattr(args, k) for k in ("episodes", "eval_episodes", "seeds", "rewards", "threads", "jobs",
                                               "first_seed_only", "first_seed_only_rewards")}
-    print(algorithms_table({"summary": summary, "settings": settings}))
+    print(algorithms_table({"summary": summary, "settings": settings, "rows": rows}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"settings": settings, "assets": args.build, "summary": summary,
                                           "rows": rows}, indent=1))
