@@ -20,6 +20,7 @@ and each seed one ``rlhf ppo`` run.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
@@ -47,10 +48,9 @@ def variant(lr: float, work: Path, digest: str) -> tuple[Path, dict]:
     model = run / "model"
     if not model.exists():
         ship(run / "best", model)
-    evals = [line.split(",") for line in (run / "eval.csv").read_text().splitlines()]
-    gold = evals[0].index("gold")
-    best = max(evals[1:], key=lambda row: float(row[gold]))
-    return model, {"best_valid_gold": float(best[gold]), "best_step": int(best[0])}
+    with open(run / "eval.csv", newline="") as f:
+        best = max(csv.DictReader(f), key=lambda row: float(row["gold"]))
+    return model, {"best_valid_gold": float(best["gold"]), "best_step": int(best["step"])}
 
 
 def main() -> None:
