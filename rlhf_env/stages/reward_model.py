@@ -5,7 +5,9 @@ a weight (and a length weight) fitted in full-batch Adam steps to the same all-p
 (``fit_likelihood_rm``, ``rlhf_env.rewards.likelihood``). It ranks responses by what the LM has learnt to answer,
 so it checks answers without learning the labelers' length bias. ``--lm_epochs`` also trains the LM by that loss
 (``train_likelihood_lm``), on the pairs of equal length (``--lm_pairs same_length``, the default) or on all
-(``--lm_pairs all``); ``benchmarks/rm_forms.py`` measures both against the frozen LM.
+(``--lm_pairs all``); ``benchmarks/rm_forms.py`` measures both against the frozen LM. The LM's run is the
+trainer's, under ``OUT/lm``: an interrupted one resumes from its checkpoint, and a finished one
+(``OUT/lm/trained.json``) is reused, not trained again, by a rerun with the same settings (a crash in the refit).
 
 ``scalar`` (the bundled ``rm-scalar``), as in InstructGPT (Ouyang et al. 2022, section 3.5):
 
