@@ -296,13 +296,15 @@ def test_a_crash_after_the_lm_run_reuses_its_trained_lm(comparisons, world_dir, 
             raise KeyboardInterrupt("a crash in the refit")
         return fit(*args, **kwargs)
 
-    loop = module.train_loop
-    monkeypatch.setattr(module, "train_loop", lambda *args, **kwargs: loops.append(1) or loop(*args, **kwargs))
+    from rlhf_env.training import trainer
+
+    started = trainer.Run  # a run that trains: a reused or refused one returns or raises before it starts
+    monkeypatch.setattr(trainer, "Run", lambda *args, **kwargs: loops.append(1) or started(*args, **kwargs))
     monkeypatch.setattr(module, "fit_weights", crashing_fit)
     with pytest.raises(KeyboardInterrupt, match="in the refit"):
         lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=1e-3)
     monkeypatch.setattr(module, "fit_weights", fit)
-    with pytest.raises(ValueError, match=r"another RM or LM run \(its settings differ: \['lr'\]\)"):
+    with pytest.raises(ValueError, match=r"holds a finished run of other settings \(they differ in \['lr'\]\)"):
         lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0, lm_lr=2e-3)
     state, resumed = lm_trained_rm(world_dir, tiny_policy_dir, tmp_path, comparisons, "rm", lm_epochs=1.0,
                                    lm_lr=1e-3)

@@ -6,8 +6,8 @@ a weight (and a length weight) fitted in full-batch Adam steps to the same all-p
 so it checks answers without learning the labelers' length bias. ``--lm_epochs`` also trains the LM by that loss
 (``train_likelihood_lm``), on the pairs of equal length (``--lm_pairs same_length``, the default) or on all
 (``--lm_pairs all``); ``benchmarks/rm_forms.py`` measures both against the frozen LM. The LM's run is the
-trainer's, under ``OUT/lm``: an interrupted one resumes from its checkpoint, and a finished one
-(``OUT/lm/trained.json``) is reused, not trained again, by a rerun with the same settings (a crash in the refit).
+trainer's, under ``OUT/lm``: an interrupted one resumes from its checkpoint, and a finished one is reused, not
+trained again, by a rerun with the same settings (``train_loop(reuse=True)``; after a crash in the refit).
 
 ``scalar`` (the bundled ``rm-scalar``), as in InstructGPT (Ouyang et al. 2022, section 3.5):
 
@@ -170,29 +170,15 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
         loss, accuracy = ranking_loss(scores, pairs)
         return loss, {"accuracy": (accuracy.item(), len(pairs[0]))}
 
-    # beside the trainer's settings, a checkpoint in OUT/lm resumes only for the same RM
-    rm = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight, "length_weight": length_weight}
-    done = Path(lm_config.out) / "trained.json"  # a finished LM run (a crash in the refit after it: not redone)
-    settings = {**rm, "examples": len(train), "batch_size": config.batch_size, "epochs": config.lm_epochs,
-                "lr": config.lm_lr, **{k: getattr(config, k) for k in ("lr_min_ratio", "warmup_ratio", "weight_decay",
-                                                                         "grad_clip", "seed")}}
-    if done.exists() and config.resume:
-        record = json.loads(done.read_text())
-        if record.get("settings") != settings:
-            raise ValueError(f"{done.parent} holds the trained LM of another RM or LM run (its settings differ: "
-                             f"{sorted(k for k in settings if record.get('settings', {}).get(k) != settings[k])}); "
-                             "delete it or pass another --out")
-        model.lm.load_state_dict(load_policy(str(done.parent / "final"))[0].state_dict())
-        return {"step": record["steps"]}
+    # beside the trainer's settings, OUT/lm's checkpoint resumes, and its finished run is reused, only for the same RM
+    rm = {"policy": str(config.policy), "lm_pairs": config.lm_pairs, "weight": weight, "length_weight": length_weight,
+          **{k: getattr(config, k) for k in ("lr_min_ratio", "warmup_ratio", "weight_decay", "grad_clip")}}
     model.lm.requires_grad_(True)
-    try:
-        state = train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm", fingerprint=rm)
+    try:  # reuse: a crash in the refit after it does not train the LM again
+        return train_loop(model.lm, model.tokenizer, train, lm_config, batch_loss, desc="rm lm", fingerprint=rm,
+                          reuse=True)
     finally:
         model.lm.requires_grad_(False).eval()
-    written = done.with_suffix(".tmp")  # then renamed: a crash never leaves half a record
-    written.write_text(json.dumps({"settings": settings, "steps": state["step"]}, indent=1))
-    written.replace(done)
-    return state
 
 
 def fit_likelihood_rm(config: RMConfig, train: list[dict], test: list[dict]) -> dict:

@@ -19,6 +19,7 @@ passes agrees their number with the other ranks (``sharding.agree``).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -30,7 +31,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf_env import accel
 from rlhf_env.configs import TrainConfig
-from rlhf_env.models import save_policy
+from rlhf_env.models import load_policy, save_policy
 from rlhf_env.training import distributed
 from rlhf_env.training.parallel import Training
 from rlhf_env.training.run import Run
@@ -84,6 +85,7 @@ def train_loop(
     select: str | None = None,
     desc: str = "train",
     fingerprint: dict | None = None,
+    reuse: bool = False,
 ) -> dict:
     """Train ``model`` on ``examples`` with ``batch_loss(model, batch) -> (loss, metrics[, units])``: ``loss`` is
     a mean over ``units`` (default: the batch's examples), which weights a rank's loss under data parallelism; a
@@ -91,7 +93,9 @@ def train_loop(
 
     ``evaluate(model)`` returns metrics (logged to ``eval.csv``); if ``select`` names one of them,
     the checkpoint with its highest value is kept in ``OUT/best``. ``fingerprint``: the caller's own settings that a
-    checkpoint must agree on to be resumed, beside the loop's. Returns the final trainer state.
+    checkpoint must agree on to be resumed, beside the loop's. ``reuse``: a run that finished in OUT (its
+    ``OUT/trained.json``, written then) is not trained again: with the same fingerprint, ``OUT/final``'s weights are
+    loaded into ``model`` and its state returned; with another, it is refused. Returns the final trainer state.
     """
     out = Path(config.out)
     world = distributed.world_size()
@@ -121,6 +125,17 @@ def train_loop(
     # What a checkpoint must agree on to be resumed: anything else would silently mix two runs.
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "epochs": config.epochs,
                    "lr": config.lr, "seed": config.seed, **(fingerprint or {})}
+    finished = out / "trained.json"
+    if reuse and config.resume and finished.exists():
+        record = json.loads(finished.read_text())
+        differ = sorted(k for k in fingerprint.keys() | record["fingerprint"].keys()
+                        if fingerprint.get(k) != record["fingerprint"].get(k))
+        if differ:
+            raise ValueError(f"{out} holds a finished run of other settings (they differ in {differ}); delete it or "
+                             "pass another --out")
+        model.load_state_dict(load_policy(str(out / "final"))[0].state_dict())
+        model.eval()
+        return record["state"]
     run = Run(out, fingerprint, total, desc, resume=config.resume, main=rank == 0)
     state = (training.restore(run, model, trained, scheduler)[0]
              or {"step": 0, "best": -math.inf, "best_step": None})
@@ -182,6 +197,11 @@ def train_loop(
     if run.main:
         for leftover in (run.checkpoint, *(run.checkpoint.with_name(f"checkpoint{x}") for x in (".old", ".tmp"))):
             shutil.rmtree(leftover, ignore_errors=True)
+        if reuse:  # strict JSON (no evaluation leaves best at -inf), renamed into place: never half a record
+            written = finished.with_suffix(".tmp")
+            written.write_text(json.dumps({"fingerprint": fingerprint, "state": {
+                k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in state.items()}}, indent=1))
+            written.replace(finished)
     return distributed.broadcast_json(state)  # rank 0's, once it has written OUT/final: with its evaluations' best
 
 
