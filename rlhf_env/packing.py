@@ -31,11 +31,16 @@ PACK_BELOW = 0.9
 class Packing:
     """Rows (B, T) packed into ``ids`` and ``position_ids`` (N, C), and where to find the outputs again:
     ``index`` (B, R + 1), the packed positions (flattened) that predict each row's last R tokens and the next;
-    past a row's response, its last real position (an output that the response mask drops)."""
+    past a row's response, its last real position (an output that the response mask drops). ``real`` (the
+    packed positions of the rows' tokens, row by row: none of the padding that ends a packed row) and
+    ``real_index`` (``index`` as positions in ``real``) serve a forward that runs only the real tokens
+    (``rlhf_env.accel.trunk``)."""
 
     ids: torch.Tensor
     position_ids: torch.Tensor
     index: torch.Tensor
+    real: torch.Tensor
+    real_index: torch.Tensor
 
     def gather(self, hidden: torch.Tensor) -> torch.Tensor:
         """The packed forward's outputs (N, C, ...) at ``index``: (B, R + 1, ...)."""
@@ -82,8 +87,9 @@ def plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
     position_ids = torch.zeros(rows * capacity, dtype=torch.long, device=dev)  # padding: sequences of one token
     position_ids[to] = within
     steps = torch.arange(R + 1, device=dev)
-    index = start[:, None] + torch.minimum(prompt[:, None] - 1 + steps, lengths[:, None] - 1)
-    return Packing(packed_ids.view(rows, capacity), position_ids.view(rows, capacity), index)
+    within_row = torch.minimum(prompt[:, None] - 1 + steps, lengths[:, None] - 1)
+    return Packing(packed_ids.view(rows, capacity), position_ids.view(rows, capacity), start[:, None] + within_row,
+                   to, (lengths.cumsum(0) - lengths)[:, None] + within_row)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -140,7 +146,7 @@ def packed_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
     if packing is None:
         return None
     if trunk.applies(model):  # a GPT-2's last block at the kept positions only: the same, for less
-        return trunk.hidden_at(model, packing.ids, packing.position_ids, packing.index)
+        return trunk.hidden_at(model, packing)
     out = model.base_model(input_ids=packing.ids, position_ids=packing.position_ids, use_cache=False)
     return packing.gather(out.last_hidden_state)
 

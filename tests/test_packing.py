@@ -41,6 +41,20 @@ def test_a_plan_puts_each_rows_real_tokens_end_to_end_and_indexes_its_predicting
     # row 0 starts at flat 6: its prompt's last token (flat 7) predicts the first response token; past the
     # response, its last real token (flat 9)
     assert p.index.tolist() == [[7, 8, 9, 9], [10, 11, 11, 11], [2, 3, 4, 5]]
+    # the real tokens row by row (row 0's, row 1's, row 2's), and the same predicting positions among them
+    assert p.real.tolist() == [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]
+    assert p.real_index.tolist() == [[1, 2, 3, 3], [4, 5, 5, 5], [8, 9, 10, 11]]
+
+
+def test_a_plans_real_tokens_leave_out_the_padding_that_ends_a_packed_row():
+    pad = 0
+    ids = torch.tensor([[pad, 11, 12, 21, pad],  # prompt 2, response 1: fills packed row 0 (capacity 3)
+                        [pad, pad, 13, 23, pad]])  # prompt 1, response 1: packed row 1, then one padding position
+    p = plan(ids, (ids != pad).long(), R=2)
+    assert p.ids.tolist() == [[11, 12, 21], [13, 23, 11]]  # the padding repeats a real token
+    assert p.position_ids.tolist() == [[0, 1, 2], [0, 1, 0]]
+    assert p.real.tolist() == [0, 1, 2, 3, 4]  # not flat 5
+    assert p.index.tolist() == p.real_index.tolist() == [[1, 2, 2], [3, 4, 4]]
 
 
 def test_no_plan_where_it_saves_too_little_or_a_row_cannot_be_packed():

@@ -33,6 +33,7 @@ def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, d
     ids, mask, R = packed_batch(tokenizer)
     layout = plan(ids, mask, R)
     assert layout is not None and layout.ids.numel() < ids.numel()  # packed: fewer positions than the rows
+    assert len(layout.real) < layout.ids.numel()  # and packed rows that end in padding, which the trunk skips
     weights = torch.randn(*layout.index.shape, 32, generator=torch.Generator().manual_seed(1))
 
     def run(fn):
@@ -41,7 +42,7 @@ def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, d
         (hidden * weights).sum().backward()
         return hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    ours, our_grads = run(lambda: trunk.hidden_at(model, layout.ids, layout.position_ids, layout.index))
+    ours, our_grads = run(lambda: trunk.hidden_at(model, layout))
     theirs, their_grads = run(lambda: layout.gather(model.base_model(  # (no cache: transformers sees the packing)
         input_ids=layout.ids, position_ids=layout.position_ids, use_cache=False).last_hidden_state))
     torch.testing.assert_close(ours, theirs)

@@ -2,7 +2,8 @@
    machine and calls it through ctypes. Each loop runs on the given number of OpenMP threads (torch's own runtime once
    torch is loaded).
 
-   - gelu_forward, gelu_backward: GPT-2's tanh-approximated GELU (transformers' gelu_new), for rlhf_env/accel/gelu.py.
+   - gelu_forward, gelu_forward_slope: GPT-2's tanh-approximated GELU (transformers' gelu_new), for
+     rlhf_env/accel/gelu.py.
      0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), is computed as x s with s = 1 / (1 + e), e = exp(-2u): the
      same function, whose derivative s + x s (1 - s) d(2u)/dx, with 1 - s = e s, needs no cancelling 1 - tanh^2;
      -2u is clamped to [-80, 80], where s is exact in float32 and e stays finite.
@@ -47,14 +48,16 @@ void gelu_forward(const float *x, float *y, ptrdiff_t n, int threads) {
     }
 }
 
-void gelu_backward(const float *x, const float *grad, float *out, ptrdiff_t n, int threads) {
+/* The GELU and its derivative at x in one pass (training: the backward is then one multiplication, with no exp). */
+void gelu_forward_slope(const float *x, float *y, float *slope, ptrdiff_t n, int threads) {
     #pragma omp parallel for simd schedule(static) num_threads(threads)
     for (ptrdiff_t i = 0; i < n; i++) {
         const float v = x[i], m = minus_2u(v);
         const float e = exp_poly(m), s = 1.0f / (1.0f + e);
         const float du = 1.5957691216057308f * (1.0f + 0.134145f * v * v); /* d(2u)/dx */
-        const float d = s + (v * du) * (s * (e * s)); /* e s = 1 - s: the product stays finite */
-        out[i] = grad[i] * (m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : d));
+        const float d = s + (v * du) * (s * (e * s));
+        y[i] = v * (m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : s)); /* gelu_forward's value, bit for bit */
+        slope[i] = m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : d);
     }
 }
 

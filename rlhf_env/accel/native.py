@@ -34,7 +34,7 @@ PARALLEL_FROM = 1 << 16  # elements below which one thread does it all (a parall
 _P, _N, _I, _F = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float
 SIGNATURES = {  # each function's argument types and return type
     "gelu_forward": ([_P, _P, _N, _I], None),
-    "gelu_backward": ([_P, _P, _P, _N, _I], None),
+    "gelu_forward_slope": ([_P, _P, _P, _N, _I], None),
     "attend_step": ([_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
 }
 

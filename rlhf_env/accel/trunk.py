@@ -4,7 +4,9 @@
 positions that predict the responses (``Packing.index``): in a PPO minibatch, about a third of the positions.
 Every block but the last must run at every position, since the later positions attend to the earlier ones; the
 last block's attention must too (its keys and values come from every position), but its output projection, its
-MLP and the final LayerNorm are needed at the kept positions only. ``hidden_at`` runs a Hugging Face GPT-2 that
+MLP and the final LayerNorm are needed at the kept positions only. And the packed rows end in padding (the
+longest sequence sets their length): everything but the attention runs on the real tokens only, laid end to end,
+and the attention reads them scattered back into the packed rows. ``hidden_at`` runs a Hugging Face GPT-2 that
 way, through the model's own modules (so the accelerated layers and GELU of ``rlhf_env.accel`` apply, and
 gradients reach every parameter as in the model's own forward): the same hidden states to float rounding, and the
 same gradients, as ``model.base_model`` followed by ``Packing.gather`` (tested).
@@ -16,10 +18,15 @@ dropout active (RL runs with dropout off). Anything else takes the model's own f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from rlhf_env.accel import accelerated
+
+if TYPE_CHECKING:
+    from rlhf_env.packing import Packing
 
 
 def applies(model) -> bool:
@@ -32,31 +39,39 @@ def applies(model) -> bool:
             and dropout == 0.0 and len(trunk.h) > 0 and hasattr(trunk.h[0].attn, "scaling"))
 
 
-def hidden_at(model, ids: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``model.base_model``'s last hidden states (after its final LayerNorm) at ``index`` (B, K), flat positions
-    of the packed rows ``ids`` (N, C), whose sequences each restart their ``position_ids`` at 0: (B, K, E)."""
+def hidden_at(model, packing: Packing) -> torch.Tensor:
+    """``model.base_model``'s last hidden states (after its final LayerNorm) at ``packing.index`` (B, K), positions
+    of the packed rows ``packing.ids`` (N, C), whose sequences each restart their ``position_ids`` at 0: (B, K, E).
+    Everything but the attention runs on the real tokens only (``packing.real``), not on the padding that ends a
+    packed row."""
     trunk = model.base_model
-    N, C = ids.shape
-    x = trunk.drop(trunk.wte(ids) + trunk.wpe(position_ids))
+    N, C = packing.ids.shape
+    real = packing.real
+    padding = torch.ones(N * C, dtype=torch.bool, device=real.device).index_fill_(0, real, False).nonzero().view(-1)
+    x = trunk.drop(trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real]))  # (T, E)
     # Each position attends to the earlier positions of its own sequence (a new one starts at position 0).
-    sequence = (position_ids == 0).cumsum(1)
-    causal = torch.ones(C, C, dtype=torch.bool, device=ids.device).tril()
+    sequence = (packing.position_ids == 0).cumsum(1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
     mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
     *blocks, last = trunk.h
     for block in blocks:
-        x = x + block.attn.c_proj(_attention(block.attn, block.ln_1(x), mask))
+        x = x + block.attn.c_proj(_attention(block.attn, block.ln_1(x), mask, real, padding, N, C)[real])
         x = x + block.mlp(block.ln_2(x))
-    kept = index.reshape(-1)
-    E = x.shape[-1]
-    attended = _attention(last.attn, last.ln_1(x), mask).reshape(N * C, E)[kept]
-    x = x.reshape(N * C, E)[kept] + last.attn.c_proj(attended)
+    attended = _attention(last.attn, last.ln_1(x), mask, real, padding, N, C)[packing.index.reshape(-1)]
+    x = x[packing.real_index.reshape(-1)] + last.attn.c_proj(attended)
     x = x + last.mlp(last.ln_2(x))
-    return trunk.ln_f(x).view(*index.shape, E)
+    return trunk.ln_f(x).view(*packing.index.shape, x.shape[-1])
 
 
-def _attention(attn, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A GPT-2 attention module's heads, merged, before its output projection: (N, C, E)."""
-    N, C, E = hidden.shape
-    q, k, v = (t.view(N, C, -1, attn.head_dim).transpose(1, 2) for t in attn.c_attn(hidden).split(E, dim=2))
+def _attention(attn, hidden: torch.Tensor, mask: torch.Tensor, real: torch.Tensor, padding: torch.Tensor, N: int,
+               C: int) -> torch.Tensor:
+    """A GPT-2 attention module's heads, merged, before its output projection, at every packed position (N * C, E),
+    from the real tokens' hidden states (T, E) at ``real``. The ``padding`` positions get zero queries, keys and
+    values (finite: a backward multiplies them by zero): each is a sequence of its own (``mask``), which no other
+    position sees."""
+    E = hidden.shape[-1]
+    qkv = attn.c_attn(hidden)
+    rows = qkv.new_empty(N * C, 3 * E).index_fill_(0, padding, 0.0).index_copy_(0, real, qkv).view(N, C, 3 * E)
+    q, k, v = (t.view(N, C, -1, attn.head_dim).transpose(1, 2) for t in rows.split(E, dim=2))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
-    return out.transpose(1, 2).reshape(N, C, E)
+    return out.transpose(1, 2).reshape(N * C, E)
