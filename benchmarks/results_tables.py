@@ -373,7 +373,26 @@ def vs_trl_table(result: dict) -> str:
                  f"tokens up to and including EOS; peak RSS is the process's. Versions: {versions}.")
     for name, error in result["errors"].items():
         lines.append(f"\n{name} failed: `{error.splitlines()[0][:300]}`")
+    if result.get("bounds"):
+        lines.append("\n" + bounds_table(result["bounds"]))
     lines.append("\nTime to quality: `benchmarks/vs_trl_quality.py`, in the next section.")
+    return "\n".join(lines)
+
+
+def bounds_table(bounds: dict) -> str:
+    """What a step 3x as fast as TRL's leaves for each of our rows' updates (vs_trl.json's ``bounds``)."""
+    lines = ["What 3× TRL would take (medians; the update's matmul FLOPs counted by `FlopCounterMode`, attention "
+             "not counted; the peak is this machine's fastest float32 matmul at the same threads):", "",
+             "| row | policy | 3× TRL's step | our step | our update (matmul GFLOP/s) | the rest | update time left "
+             "at 3× | matmul rate it needs | share of peak |", "|---|---|---|---|---|---|---|---|---|"]
+    for policy, rows in bounds.items():
+        for name, b in rows.items():
+            needed = ("none left" if b["gflops_needed"] is None else f"{b['update_s_needed']:.2f} s")
+            rate = "—" if b["gflops_needed"] is None else f"{b['gflops_needed']:.0f} GFLOP/s"
+            share = "—" if b["gflops_needed"] is None else f"{b['needed_share_of_peak']:.0%}"
+            lines.append(f"| {name} | `{policy}` | {b['target_step_s']:.2f} s | {b['step_s']:.2f} s | "
+                         f"{b['update_s']:.2f} s ({b['update_gflops']:.0f}) | {b['rest_s']:.2f} s | {needed} | "
+                         f"{rate} | {share} of {b['matmul_peak_gflops']:.0f} GFLOP/s |")
     return "\n".join(lines)
 
 

@@ -66,6 +66,7 @@ SYSTEMS = {
     "trl-rloo": ("trl", TRL_RLOO_VERSION, f"TRL {TRL_RLOO_VERSION} `RLOOTrainer` (4 generations per prompt)",
                  "sample, old log-probs, reference, RM, one pass and one optimizer step", None),
 }
+PHASES = ("time_sample", "time_env", "time_rollout_forward", "time_update")  # an iteration's metrics (ours)
 RESULT_KEYS = ("system", "policy", "step_seconds", "response_tokens", "episodes_per_step", "setup_seconds",
                "versions", "threads")
 
@@ -106,7 +107,7 @@ def worker(spec_path: str, out_path: str) -> None:
     started = time.perf_counter()
     run = _run_ours if spec["system"].startswith("ours") else {"trl-ppo": _run_trl_ppo,
                                                                "trl-rloo": _run_trl_rloo}[spec["system"]]
-    seconds, tokens, setup, versions = run(spec, started)
+    seconds, tokens, setup, versions, *extra = run(spec, started)  # ours: also phase times and FLOPs
     from importlib.metadata import version
 
     versions = {"python": platform.python_version(), "torch": torch.__version__,
@@ -114,7 +115,7 @@ def worker(spec_path: str, out_path: str) -> None:
     result = {"system": spec["system"], "policy": spec["policy"], "step_seconds": seconds[spec["warmup"]:],
               "warmup_seconds": seconds[:spec["warmup"]], "response_tokens": tokens[spec["warmup"]:],
               "episodes_per_step": spec["batch_size"], "setup_seconds": setup, "versions": versions,
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), **(extra[0] if extra else {})}
     Path(out_path).write_text(json.dumps(result))
 
 
@@ -136,13 +137,21 @@ def _run_ours(spec: dict, started: float):
                                        value_model="rm" if spec["system"] == "ours-ppo-critic" else "head"))
         obs = agent.env.reset(seed=spec["seed"])[0]
         setup = time.perf_counter() - started
-        seconds, tokens = [], []
+        seconds, tokens, phases = [], [], []
         for _ in range(steps):
             start = time.perf_counter()
             metrics, obs = agent.iterate(obs)
             seconds.append(time.perf_counter() - start)
             tokens.append(metrics["length"] * spec["batch_size"])
-    return seconds, tokens, setup, {"rlhf_env": _our_version()}
+            phases.append({k.removeprefix("time_"): metrics[k] for k in PHASES if k in metrics})
+        # After the timed steps: the matmul FLOPs of one more update (of a fresh rollout), and this machine's
+        # fastest float32 matmul at the worker's threads, for the bound in ``bounds``
+        from bench_ppo_iteration import matmul_peak_gflops, update_flops
+
+        extra = {"phase_seconds": phases[spec["warmup"]:],
+                 "update_gflop": update_flops(agent, agent.rollout(obs)) / 1e9,
+                 "matmul_peak_gflops": matmul_peak_gflops()}
+    return seconds, tokens, setup, {"rlhf_env": _our_version()}, extra
 
 
 def _our_version() -> str:
@@ -347,6 +356,46 @@ def ratios(summary: dict) -> dict:
     return out
 
 
+def bounds(summary: dict, raw: list[dict], factor: float = 3.0) -> dict:
+    """For each of our rows against a TRL row, per policy: what a step ``factor`` times as fast as TRL's leaves for
+    our update, and the matmul rate the update would need to fit there even if nothing in it but its matmuls
+    took time, against this machine's fastest float32 matmul (all medians over the runs' timed steps)."""
+    out = {}
+    for policy, rows in summary.items():
+        for name, (whose, _, _, _, against) in SYSTEMS.items():
+            ours = [r for r in raw if (r["system"], r["policy"]) == (name, policy) and "phase_seconds" in r]
+            if whose != "ours" or against not in rows or not ours:
+                continue
+            phases = [p for r in ours for p in r["phase_seconds"]]
+            update = statistics.median(p["update"] for p in phases)
+            rest = statistics.median(s - p["update"] for r in ours for s, p in zip(r["step_seconds"],
+                                                                                    r["phase_seconds"]))
+            target = rows[against]["step_s"]["median"] / factor
+            gflop = statistics.median(r["update_gflop"] for r in ours)
+            peak = statistics.median(r["matmul_peak_gflops"] for r in ours)
+            room = target - rest  # the update's seconds in a step of ``target``
+            needed = gflop / room if room > 0 else None
+            out.setdefault(policy, {})[name] = {
+                "factor": factor, "against": against, "target_step_s": target, "step_s": rows[name]["step_s"]["median"],
+                "update_s": update, "rest_s": rest, "update_gflop": gflop, "update_gflops": gflop / update,
+                "matmul_peak_gflops": peak, "update_s_needed": room, "gflops_needed": needed,
+                "needed_share_of_peak": needed / peak if needed else None,
+                "phases_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]}}
+    return out
+
+
+def bound_line(policy: str, name: str, b: dict) -> str:
+    """One of ``bounds`` in words."""
+    head = (f"{policy}: {name} at {b['factor']:.0f}x {b['against']} needs a step of {b['target_step_s']:.2f} s; "
+            f"ours takes {b['step_s']:.2f} s (update {b['update_s']:.2f} s, its matmuls at "
+            f"{b['update_gflops']:.0f} GFLOP/s; the rest {b['rest_s']:.2f} s)")
+    if b["gflops_needed"] is None:
+        return head + ": the rest alone takes longer than that step"
+    return (head + f": the update would have to run its {b['update_gflop']:.1f} GFLOP in {b['update_s_needed']:.2f} s, "
+            f"{b['gflops_needed']:.0f} GFLOP/s, {b['needed_share_of_peak']:.0%} of this machine's fastest float32 "
+            f"matmul ({b['matmul_peak_gflops']:.0f} GFLOP/s), with nothing else in it taking time")
+
+
 def print_table(result: dict) -> None:
     print(f"\nat {result['settings']['threads']} thread(s); {result['settings']['steps']} timed steps after "
           f"{result['settings']['warmup']} warm-up, {result['settings']['repeats']} interleaved repeats")
@@ -360,6 +409,9 @@ def print_table(result: dict) -> None:
     for policy, pairs in result["ratios"].items():
         for pair, r in pairs.items():
             print(f"{policy}: {pair}: {r['episodes_per_s']:.2f}x episodes/s, {r['tokens_per_s']:.2f}x tokens/s")
+    for policy, rows in result.get("bounds", {}).items():
+        for name, b in rows.items():
+            print(bound_line(policy, name, b))
     for name, error in result["errors"].items():
         print(f"{name}: FAILED: {error[:300]}")
 
@@ -427,7 +479,8 @@ def main() -> None:
                      "trl_ppo_version": TRL_PPO_VERSION, "trl_rloo_version": TRL_RLOO_VERSION},
         "systems": {name: {"runs": what, "one_step": step, "against": against, "trl_version": version}
                     for name, (_, version, what, step, against) in SYSTEMS.items() if name in args.systems},
-        "versions": versions, "summary": summary, "ratios": ratios(summary), "errors": errors,
+        "versions": versions, "summary": summary, "ratios": ratios(summary),
+        "bounds": bounds(summary, [r for rs in runs.values() for r in rs]), "errors": errors,
         "raw": [{k: v for k, v in r.items() if k != "versions"} for rs in runs.values() for r in rs],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average_1min": load},
         "wall_s": time.time() - started}

@@ -82,6 +82,29 @@ def test_vs_trl_summary_and_ratios():
     assert ratios == {"sft": {"ours-rloo/trl-rloo": {"episodes_per_s": 2.0, "tokens_per_s": 2.0}}}
 
 
+def test_vs_trl_bound_says_what_a_3x_step_leaves_for_the_update():
+    """TRL's step takes 6 s, so 3x needs 2 s; ours spends 0.5 s outside its update, which leaves 1.5 s for the
+    update's 30 GFLOP: 20 GFLOP/s, a fifth of a 100 GFLOP/s peak (medians over the runs' steps)."""
+    vs_trl = _vs_trl()
+    phases = [{"sample": 0.3, "env": 0.2, "update": u} for u in (2.0, 2.5, 3.0)]
+    ours = {"system": "ours-ppo-critic", "policy": "sft", "step_seconds": [2.5, 3.0, 3.5], "response_tokens": [640] * 3,
+            "episodes_per_step": 64, "peak_rss_mib": 500.0, "setup_seconds": 5.0, "phase_seconds": phases,
+            "update_gflop": 30.0, "matmul_peak_gflops": 100.0}
+    theirs = {**ours, "system": "trl-ppo", "step_seconds": [6.0, 6.0, 6.0]}
+    for key in ("phase_seconds", "update_gflop", "matmul_peak_gflops"):
+        del theirs[key]
+    summary = {"sft": {"ours-ppo-critic": vs_trl["summarize"]([ours]), "trl-ppo": vs_trl["summarize"]([theirs])}}
+    bound = vs_trl["bounds"](summary, [ours, theirs])["sft"]["ours-ppo-critic"]
+    assert bound["target_step_s"] == 2.0 and bound["rest_s"] == pytest.approx(0.5)
+    assert bound["update_s"] == 2.5 and bound["update_gflops"] == 12.0
+    assert bound["update_s_needed"] == pytest.approx(1.5) and bound["gflops_needed"] == pytest.approx(20.0)
+    assert bound["needed_share_of_peak"] == pytest.approx(0.2)
+    assert bound["phases_s"] == {"sample": 0.3, "env": pytest.approx(0.2), "update": 2.5}
+    assert "20 GFLOP/s, 20% of this machine's fastest" in vs_trl["bound_line"]("sft", "ours-ppo-critic", bound)
+    slow = {**ours, "step_seconds": [7.0, 8.0, 9.0]}  # 5.5 s outside the update: no room at all
+    assert vs_trl["bounds"](summary, [slow, theirs])["sft"]["ours-ppo-critic"]["gflops_needed"] is None
+
+
 def _vs_trl_quality(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports vs_trl beside it
     return runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "vs_trl_quality.py"))
