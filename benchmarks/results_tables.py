@@ -389,10 +389,11 @@ def bounds_table(bounds: dict) -> str:
         for name, b in rows.items():
             needed = ("none left" if b["gflops_needed"] is None else f"{b['update_s_needed']:.2f} s")
             rate = "—" if b["gflops_needed"] is None else f"{b['gflops_needed']:.0f} GFLOP/s"
-            share = "—" if b["gflops_needed"] is None else f"{b['needed_share_of_peak']:.0%}"
+            share = ("—" if b["gflops_needed"] is None
+                     else f"{b['needed_share_of_peak']:.0%} of {b['matmul_peak_gflops']:.0f} GFLOP/s")
             lines.append(f"| {name} | `{policy}` | {b['target_step_s']:.2f} s | {b['step_s']:.2f} s | "
                          f"{b['update_s']:.2f} s ({b['update_gflops']:.0f}) | {b['rest_s']:.2f} s | {needed} | "
-                         f"{rate} | {share} of {b['matmul_peak_gflops']:.0f} GFLOP/s |")
+                         f"{rate} | {share} |")
     return "\n".join(lines)
 
 

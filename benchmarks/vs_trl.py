@@ -16,7 +16,13 @@ sequence classifier as reward model and critic, which the default likelihood ``r
 
 Each run is a fresh subprocess that times ``--steps`` steps after ``--warmup`` warm-up steps (load time is not
 counted) at ``--threads`` threads; the systems' runs are interleaved, ``--repeats`` rounds of them. Peak RSS is
-the subprocess's own (``os.wait4``). Tokens are response tokens up to and including EOS.
+the subprocess's own (``os.wait4``; ours as it stood at the end of the timed steps, before the measurements below).
+Tokens are response tokens up to and including EOS.
+
+Our rows also record each timed step's phases (sample, env, rollout forward, update) and, after the timed steps,
+the matmul FLOPs of one update and this machine's fastest float32 matmul at the same threads: ``bounds`` then says
+what a step 3x as fast as TRL's would leave for our update, and the matmul rate it would need there even if
+nothing else in it took time.
 
 TRL is an optional extra, never a dependency of this package: TRL's PPO and its current RLOO need different
 TRL releases, so the script makes one virtual environment per TRL version under ``--cache`` (``python -m
@@ -37,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -144,11 +151,13 @@ def _run_ours(spec: dict, started: float):
             seconds.append(time.perf_counter() - start)
             tokens.append(metrics["length"] * spec["batch_size"])
             phases.append({k.removeprefix("time_"): metrics[k] for k in PHASES if k in metrics})
-        # After the timed steps: the matmul FLOPs of one more update (of a fresh rollout), and this machine's
-        # fastest float32 matmul at the worker's threads, for the bound in ``bounds``
+        # After the timed steps (and the peak RSS they reached, which the measurements below must not raise): the
+        # matmul FLOPs of one more update (of a fresh rollout), and this machine's fastest float32 matmul at the
+        # worker's threads, for ``bounds``
         from bench_ppo_iteration import matmul_peak_gflops, update_flops
 
         extra = {"phase_seconds": phases[spec["warmup"]:],
+                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                  "update_gflop": update_flops(agent, agent.rollout(obs)) / 1e9,
                  "matmul_peak_gflops": matmul_peak_gflops()}
     return seconds, tokens, setup, {"rlhf_env": _our_version()}, extra
@@ -324,7 +333,7 @@ def launch(python: str | Path, spec: dict, tmp: Path, threads: int) -> dict:
         raise RuntimeError(f"{spec['system']} on {spec['policy']} exited {process.returncode}: "
                            f"{log_path.read_text().strip()[-3000:]}")
     result = read_worker_result(out_path, spec)
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    result.setdefault("peak_rss_mib", usage.ru_maxrss / 1024)  # the process's (Linux: KiB), unless it said its own
     return result
 
 
@@ -363,7 +372,8 @@ def bounds(summary: dict, raw: list[dict], factor: float = 3.0) -> dict:
     out = {}
     for policy, rows in summary.items():
         for name, (whose, _, _, _, against) in SYSTEMS.items():
-            ours = [r for r in raw if (r["system"], r["policy"]) == (name, policy) and "phase_seconds" in r]
+            ours = [r for r in raw if (r["system"], r["policy"]) == (name, policy)
+                    and {"phase_seconds", "update_gflop", "matmul_peak_gflops"} <= r.keys()]
             if whose != "ours" or against not in rows or not ours:
                 continue
             phases = [p for r in ours for p in r["phase_seconds"]]
@@ -372,14 +382,14 @@ def bounds(summary: dict, raw: list[dict], factor: float = 3.0) -> dict:
                                                                                     r["phase_seconds"]))
             target = rows[against]["step_s"]["median"] / factor
             gflop = statistics.median(r["update_gflop"] for r in ours)
-            peak = statistics.median(r["matmul_peak_gflops"] for r in ours)
+            peak = max(r["matmul_peak_gflops"] for r in ours)  # a peak: the fastest any run measured
             room = target - rest  # the update's seconds in a step of ``target``
             needed = gflop / room if room > 0 else None
             out.setdefault(policy, {})[name] = {
                 "factor": factor, "against": against, "target_step_s": target, "step_s": rows[name]["step_s"]["median"],
                 "update_s": update, "rest_s": rest, "update_gflop": gflop, "update_gflops": gflop / update,
                 "matmul_peak_gflops": peak, "update_s_needed": room, "gflops_needed": needed,
-                "needed_share_of_peak": needed / peak if needed else None,
+                "needed_share_of_peak": None if needed is None else needed / peak,
                 "phases_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]}}
     return out
 

@@ -1,4 +1,4 @@
-"""Sequence packing for the training forwards: rows of prompt + response packed end to end, without padding.
+"""Sequence packing for the training forwards: rows of prompt + response packed end to end.
 
 A batch of left-padded prompts and right-padded responses (B, P + R) spends a position on every padding
 token, and on a CPU a padded position costs as much as a real one. Packed, each row's real tokens lie end to
@@ -7,9 +7,10 @@ ids from 0; transformers then keeps the sequences apart by a block-diagonal caus
 the restarting position ids when no attention mask is given (``transformers.masking_utils``). Only the
 positions that predict the responses are gathered back, as (B, R + 1) rows, for the LM head or a value head.
 
-The same outputs as the padded forward, to float rounding, and the same gradients. A GPT-2 that ``rlhf_env.accel``
-accelerated runs its last block at the gathered positions only (``rlhf_env.accel.trunk``). Whether a model's trunk
-keeps packed sequences apart (and whether its logits are its output embedding of its trunk's last hidden
+A packed row ends in padding where its sequences do not fill it. The same outputs as the padded forward, to float
+rounding, and the same gradients. A GPT-2 that ``rlhf_env.accel`` accelerated runs its last block at the gathered
+positions only, and everything but the attention on the real tokens only (``rlhf_env.accel.trunk``). Whether a
+model's trunk keeps packed sequences apart (and whether its logits are its output embedding of its trunk's last hidden
 state) is checked once per model on a small input (``packs``): a model that does not is never packed.
 """
 
@@ -145,7 +146,7 @@ def packed_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
     packing = plan(ids, mask, R) if packs(model, lm_head) else None
     if packing is None:
         return None
-    if trunk.applies(model):  # a GPT-2's last block at the kept positions only: the same, for less
+    if trunk.applies(model):  # a GPT-2 on the real tokens, its last block at the kept positions: the same, for less
         return trunk.hidden_at(model, packing)
     out = model.base_model(input_ids=packing.ids, position_ids=packing.position_ids, use_cache=False)
     return packing.gather(out.last_hidden_state)

@@ -102,7 +102,21 @@ def test_vs_trl_bound_says_what_a_3x_step_leaves_for_the_update():
     assert bound["phases_s"] == {"sample": 0.3, "env": pytest.approx(0.2), "update": 2.5}
     assert "20 GFLOP/s, 20% of this machine's fastest" in vs_trl["bound_line"]("sft", "ours-ppo-critic", bound)
     slow = {**ours, "step_seconds": [7.0, 8.0, 9.0]}  # 5.5 s outside the update: no room at all
-    assert vs_trl["bounds"](summary, [slow, theirs])["sft"]["ours-ppo-critic"]["gflops_needed"] is None
+    none_left = vs_trl["bounds"](summary, [slow, theirs])["sft"]["ours-ppo-critic"]
+    assert none_left["gflops_needed"] is None and none_left["needed_share_of_peak"] is None
+    line = vs_trl["bound_line"]("sft", "ours-ppo-critic", none_left)
+    assert line.endswith("the rest alone takes longer than that step")
+    table = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "results_tables.py"))["bounds_table"](
+        {"sft": {"ours-ppo-critic": bound, "ours-rloo": none_left}})
+    assert ("| ours-ppo-critic | `sft` | 2.00 s | 3.00 s | 2.50 s (12) | 0.50 s | 1.50 s | 20 GFLOP/s | "
+            "20% of 100 GFLOP/s |") in table
+    assert "| ours-rloo | `sft` | 2.00 s | 3.00 s | 2.50 s (12) | 5.50 s | none left | — | — |" in table
+    # The peak is the fastest any run measured; no bound without a TRL row or without our measurements
+    faster = {**ours, "matmul_peak_gflops": 150.0}
+    assert vs_trl["bounds"](summary, [ours, faster, theirs])["sft"]["ours-ppo-critic"]["matmul_peak_gflops"] == 150.0
+    assert vs_trl["bounds"]({"sft": {"ours-ppo-critic": summary["sft"]["ours-ppo-critic"]}}, [ours]) == {}
+    unmeasured = {k: v for k, v in ours.items() if k != "update_gflop"}
+    assert vs_trl["bounds"](summary, [unmeasured, theirs]) == {}
 
 
 def _vs_trl_quality(monkeypatch):

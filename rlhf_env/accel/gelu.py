@@ -2,8 +2,9 @@
 
 aten's float32 tanh GELU runs several times slower than a plain ``tanh`` of the same tensor on the CPUs tried,
 and it is a large share of a PPO update for this package's small models (``rlhf_env.accel.kernels`` times both
-GELUs on each machine; a run's log says what it measured). The kernel computes the same function, forward and
-backward, in loops that the compiler vectorises, to float32 rounding of aten's (tested against float64).
+GELUs on each machine; a run's log says what it measured). The kernel computes the same function, and in training
+its derivative in the same pass (the backward is then one product), in loops that the compiler vectorises, to
+float32 rounding of aten's (tested against float64).
 
 - **Build.** ``rlhf_env.accel.native`` compiles the package's C kernels (``cpu.c``) once per machine; without a C
   compiler, or if the build fails, everything stays on aten's GELU.

@@ -8,7 +8,7 @@ compiler, or if the build or load fails, it is None, and every caller stays on P
 remembered next to where the library would be (``cpu-<hash>.failed``, the compiler's messages): later processes warn
 and do not try again until that file is deleted, or the source, compiler or CPU changes.
 
-- ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, forward and backward;
+- ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, alone or with its derivative (for the backward);
 - ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``).
 
 Whether each is used on a model is measured per machine, against PyTorch's, by ``rlhf_env.accel.kernels``.

@@ -2,8 +2,8 @@
 
 ``rlhf_env.packing`` runs the rows of a batch packed end to end and keeps the last hidden states at the
 positions that predict the responses (``Packing.index``): in a PPO minibatch, about a third of the positions.
-Every block but the last must run at every position, since the later positions attend to the earlier ones; the
-last block's attention must too (its keys and values come from every position), but its output projection, its
+Every block but the last must run at every real position, since the later positions attend to the earlier ones;
+the last block's attention must too (its keys and values come from every position), but its output projection, its
 MLP and the final LayerNorm are needed at the kept positions only. And the packed rows end in padding (the
 longest sequence sets their length): everything but the attention runs on the real tokens only, laid end to end,
 and the attention reads them scattered back into the packed rows. ``hidden_at`` runs a Hugging Face GPT-2 that
