@@ -368,7 +368,8 @@ def ratios(summary: dict) -> dict:
 def bounds(summary: dict, raw: list[dict], factor: float = 3.0) -> dict:
     """For each of our rows against a TRL row, per policy: what a step ``factor`` times as fast as TRL's leaves for
     our update, and the matmul rate the update would need to fit there even if nothing in it but its matmuls
-    took time, against this machine's fastest float32 matmul (all medians over the runs' timed steps)."""
+    took time, against this machine's fastest float32 matmul (medians over the runs' timed steps; the peak is the
+    fastest that any run measured)."""
     out = {}
     for policy, rows in summary.items():
         for name, (whose, _, _, _, against) in SYSTEMS.items():
