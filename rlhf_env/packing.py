@@ -35,13 +35,15 @@ class Packing:
     past a row's response, its last real position (an output that the response mask drops). ``real`` (the
     packed positions of the rows' tokens, row by row: none of the padding that ends a packed row) and
     ``real_index`` (``index`` as positions in ``real``) serve a forward that runs only the real tokens
-    (``rlhf_env.accel.trunk``)."""
+    (``rlhf_env.accel.trunk``), and ``starts`` (B + 1) is where each row's tokens begin among them (then their
+    number)."""
 
     ids: torch.Tensor
     position_ids: torch.Tensor
     index: torch.Tensor
     real: torch.Tensor
     real_index: torch.Tensor
+    starts: torch.Tensor
 
     def gather(self, hidden: torch.Tensor) -> torch.Tensor:
         """The packed forward's outputs (N, C, ...) at ``index``: (B, R + 1, ...)."""
@@ -62,10 +64,11 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[tuple[int, i
     return place
 
 
-def plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
+def plan(ids: torch.Tensor, mask: torch.Tensor, R: int, real_only: bool = False) -> Packing | None:
     """The packing of prompt + response rows ``ids`` (B, T) with ``mask`` (left-padded prompts, right-padded
     responses) whose last R columns are the responses; None where it would not save enough positions
-    (``PACK_BELOW``), or a row has no prompt token to predict its first or real tokens that are not contiguous."""
+    (``PACK_BELOW``: of the packed rows' positions, or with ``real_only``, for a forward that runs the real tokens
+    only, of those), or a row has no prompt token to predict its first or real tokens that are not contiguous."""
     B, T = ids.shape
     lengths = mask.sum(1)
     prompt = mask[:, :T - R].sum(1)
@@ -76,7 +79,7 @@ def plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
     capacity = int(lengths.max())
     place = first_fit_decreasing(lengths.tolist(), capacity)
     rows = 1 + max(n for n, _ in place)
-    if rows * capacity > PACK_BELOW * B * T:
+    if (int(lengths.sum()) if real_only else rows * capacity) > PACK_BELOW * B * T:
         return None
     dev = ids.device
     start = torch.tensor([n * capacity + offset for n, offset in place], device=dev)  # flat packed starts
@@ -89,8 +92,9 @@ def plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
     position_ids[to] = within
     steps = torch.arange(R + 1, device=dev)
     within_row = torch.minimum(prompt[:, None] - 1 + steps, lengths[:, None] - 1)
+    ends = lengths.cumsum(0)
     return Packing(packed_ids.view(rows, capacity), position_ids.view(rows, capacity), start[:, None] + within_row,
-                   to, (lengths.cumsum(0) - lengths)[:, None] + within_row)
+                   to, (ends - lengths)[:, None] + within_row, torch.cat([ends.new_zeros(1), ends]))
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -143,10 +147,11 @@ def packed_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
     """The last hidden states (B, R + 1, H) of ``model.base_model`` at the positions that predict the last R
     tokens of ``ids`` (B, T) and the next, from a packed forward; None where packing does not pay or the model
     does not allow it (``lm_head``: the caller applies the model's output embedding to them, see ``packs``)."""
-    packing = plan(ids, mask, R) if packs(model, lm_head) else None
+    on_real = trunk.applies(model)
+    packing = plan(ids, mask, R, real_only=on_real) if packs(model, lm_head) else None
     if packing is None:
         return None
-    if trunk.applies(model):  # a GPT-2 on the real tokens, its last block at the kept positions: the same, for less
+    if on_real:  # a GPT-2 on the real tokens, its last block at the kept positions: the same, for less
         return trunk.hidden_at(model, packing)
     out = model.base_model(input_ids=packing.ids, position_ids=packing.position_ids, use_cache=False)
     return packing.gather(out.last_hidden_state)

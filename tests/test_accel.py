@@ -110,7 +110,8 @@ def measured_kernels(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "_chosen", {})
     asked = []
-    speedups = {32: {"layers": 1.25, "decode": 0.8}, 48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5}}
+    speedups = {32: {"layers": 1.25, "decode": 0.8},
+                48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5, "packed_attention": 1.8}}
     monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer, heads: asked.append(width)
                         or speedups[width])
     return asked
@@ -128,8 +129,8 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert measured_kernels == [32]
     (choice,) = kernels.chosen()
     assert (choice.layers, choice.decode, choice.source) == (True, False, "measured")
-    assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten, decode attention torch;"
-            " measured now" in choice.describe())
+    assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten, decode attention torch, "
+            "packed attention SDPA; measured now" in choice.describe())
     assert not decoder.c_attention  # not measured: PyTorch's ops
     assert not any(type(m) is TanhGELU for m in model.modules())  # GELU: not measured, so aten's
 
@@ -138,15 +139,16 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert measured_kernels == [32] and kernels.chosen()[0].source == "cache"
     assert kernels.chosen()[0].speedup == {"layers": 1.25, "decode": 0.8}
 
-    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN, or the C GELU and attention.
+    # A gain inside the margin keeps stock PyTorch; a clear one takes oneDNN, or the C GELU and attentions.
     wider = new_model(dict(n_embd=48, n_layer=1, n_head=2), tokenizer)
     decoder = GPT2Decoder(wider, 2, 8)
     assert not swapped(wider) and decoder.head.onednn and measured_kernels == [32, 48]
     assert type(wider.transformer.h[0].mlp.act) is TanhGELU and kernels.chosen()[1].gelu
     assert decoder.c_attention == (native.library() is not None) and kernels.chosen()[1].attention
+    assert accel.c_packed_attention(wider.config) and kernels.chosen()[1].packed_attention
     assert ("1 layer, width 48, 2 heads, inner 192, vocab 768: layers MKL (oneDNN 1.02x stock), decode oneDNN (oneDNN "
-            "1.10x stock), GELU C kernel (C 2.00x aten), decode attention C kernel (C 1.50x torch); measured now"
-            == kernels.chosen()[1].describe())
+            "1.10x stock), GELU C kernel (C 2.00x aten), decode attention C kernel (C 1.50x torch), packed attention "
+            "C kernel (C 1.80x SDPA); measured now" == kernels.chosen()[1].describe())
     with kernels.forced("stock"):  # nothing measured, no oneDNN
         assert not swapped(load_policy(str(tiny_policy_dir))[0]) and measured_kernels == [32, 48]
         assert [c.source for c in kernels.chosen()] == ["stock"]
@@ -177,7 +179,7 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved == {f"{kernels.machine()} | 1 layer, width 16, inner 64, vocab 40": {
         "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "attention": False,
-        "speedup": choice.speedup}}  # no heads in the config: no attention measured
+        "packed_attention": False, "speedup": choice.speedup}}  # no heads in the config: no attention measured
 
 
 def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stock(measured_kernels, monkeypatch):
@@ -197,7 +199,8 @@ def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stoc
     assert (choice.layers, choice.decode, choice.source, measured_kernels) == (True, False, "cache", [32])
 
 
-@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY", "NO GELU", "NO ATTENTION"])
+@pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY", "NO GELU", "NO ATTENTION",
+                                        "NO PACKED ATTENTION"])
 def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_kernels, tmp_path, cache_text):
     from rlhf_env.accel import kernels
 
@@ -207,16 +210,19 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
         cache_text = json.dumps({key: {"layers": True, "decode": True}})
     if cache_text == "NO GELU":  # an older version's entry: GELU not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "speedup": {"layers": 1.3, "decode": 1.3}}})
-    if cache_text == "NO ATTENTION":  # the last version's entry: decode attention not measured
+    if cache_text == "NO ATTENTION":  # an older version's entry: decode attention not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True,
                                        "speedup": {"layers": 1.3, "decode": 1.3, "gelu": 2.0}}})
+    if cache_text == "NO PACKED ATTENTION":  # the last version's entry: the packed training attention not measured
+        cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True, "attention": True,
+                                       "speedup": {"layers": 1.3, "decode": 1.3, "gelu": 2.0, "attention": 1.5}}})
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "kernels.json").write_text(cache_text)
     choice = kernels.choose(config)
     assert (choice.source, measured_kernels) == ("measured", [32])
     saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
     assert saved[key] == {"layers": True, "decode": False, "gelu": False, "attention": False,
-                          "speedup": {"layers": 1.25, "decode": 0.8}}
+                          "packed_attention": False, "speedup": {"layers": 1.25, "decode": 0.8}}
 
 
 @needs_onednn

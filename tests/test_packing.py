@@ -96,7 +96,8 @@ def test_packed_rows_get_the_padded_forwards_log_probs_hidden_states_and_gradien
     ids, mask, R = batch(tokenizer)
     real = mask[:, -R:].bool()
     shapes, plain_plan = [], packing.plan
-    monkeypatch.setattr(packing, "plan", lambda *a: shapes.append(tuple(plain_plan(*a).ids.shape)) or plain_plan(*a))
+    monkeypatch.setattr(packing, "plan", lambda *a, **k: shapes.append(tuple(plain_plan(*a, **k).ids.shape))
+                        or plain_plan(*a, **k))
     results = []
     for pack in (False, True):
         model.zero_grad()

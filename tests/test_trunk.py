@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhf_env import packing
-from rlhf_env.accel import trunk
+from rlhf_env.accel import native, packed_attention, trunk
 from rlhf_env.accel.switch import switched_off
 from rlhf_env.models import new_model
 from rlhf_env.packing import plan
@@ -24,11 +24,15 @@ def packed_batch(tokenizer, seed=0):
     return ids, mask, R
 
 
+@pytest.mark.parametrize("c_kernel", [True, False])
 @pytest.mark.parametrize("dims", [dict(n_layer=1), dict(n_layer=3),
                                   dict(n_layer=2, scale_attn_by_inverse_layer_idx=True)])
-def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, dims):
+def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, dims, c_kernel):
+    """Either attention: the package's C kernel on the real tokens, or PyTorch's on the packed rows."""
+    if c_kernel and native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
     torch.manual_seed(0)
-    model = new_model(dict(n_embd=32, n_head=4, **{"n_layer": 2, **dims}), tokenizer)
+    model = new_model(dict(n_embd=32, n_head=2, **{"n_layer": 2, **dims}), tokenizer)  # heads of 16: either way
     assert trunk.applies(model)
     ids, mask, R = packed_batch(tokenizer)
     layout = plan(ids, mask, R)
@@ -42,7 +46,10 @@ def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, d
         (hidden * weights).sum().backward()
         return hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    ours, our_grads = run(lambda: trunk.hidden_at(model, layout))
+    with mock.patch.object(trunk, "c_packed_attention", return_value=c_kernel), \
+            mock.patch.object(packed_attention, "attend", wraps=packed_attention.attend) as kernel:
+        ours, our_grads = run(lambda: trunk.hidden_at(model, layout))
+    assert kernel.call_count == (model.config.n_layer if c_kernel else 0)
     theirs, their_grads = run(lambda: layout.gather(model.base_model(  # (no cache: transformers sees the packing)
         input_ids=layout.ids, position_ids=layout.position_ids, use_cache=False).last_hidden_state))
     torch.testing.assert_close(ours, theirs)

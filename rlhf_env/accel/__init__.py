@@ -147,6 +147,13 @@ def c_attention(config) -> bool:
     return _c_kernel(config, "attention")
 
 
+def c_packed_attention(config) -> bool:
+    """Whether the packed training forwards (``rlhf_env.accel.trunk``) should run a model's attention through the
+    package's C kernel here (``rlhf_env.accel.packed_attention``): as ``c_gelu``, for
+    ``kernels.Choice.packed_attention``."""
+    return _c_kernel(config, "packed_attention")
+
+
 def _c_kernel(config, use: str) -> bool:
     from rlhf_env.accel import kernels
 

@@ -119,3 +119,163 @@ int attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh
     }
     return failed;
 }
+
+/* Causal attention within sequences laid end to end (the packed training forwards, rlhf_env/accel/trunk.py): token
+   t < T of sequence s, starts[s] <= t < starts[s + 1], attends to its sequence's tokens up to itself. The
+   projections qkv (T, 3, H, D), contiguous, give the query, key and value of token t and head h at qkv[t, 0, h],
+   qkv[t, 1, h] and qkv[t, 2, h]; out (T, H, D) is the attention's output, and lse (T, H) the log-sum-exp of each
+   query's scaled scores, which the backward needs. The head size D must be a multiple of 16.
+
+   Each (sequence, head) is one task of the thread team. Its keys (and in the backward its values) are copied
+   transposed, D rows of the sequence's length padded to a multiple of 16, so that a token's scores over its keys
+   are blocks of 16 accumulated in a register over d; the blocks' columns past the token's own (the padding, later
+   tokens) are set to -inf before the softmax, which gives them weight 0. Sums over keys of rows of D (the output,
+   the query's gradient) keep 16 columns in a register at a time. Returns 0, or 1 where a thread could not allocate
+   its buffers. */
+typedef float vf __attribute__((vector_size(64), aligned(4))); /* 16 floats, loaded and stored unaligned */
+#define VF 16
+
+static ptrdiff_t padded_longest(const int64_t *starts, int S) {
+    ptrdiff_t longest = 1;
+    for (int s = 0; s < S; s++) longest = starts[s + 1] - starts[s] > longest ? starts[s + 1] - starts[s] : longest;
+    return (longest + VF - 1) / VF * VF;
+}
+
+/* rows (L, stride) at x, D columns, into t (D, Lp), t[d * Lp + j] = x[j * stride + d], zero past L */
+static void transpose_in(const float *x, ptrdiff_t stride, ptrdiff_t L, int D, ptrdiff_t Lp, float *t) {
+    for (int d = 0; d < D; d++)
+        for (ptrdiff_t j = L; j < Lp; j++) t[d * Lp + j] = 0.0f;
+    for (ptrdiff_t j = 0; j < L; j++)
+        for (int d = 0; d < D; d++) t[d * Lp + j] = x[j * stride + d];
+}
+
+/* p[j] = scale * (a . column j of the transposed rows xt (D, Lp)) for j <= i, -inf for i < j < n (n: i + 1 rounded
+   up to a multiple of VF) */
+static inline ptrdiff_t scores(const float *a, const float *xt, ptrdiff_t Lp, int D, ptrdiff_t i, float scale,
+                               float *p) {
+    const ptrdiff_t n = (i + VF) / VF * VF;
+    for (ptrdiff_t jb = 0; jb < n; jb += VF) { /* four sums over d, so that the additions do not wait on each other */
+        vf acc[4] = {{0}, {0}, {0}, {0}};
+        for (int d = 0; d < D; d += 4)
+            for (int k = 0; k < 4; k++) acc[k] += a[d + k] * *(const vf *)(xt + (d + k) * Lp + jb);
+        *(vf *)(p + jb) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
+    }
+    for (ptrdiff_t j = i + 1; j < n; j++) p[j] = -INFINITY;
+    return n;
+}
+
+/* out[0..D) = sum over j < n of w[j] * rows[j * stride + 0..D) (D a multiple of VF) */
+static inline void weighted_rows(const float *w, const float *rows, ptrdiff_t stride, ptrdiff_t n, int D, float *out) {
+    for (int d = 0; d < D; d += VF) { /* four sums over j, as in scores */
+        vf acc[4] = {{0}, {0}, {0}, {0}};
+        ptrdiff_t j = 0;
+        for (; j + 4 <= n; j += 4)
+            for (int k = 0; k < 4; k++) acc[k] += w[j + k] * *(const vf *)(rows + (j + k) * stride + d);
+        for (; j < n; j++) acc[0] += w[j] * *(const vf *)(rows + j * stride + d);
+        *(vf *)(out + d) = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+static inline float dot(const float *a, const float *b, int D) {
+    vf acc = {0};
+    for (int d = 0; d < D; d += VF) acc += *(const vf *)(a + d) * *(const vf *)(b + d);
+    float total = 0.0f;
+    for (int k = 0; k < VF; k++) total += acc[k];
+    return total;
+}
+
+int packed_attention_forward(const float *qkv, const int64_t *starts, int S, int H, int D, float scale, float *out,
+                             float *lse, int threads) {
+    const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_longest(starts, S);
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        float *p = malloc(sizeof(float) * (size_t)(Lp * (D + 1)));
+        float *kt = p + Lp;
+        #pragma omp for schedule(dynamic)
+        for (int task = 0; task < S * H; task++) {
+            if (p == NULL) {
+                failed = 1;
+                continue;
+            }
+            const int s = task / H, h = task % H;
+            const ptrdiff_t first = starts[s], L = starts[s + 1] - first;
+            const float *q0 = qkv + first * row + (ptrdiff_t)h * D, *k0 = q0 + E, *v0 = k0 + E;
+            transpose_in(k0, row, L, D, Lp, kt);
+            for (ptrdiff_t i = 0; i < L; i++) {
+                const ptrdiff_t n = scores(q0 + i * row, kt, Lp, D, i, scale, p);
+                float m = -INFINITY;
+                #pragma omp simd reduction(max:m)
+                for (ptrdiff_t j = 0; j < n; j++) m = p[j] > m ? p[j] : m;
+                float total = 0.0f;
+                #pragma omp simd reduction(+:total)
+                for (ptrdiff_t j = 0; j < n; j++) {
+                    const float x = p[j] - m; /* <= 0, -inf past the token */
+                    p[j] = x >= -80.0f ? exp_poly(x) : 0.0f;
+                    total += p[j];
+                }
+                const float inverse = 1.0f / total;
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j <= i; j++) p[j] *= inverse;
+                weighted_rows(p, v0, row, i + 1, D, out + (first + i) * E + (ptrdiff_t)h * D);
+                lse[(first + i) * H + h] = m + logf(total);
+            }
+        }
+        free(p);
+    }
+    return failed;
+}
+
+/* The gradient dqkv (T, 3, H, D) of packed_attention_forward's inputs, from its inputs, its out and lse, and the
+   gradient dout (T, H, D) of out. Per (sequence, head), row by row: the probabilities p_j = exp(scale q.k_j - lse)
+   again, ds_j = p_j (dout.v_j - dout.out) scale, dq = sum of ds_j k_j, and dv_j += p_j dout, dk_j += ds_j q (the
+   keys and values transposed, as in the forward). Every element of dqkv is written (a task owns its sequence's rows
+   of its head). Returns 0, or 1 where a thread could not allocate its buffers. */
+int packed_attention_backward(const float *qkv, const float *out, const float *lse, const float *dout,
+                              const int64_t *starts, int S, int H, int D, float scale, float *dqkv, int threads) {
+    const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_longest(starts, S);
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        float *p = malloc(sizeof(float) * (size_t)(Lp * (2 * D + 2)));
+        float *ds = p + Lp, *kt = ds + Lp, *vt = kt + Lp * D;
+        #pragma omp for schedule(dynamic)
+        for (int task = 0; task < S * H; task++) {
+            if (p == NULL) {
+                failed = 1;
+                continue;
+            }
+            const int s = task / H, h = task % H;
+            const ptrdiff_t first = starts[s], L = starts[s + 1] - first, head = (ptrdiff_t)h * D;
+            const float *q0 = qkv + first * row + head, *k0 = q0 + E, *v0 = k0 + E;
+            float *dq0 = dqkv + first * row + head, *dk0 = dq0 + E, *dv0 = dk0 + E;
+            transpose_in(k0, row, L, D, Lp, kt);
+            transpose_in(v0, row, L, D, Lp, vt);
+            for (ptrdiff_t i = 0; i < L; i++)
+                for (int d = 0; d < D; d++) dk0[i * row + d] = dv0[i * row + d] = 0.0f;
+            for (ptrdiff_t i = 0; i < L; i++) {
+                const float *q = q0 + i * row, *g = dout + (first + i) * E + head, top = lse[(first + i) * H + h];
+                const float delta = dot(g, out + (first + i) * E + head, D);
+                const ptrdiff_t n = scores(q, kt, Lp, D, i, scale, p);
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j < n; j++) {
+                    const float x = p[j] - top; /* <= 0 up to rounding, -inf past the token */
+                    p[j] = x >= -80.0f ? exp_poly(x > 0.0f ? 0.0f : x) : 0.0f;
+                }
+                scores(g, vt, Lp, D, i, 1.0f, ds); /* dout . v_j */
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j <= i; j++) ds[j] = p[j] * (ds[j] - delta) * scale;
+                weighted_rows(ds, k0, row, i + 1, D, dq0 + i * row);
+                for (ptrdiff_t j = 0; j <= i; j++) {
+                    float *dk = dk0 + j * row, *dv = dv0 + j * row;
+                    for (int d = 0; d < D; d += VF) {
+                        *(vf *)(dv + d) += p[j] * *(const vf *)(g + d);
+                        *(vf *)(dk + d) += ds[j] * *(const vf *)(q + d);
+                    }
+                }
+            }
+        }
+        free(p);
+    }
+    return failed;
+}

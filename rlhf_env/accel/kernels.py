@@ -14,7 +14,10 @@ and likewise, for the package's C kernels (``rlhf_env.accel.native``, where a C 
 - ``gelu``: the MLP's tanh GELU, forward and backward at a minibatch's worth of rows of the inner width, through
   ``rlhf_env.accel.gelu`` against aten's;
 - ``attention``: the sampler's decode-step attention over a KV cache of a batch of left-padded prompts, through
-  ``rlhf_env.accel.decoder.attend_c`` against the same in PyTorch ops (``attend_torch``).
+  ``rlhf_env.accel.decoder.attend_c`` against the same in PyTorch ops (``attend_torch``);
+- ``packed_attention``: the packed training forwards' attention, forward and backward at a minibatch's worth of
+  tokens in sequences laid end to end, through ``rlhf_env.accel.packed_attention`` against
+  ``scaled_dot_product_attention`` on the packed rows (``rlhf_env.accel.trunk``'s two ways).
 
 A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version) and per shape in
@@ -23,7 +26,7 @@ choices in ``OUT/kernels.json`` and a resumed run takes them back (``restore``) 
 continues on the kernels it started with, whatever the machine, threads or ranks it resumes on. Under a
 launcher (``WORLD_SIZE`` > 1) nothing is measured, since ranks timing at once on shared cores would disagree:
 a cached result for the ranks' thread count is used, else stock PyTorch (a cache written before shapes named
-their heads, or before the C attention, no longer answers: one single-process run measures again). A
+their heads, or before a C kernel, no longer answers: one single-process run measures again). A
 measurement spends about ``BUDGET_S`` per use and shape, and one that fails (it should not) leaves stock PyTorch.
 ``RLHF_ENV_KERNELS=onednn`` or ``=stock`` skips the measurement and forces the package's kernels (oneDNN, and
 the C kernels where they built) or stock PyTorch's (``auto``, the default, measures). ``chosen()`` lists what this
@@ -50,13 +53,15 @@ DECODE_ROWS = 64  # the sampler's default batch, one token each
 DECODE_PROMPT, DECODE_NEW = 48, 48  # the attention's measured cache: prompts of up to 48 tokens, 48 new ones
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
 MIN_REPEATS, MAX_REPEATS = 3, 7
-C_USES = ("gelu", "attention")  # the choices between a C kernel of the package's and PyTorch's ops
+PACKED_LENGTHS = (16, 64)  # the sequences' lengths in the packed attention's measurement (uniform)
+C_USES = ("gelu", "attention", "packed_attention")  # the choices between a C kernel of the package's and PyTorch's
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each, ``gelu``
-    and ``attention`` whether the C GELU and the C decode-step attention are; ``speedup`` is stock's time over
+    """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each, ``gelu``,
+    ``attention`` and ``packed_attention`` whether the C GELU, decode-step attention and packed training attention
+    are; ``speedup`` is stock's time over
     the candidate's for each (above 1: the candidate faster), without the ones not measured; ``source`` is how it
     was decided: "measured", "cache", "unmeasured" (several ranks, no cached result), or the forcing policy
     ("onednn" or "stock")."""
@@ -68,6 +73,7 @@ class Choice:
     source: str
     gelu: bool = False  # (a run recorded before the C GELU existed used aten's)
     attention: bool = False  # (and one recorded before the C attention, PyTorch's)
+    packed_attention: bool = False
 
     def describe(self) -> str:
         def one(use: str) -> str:
@@ -86,7 +92,8 @@ class Choice:
                              "thread count measures them for later runs)"}
         how = how.get(self.source, f"{POLICY_VAR}={self.source}")
         return (f"{self.shape}: {one('layers')}, {one('decode')}, {c('gelu', 'GELU', 'aten')}, "
-                f"{c('attention', 'decode attention', 'torch')}; {how}")
+                f"{c('attention', 'decode attention', 'torch')}, {c('packed_attention', 'packed attention', 'SDPA')}; "
+                f"{how}")
 
 
 _chosen: dict[str, Choice] = {}
@@ -260,8 +267,9 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | N
     """Stock time over the candidate's (the median of interleaved rounds): oneDNN's for ``layers`` and
     ``decode``, on the model's projections (a GPT-2 block's four, ``n_layer`` times, and the LM head once),
     where this torch has oneDNN; the C kernels' where they built: for ``gelu``, on ``n_layer`` GELUs of the inner
-    width, and for ``attention`` (given the ``heads``), on ``n_layer`` layers' decode steps. It runs backward
-    passes whatever the caller's grad mode."""
+    width, for ``attention`` (given the ``heads``), on ``n_layer`` layers' decode steps, and for
+    ``packed_attention`` (given heads whose size the kernel takes), on ``n_layer`` layers' attention of a minibatch.
+    It runs backward passes whatever the caller's grad mode."""
     import torch
 
     from rlhf_env.accel import onednn
@@ -270,7 +278,9 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | N
     with torch.inference_mode(False), torch.enable_grad():  # e.g. the sampler chooses under no_grad
         return {**(_measure(dims) if onednn.kernel_works() else {}),
                 **({"gelu": _measure_gelu(inner, n_layer)} if _c_built() else {}),
-                **({"attention": _measure_attention(width, heads, n_layer)} if heads and _c_built() else {})}
+                **({"attention": _measure_attention(width, heads, n_layer)} if heads and _c_built() else {}),
+                **({"packed_attention": _measure_packed_attention(width, heads, n_layer)}
+                   if heads and _c_built() and (width // heads) % 16 == 0 else {})}
 
 
 def _measure_gelu(inner: int, n_layer: int) -> float:
@@ -319,6 +329,49 @@ def _measure_attention(width: int, heads: int, n_layer: int) -> float:
                 attend_c(qkv, cache, bias, start, t, D**-0.5)
 
     return _ratio(torch_steps, c_steps)
+
+
+def _measure_packed_attention(width: int, heads: int, n_layer: int) -> float:
+    """Forward and backward of ``n_layer`` layers' attention over ``LAYER_ROWS`` tokens, in sequences of
+    ``PACKED_LENGTHS`` tokens laid end to end: the C kernel on the real tokens against PyTorch's attention on them
+    packed into rows (first fit decreasing), as ``rlhf_env.accel.trunk`` runs each."""
+    import types
+
+    import torch
+
+    from rlhf_env.accel import packed_attention, trunk
+    from rlhf_env.packing import first_fit_decreasing
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = []
+    while sum(lengths) < LAYER_ROWS:
+        lengths.append(int(torch.randint(PACKED_LENGTHS[0], PACKED_LENGTHS[1] + 1, (1,), generator=generator)))
+    C = max(lengths)
+    place = first_fit_decreasing(lengths, C)
+    N = 1 + max(n for n, _ in place)
+    real = torch.cat([torch.arange(n * C + offset, n * C + offset + length) for (n, offset), length in
+                      zip(place, lengths)])
+    position = torch.zeros(N * C, dtype=torch.long).index_copy_(0, real, torch.cat([torch.arange(k) for k in lengths]))
+    sequence = (position.view(N, C) == 0).cumsum(1)
+    mask = (torch.ones(C, C, dtype=torch.bool).tril() & (sequence[:, :, None] == sequence[:, None, :]))[:, None]
+    padding = torch.ones(N * C, dtype=torch.bool).index_fill_(0, real, False).nonzero().view(-1)
+    starts = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    T, D = len(real), width // heads
+    qkv = torch.randn(T, 3 * width, generator=generator, requires_grad=True)
+    grad = torch.randn(T, width, generator=generator)
+    attn = types.SimpleNamespace(c_attn=lambda hidden: qkv, head_dim=D, scaling=D**-0.5)
+
+    def stock():
+        for _ in range(n_layer):
+            out = trunk._attention(attn, qkv[:, :width], mask, real, padding, N, C)[real]
+            torch.autograd.backward((out * grad).sum(), inputs=[qkv])
+
+    def c_kernel():
+        for _ in range(n_layer):
+            out = packed_attention.attend(qkv, starts, heads, D**-0.5)
+            torch.autograd.backward((out * grad).sum(), inputs=[qkv])
+
+    return _ratio(stock, c_kernel)
 
 
 def _measure(dims: list[tuple[int, int]]) -> dict[str, float]:

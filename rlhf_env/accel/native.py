@@ -9,7 +9,8 @@ remembered next to where the library would be (``cpu-<hash>.failed``, the compil
 and do not try again until that file is deleted, or the source, compiler or CPU changes.
 
 - ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, alone or with its derivative (for the backward);
-- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``).
+- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``);
+- ``rlhf_env.accel.packed_attention``: the packed training forwards' attention, forward and backward.
 
 Whether each is used on a model is measured per machine, against PyTorch's, by ``rlhf_env.accel.kernels``.
 """
@@ -36,6 +37,8 @@ SIGNATURES = {  # each function's argument types and return type
     "gelu_forward": ([_P, _P, _N, _I], None),
     "gelu_forward_slope": ([_P, _P, _P, _N, _I], None),
     "attend_step": ([_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
+    "packed_attention_forward": ([_P, _P, _I, _I, _I, _F, _P, _P, _I], _I),  # (alike)
+    "packed_attention_backward": ([_P, _P, _P, _P, _P, _I, _I, _I, _F, _P, _I], _I),
 }
 
 

@@ -5,11 +5,12 @@ positions that predict the responses (``Packing.index``): in a PPO minibatch, ab
 Every block but the last must run at every real position, since the later positions attend to the earlier ones;
 the last block's attention must too (its keys and values come from every position), but its output projection, its
 MLP and the final LayerNorm are needed at the kept positions only. And the packed rows end in padding (the
-longest sequence sets their length): everything but the attention runs on the real tokens only, laid end to end,
-and the attention reads them scattered back into the packed rows. ``hidden_at`` runs a Hugging Face GPT-2 that
-way, through the model's own modules (so the accelerated layers and GELU of ``rlhf_env.accel`` apply, and
-gradients reach every parameter as in the model's own forward): the same hidden states to float rounding, and the
-same gradients, as ``model.base_model`` followed by ``Packing.gather`` (tested).
+longest sequence sets their length): everything runs on the real tokens only, laid end to end; the attention
+too where the package's C kernel does it (``rlhf_env.accel.packed_attention``, chosen per machine by
+``rlhf_env.accel.kernels``), else PyTorch's reads them scattered back into the packed rows. ``hidden_at`` runs a
+Hugging Face GPT-2 that way, through the model's own modules (so the accelerated layers and GELU of
+``rlhf_env.accel`` apply, and gradients reach every parameter as in the model's own forward): the same hidden
+states to float rounding, and the same gradients, as ``model.base_model`` followed by ``Packing.gather`` (tested).
 
 ``applies(model)`` says where it is used: an HF ``GPT2Model`` trunk that ``rlhf_env.accel`` accelerated (the
 package's own models, or one asked for), without cross-attention or the upcast-and-reorder attention, and with no
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import accelerated
+from rlhf_env.accel import accelerated, c_packed_attention, packed_attention
 
 if TYPE_CHECKING:
     from rlhf_env.packing import Packing
@@ -43,32 +44,52 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     """``model.base_model``'s last hidden states (after its final LayerNorm) at ``packing.index`` (B, K), positions
     of the packed rows ``packing.ids`` (N, C), whose sequences each restart their ``position_ids`` at 0: (B, K, E).
     Everything but the attention runs on the real tokens only (``packing.real``), not on the padding that ends a
-    packed row."""
+    packed row; the attention too where the package's C kernel does it (``rlhf_env.accel.packed_attention``, where
+    ``rlhf_env.accel.kernels`` chose it), else PyTorch's on the packed rows."""
     trunk = model.base_model
-    N, C = packing.ids.shape
     real = packing.real
-    padding = torch.ones(N * C, dtype=torch.bool, device=real.device).index_fill_(0, real, False).nonzero().view(-1)
     x = trunk.drop(trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real]))  # (T, E)
-    # Each position attends to the earlier positions of its own sequence (a new one starts at position 0).
-    sequence = (packing.position_ids == 0).cumsum(1)
-    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-    mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
+    if _c_attention(model, x):
+        def attention(attn, hidden):  # every real token's (T, E)
+            return packed_attention.attend(attn.c_attn(hidden), packing.starts, attn.num_heads, attn.scaling)
+        kept = packing.real_index.reshape(-1)
+    else:
+        N, C = packing.ids.shape
+        padding = torch.ones(N * C, dtype=torch.bool, device=real.device).index_fill_(0, real, False).nonzero().view(-1)
+        # Each position attends to the earlier positions of its own sequence (a new one starts at position 0).
+        sequence = (packing.position_ids == 0).cumsum(1)
+        causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+        mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
+
+        def attention(attn, hidden):  # every packed position's (N * C, E)
+            return _attention(attn, hidden, mask, real, padding, N, C)
+        kept = packing.index.reshape(-1)
     *blocks, last = trunk.h
     for block in blocks:
-        x = x + block.attn.c_proj(_attention(block.attn, block.ln_1(x), mask, real, padding, N, C)[real])
+        out = attention(block.attn, block.ln_1(x))
+        x = x + block.attn.c_proj(out if out.shape[0] == x.shape[0] else out[real])
         x = x + block.mlp(block.ln_2(x))
-    attended = _attention(last.attn, last.ln_1(x), mask, real, padding, N, C)[packing.index.reshape(-1)]
+    attended = attention(last.attn, last.ln_1(x))[kept]
     x = x[packing.real_index.reshape(-1)] + last.attn.c_proj(attended)
     x = x + last.mlp(last.ln_2(x))
     return trunk.ln_f(x).view(*packing.index.shape, x.shape[-1])
 
 
+def _c_attention(model, x: torch.Tensor) -> bool:
+    """Whether ``hidden_at`` runs ``model``'s attention through the package's C kernel: chosen on this machine for
+    the model's shape (``rlhf_env.accel.c_packed_attention``), and the kernel applies to its projections (float32:
+    not under a bfloat16 autocast, which leaves the rest to PyTorch's attention)."""
+    attn = model.base_model.h[0].attn
+    return (not torch.is_autocast_enabled(x.device.type) and packed_attention.applies(x, attn.head_dim)
+            and c_packed_attention(model.config))
+
+
 def _attention(attn, hidden: torch.Tensor, mask: torch.Tensor, real: torch.Tensor, padding: torch.Tensor, N: int,
                C: int) -> torch.Tensor:
     """A GPT-2 attention module's heads, merged, before its output projection, at every packed position (N * C, E),
-    from the real tokens' hidden states (T, E) at ``real``. The ``padding`` positions get zero queries, keys and
-    values (finite: a backward multiplies them by zero): each is a sequence of its own (``mask``), which no other
-    position sees."""
+    from the real tokens' hidden states (T, E) at ``real``, through PyTorch's attention. The ``padding`` positions get
+    zero queries, keys and values (finite: a backward multiplies them by zero): each is a sequence of its own
+    (``mask``), which no other position sees."""
     E = hidden.shape[-1]
     qkv = attn.c_attn(hidden)
     rows = qkv.new_empty(N * C, 3 * E).index_fill_(0, padding, 0.0).index_copy_(0, real, qkv).view(N, C, 3 * E)

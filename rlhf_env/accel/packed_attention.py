@@ -1,0 +1,84 @@
+"""Causal attention within sequences laid end to end, forward and backward, through a small C kernel (``cpu.c``).
+
+The packed training forwards (``rlhf_env.accel.trunk``) run a GPT-2's blocks on the real tokens of a batch,
+sequence after sequence: T tokens in S sequences, ``starts`` (S + 1) their offsets. A token attends to its own
+sequence's tokens up to itself. PyTorch's ``scaled_dot_product_attention`` needs them scattered into packed rows
+under a block-diagonal mask, and for this package's short sequences and narrow heads its time goes on the calls of
+many tiny matrix products, not on arithmetic. The kernel reads the projections where the QKV layer wrote them,
+computes each (sequence, head) in one task, and its backward recomputes the probabilities from the saved
+log-sum-exp (as flash attention does), so that it keeps only the output and (T, H) floats.
+
+- **Build.** ``rlhf_env.accel.native`` compiles ``cpu.c`` once per machine; without a C compiler the trunk keeps
+  ``scaled_dot_product_attention``.
+- **Choice.** ``rlhf_env.accel.kernels`` times both ways on a model's own shapes, once per machine, and takes this
+  one only where it is faster (``Choice.packed_attention``).
+- **Where.** float32 CPU tensors, heads whose size is a multiple of 16; ``applies`` says so. The same output and
+  gradients as ``scaled_dot_product_attention`` to float32 rounding (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rlhf_env.accel import native
+
+
+def applies(x: torch.Tensor, head_dim: int) -> bool:
+    """Whether the kernel can run on projections like ``x`` with heads of ``head_dim``: float32 CPU tensors, a head
+    size that is a multiple of 16 (the kernel's vectors), and the library built here."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and head_dim % 16 == 0
+            and native.library() is not None)
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("rlhf_env.accel.packed_attention: a thread could not allocate its scores")
+
+
+def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (T, E), lse (T, H)) of the projections ``qkv`` (T, 3 E) (queries, keys, values, each heads x head size)
+    for the sequences at ``starts`` (S + 1 int64 offsets, from 0 to T), without autograd."""
+    qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
+    T, E = qkv.shape[0], qkv.shape[1] // 3
+    if not applies(qkv, E // heads) or qkv.dim() != 2 or qkv.shape[1] != 3 * E or E % heads:
+        raise ValueError(f"the packed attention takes float32 CPU projections (T, 3 E), E a multiple of {heads} heads "
+                         f"of a multiple of 16, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
+    if starts.dim() != 1 or len(starts) < 1 or int(starts[0]) != 0 or int(starts[-1]) != T:
+        raise ValueError(f"starts must run from 0 to the {T} tokens, got {starts.tolist()}")
+    out, lse = qkv.new_empty(T, E), qkv.new_empty(T, heads)
+    _check(native.library().packed_attention_forward(qkv.data_ptr(), starts.data_ptr(), len(starts) - 1, heads,
+                                                     E // heads, scale, out.data_ptr(), lse.data_ptr(),
+                                                     native.threads(T * E)))
+    return out, lse
+
+
+class _Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, starts, heads, scale):
+        qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
+        out, lse = forward(qkv, starts, heads, scale)
+        ctx.save_for_backward(qkv, starts, out, lse)
+        ctx.heads, ctx.scale = heads, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        qkv, starts, out, lse = ctx.saved_tensors
+        grad = grad.contiguous()
+        dqkv = torch.empty_like(qkv)
+        E = out.shape[1]
+        _check(native.library().packed_attention_backward(
+            qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), grad.data_ptr(), starts.data_ptr(), len(starts) - 1,
+            ctx.heads, E // ctx.heads, ctx.scale, dqkv.data_ptr(), native.threads(qkv.numel())))
+        return dqkv, None, None, None
+
+
+def attend(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """The attention's output (T, E), heads merged, of the projections ``qkv`` (T, 3 E) of sequences laid end to end
+    at ``starts`` (S + 1 offsets), each token attending to its sequence's tokens up to itself; differentiable in
+    ``qkv``. ``applies(qkv, head size)`` must hold."""
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        return _Function.apply(qkv, starts, heads, scale)
+    return forward(qkv, starts, heads, scale)[0]
