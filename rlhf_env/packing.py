@@ -36,7 +36,12 @@ class Packing:
     packed positions of the rows' tokens, row by row: none of the padding that ends a packed row) and
     ``real_index`` (``index`` as positions in ``real``) serve a forward that runs only the real tokens
     (``rlhf_env.accel.trunk``), and ``starts`` (B + 1) is where each row's tokens begin among them (then their
-    number)."""
+    number).
+
+    ``shared_plan``'s layout has ``groups`` too: its rows share prompts, laid once each, and ``starts`` cut the
+    tokens into segments, each group of segments a prompt and the rests of its rows (see
+    ``rlhf_env.accel.packed_attention``); one packed row holds them all, with no padding. Only the trunk's C
+    attention reads it."""
 
     ids: torch.Tensor
     position_ids: torch.Tensor
@@ -44,6 +49,7 @@ class Packing:
     real: torch.Tensor
     real_index: torch.Tensor
     starts: torch.Tensor
+    groups: torch.Tensor | None = None
 
     def gather(self, hidden: torch.Tensor) -> torch.Tensor:
         """The packed forward's outputs (N, C, ...) at ``index``: (B, R + 1, ...)."""
@@ -95,6 +101,65 @@ def plan(ids: torch.Tensor, mask: torch.Tensor, R: int, real_only: bool = False)
     ends = lengths.cumsum(0)
     return Packing(packed_ids.view(rows, capacity), position_ids.view(rows, capacity), start[:, None] + within_row,
                    to, (ends - lengths)[:, None] + within_row, torch.cat([ends.new_zeros(1), ends]))
+
+
+def shared_plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
+    """The layout of prompt + response rows ``ids`` (B, T) (left-padded prompts, right-padded responses, the last R
+    columns), each distinct prompt once, then the responses of the rows that share it: a ``Packing`` with
+    ``groups``; None where a row has no prompt token or real tokens that are not contiguous."""
+    from rlhf_env.accel.decoder import first_rows
+
+    B, T = ids.shape
+    P = T - R
+    prompt, rest = mask[:, :P].sum(1), mask[:, P:].sum(1)
+    columns = torch.arange(T, device=ids.device)
+    contiguous = (((columns < P) & (columns >= P - prompt[:, None]))
+                  | ((columns >= P) & (columns < P + rest[:, None])))
+    if not bool((prompt > 0).all()) or not torch.equal(mask.bool(), contiguous):
+        return None
+    first, group = torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
+    members: list[list[int]] = [[] for _ in first]
+    for b, u in enumerate(group.tolist()):
+        members[u].append(b)
+    lengths, sources, groups = [], [], [0]  # each segment's length and first flat position in ids
+    for u, f in enumerate(first.tolist()):
+        lengths.append(int(prompt[f]))
+        sources.append(f * T + P - lengths[-1])
+        for b in members[u]:
+            lengths.append(int(rest[b]))
+            sources.append(b * T + P)
+        groups.append(len(lengths))
+    dev = ids.device
+    lengths, sources = torch.tensor(lengths, device=dev), torch.tensor(sources, device=dev)
+    ends = lengths.cumsum(0)
+    starts = torch.cat([ends.new_zeros(1), ends])
+    within = torch.arange(int(ends[-1]), device=dev) - starts[:-1].repeat_interleave(lengths)
+    flat = (sources.repeat_interleave(lengths) + within)
+    is_rest = torch.ones(len(lengths), dtype=torch.bool, device=dev)
+    is_rest[torch.tensor(groups[:-1], device=dev)] = False
+    segment_prompt = prompt[first].repeat_interleave(torch.tensor(groups, device=dev).diff())  # each segment's
+    position = within + (segment_prompt * is_rest).repeat_interleave(lengths)  # a rest continues its prompt
+    # Each row's prompt segment and rest segment, and the positions that predict its R tokens and the next
+    # (past its response, its last real one), as in ``plan``.
+    rest_segment = torch.empty(B, dtype=torch.long, device=dev)
+    rest_segment[torch.tensor([b for m in members for b in m], device=dev)] = is_rest.nonzero().view(-1)
+    prompt_segment = torch.tensor(groups[:-1], device=dev)[group]
+    at = torch.minimum(prompt[:, None] - 1 + torch.arange(R + 1, device=dev), (prompt + rest - 1)[:, None])
+    index = torch.where(at < prompt[:, None], starts[prompt_segment][:, None] + at,
+                        starts[rest_segment][:, None] + at - prompt[:, None])
+    N = int(ends[-1])
+    return Packing(ids.reshape(-1)[flat][None], position[None], index, torch.arange(N, device=dev), index, starts,
+                   torch.tensor(groups, device=dev))
+
+
+def shared_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head: bool = False) -> torch.Tensor | None:
+    """``packed_hidden``'s hidden states from ``shared_plan``'s layout: each distinct prompt through ``model`` once,
+    on the real tokens only; None where the trunk's C attention does not run this model here, or the layout does
+    not apply."""
+    if not (trunk.applies(model) and trunk.c_attention(model, torch.float32) and packs(model, lm_head)):
+        return None
+    layout = shared_plan(ids, mask, R)
+    return None if layout is None else trunk.hidden_at(model, layout)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

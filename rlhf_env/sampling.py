@@ -25,7 +25,7 @@ from rlhf_env.accel import accelerated
 from rlhf_env.accel.decoder import GPT2Decoder, first_rows
 from rlhf_env.accel.gpt2 import KVCache, TorchGPT2
 from rlhf_env.models import context_length
-from rlhf_env.packing import packed_hidden, positions
+from rlhf_env.packing import packed_hidden, positions, shared_hidden
 
 
 @dataclass
@@ -199,12 +199,19 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     """``response_log_softmax``'s forward with each distinct prompt of ``ids[:, :-R]`` computed once; None where
     it does not pay (``worth_sharing``) or the model takes no cache. Returns the logits (B, R + 1, V) at the
     positions that predict the last R tokens and the next, and with ``output_hidden_states`` the last layer's
-    hidden states there (as the last of ``hidden_states``)."""
+    hidden states there (as the last of ``hidden_states``). A GPT-2 whose packed trunk runs the package's C attention
+    here takes the prompts once each and every response after its own, on the real tokens only
+    (``rlhf_env.packing.shared_hidden``); any other model runs each prompt with a cache, then the responses."""
     P = ids.shape[1] - R
     if P == 0:
         return None
     first, rows = torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
-    cache_arg = cache_argument(model) if worth_sharing(len(ids), len(first), share_from) else None
+    if not worth_sharing(len(ids), len(first), share_from):
+        return None
+    hidden = shared_hidden(model, ids, mask, R, lm_head=True)  # the real tokens only, through the package's trunk
+    if hidden is not None:
+        return SimpleNamespace(logits=model.get_output_embeddings()(hidden), hidden_states=(hidden,))
+    cache_arg = cache_argument(model)
     if cache_arg is None:
         return None
     prompt_mask = mask[first, :P]

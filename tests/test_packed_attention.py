@@ -53,6 +53,50 @@ def test_the_kernel_gives_each_sequences_own_attention_and_gradients(heads, D, l
         assert torch.equal(packed_attention.attend(qkv.float(), starts, heads, D**-0.5), ours.detach())
 
 
+def grouped_reference(qkv, starts, groups, heads, scale):
+    """Each group's first segment on its own, and each later one after it as one sequence (its part of the output),
+    by PyTorch, in the tokens' order."""
+    pieces = []
+    for g in range(len(groups) - 1):
+        first = int(groups[g])
+        prompt = qkv[int(starts[first]):int(starts[first + 1])]
+        pieces.append(reference(prompt, torch.tensor([0, len(prompt)]), heads, scale))
+        for s in range(first + 1, int(groups[g + 1])):
+            rows = torch.cat([prompt, qkv[int(starts[s]):int(starts[s + 1])]])
+            pieces.append(reference(rows, torch.tensor([0, len(rows)]), heads, scale)[len(prompt):])
+    return torch.cat(pieces)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 3])
+def test_responses_that_share_a_prompt_attend_to_it_and_to_themselves(threads, monkeypatch):
+    """Groups of a prompt and 3 responses (one of a single token), of a prompt of one token and 1 response, and of a
+    sequence alone: each response attends to its prompt and its own tokens, and the prompt's gradients sum its
+    responses' (on several threads too)."""
+    lengths = [7, 4, 1, 9, 1, 5, 12]  # (prompt 7: 4, 1, 9), (prompt 1: 5), (12 alone)
+    qkv, starts, grad = sequences(lengths, 2, 16, seed=3)
+    groups = torch.tensor([0, 4, 6, 7])
+    expected_in = qkv.clone().requires_grad_(True)
+    expected = grouped_reference(expected_in, starts, groups, 2, 0.25)
+    (expected * grad).sum().backward()
+    expected = expected.detach()
+    monkeypatch.setattr(native, "PARALLEL_FROM", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours_in = qkv.float().requires_grad_(True)
+        ours = packed_attention.attend(ours_in, starts, 2, 0.25, groups)
+        (ours * grad.float()).sum().backward()
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(ours.double(), expected, rtol=0, atol=2e-6 * float(expected.abs().max()))
+    assert float(expected_in.grad[:7].abs().max()) > 1.0  # the prompt's, from its 3 responses
+    torch.testing.assert_close(ours_in.grad.double(), expected_in.grad, rtol=0,
+                               atol=1e-5 * float(expected_in.grad.abs().max()))
+    alone = packed_attention.attend(qkv.float(), starts, 2, 0.25)  # without groups: every segment on its own
+    assert not torch.allclose(alone[7:20], ours[7:20].detach(), atol=1e-3)
+
+
 @needs_kernels
 def test_a_sequence_attends_to_nothing_outside_itself_or_after_a_token():
     """NaN in one sequence's projections, and in another's last token: the first sequence is untouched, and the
@@ -98,6 +142,10 @@ def test_on_several_threads_it_gives_what_one_thread_does(monkeypatch):
 @needs_kernels
 def test_it_refuses_offsets_that_do_not_cover_the_tokens_and_what_it_cannot_read():
     qkv, starts, _ = sequences([4, 3], 2, 16)
+    with pytest.raises(ValueError, match=r"groups must run from 0 to the 2 segments, each of one or more, got \[0, 0, 2\]"):
+        packed_attention.attend(qkv.float(), starts, 2, 0.25, torch.tensor([0, 0, 2]))
+    with pytest.raises(ValueError, match=r"starts must run from 0 to the 7 tokens, got \[0, 5, 4, 7\]"):
+        packed_attention.attend(qkv.float(), torch.tensor([0, 5, 4, 7]), 2, 0.25)
     with pytest.raises(ValueError, match=r"float32 CPU projections \(T, 3 E\).*got torch.bfloat16 \(7, 96\)"):
         packed_attention.attend(qkv.bfloat16(), starts, 2, 0.25)  # (a projection under autocast)
     with pytest.raises(ValueError, match=r"got torch.float32 \(7, 96\)"):

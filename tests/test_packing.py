@@ -23,6 +23,23 @@ def batch(tokenizer, rows: int = 10, R: int = 9, seed: int = 0):
     return torch.cat([prompt_ids[which], response_ids], 1), torch.cat([prompt_mask[which], response_mask], 1), R
 
 
+def test_a_shared_plan_lays_each_prompt_once_then_its_rows_responses():
+    pad = 0
+    ids = torch.tensor([[11, 12, 21, 22],  # prompt A, response 2
+                        [11, 12, 23, pad],  # prompt A, response 1
+                        [pad, 13, 24, 25]])  # prompt B (1 token), response 2
+    p = packing.shared_plan(ids, (ids != pad).long(), R=2)
+    assert p.ids.tolist() == [[11, 12, 21, 22, 23, 13, 24, 25]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2]]  # a response continues its prompt's positions
+    assert p.starts.tolist() == [0, 2, 4, 5, 6, 8] and p.groups.tolist() == [0, 3, 5]
+    # the positions predicting each row's 2 tokens and the next; past a response, its last real one
+    assert p.index.tolist() == p.real_index.tolist() == [[1, 2, 3], [1, 4, 4], [5, 6, 7]]
+    assert p.real.tolist() == list(range(8))
+    holes = (ids != pad).long()
+    holes[0, 2] = 0  # a response with a hole
+    assert packing.shared_plan(ids, holes, R=2) is None
+
+
 def test_first_fit_decreasing_places_the_longest_first_into_the_first_row_with_room():
     # 5 opens row 0, 4 row 1, 3 row 2; 2 fits only after the 3, 1 after the 4
     assert first_fit_decreasing([3, 5, 2, 4, 1], 5) == [(2, 0), (0, 0), (2, 3), (1, 0), (1, 4)]

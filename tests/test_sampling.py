@@ -115,24 +115,31 @@ def grouped_batch(tokenizer, group: int):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-@pytest.mark.parametrize("kind", ["gpt2", "torch-gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2-trunk", "gpt2", "torch-gpt2", "llama"])
 def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_states(tiny_model, tokenizer,
                                                                                       tmp_path, kind, chunked,
                                                                                       monkeypatch):
-    """Each distinct prompt through the model once, its keys and values shared by its responses: the full
-    forward's log-probs, hidden states and gradients (HF's GPT-2, the envs' torch-only one, and a Llama with
-    rotary positions and grouped-query attention through HF's own cache); also with the responses run in chunks
-    of similar lengths (``chunked``: a spy checks that they were)."""
+    """Each distinct prompt through the model once, shared by its responses: the full forward's log-probs, hidden
+    states and gradients. HF's GPT-2 through the package's trunk and C attention (``gpt2-trunk``: the real tokens
+    only, no cache), and through HF's cache (``gpt2``: the C attention not chosen), the envs' torch-only one, and a
+    Llama with rotary positions and grouped-query attention through HF's own cache; also with the responses run in
+    chunks of similar lengths (``chunked``: a spy checks that they were)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_env import sampling
+    from rlhf_env import packing, sampling
+    from rlhf_env.accel import native, trunk
     from rlhf_env.accel.gpt2 import load_torch_gpt2
     from rlhf_env.models import save_policy
-    from rlhf_env.sampling import response_log_softmax, shared_prompt_forward
+    from rlhf_env.sampling import encode_prompts, response_log_softmax, shared_prompt_forward
 
+    if kind == "gpt2-trunk" and (chunked or native.library() is None):
+        pytest.skip("the trunk runs no chunks" if chunked else "no C compiler to build the kernels")
     rests, rest = [], sampling._rest
     monkeypatch.setattr(sampling, "_rest", lambda *args: rests.append(len(args[4])) or rest(*args))  # its rows
     monkeypatch.setattr(sampling, "CHUNK_COST", 0 if chunked else 10 ** 6)
+    layouts, shared_plan = [], packing.shared_plan
+    monkeypatch.setattr(packing, "shared_plan", lambda *a: layouts.append(shared_plan(*a)) or layouts[-1])
+    monkeypatch.setattr(trunk, "c_packed_attention", lambda config: kind == "gpt2-trunk")
 
     model = tiny_model.train()
     if kind == "torch-gpt2":
@@ -155,7 +162,11 @@ def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_s
         states = out.hidden_states[-1][:, -R - 1:-1] if hidden else None
         results.append((logp, grads, states))
     (full, full_grads, full_states), (shared, shared_grads, shared_states) = results
-    assert rests == ([4, 4, 4] if chunked else [12])  # the shared path ran its responses, in chunks or not
+    if kind == "gpt2-trunk":  # one layout of the 3 prompts once each and the 12 responses, no cache
+        assert rests == [] and len(layouts) == 1 and len(layouts[0].groups) == 4
+        assert len(layouts[0].real) == int(mask[:, -R:].sum()) + int(encode_prompts(tokenizer, PROMPTS)[1].sum())
+    else:
+        assert rests == ([4, 4, 4] if chunked else [12]) and layouts == []  # its responses, in chunks or not
     assert shared_prompt_forward(model, ids, mask, R) is not None
     torch.testing.assert_close(shared[real], full[real], atol=2e-5, rtol=0)
     if hidden:

@@ -120,59 +120,74 @@ int attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh
     return failed;
 }
 
-/* Causal attention within sequences laid end to end (the packed training forwards, rlhf_env/accel/trunk.py): token
-   t < T of sequence s, starts[s] <= t < starts[s + 1], attends to its sequence's tokens up to itself. The
-   projections qkv (T, 3, H, D), contiguous, give the query, key and value of token t and head h at qkv[t, 0, h],
-   qkv[t, 1, h] and qkv[t, 2, h]; out (T, H, D) is the attention's output, and lse (T, H) the log-sum-exp of each
-   query's scaled scores, which the backward needs. The head size D must be a multiple of 16.
+/* Causal attention of sequences laid end to end, where several may share their beginning (the packed training
+   forwards, rlhf_env/accel/trunk.py). The T tokens are cut into segments, segment s the tokens starts[s] <= t <
+   starts[s + 1], and the segments into groups, group g the segments groups[g] <= s < groups[g + 1]: a group's first
+   segment (a prompt) attends causally to itself, and each later one (a response to that prompt) to the whole first
+   segment and causally to itself. A group of one segment is a sequence of its own. The projections qkv (T, 3, H, D),
+   contiguous, give the query, key and value of token t and head h at qkv[t, 0, h], qkv[t, 1, h] and qkv[t, 2, h];
+   out (T, H, D) is the attention's output, and lse (T, H) the log-sum-exp of each query's scaled scores, which the
+   backward needs. The head size D must be a multiple of 16.
 
-   Each (sequence, head) is one task of the thread team. Its keys (and in the backward its values) are copied
-   transposed, D rows of the sequence's length padded to a multiple of 16, so that a token's scores over its keys
-   are blocks of 16 accumulated in a register over d; the blocks' columns past the token's own (the padding, later
-   tokens) are set to -inf before the softmax, which gives them weight 0. Sums over keys of rows of D (the output,
-   the query's gradient) keep 16 columns in a register at a time. Returns 0, or 1 where a thread could not allocate
-   its buffers. */
+   Each (group, head) is one task of the thread team (so that the backward's sums into a prompt's keys and values
+   are a single thread's). A segment's keys (the prompt's, then its own; in the backward its values too) are copied
+   transposed, D rows padded to a multiple of 16 columns, so that a token's scores over its keys are blocks of 16
+   accumulated in a register over d; the blocks' columns past the token's own (the padding, later tokens) are set
+   to -inf before the softmax, which gives them weight 0. Sums over keys of rows of D (the output, the query's
+   gradient) keep 16 columns in a register at a time. Returns 0, or 1 where a thread could not allocate its buffers. */
 typedef float vf __attribute__((vector_size(64), aligned(4))); /* 16 floats, loaded and stored unaligned */
 #define VF 16
 
-static ptrdiff_t padded_longest(const int64_t *starts, int S) {
-    ptrdiff_t longest = 1;
-    for (int s = 0; s < S; s++) longest = starts[s + 1] - starts[s] > longest ? starts[s + 1] - starts[s] : longest;
-    return (longest + VF - 1) / VF * VF;
+/* The most keys any token has (a group's first segment and its longest later one), rounded up to VF. */
+static ptrdiff_t padded_keys(const int64_t *starts, const int64_t *groups, int G) {
+    ptrdiff_t most = 1;
+    for (int g = 0; g < G; g++) {
+        const int64_t first = groups[g];
+        ptrdiff_t later = 0;
+        for (int64_t s = first + 1; s < groups[g + 1]; s++)
+            later = starts[s + 1] - starts[s] > later ? starts[s + 1] - starts[s] : later;
+        const ptrdiff_t keys = starts[first + 1] - starts[first] + later;
+        most = keys > most ? keys : most;
+    }
+    return (most + VF - 1) / VF * VF;
 }
 
-/* rows (L, stride) at x, D columns, into t (D, Lp), t[d * Lp + j] = x[j * stride + d], zero past L */
-static void transpose_in(const float *x, ptrdiff_t stride, ptrdiff_t L, int D, ptrdiff_t Lp, float *t) {
+/* rows (L, stride) at x, D columns, into columns offset .. offset + L of t (D, Lp), t[d * Lp + offset + j] =
+   x[j * stride + d]; zero from there to Lp */
+static void transpose_in(const float *x, ptrdiff_t stride, ptrdiff_t L, int D, ptrdiff_t Lp, ptrdiff_t offset,
+                         float *t) {
     for (int d = 0; d < D; d++)
-        for (ptrdiff_t j = L; j < Lp; j++) t[d * Lp + j] = 0.0f;
+        for (ptrdiff_t j = offset + L; j < Lp; j++) t[d * Lp + j] = 0.0f;
     for (ptrdiff_t j = 0; j < L; j++)
-        for (int d = 0; d < D; d++) t[d * Lp + j] = x[j * stride + d];
+        for (int d = 0; d < D; d++) t[d * Lp + offset + j] = x[j * stride + d];
 }
 
-/* p[j] = scale * (a . column j of the transposed rows xt (D, Lp)) for j <= i, -inf for i < j < n (n: i + 1 rounded
-   up to a multiple of VF) */
-static inline ptrdiff_t scores(const float *a, const float *xt, ptrdiff_t Lp, int D, ptrdiff_t i, float scale,
+/* p[j] = scale * (a . column j of the transposed rows xt (D, Lp)) for j <= last, -inf for last < j < n (n: last + 1
+   rounded up to a multiple of VF); returns n */
+static inline ptrdiff_t scores(const float *a, const float *xt, ptrdiff_t Lp, int D, ptrdiff_t last, float scale,
                                float *p) {
-    const ptrdiff_t n = (i + VF) / VF * VF;
+    const ptrdiff_t n = (last + VF) / VF * VF;
     for (ptrdiff_t jb = 0; jb < n; jb += VF) { /* four sums over d, so that the additions do not wait on each other */
         vf acc[4] = {{0}, {0}, {0}, {0}};
         for (int d = 0; d < D; d += 4)
             for (int k = 0; k < 4; k++) acc[k] += a[d + k] * *(const vf *)(xt + (d + k) * Lp + jb);
         *(vf *)(p + jb) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
     }
-    for (ptrdiff_t j = i + 1; j < n; j++) p[j] = -INFINITY;
+    for (ptrdiff_t j = last + 1; j < n; j++) p[j] = -INFINITY;
     return n;
 }
 
-/* out[0..D) = sum over j < n of w[j] * rows[j * stride + 0..D) (D a multiple of VF) */
-static inline void weighted_rows(const float *w, const float *rows, ptrdiff_t stride, ptrdiff_t n, int D, float *out) {
+/* out[0..D) (+)= sum over j < n of w[j] * rows[j * stride + 0..D) (D a multiple of VF): added to out where add */
+static inline void weighted_rows(const float *w, const float *rows, ptrdiff_t stride, ptrdiff_t n, int D, float *out,
+                                 int add) {
     for (int d = 0; d < D; d += VF) { /* four sums over j, as in scores */
         vf acc[4] = {{0}, {0}, {0}, {0}};
         ptrdiff_t j = 0;
         for (; j + 4 <= n; j += 4)
             for (int k = 0; k < 4; k++) acc[k] += w[j + k] * *(const vf *)(rows + (j + k) * stride + d);
         for (; j < n; j++) acc[0] += w[j] * *(const vf *)(rows + j * stride + d);
-        *(vf *)(out + d) = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        const vf total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        *(vf *)(out + d) = add ? *(vf *)(out + d) + total : total;
     }
 }
 
@@ -184,41 +199,63 @@ static inline float dot(const float *a, const float *b, int D) {
     return total;
 }
 
-int packed_attention_forward(const float *qkv, const int64_t *starts, int S, int H, int D, float scale, float *out,
-                             float *lse, int threads) {
-    const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_longest(starts, S);
+/* Where a query's keys are: its scores' first `shared` columns are the rows at `shared_rows` (its group's first
+   segment, for a later segment's token; none for a first segment's), the rest the rows at `own_rows` (its own
+   segment's, from its first), each row `stride` floats after the previous; last is its last key's column. */
+typedef struct {
+    const float *shared_rows, *own_rows;
+    ptrdiff_t shared, last;
+} keys_t;
+
+static void attend_row(const float *q, const float *kt, ptrdiff_t Lp, int D, keys_t keys, const float *v_shared,
+                       const float *v_own, ptrdiff_t stride, float scale, float *p, float *o, float *lse) {
+    const ptrdiff_t n = scores(q, kt, Lp, D, keys.last, scale, p);
+    float m = -INFINITY;
+    #pragma omp simd reduction(max:m)
+    for (ptrdiff_t j = 0; j < n; j++) m = p[j] > m ? p[j] : m;
+    float total = 0.0f;
+    #pragma omp simd reduction(+:total)
+    for (ptrdiff_t j = 0; j < n; j++) {
+        const float x = p[j] - m; /* <= 0, -inf past the token */
+        p[j] = x >= -80.0f ? exp_poly(x) : 0.0f;
+        total += p[j];
+    }
+    const float inverse = 1.0f / total;
+    #pragma omp simd
+    for (ptrdiff_t j = 0; j <= keys.last; j++) p[j] *= inverse;
+    weighted_rows(p, v_shared, stride, keys.shared, D, o, 0);
+    weighted_rows(p + keys.shared, v_own, stride, keys.last + 1 - keys.shared, D, o, keys.shared > 0);
+    *lse = m + logf(total);
+}
+
+int packed_attention_forward(const float *qkv, const int64_t *starts, const int64_t *groups, int G, int H, int D,
+                             float scale, float *out, float *lse, int threads) {
+    const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_keys(starts, groups, G);
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         float *p = malloc(sizeof(float) * (size_t)(Lp * (D + 1)));
         float *kt = p + Lp;
         #pragma omp for schedule(dynamic)
-        for (int task = 0; task < S * H; task++) {
+        for (int task = 0; task < G * H; task++) {
             if (p == NULL) {
                 failed = 1;
                 continue;
             }
-            const int s = task / H, h = task % H;
-            const ptrdiff_t first = starts[s], L = starts[s + 1] - first;
-            const float *q0 = qkv + first * row + (ptrdiff_t)h * D, *k0 = q0 + E, *v0 = k0 + E;
-            transpose_in(k0, row, L, D, Lp, kt);
-            for (ptrdiff_t i = 0; i < L; i++) {
-                const ptrdiff_t n = scores(q0 + i * row, kt, Lp, D, i, scale, p);
-                float m = -INFINITY;
-                #pragma omp simd reduction(max:m)
-                for (ptrdiff_t j = 0; j < n; j++) m = p[j] > m ? p[j] : m;
-                float total = 0.0f;
-                #pragma omp simd reduction(+:total)
-                for (ptrdiff_t j = 0; j < n; j++) {
-                    const float x = p[j] - m; /* <= 0, -inf past the token */
-                    p[j] = x >= -80.0f ? exp_poly(x) : 0.0f;
-                    total += p[j];
+            const int g = task / H, h = task % H;
+            const ptrdiff_t head = (ptrdiff_t)h * D;
+            for (int64_t s = groups[g]; s < groups[g + 1]; s++) {
+                const int later = s > groups[g];
+                const ptrdiff_t first = starts[s], L = starts[s + 1] - first, prompt = starts[groups[g]];
+                const ptrdiff_t shared = later ? starts[groups[g] + 1] - prompt : 0;
+                const float *q0 = qkv + first * row + head, *k0 = q0 + E, *v0 = k0 + E;
+                const float *v_shared = qkv + prompt * row + head + 2 * E;
+                transpose_in(k0, row, L, D, Lp, shared, kt); /* after the prompt's, which its own segment put there */
+                for (ptrdiff_t i = 0; i < L; i++) {
+                    const keys_t keys = {NULL, NULL, shared, shared + i}; /* (the forward reads no key rows) */
+                    attend_row(q0 + i * row, kt, Lp, D, keys, v_shared, v0, row, scale, p,
+                               out + (first + i) * E + head, lse + (first + i) * H + h);
                 }
-                const float inverse = 1.0f / total;
-                #pragma omp simd
-                for (ptrdiff_t j = 0; j <= i; j++) p[j] *= inverse;
-                weighted_rows(p, v0, row, i + 1, D, out + (first + i) * E + (ptrdiff_t)h * D);
-                lse[(first + i) * H + h] = m + logf(total);
             }
         }
         free(p);
@@ -226,52 +263,71 @@ int packed_attention_forward(const float *qkv, const int64_t *starts, int S, int
     return failed;
 }
 
+static void backward_row(const float *q, const float *g, const float *o, float top, const float *kt,
+                         const float *vt, ptrdiff_t Lp, int D, keys_t keys, float *dq, float *dk_shared,
+                         float *dv_shared, float *dk_own, float *dv_own, ptrdiff_t stride, float scale, float *p,
+                         float *ds) {
+    const float delta = dot(g, o, D);
+    const ptrdiff_t n = scores(q, kt, Lp, D, keys.last, scale, p);
+    #pragma omp simd
+    for (ptrdiff_t j = 0; j < n; j++) {
+        const float x = p[j] - top; /* <= 0 up to rounding, -inf past the token */
+        p[j] = x >= -80.0f ? exp_poly(x > 0.0f ? 0.0f : x) : 0.0f;
+    }
+    scores(g, vt, Lp, D, keys.last, 1.0f, ds); /* dout . v_j */
+    #pragma omp simd
+    for (ptrdiff_t j = 0; j <= keys.last; j++) ds[j] = p[j] * (ds[j] - delta) * scale;
+    weighted_rows(ds, keys.shared_rows, stride, keys.shared, D, dq, 0);
+    weighted_rows(ds + keys.shared, keys.own_rows, stride, keys.last + 1 - keys.shared, D, dq, keys.shared > 0);
+    for (ptrdiff_t j = 0; j <= keys.last; j++) {
+        const ptrdiff_t at = (j < keys.shared ? j : j - keys.shared) * stride;
+        float *dk = (j < keys.shared ? dk_shared : dk_own) + at, *dv = (j < keys.shared ? dv_shared : dv_own) + at;
+        for (int d = 0; d < D; d += VF) {
+            *(vf *)(dv + d) += p[j] * *(const vf *)(g + d);
+            *(vf *)(dk + d) += ds[j] * *(const vf *)(q + d);
+        }
+    }
+}
+
 /* The gradient dqkv (T, 3, H, D) of packed_attention_forward's inputs, from its inputs, its out and lse, and the
-   gradient dout (T, H, D) of out. Per (sequence, head), row by row: the probabilities p_j = exp(scale q.k_j - lse)
-   again, ds_j = p_j (dout.v_j - dout.out) scale, dq = sum of ds_j k_j, and dv_j += p_j dout, dk_j += ds_j q (the
-   keys and values transposed, as in the forward). Every element of dqkv is written (a task owns its sequence's rows
-   of its head). Returns 0, or 1 where a thread could not allocate its buffers. */
+   gradient dout (T, H, D) of out. Per query: the probabilities p_j = exp(scale q.k_j - lse) again, ds_j = p_j
+   (dout.v_j - dout.out) scale, dq = sum of ds_j k_j, and dv_j += p_j dout, dk_j += ds_j q (the keys and values
+   transposed, as in the forward). Every element of dqkv is written (a task owns its group's rows of its head).
+   Returns 0, or 1 where a thread could not allocate its buffers. */
 int packed_attention_backward(const float *qkv, const float *out, const float *lse, const float *dout,
-                              const int64_t *starts, int S, int H, int D, float scale, float *dqkv, int threads) {
-    const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_longest(starts, S);
+                              const int64_t *starts, const int64_t *groups, int G, int H, int D, float scale,
+                              float *dqkv, int threads) {
+    const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_keys(starts, groups, G);
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         float *p = malloc(sizeof(float) * (size_t)(Lp * (2 * D + 2)));
         float *ds = p + Lp, *kt = ds + Lp, *vt = kt + Lp * D;
         #pragma omp for schedule(dynamic)
-        for (int task = 0; task < S * H; task++) {
+        for (int task = 0; task < G * H; task++) {
             if (p == NULL) {
                 failed = 1;
                 continue;
             }
-            const int s = task / H, h = task % H;
-            const ptrdiff_t first = starts[s], L = starts[s + 1] - first, head = (ptrdiff_t)h * D;
-            const float *q0 = qkv + first * row + head, *k0 = q0 + E, *v0 = k0 + E;
-            float *dq0 = dqkv + first * row + head, *dk0 = dq0 + E, *dv0 = dk0 + E;
-            transpose_in(k0, row, L, D, Lp, kt);
-            transpose_in(v0, row, L, D, Lp, vt);
-            for (ptrdiff_t i = 0; i < L; i++)
-                for (int d = 0; d < D; d++) dk0[i * row + d] = dv0[i * row + d] = 0.0f;
-            for (ptrdiff_t i = 0; i < L; i++) {
-                const float *q = q0 + i * row, *g = dout + (first + i) * E + head, top = lse[(first + i) * H + h];
-                const float delta = dot(g, out + (first + i) * E + head, D);
-                const ptrdiff_t n = scores(q, kt, Lp, D, i, scale, p);
-                #pragma omp simd
-                for (ptrdiff_t j = 0; j < n; j++) {
-                    const float x = p[j] - top; /* <= 0 up to rounding, -inf past the token */
-                    p[j] = x >= -80.0f ? exp_poly(x > 0.0f ? 0.0f : x) : 0.0f;
-                }
-                scores(g, vt, Lp, D, i, 1.0f, ds); /* dout . v_j */
-                #pragma omp simd
-                for (ptrdiff_t j = 0; j <= i; j++) ds[j] = p[j] * (ds[j] - delta) * scale;
-                weighted_rows(ds, k0, row, i + 1, D, dq0 + i * row);
-                for (ptrdiff_t j = 0; j <= i; j++) {
-                    float *dk = dk0 + j * row, *dv = dv0 + j * row;
-                    for (int d = 0; d < D; d += VF) {
-                        *(vf *)(dv + d) += p[j] * *(const vf *)(g + d);
-                        *(vf *)(dk + d) += ds[j] * *(const vf *)(q + d);
-                    }
+            const int g = task / H, h = task % H;
+            const ptrdiff_t head = (ptrdiff_t)h * D, prompt = starts[groups[g]];
+            for (ptrdiff_t t = prompt; t < starts[groups[g + 1]]; t++)
+                for (int d = 0; d < D; d++) dqkv[t * row + E + head + d] = dqkv[t * row + 2 * E + head + d] = 0.0f;
+            for (int64_t s = groups[g]; s < groups[g + 1]; s++) {
+                const int later = s > groups[g];
+                const ptrdiff_t first = starts[s], L = starts[s + 1] - first;
+                const ptrdiff_t shared = later ? starts[groups[g] + 1] - prompt : 0;
+                const float *q0 = qkv + first * row + head, *k0 = q0 + E, *v0 = k0 + E;
+                const float *k_shared = qkv + prompt * row + head + E;
+                float *dq0 = dqkv + first * row + head, *dk0 = dq0 + E, *dv0 = dk0 + E;
+                float *dk_shared = dqkv + prompt * row + head + E, *dv_shared = dk_shared + E;
+                transpose_in(k0, row, L, D, Lp, shared, kt); /* after the prompt's, as in the forward */
+                transpose_in(v0, row, L, D, Lp, shared, vt);
+                for (ptrdiff_t i = 0; i < L; i++) {
+                    const keys_t keys = {k_shared, k0, shared, shared + i};
+                    backward_row(q0 + i * row, dout + (first + i) * E + head, out + (first + i) * E + head,
+                                 lse[(first + i) * H + h], kt, vt, Lp, D, keys, dq0 + i * row, dk_shared, dv_shared,
+                                 dk0, dv0, row, scale, p, ds);
                 }
             }
         }

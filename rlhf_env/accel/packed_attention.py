@@ -2,7 +2,8 @@
 
 The packed training forwards (``rlhf_env.accel.trunk``) run a GPT-2's blocks on the real tokens of a batch,
 sequence after sequence: T tokens in S sequences, ``starts`` (S + 1) their offsets. A token attends to its own
-sequence's tokens up to itself. PyTorch's ``scaled_dot_product_attention`` needs them scattered into packed rows
+sequence's tokens up to itself. Where several responses to one prompt share it (``groups``), the prompt's tokens are
+there once, and each response attends to them and to its own. PyTorch's ``scaled_dot_product_attention`` needs them scattered into packed rows
 under a block-diagonal mask, and for this package's short sequences and narrow heads its time goes on the calls of
 many tiny matrix products, not on arithmetic. The kernel reads the projections where the QKV layer wrote them,
 computes each (sequence, head) in one task, and its backward recomputes the probabilities from the saved
@@ -36,49 +37,61 @@ def _check(status: int) -> None:
         raise MemoryError("rlhf_env.accel.packed_attention: a thread could not allocate its scores")
 
 
-def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (T, E), lse (T, H)) of the projections ``qkv`` (T, 3 E) (queries, keys, values, each heads x head size)
-    for the sequences at ``starts`` (S + 1 int64 offsets, from 0 to T), without autograd."""
+    of the segments at ``starts`` (S + 1 int64 offsets, from 0 to T), without autograd. ``groups`` (G + 1 offsets
+    into the segments, from 0 to S; default: each segment a group of its own) says which segments share a prompt:
+    a group's first segment is the prompt, which each later one (a response to it) attends to in full."""
     qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
+    groups = torch.arange(len(starts)) if groups is None else groups.to(torch.int64).contiguous()
     T, E = qkv.shape[0], qkv.shape[1] // 3
     if not applies(qkv, E // heads) or qkv.dim() != 2 or qkv.shape[1] != 3 * E or E % heads:
         raise ValueError(f"the packed attention takes float32 CPU projections (T, 3 E), E a multiple of {heads} heads "
                          f"of a multiple of 16, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
-    if starts.dim() != 1 or len(starts) < 1 or int(starts[0]) != 0 or int(starts[-1]) != T:
+    if starts.dim() != 1 or len(starts) < 1 or int(starts[0]) != 0 or int(starts[-1]) != T \
+            or bool((starts.diff() < 0).any()):
         raise ValueError(f"starts must run from 0 to the {T} tokens, got {starts.tolist()}")
+    if groups.dim() != 1 or len(groups) < 1 or int(groups[0]) != 0 or int(groups[-1]) != len(starts) - 1 \
+            or bool((groups.diff() < 1).any()):
+        raise ValueError(f"groups must run from 0 to the {len(starts) - 1} segments, each of one or more, got "
+                         f"{groups.tolist()}")
     out, lse = qkv.new_empty(T, E), qkv.new_empty(T, heads)
-    _check(native.library().packed_attention_forward(qkv.data_ptr(), starts.data_ptr(), len(starts) - 1, heads,
-                                                     E // heads, scale, out.data_ptr(), lse.data_ptr(),
-                                                     native.threads(T * E)))
+    _check(native.library().packed_attention_forward(qkv.data_ptr(), starts.data_ptr(), groups.data_ptr(),
+                                                     len(groups) - 1, heads, E // heads, scale, out.data_ptr(),
+                                                     lse.data_ptr(), native.threads(T * E)))
     return out, lse
 
 
 class _Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, starts, heads, scale):
+    def forward(ctx, qkv, starts, heads, scale, groups):
         qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
-        out, lse = forward(qkv, starts, heads, scale)
-        ctx.save_for_backward(qkv, starts, out, lse)
+        groups = torch.arange(len(starts)) if groups is None else groups.to(torch.int64).contiguous()
+        out, lse = forward(qkv, starts, heads, scale, groups)
+        ctx.save_for_backward(qkv, starts, groups, out, lse)
         ctx.heads, ctx.scale = heads, scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        qkv, starts, out, lse = ctx.saved_tensors
+        qkv, starts, groups, out, lse = ctx.saved_tensors
         grad = grad.contiguous()
         dqkv = torch.empty_like(qkv)
         E = out.shape[1]
         _check(native.library().packed_attention_backward(
-            qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), grad.data_ptr(), starts.data_ptr(), len(starts) - 1,
-            ctx.heads, E // ctx.heads, ctx.scale, dqkv.data_ptr(), native.threads(qkv.numel())))
-        return dqkv, None, None, None
+            qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), grad.data_ptr(), starts.data_ptr(), groups.data_ptr(),
+            len(groups) - 1, ctx.heads, E // ctx.heads, ctx.scale, dqkv.data_ptr(), native.threads(qkv.numel())))
+        return dqkv, None, None, None, None
 
 
-def attend(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
-    """The attention's output (T, E), heads merged, of the projections ``qkv`` (T, 3 E) of sequences laid end to end
-    at ``starts`` (S + 1 offsets), each token attending to its sequence's tokens up to itself; differentiable in
-    ``qkv``. ``applies(qkv, head size)`` must hold."""
+def attend(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """The attention's output (T, E), heads merged, of the projections ``qkv`` (T, 3 E) of segments laid end to end
+    at ``starts`` (S + 1 offsets), each token attending to its segment's tokens up to itself, and a later segment of
+    one of ``groups`` to its group's first segment too (see ``forward``); differentiable in ``qkv``.
+    ``applies(qkv, head size)`` must hold."""
     if torch.is_grad_enabled() and qkv.requires_grad:
-        return _Function.apply(qkv, starts, heads, scale)
-    return forward(qkv, starts, heads, scale)[0]
+        return _Function.apply(qkv, starts, heads, scale, groups)
+    return forward(qkv, starts, heads, scale, groups)[0]

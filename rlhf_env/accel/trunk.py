@@ -49,10 +49,14 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     trunk = model.base_model
     real = packing.real
     x = trunk.drop(trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real]))  # (T, E)
-    if _c_attention(model, x):
+    if c_attention(model, x.dtype):
         def attention(attn, hidden):  # every real token's (T, E)
-            return packed_attention.attend(attn.c_attn(hidden), packing.starts, attn.num_heads, attn.scaling)
+            return packed_attention.attend(attn.c_attn(hidden), packing.starts, attn.num_heads, attn.scaling,
+                                           packing.groups)
         kept = packing.real_index.reshape(-1)
+    elif packing.groups is not None:
+        raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
+                         "checks it)")
     else:
         N, C = packing.ids.shape
         padding = torch.ones(N * C, dtype=torch.bool, device=real.device).index_fill_(0, real, False).nonzero().view(-1)
@@ -75,12 +79,14 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     return trunk.ln_f(x).view(*packing.index.shape, x.shape[-1])
 
 
-def _c_attention(model, x: torch.Tensor) -> bool:
-    """Whether ``hidden_at`` runs ``model``'s attention through the package's C kernel: chosen on this machine for
-    the model's shape (``rlhf_env.accel.c_packed_attention``), and the kernel applies to its projections (float32:
-    not under a bfloat16 autocast, which leaves the rest to PyTorch's attention)."""
+def c_attention(model, dtype: torch.dtype) -> bool:
+    """Whether ``hidden_at`` runs ``model``'s attention through the package's C kernel for hidden states of
+    ``dtype``: chosen on this machine for the model's shape (``rlhf_env.accel.c_packed_attention``), and the
+    kernel applies to its projections (float32 on the CPU: not under a bfloat16 autocast, which leaves the rest to
+    PyTorch's attention)."""
     attn = model.base_model.h[0].attn
-    return (not torch.is_autocast_enabled(x.device.type) and packed_attention.applies(x, attn.head_dim)
+    probe = torch.empty(0, dtype=dtype, device=next(model.parameters()).device)
+    return (not torch.is_autocast_enabled(probe.device.type) and packed_attention.applies(probe, attn.head_dim)
             and c_packed_attention(model.config))
 
 
