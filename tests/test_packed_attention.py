@@ -142,7 +142,8 @@ def test_on_several_threads_it_gives_what_one_thread_does(monkeypatch):
 @needs_kernels
 def test_it_refuses_offsets_that_do_not_cover_the_tokens_and_what_it_cannot_read():
     qkv, starts, _ = sequences([4, 3], 2, 16)
-    with pytest.raises(ValueError, match=r"groups must run from 0 to the 2 segments, each of one or more, got \[0, 0, 2\]"):
+    with pytest.raises(ValueError, match=r"groups must run from 0 to the 2 segments, each of one or more, got "
+                                         r"\[0, 0, 2\]"):
         packed_attention.attend(qkv.float(), starts, 2, 0.25, torch.tensor([0, 0, 2]))
     with pytest.raises(ValueError, match=r"starts must run from 0 to the 7 tokens, got \[0, 5, 4, 7\]"):
         packed_attention.attend(qkv.float(), torch.tensor([0, 5, 4, 7]), 2, 0.25)

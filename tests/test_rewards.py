@@ -178,6 +178,44 @@ def test_a_classifier_runs_each_prompt_of_a_group_once_with_the_same_scores(fore
         assert classifier.shared_prompt_logits(reward.model, clf_tokenizer, [changed] + texts[1:], prompts, 64) is None
 
 
+def test_a_gpt2_classifier_whose_trunk_runs_the_c_attention_shares_prompts_on_the_real_tokens(tokenizer, tmp_path,
+                                                                                               monkeypatch):
+    """An accelerated GPT-2 classifier (heads of 16): each prompt of a group once, through the package's trunk and
+    its C attention with no cache (a spy counts the trunk's own forwards: only the packing check's), and every
+    score the text's alone."""
+    from unittest import mock
+
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from rlhf_env.accel import accelerate, native, trunk
+    from rlhf_env.packing import packs
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=2,
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2ForSequenceClassification(config).eval().save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    reward = SequenceClassifierReward(str(tmp_path / "clf"), label=1)
+    accelerate(reward.model, requested=True)
+    monkeypatch.setattr(trunk, "c_packed_attention", lambda config: True)
+    prompts, responses = [p for _ in range(3) for p in PROMPTS], [r for r in RESPONSES for _ in range(3)]
+    assert packs(reward.model)  # (checked once per model, by running its trunk)
+    own = []
+    reward.model.base_model.register_forward_pre_hook(lambda *args: own.append(1))
+    with mock.patch.object(trunk, "hidden_at", wraps=trunk.hidden_at) as spy:
+        got = reward(prompts, responses)
+    assert spy.call_count == 1 and own == []
+    layout = spy.call_args.args[1]
+    assert len(layout.groups) == len(PROMPTS) + 1 and layout.index.shape == (len(prompts), 1)
+    model = GPT2ForSequenceClassification.from_pretrained(tmp_path / "clf").eval()  # not accelerated
+    with torch.no_grad():
+        want = [model(**tokenizer(p + r, return_tensors="pt")).logits[0, 1].item() for p, r in zip(prompts, responses)]
+    assert np.std(want) > 1e-3  # the texts' scores differ: a mixed-up row would show
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_classifier_rejects_a_bad_label_or_transform(foreign_classifier):
     path = str(foreign_classifier[0])
     with pytest.raises(ValueError, match="label 3 out of range"):

@@ -359,7 +359,7 @@ def _measure_packed_attention(width: int, heads: int, n_layer: int) -> float:
     T, D = len(real), width // heads
     qkv = torch.randn(T, 3 * width, generator=generator, requires_grad=True)
     grad = torch.randn(T, width, generator=generator)
-    attn = types.SimpleNamespace(c_attn=lambda hidden: qkv, head_dim=D, scaling=D**-0.5)
+    attn = types.SimpleNamespace(c_attn=lambda hidden: qkv, num_heads=heads, head_dim=D, scaling=D**-0.5)
 
     def stock():
         for _ in range(n_layer):

@@ -3,11 +3,12 @@
 The packed training forwards (``rlhf_env.accel.trunk``) run a GPT-2's blocks on the real tokens of a batch,
 sequence after sequence: T tokens in S sequences, ``starts`` (S + 1) their offsets. A token attends to its own
 sequence's tokens up to itself. Where several responses to one prompt share it (``groups``), the prompt's tokens are
-there once, and each response attends to them and to its own. PyTorch's ``scaled_dot_product_attention`` needs them scattered into packed rows
-under a block-diagonal mask, and for this package's short sequences and narrow heads its time goes on the calls of
-many tiny matrix products, not on arithmetic. The kernel reads the projections where the QKV layer wrote them,
-computes each (sequence, head) in one task, and its backward recomputes the probabilities from the saved
-log-sum-exp (as flash attention does), so that it keeps only the output and (T, H) floats.
+there once, and each response attends to them and to its own. PyTorch's ``scaled_dot_product_attention`` needs
+them scattered into packed rows under a block-diagonal mask, and for this package's short sequences and narrow
+heads its time goes on the calls of many tiny matrix products, not on arithmetic. The kernel reads the projections
+where the QKV layer wrote them, computes each (group of sequences, head) in one task, and its backward recomputes
+the probabilities from the saved log-sum-exp (as flash attention does), so that it keeps only the output and (T, H)
+floats.
 
 - **Build.** ``rlhf_env.accel.native`` compiles ``cpu.c`` once per machine; without a C compiler the trunk keeps
   ``scaled_dot_product_attention``.

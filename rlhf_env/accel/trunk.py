@@ -31,13 +31,26 @@ if TYPE_CHECKING:
 
 
 def applies(model) -> bool:
-    """Whether ``hidden_at`` can stand in for ``model.base_model``'s forward (see the module docstring)."""
+    """Whether ``hidden_at`` can stand in for ``model.base_model``'s forward (see the module docstring): also for
+    the envs' torch-only GPT-2 (``rlhf_env.accel.gpt2.TorchGPT2``, inference only) while acceleration is on."""
+    from rlhf_env.accel.gpt2 import TorchGPT2
+    from rlhf_env.accel.switch import switched_on
+
     trunk, config = getattr(model, "base_model", None), getattr(model, "config", None)
+    if isinstance(model, TorchGPT2):
+        return switched_on() and len(trunk.h) > 0
     if type(trunk).__name__ != "GPT2Model" or not type(trunk).__module__.startswith("transformers."):
         return False
     dropout = max(config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) if model.training else 0.0
     return (accelerated(model) and not config.add_cross_attention and not config.reorder_and_upcast_attn
             and dropout == 0.0 and len(trunk.h) > 0 and hasattr(trunk.h[0].attn, "scaling"))
+
+
+def _heads(attn) -> tuple[int, int, float]:
+    """(heads, head size, scale) of an attention module: transformers' GPT-2's or ``TorchGPT2``'s."""
+    if hasattr(attn, "num_heads"):  # transformers'
+        return attn.num_heads, attn.head_dim, attn.scaling
+    return attn.n_head, attn.c_proj.weight.shape[0] // attn.n_head, attn.scale  # (its weight: (in, out))
 
 
 def hidden_at(model, packing: Packing) -> torch.Tensor:
@@ -48,11 +61,12 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     ``rlhf_env.accel.kernels`` chose it), else PyTorch's on the packed rows."""
     trunk = model.base_model
     real = packing.real
-    x = trunk.drop(trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real]))  # (T, E)
+    x = trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real])  # (T, E)
+    x = trunk.drop(x) if hasattr(trunk, "drop") else x  # (no dropout is active: ``applies``)
     if c_attention(model, x.dtype):
         def attention(attn, hidden):  # every real token's (T, E)
-            return packed_attention.attend(attn.c_attn(hidden), packing.starts, attn.num_heads, attn.scaling,
-                                           packing.groups)
+            heads, _, scale = _heads(attn)
+            return packed_attention.attend(attn.c_attn(hidden), packing.starts, heads, scale, packing.groups)
         kept = packing.real_index.reshape(-1)
     elif packing.groups is not None:
         raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
@@ -84,9 +98,9 @@ def c_attention(model, dtype: torch.dtype) -> bool:
     ``dtype``: chosen on this machine for the model's shape (``rlhf_env.accel.c_packed_attention``), and the
     kernel applies to its projections (float32 on the CPU: not under a bfloat16 autocast, which leaves the rest to
     PyTorch's attention)."""
-    attn = model.base_model.h[0].attn
     probe = torch.empty(0, dtype=dtype, device=next(model.parameters()).device)
-    return (not torch.is_autocast_enabled(probe.device.type) and packed_attention.applies(probe, attn.head_dim)
+    return (not torch.is_autocast_enabled(probe.device.type)
+            and packed_attention.applies(probe, _heads(model.base_model.h[0].attn)[1])
             and c_packed_attention(model.config))
 
 
@@ -97,8 +111,9 @@ def _attention(attn, hidden: torch.Tensor, mask: torch.Tensor, real: torch.Tenso
     zero queries, keys and values (finite: a backward multiplies them by zero): each is a sequence of its own
     (``mask``), which no other position sees."""
     E = hidden.shape[-1]
+    _, head_dim, scale = _heads(attn)
     qkv = attn.c_attn(hidden)
     rows = qkv.new_empty(N * C, 3 * E).index_fill_(0, padding, 0.0).index_copy_(0, real, qkv).view(N, C, 3 * E)
-    q, k, v = (t.view(N, C, -1, attn.head_dim).transpose(1, 2) for t in rows.split(E, dim=2))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+    q, k, v = (t.view(N, C, -1, head_dim).transpose(1, 2) for t in rows.split(E, dim=2))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(N * C, E)

@@ -11,16 +11,22 @@ whose ``config.json`` also stores its normalisation (``reward_gain``, ``reward_b
 
 Where a batch holds a group of responses to each prompt (the env's ``group_size``, from
 ``rlhf_env.sampling.SHARE_FROM`` responses per prompt), a causal classifier runs each distinct prompt once and the
-responses attend to its cached keys and values (``shared_prompt_logits``): the same scores, to float rounding.
+responses attend to its cached keys and values (``shared_prompt_logits``), or, for a GPT-2 whose packed trunk runs
+the package's C attention here, to its tokens laid once among the real tokens (``last_hidden_shared``): the same
+scores, to float rounding.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from rlhf_env.accel import trunk as packed_trunk
 from rlhf_env.models import BUNDLED_REWARDS, context_length, load_classifier, resolve
+from rlhf_env.packing import packs, shared_plan
 from rlhf_env.rewards.base import Reward
 from rlhf_env.sampling import cache_argument, prompt_then_rest, worth_sharing
 
@@ -55,18 +61,22 @@ def classifier_logits(model, tokenizer, texts: list[str], max_length: int | None
 def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str], max_length: int
                          ) -> torch.Tensor | None:
     """``classifier_logits`` with each distinct prompt through the classifier's trunk once, and the rest of each
-    text attending to its cached keys and values; the head (``score``) reads the last token. The same logits, to
-    float rounding. None where it does not pay (``worth_sharing``) or cannot give the same logits: a classifier
-    without a trunk with a cache or a ``score`` head, a tokenizer whose PAD is not the model's, a text that does
-    not tokenize as its (non-empty) prompt's tokens then at least one more, a text over ``max_length`` (it would
-    be truncated), or a PAD token among a text's own (HF's pooling would skip it)."""
+    text attending to its cached keys and values, or, where the package's trunk runs the model with its C attention
+    (``on_real_tokens``), to its tokens laid once among the real tokens (whether or not prompts repeat: no padding);
+    the head (``score``) reads the last token. The same logits, to float rounding. None where it does not pay
+    (``worth_sharing``) or cannot give the same logits: a classifier without a trunk with a cache or a ``score``
+    head, a tokenizer whose PAD is not the model's, a text that does not tokenize as its (non-empty) prompt's tokens
+    then at least one more, a text over ``max_length`` (it would be truncated), or a PAD token among a text's own
+    (HF's pooling would skip it)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
     trunk, head, pad_id = model.base_model, getattr(model, "score", None), tokenizer.pad_token_id
-    if (not worth_sharing(len(texts), len(distinct)) or trunk is model or not isinstance(head, torch.nn.Linear)
-            or pad_id is None or model.config.pad_token_id != pad_id):  # HF's pooling reads the config's
+    on_real = on_real_tokens(model)  # (which pays whether or not prompts repeat)
+    if ((not on_real and not worth_sharing(len(texts), len(distinct))) or trunk is model
+            or not isinstance(head, torch.nn.Linear) or pad_id is None
+            or model.config.pad_token_id != pad_id):  # HF's pooling reads the config's
         return None
     cache_arg = cache_argument(trunk)
-    if cache_arg is None:
+    if cache_arg is None and not on_real:
         return None
     heads = tokenizer(list(distinct))["input_ids"]
     rows = [distinct[p] for p in prompts]
@@ -80,10 +90,37 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     prompt_ids, prompt_mask = _padded(heads, pad_id, left=True, device=device)
     tail_ids, tail_mask = _padded(tails, pad_id, left=False, device=device)
     index = torch.tensor(rows, device=device)
+    last = None if not on_real else last_hidden_shared(model, torch.cat([prompt_ids[index], tail_ids], 1),
+                                                         torch.cat([prompt_mask[index], tail_mask], 1),
+                                                         tail_ids.shape[1])
+    if last is not None:
+        return head(last).float()
+    if cache_arg is None or not worth_sharing(len(texts), len(distinct)):
+        return None
     rest = prompt_then_rest(trunk, cache_arg, prompt_ids, prompt_mask, index, tail_ids, tail_mask)[1]
     hidden = rest.last_hidden_state  # (B, T, E)
     last = hidden[torch.arange(len(texts), device=device), tail_mask.sum(1) - 1]
     return head(last).float()
+
+
+def on_real_tokens(model) -> bool:
+    """Whether ``model`` runs through the package's packed trunk with its C attention here (``last_hidden_shared``):
+    an accelerated GPT-2, in float32, the kernel chosen on this machine."""
+    return packed_trunk.applies(model) and packed_trunk.c_attention(model, torch.float32) and packs(model)
+
+
+def last_hidden_shared(model, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor | None:
+    """The trunk's last hidden state (B, E) at each row's last token of left-padded prompts and right-padded rests
+    (the last R columns) ``ids`` (B, T), each distinct prompt run once, on the real tokens only, through the
+    package's trunk and its C attention (``rlhf_env.packing.shared_plan``); None where that does not run ``model``
+    here (``on_real_tokens``) or the layout does not apply."""
+    if not on_real_tokens(model):
+        return None
+    layout = shared_plan(ids, mask, R)
+    if layout is None:
+        return None
+    last = layout.index[:, -1:]  # past each rest: its last real token
+    return packed_trunk.hidden_at(model, dataclasses.replace(layout, index=last, real_index=last))[:, 0]
 
 
 def _padded(rows: list[list[int]], pad_id: int, left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
