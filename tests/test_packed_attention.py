@@ -98,6 +98,29 @@ def test_responses_that_share_a_prompt_attend_to_it_and_to_themselves(threads, m
 
 
 @needs_kernels
+def test_queries_at_some_tokens_only_give_their_outputs_and_the_same_gradients():
+    """The last layer of a forward read at some positions: the marked tokens' outputs as in the full attention,
+    0 elsewhere, and the gradients of a loss on the marked outputs as the full attention's (in groups too)."""
+    qkv, starts, grad = sequences([7, 4, 9, 5], 2, 16, seed=4)
+    qkv, groups = qkv.float(), torch.tensor([0, 3, 4])  # a prompt and 2 responses; a sequence alone
+    queries = torch.zeros(len(qkv), dtype=torch.bool)
+    queries[[6, 7, 10, 11, 12, 19, 24]] = True
+    weights = grad.float() * queries[:, None]  # a loss that reads the marked outputs only
+    results = []
+    for marked in (None, queries):
+        x = qkv.clone().requires_grad_(True)
+        out = packed_attention.attend(x, starts, 2, 0.25, groups, marked)
+        (out * weights).sum().backward()
+        results.append((out.detach(), x.grad))
+    (full, full_grad), (some, some_grad) = results
+    assert torch.equal(some[queries], full[queries]) and not some[~queries].any()
+    assert float(full_grad.abs().max()) > 0.1
+    torch.testing.assert_close(some_grad, full_grad, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"queries must be a bool mask of the 25 tokens, got torch.int64 \(25,\)"):
+        packed_attention.attend(qkv, starts, 2, 0.25, groups, queries.long())
+
+
+@needs_kernels
 def test_a_sequence_attends_to_nothing_outside_itself_or_after_a_token():
     """NaN in one sequence's projections, and in another's last token: the first sequence is untouched, and the
     other's earlier tokens too (their outputs and gradients)."""

@@ -127,7 +127,9 @@ int attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh
    segment and causally to itself. A group of one segment is a sequence of its own. The projections qkv (T, 3, H, D),
    contiguous, give the query, key and value of token t and head h at qkv[t, 0, h], qkv[t, 1, h] and qkv[t, 2, h];
    out (T, H, D) is the attention's output, and lse (T, H) the log-sum-exp of each query's scaled scores, which the
-   backward needs. The head size D must be a multiple of 16.
+   backward needs. Where queries is not NULL, only the tokens t with queries[t] nonzero are computed as queries (the
+   others' outputs are 0, and their gradients are taken as 0: the last layer of a forward whose outputs are read at
+   some positions only); every token is a key and a value. The head size D must be a multiple of 16.
 
    Each (group, head) is one task of the thread team (so that the backward's sums into a prompt's keys and values
    are a single thread's). A segment's keys (the prompt's, then its own; in the backward its values too) are copied
@@ -228,8 +230,8 @@ static void attend_row(const float *q, const float *kt, ptrdiff_t Lp, int D, key
     *lse = m + logf(total);
 }
 
-int packed_attention_forward(const float *qkv, const int64_t *starts, const int64_t *groups, int G, int H, int D,
-                             float scale, float *out, float *lse, int threads) {
+int packed_attention_forward(const float *qkv, const int64_t *starts, const int64_t *groups, const uint8_t *queries,
+                             int G, int H, int D, float scale, float *out, float *lse, int threads) {
     const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_keys(starts, groups, G);
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
@@ -252,6 +254,11 @@ int packed_attention_forward(const float *qkv, const int64_t *starts, const int6
                 const float *v_shared = qkv + prompt * row + head + 2 * E;
                 transpose_in(k0, row, L, D, Lp, shared, kt); /* after the prompt's, which its own segment put there */
                 for (ptrdiff_t i = 0; i < L; i++) {
+                    if (queries != NULL && !queries[first + i]) { /* an output no one reads */
+                        for (int d = 0; d < D; d++) out[(first + i) * E + head + d] = 0.0f;
+                        lse[(first + i) * H + h] = 0.0f;
+                        continue;
+                    }
                     const keys_t keys = {NULL, NULL, shared, shared + i}; /* (the forward reads no key rows) */
                     attend_row(q0 + i * row, kt, Lp, D, keys, v_shared, v0, row, scale, p,
                                out + (first + i) * E + head, lse + (first + i) * H + h);
@@ -295,8 +302,8 @@ static void backward_row(const float *q, const float *g, const float *o, float t
    transposed, as in the forward). Every element of dqkv is written (a task owns its group's rows of its head).
    Returns 0, or 1 where a thread could not allocate its buffers. */
 int packed_attention_backward(const float *qkv, const float *out, const float *lse, const float *dout,
-                              const int64_t *starts, const int64_t *groups, int G, int H, int D, float scale,
-                              float *dqkv, int threads) {
+                              const int64_t *starts, const int64_t *groups, const uint8_t *queries, int G, int H,
+                              int D, float scale, float *dqkv, int threads) {
     const ptrdiff_t row = (ptrdiff_t)3 * H * D, E = (ptrdiff_t)H * D, Lp = padded_keys(starts, groups, G);
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
@@ -324,6 +331,10 @@ int packed_attention_backward(const float *qkv, const float *out, const float *l
                 transpose_in(k0, row, L, D, Lp, shared, kt); /* after the prompt's, as in the forward */
                 transpose_in(v0, row, L, D, Lp, shared, vt);
                 for (ptrdiff_t i = 0; i < L; i++) {
+                    if (queries != NULL && !queries[first + i]) { /* its output was not read: no gradient */
+                        for (int d = 0; d < D; d++) dq0[i * row + d] = 0.0f;
+                        continue;
+                    }
                     const keys_t keys = {k_shared, k0, shared, shared + i};
                     backward_row(q0 + i * row, dout + (first + i) * E + head, out + (first + i) * E + head,
                                  lse[(first + i) * H + h], kt, vt, Lp, D, keys, dq0 + i * row, dk_shared, dv_shared,

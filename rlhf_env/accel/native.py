@@ -37,8 +37,8 @@ SIGNATURES = {  # each function's argument types and return type
     "gelu_forward": ([_P, _P, _N, _I], None),
     "gelu_forward_slope": ([_P, _P, _P, _N, _I], None),
     "attend_step": ([_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
-    "packed_attention_forward": ([_P, _P, _P, _I, _I, _I, _F, _P, _P, _I], _I),  # (alike)
-    "packed_attention_backward": ([_P, _P, _P, _P, _P, _P, _I, _I, _I, _F, _P, _I], _I),
+    "packed_attention_forward": ([_P, _P, _P, _P, _I, _I, _I, _F, _P, _P, _I], _I),  # (alike)
+    "packed_attention_backward": ([_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _F, _P, _I], _I),
 }
 
 

@@ -38,12 +38,13 @@ def _check(status: int) -> None:
         raise MemoryError("rlhf_env.accel.packed_attention: a thread could not allocate its scores")
 
 
-def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None,
+            queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (T, E), lse (T, H)) of the projections ``qkv`` (T, 3 E) (queries, keys, values, each heads x head size)
     of the segments at ``starts`` (S + 1 int64 offsets, from 0 to T), without autograd. ``groups`` (G + 1 offsets
     into the segments, from 0 to S; default: each segment a group of its own) says which segments share a prompt:
-    a group's first segment is the prompt, which each later one (a response to it) attends to in full."""
+    a group's first segment is the prompt, which each later one (a response to it) attends to in full.
+    ``queries`` (T,) bool, where given, marks the tokens whose outputs are wanted: the others' are 0."""
     qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
     groups = torch.arange(len(starts)) if groups is None else groups.to(torch.int64).contiguous()
     T, E = qkv.shape[0], qkv.shape[1] // 3
@@ -57,42 +58,51 @@ def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, g
             or bool((groups.diff() < 1).any()):
         raise ValueError(f"groups must run from 0 to the {len(starts) - 1} segments, each of one or more, got "
                          f"{groups.tolist()}")
+    if queries is not None and (queries.dtype != torch.bool or queries.shape != (T,)):
+        raise ValueError(f"queries must be a bool mask of the {T} tokens, got {queries.dtype} {tuple(queries.shape)}")
     out, lse = qkv.new_empty(T, E), qkv.new_empty(T, heads)
     _check(native.library().packed_attention_forward(qkv.data_ptr(), starts.data_ptr(), groups.data_ptr(),
-                                                     len(groups) - 1, heads, E // heads, scale, out.data_ptr(),
-                                                     lse.data_ptr(), native.threads(T * E)))
+                                                     _pointer(queries), len(groups) - 1, heads, E // heads, scale,
+                                                     out.data_ptr(), lse.data_ptr(), native.threads(T * E)))
     return out, lse
+
+
+def _pointer(queries: torch.Tensor | None) -> int | None:
+    return None if queries is None else queries.contiguous().data_ptr()
 
 
 class _Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, starts, heads, scale, groups):
+    def forward(ctx, qkv, starts, heads, scale, groups, queries):
         qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
         groups = torch.arange(len(starts)) if groups is None else groups.to(torch.int64).contiguous()
-        out, lse = forward(qkv, starts, heads, scale, groups)
-        ctx.save_for_backward(qkv, starts, groups, out, lse)
+        queries = None if queries is None else queries.contiguous()
+        out, lse = forward(qkv, starts, heads, scale, groups, queries)
+        ctx.save_for_backward(qkv, starts, groups, out, lse, queries)
         ctx.heads, ctx.scale = heads, scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        qkv, starts, groups, out, lse = ctx.saved_tensors
+        qkv, starts, groups, out, lse, queries = ctx.saved_tensors
         grad = grad.contiguous()
         dqkv = torch.empty_like(qkv)
         E = out.shape[1]
         _check(native.library().packed_attention_backward(
             qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), grad.data_ptr(), starts.data_ptr(), groups.data_ptr(),
-            len(groups) - 1, ctx.heads, E // ctx.heads, ctx.scale, dqkv.data_ptr(), native.threads(qkv.numel())))
-        return dqkv, None, None, None, None
+            _pointer(queries), len(groups) - 1, ctx.heads, E // ctx.heads, ctx.scale, dqkv.data_ptr(),
+            native.threads(qkv.numel())))
+        return dqkv, None, None, None, None, None
 
 
-def attend(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None
-           ) -> torch.Tensor:
+def attend(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None,
+           queries: torch.Tensor | None = None) -> torch.Tensor:
     """The attention's output (T, E), heads merged, of the projections ``qkv`` (T, 3 E) of segments laid end to end
     at ``starts`` (S + 1 offsets), each token attending to its segment's tokens up to itself, and a later segment of
-    one of ``groups`` to its group's first segment too (see ``forward``); differentiable in ``qkv``.
-    ``applies(qkv, head size)`` must hold."""
+    one of ``groups`` to its group's first segment too (see ``forward``); differentiable in ``qkv``. With
+    ``queries`` (T,) bool, only the marked tokens' outputs are computed: the others' are 0, and take no gradient
+    (a caller must not read them). ``applies(qkv, head size)`` must hold."""
     if torch.is_grad_enabled() and qkv.requires_grad:
-        return _Function.apply(qkv, starts, heads, scale, groups)
-    return forward(qkv, starts, heads, scale, groups)[0]
+        return _Function.apply(qkv, starts, heads, scale, groups, queries)
+    return forward(qkv, starts, heads, scale, groups, queries)[0]

@@ -64,10 +64,13 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     x = trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real])  # (T, E)
     x = trunk.drop(x) if hasattr(trunk, "drop") else x  # (no dropout is active: ``applies``)
     if c_attention(model, x.dtype):
-        def attention(attn, hidden):  # every real token's (T, E)
-            heads, _, scale = _heads(attn)
-            return packed_attention.attend(attn.c_attn(hidden), packing.starts, heads, scale, packing.groups)
         kept = packing.real_index.reshape(-1)
+
+        def attention(attn, hidden, last=False):  # every real token's (T, E); the last block's at ``kept`` only
+            heads, _, scale = _heads(attn)
+            queries = torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(0, kept, True) if last \
+                else None
+            return packed_attention.attend(attn.c_attn(hidden), packing.starts, heads, scale, packing.groups, queries)
     elif packing.groups is not None:
         raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
                          "checks it)")
@@ -79,7 +82,7 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
         causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
         mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
 
-        def attention(attn, hidden):  # every packed position's (N * C, E)
+        def attention(attn, hidden, last=False):  # every packed position's (N * C, E)
             return _attention(attn, hidden, mask, real, padding, N, C)
         kept = packing.index.reshape(-1)
     *blocks, last = trunk.h
@@ -87,7 +90,7 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
         out = attention(block.attn, block.ln_1(x))
         x = x + block.attn.c_proj(out if out.shape[0] == x.shape[0] else out[real])
         x = x + block.mlp(block.ln_2(x))
-    attended = attention(last.attn, last.ln_1(x))[kept]
+    attended = attention(last.attn, last.ln_1(x), last=True)[kept]
     x = x[packing.real_index.reshape(-1)] + last.attn.c_proj(attended)
     x = x + last.mlp(last.ln_2(x))
     return trunk.ln_f(x).view(*packing.index.shape, x.shape[-1])
