@@ -166,7 +166,8 @@ class GPT2Decoder:
         E, H, D = self.n_embd, self.n_head, self.head_dim
         self.key_bias[:, 0, 0, :P] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.start = mask.long().argmax(1)  # (a row of all padding: 0, and the bias masks it)
-        self.cache[:, :, :, :, :P].zero_()  # padding columns a chunk skips are masked, but NaN * 0 is NaN
+        if not self.c_attention:  # padding columns a chunk skips are masked, but NaN * 0 is NaN (the C kernel
+            self.cache[:, :, :, :, :P].zero_()  # reads no column before a row's start: no need)
         lengths = mask.sum(1)
         # (B,): the first row with each row's prompt
         first = first_rows(ids, mask) if share_prompts else torch.arange(B, device=ids.device)
