@@ -175,3 +175,22 @@ def test_saved_weights_get_the_mode_of_any_other_new_file(tiny_model, tokenizer,
     weights = [*(tmp_path / "policy").glob("*.safetensors"), *(tmp_path / "checkpoint").glob("*.safetensors")]
     assert {p.name for p in weights} == {"model.safetensors", "optimizer.safetensors", "extra.safetensors"}
     assert {oct(p.stat().st_mode & 0o777) for p in weights} == {oct(mode)}
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and within the norm (no multiplication)
+def test_cpu_clipping_is_clip_grad_norms_bit_for_bit(max_norm):
+    from rlhf_env.training.parallel import clip_cpu_grads
+
+    generator = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(7, 5), (5,), (3, 4, 2)]]
+    theirs = [torch.nn.Parameter(torch.zeros(p.shape)) for p in ours]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=generator)
+        b.grad = a.grad.clone()
+    before = [p.grad.clone() for p in ours]
+    ours.append(torch.nn.Parameter(torch.zeros(2)))  # a parameter without a gradient
+    norm = clip_cpu_grads(ours, max_norm)
+    assert torch.equal(norm, torch.nn.utils.clip_grad_norm_(theirs, max_norm)) and 1.0 < float(norm) < 100.0
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad)
+    assert all(torch.equal(p.grad, g) for p, g in zip(ours, before)) == (max_norm > 1)  # scaled only if clipped

@@ -139,6 +139,39 @@ int attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh
    gradient) keep 16 columns in a register at a time. Returns 0, or 1 where a thread could not allocate its buffers. */
 typedef float vf __attribute__((vector_size(64), aligned(4))); /* 16 floats, loaded and stored unaligned */
 #define VF 16
+typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
+static const vi IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+static inline vf select_vf(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+
+/* exp_poly on 16 lanes, for x <= 0: 0 below -80 (and at -inf) */
+static inline vf exp_vf(vf x) {
+    const vi in_range = x >= -80.0f;
+    x = select_vf(in_range, x, (vf){0} - 80.0f);
+    const vf k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    vf r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const vf scale = (vf)((__builtin_convertvector(k, vi) + 127) << 23);
+    return (vf)((vi)(p * scale) & in_range);
+}
+
+static inline float max_of(vf x) {
+    float m = x[0];
+    for (int k = 1; k < VF; k++) m = x[k] > m ? x[k] : m;
+    return m;
+}
+
+static inline float sum_of(vf x) {
+    float total = 0.0f;
+    for (int k = 0; k < VF; k++) total += x[k];
+    return total;
+}
 
 /* The most keys any token has (a group's first segment and its longest later one), rounded up to VF. */
 static ptrdiff_t padded_keys(const int64_t *starts, const int64_t *groups, int G) {
@@ -175,20 +208,22 @@ static inline ptrdiff_t scores(const float *a, const float *xt, ptrdiff_t Lp, in
             for (int k = 0; k < 4; k++) acc[k] += a[d + k] * *(const vf *)(xt + (d + k) * Lp + jb);
         *(vf *)(p + jb) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
     }
-    for (ptrdiff_t j = last + 1; j < n; j++) p[j] = -INFINITY;
+    const vi past = IOTA + (int32_t)(n - VF) > (int32_t)last; /* the last block's columns after the token's */
+    *(vf *)(p + n - VF) = select_vf(past, (vf){0} - INFINITY, *(vf *)(p + n - VF));
     return n;
 }
 
-/* out[0..D) (+)= sum over j < n of w[j] * rows[j * stride + 0..D) (D a multiple of VF): added to out where add */
-static inline void weighted_rows(const float *w, const float *rows, ptrdiff_t stride, ptrdiff_t n, int D, float *out,
-                                 int add) {
+/* out[0..D) (+)= factor * sum over j < n of w[j] * rows[j * stride + 0..D) (D a multiple of VF): added to out where
+   add */
+static inline void weighted_rows(const float *w, const float *rows, ptrdiff_t stride, ptrdiff_t n, int D, float factor,
+                                 float *out, int add) {
     for (int d = 0; d < D; d += VF) { /* four sums over j, as in scores */
         vf acc[4] = {{0}, {0}, {0}, {0}};
         ptrdiff_t j = 0;
         for (; j + 4 <= n; j += 4)
             for (int k = 0; k < 4; k++) acc[k] += w[j + k] * *(const vf *)(rows + (j + k) * stride + d);
         for (; j < n; j++) acc[0] += w[j] * *(const vf *)(rows + j * stride + d);
-        const vf total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        const vf total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * factor;
         *(vf *)(out + d) = add ? *(vf *)(out + d) + total : total;
     }
 }
@@ -212,21 +247,18 @@ typedef struct {
 static void attend_row(const float *q, const float *kt, ptrdiff_t Lp, int D, keys_t keys, const float *v_shared,
                        const float *v_own, ptrdiff_t stride, float scale, float *p, float *o, float *lse) {
     const ptrdiff_t n = scores(q, kt, Lp, D, keys.last, scale, p);
-    float m = -INFINITY;
-    #pragma omp simd reduction(max:m)
-    for (ptrdiff_t j = 0; j < n; j++) m = p[j] > m ? p[j] : m;
-    float total = 0.0f;
-    #pragma omp simd reduction(+:total)
-    for (ptrdiff_t j = 0; j < n; j++) {
-        const float x = p[j] - m; /* <= 0, -inf past the token */
-        p[j] = x >= -80.0f ? exp_poly(x) : 0.0f;
-        total += p[j];
+    vf top = *(vf *)p;
+    for (ptrdiff_t jb = VF; jb < n; jb += VF) top = select_vf(*(vf *)(p + jb) > top, *(vf *)(p + jb), top);
+    const float m = max_of(top);
+    vf sums = {0};
+    for (ptrdiff_t jb = 0; jb < n; jb += VF) { /* -inf past the token: 0 */
+        const vf e = exp_vf(*(vf *)(p + jb) - m);
+        *(vf *)(p + jb) = e;
+        sums += e;
     }
-    const float inverse = 1.0f / total;
-    #pragma omp simd
-    for (ptrdiff_t j = 0; j <= keys.last; j++) p[j] *= inverse;
-    weighted_rows(p, v_shared, stride, keys.shared, D, o, 0);
-    weighted_rows(p + keys.shared, v_own, stride, keys.last + 1 - keys.shared, D, o, keys.shared > 0);
+    const float total = sum_of(sums), inverse = 1.0f / total;
+    weighted_rows(p, v_shared, stride, keys.shared, D, inverse, o, 0);
+    weighted_rows(p + keys.shared, v_own, stride, keys.last + 1 - keys.shared, D, inverse, o, keys.shared > 0);
     *lse = m + logf(total);
 }
 
@@ -276,16 +308,14 @@ static void backward_row(const float *q, const float *g, const float *o, float t
                          float *ds) {
     const float delta = dot(g, o, D);
     const ptrdiff_t n = scores(q, kt, Lp, D, keys.last, scale, p);
-    #pragma omp simd
-    for (ptrdiff_t j = 0; j < n; j++) {
-        const float x = p[j] - top; /* <= 0 up to rounding, -inf past the token */
-        p[j] = x >= -80.0f ? exp_poly(x > 0.0f ? 0.0f : x) : 0.0f;
-    }
     scores(g, vt, Lp, D, keys.last, 1.0f, ds); /* dout . v_j */
-    #pragma omp simd
-    for (ptrdiff_t j = 0; j <= keys.last; j++) ds[j] = p[j] * (ds[j] - delta) * scale;
-    weighted_rows(ds, keys.shared_rows, stride, keys.shared, D, dq, 0);
-    weighted_rows(ds + keys.shared, keys.own_rows, stride, keys.last + 1 - keys.shared, D, dq, keys.shared > 0);
+    for (ptrdiff_t jb = 0; jb < n; jb += VF) { /* -inf past the token: 0; <= 0 up to rounding */
+        const vf x = *(vf *)(p + jb) - top, e = exp_vf(select_vf(x > 0.0f, (vf){0}, x));
+        *(vf *)(p + jb) = e;
+        *(vf *)(ds + jb) = e * (select_vf(e > 0.0f, *(vf *)(ds + jb), (vf){0}) - delta) * scale;
+    }
+    weighted_rows(ds, keys.shared_rows, stride, keys.shared, D, 1.0f, dq, 0);
+    weighted_rows(ds + keys.shared, keys.own_rows, stride, keys.last + 1 - keys.shared, D, 1.0f, dq, keys.shared > 0);
     for (ptrdiff_t j = 0; j <= keys.last; j++) {
         const ptrdiff_t at = (j < keys.shared ? j : j - keys.shared) * stride;
         float *dk = (j < keys.shared ? dk_shared : dk_own) + at, *dv = (j < keys.shared ? dv_shared : dv_own) + at;

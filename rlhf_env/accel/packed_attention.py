@@ -20,6 +20,8 @@ floats.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -38,31 +40,54 @@ def _check(status: int) -> None:
         raise MemoryError("rlhf_env.accel.packed_attention: a thread could not allocate its scores")
 
 
-def forward(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None,
-            queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (T, E), lse (T, H)) of the projections ``qkv`` (T, 3 E) (queries, keys, values, each heads x head size)
-    of the segments at ``starts`` (S + 1 int64 offsets, from 0 to T), without autograd. ``groups`` (G + 1 offsets
-    into the segments, from 0 to S; default: each segment a group of its own) says which segments share a prompt:
-    a group's first segment is the prompt, which each later one (a response to it) attends to in full.
-    ``queries`` (T,) bool, where given, marks the tokens whose outputs are wanted: the others' are 0."""
-    qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
+@dataclass(frozen=True)
+class Segments:
+    """Checked offsets for the kernel: ``starts`` (S + 1) of the segments among the ``tokens``, ``groups`` (G + 1)
+    of the groups among the segments, both int64 and contiguous (``segments`` makes one)."""
+
+    starts: torch.Tensor
+    groups: torch.Tensor
+    tokens: int
+
+
+def segments(starts: torch.Tensor, groups: torch.Tensor | None = None) -> Segments:
+    """``starts`` (S + 1 offsets, from 0 to the tokens, none decreasing) and ``groups`` (G + 1 offsets into the
+    segments, from 0 to S, each group of one or more; default: each segment a group of its own), checked once (a
+    ValueError says what is wrong) for any number of ``attend`` calls on them."""
+    starts = starts.to(torch.int64).contiguous()
     groups = torch.arange(len(starts)) if groups is None else groups.to(torch.int64).contiguous()
-    T, E = qkv.shape[0], qkv.shape[1] // 3
-    if not applies(qkv, E // heads) or qkv.dim() != 2 or qkv.shape[1] != 3 * E or E % heads:
-        raise ValueError(f"the packed attention takes float32 CPU projections (T, 3 E), E a multiple of {heads} heads "
-                         f"of a multiple of 16, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
-    if starts.dim() != 1 or len(starts) < 1 or int(starts[0]) != 0 or int(starts[-1]) != T \
-            or bool((starts.diff() < 0).any()):
-        raise ValueError(f"starts must run from 0 to the {T} tokens, got {starts.tolist()}")
+    if starts.dim() != 1 or len(starts) < 1 or int(starts[0]) != 0 or bool((starts.diff() < 0).any()):
+        raise ValueError(f"starts must run from 0 to the tokens, none decreasing, got {starts.tolist()}")
     if groups.dim() != 1 or len(groups) < 1 or int(groups[0]) != 0 or int(groups[-1]) != len(starts) - 1 \
             or bool((groups.diff() < 1).any()):
         raise ValueError(f"groups must run from 0 to the {len(starts) - 1} segments, each of one or more, got "
                          f"{groups.tolist()}")
+    return Segments(starts, groups, int(starts[-1]))
+
+
+def forward(qkv: torch.Tensor, starts: torch.Tensor | Segments, heads: int, scale: float,
+            groups: torch.Tensor | None = None, queries: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (T, E), lse (T, H)) of the projections ``qkv`` (T, 3 E) (queries, keys, values, each heads x head size)
+    of the segments at ``starts`` (S + 1 int64 offsets, from 0 to T), without autograd. ``groups`` (G + 1 offsets
+    into the segments, from 0 to S; default: each segment a group of its own) says which segments share a prompt:
+    a group's first segment is the prompt, which each later one (a response to it) attends to in full. ``starts``
+    may be ``Segments`` instead, checked before (then ``groups`` is theirs). ``queries`` (T,) bool, where given,
+    marks the tokens whose outputs are wanted: the others' are 0."""
+    layout = starts if isinstance(starts, Segments) else segments(starts, groups)
+    qkv = qkv.contiguous()
+    T, E = qkv.shape[0], qkv.shape[1] // 3
+    if not applies(qkv, E // heads) or qkv.dim() != 2 or qkv.shape[1] != 3 * E or E % heads:
+        raise ValueError(f"the packed attention takes float32 CPU projections (T, 3 E), E a multiple of {heads} heads "
+                         f"of a multiple of 16, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
+    if layout.tokens != T:
+        raise ValueError(f"starts must run from 0 to the {T} tokens, got {layout.starts.tolist()}")
     if queries is not None and (queries.dtype != torch.bool or queries.shape != (T,)):
         raise ValueError(f"queries must be a bool mask of the {T} tokens, got {queries.dtype} {tuple(queries.shape)}")
     out, lse = qkv.new_empty(T, E), qkv.new_empty(T, heads)
-    _check(native.library().packed_attention_forward(qkv.data_ptr(), starts.data_ptr(), groups.data_ptr(),
-                                                     _pointer(queries), len(groups) - 1, heads, E // heads, scale,
+    _check(native.library().packed_attention_forward(qkv.data_ptr(), layout.starts.data_ptr(),
+                                                     layout.groups.data_ptr(), _pointer(queries),
+                                                     len(layout.groups) - 1, heads, E // heads, scale,
                                                      out.data_ptr(), lse.data_ptr(), native.threads(T * E)))
     return out, lse
 
@@ -73,36 +98,35 @@ def _pointer(queries: torch.Tensor | None) -> int | None:
 
 class _Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, starts, heads, scale, groups, queries):
-        qkv, starts = qkv.contiguous(), starts.to(torch.int64).contiguous()
-        groups = torch.arange(len(starts)) if groups is None else groups.to(torch.int64).contiguous()
-        queries = None if queries is None else queries.contiguous()
-        out, lse = forward(qkv, starts, heads, scale, groups, queries)
-        ctx.save_for_backward(qkv, starts, groups, out, lse, queries)
-        ctx.heads, ctx.scale = heads, scale
+    def forward(ctx, qkv, layout, heads, scale, queries):
+        qkv, queries = qkv.contiguous(), None if queries is None else queries.contiguous()
+        out, lse = forward(qkv, layout, heads, scale, queries=queries)
+        ctx.save_for_backward(qkv, out, lse, queries)
+        ctx.layout, ctx.heads, ctx.scale = layout, heads, scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        qkv, starts, groups, out, lse, queries = ctx.saved_tensors
-        grad = grad.contiguous()
+        qkv, out, lse, queries = ctx.saved_tensors
+        layout, grad = ctx.layout, grad.contiguous()
         dqkv = torch.empty_like(qkv)
         E = out.shape[1]
         _check(native.library().packed_attention_backward(
-            qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), grad.data_ptr(), starts.data_ptr(), groups.data_ptr(),
-            _pointer(queries), len(groups) - 1, ctx.heads, E // ctx.heads, ctx.scale, dqkv.data_ptr(),
-            native.threads(qkv.numel())))
-        return dqkv, None, None, None, None, None
+            qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), grad.data_ptr(), layout.starts.data_ptr(),
+            layout.groups.data_ptr(), _pointer(queries), len(layout.groups) - 1, ctx.heads, E // ctx.heads, ctx.scale,
+            dqkv.data_ptr(), native.threads(qkv.numel())))
+        return dqkv, None, None, None, None
 
 
-def attend(qkv: torch.Tensor, starts: torch.Tensor, heads: int, scale: float, groups: torch.Tensor | None = None,
-           queries: torch.Tensor | None = None) -> torch.Tensor:
+def attend(qkv: torch.Tensor, starts: torch.Tensor | Segments, heads: int, scale: float,
+           groups: torch.Tensor | None = None, queries: torch.Tensor | None = None) -> torch.Tensor:
     """The attention's output (T, E), heads merged, of the projections ``qkv`` (T, 3 E) of segments laid end to end
-    at ``starts`` (S + 1 offsets), each token attending to its segment's tokens up to itself, and a later segment of
-    one of ``groups`` to its group's first segment too (see ``forward``); differentiable in ``qkv``. With
-    ``queries`` (T,) bool, only the marked tokens' outputs are computed: the others' are 0, and take no gradient
-    (a caller must not read them). ``applies(qkv, head size)`` must hold."""
+    at ``starts`` (S + 1 offsets, or ``Segments``), each token attending to its segment's tokens up to itself, and a
+    later segment of one of ``groups`` to its group's first segment too (see ``forward``); differentiable in
+    ``qkv``. With ``queries`` (T,) bool, only the marked tokens' outputs are computed: the others' are 0, and take
+    no gradient (a caller must not read them). ``applies(qkv, head size)`` must hold."""
+    layout = starts if isinstance(starts, Segments) else segments(starts, groups)
     if torch.is_grad_enabled() and qkv.requires_grad:
-        return _Function.apply(qkv, starts, heads, scale, groups, queries)
-    return forward(qkv, starts, heads, scale, groups, queries)[0]
+        return _Function.apply(qkv, layout, heads, scale, queries)
+    return forward(qkv, layout, heads, scale, queries=queries)[0]

@@ -65,12 +65,13 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     x = trunk.drop(x) if hasattr(trunk, "drop") else x  # (no dropout is active: ``applies``)
     if c_attention(model, x.dtype):
         kept = packing.real_index.reshape(-1)
+        layout = packed_attention.segments(packing.starts, packing.groups)  # (checked once for every layer)
 
         def attention(attn, hidden, last=False):  # every real token's (T, E); the last block's at ``kept`` only
             heads, _, scale = _heads(attn)
             queries = torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(0, kept, True) if last \
                 else None
-            return packed_attention.attend(attn.c_attn(hidden), packing.starts, heads, scale, packing.groups, queries)
+            return packed_attention.attend(attn.c_attn(hidden), layout, heads, scale, queries=queries)
     elif packing.groups is not None:
         raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
                          "checks it)")
