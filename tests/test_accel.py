@@ -182,6 +182,17 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
         "packed_attention": False, "speedup": choice.speedup}}  # no heads in the config: no attention measured
 
 
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler to build the kernels")
+@pytest.mark.parametrize("heads", [2, 4])  # heads of 16 (the packed attention's vectors), and of 8
+def test_the_packed_attention_is_measured_where_the_kernel_takes_the_heads(monkeypatch, heads):
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setattr(kernels, "BUDGET_S", 0.0)  # the fewest rounds
+    speedup = kernels.measure(32, 128, 40, n_layer=1, heads=heads)
+    assert ("packed_attention" in speedup) == (heads == 2) and "attention" in speedup
+    assert all(0 < v < 100 for v in speedup.values())
+
+
 def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stock(measured_kernels, monkeypatch):
     from rlhf_env.accel import kernels
 
