@@ -117,7 +117,7 @@ def test_a_decoder_that_drops_rows_keeps_each_rows_own_columns(tiny_policy_dir):
     for c_kernel in (True, False):
         with mock.patch.object(decoder, "c_attention", lambda config, c_kernel=c_kernel: c_kernel), torch.no_grad():
             lean = GPT2Decoder(model, 4, ids.shape[1] + 6)
-            assert lean.c_attention == c_kernel
+            assert lean.c_attention == lean.packed_prefill == c_kernel  # (the prompts' real tokens only, or buckets)
             if c_kernel:  # a cache of garbage: the kernel's prefill does not zero it, and no column it skips is read
                 lean.cache.fill_(float("nan"))
             lean.prefill(ids, mask, pos)

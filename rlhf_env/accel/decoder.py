@@ -10,13 +10,15 @@ sampled as it is now.
 
 - a **static KV cache**, allocated once for prompt + response and written in place, and one
   additive key mask; a decoding step reads each row's columns up to its own token;
-- a prefill that skips most of the left padding (rows bucketed by prompt length);
+- a prefill that skips the left padding: on the prompts' real tokens laid end to end, through the packed
+  attention's C kernel (``rlhf_env.accel.packed_attention``) where ``rlhf_env.accel.kernels`` chose it, else most
+  of it (rows bucketed by prompt length);
 - the projections and the LM head through oneDNN's float32 GEMM on weights reordered once per decoder
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
   torch has it and ``rlhf_env.accel.kernels`` measured it faster on this machine, and ``addmm`` elsewhere;
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else the package's C kernel or
   ``F.gelu``'s, as ``rlhf_env.accel.kernels`` chose);
-- ``scaled_dot_product_attention`` for the prefill's attention, and for a decoding step's the package's C kernel
+- ``scaled_dot_product_attention`` for a bucketed prefill's attention, and for a decoding step's the package's C kernel
   (``attend_c``: the new keys and values written and each row's attention in one pass, which reads no column of a
   row's left padding) where ``rlhf_env.accel.kernels`` measured it faster than the same in PyTorch ops
   (``attend_torch``) on this machine;
@@ -32,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import c_attention, c_gelu, gelu, kernels, native
+from rlhf_env.accel import c_attention, c_gelu, c_packed_attention, gelu, kernels, native, packed_attention
 from rlhf_env.accel.gpt2 import TANH_GELUS, TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
@@ -140,6 +142,10 @@ class GPT2Decoder:
         self.length = 0  # tokens in the cache
         self.c_attention = (p.device.type == "cpu" and p.dtype == torch.float32 and c_attention(c)
                             and native.library() is not None)
+        # The prefill on the prompts' real tokens only, through the packed attention's C kernel, where that was
+        # chosen too (the decode steps' kernel then reads no column it leaves unwritten).
+        self.packed_prefill = (self.c_attention and packed_attention.applies(p, self.head_dim)
+                               and c_packed_attention(c))
 
     @staticmethod
     def supports(model) -> bool:
@@ -154,16 +160,16 @@ class GPT2Decoder:
                 share_prompts: bool = True) -> torch.Tensor:
         """Run the left-padded prompts (B, P); return the next-token logits (B, V).
 
-        Rows are sorted by length and run ``chunk`` at a time, each chunk cut to its own longest
-        prompt: about half of a batch of prompts is padding, which would otherwise cost compute. Rows with
-        the same prompt (a group of samples of one prompt) run it once if ``share_prompts``, and the others
-        copy its keys, values and logits.
+        Where the packed attention's C kernel runs here (``packed_prefill``), the prompts' real tokens run laid end
+        to end, with no padding at all. Else rows are sorted by length and run ``chunk`` at a time, each chunk cut
+        to its own longest prompt: about half of a batch of prompts is padding, which would otherwise cost
+        compute. Rows with the same prompt (a group of samples of one prompt) run it once if ``share_prompts``,
+        and the others copy its keys, values and logits.
         """
         B, P = ids.shape
         if B != self.cache.shape[2] or P > self.cache.shape[4]:
             raise ValueError(f"a decoder for {self.cache.shape[2]} rows of up to {self.cache.shape[4]} tokens got "
                              f"prompts of shape {tuple(ids.shape)}")
-        E, H, D = self.n_embd, self.n_head, self.head_dim
         self.key_bias[:, 0, 0, :P] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.start = mask.long().argmax(1)  # (a row of all padding: 0, and the bias masks it)
         if not self.c_attention:  # padding columns a chunk skips are masked, but NaN * 0 is NaN (the C kernel
@@ -173,6 +179,47 @@ class GPT2Decoder:
         first = first_rows(ids, mask) if share_prompts else torch.arange(B, device=ids.device)
         distinct = first.unique()
         logits = torch.empty(B, self.head_weight.shape[0], dtype=self.head_weight.dtype, device=ids.device)
+        left_padded = torch.equal(mask.bool(), torch.arange(P, device=ids.device) >= P - lengths[:, None])
+        if self.packed_prefill and left_padded and bool((lengths[distinct] > 0).all()):
+            logits[distinct] = self._packed_prefill(ids, pos, lengths, distinct)
+        else:
+            self._chunked_prefill(ids, mask, pos, lengths, distinct, chunk, logits)
+        if len(distinct) < B:  # the other rows of each prompt: its keys and values (padding columns are zero)
+            self.cache[:, :, :, :, :P] = self.cache[:, :, first, :, :P]
+            logits = logits[first]
+        self.length = P
+        return logits
+
+    def _packed_prefill(self, ids, pos, lengths, distinct) -> torch.Tensor:
+        """The ``distinct`` rows' prompts' real tokens laid end to end, each attending to its own through the
+        packed attention's C kernel; their keys and values written into the cache at their columns. Returns the
+        next-token logits of each of these rows."""
+        B, P = ids.shape
+        E, H, D = self.n_embd, self.n_head, self.head_dim
+        n = lengths[distinct]
+        ends = n.cumsum(0)
+        starts = torch.cat([ends.new_zeros(1), ends])
+        rows = distinct.repeat_interleave(n)  # each token's row, and its column
+        within = torch.arange(int(ends[-1]), device=ids.device) - starts[:-1].repeat_interleave(n)
+        columns = P - n.repeat_interleave(n) + within
+        layout = packed_attention.segments(starts)
+        # Where each token's heads go in a layer's keys (or values) (B, H, T_max, D), as rows of D floats
+        T_max = self.cache.shape[4]
+        at = ((rows[:, None] * H + torch.arange(H, device=ids.device)) * T_max + columns[:, None]).view(-1)
+        x = self.wte[ids[rows, columns]] + self.wpe[pos[rows, columns]]  # (T, E)
+        for i, (w1, b1, e1, qkv_proj, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
+            qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1))  # (T, 3 E)
+            for j, part in enumerate(qkv[:, E:].view(-1, 2, H * D).unbind(1)):  # the keys, then the values
+                self.cache[i, j].view(-1, D).index_copy_(0, at, part.reshape(-1, D))
+            x = o(packed_attention.attend(qkv, layout, H, self.scales[i])).add_(x)
+            x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
+        return self._head(x[ends - 1])
+
+    def _chunked_prefill(self, ids, mask, pos, lengths, distinct, chunk, logits) -> None:
+        """The ``distinct`` rows' prompts in chunks of rows of similar lengths, each cut to its longest, through
+        ``scaled_dot_product_attention``; their next-token logits written into ``logits``."""
+        B, P = ids.shape
+        E, H, D = self.n_embd, self.n_head, self.head_dim
         for rows in distinct[torch.argsort(lengths[distinct])].split(chunk):
             start = P - max(int(lengths[rows].max()), 1)  # an empty prompt still runs its last (padding) column
             n, b = P - start, len(rows)
@@ -188,11 +235,6 @@ class GPT2Decoder:
                 x = o(out.transpose(1, 2).reshape(b * n, E)).add_(x)
                 x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
             logits[rows] = self._head(x.view(b, n, E)[:, -1])
-        if len(distinct) < B:  # the other rows of each prompt: its keys and values (padding columns are zero)
-            self.cache[:, :, :, :, :P] = self.cache[:, :, first, :, :P]
-            logits = logits[first]
-        self.length = P
-        return logits
 
     def step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,) at positions ``pos`` (B,); return the next logits (B, V)."""
