@@ -9,8 +9,9 @@ minibatch's (16 episodes of a batch of 16 prompts x 8, about 1.5) to a whole gro
 and 8 also the rollout (``sample``: the lean decoder prefills each distinct prompt once, then decodes every
 row) and the bundled classifier RM (``classifier``: ``rm-scalar`` scoring the texts,
 ``rlhf_env.rewards.classifier.shared_prompt_logits``). Prints seconds per call (median of ``--repeats``), the
-speed-up and the rows per prompt from which sharing pays (``rlhf_env.sampling.SHARE_FROM`` comes from it), and
-writes JSON.
+speed-up and whether the agents share them by default (``rlhf_env.sampling.shares``: from any repeated prompt
+where the package's trunk runs the model with its C attention, else from ``rlhf_env.sampling.SHARE_FROM`` rows per
+prompt, which comes from this benchmark's HF-cache path), and writes JSON.
 
     python benchmarks/bench_shared_prompts.py [--repeats 7]
 """
@@ -34,6 +35,7 @@ from rlhf_env.sampling import (
     response_logprobs,
     sample_from_ids,
     shared_prompt_forward,
+    shares,
     trim_padding,
 )
 from rlhf_env.world.build import load_split
@@ -114,7 +116,7 @@ def main() -> None:
                 shared = seconds(model, ids, mask, R, True, mode == "train", args.repeats)
                 row = {"policy": name, "batch": label, "rows": len(rows), "rows_per_prompt": per_prompt, "mode": mode,
                        "full_s": full, "shared_s": shared, "speedup": full / shared,
-                       "shared_path_taken": per_prompt >= SHARE_FROM}
+                       "shared_path_taken": shares(model, len(rows), len(np.unique(rows)))}
                 result["rows"].append(row)
                 print(f"{name:<10}{label:<38}{per_prompt:>12.2f}{mode:>11}{full:>9.4f}{shared:>10.4f}"
                       f"{full / shared:>9.2f}x", flush=True)

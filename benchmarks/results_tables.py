@@ -242,8 +242,9 @@ def shared_prompts_table(result: dict) -> str:
         lines.append(f"| {r['policy']} | {r['batch']} | {r['rows_per_prompt']:.2f} | {passes[r['mode']]} | "
                      f"{r['full_s']:.4f} | {r['shared_s']:.4f} | **{r['speedup']:.2f}×** | "
                      f"{'yes' if r['shared_path_taken'] else 'no'} |")
-    lines.append(f"\n{result['threads']} threads, median of the repeats. The agents and envs share prompts from "
-                 f"{result['share_from']} rows per distinct prompt (`rlhf_env.sampling.SHARE_FROM`).")
+    lines.append(f"\n{result['threads']} threads, median of the repeats. The agents and envs share prompts from any "
+                 "repeated prompt where the package's trunk runs the model with its C attention, else from "
+                 f"{result['share_from']} rows per distinct prompt (`rlhf_env.sampling.shares`, `SHARE_FROM`).")
     return "\n".join(lines)
 
 

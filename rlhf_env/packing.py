@@ -156,10 +156,17 @@ def shared_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
     """``packed_hidden``'s hidden states from ``shared_plan``'s layout: each distinct prompt through ``model`` once,
     on the real tokens only; None where the trunk's C attention does not run this model here, or the layout does
     not apply."""
-    if not (trunk.applies(model) and trunk.c_attention(model, torch.float32) and packs(model, lm_head)):
+    if not on_real_tokens(model, lm_head):
         return None
     layout = shared_plan(ids, mask, R)
     return None if layout is None else trunk.hidden_at(model, layout)
+
+
+def on_real_tokens(model, lm_head: bool = False) -> bool:
+    """Whether ``model`` runs through the package's packed trunk with its C attention here (``shared_hidden``): a
+    GPT-2 that ``rlhf_env.accel.trunk`` applies to, in float32, the kernel chosen on this machine, and (with
+    ``lm_head``) logits that are its output embedding of the trunk's last hidden state."""
+    return trunk.applies(model) and trunk.c_attention(model, torch.float32) and packs(model, lm_head)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from rlhf_env.accel import accelerated
 from rlhf_env.accel.decoder import GPT2Decoder, first_rows
 from rlhf_env.accel.gpt2 import KVCache, TorchGPT2
 from rlhf_env.models import context_length
-from rlhf_env.packing import packed_hidden, positions, shared_hidden
+from rlhf_env.packing import on_real_tokens, packed_hidden, positions, shared_hidden
 
 
 @dataclass
@@ -77,6 +77,16 @@ def worth_sharing(rows: int, distinct: int, share_from: float | None = None) -> 
     """Whether ``rows`` rows of ``distinct`` prompts share them: from ``share_from`` (default ``SHARE_FROM``) rows
     per distinct prompt."""
     return rows >= (SHARE_FROM if share_from is None else share_from) * distinct
+
+
+def shares(model, rows: int, distinct: int, share_from: float | None = None) -> bool:
+    """Whether ``response_log_softmax`` runs ``rows`` rows of ``distinct`` prompts with each prompt once for
+    ``model``: where the package's trunk runs it with its C attention (``rlhf_env.packing.on_real_tokens``), from
+    any prompt that repeats, since a prompt laid once among the real tokens costs nothing; else through a cache,
+    from ``share_from`` (default ``SHARE_FROM``) rows per distinct prompt (``worth_sharing``)."""
+    if share_from is None and rows > distinct and on_real_tokens(model, lm_head=True):
+        return True
+    return worth_sharing(rows, distinct, share_from)
 
 
 def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temperature: float = 1.0,
@@ -201,12 +211,13 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     positions that predict the last R tokens and the next, and with ``output_hidden_states`` the last layer's
     hidden states there (as the last of ``hidden_states``). A GPT-2 whose packed trunk runs the package's C attention
     here takes the prompts once each and every response after its own, on the real tokens only
-    (``rlhf_env.packing.shared_hidden``); any other model runs each prompt with a cache, then the responses."""
+    (``rlhf_env.packing.shared_hidden``), from any prompt that repeats (``shares``); any other model runs each prompt
+    with a cache, then the responses."""
     P = ids.shape[1] - R
     if P == 0:
         return None
     first, rows = torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
-    if not worth_sharing(len(ids), len(first), share_from):
+    if not shares(model, len(ids), len(first), share_from):
         return None
     hidden = shared_hidden(model, ids, mask, R, lm_head=True)  # the real tokens only, through the package's trunk
     if hidden is not None:

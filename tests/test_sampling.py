@@ -176,12 +176,22 @@ def test_responses_sharing_prompts_get_the_same_log_probs_gradients_and_hidden_s
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
-def test_prompts_are_shared_only_where_it_pays(tiny_model, tokenizer):
+@pytest.mark.parametrize("trunk", [True, False])
+def test_prompts_are_shared_only_where_it_pays(tiny_model, tokenizer, trunk, monkeypatch):
+    """Through HF's cache, from ``SHARE_FROM`` rows per prompt; through the package's trunk and its C attention
+    (``trunk``), from any prompt that repeats, and not where none does."""
+    from rlhf_env.accel import native
+    from rlhf_env.accel import trunk as packed_trunk
     from rlhf_env.sampling import SHARE_FROM, shared_prompt_forward
 
+    if trunk and native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    monkeypatch.setattr(packed_trunk, "c_packed_attention", lambda config: trunk)
     ids, mask, R = grouped_batch(tokenizer, group=SHARE_FROM)
     assert shared_prompt_forward(tiny_model, ids, mask, R) is not None
     ids, mask, R = grouped_batch(tokenizer, group=SHARE_FROM - 1)
+    assert (shared_prompt_forward(tiny_model, ids, mask, R) is not None) == trunk
+    ids, mask, R = grouped_batch(tokenizer, group=1)
     assert shared_prompt_forward(tiny_model, ids, mask, R) is None
 
 

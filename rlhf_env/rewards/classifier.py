@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 
 from rlhf_env.accel import trunk as packed_trunk
 from rlhf_env.models import BUNDLED_REWARDS, context_length, load_classifier, resolve
-from rlhf_env.packing import packs, shared_plan
+from rlhf_env.packing import on_real_tokens, shared_plan
 from rlhf_env.rewards.base import Reward
 from rlhf_env.sampling import cache_argument, prompt_then_rest, worth_sharing
 
@@ -62,8 +62,9 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
                          ) -> torch.Tensor | None:
     """``classifier_logits`` with each distinct prompt through the classifier's trunk once, and the rest of each
     text attending to its cached keys and values, or, where the package's trunk runs the model with its C attention
-    (``on_real_tokens``), to its tokens laid once among the real tokens (whether or not prompts repeat: no padding);
-    the head (``score``) reads the last token. The same logits, to float rounding. None where it does not pay
+    (``rlhf_env.packing.on_real_tokens``), to its tokens laid once among the real tokens (whether or not prompts
+    repeat: no padding); the head (``score``) reads the last token. The same logits, to float rounding. None where
+    it does not pay
     (``worth_sharing``) or cannot give the same logits: a classifier without a trunk with a cache or a ``score``
     head, a tokenizer whose PAD is not the model's, a text that does not tokenize as its (non-empty) prompt's tokens
     then at least one more, a text over ``max_length`` (it would be truncated), or a PAD token among a text's own
@@ -103,17 +104,11 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     return head(last).float()
 
 
-def on_real_tokens(model) -> bool:
-    """Whether ``model`` runs through the package's packed trunk with its C attention here (``last_hidden_shared``):
-    an accelerated GPT-2, in float32, the kernel chosen on this machine."""
-    return packed_trunk.applies(model) and packed_trunk.c_attention(model, torch.float32) and packs(model)
-
-
 def last_hidden_shared(model, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor | None:
     """The trunk's last hidden state (B, E) at each row's last token of left-padded prompts and right-padded rests
     (the last R columns) ``ids`` (B, T), each distinct prompt run once, on the real tokens only, through the
     package's trunk and its C attention (``rlhf_env.packing.shared_plan``); None where that does not run ``model``
-    here (``on_real_tokens``) or the layout does not apply."""
+    here (``rlhf_env.packing.on_real_tokens``) or the layout does not apply."""
     if not on_real_tokens(model):
         return None
     layout = shared_plan(ids, mask, R)
