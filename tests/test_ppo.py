@@ -577,7 +577,8 @@ def test_sharing_prompts_changes_no_metric_or_weight_of_a_run(tiny_policy_dir, w
         return out
 
     for share_from in (sampling.SHARE_FROM, math.inf):
-        with mock.patch.object(sampling, "SHARE_FROM", share_from), \
+        shares = sampling.shares if share_from < math.inf else lambda *args, **kwargs: False  # (the trunk's too)
+        with mock.patch.object(sampling, "SHARE_FROM", share_from), mock.patch.object(sampling, "shares", shares), \
                 mock.patch.object(sampling, "shared_prompt_forward", spy):
             agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / str(share_from), kl_coef=0.1,
                                          minibatch_size=32, ppo_epochs=2))
