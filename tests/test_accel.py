@@ -236,6 +236,22 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
                           "packed_attention": False, "speedup": {"layers": 1.25, "decode": 0.8}}
 
 
+def test_a_choice_cached_for_other_c_kernels_is_measured_again(measured_kernels, tmp_path):
+    """The cache's key names the C kernels' source: after a change to ``cpu.c``, its kernels are timed again."""
+    from rlhf_env.accel import kernels
+
+    config = SimpleNamespace(n_embd=32, n_inner=None, vocab_size=40)
+    shape = "1 layer, width 32, inner 128, vocab 40"
+    assert f"C kernels {native.source_digest()}" in kernels.machine()
+    older = kernels.machine().replace(native.source_digest(), "0123456789ab")
+    entry = {"layers": False, "decode": True, "gelu": True, "attention": True, "packed_attention": True,
+             "speedup": {"layers": 0.9, "decode": 1.3}}
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "kernels.json").write_text(json.dumps({f"{older} | {shape}": entry}))
+    choice = kernels.choose(config)
+    assert (choice.source, measured_kernels, choice.layers) == ("measured", [32], True)
+
+
 @needs_onednn
 def test_a_choice_made_under_no_grad_measures_the_backward_too(tmp_path, monkeypatch, tokenizer):
     """The sampler builds its decoder under no_grad: a shape first seen there is still measured, backward too."""

@@ -20,7 +20,7 @@ and likewise, for the package's C kernels (``rlhf_env.accel.native``, where a C 
   ``scaled_dot_product_attention`` on the packed rows (``rlhf_env.accel.trunk``'s two ways).
 
 A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
-result is cached per machine (CPU model, cores, threads, torch version) and per shape in
+result is cached per machine (CPU model, cores, threads, torch version, the C kernels' source) and per shape in
 ``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once. A run records its
 choices in ``OUT/kernels.json`` and a resumed run takes them back (``restore``) before it loads a model, so it
 continues on the kernels it started with, whatever the machine, threads or ranks it resumes on. Under a
@@ -141,11 +141,15 @@ def cpuinfo(key: str) -> str:
 
 
 def machine() -> str:
-    """What a measurement holds for: the CPU model, its logical cores, torch's threads and torch's version."""
+    """What a measurement holds for: the CPU model, its logical cores, torch's threads and torch's version, and the
+    version of the package's C kernels (a hash of ``cpu.c``: a changed kernel is measured again)."""
     import torch
 
+    from rlhf_env.accel import native
+
     model = cpuinfo("model name") or platform.processor() or platform.machine()
-    return f"{model} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    return (f"{model} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__} | "
+            f"C kernels {native.source_digest()}")
 
 
 def layers_of(config) -> int:

@@ -42,6 +42,12 @@ SIGNATURES = {  # each function's argument types and return type
 }
 
 
+@functools.cache
+def source_digest() -> str:
+    """A short hash of ``cpu.c``: which version of the kernels a measurement of them holds for."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+
+
 def compiler() -> str | None:
     """The C compiler to build with: ``$CC``, else ``cc`` or ``gcc`` on the PATH; None if there is none."""
     for name in (os.environ.get("CC"), "cc", "gcc"):
