@@ -8,10 +8,12 @@ the restarting position ids when no attention mask is given (``transformers.mask
 positions that predict the responses are gathered back, as (B, R + 1) rows, for the LM head or a value head.
 
 A packed row ends in padding where its sequences do not fill it. The same outputs as the padded forward, to float
-rounding, and the same gradients. A GPT-2 that ``rlhf_env.accel`` accelerated runs its last block at the gathered
-positions only, and everything but the attention on the real tokens only (``rlhf_env.accel.trunk``). Whether a
-model's trunk keeps packed sequences apart (and whether its logits are its output embedding of its trunk's last hidden
-state) is checked once per model on a small input (``packs``): a model that does not is never packed.
+rounding, and the same gradients. A GPT-2 that ``rlhf_env.accel`` accelerated (or the envs' torch-only one) runs its
+last block at the gathered positions only, and everything else on the real tokens only (``rlhf_env.accel.trunk``),
+its attention too where the package's C kernel runs it; then rows that share a prompt can lay it once
+(``shared_plan``, ``shared_hidden``). Whether a model's trunk keeps packed sequences apart (and whether its logits
+are its output embedding of its trunk's last hidden state) is checked once per model on a small input (``packs``): a
+model that does not is never packed.
 """
 
 from __future__ import annotations
@@ -164,9 +166,12 @@ def shared_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
 
 def on_real_tokens(model, lm_head: bool = False) -> bool:
     """Whether ``model`` runs through the package's packed trunk with its C attention here (``shared_hidden``): a
-    GPT-2 that ``rlhf_env.accel.trunk`` applies to, in float32, the kernel chosen on this machine, and (with
+    GPT-2 that ``rlhf_env.accel.trunk`` applies to, with float32 weights and no autocast, the kernel chosen on this
+    machine, and (with
     ``lm_head``) logits that are its output embedding of the trunk's last hidden state."""
-    return trunk.applies(model) and trunk.c_attention(model, torch.float32) and packs(model, lm_head)
+    if not trunk.applies(model):
+        return False
+    return trunk.c_attention(model, next(model.parameters()).dtype) and packs(model, lm_head)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

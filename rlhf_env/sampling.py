@@ -96,11 +96,11 @@ def response_log_softmax(model, ids: torch.Tensor, mask: torch.Tensor, R: int, t
     model's output (its ``logits``, and its ``hidden_states`` for ``output_hidden_states=True`` in ``kwargs``:
     the last layer's at the R + 1 last positions at least).
 
-    Where the rows share prompts (at least ``SHARE_FROM`` rows per distinct prompt, as a group of responses to
-    one prompt does) and ``share_prompts``, each distinct prompt goes through the model once, and the
-    responses attend to its cached keys and values (``shared_prompt_forward``). Else, with ``pack``, the rows
-    run packed end to end where that saves positions (``rlhf_env.packing``). Either way the same logits, to
-    float rounding, and the same gradients."""
+    Where the rows share prompts and ``share_prompts`` (``shares``: from any repeated prompt through the package's
+    trunk, else from ``SHARE_FROM`` rows per distinct prompt, as a group of responses to one prompt has), each
+    distinct prompt goes through the model once, and the responses attend to it (``shared_prompt_forward``). Else,
+    with ``pack``, the rows run packed end to end where that saves positions (``rlhf_env.packing``). Either way the
+    same logits, to float rounding, and the same gradients."""
     out = shared_prompt_forward(model, ids, mask, R, **kwargs) if share_prompts else None
     if out is None and pack:
         out = packed_forward(model, ids, mask, R, **kwargs)
@@ -207,7 +207,8 @@ def _rest(model, cache_arg, cache, prompt_mask, rest_ids, rest_mask, kwargs):
 def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, output_hidden_states: bool = False,
                           share_from: float | None = None):
     """``response_log_softmax``'s forward with each distinct prompt of ``ids[:, :-R]`` computed once; None where
-    it does not pay (``worth_sharing``) or the model takes no cache. Returns the logits (B, R + 1, V) at the
+    it does not pay (``shares``) or cannot be done (no prompt columns; a model that the package's trunk does not run
+    and that takes no cache). Returns the logits (B, R + 1, V) at the
     positions that predict the last R tokens and the next, and with ``output_hidden_states`` the last layer's
     hidden states there (as the last of ``hidden_states``). A GPT-2 whose packed trunk runs the package's C attention
     here takes the prompts once each and every response after its own, on the real tokens only
@@ -223,7 +224,7 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     if hidden is not None:
         return SimpleNamespace(logits=model.get_output_embeddings()(hidden), hidden_states=(hidden,))
     cache_arg = cache_argument(model)
-    if cache_arg is None:
+    if cache_arg is None or not worth_sharing(len(ids), len(first), share_from):  # (a cache pays from SHARE_FROM)
         return None
     prompt_mask = mask[first, :P]
     start = first_real_column(prompt_mask)  # the distinct prompts' common left padding goes

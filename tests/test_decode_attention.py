@@ -158,3 +158,4 @@ def test_the_kernel_reports_its_status():
                                           bias.data_ptr(), bias.stride(0), start.data_ptr(), 5, 3, 20, 8, 0.2,
                                           out.data_ptr(), 1)
     assert status == 0 and torch.isfinite(out).all()
+

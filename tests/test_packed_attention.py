@@ -70,12 +70,13 @@ def grouped_reference(qkv, starts, groups, heads, scale):
 @needs_kernels
 @pytest.mark.parametrize("threads", [1, 3])
 def test_responses_that_share_a_prompt_attend_to_it_and_to_themselves(threads, monkeypatch):
-    """Groups of a prompt and 3 responses (one of a single token), of a prompt of one token and 1 response, and of a
-    sequence alone: each response attends to its prompt and its own tokens, and the prompt's gradients sum its
-    responses' (on several threads too)."""
-    lengths = [7, 4, 1, 9, 1, 5, 12]  # (prompt 7: 4, 1, 9), (prompt 1: 5), (12 alone)
+    """Groups of a prompt and 3 responses (one of a single token), of a prompt of one token and 1 response, of a
+    sequence alone, and of a prompt of 20 and responses of none and 17 tokens (keys over several blocks of 16): each
+    response attends to its prompt and its own tokens, and the prompt's gradients sum its responses' (on several
+    threads too)."""
+    lengths = [7, 4, 1, 9, 1, 5, 12, 20, 0, 17]  # (prompt 7: 4, 1, 9), (prompt 1: 5), (12 alone), (prompt 20: 0, 17)
     qkv, starts, grad = sequences(lengths, 2, 16, seed=3)
-    groups = torch.tensor([0, 4, 6, 7])
+    groups = torch.tensor([0, 4, 6, 7, 10])
     expected_in = qkv.clone().requires_grad_(True)
     expected = grouped_reference(expected_in, starts, groups, 2, 0.25)
     (expected * grad).sum().backward()
@@ -116,7 +117,8 @@ def test_queries_at_some_tokens_only_give_their_outputs_and_the_same_gradients()
     assert torch.equal(some[queries], full[queries]) and not some[~queries].any()
     assert float(full_grad.abs().max()) > 0.1
     torch.testing.assert_close(some_grad, full_grad, rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match=r"queries must be a bool mask of the 25 tokens, got torch.int64 \(25,\)"):
+    with pytest.raises(ValueError, match=r"queries must be a bool mask of the 25 tokens on the CPU, got torch.int64 "
+                                         r"\(25,\) on cpu"):
         packed_attention.attend(qkv, starts, 2, 0.25, groups, queries.long())
 
 

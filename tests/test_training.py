@@ -177,6 +177,15 @@ def test_saved_weights_get_the_mode_of_any_other_new_file(tiny_model, tokenizer,
     assert {oct(p.stat().st_mode & 0o777) for p in weights} == {oct(mode)}
 
 
+def test_cpu_clipping_of_a_nan_gradient_is_clip_grad_norms():
+    from rlhf_env.training.parallel import clip_cpu_grads
+
+    ours, theirs = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    ours.grad, theirs.grad = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([1.0, float("nan"), 2.0])
+    assert torch.isnan(clip_cpu_grads([ours], 1.0)) and torch.isnan(torch.nn.utils.clip_grad_norm_([theirs], 1.0))
+    assert torch.isnan(ours.grad).all() and torch.isnan(theirs.grad).all()  # every gradient times NaN, as torch's
+
+
 @pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and within the norm (no multiplication)
 def test_cpu_clipping_is_clip_grad_norms_bit_for_bit(max_norm):
     from rlhf_env.training.parallel import clip_cpu_grads

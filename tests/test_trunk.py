@@ -58,6 +58,29 @@ def test_the_trunk_gives_the_models_own_hidden_states_and_gradients(tokenizer, d
         torch.testing.assert_close(our_grads[name], grad, rtol=1e-5, atol=1e-6 * float(grad.abs().max()), msg=name)
 
 
+@pytest.mark.parametrize("c_kernel", [True, False])
+def test_packed_rows_that_reorder_the_rows_and_end_in_no_padding(tokenizer, c_kernel):
+    """Rows of 3, 6 and 3 tokens: the longest goes first into a packed row of its own and the other two fill the
+    second, so that the packed rows hold every row's tokens in another order, with no padding at all."""
+    if c_kernel and native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    torch.manual_seed(0)
+    model = new_model(dict(n_embd=32, n_head=2, n_layer=2), tokenizer)
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, len(tokenizer), (3, 8), generator=generator)
+    mask = torch.zeros(3, 8, dtype=torch.long)
+    mask[0, 3:6] = mask[1, 0:6] = mask[2, 3:6] = 1  # prompts of 3, 3 and 3 (left-padded), responses of 0, 3, 0
+    ids, R = ids * mask, 2
+    layout = plan(ids, mask, R)
+    assert layout is not None and len(layout.real) == layout.ids.numel() == 12
+    assert layout.real.tolist() != sorted(layout.real.tolist())  # the rows' tokens, not in the packed rows' order
+    with mock.patch.object(trunk, "c_packed_attention", return_value=c_kernel), torch.no_grad():
+        ours = trunk.hidden_at(model, layout)
+        theirs = layout.gather(model.base_model(input_ids=layout.ids, position_ids=layout.position_ids,
+                                                use_cache=False).last_hidden_state)
+    torch.testing.assert_close(ours, theirs)
+
+
 def test_it_stands_in_only_for_an_accelerated_gpt2_without_active_dropout(tokenizer):
     model = new_model(dict(n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.1), tokenizer)
     assert not trunk.applies(model.train())  # dropout active: the model's own forward

@@ -9,6 +9,9 @@
      -2u is clamped to [-80, 80], where s is exact in float32 and e stays finite.
    - attend_step: one decoding step's attention for the sampler's lean decoder (rlhf_env/accel/decoder.py): the new
      token's keys and values written into the cache, and softmax attention over each row's own columns only.
+   - packed_attention_forward, packed_attention_backward: causal attention over sequences laid end to end (the
+     packed training forwards and the decoder's prefill, rlhf_env/accel/packed_attention.py), where responses may
+     share a prompt.
 
    exp is Cephes' expf (range reduction by ln 2, a degree-6 polynomial: about 1 ulp), written without library calls so
    that the compiler vectorises the loops that use it. */

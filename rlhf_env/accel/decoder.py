@@ -184,7 +184,7 @@ class GPT2Decoder:
             logits[distinct] = self._packed_prefill(ids, pos, lengths, distinct)
         else:
             self._chunked_prefill(ids, mask, pos, lengths, distinct, chunk, logits)
-        if len(distinct) < B:  # the other rows of each prompt: its keys and values (padding columns are zero)
+        if len(distinct) < B:  # the other rows of each prompt: its keys and values (and its padding columns)
             self.cache[:, :, :, :, :P] = self.cache[:, :, first, :, :P]
             logits = logits[first]
         self.length = P

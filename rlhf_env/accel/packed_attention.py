@@ -82,8 +82,10 @@ def forward(qkv: torch.Tensor, starts: torch.Tensor | Segments, heads: int, scal
                          f"of a multiple of 16, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
     if layout.tokens != T:
         raise ValueError(f"starts must run from 0 to the {T} tokens, got {layout.starts.tolist()}")
-    if queries is not None and (queries.dtype != torch.bool or queries.shape != (T,)):
-        raise ValueError(f"queries must be a bool mask of the {T} tokens, got {queries.dtype} {tuple(queries.shape)}")
+    if queries is not None and (queries.dtype != torch.bool or queries.shape != (T,) or queries.device != qkv.device):
+        raise ValueError(f"queries must be a bool mask of the {T} tokens on the CPU, got {queries.dtype} "
+                         f"{tuple(queries.shape)} on {queries.device}")
+    queries = None if queries is None else queries.contiguous()  # (kept alive here while the kernel reads it)
     out, lse = qkv.new_empty(T, E), qkv.new_empty(T, heads)
     _check(native.library().packed_attention_forward(qkv.data_ptr(), layout.starts.data_ptr(),
                                                      layout.groups.data_ptr(), _pointer(queries),
@@ -93,7 +95,8 @@ def forward(qkv: torch.Tensor, starts: torch.Tensor | Segments, heads: int, scal
 
 
 def _pointer(queries: torch.Tensor | None) -> int | None:
-    return None if queries is None else queries.contiguous().data_ptr()
+    """The address of a contiguous mask (the caller keeps it alive), or None."""
+    return None if queries is None else queries.data_ptr()
 
 
 class _Function(torch.autograd.Function):

@@ -14,7 +14,8 @@ states to float rounding, and the same gradients, as ``model.base_model`` follow
 
 ``applies(model)`` says where it is used: an HF ``GPT2Model`` trunk that ``rlhf_env.accel`` accelerated (the
 package's own models, or one asked for), without cross-attention or the upcast-and-reorder attention, and with no
-dropout active (RL runs with dropout off). Anything else takes the model's own forward.
+dropout active (RL runs with dropout off), or the envs' torch-only GPT-2 (``rlhf_env.accel.gpt2.TorchGPT2``).
+Anything else takes the model's own forward.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def _heads(attn) -> tuple[int, int, float]:
 
 
 def hidden_at(model, packing: Packing) -> torch.Tensor:
-    """``model.base_model``'s last hidden states (after its final LayerNorm) at ``packing.index`` (B, K), positions
-    of the packed rows ``packing.ids`` (N, C), whose sequences each restart their ``position_ids`` at 0: (B, K, E).
-    Everything but the attention runs on the real tokens only (``packing.real``), not on the padding that ends a
-    packed row; the attention too where the package's C kernel does it (``rlhf_env.accel.packed_attention``, where
-    ``rlhf_env.accel.kernels`` chose it), else PyTorch's on the packed rows."""
+    """``model.base_model``'s last hidden states (after its final LayerNorm) at ``packing.index`` (B, K): of the
+    packed rows ``packing.ids`` (N, C), whose sequences each restart their ``position_ids`` at 0, or of
+    ``rlhf_env.packing.shared_plan``'s layout (one row; ``groups``: prompts and the responses that continue them):
+    (B, K, E). Everything but the attention runs on the real tokens only (``packing.real``), not on the padding
+    that ends a packed row; the attention too where the package's C kernel does it
+    (``rlhf_env.accel.packed_attention``, where ``rlhf_env.accel.kernels`` chose it), else PyTorch's on the packed
+    rows (not for a layout with ``groups``)."""
     trunk = model.base_model
     real = packing.real
     x = trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real])  # (T, E)
@@ -67,11 +70,12 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
         kept = packing.real_index.reshape(-1)
         layout = packed_attention.segments(packing.starts, packing.groups)  # (checked once for every layer)
 
-        def attention(attn, hidden, last=False):  # every real token's (T, E); the last block's at ``kept`` only
+        def attention(attn, hidden, last=False):  # every real token's (T, E), or with ``last`` the kept ones'
             heads, _, scale = _heads(attn)
             queries = torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(0, kept, True) if last \
                 else None
-            return packed_attention.attend(attn.c_attn(hidden), layout, heads, scale, queries=queries)
+            out = packed_attention.attend(attn.c_attn(hidden), layout, heads, scale, queries=queries)
+            return out[kept] if last else out
     elif packing.groups is not None:
         raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
                          "checks it)")
@@ -83,15 +87,14 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
         causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
         mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
 
-        def attention(attn, hidden, last=False):  # every packed position's (N * C, E)
-            return _attention(attn, hidden, mask, real, padding, N, C)
-        kept = packing.index.reshape(-1)
+        def attention(attn, hidden, last=False):  # as above, from every packed position's (N * C, E)
+            out = _attention(attn, hidden, mask, real, padding, N, C)
+            return out[packing.index.reshape(-1)] if last else out[real]
     *blocks, last = trunk.h
     for block in blocks:
-        out = attention(block.attn, block.ln_1(x))
-        x = x + block.attn.c_proj(out if out.shape[0] == x.shape[0] else out[real])
+        x = x + block.attn.c_proj(attention(block.attn, block.ln_1(x)))
         x = x + block.mlp(block.ln_2(x))
-    attended = attention(last.attn, last.ln_1(x), last=True)[kept]
+    attended = attention(last.attn, last.ln_1(x), last=True)
     x = x[packing.real_index.reshape(-1)] + last.attn.c_proj(attended)
     x = x + last.mlp(last.ln_2(x))
     return trunk.ln_f(x).view(*packing.index.shape, x.shape[-1])

@@ -158,6 +158,6 @@ def clip_cpu_grads(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         return torch.tensor(0.0)
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     coefficient = max_norm / (norm + 1e-6)  # clip_grad_norm_'s
-    if coefficient < 1:
-        torch._foreach_mul_(grads, coefficient)
+    if not coefficient >= 1:  # (a NaN norm too: clip_grad_norm_ then multiplies by NaN)
+        torch._foreach_mul_(grads, coefficient.clamp(max=1.0))
     return norm
