@@ -167,8 +167,7 @@ def shared_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head:
 def on_real_tokens(model, lm_head: bool = False) -> bool:
     """Whether ``model`` runs through the package's packed trunk with its C attention here (``shared_hidden``): a
     GPT-2 that ``rlhf_env.accel.trunk`` applies to, with float32 weights and no autocast, the kernel chosen on this
-    machine, and (with
-    ``lm_head``) logits that are its output embedding of the trunk's last hidden state."""
+    machine, and (with ``lm_head``) logits that are its output embedding of the trunk's last hidden state."""
     if not trunk.applies(model):
         return False
     return trunk.c_attention(model, next(model.parameters()).dtype) and packs(model, lm_head)

@@ -64,11 +64,10 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     text attending to its cached keys and values, or, where the package's trunk runs the model with its C attention
     (``rlhf_env.packing.on_real_tokens``), to its tokens laid once among the real tokens (whether or not prompts
     repeat: no padding); the head (``score``) reads the last token. The same logits, to float rounding. None where
-    it does not pay
-    (``worth_sharing``) or cannot give the same logits: a classifier without a trunk with a cache or a ``score``
-    head, a tokenizer whose PAD is not the model's, a text that does not tokenize as its (non-empty) prompt's tokens
-    then at least one more, a text over ``max_length`` (it would be truncated), or a PAD token among a text's own
-    (HF's pooling would skip it)."""
+    it does not pay (``worth_sharing``) or cannot give the same logits: a classifier without a trunk with a cache or
+    a ``score`` head, a tokenizer whose PAD is not the model's, a text that does not tokenize as its (non-empty)
+    prompt's tokens then at least one more, a text over ``max_length`` (it would be truncated), or a PAD token among
+    a text's own (HF's pooling would skip it)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
     trunk, head, pad_id = model.base_model, getattr(model, "score", None), tokenizer.pad_token_id
     on_real = on_real_tokens(model)  # (which pays whether or not prompts repeat)
