@@ -362,22 +362,29 @@ def test_ppo_takes_a_classifiers_label_and_transform_from_its_config(foreign_cla
                               group_size=4)).env.unwrapped.reward.label == 0
 
 
+@pytest.mark.parametrize("trunk", [True, False])
 @pytest.mark.parametrize("copies", [1, 3])
-def test_the_likelihood_rm_features_are_the_response_log_probs_of_a_full_forward(tiny_policy_dir, copies):
+def test_the_likelihood_rm_features_are_the_response_log_probs_of_a_full_forward(tiny_policy_dir, copies, trunk,
+                                                                                monkeypatch):
     """The features keep only the response end's logits: the same sums as a full forward and a per-row
     log-prob of every response token, for responses of different lengths, with and without EOS, and empty;
-    rows left-padded whole, and (each prompt 3 times: its forward shared) in a prompt and a response block."""
+    rows left-padded whole, and (prompts shared) in a prompt and a response block: through HF's cache from each
+    prompt 3 times, through the package's trunk and its C attention (``trunk``) from one prompt twice."""
+    from rlhf_env.accel import native
+    from rlhf_env.accel import trunk as packed_trunk
     from rlhf_env.models import load_policy
     from rlhf_env.rewards.likelihood import LikelihoodRewardModel
-    from rlhf_env.sampling import SHARE_FROM
 
+    if trunk and native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    monkeypatch.setattr(packed_trunk, "c_packed_attention", lambda config: trunk)
     lm, tokenizer = load_policy(str(tiny_policy_dir))
     model = LikelihoodRewardModel(lm, tokenizer)
     prompts = ["Q: what is 1 plus 2 ?\nA:", "Q: sort : pear apple .\nA:", "Q: hi\nA:", "Q: hi\nA:"] * copies
     responses = [" 1 plus 2 is 3 . i hope this helps .", " apple pear .", "", " hello"] * copies
     eos = [True, False, False, True] * copies
     whole_rows = bool(model.encode(prompts, responses, eos)[1][:, -1].all())  # every row ends at the right edge
-    assert whole_rows == (len(prompts) < SHARE_FROM * len(set(prompts))) == (copies == 1)
+    assert whole_rows == (copies == 1 and not trunk)
     features = model.features(prompts, responses, eos)
     for i, (p, r, e) in enumerate(zip(prompts, responses, eos)):
         prompt = tokenizer(p)["input_ids"]

@@ -63,15 +63,15 @@ class LikelihoodRewardModel(torch.nn.Module):
     def encode(self, prompts: list[str], responses: list[str], eos: list[bool]):
         """``(ids, mask, predicts)``: ``prompt + response (+ EOS)`` ids and mask (B, T) and the mask (B, R) of the
         response tokens, which are the last R columns. Prompt and response are tokenised apart, as the policy
-        produced them. Where prompts repeat enough (``rlhf_env.sampling.worth_sharing``), the
+        produced them. Where prompts repeat enough for the LM to share them (``rlhf_env.sampling.shares``), the
         prompts are left-padded and the responses right-padded, in two blocks, so that each prompt's forward is
         shared (``rlhf_env.sampling.response_log_softmax``); else each row is left-padded whole (less padding)."""
-        from rlhf_env.sampling import worth_sharing
+        from rlhf_env.sampling import shares
 
         tok, device = self.tokenizer, self.weight.device
         pairs = [(tok(p)["input_ids"], tok(r)["input_ids"] + ([tok.eos_token_id] if e else []))
                  for p, r, e in zip(prompts, responses, eos)]
-        blocks = worth_sharing(len(pairs), len(set(prompts)))
+        blocks = shares(self.lm, len(pairs), len(set(prompts)))
         P, R = max(len(p) for p, _ in pairs), max(1, max(len(r) for _, r in pairs))
         T = P + R if blocks else max(R + 1, max(len(p) + len(r) for p, r in pairs))
         ids = torch.full((len(pairs), T), tok.pad_token_id, dtype=torch.long)
