@@ -105,10 +105,13 @@ def plan(ids: torch.Tensor, mask: torch.Tensor, R: int, real_only: bool = False)
                    to, (ends - lengths)[:, None] + within_row, torch.cat([ends.new_zeros(1), ends]))
 
 
-def shared_plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None:
+def shared_plan(ids: torch.Tensor, mask: torch.Tensor, R: int,
+                prompts: tuple[torch.Tensor, torch.Tensor] | None = None) -> Packing | None:
     """The layout of prompt + response rows ``ids`` (B, T) (left-padded prompts, right-padded responses, the last R
     columns), each distinct prompt once, then the responses of the rows that share it: a ``Packing`` with
-    ``groups``; None where a row has no prompt token or real tokens that are not contiguous."""
+    ``groups``; None where a row has no prompt token or real tokens that are not contiguous. ``prompts``: the
+    distinct prompts' first rows (U,) and each row's prompt among them (B,), where the caller has them already
+    (else found here)."""
     from rlhf_env.accel.decoder import first_rows
 
     B, T = ids.shape
@@ -119,7 +122,7 @@ def shared_plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None
                   | ((columns >= P) & (columns < P + rest[:, None])))
     if not bool((prompt > 0).all()) or not torch.equal(mask.bool(), contiguous):
         return None
-    first, group = torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
+    first, group = prompts or torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
     members: list[list[int]] = [[] for _ in first]
     for b, u in enumerate(group.tolist()):
         members[u].append(b)
@@ -154,13 +157,14 @@ def shared_plan(ids: torch.Tensor, mask: torch.Tensor, R: int) -> Packing | None
                    torch.tensor(groups, device=dev))
 
 
-def shared_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head: bool = False) -> torch.Tensor | None:
-    """``packed_hidden``'s hidden states from ``shared_plan``'s layout: each distinct prompt through ``model`` once,
-    on the real tokens only; None where the trunk's C attention does not run this model here, or the layout does
-    not apply."""
+def shared_hidden(model, ids: torch.Tensor, mask: torch.Tensor, R: int, lm_head: bool = False,
+                  prompts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
+    """``packed_hidden``'s hidden states from ``shared_plan``'s layout (``prompts``: as there): each distinct prompt
+    through ``model`` once, on the real tokens only; None where the trunk's C attention does not run this model
+    here, or the layout does not apply."""
     if not on_real_tokens(model, lm_head):
         return None
-    layout = shared_plan(ids, mask, R)
+    layout = shared_plan(ids, mask, R, prompts)
     return None if layout is None else trunk.hidden_at(model, layout)
 
 

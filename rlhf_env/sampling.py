@@ -220,7 +220,7 @@ def shared_prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, R: int, 
     first, rows = torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
     if not shares(model, len(ids), len(first), share_from):
         return None
-    hidden = shared_hidden(model, ids, mask, R, lm_head=True)  # the real tokens only, through the package's trunk
+    hidden = shared_hidden(model, ids, mask, R, lm_head=True, prompts=(first, rows))  # the real tokens only
     if hidden is not None:
         return SimpleNamespace(logits=model.get_output_embeddings()(hidden), hidden_states=(hidden,))
     cache_arg = cache_argument(model)

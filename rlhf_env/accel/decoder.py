@@ -194,7 +194,7 @@ class GPT2Decoder:
         """The ``distinct`` rows' prompts' real tokens laid end to end, each attending to its own through the
         packed attention's C kernel; their keys and values written into the cache at their columns. Returns the
         next-token logits of each of these rows."""
-        B, P = ids.shape
+        P = ids.shape[1]
         E, H, D = self.n_embd, self.n_head, self.head_dim
         n = lengths[distinct]
         ends = n.cumsum(0)
@@ -218,7 +218,7 @@ class GPT2Decoder:
     def _chunked_prefill(self, ids, mask, pos, lengths, distinct, chunk, logits) -> None:
         """The ``distinct`` rows' prompts in chunks of rows of similar lengths, each cut to its longest, through
         ``scaled_dot_product_attention``; their next-token logits written into ``logits``."""
-        B, P = ids.shape
+        P = ids.shape[1]
         E, H, D = self.n_embd, self.n_head, self.head_dim
         for rows in distinct[torch.argsort(lengths[distinct])].split(chunk):
             start = P - max(int(lengths[rows].max()), 1)  # an empty prompt still runs its last (padding) column

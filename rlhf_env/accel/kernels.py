@@ -337,45 +337,38 @@ def _measure_attention(width: int, heads: int, n_layer: int) -> float:
 
 def _measure_packed_attention(width: int, heads: int, n_layer: int) -> float:
     """Forward and backward of ``n_layer`` layers' attention over ``LAYER_ROWS`` tokens, in sequences of
-    ``PACKED_LENGTHS`` tokens laid end to end: the C kernel on the real tokens against PyTorch's attention on them
-    packed into rows (first fit decreasing), as ``rlhf_env.accel.trunk`` runs each."""
+    ``PACKED_LENGTHS`` tokens: ``rlhf_env.accel.trunk``'s two ways on the same packing, the C kernel on the real
+    tokens against PyTorch's attention on the packed rows."""
     import types
 
     import torch
 
-    from rlhf_env.accel import packed_attention, trunk
-    from rlhf_env.packing import first_fit_decreasing
+    from rlhf_env.accel import trunk
+    from rlhf_env.packing import plan
 
     generator = torch.Generator().manual_seed(0)
     lengths = []
     while sum(lengths) < LAYER_ROWS:
         lengths.append(int(torch.randint(PACKED_LENGTHS[0], PACKED_LENGTHS[1] + 1, (1,), generator=generator)))
-    C = max(lengths)
-    place = first_fit_decreasing(lengths, C)
-    N = 1 + max(n for n, _ in place)
-    real = torch.cat([torch.arange(n * C + offset, n * C + offset + length) for (n, offset), length in
-                      zip(place, lengths)])
-    position = torch.zeros(N * C, dtype=torch.long).index_copy_(0, real, torch.cat([torch.arange(k) for k in lengths]))
-    sequence = (position.view(N, C) == 0).cumsum(1)
-    mask = (torch.ones(C, C, dtype=torch.bool).tril() & (sequence[:, :, None] == sequence[:, None, :]))[:, None]
-    padding = torch.ones(N * C, dtype=torch.bool).index_fill_(0, real, False).nonzero().view(-1)
-    starts = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    T, D = len(real), width // heads
-    qkv = torch.randn(T, 3 * width, generator=generator, requires_grad=True)
-    grad = torch.randn(T, width, generator=generator)
+    T = max(lengths)  # rows of a prompt (left-padded) and a response of one token, as a minibatch lays them out
+    mask = (torch.arange(T) >= T - torch.tensor(lengths)[:, None]).long()
+    packing = plan(torch.randint(5, 100, mask.shape, generator=generator) * mask, mask, 1, real_only=True)
+    if packing is None:
+        raise RuntimeError("the packed attention's measurement found nothing to pack")
+    D = width // heads
+    qkv = torch.randn(len(packing.real), 3 * width, generator=generator, requires_grad=True)
+    grad = torch.randn(len(packing.real), width, generator=generator)
     attn = types.SimpleNamespace(c_attn=lambda hidden: qkv, num_heads=heads, head_dim=D, scaling=D**-0.5)
 
-    def stock():
-        for _ in range(n_layer):
-            out = trunk._attention(attn, qkv[:, :width], mask, real, padding, N, C)[real]
-            torch.autograd.backward((out * grad).sum(), inputs=[qkv])
+    def run(c_kernel: bool):
+        attention = trunk.attention_of(packing, c_kernel)
 
-    def c_kernel():
-        for _ in range(n_layer):
-            out = packed_attention.attend(qkv, starts, heads, D**-0.5)
-            torch.autograd.backward((out * grad).sum(), inputs=[qkv])
+        def layers():
+            for _ in range(n_layer):
+                torch.autograd.backward((attention(attn, qkv[:, :width]) * grad).sum(), inputs=[qkv])
+        return layers
 
-    return _ratio(stock, c_kernel)
+    return _ratio(run(False), run(True))
 
 
 def _measure(dims: list[tuple[int, int]]) -> dict[str, float]:

@@ -66,30 +66,7 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     real = packing.real
     x = trunk.wte(packing.ids.view(-1)[real]) + trunk.wpe(packing.position_ids.view(-1)[real])  # (T, E)
     x = trunk.drop(x) if hasattr(trunk, "drop") else x  # (no dropout is active: ``applies``)
-    if c_attention(model, x.dtype):
-        kept = packing.real_index.reshape(-1)
-        layout = packed_attention.segments(packing.starts, packing.groups)  # (checked once for every layer)
-
-        def attention(attn, hidden, last=False):  # every real token's (T, E), or with ``last`` the kept ones'
-            heads, _, scale = _heads(attn)
-            queries = torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(0, kept, True) if last \
-                else None
-            out = packed_attention.attend(attn.c_attn(hidden), layout, heads, scale, queries=queries)
-            return out[kept] if last else out
-    elif packing.groups is not None:
-        raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
-                         "checks it)")
-    else:
-        N, C = packing.ids.shape
-        padding = torch.ones(N * C, dtype=torch.bool, device=real.device).index_fill_(0, real, False).nonzero().view(-1)
-        # Each position attends to the earlier positions of its own sequence (a new one starts at position 0).
-        sequence = (packing.position_ids == 0).cumsum(1)
-        causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-        mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
-
-        def attention(attn, hidden, last=False):  # as above, from every packed position's (N * C, E)
-            out = _attention(attn, hidden, mask, real, padding, N, C)
-            return out[packing.index.reshape(-1)] if last else out[real]
+    attention = attention_of(packing, c_attention(model, x.dtype))
     *blocks, last = trunk.h
     for block in blocks:
         x = x + block.attn.c_proj(attention(block.attn, block.ln_1(x)))
@@ -98,6 +75,40 @@ def hidden_at(model, packing: Packing) -> torch.Tensor:
     x = x[packing.real_index.reshape(-1)] + last.attn.c_proj(attended)
     x = x + last.mlp(last.ln_2(x))
     return trunk.ln_f(x).view(*packing.index.shape, x.shape[-1])
+
+
+def attention_of(packing: Packing, c_kernel: bool):
+    """``hidden_at``'s attention for this layout: ``attention(attn, hidden, last=False)``, a GPT-2 attention
+    module's heads, merged, before its output projection, from the real tokens' hidden states (T, E): at every real
+    token (T, E), or with ``last`` at the kept positions only (``packing.index``). Through the package's C kernel
+    (``c_kernel``), on the real tokens, the last block's queries at the kept positions only; else through PyTorch's,
+    on the packed rows (not for a layout with ``groups``)."""
+    real = packing.real
+    if c_kernel:
+        kept = packing.real_index.reshape(-1)
+        layout = packed_attention.segments(packing.starts, packing.groups)  # (checked once for every layer)
+
+        def attention(attn, hidden, last=False):
+            heads, _, scale = _heads(attn)
+            queries = torch.zeros(len(hidden), dtype=torch.bool, device=hidden.device).index_fill_(0, kept, True) \
+                if last else None
+            out = packed_attention.attend(attn.c_attn(hidden), layout, heads, scale, queries=queries)
+            return out[kept] if last else out
+        return attention
+    if packing.groups is not None:
+        raise ValueError("a layout of shared prompts needs the package's C attention (rlhf_env.packing.shared_hidden "
+                         "checks it)")
+    N, C = packing.ids.shape
+    padding = torch.ones(N * C, dtype=torch.bool, device=real.device).index_fill_(0, real, False).nonzero().view(-1)
+    # Each position attends to the earlier positions of its own sequence (a new one starts at position 0).
+    sequence = (packing.position_ids == 0).cumsum(1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=real.device).tril()
+    mask = (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]  # (N, 1, C, C)
+
+    def attention(attn, hidden, last=False):  # from every packed position's (N * C, E)
+        out = _attention(attn, hidden, mask, real, padding, N, C)
+        return out[packing.index.reshape(-1)] if last else out[real]
+    return attention
 
 
 def c_attention(model, dtype: torch.dtype) -> bool:

@@ -90,9 +90,10 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     prompt_ids, prompt_mask = _padded(heads, pad_id, left=True, device=device)
     tail_ids, tail_mask = _padded(tails, pad_id, left=False, device=device)
     index = torch.tensor(rows, device=device)
+    first = torch.tensor([rows.index(u) for u in range(len(distinct))], device=device)  # each prompt's first text
     last = None if not on_real else last_hidden_shared(model, torch.cat([prompt_ids[index], tail_ids], 1),
                                                          torch.cat([prompt_mask[index], tail_mask], 1),
-                                                         tail_ids.shape[1])
+                                                         tail_ids.shape[1], (first, index))
     if last is not None:
         return head(last).float()
     if cache_arg is None or not worth_sharing(len(texts), len(distinct)):
@@ -103,14 +104,15 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     return head(last).float()
 
 
-def last_hidden_shared(model, ids: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor | None:
+def last_hidden_shared(model, ids: torch.Tensor, mask: torch.Tensor, R: int,
+                       prompts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
     """The trunk's last hidden state (B, E) at each row's last token of left-padded prompts and right-padded rests
     (the last R columns) ``ids`` (B, T), each distinct prompt run once, on the real tokens only, through the
-    package's trunk and its C attention (``rlhf_env.packing.shared_plan``); None where that does not run ``model``
-    here (``rlhf_env.packing.on_real_tokens``) or the layout does not apply."""
+    package's trunk and its C attention (``rlhf_env.packing.shared_plan``, which takes ``prompts``); None where
+    that does not run ``model`` here (``rlhf_env.packing.on_real_tokens``) or the layout does not apply."""
     if not on_real_tokens(model):
         return None
-    layout = shared_plan(ids, mask, R)
+    layout = shared_plan(ids, mask, R, prompts)
     if layout is None:
         return None
     last = layout.index[:, -1:]  # past each rest: its last real token
