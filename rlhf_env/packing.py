@@ -72,18 +72,29 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[tuple[int, i
     return place
 
 
+def _counts(mask: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each row's prompt tokens (in the first T - R columns) and all its tokens, (B,) each, where every row's real
+    tokens are one run that ends its prompt columns' and goes on into the last R (a left-padded prompt, then a
+    right-padded response); None where a row has holes or no prompt token."""
+    T = mask.shape[1]
+    lengths, prompt = mask.sum(1), mask[:, :T - R].sum(1)
+    columns = torch.arange(T, device=mask.device)
+    contiguous = (columns >= T - R - prompt[:, None]) & (columns < T - R - prompt[:, None] + lengths[:, None])
+    if not bool((prompt > 0).all()) or not torch.equal(mask.bool(), contiguous):
+        return None
+    return prompt, lengths
+
+
 def plan(ids: torch.Tensor, mask: torch.Tensor, R: int, real_only: bool = False) -> Packing | None:
     """The packing of prompt + response rows ``ids`` (B, T) with ``mask`` (left-padded prompts, right-padded
     responses) whose last R columns are the responses; None where it would not save enough positions
     (``PACK_BELOW``: of the packed rows' positions, or with ``real_only``, for a forward that runs the real tokens
     only, of those), or a row has no prompt token to predict its first or real tokens that are not contiguous."""
     B, T = ids.shape
-    lengths = mask.sum(1)
-    prompt = mask[:, :T - R].sum(1)
-    columns = torch.arange(T, device=ids.device)
-    contiguous = (columns >= T - R - prompt[:, None]) & (columns < T - R - prompt[:, None] + lengths[:, None])
-    if not bool((prompt > 0).all()) or not torch.equal(mask.bool(), contiguous):
+    counts = _counts(mask, R)
+    if counts is None:
         return None
+    prompt, lengths = counts
     capacity = int(lengths.max())
     place = first_fit_decreasing(lengths.tolist(), capacity)
     rows = 1 + max(n for n, _ in place)
@@ -116,12 +127,10 @@ def shared_plan(ids: torch.Tensor, mask: torch.Tensor, R: int,
 
     B, T = ids.shape
     P = T - R
-    prompt, rest = mask[:, :P].sum(1), mask[:, P:].sum(1)
-    columns = torch.arange(T, device=ids.device)
-    contiguous = (((columns < P) & (columns >= P - prompt[:, None]))
-                  | ((columns >= P) & (columns < P + rest[:, None])))
-    if not bool((prompt > 0).all()) or not torch.equal(mask.bool(), contiguous):
+    counts = _counts(mask, R)
+    if counts is None:
         return None
+    prompt, rest = counts[0], counts[1] - counts[0]
     first, group = prompts or torch.unique(first_rows(ids[:, :P], mask[:, :P]), return_inverse=True)  # (U,), (B,)
     members: list[list[int]] = [[] for _ in first]
     for b, u in enumerate(group.tolist()):
