@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import accelerated
+from rlhf_env.accel import accelerated, c_sampling, native
 from rlhf_env.accel.decoder import GPT2Decoder, first_rows
 from rlhf_env.accel.gpt2 import KVCache, TorchGPT2
 from rlhf_env.models import context_length
@@ -320,6 +320,44 @@ def draw(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
 
 
+def draw_logits_torch(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of ``logits`` (B, V) at ``temperature`` (a scalar tensor, or (B, 1)) through ``draw``, and
+    each token's log-probability: ``(token (B,), logp (B,))``."""
+    unit = temperature.ndim == 0 and float(temperature) == 1.0  # x / 1 is x: no division
+    logp = torch.log_softmax(logits if unit else logits / temperature, dim=-1)
+    token = draw(logp, generator)
+    return token, logp.gather(1, token[:, None]).squeeze(1)
+
+
+def draw_logits(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draw_logits_torch`` in one pass of the package's C kernel over each row (``sample_rows`` in
+    ``rlhf_env/accel/cpu.c``), on float32 CPU logits: the same uniform numbers from ``generator``, so the same tokens
+    but where a number falls within float rounding of a boundary between two, and their log-probabilities to float
+    rounding. ``native.library()`` must not be None."""
+    B, V = logits.shape
+    temperature = temperature.to(torch.float32).reshape(-1)
+    if logits.dtype != torch.float32 or logits.device.type != "cpu" or len(temperature) not in (1, B):
+        raise ValueError(f"draw_logits: logits {tuple(logits.shape)} {logits.dtype} on {logits.device}, "
+                         f"{len(temperature)} temperatures: float32 CPU logits and one temperature, or one per row")
+    logits, temperature = logits.contiguous(), temperature.contiguous()
+    u = torch.rand(B, 1, generator=generator, dtype=torch.float64)  # draw's numbers
+    token, logp = torch.empty(B, dtype=torch.long), torch.empty(B)
+    if native.library().sample_rows(logits.data_ptr(), temperature.data_ptr(), int(len(temperature) > 1),
+                                    u.data_ptr(), B, V, token.data_ptr(), logp.data_ptr(), native.threads(B * V)):
+        raise ValueError("cannot sample from non-finite log-probabilities (a NaN in the model, or temperature 0 "
+                         "in a per-row temperature)")
+    return token, logp
+
+
+def draws_in_c(model) -> bool:
+    """Whether the sampler draws a model's tokens through ``draw_logits``: for this package's models (accelerated, or
+    the torch-only GPT-2) on a CPU, where ``rlhf_env.accel.kernels`` chose the C kernel."""
+    return ((type(model) is TorchGPT2 or accelerated(model)) and next(model.parameters()).device.type == "cpu"
+            and native.library() is not None and c_sampling(model.config))
+
+
 class HFDecoder:
     """Incremental decoding through any HF causal LM's own forward and cache (the generic path)."""
 
@@ -371,6 +409,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     temperature = torch.as_tensor(temperature, dtype=torch.float32, device=device)
     greedy = temperature.ndim == 0 and float(temperature) == 0.0
+    sample_tokens = draw_logits if draws_in_c(model) else draw_logits_torch
     if temperature.ndim:
         temperature = temperature[:, None]  # (B, 1): one temperature per row
     B, P = prompt_ids.shape
@@ -399,12 +438,10 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     for step in range(max_new_tokens):
         logits = logits.float()  # (B, V)
         if greedy:
-            logp = torch.log_softmax(logits, dim=-1)
             token = logits.argmax(-1)
+            token_logp = torch.log_softmax(logits, dim=-1).gather(1, token[:, None]).squeeze(1)
         else:
-            logp = torch.log_softmax(logits / temperature, dim=-1)
-            token = draw(logp, generator)  # (B,)
-        token_logp = logp.gather(1, token[:, None]).squeeze(1)
+            token, token_logp = sample_tokens(logits, temperature, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
         logps.append(torch.where(done, torch.zeros_like(token_logp), token_logp))

@@ -17,7 +17,7 @@ from rlhf_env.models import load_policy, new_model
 from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
 
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
-GELU_MEASURED = ("gelu",) if native.compiler() is not None else ()  # the C GELU is measured where it builds
+C_MEASURED = ("gelu", "sampling") if native.compiler() is not None else ()  # C kernels measured where they build
 PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
 
 
@@ -111,7 +111,8 @@ def measured_kernels(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "_chosen", {})
     asked = []
     speedups = {32: {"layers": 1.25, "decode": 0.8},
-                48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5, "packed_attention": 1.8}}
+                48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5, "packed_attention": 1.8,
+                     "sampling": 1.4}}
     monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer, heads: asked.append(width)
                         or speedups[width])
     return asked
@@ -130,7 +131,7 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     (choice,) = kernels.chosen()
     assert (choice.layers, choice.decode, choice.source) == (True, False, "measured")
     assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten, decode attention torch, "
-            "packed attention SDPA; measured now" in choice.describe())
+            "packed attention SDPA, draw torch; measured now" in choice.describe())
     assert not decoder.c_attention  # not measured: PyTorch's ops
     assert not any(type(m) is TanhGELU for m in model.modules())  # GELU: not measured, so aten's
 
@@ -146,9 +147,11 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert type(wider.transformer.h[0].mlp.act) is TanhGELU and kernels.chosen()[1].gelu
     assert decoder.c_attention == (native.library() is not None) and kernels.chosen()[1].attention
     assert accel.c_packed_attention(wider.config) and kernels.chosen()[1].packed_attention
+    assert accel.c_sampling(wider.config) and kernels.chosen()[1].sampling
+    assert not accel.c_sampling(model.config)  # width 32: not measured, so PyTorch's draw
     assert ("1 layer, width 48, 2 heads, inner 192, vocab 768: layers MKL (oneDNN 1.02x stock), decode oneDNN (oneDNN "
             "1.10x stock), GELU C kernel (C 2.00x aten), decode attention C kernel (C 1.50x torch), packed attention "
-            "C kernel (C 1.80x SDPA); measured now" == kernels.chosen()[1].describe())
+            "C kernel (C 1.80x SDPA), draw C kernel (C 1.40x torch); measured now" == kernels.chosen()[1].describe())
     with kernels.forced("stock"):  # nothing measured, no oneDNN
         assert not swapped(load_policy(str(tiny_policy_dir))[0]) and measured_kernels == [32, 48]
         assert [c.source for c in kernels.chosen()] == ["stock"]
@@ -172,14 +175,14 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     monkeypatch.setattr(kernels, "_chosen", {})
     config = SimpleNamespace(n_embd=16, n_inner=None, vocab_size=40)
     choice = kernels.choose(config)
-    assert set(choice.speedup) == {"layers", "decode", *GELU_MEASURED} and all(0 < v < 100 for v in
+    assert set(choice.speedup) == {"layers", "decode", *C_MEASURED} and all(0 < v < 100 for v in
                                                                             choice.speedup.values())
     assert choice.layers == (choice.speedup["layers"] > 1 / (1 - kernels.MARGIN))
     assert choice.gelu == (choice.speedup.get("gelu", 0) > 1 / (1 - kernels.MARGIN))
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved == {f"{kernels.machine()} | 1 layer, width 16, inner 64, vocab 40": {
         "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "attention": False,
-        "packed_attention": False, "speedup": choice.speedup}}  # no heads in the config: no attention measured
+        "packed_attention": False, "sampling": choice.sampling, "speedup": choice.speedup}}  # no heads: no attention
 
 
 @pytest.mark.skipif(native.compiler() is None, reason="no C compiler to build the kernels")
@@ -211,7 +214,7 @@ def test_under_several_ranks_nothing_is_measured_a_cached_choice_holds_else_stoc
 
 
 @pytest.mark.parametrize("cache_text", ["{not json", "[1, 2]", "ENTRY", "NO GELU", "NO ATTENTION",
-                                        "NO PACKED ATTENTION"])
+                                        "NO PACKED ATTENTION", "NO DRAW"])
 def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_kernels, tmp_path, cache_text):
     from rlhf_env.accel import kernels
 
@@ -224,16 +227,19 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
     if cache_text == "NO ATTENTION":  # an older version's entry: decode attention not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True,
                                        "speedup": {"layers": 1.3, "decode": 1.3, "gelu": 2.0}}})
-    if cache_text == "NO PACKED ATTENTION":  # the last version's entry: the packed training attention not measured
+    if cache_text == "NO PACKED ATTENTION":  # an older version's entry: the packed training attention not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True, "attention": True,
                                        "speedup": {"layers": 1.3, "decode": 1.3, "gelu": 2.0, "attention": 1.5}}})
+    if cache_text == "NO DRAW":  # the last version's entry: the sampler's draw not measured
+        cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True, "attention": True,
+                                       "packed_attention": True, "speedup": {"layers": 1.3, "decode": 1.3}}})
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "kernels.json").write_text(cache_text)
     choice = kernels.choose(config)
     assert (choice.source, measured_kernels) == ("measured", [32])
     saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
     assert saved[key] == {"layers": True, "decode": False, "gelu": False, "attention": False,
-                          "packed_attention": False, "speedup": {"layers": 1.25, "decode": 0.8}}
+                          "packed_attention": False, "sampling": False, "speedup": {"layers": 1.25, "decode": 0.8}}
 
 
 def test_a_choice_cached_for_other_c_kernels_is_measured_again(measured_kernels, tmp_path):
@@ -245,7 +251,7 @@ def test_a_choice_cached_for_other_c_kernels_is_measured_again(measured_kernels,
     assert f"C kernels {native.source_digest()}" in kernels.machine()
     older = kernels.machine().replace(native.source_digest(), "0123456789ab")
     entry = {"layers": False, "decode": True, "gelu": True, "attention": True, "packed_attention": True,
-             "speedup": {"layers": 0.9, "decode": 1.3}}
+             "sampling": True, "speedup": {"layers": 0.9, "decode": 1.3}}
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "kernels.json").write_text(json.dumps({f"{older} | {shape}": entry}))
     choice = kernels.choose(config)
@@ -266,8 +272,8 @@ def test_a_choice_made_under_no_grad_measures_the_backward_too(tmp_path, monkeyp
     with torch.no_grad():
         GPT2Decoder(model, 2, 8)
     (choice,) = kernels.chosen()
-    attention = ("attention",) if GELU_MEASURED else ()  # (a config with heads: the C attention is measured too)
-    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode", *GELU_MEASURED, *attention}
+    attention = ("attention",) if C_MEASURED else ()  # (a config with heads: the C attention is measured too)
+    assert choice.source == "measured" and set(choice.speedup) == {"layers", "decode", *C_MEASURED, *attention}
 
 
 def test_a_resumed_run_keeps_the_kernels_it_started_with(measured_kernels, tiny_policy_dir, world_dir, tmp_path,

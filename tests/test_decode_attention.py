@@ -63,10 +63,24 @@ def test_it_refuses_what_the_kernel_cannot_take():
     qkv = torch.randn(5, 3 * 3 * 20, generator=generator)
     with pytest.raises(ValueError, match="float32 CPU tensors of one batch, a contiguous cache and a column inside"):
         attend_c(qkv.bfloat16(), cache, bias, start, 8, 0.2)  # a bfloat16 projection (autocast)
-    with pytest.raises(ValueError, match=r"column 12: float32 CPU tensors"):
+    with pytest.raises(ValueError, match=r"column 12, qkv bias None: float32 CPU tensors"):
         attend_c(qkv, cache, bias, start, 12, 0.2)  # past the cache's last column
     with pytest.raises(ValueError, match=r"qkv \(4, 180\)"):
         attend_c(qkv[:4], cache, bias, start, 8, 0.2)  # fewer rows than the cache
+    with pytest.raises(ValueError, match=r"qkv bias \(60,\): float32"):
+        attend_c(qkv, cache, bias, start, 8, 0.2, torch.zeros(60))  # a bias of the queries only
+
+
+@needs_kernels
+def test_the_projections_bias_is_added_in_the_kernels_pass():
+    """``qkv_bias`` gives, bit for bit, what the biased projections would: the keys and values written and the
+    attention's output."""
+    cache, bias, start, generator = left_padded_cache()
+    qkv, qkv_bias = torch.randn(5, 3 * 3 * 20, generator=generator), torch.randn(180, generator=generator)
+    theirs, ours = cache.clone(), cache.clone()
+    expected = attend_c(qkv + qkv_bias, theirs, bias, start, 8, 0.2)
+    assert torch.equal(attend_c(qkv, ours, bias, start, 8, 0.2, qkv_bias), expected)
+    assert torch.equal(ours, theirs) and not torch.equal(ours, cache)
 
 
 @needs_kernels
@@ -154,7 +168,7 @@ def test_the_kernel_reports_its_status():
     cache, bias, start, generator = left_padded_cache()
     qkv = torch.randn(5, 3 * 3 * 20, generator=generator)
     k, v, out = cache[0], cache[1], torch.empty(5, 60)
-    status = native.library().attend_step(qkv.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+    status = native.library().attend_step(qkv.data_ptr(), None, k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
                                           bias.data_ptr(), bias.stride(0), start.data_ptr(), 5, 3, 20, 8, 0.2,
                                           out.data_ptr(), 1)
     assert status == 0 and torch.isfinite(out).all()

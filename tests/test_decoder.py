@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rlhf_env.accel.decoder import GPT2Decoder
 from rlhf_env.accel.onednn import available as onednn_available
@@ -39,6 +40,51 @@ def test_prefill_and_steps_match_hf_logits(tokenizer, overrides, chunk, onednn, 
     P = ids.shape[1]
     torch.testing.assert_close(torch.stack(got, 1), reference[:, P - 1:], atol=1e-5, rtol=1e-5)
     assert bool(calls) == onednn
+
+
+def test_the_fused_kernels_update_the_stream_and_normalise_as_torch_does():
+    """``residual_layer_norm`` and ``bias_gelu`` (``rlhf_env/accel/cpu.c``), which the fused decoder runs, against
+    the same in PyTorch ops; with and without a bias."""
+    from rlhf_env.accel import gelu, native
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(7, 48, generator=generator), torch.randn(7, 48, generator=generator) * 3
+    bias, weight, shift = (torch.randn(48, generator=generator) for _ in range(3))
+    for b in (bias, None):
+        stream, h = x.clone(), torch.empty_like(x)
+        native.library().residual_layer_norm(stream.data_ptr(), y.data_ptr(), None if b is None else b.data_ptr(),
+                                             weight.data_ptr(), shift.data_ptr(), 1e-5, h.data_ptr(), 7, 48, 1)
+        expected = x + (y if b is None else y + b)
+        assert torch.equal(stream, expected)  # the same sum, bit for bit
+        torch.testing.assert_close(h, F.layer_norm(expected, (48,), weight, shift, 1e-5), rtol=1e-5, atol=1e-5)
+    hidden = y.clone()
+    native.library().bias_gelu(hidden.data_ptr(), bias.data_ptr(), hidden.data_ptr(), 7, 48, 1)  # in place
+    assert torch.equal(hidden, gelu.forward(y + bias))
+
+
+def test_the_fused_decoder_matches_the_unfused_one(tokenizer, monkeypatch):
+    """The fused layers (biases, GELU, residual sums and LayerNorms in the C kernels' passes) give the logits of
+    the decoder that runs them as PyTorch ops, prefill and steps, to float rounding."""
+    torch.manual_seed(0)
+    model = new_model(TINY_DIMS, tokenizer).eval()
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    extra = torch.randint(2, len(tokenizer), (len(PROMPTS), 4), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(GPT2Decoder, "_fuses", lambda self, fused=fused: fused and self.fused)
+        with torch.no_grad():
+            decoder = GPT2Decoder(model, len(PROMPTS), ids.shape[1] + extra.shape[1])
+            pos = positions(mask)
+            got = [decoder.prefill(ids, mask, pos)]
+            for t in range(extra.shape[1]):
+                got.append(decoder.step(extra[:, t], pos[:, -1] + t + 1))
+        runs.append(torch.stack(got, 1))
+    if not decoder.fused:
+        pytest.skip("the C kernels did not build here")
+    assert not torch.equal(runs[0], runs[1])  # two ways of computing ...
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-5)  # ... the same logits
 
 
 @pytest.mark.parametrize("chunk", [16, 1])

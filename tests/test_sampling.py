@@ -98,6 +98,42 @@ def test_draw_samples_the_given_distribution():
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # 0.01 is > 4 standard errors
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7, "per row"])
+def test_the_c_draw_gives_torchs_tokens_and_log_probs(temperature):
+    """``draw_logits`` (the C kernel) draws the tokens that ``draw_logits_torch`` draws from the same generator,
+    with their log-probabilities to float rounding; a token of probability 0 (a -inf logit) is never drawn."""
+    from rlhf_env.accel import native
+    from rlhf_env.sampling import draw_logits, draw_logits_torch
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(512, 300, generator=generator) * 4
+    logits[:, 7] = float("-inf")
+    temperature = (torch.rand(512, 1, generator=generator) + 0.5 if temperature == "per row"
+                   else torch.tensor(temperature))
+    ours = draw_logits(logits, temperature, torch.Generator().manual_seed(1))
+    theirs = draw_logits_torch(logits, temperature, torch.Generator().manual_seed(1))
+    assert torch.equal(ours[0], theirs[0]) and len(ours[0].unique()) > 100 and not (ours[0] == 7).any()
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_c_draw_refuses_rows_without_a_distribution():
+    from rlhf_env.accel import native
+    from rlhf_env.sampling import draw_logits
+
+    if native.library() is None:
+        pytest.skip("no C compiler to build the kernels")
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="non-finite log-probabilities"):
+        draw_logits(logits, torch.tensor([[1.0], [0.0], [1.0]]))  # a temperature of 0 in a per-row temperature
+    logits[1, 4] = float("nan")
+    with pytest.raises(ValueError, match="non-finite log-probabilities"):
+        draw_logits(logits, torch.tensor(1.0))
+    with pytest.raises(ValueError, match="float32 CPU logits and one temperature, or one per row"):
+        draw_logits(logits, torch.ones(2, 1))
+
+
 def grouped_batch(tokenizer, group: int):
     """Prompts of different lengths (left-padded), each repeated for ``group`` responses of seeded random
     lengths (right-padded with the pad id), as the env's groups are."""

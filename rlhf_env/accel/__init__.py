@@ -154,6 +154,12 @@ def c_packed_attention(config) -> bool:
     return _c_kernel(config, "packed_attention")
 
 
+def c_sampling(config) -> bool:
+    """Whether the sampler should draw its tokens from a model's logits through the package's C kernel here
+    (``rlhf_env.sampling.draw_logits``): as ``c_gelu``, for ``kernels.Choice.sampling``."""
+    return _c_kernel(config, "sampling")
+
+
 def _c_kernel(config, use: str) -> bool:
     from rlhf_env.accel import kernels
 

@@ -7,6 +7,11 @@
      0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), is computed as x s with s = 1 / (1 + e), e = exp(-2u): the
      same function, whose derivative s + x s (1 - s) d(2u)/dx, with 1 - s = e s, needs no cancelling 1 - tanh^2;
      -2u is clamped to [-80, 80], where s is exact in float32 and e stays finite.
+   - bias_gelu, residual_layer_norm: the lean decoder's steps (rlhf_env/accel/decoder.py) add a projection's bias in
+     the pass of the GELU or of the next LayerNorm that follows it, and the residual stream's sum in the latter, where
+     PyTorch would run an op for each.
+   - sample_rows: the sampler's draw of one token per row from its logits, by inverse-CDF sampling
+     (rlhf_env/sampling.py).
    - attend_step: one decoding step's attention for the sampler's lean decoder (rlhf_env/accel/decoder.py): the new
      token's keys and values written into the cache, and softmax attention over each row's own columns only.
    - packed_attention_forward, packed_attention_backward: causal attention over sequences laid end to end (the
@@ -42,13 +47,14 @@ static inline float minus_2u(float v) {
 
 /* Where the clamp holds (|2u| >= 80), s is 0 or 1 to float32 precision: the GELU is 0 or x, its derivative 0 or 1
    (the clamped e would leave x * 1.8e-35 and a wrong derivative for inputs beyond any activation's range). */
+static inline float gelu_of(float v) {
+    const float m = minus_2u(v);
+    return v * (m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : 1.0f / (1.0f + exp_poly(m))));
+}
+
 void gelu_forward(const float *x, float *y, ptrdiff_t n, int threads) {
     #pragma omp parallel for simd schedule(static) num_threads(threads)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        const float v = x[i], m = minus_2u(v);
-        const float s = m >= 80.0f ? 0.0f : (m <= -80.0f ? 1.0f : 1.0f / (1.0f + exp_poly(m)));
-        y[i] = v * s;
-    }
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = gelu_of(x[i]);
 }
 
 /* The GELU and its derivative at x in one pass (training: the backward is then one multiplication, with no exp). */
@@ -64,36 +70,156 @@ void gelu_forward_slope(const float *x, float *y, float *slope, ptrdiff_t n, int
     }
 }
 
+/* y = GELU(x + bias) for rows of `cols` floats, x and y contiguous (the same array, or apart), bias (cols,): a
+   projection's bias added in the GELU's pass instead of its own (the lean decoder's MLP). */
+void bias_gelu(const float *x, const float *bias, float *y, ptrdiff_t rows, int cols, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        #pragma omp simd
+        for (int i = 0; i < cols; i++) y[r * cols + i] = gelu_of(x[r * cols + i] + bias[i]);
+    }
+}
+
+/* The residual stream's update and the next LayerNorm in one pass over rows of E floats, all contiguous: x += y +
+   bias (bias (E,), or NULL for none), then h = (x - mean) / sqrt(var + eps) * weight + shift per row, the mean and
+   the (biased) variance of the row taken in two passes, as LayerNorm defines them. */
+void residual_layer_norm(float *x, const float *y, const float *bias, const float *weight, const float *shift,
+                         float eps, float *h, ptrdiff_t rows, int E, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        float *xr = x + r * E, *hr = h + r * E;
+        const float *yr = y + r * E;
+        float sum = 0.0f, squares = 0.0f;
+        if (bias) {
+            #pragma omp simd reduction(+:sum)
+            for (int i = 0; i < E; i++) { xr[i] = (yr[i] + bias[i]) + xr[i]; sum += xr[i]; }
+        } else {
+            #pragma omp simd reduction(+:sum)
+            for (int i = 0; i < E; i++) { xr[i] = yr[i] + xr[i]; sum += xr[i]; }
+        }
+        const float mean = sum / (float)E;
+        #pragma omp simd reduction(+:squares)
+        for (int i = 0; i < E; i++) squares += (xr[i] - mean) * (xr[i] - mean);
+        const float rstd = 1.0f / sqrtf(squares / (float)E + eps);
+        #pragma omp simd
+        for (int i = 0; i < E; i++) hr[i] = (xr[i] - mean) * rstd * weight[i] + shift[i];
+    }
+}
+
+/* One token per row of logits (B, V), contiguous, at temperature[b * temperature_stride] (a stride of 0: one for all
+   rows), by inverse-CDF sampling with the row's uniform number u[b] in [0, 1): the log-probabilities are
+   log_softmax(logits / temperature), and the token is the first whose running sum of probabilities, in float64,
+   exceeds u[b] times their total (the last token if none does, by rounding), as rlhf_env/sampling.py's torch path
+   draws them (the running sum is taken by blocks of 16 and then within the block that crosses, which can only move
+   a boundary by float64 rounding): token[b] and its log-probability logp[b]. Returns 0, or 1 where a row's
+   probabilities do not sum to a finite number (a NaN in the logits, or a temperature of 0), whose token is then -1,
+   or where a thread could not allocate its buffer (every token -1). */
+int sample_rows(const float *logits, const float *temperature, ptrdiff_t temperature_stride, const double *u, int B,
+                int V, int64_t *token, float *logp, int threads) {
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        float *p = malloc(sizeof(float) * 2 * (size_t)V); /* this thread's probabilities of a row, its scaled logits */
+        #pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            const float temp = temperature[b * temperature_stride];
+            const float *x = logits + (ptrdiff_t)b * V; /* the logits over the temperature (x / 1 is x) */
+            if (p == NULL) {
+                token[b] = -1;
+                failed = 1;
+                continue;
+            }
+            if (temp != 1.0f) {
+                float *scaled = p + V;
+                #pragma omp simd
+                for (int j = 0; j < V; j++) scaled[j] = x[j] / temp;
+                x = scaled;
+            }
+            float m = -INFINITY, sum = 0.0f;
+            #pragma omp simd reduction(max:m)
+            for (int j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+            #pragma omp simd reduction(+:sum)
+            for (int j = 0; j < V; j++) {
+                const float y = x[j] - m; /* <= 0, -inf for a -inf logit, NaN for a NaN (which makes the sum NaN) */
+                sum += y >= -80.0f ? exp_poly(y) : (y < -80.0f ? 0.0f : y);
+            }
+            const float shift = m + logf(sum); /* log_softmax = x - shift */
+            #pragma omp simd
+            for (int j = 0; j < V; j++) {
+                const float y = x[j] - shift;
+                p[j] = y >= -80.0f ? exp_poly(y) : 0.0f;
+            }
+            double total = 0.0;
+            #pragma omp simd reduction(+:total)
+            for (int j = 0; j < V; j++) total += (double)p[j];
+            if (!isfinite(total) || !isfinite(shift)) {
+                token[b] = -1;
+                failed = 1;
+                continue;
+            }
+            const double target = u[b] * total;
+            double running = 0.0;
+            int j = 0;
+            for (; j + 16 <= V; j += 16) { /* the block whose sum takes the running sum past the target */
+                double block = 0.0;
+                #pragma omp simd reduction(+:block)
+                for (int i = j; i < j + 16; i++) block += (double)p[i];
+                if (running + block > target) break;
+                running += block;
+            }
+            for (; j < V - 1; j++) {
+                running += (double)p[j];
+                if (running > target) break;
+            }
+            token[b] = j;
+            logp[b] = x[j] - shift;
+        }
+        free(p);
+    }
+    return failed;
+}
+
 /* One decoding step of attention, for every row b < B and head h < H, head size D:
-   - the step's projections qkv (B, 3, H, D), contiguous, give query q = qkv[b, 0, h], and the key and value
-     qkv[b, 1, h] and qkv[b, 2, h], which are written into the caches at column t;
+   - the step's projections qkv (B, 3, H, D), contiguous, plus qkv_bias (3, H, D) where it is not NULL, give query
+     q = qkv[b, 0, h], and the key and value qkv[b, 1, h] and qkv[b, 2, h], which are written into the caches at
+     column t;
    - the caches hold each (b, h)'s columns as contiguous rows of D floats, at k + b * sb + h * sh + s * D (v alike);
    - out[b, h] (B, H, D) = sum over s of softmax_s(scale q . k[s] + bias[b * bias_sb + s]) v[s], for s from start[b]
      to t: columns before a row's start (its left padding) are never read; a -inf bias after it gives weight 0.
    Where a row has no finite score (it cannot happen in the sampler: column t is the row's own token), its output is
    NaN, as a softmax over nothing would be. Returns 0, or 1 where a thread could not allocate its scores. */
-int attend_step(const float *qkv, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh, const float *bias,
-                 ptrdiff_t bias_sb, const int64_t *start, int B, int H, int D, int t, float scale, float *out,
-                 int threads) {
+int attend_step(const float *qkv, const float *qkv_bias, float *k, float *v, ptrdiff_t sb, ptrdiff_t sh,
+                const float *bias, ptrdiff_t bias_sb, const int64_t *start, int B, int H, int D, int t, float scale,
+                float *out, int threads) {
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        float *p = malloc(sizeof(float) * (size_t)(t + 1)); /* this thread's scores */
+        float *p = malloc(sizeof(float) * (size_t)(t + 1 + D)); /* this thread's scores, then its query */
         #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            const float *q = qkv + ((ptrdiff_t)b * 3 * H + h) * D;
+            const float *row = qkv + ((ptrdiff_t)b * 3 * H + h) * D;
             float *kr = k + b * sb + h * sh, *vr = v + b * sb + h * sh, *o = out + (ptrdiff_t)bh * D;
             const float *row_bias = bias + b * bias_sb;
-            for (int d = 0; d < D; d++) {
-                kr[(ptrdiff_t)t * D + d] = q[(ptrdiff_t)H * D + d];
-                vr[(ptrdiff_t)t * D + d] = q[(ptrdiff_t)2 * H * D + d];
+            if (qkv_bias) {
+                const float *qb = qkv_bias + (ptrdiff_t)h * D;
+                for (int d = 0; d < D; d++) {
+                    kr[(ptrdiff_t)t * D + d] = row[(ptrdiff_t)H * D + d] + qb[(ptrdiff_t)H * D + d];
+                    vr[(ptrdiff_t)t * D + d] = row[(ptrdiff_t)2 * H * D + d] + qb[(ptrdiff_t)2 * H * D + d];
+                }
+            } else {
+                for (int d = 0; d < D; d++) {
+                    kr[(ptrdiff_t)t * D + d] = row[(ptrdiff_t)H * D + d];
+                    vr[(ptrdiff_t)t * D + d] = row[(ptrdiff_t)2 * H * D + d];
+                }
             }
             const int first = start[b] < 0 ? 0 : (start[b] > t ? t : (int)start[b]);
             if (p == NULL) {
                 failed = 1;
                 continue;
             }
+            float *q = p + t + 1;
+            for (int d = 0; d < D; d++) q[d] = qkv_bias ? row[d] + qkv_bias[(ptrdiff_t)h * D + d] : row[d];
             float m = -INFINITY;
             for (int s = first; s <= t; s++) {
                 const float *ks = kr + (ptrdiff_t)s * D;

@@ -18,6 +18,11 @@ sampled as it is now.
   torch has it and ``rlhf_env.accel.kernels`` measured it faster on this machine, and ``addmm`` elsewhere;
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else the package's C kernel or
   ``F.gelu``'s, as ``rlhf_env.accel.kernels`` chose);
+- where the package's C GELU and decode attention were chosen (``fused``), the projections without their biases, which
+  the C kernels add in the passes that follow: the attention's (queries, keys and values), the GELU's
+  (``bias_gelu``), and one pass that adds a projection's output and bias to the residual stream and takes the next
+  LayerNorm (``residual_layer_norm``), where PyTorch would run an op for each (a bias alone costs the small GEMMs
+  about a quarter of their time here);
 - ``scaled_dot_product_attention`` for a bucketed prefill's attention, and for a decoding step's the package's C kernel
   (``attend_c``: the new keys and values written and each row's attention in one pass, which reads no column of a
   row's left padding) where ``rlhf_env.accel.kernels`` measured it faster than the same in PyTorch ops
@@ -52,6 +57,12 @@ class Linear:
         self.onednn_act = None if tanh_gelu else act
         self.packed = pack(weight) if onednn else None
 
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T`` alone: no bias, no activation (the fused decoder adds them in its C kernels' passes)."""
+        if self.onednn and worth_it(x.shape[0], self.weight):
+            return packed_linear(x, self.packed)
+        return x @ self.weight
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn and worth_it(x.shape[0], self.weight):  # else MKL is faster (e.g. one row)
             y = packed_linear(x, self.packed, self.bias, self.tanh_gelu)
@@ -72,21 +83,25 @@ def attend_torch(qkv: torch.Tensor, kv: torch.Tensor, key_bias: torch.Tensor, t:
 
 
 def attend_c(qkv: torch.Tensor, kv: torch.Tensor, key_bias: torch.Tensor, start: torch.Tensor, t: int,
-             scale: float) -> torch.Tensor:
+             scale: float, qkv_bias: torch.Tensor | None = None) -> torch.Tensor:
     """``attend_torch`` through the package's C kernel (float32 CPU tensors, ``native.library()`` built), which
     reads each row's columns from ``start`` (B,) on only: a row's left padding, masked in ``key_bias``, is skipped
-    instead of multiplied by 0. Shapes, types and layouts are checked first: the kernel trusts them."""
+    instead of multiplied by 0. ``qkv_bias`` (3 E,), if given, is added to ``qkv`` in the kernel's pass (the
+    projection then runs without its bias). Shapes, types and layouts are checked first: the kernel trusts them."""
     B, H, T, D = kv.shape[1], kv.shape[2], kv.shape[3], kv.shape[4]
-    floats = (qkv, kv, key_bias)
+    floats = (qkv, kv, key_bias) if qkv_bias is None else (qkv, kv, key_bias, qkv_bias)
     if not (all(x.dtype == torch.float32 and x.device.type == "cpu" for x in floats) and start.dtype == torch.long
             and kv.is_contiguous() and key_bias.is_contiguous() and start.is_contiguous() and 0 <= t < T
-            and qkv.shape == (B, 3 * H * D) and key_bias.shape == (B, 1, 1, T) and start.shape == (B,)):
+            and qkv.shape == (B, 3 * H * D) and key_bias.shape == (B, 1, 1, T) and start.shape == (B,)
+            and (qkv_bias is None or (qkv_bias.shape == (3 * H * D,) and qkv_bias.is_contiguous()))):
         raise ValueError(f"attend_c: qkv {tuple(qkv.shape)} {qkv.dtype}, cache {tuple(kv.shape)} {kv.dtype}, "
-                         f"key bias {tuple(key_bias.shape)}, start {tuple(start.shape)} {start.dtype}, column {t}: "
-                         "float32 CPU tensors of one batch, a contiguous cache and a column inside it")
+                         f"key bias {tuple(key_bias.shape)}, start {tuple(start.shape)} {start.dtype}, column {t}, "
+                         f"qkv bias {None if qkv_bias is None else tuple(qkv_bias.shape)}: float32 CPU tensors of one "
+                         "batch, a contiguous cache and a column inside it")
     qkv, out = qkv.contiguous(), torch.empty(B, H * D)
     k, v = kv[0], kv[1]
-    if native.library().attend_step(qkv.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+    if native.library().attend_step(qkv.data_ptr(), None if qkv_bias is None else qkv_bias.data_ptr(),
+                                    k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
                                     key_bias.data_ptr(), key_bias.stride(0), start.data_ptr(), B, H, D, t, scale,
                                     out.data_ptr(), native.threads(B * H * (t + 1) * D)):
         raise MemoryError("attend_c: the kernel could not allocate its scores")
@@ -146,6 +161,11 @@ class GPT2Decoder:
         # chosen too (the decode steps' kernel then reads no column it leaves unwritten).
         self.packed_prefill = (self.c_attention and packed_attention.applies(p, self.head_dim)
                                and c_packed_attention(c))
+        # Each projection's bias, the MLP's GELU and the residual sums in the C kernels' passes (``bias_gelu``,
+        # ``residual_layer_norm``, the attention's), where both C kernels that were measured on this machine run.
+        self.fused = (self.c_attention and tanh_gelu and c_gelu(c)
+                      and all(x is not None and x.dtype == torch.float32 and x.is_contiguous()
+                          for x in self._vectors()))
 
     @staticmethod
     def supports(model) -> bool:
@@ -185,7 +205,8 @@ class GPT2Decoder:
         else:
             self._chunked_prefill(ids, mask, pos, lengths, distinct, chunk, logits)
         if len(distinct) < B:  # the other rows of each prompt: its keys and values (and its padding columns)
-            self.cache[:, :, :, :, :P] = self.cache[:, :, first, :, :P]
+            copies = (first != torch.arange(B, device=ids.device)).nonzero().squeeze(1)
+            self.cache[:, :, copies, :, :P] = self.cache[:, :, first[copies], :, :P]
             logits = logits[first]
         self.length = P
         return logits
@@ -206,14 +227,15 @@ class GPT2Decoder:
         # Where each token's heads go in a layer's keys (or values) (B, H, T_max, D), as rows of D floats
         T_max = self.cache.shape[4]
         at = ((rows[:, None] * H + torch.arange(H, device=ids.device)) * T_max + columns[:, None]).view(-1)
-        x = self.wte[ids[rows, columns]] + self.wpe[pos[rows, columns]]  # (T, E)
-        for i, (w1, b1, e1, qkv_proj, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
-            qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1))  # (T, 3 E)
+
+        def attend(i, h):
+            qkv = self.layers[i][3](h)  # (T, 3 E)
             for j, part in enumerate(qkv[:, E:].view(-1, 2, H * D).unbind(1)):  # the keys, then the values
                 self.cache[i, j].view(-1, D).index_copy_(0, at, part.reshape(-1, D))
-            x = o(packed_attention.attend(qkv, layout, H, self.scales[i])).add_(x)
-            x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
-        return self._head(x[ends - 1])
+            return packed_attention.attend(qkv, layout, H, self.scales[i])
+
+        x = self.wte[ids[rows, columns]] + self.wpe[pos[rows, columns]]  # (T, E)
+        return self._head(self._layers(x, attend)[ends - 1])
 
     def _chunked_prefill(self, ids, mask, pos, lengths, distinct, chunk, logits) -> None:
         """The ``distinct`` rows' prompts in chunks of rows of similar lengths, each cut to its longest, through
@@ -226,30 +248,76 @@ class GPT2Decoder:
             causal = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
             # A padding query may see only itself: a row of the mask that is all False would give NaNs.
             attn = (causal & mask[rows, None, None, start:].bool()) | torch.eye(n, dtype=torch.bool, device=ids.device)
-            x = (self.wte[ids[rows, start:]] + self.wpe[pos[rows, start:]]).view(b * n, E)
-            for i, (w1, b1, e1, qkv, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
-                q, k, v = qkv(F.layer_norm(x, (E,), w1, b1, e1)).view(b, n, 3, H, D).permute(2, 0, 3, 1, 4)
+
+            def attend(i, h, rows=rows, start=start, b=b, n=n, attn=attn):  # (called in this iteration)
+                q, k, v = self.layers[i][3](h).view(b, n, 3, H, D).permute(2, 0, 3, 1, 4)
                 self.cache[i, 0, rows, :, start:P] = k
                 self.cache[i, 1, rows, :, start:P] = v
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=self.scales[i])
-                x = o(out.transpose(1, 2).reshape(b * n, E)).add_(x)
-                x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
-            logits[rows] = self._head(x.view(b, n, E)[:, -1])
+                return out.transpose(1, 2).reshape(b * n, E)
+
+            x = (self.wte[ids[rows, start:]] + self.wpe[pos[rows, start:]]).view(b * n, E)
+            logits[rows] = self._head(self._layers(x, attend).view(b, n, E)[:, -1])
 
     def step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,) at positions ``pos`` (B,); return the next logits (B, V)."""
-        E, t = self.n_embd, self.length
+        t = self.length
         self.length = t + 1
-        x = self.wte[token] + self.wpe[pos]  # (B, E)
-        for i, (w1, b1, e1, qkv_proj, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
-            qkv = qkv_proj(F.layer_norm(x, (E,), w1, b1, e1))  # (B, 3 E)
+        fused = self._fuses()
+
+        def attend(i, h):
+            qkv_proj = self.layers[i][3]
+            if fused:  # the projections' bias added in the kernel
+                return attend_c(qkv_proj.matmul(h), self.cache[i], self.key_bias, self.start, t, self.scales[i],
+                                qkv_proj.bias)
+            qkv = qkv_proj(h)  # (B, 3 E)
             if self.c_attention and qkv.dtype == torch.float32:  # (not a bfloat16 projection under autocast)
-                out = attend_c(qkv, self.cache[i], self.key_bias, self.start, t, self.scales[i])
+                return attend_c(qkv, self.cache[i], self.key_bias, self.start, t, self.scales[i])
+            return attend_torch(qkv, self.cache[i], self.key_bias, t, self.scales[i])
+
+        return self._head(self._layers(self.wte[token] + self.wpe[pos], attend, fused))
+
+    def _layers(self, x: torch.Tensor, attend, fused: bool | None = None) -> torch.Tensor:
+        """The blocks on the residual stream ``x`` (N, E), updated in place; ``attend(i, h)`` is layer ``i``'s
+        attention of its first LayerNorm's output ``h`` (its projections, and its keys and values written into the
+        cache). Returns the final LayerNorm of the stream, for the LM head. ``fused`` (default: ``_fuses()``) adds the
+        projections' biases and the residual sums in the C kernels' passes."""
+        if fused is None:
+            fused = self._fuses()
+        E = self.n_embd
+        h = F.layer_norm(x, (E,), *self.layers[0][:3])
+        for i, (_, _, _, _, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
+            after = self.layers[i + 1][:3] if i + 1 < len(self.layers) else self.ln_f  # the next LayerNorm
+            if fused:
+                h = self._residual_norm(x, o.matmul(attend(i, h)), o.bias, (w2, b2, e2))
+                hidden = fc.matmul(h)
+                native.library().bias_gelu(hidden.data_ptr(), fc.bias.data_ptr(), hidden.data_ptr(), len(hidden),
+                                           hidden.shape[1], native.threads(hidden.numel()))
+                h = self._residual_norm(x, proj.matmul(hidden), proj.bias, after)
             else:
-                out = attend_torch(qkv, self.cache[i], self.key_bias, t, self.scales[i])
-            x = o(out).add_(x)
-            x = proj(fc(F.layer_norm(x, (E,), w2, b2, e2))).add_(x)
-        return self._head(x)
+                h = F.layer_norm(x.add_(o(attend(i, h))), (E,), w2, b2, e2)
+                h = F.layer_norm(x.add_(proj(fc(h))), (E,), *after)
+        return h
+
+    def _fuses(self) -> bool:
+        """Whether the layers run ``fused`` now: not under an autocast, whose projections are not float32."""
+        return self.fused and not torch.is_autocast_enabled("cpu")
+
+    def _vectors(self) -> list[torch.Tensor]:
+        """The biases and LayerNorm parameters that the fused kernels read."""
+        return [*self.ln_f[:2], *(x for w1, b1, _, qkv, o, w2, b2, _, fc, proj in self.layers
+                                  for x in (w1, b1, qkv.bias, o.bias, w2, b2, fc.bias, proj.bias))]
+
+    @staticmethod
+    def _residual_norm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, norm) -> torch.Tensor:
+        """``x += y + bias`` in place (float32, contiguous); returns the LayerNorm ``norm`` (weight, bias, eps) of
+        the new ``x``, through the C kernel."""
+        h = torch.empty_like(x)
+        weight, shift, eps = norm
+        native.library().residual_layer_norm(x.data_ptr(), y.data_ptr(), bias.data_ptr(), weight.data_ptr(),
+                                             shift.data_ptr(), eps, h.data_ptr(), len(x), x.shape[1],
+                                             native.threads(x.numel()))
+        return h
 
     def keep(self, rows: torch.Tensor) -> None:
         """Run only ``rows`` (indices of this decoder's rows) from now on; they keep their cache (one copy of it)."""
@@ -257,5 +325,6 @@ class GPT2Decoder:
         self.key_bias = self.key_bias[rows]
         self.start = self.start[rows]
 
-    def _head(self, last: torch.Tensor) -> torch.Tensor:
-        return self.head(F.layer_norm(last, (self.n_embd,), *self.ln_f))
+    def _head(self, normed: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits of rows of the final LayerNorm's output."""
+        return self.head(normed)

@@ -17,7 +17,9 @@ and likewise, for the package's C kernels (``rlhf_env.accel.native``, where a C 
   ``rlhf_env.accel.decoder.attend_c`` against the same in PyTorch ops (``attend_torch``);
 - ``packed_attention``: the packed training forwards' attention, forward and backward at a minibatch's worth of
   tokens in sequences laid end to end, through ``rlhf_env.accel.packed_attention`` against
-  ``scaled_dot_product_attention`` on the packed rows (``rlhf_env.accel.trunk``'s two ways).
+  ``scaled_dot_product_attention`` on the packed rows (``rlhf_env.accel.trunk``'s two ways);
+- ``sampling``: the sampler's draw of a token per row from a decode step's logits, through
+  ``rlhf_env.sampling.draw_logits`` (the C kernel) against the same in PyTorch ops (``draw_logits_torch``).
 
 A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version, the C kernels' source) and per shape in
@@ -54,14 +56,14 @@ DECODE_PROMPT, DECODE_NEW = 48, 48  # the attention's measured cache: prompts of
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
 MIN_REPEATS, MAX_REPEATS = 3, 7
 PACKED_LENGTHS = (16, 64)  # the sequences' lengths in the packed attention's measurement (uniform)
-C_USES = ("gelu", "attention", "packed_attention")  # the choices between a C kernel of the package's and PyTorch's
+C_USES = ("gelu", "attention", "packed_attention", "sampling")  # a C kernel of the package's or PyTorch's
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each, ``gelu``,
-    ``attention`` and ``packed_attention`` whether the C GELU, decode-step attention and packed training attention
-    are; ``speedup`` is stock's time over
+    ``attention``, ``packed_attention`` and ``sampling`` whether the C GELU, decode-step attention, packed training
+    attention and sampler's draw are; ``speedup`` is stock's time over
     the candidate's for each (above 1: the candidate faster), without the ones not measured; ``source`` is how it
     was decided: "measured", "cache", "unmeasured" (several ranks, no cached result), or the forcing policy
     ("onednn" or "stock")."""
@@ -74,6 +76,7 @@ class Choice:
     gelu: bool = False  # (a run recorded before the C GELU existed used aten's)
     attention: bool = False  # (and one recorded before the C attention, PyTorch's)
     packed_attention: bool = False
+    sampling: bool = False
 
     def describe(self) -> str:
         def one(use: str) -> str:
@@ -92,8 +95,8 @@ class Choice:
                              "thread count measures them for later runs)"}
         how = how.get(self.source, f"{POLICY_VAR}={self.source}")
         return (f"{self.shape}: {one('layers')}, {one('decode')}, {c('gelu', 'GELU', 'aten')}, "
-                f"{c('attention', 'decode attention', 'torch')}, {c('packed_attention', 'packed attention', 'SDPA')}; "
-                f"{how}")
+                f"{c('attention', 'decode attention', 'torch')}, {c('packed_attention', 'packed attention', 'SDPA')}, "
+                f"{c('sampling', 'draw', 'torch')}; {how}")
 
 
 _chosen: dict[str, Choice] = {}
@@ -272,8 +275,9 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | N
     ``decode``, on the model's projections (a GPT-2 block's four, ``n_layer`` times, and the LM head once),
     where this torch has oneDNN; the C kernels' where they built: for ``gelu``, on ``n_layer`` GELUs of the inner
     width, for ``attention`` (given the ``heads``), on ``n_layer`` layers' decode steps, and for
-    ``packed_attention`` (given heads whose size the kernel takes), on ``n_layer`` layers' attention of a minibatch.
-    It runs backward passes whatever the caller's grad mode."""
+    ``packed_attention`` (given heads whose size the kernel takes), on ``n_layer`` layers' attention of a minibatch,
+    and for ``sampling``, on draws from a decode step's logits. It runs backward passes whatever the caller's grad
+    mode."""
     import torch
 
     from rlhf_env.accel import onednn
@@ -284,7 +288,8 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | N
                 **({"gelu": _measure_gelu(inner, n_layer)} if _c_built() else {}),
                 **({"attention": _measure_attention(width, heads, n_layer)} if heads and _c_built() else {}),
                 **({"packed_attention": _measure_packed_attention(width, heads, n_layer)}
-                   if heads and _c_built() and (width // heads) % 16 == 0 else {})}
+                   if heads and _c_built() and (width // heads) % 16 == 0 else {}),
+                **({"sampling": _measure_sampling(vocab)} if _c_built() else {})}
 
 
 def _measure_gelu(inner: int, n_layer: int) -> float:
@@ -333,6 +338,25 @@ def _measure_attention(width: int, heads: int, n_layer: int) -> float:
                 attend_c(qkv, cache, bias, start, t, D**-0.5)
 
     return _ratio(torch_steps, c_steps)
+
+
+def _measure_sampling(vocab: int, steps: int = 16) -> float:
+    """``steps`` draws of a token per row from ``DECODE_ROWS`` rows of logits over the vocabulary."""
+    import torch
+
+    from rlhf_env.sampling import draw_logits, draw_logits_torch
+
+    logits = torch.randn(DECODE_ROWS, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    temperature = torch.tensor(1.0)
+
+    def run(draw):
+        def rounds():
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(steps):
+                draw(logits, temperature, generator)
+        return rounds
+
+    return _ratio(run(draw_logits_torch), run(draw_logits))
 
 
 def _measure_packed_attention(width: int, heads: int, n_layer: int) -> float:

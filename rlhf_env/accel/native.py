@@ -9,8 +9,10 @@ remembered next to where the library would be (``cpu-<hash>.failed``, the compil
 and do not try again until that file is deleted, or the source, compiler or CPU changes.
 
 - ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, alone or with its derivative (for the backward);
-- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``);
-- ``rlhf_env.accel.packed_attention``: the packed training forwards' attention, forward and backward.
+- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``), and its steps' bias, GELU,
+  residual and LayerNorm passes (``bias_gelu``, ``residual_layer_norm``);
+- ``rlhf_env.accel.packed_attention``: the packed training forwards' attention, forward and backward;
+- ``rlhf_env.sampling``: the sampler's draw of one token per row from its logits (``sample_rows``).
 
 Whether each is used on a model is measured per machine, against PyTorch's, by ``rlhf_env.accel.kernels``.
 """
@@ -36,7 +38,10 @@ _P, _N, _I, _F = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float
 SIGNATURES = {  # each function's argument types and return type
     "gelu_forward": ([_P, _P, _N, _I], None),
     "gelu_forward_slope": ([_P, _P, _P, _N, _I], None),
-    "attend_step": ([_P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
+    "bias_gelu": ([_P, _P, _P, _N, _I, _I], None),
+    "sample_rows": ([_P, _P, _N, _P, _I, _I, _P, _P, _I], _I),  # 1: a row that sums to no finite number
+    "residual_layer_norm": ([_P, _P, _P, _P, _P, _F, _P, _N, _I, _I], None),
+    "attend_step": ([_P, _P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
     "packed_attention_forward": ([_P, _P, _P, _P, _I, _I, _I, _F, _P, _P, _I], _I),  # (alike)
     "packed_attention_backward": ([_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _F, _P, _I], _I),
 }
