@@ -82,7 +82,7 @@ def lean_breakdown(model, tokenizer, ids, mask, new_tokens: int, repeats: int, l
         return call
 
     # the columns read: the C kernel's, each row's from its start to t; PyTorch's, every one up to t
-    with (mock.patch.object(decoder, "attend_c", timed(attend_c, lambda qkv, kv, bias, start, t, scale:
+    with (mock.patch.object(decoder, "attend_c", timed(attend_c, lambda qkv, kv, bias, start, t, scale, qkv_bias=None:
                                                         int((t + 1 - start).sum()))),
           mock.patch.object(decoder, "attend_torch", timed(attend_torch, lambda qkv, kv, bias, t, scale:
                                                             len(qkv) * (t + 1)))):

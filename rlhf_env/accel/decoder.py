@@ -21,8 +21,8 @@ sampled as it is now.
 - where the package's C GELU and decode attention were chosen (``fused``), the projections without their biases, which
   the C kernels add in the passes that follow: the attention's (queries, keys and values), the GELU's
   (``bias_gelu``), and one pass that adds a projection's output and bias to the residual stream and takes the next
-  LayerNorm (``residual_layer_norm``), where PyTorch would run an op for each (a bias alone costs the small GEMMs
-  about a quarter of their time here);
+  LayerNorm (``residual_layer_norm``), where PyTorch would run an op for each (``addmm`` with a bias is much slower
+  than ``mm`` at these small shapes);
 - ``scaled_dot_product_attention`` for a bucketed prefill's attention, and for a decoding step's the package's C kernel
   (``attend_c``: the new keys and values written and each row's attention in one pass, which reads no column of a
   row's left padding) where ``rlhf_env.accel.kernels`` measured it faster than the same in PyTorch ops
