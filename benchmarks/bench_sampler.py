@@ -12,9 +12,12 @@ distribution (HF: ``top_k=0``, ``min_new_tokens`` = ``max_new_tokens``). Methods
 - ``hf_cache_loop``: our sampler through the model's own HF forward and dynamic cache (``fast=False``),
   the generic path any causal LM takes;
 - ``lean_torch_attention``: our sampler through ``rlhf_env.accel.decoder.GPT2Decoder`` (static cache, plain
-  ops) with each decode step's attention in PyTorch ops (``attend_torch``);
-- ``lean_gpt2``: the same with the attention the package's kernels chose on this machine (``attend_c``, the C
-  kernel, where ``rlhf_env.accel.kernels`` measured it faster): the default for GPT-2 policies.
+  ops) with each decode step's attention in PyTorch ops (``attend_torch``), and so unfused (below);
+- ``lean_unfused``: the same with the attention the package's kernels chose on this machine (``attend_c``, the C
+  kernel, where ``rlhf_env.accel.kernels`` measured it faster), and each projection with its bias, the residual sums
+  and the LayerNorms in PyTorch's ops;
+- ``lean_gpt2``: the same with the biases, the residual sums and the LayerNorms in the C kernels' passes where
+  ``rlhf_env.accel.kernels`` chose them (the decoder's ``fused`` layers): the default for GPT-2 policies.
 
 Prints a table (tokens/s, median of ``--repeats`` rounds, the methods interleaved) and writes JSON. A second
 table says where the lean path's time goes: the prefill (a run that samples one token), the decode steps, the
@@ -46,7 +49,7 @@ from rlhf_env.models import DATA_DIR, load_policy
 from rlhf_env.sampling import encode_prompts, sample_from_ids
 from rlhf_env.world.build import load_split
 
-METHODS = ("hf_generate_mkl", "hf_generate", "hf_cache_loop", "lean_torch_attention", "lean_gpt2")
+METHODS = ("hf_generate_mkl", "hf_generate", "hf_cache_loop", "lean_torch_attention", "lean_unfused", "lean_gpt2")
 PROJECTION_OPS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")  # MKL's GEMMs, oneDNN's
 
 
@@ -128,6 +131,9 @@ def run(method: str, model, tokenizer, ids, mask, new_tokens: int, seed: int) ->
     if method == "lean_torch_attention":
         with mock.patch.object(decoder, "c_attention", lambda config: False):
             return run("lean_gpt2", model, tokenizer, ids, mask, new_tokens, seed)
+    if method == "lean_unfused":
+        with mock.patch.object(decoder.GPT2Decoder, "_fuses", lambda self: False):
+            return run("lean_gpt2", model, tokenizer, ids, mask, new_tokens, seed)
     return sample_from_ids(model, tokenizer, ids, mask, new_tokens, 1.0, generator, fast=method != "hf_cache_loop",
                            stop_at_eos=False).response_ids
 
@@ -166,18 +172,20 @@ def main() -> None:
                "speedup_vs_generate_mkl": times["hf_generate_mkl"] / times["lean_gpt2"],
                "speedup_vs_generate": times["hf_generate"] / times["lean_gpt2"],
                "speedup_vs_hf_cache_loop": times["hf_cache_loop"] / times["lean_gpt2"],
-               "speedup_vs_torch_attention": times["lean_torch_attention"] / times["lean_gpt2"], **breakdown,
+               "speedup_vs_torch_attention": times["lean_torch_attention"] / times["lean_gpt2"],
+               "speedup_vs_unfused": times["lean_unfused"] / times["lean_gpt2"], **breakdown,
                **{f"gemm_gflops_{k}": v for k, v in gemm_gflops(args.batch_size, model.config.n_embd).items()}}
         rows.append(row)
 
     print(f"batch {args.batch_size}, {args.new_tokens} new tokens per row, tokens/s (median of {args.repeats}), "
           f"{torch.get_num_threads()} threads")
     print(f"{'policy':<11}{'params':>8}{'generate, MKL':>15}{'generate':>10}{'HF loop':>10}{'lean, torch attn':>18}"
-          f"{'lean':>10}{'vs generate, MKL':>18}{'vs generate':>13}")
+          f"{'lean, unfused':>15}{'lean':>10}{'vs generate, MKL':>18}{'vs generate':>13}")
     for r in rows:
         print(f"{r['policy']:<11}{r['parameters'] / 1e6:>7.1f}M{r['hf_generate_mkl_tokens_per_s']:>15.0f}"
               f"{r['hf_generate_tokens_per_s']:>10.0f}{r['hf_cache_loop_tokens_per_s']:>10.0f}"
-              f"{r['lean_torch_attention_tokens_per_s']:>18.0f}{r['lean_gpt2_tokens_per_s']:>10.0f}{r['speedup_vs_generate_mkl']:>17.1f}x"
+              f"{r['lean_torch_attention_tokens_per_s']:>18.0f}{r['lean_unfused_tokens_per_s']:>15.0f}"
+              f"{r['lean_gpt2_tokens_per_s']:>10.0f}{r['speedup_vs_generate_mkl']:>17.1f}x"
               f"{r['speedup_vs_generate']:>12.1f}x")
     for r in rows:
         print(f"{r['policy']} kernels: {r['kernels']}")

@@ -207,15 +207,19 @@ def policies_table(foundation: dict) -> str:
 
 def sampler_table(result: dict) -> str:
     torch_attention = all("lean_torch_attention_tokens_per_s" in r for r in result["rows"])  # (older runs lack it)
+    unfused = all("lean_unfused_tokens_per_s" in r for r in result["rows"])  # (and this)
     lines = ["| policy | parameters | HF `generate`, MKL | HF `generate`, measured kernels | our sampler, HF forward + "
              "cache | " + ("our sampler, lean path, PyTorch attention | " if torch_attention else "")
+             + ("our sampler, lean path, unfused | " if unfused else "")
              + "our sampler, lean GPT-2 path | speed-up vs `generate`, MKL |",
-             "|---|---|---|---|---|" + "---|" * torch_attention + "---|---|"]
+             "|---|---|---|---|---|" + "---|" * (torch_attention + unfused) + "---|---|"]
     for r in result["rows"]:
         lean_torch = f"{r['lean_torch_attention_tokens_per_s']:,.0f} | " if torch_attention else ""
+        lean_unfused = f"{r['lean_unfused_tokens_per_s']:,.0f} | " if unfused else ""
         lines.append(f"| {r['policy']} | {r['parameters'] / 1e6:.1f}M | {r['hf_generate_mkl_tokens_per_s']:,.0f} "
                      f"tokens/s | {r['hf_generate_tokens_per_s']:,.0f} | {r['hf_cache_loop_tokens_per_s']:,.0f} | "
-                     f"{lean_torch}{r['lean_gpt2_tokens_per_s']:,.0f} | **{r['speedup_vs_generate_mkl']:.1f}×** |")
+                     f"{lean_torch}{lean_unfused}{r['lean_gpt2_tokens_per_s']:,.0f} | "
+                     f"**{r['speedup_vs_generate_mkl']:.1f}×** |")
     lines += ["", "| policy | prefill | per decode step | attention (decode) | projections and head | KV-cache read "
               "rate | GEMM, MKL | GEMM, oneDNN |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -702,8 +706,9 @@ def performance_page(results: Path) -> str:
              "shapes, once per machine (training layers, and the sampler's packed decode step, separately), caches "
              "the result in `~/.cache/rlhf_env/kernels.json` (`RLHF_ENV_CACHE` moves it), and takes oneDNN only where "
              f"it takes under {1 - kernels.MARGIN:.0%} of MKL's time. The MLP's tanh GELU, the sampler's "
-             "decode-step attention and the training forwards' attention over sequences laid end to end (forward "
-             "and backward) are chosen the same way, between PyTorch's ops and small C kernels of the "
+             "decode-step attention, token draw and layers' bias and LayerNorm passes, and the training forwards' "
+             "attention over sequences laid end to end (forward and backward) are chosen the same way, between "
+             "PyTorch's ops and small C kernels of the "
              "package's (`rlhf_env/accel/cpu.c`, compiled at first use by the system's C compiler and cached per "
              "machine by `rlhf_env.accel.native`; PyTorch's where there is no compiler). Every run prints its "
              "choice and writes it to "

@@ -7,7 +7,10 @@ log-probs, and the loop stops as soon as every row has emitted EOS.
 
 Any HF causal LM goes through its own forward and cache (``HFDecoder``); an accelerated HF GPT-2 (the
 shipped models, see ``rlhf_env.accel``) goes through the lean path of ``rlhf_env.accel.decoder`` (the same
-logits, faster: ``benchmarks/bench_sampler.py`` measures it against a plain HF ``generate``).
+logits, faster: ``benchmarks/bench_sampler.py`` measures it against a plain HF ``generate``). For the package's
+models on a CPU, each step's tokens are drawn from its logits in one pass of a C kernel (``draw_logits``, where
+``rlhf_env.accel.kernels`` chose it), else in PyTorch's ops (``draw_logits_torch``): the same tokens from the same
+random numbers, but where one falls within float rounding of a boundary between two.
 """
 
 from __future__ import annotations
@@ -320,32 +323,38 @@ def draw(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
 
 
-def draw_logits_torch(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None
+def draw_logits_torch(logits: torch.Tensor, temperature: torch.Tensor | None, generator: torch.Generator | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row of ``logits`` (B, V) at ``temperature`` (a scalar tensor, or (B, 1)) through ``draw``, and
-    each token's log-probability: ``(token (B,), logp (B,))``."""
-    unit = temperature.ndim == 0 and float(temperature) == 1.0  # x / 1 is x: no division
-    logp = torch.log_softmax(logits if unit else logits / temperature, dim=-1)
+    """One token per row of ``logits`` (B, V) at ``temperature`` (a scalar tensor, (B, 1), or None for 1: no
+    division) through ``draw``, and each token's log-probability: ``(token (B,), logp (B,))``."""
+    logp = torch.log_softmax(logits if temperature is None else logits / temperature, dim=-1)
     token = draw(logp, generator)
     return token, logp.gather(1, token[:, None]).squeeze(1)
 
 
-def draw_logits(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None
+_ONE = torch.ones(1)
+
+
+def draw_logits(logits: torch.Tensor, temperature: torch.Tensor | None, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``draw_logits_torch`` in one pass of the package's C kernel over each row (``sample_rows`` in
     ``rlhf_env/accel/cpu.c``), on float32 CPU logits: the same uniform numbers from ``generator``, so the same tokens
     but where a number falls within float rounding of a boundary between two, and their log-probabilities to float
     rounding. ``native.library()`` must not be None."""
     B, V = logits.shape
-    temperature = temperature.to(torch.float32).reshape(-1)
+    temperature = _ONE if temperature is None else temperature.to(torch.float32).reshape(-1)
     if logits.dtype != torch.float32 or logits.device.type != "cpu" or len(temperature) not in (1, B):
         raise ValueError(f"draw_logits: logits {tuple(logits.shape)} {logits.dtype} on {logits.device}, "
                          f"{len(temperature)} temperatures: float32 CPU logits and one temperature, or one per row")
     logits, temperature = logits.contiguous(), temperature.contiguous()
     u = torch.rand(B, 1, generator=generator, dtype=torch.float64)  # draw's numbers
     token, logp = torch.empty(B, dtype=torch.long), torch.empty(B)
-    if native.library().sample_rows(logits.data_ptr(), temperature.data_ptr(), int(len(temperature) > 1),
-                                    u.data_ptr(), B, V, token.data_ptr(), logp.data_ptr(), native.threads(B * V)):
+    status = native.library().sample_rows(logits.data_ptr(), temperature.data_ptr(), int(len(temperature) > 1),
+                                          u.data_ptr(), B, V, token.data_ptr(), logp.data_ptr(),
+                                          native.threads(B * V))
+    if status & 2:
+        raise MemoryError("draw_logits: the kernel could not allocate its buffer")
+    if status:
         raise ValueError("cannot sample from non-finite log-probabilities (a NaN in the model, or temperature 0 "
                          "in a per-row temperature)")
     return token, logp
@@ -412,6 +421,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
     sample_tokens = draw_logits if draws_in_c(model) else draw_logits_torch
     if temperature.ndim:
         temperature = temperature[:, None]  # (B, 1): one temperature per row
+    scale = None if temperature.ndim == 0 and float(temperature) == 1.0 else temperature  # x / 1 is x: no division
     B, P = prompt_ids.shape
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     context = context_length(model)
@@ -441,7 +451,7 @@ def sample_from_ids(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: tor
             token = logits.argmax(-1)
             token_logp = torch.log_softmax(logits, dim=-1).gather(1, token[:, None]).squeeze(1)
         else:
-            token, token_logp = sample_tokens(logits, temperature, generator)  # (B,)
+            token, token_logp = sample_tokens(logits, scale, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
         logps.append(torch.where(done, torch.zeros_like(token_logp), token_logp))

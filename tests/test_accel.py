@@ -17,7 +17,7 @@ from rlhf_env.models import load_policy, new_model
 from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, sample_from_ids
 
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
-C_MEASURED = ("gelu", "sampling") if native.compiler() is not None else ()  # C kernels measured where they build
+C_MEASURED = ("gelu", "sampling", "fused") if native.compiler() is not None else ()  # measured where they build
 PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
 
 
@@ -112,7 +112,7 @@ def measured_kernels(tmp_path, monkeypatch):
     asked = []
     speedups = {32: {"layers": 1.25, "decode": 0.8},
                 48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5, "packed_attention": 1.8,
-                     "sampling": 1.4}}
+                     "sampling": 1.4, "fused": 1.2}}
     monkeypatch.setattr(kernels, "measure", lambda width, inner, vocab, n_layer, heads: asked.append(width)
                         or speedups[width])
     return asked
@@ -131,7 +131,7 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     (choice,) = kernels.chosen()
     assert (choice.layers, choice.decode, choice.source) == (True, False, "measured")
     assert ("layers oneDNN (oneDNN 1.25x stock), decode MKL (oneDNN 0.80x stock), GELU aten, decode attention torch, "
-            "packed attention SDPA, draw torch; measured now" in choice.describe())
+            "packed attention SDPA, draw torch, bias and LayerNorm passes torch; measured now" in choice.describe())
     assert not decoder.c_attention  # not measured: PyTorch's ops
     assert not any(type(m) is TanhGELU for m in model.modules())  # GELU: not measured, so aten's
 
@@ -149,9 +149,12 @@ def test_kernels_are_chosen_by_measurement_once_per_machine_and_shape(measured_k
     assert accel.c_packed_attention(wider.config) and kernels.chosen()[1].packed_attention
     assert accel.c_sampling(wider.config) and kernels.chosen()[1].sampling
     assert not accel.c_sampling(model.config)  # width 32: not measured, so PyTorch's draw
+    assert accel.c_fused(wider.config) and decoder.fused == (native.library() is not None)
+    assert not accel.c_fused(model.config) and not GPT2Decoder(model, 2, 8).fused
     assert ("1 layer, width 48, 2 heads, inner 192, vocab 768: layers MKL (oneDNN 1.02x stock), decode oneDNN (oneDNN "
             "1.10x stock), GELU C kernel (C 2.00x aten), decode attention C kernel (C 1.50x torch), packed attention "
-            "C kernel (C 1.80x SDPA), draw C kernel (C 1.40x torch); measured now" == kernels.chosen()[1].describe())
+            "C kernel (C 1.80x SDPA), draw C kernel (C 1.40x torch), bias and LayerNorm passes C kernel (C 1.20x "
+            "torch); measured now" == kernels.chosen()[1].describe())
     with kernels.forced("stock"):  # nothing measured, no oneDNN
         assert not swapped(load_policy(str(tiny_policy_dir))[0]) and measured_kernels == [32, 48]
         assert [c.source for c in kernels.chosen()] == ["stock"]
@@ -182,7 +185,8 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved == {f"{kernels.machine()} | 1 layer, width 16, inner 64, vocab 40": {
         "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "attention": False,
-        "packed_attention": False, "sampling": choice.sampling, "speedup": choice.speedup}}  # no heads: no attention
+        "packed_attention": False, "sampling": choice.sampling, "fused": choice.fused,
+        "speedup": choice.speedup}}  # no heads: no attention
 
 
 @pytest.mark.skipif(native.compiler() is None, reason="no C compiler to build the kernels")
@@ -230,7 +234,7 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
     if cache_text == "NO PACKED ATTENTION":  # an older version's entry: the packed training attention not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True, "attention": True,
                                        "speedup": {"layers": 1.3, "decode": 1.3, "gelu": 2.0, "attention": 1.5}}})
-    if cache_text == "NO DRAW":  # the last version's entry: the sampler's draw not measured
+    if cache_text == "NO DRAW":  # the last version's entry: the sampler's draw and fused passes not measured
         cache_text = json.dumps({key: {"layers": True, "decode": True, "gelu": True, "attention": True,
                                        "packed_attention": True, "speedup": {"layers": 1.3, "decode": 1.3}}})
     (tmp_path / "cache").mkdir()
@@ -239,7 +243,8 @@ def test_an_unreadable_or_older_cache_is_measured_again_and_rewritten(measured_k
     assert (choice.source, measured_kernels) == ("measured", [32])
     saved = json.loads((tmp_path / "cache" / "kernels.json").read_text())
     assert saved[key] == {"layers": True, "decode": False, "gelu": False, "attention": False,
-                          "packed_attention": False, "sampling": False, "speedup": {"layers": 1.25, "decode": 0.8}}
+                          "packed_attention": False, "sampling": False, "fused": False,
+                          "speedup": {"layers": 1.25, "decode": 0.8}}
 
 
 def test_a_choice_cached_for_other_c_kernels_is_measured_again(measured_kernels, tmp_path):
@@ -251,7 +256,7 @@ def test_a_choice_cached_for_other_c_kernels_is_measured_again(measured_kernels,
     assert f"C kernels {native.source_digest()}" in kernels.machine()
     older = kernels.machine().replace(native.source_digest(), "0123456789ab")
     entry = {"layers": False, "decode": True, "gelu": True, "attention": True, "packed_attention": True,
-             "sampling": True, "speedup": {"layers": 0.9, "decode": 1.3}}
+             "sampling": True, "fused": True, "speedup": {"layers": 0.9, "decode": 1.3}}
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "kernels.json").write_text(json.dumps({f"{older} | {shape}": entry}))
     choice = kernels.choose(config)
@@ -312,4 +317,21 @@ def test_a_run_recorded_before_heads_and_attention_were_measured_resumes_on_its_
     choice = kernels.choose(SimpleNamespace(n_embd=32, n_head=4, n_inner=None, vocab_size=40))
     assert (choice.shape, choice.layers, choice.decode, choice.gelu, choice.attention, choice.source) == (
         "1 layer, width 32, 4 heads, inner 128, vocab 40", True, False, False, False, "run")
+    assert measured_kernels == []
+
+
+def test_a_run_recorded_before_the_draw_and_fused_passes_resumes_without_them(measured_kernels, tmp_path):
+    """A ``OUT/kernels.json`` of the version before the C draw and the decoder's fused passes: the resumed run keeps
+    its recorded C kernels and takes PyTorch's draw and unfused layers, which that run sampled with."""
+    from rlhf_env.accel import kernels
+
+    (tmp_path / "kernels.json").write_text(json.dumps({"choices": [
+        {"shape": "1 layer, width 32, 4 heads, inner 128, vocab 40", "layers": False, "decode": False, "gelu": True,
+         "attention": True, "packed_attention": True, "speedup": {"layers": 0.9, "decode": 0.9},
+         "source": "measured"}]}))
+    kernels.restore(tmp_path)
+    choice = kernels.choose(SimpleNamespace(n_embd=32, n_head=4, n_inner=None, vocab_size=40))
+    built = native.library() is not None
+    assert (choice.gelu, choice.attention, choice.packed_attention, choice.sampling, choice.fused, choice.source) == (
+        built, built, built, False, False, "run")
     assert measured_kernels == []

@@ -87,6 +87,32 @@ def test_the_fused_decoder_matches_the_unfused_one(tokenizer, monkeypatch):
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-5)  # ... the same logits
 
 
+def test_under_an_autocast_the_decoder_runs_unfused_in_bfloat16(tokenizer, monkeypatch):
+    """The fused passes take float32 projections: under a bfloat16 autocast the step runs PyTorch's ops (whose
+    residual stream takes the projections' bfloat16, as before the fused passes), close to float32's logits."""
+    torch.manual_seed(0)
+    model = new_model(TINY_DIMS, tokenizer).eval()
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    token = torch.randint(2, len(tokenizer), (len(PROMPTS),), generator=torch.Generator().manual_seed(0))
+    fused_calls = []
+    real = GPT2Decoder._residual_norm
+    monkeypatch.setattr(GPT2Decoder, "_residual_norm", staticmethod(lambda *a: fused_calls.append(1) or real(*a)))
+    logits = []
+    for autocast in (False, True):
+        with torch.no_grad():
+            decoder = GPT2Decoder(model, len(PROMPTS), ids.shape[1] + 1)
+            pos = positions(mask)
+            decoder.prefill(ids, mask, pos)
+            fused_calls.clear()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits.append(decoder.step(token, pos[:, -1] + 1).float())
+            assert bool(fused_calls) == (decoder.fused and not autocast)
+    if not decoder.fused:
+        pytest.skip("the C kernels did not build here")
+    assert not torch.equal(logits[0], logits[1])
+    torch.testing.assert_close(logits[1], logits[0], rtol=0.05, atol=0.05)  # bfloat16's rounding
+
+
 @pytest.mark.parametrize("chunk", [16, 1])
 def test_rows_of_one_prompt_prefill_it_once_and_match_hf(tokenizer, chunk, monkeypatch):
     """Groups of rows with one prompt, interleaved: each distinct prompt goes through the layers once (a spy on

@@ -297,7 +297,8 @@ def test_ctrl_c_finishes_the_iteration_saves_and_says_how_to_resume(tiny_policy_
     # The run log says which linear kernels it chose (conftest forces oneDNN), there and in kernels.json.
     assert re.search(r"ppo: kernels for 2 layers, width 32, 2 heads, inner 128, vocab \d+: layers oneDNN, decode "
                      r"oneDNN, GELU (C kernel|aten), decode attention (C kernel|torch), packed attention "
-                     r"(C kernel|SDPA), draw (C kernel|torch); RLHF_ENV_KERNELS=onednn", err)
+                     r"(C kernel|SDPA), draw (C kernel|torch), bias and LayerNorm passes (C kernel|torch); "
+                     r"RLHF_ENV_KERNELS=onednn", err)
     report = json.loads((tmp_path / "ppo" / "kernels.json").read_text())
     tiny = [c for c in report["choices"] if c["shape"].startswith("2 layers, width 32, 2 heads, inner 128, vocab ")]
     assert [(c["layers"], c["decode"], c["source"]) for c in tiny] == [(True, True, "onednn")] and report["machine"]

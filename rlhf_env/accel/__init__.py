@@ -5,7 +5,8 @@
 - ``decoder``: the sampler's lean GPT-2 path (static KV cache, packed weights, bucketed prefill);
 - ``fuse_gelu``: GPT-2's five-kernel ``gelu_new`` swapped for the same tanh GELU in one kernel: aten's, or the
   package's C kernel (``gelu``) where ``kernels`` measured it faster on this machine;
-- ``native``: the package's C kernels (the GELU, the decoder's decode-step attention), built once per machine;
+- ``native``: the package's C kernels (the GELU, the decoder's decode-step attention and its bias and LayerNorm passes,
+  the packed training attention, the sampler's draw), built once per machine;
 - ``gpt2``: the envs' frozen bundled models (reference, likelihood RM) in plain torch, loaded without
   importing transformers (``rlhf_env.models.load_reference``).
 
@@ -158,6 +159,12 @@ def c_sampling(config) -> bool:
     """Whether the sampler should draw its tokens from a model's logits through the package's C kernel here
     (``rlhf_env.sampling.draw_logits``): as ``c_gelu``, for ``kernels.Choice.sampling``."""
     return _c_kernel(config, "sampling")
+
+
+def c_fused(config) -> bool:
+    """Whether the sampler's lean decoder should add its projections' biases, residual sums and LayerNorms in the
+    package's C kernels' passes here (``rlhf_env.accel.decoder``): as ``c_gelu``, for ``kernels.Choice.fused``."""
+    return _c_kernel(config, "fused")
 
 
 def _c_kernel(config, use: str) -> bool:

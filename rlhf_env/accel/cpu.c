@@ -7,9 +7,9 @@
      0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), is computed as x s with s = 1 / (1 + e), e = exp(-2u): the
      same function, whose derivative s + x s (1 - s) d(2u)/dx, with 1 - s = e s, needs no cancelling 1 - tanh^2;
      -2u is clamped to [-80, 80], where s is exact in float32 and e stays finite.
-   - bias_gelu, residual_layer_norm: the lean decoder's steps (rlhf_env/accel/decoder.py) add a projection's bias in
-     the pass of the GELU or of the next LayerNorm that follows it, and the residual stream's sum in the latter, where
-     PyTorch would run an op for each.
+   - bias_gelu, residual_layer_norm: the lean decoder's layers (rlhf_env/accel/decoder.py: decode steps and prefills)
+     add a projection's bias in the pass of the GELU or of the next LayerNorm that follows it, and the residual
+     stream's sum in the latter, where PyTorch would run an op for each.
    - sample_rows: the sampler's draw of one token per row from its logits, by inverse-CDF sampling
      (rlhf_env/sampling.py).
    - attend_step: one decoding step's attention for the sampler's lean decoder (rlhf_env/accel/decoder.py): the new
@@ -111,9 +111,11 @@ void residual_layer_norm(float *x, const float *y, const float *bias, const floa
    log_softmax(logits / temperature), and the token is the first whose running sum of probabilities, in float64,
    exceeds u[b] times their total (the last token if none does, by rounding), as rlhf_env/sampling.py's torch path
    draws them (the running sum is taken by blocks of 16 and then within the block that crosses, which can only move
-   a boundary by float64 rounding): token[b] and its log-probability logp[b]. Returns 0, or 1 where a row's
-   probabilities do not sum to a finite number (a NaN in the logits, or a temperature of 0), whose token is then -1,
-   or where a thread could not allocate its buffer (every token -1). */
+   a boundary by float64 rounding; should rounding leave no token past the target, the last token of nonzero
+   probability): token[b] and its log-probability logp[b], (x - max) - log(sum of exp(x - max)) as torch's
+   log_softmax computes it. Returns 0; 1 where a row's probabilities do not sum to a finite number (a NaN in the
+   logits, or a temperature of 0), whose token is then -1; 2 where a thread could not allocate its buffer (its
+   rows' tokens -1). */
 int sample_rows(const float *logits, const float *temperature, ptrdiff_t temperature_stride, const double *u, int B,
                 int V, int64_t *token, float *logp, int threads) {
     int failed = 0;
@@ -126,7 +128,7 @@ int sample_rows(const float *logits, const float *temperature, ptrdiff_t tempera
             const float *x = logits + (ptrdiff_t)b * V; /* the logits over the temperature (x / 1 is x) */
             if (p == NULL) {
                 token[b] = -1;
-                failed = 1;
+                failed |= 2;
                 continue;
             }
             if (temp != 1.0f) {
@@ -143,18 +145,18 @@ int sample_rows(const float *logits, const float *temperature, ptrdiff_t tempera
                 const float y = x[j] - m; /* <= 0, -inf for a -inf logit, NaN for a NaN (which makes the sum NaN) */
                 sum += y >= -80.0f ? exp_poly(y) : (y < -80.0f ? 0.0f : y);
             }
-            const float shift = m + logf(sum); /* log_softmax = x - shift */
+            const float log_sum = logf(sum); /* log_softmax = (x - m) - log_sum */
             #pragma omp simd
             for (int j = 0; j < V; j++) {
-                const float y = x[j] - shift;
+                const float y = (x[j] - m) - log_sum;
                 p[j] = y >= -80.0f ? exp_poly(y) : 0.0f;
             }
             double total = 0.0;
             #pragma omp simd reduction(+:total)
             for (int j = 0; j < V; j++) total += (double)p[j];
-            if (!isfinite(total) || !isfinite(shift)) {
+            if (!isfinite(total) || !isfinite(log_sum) || !isfinite(m)) {
                 token[b] = -1;
-                failed = 1;
+                failed |= 1;
                 continue;
             }
             const double target = u[b] * total;
@@ -171,8 +173,9 @@ int sample_rows(const float *logits, const float *temperature, ptrdiff_t tempera
                 running += (double)p[j];
                 if (running > target) break;
             }
+            while (j > 0 && p[j] == 0.0f) j--; /* (only where rounding left the target past the running sum) */
             token[b] = j;
-            logp[b] = x[j] - shift;
+            logp[b] = (x[j] - m) - log_sum;
         }
         free(p);
     }

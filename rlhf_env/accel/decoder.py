@@ -17,8 +17,9 @@ sampled as it is now.
   (``torch.ops.mkldnn._linear_pointwise``, the kernel TorchInductor uses for frozen CPU linears), where
   torch has it and ``rlhf_env.accel.kernels`` measured it faster on this machine, and ``addmm`` elsewhere;
 - the MLP's tanh GELU in the same oneDNN kernel as its first projection (else the package's C kernel or
-  ``F.gelu``'s, as ``rlhf_env.accel.kernels`` chose);
-- where the package's C GELU and decode attention were chosen (``fused``), the projections without their biases, which
+  ``F.gelu``'s, as ``rlhf_env.accel.kernels`` chose), where the layers are not ``fused``;
+- where ``rlhf_env.accel.kernels`` chose the fused passes and the C GELU and decode attention (``fused``; not under an
+  autocast), the projections without their biases, which
   the C kernels add in the passes that follow: the attention's (queries, keys and values), the GELU's
   (``bias_gelu``), and one pass that adds a projection's output and bias to the residual stream and takes the next
   LayerNorm (``residual_layer_norm``), where PyTorch would run an op for each (``addmm`` with a bias is much slower
@@ -39,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_env.accel import c_attention, c_gelu, c_packed_attention, gelu, kernels, native, packed_attention
+from rlhf_env.accel import c_attention, c_fused, c_gelu, c_packed_attention, gelu, kernels, native, packed_attention
 from rlhf_env.accel.gpt2 import TANH_GELUS, TorchGPT2
 from rlhf_env.accel.onednn import available as onednn_available
 from rlhf_env.accel.onednn import pack, packed_linear, worth_it
@@ -162,8 +163,8 @@ class GPT2Decoder:
         self.packed_prefill = (self.c_attention and packed_attention.applies(p, self.head_dim)
                                and c_packed_attention(c))
         # Each projection's bias, the MLP's GELU and the residual sums in the C kernels' passes (``bias_gelu``,
-        # ``residual_layer_norm``, the attention's), where both C kernels that were measured on this machine run.
-        self.fused = (self.c_attention and tanh_gelu and c_gelu(c)
+        # ``residual_layer_norm``, the attention's), where they and the C GELU and attention were chosen here.
+        self.fused = (self.c_attention and tanh_gelu and c_gelu(c) and c_fused(c)
                       and all(x is not None and x.dtype == torch.float32 and x.is_contiguous()
                           for x in self._vectors()))
 
@@ -271,32 +272,31 @@ class GPT2Decoder:
                 return attend_c(qkv_proj.matmul(h), self.cache[i], self.key_bias, self.start, t, self.scales[i],
                                 qkv_proj.bias)
             qkv = qkv_proj(h)  # (B, 3 E)
-            if self.c_attention and qkv.dtype == torch.float32:  # (not a bfloat16 projection under autocast)
-                return attend_c(qkv, self.cache[i], self.key_bias, self.start, t, self.scales[i])
+            if self.c_attention:  # (a bfloat16 projection under an autocast too: the cache's padding is not zeroed)
+                return attend_c(qkv.float(), self.cache[i], self.key_bias, self.start, t, self.scales[i])
             return attend_torch(qkv, self.cache[i], self.key_bias, t, self.scales[i])
 
         return self._head(self._layers(self.wte[token] + self.wpe[pos], attend, fused))
 
     def _layers(self, x: torch.Tensor, attend, fused: bool | None = None) -> torch.Tensor:
-        """The blocks on the residual stream ``x`` (N, E), updated in place; ``attend(i, h)`` is layer ``i``'s
-        attention of its first LayerNorm's output ``h`` (its projections, and its keys and values written into the
-        cache). Returns the final LayerNorm of the stream, for the LM head. ``fused`` (default: ``_fuses()``) adds the
-        projections' biases and the residual sums in the C kernels' passes."""
+        """The blocks on the residual stream ``x`` (N, E), which they may update in place; ``attend(i, h)`` is
+        layer ``i``'s attention of its first LayerNorm's output ``h`` (its projections, and its keys and values written
+        into the cache). Returns the final LayerNorm of the stream, for the LM head. ``fused`` (default:
+        ``_fuses()``) adds the projections' biases and the residual sums in the C kernels' passes."""
         if fused is None:
             fused = self._fuses()
         E = self.n_embd
-        h = F.layer_norm(x, (E,), *self.layers[0][:3])
+        h = F.layer_norm(x, (E,), *(self.layers[0][:3] if self.layers else self.ln_f))
         for i, (_, _, _, _, o, w2, b2, e2, fc, proj) in enumerate(self.layers):
             after = self.layers[i + 1][:3] if i + 1 < len(self.layers) else self.ln_f  # the next LayerNorm
             if fused:
                 h = self._residual_norm(x, o.matmul(attend(i, h)), o.bias, (w2, b2, e2))
-                hidden = fc.matmul(h)
-                native.library().bias_gelu(hidden.data_ptr(), fc.bias.data_ptr(), hidden.data_ptr(), len(hidden),
-                                           hidden.shape[1], native.threads(hidden.numel()))
-                h = self._residual_norm(x, proj.matmul(hidden), proj.bias, after)
-            else:
-                h = F.layer_norm(x.add_(o(attend(i, h))), (E,), w2, b2, e2)
-                h = F.layer_norm(x.add_(proj(fc(h))), (E,), *after)
+                h = self._residual_norm(x, proj.matmul(self._bias_gelu(fc.matmul(h), fc.bias)), proj.bias, after)
+            else:  # (the sum in the projection's output: under an autocast, the stream takes its bfloat16)
+                x = o(attend(i, h)).add_(x)
+                h = F.layer_norm(x, (E,), w2, b2, e2)
+                x = proj(fc(h)).add_(x)
+                h = F.layer_norm(x, (E,), *after)
         return h
 
     def _fuses(self) -> bool:
@@ -307,6 +307,13 @@ class GPT2Decoder:
         """The biases and LayerNorm parameters that the fused kernels read."""
         return [*self.ln_f[:2], *(x for w1, b1, _, qkv, o, w2, b2, _, fc, proj in self.layers
                                   for x in (w1, b1, qkv.bias, o.bias, w2, b2, fc.bias, proj.bias))]
+
+    @staticmethod
+    def _bias_gelu(hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The tanh GELU of ``hidden + bias``, in place (float32, contiguous), through the C kernel."""
+        native.library().bias_gelu(hidden.data_ptr(), bias.data_ptr(), hidden.data_ptr(), len(hidden),
+                                   hidden.shape[1], native.threads(hidden.numel()))
+        return hidden
 
     @staticmethod
     def _residual_norm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, norm) -> torch.Tensor:

@@ -19,7 +19,11 @@ and likewise, for the package's C kernels (``rlhf_env.accel.native``, where a C 
   tokens in sequences laid end to end, through ``rlhf_env.accel.packed_attention`` against
   ``scaled_dot_product_attention`` on the packed rows (``rlhf_env.accel.trunk``'s two ways);
 - ``sampling``: the sampler's draw of a token per row from a decode step's logits, through
-  ``rlhf_env.sampling.draw_logits`` (the C kernel) against the same in PyTorch ops (``draw_logits_torch``).
+  ``rlhf_env.sampling.draw_logits`` (the C kernel) against the same in PyTorch ops (``draw_logits_torch``);
+- ``fused``: the lean decoder's layers after the attention at a batch of single tokens, the projections alone and
+  their biases, the GELU, the residual sums and the LayerNorms in the C kernels' passes (``bias_gelu``,
+  ``residual_layer_norm``), against the biased projections and PyTorch's ops (``rlhf_env.accel.decoder``, taken
+  only where the C GELU and decode attention are too).
 
 A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version, the C kernels' source) and per shape in
@@ -56,14 +60,14 @@ DECODE_PROMPT, DECODE_NEW = 48, 48  # the attention's measured cache: prompts of
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
 MIN_REPEATS, MAX_REPEATS = 3, 7
 PACKED_LENGTHS = (16, 64)  # the sequences' lengths in the packed attention's measurement (uniform)
-C_USES = ("gelu", "attention", "packed_attention", "sampling")  # a C kernel of the package's or PyTorch's
+C_USES = ("gelu", "attention", "packed_attention", "sampling", "fused")  # a C kernel of the package's or PyTorch's
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """The kernels for one model shape: ``layers`` and ``decode`` say whether oneDNN is used for each, ``gelu``,
-    ``attention``, ``packed_attention`` and ``sampling`` whether the C GELU, decode-step attention, packed training
-    attention and sampler's draw are; ``speedup`` is stock's time over
+    ``attention``, ``packed_attention``, ``sampling`` and ``fused`` whether the C GELU, decode-step attention, packed
+    training attention, sampler's draw and decoder's bias and LayerNorm passes are; ``speedup`` is stock's time over
     the candidate's for each (above 1: the candidate faster), without the ones not measured; ``source`` is how it
     was decided: "measured", "cache", "unmeasured" (several ranks, no cached result), or the forcing policy
     ("onednn" or "stock")."""
@@ -77,6 +81,7 @@ class Choice:
     attention: bool = False  # (and one recorded before the C attention, PyTorch's)
     packed_attention: bool = False
     sampling: bool = False
+    fused: bool = False
 
     def describe(self) -> str:
         def one(use: str) -> str:
@@ -96,7 +101,7 @@ class Choice:
         how = how.get(self.source, f"{POLICY_VAR}={self.source}")
         return (f"{self.shape}: {one('layers')}, {one('decode')}, {c('gelu', 'GELU', 'aten')}, "
                 f"{c('attention', 'decode attention', 'torch')}, {c('packed_attention', 'packed attention', 'SDPA')}, "
-                f"{c('sampling', 'draw', 'torch')}; {how}")
+                f"{c('sampling', 'draw', 'torch')}, {c('fused', 'bias and LayerNorm passes', 'torch')}; {how}")
 
 
 _chosen: dict[str, Choice] = {}
@@ -219,7 +224,8 @@ def _c_built() -> bool:
 
 def _valid(entry) -> bool:
     """A cached or recorded choice as this version writes it (else it is measured again); a cached one must also
-    say ``gelu`` and ``attention`` (``choose`` checks), which a recorded one of an older version may lack."""
+    say every use of ``C_USES`` (``choose`` checks), which a recorded one of an older version may lack (``restore``
+    takes a missing one as PyTorch's: what that run used)."""
     return (isinstance(entry, dict) and isinstance(entry.get("layers"), bool) and isinstance(entry.get("decode"), bool)
             and isinstance(entry.get("speedup"), dict)
             and all(isinstance(v, (int, float)) for v in entry["speedup"].values()))
@@ -276,8 +282,8 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | N
     where this torch has oneDNN; the C kernels' where they built: for ``gelu``, on ``n_layer`` GELUs of the inner
     width, for ``attention`` (given the ``heads``), on ``n_layer`` layers' decode steps, and for
     ``packed_attention`` (given heads whose size the kernel takes), on ``n_layer`` layers' attention of a minibatch,
-    and for ``sampling``, on draws from a decode step's logits. It runs backward passes whatever the caller's grad
-    mode."""
+    for ``sampling``, on draws from a decode step's logits, and for ``fused``, on ``n_layer`` decode steps' layers
+    after the attention. It runs backward passes whatever the caller's grad mode."""
     import torch
 
     from rlhf_env.accel import onednn
@@ -289,7 +295,8 @@ def measure(width: int, inner: int, vocab: int, n_layer: int = 1, heads: int | N
                 **({"attention": _measure_attention(width, heads, n_layer)} if heads and _c_built() else {}),
                 **({"packed_attention": _measure_packed_attention(width, heads, n_layer)}
                    if heads and _c_built() and (width // heads) % 16 == 0 else {}),
-                **({"sampling": _measure_sampling(vocab)} if _c_built() else {})}
+                **({"sampling": _measure_sampling(vocab)} if _c_built() else {}),
+                **({"fused": _measure_fused(width, inner, n_layer)} if _c_built() else {})}
 
 
 def _measure_gelu(inner: int, n_layer: int) -> float:
@@ -347,16 +354,50 @@ def _measure_sampling(vocab: int, steps: int = 16) -> float:
     from rlhf_env.sampling import draw_logits, draw_logits_torch
 
     logits = torch.randn(DECODE_ROWS, vocab, generator=torch.Generator().manual_seed(0)) * 3
-    temperature = torch.tensor(1.0)
 
     def run(draw):
         def rounds():
             generator = torch.Generator().manual_seed(0)
             for _ in range(steps):
-                draw(logits, temperature, generator)
+                draw(logits, None, generator)  # at temperature 1, the sampler's default
         return rounds
 
     return _ratio(run(draw_logits_torch), run(draw_logits))
+
+
+def _measure_fused(width: int, inner: int, n_layer: int) -> float:
+    """``n_layer`` decode steps' layers after the attention at ``DECODE_ROWS`` rows (its output's projection, the
+    MLP's two, the C GELU, the residual sums and the LayerNorms), the decoder's two ways."""
+    import torch
+    import torch.nn.functional as F
+
+    from rlhf_env.accel import gelu
+    from rlhf_env.accel.decoder import GPT2Decoder
+
+    generator = torch.Generator().manual_seed(0)
+    w_o, w_fc, w_proj = (torch.randn(n, m, generator=generator) * n**-0.5
+                         for n, m in ((width, width), (width, inner), (inner, width)))
+    b_o, b_fc, b_proj = (torch.randn(n, generator=generator) * 0.1 for n in (width, inner, width))
+    norm = (torch.ones(width), torch.zeros(width), 1e-5)
+    attended, stream = (torch.randn(DECODE_ROWS, width, generator=generator) for _ in range(2))
+
+    def stock():
+        with torch.no_grad():
+            x = stream.clone()
+            for _ in range(n_layer):
+                x = torch.addmm(b_o, attended, w_o).add_(x)
+                hidden = gelu.forward(torch.addmm(b_fc, F.layer_norm(x, (width,), *norm), w_fc))
+                x = torch.addmm(b_proj, hidden, w_proj).add_(x)
+                F.layer_norm(x, (width,), *norm)
+
+    def fused():
+        with torch.no_grad():
+            x = stream.clone()
+            for _ in range(n_layer):
+                hidden = GPT2Decoder._bias_gelu(GPT2Decoder._residual_norm(x, attended @ w_o, b_o, norm) @ w_fc, b_fc)
+                GPT2Decoder._residual_norm(x, hidden @ w_proj, b_proj, norm)
+
+    return _ratio(stock, fused)
 
 
 def _measure_packed_attention(width: int, heads: int, n_layer: int) -> float:

@@ -9,7 +9,7 @@ remembered next to where the library would be (``cpu-<hash>.failed``, the compil
 and do not try again until that file is deleted, or the source, compiler or CPU changes.
 
 - ``rlhf_env.accel.gelu``: GPT-2's tanh GELU, alone or with its derivative (for the backward);
-- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``), and its steps' bias, GELU,
+- ``rlhf_env.accel.decoder``: the sampler's decode-step attention (``attend_step``), and its layers' bias, GELU,
   residual and LayerNorm passes (``bias_gelu``, ``residual_layer_norm``);
 - ``rlhf_env.accel.packed_attention``: the packed training forwards' attention, forward and backward;
 - ``rlhf_env.sampling``: the sampler's draw of one token per row from its logits (``sample_rows``).
