@@ -9,6 +9,7 @@ plain run computes exactly what it computed before data parallelism existed. The
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -32,7 +33,21 @@ def init(device: str) -> str:
 
     cpu = torch.device(device).type == "cpu"
     state = PartialState(cpu=cpu)  # gloo on CPUs, NCCL on GPUs; a no-op if the group exists
+    if not _leaving:
+        atexit.register(_leave)
+        _leaving.append(_leave)
     return device if cpu else str(state.device)
+
+
+_leaving: list = []  # the exit handler, once registered
+
+
+def _leave() -> None:
+    """Leave the process group at exit, while the interpreter is still whole: a group left to the interpreter's
+    shutdown can abort the process there ("terminate called without an active exception", gloo's threads), after a
+    run that finished."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:
