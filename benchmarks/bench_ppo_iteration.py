@@ -85,6 +85,7 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
             stack.enter_context(kernels.forced("stock"))
         elif variant == "float32_unshared":
             stack.enter_context(mock.patch.object(sampling, "SHARE_FROM", math.inf))
+            stack.enter_context(mock.patch.object(sampling, "shares", lambda *args, **kwargs: False))  # the trunk's
             stack.enter_context(mock.patch.object(decoder, "first_rows", lambda ids, mask: torch.arange(len(ids))))
         return _measure(iterations, bf16=variant == "bf16")
 
