@@ -109,7 +109,7 @@ void residual_layer_norm(float *x, const float *y, const float *bias, const floa
 /* One token per row of logits (B, V), contiguous, at temperature[b * temperature_stride] (a stride of 0: one for all
    rows), by inverse-CDF sampling with the row's uniform number u[b] in [0, 1): the log-probabilities are
    log_softmax(logits / temperature), and the token is the first whose running sum of probabilities, in float64,
-   exceeds u[b] times their total (the last token if none does, by rounding), as rlhf_env/sampling.py's torch path
+   exceeds u[b] times their total, as rlhf_env/sampling.py's torch path
    draws them (the running sum is taken by blocks of 16 and then within the block that crosses, which can only move
    a boundary by float64 rounding; should rounding leave no token past the target, the last token of nonzero
    probability): token[b] and its log-probability logp[b], (x - max) - log(sum of exp(x - max)) as torch's
