@@ -39,7 +39,7 @@ SIGNATURES = {  # each function's argument types and return type
     "gelu_forward": ([_P, _P, _N, _I], None),
     "gelu_forward_slope": ([_P, _P, _P, _N, _I], None),
     "bias_gelu": ([_P, _P, _P, _N, _I, _I], None),
-    "sample_rows": ([_P, _P, _N, _P, _I, _I, _P, _P, _I], _I),  # 1: a row that sums to no finite number
+    "sample_rows": ([_P, _P, _N, _P, _I, _I, _P, _P, _I], _I),  # 1: a row of no finite sum; 2: out of memory
     "residual_layer_norm": ([_P, _P, _P, _P, _P, _F, _P, _N, _I, _I], None),
     "attend_step": ([_P, _P, _P, _P, _N, _N, _P, _N, _P, _I, _I, _I, _I, _F, _P, _I], _I),  # 1: out of memory
     "packed_attention_forward": ([_P, _P, _P, _P, _I, _I, _I, _F, _P, _P, _I], _I),  # (alike)

@@ -90,10 +90,11 @@ def shared_prompt_logits(model, tokenizer, texts: list[str], prompts: list[str],
     prompt_ids, prompt_mask = _padded(heads, pad_id, left=True, device=device)
     tail_ids, tail_mask = _padded(tails, pad_id, left=False, device=device)
     index = torch.tensor(rows, device=device)
-    first = torch.tensor([rows.index(u) for u in range(len(distinct))], device=device)  # each prompt's first text
-    last = None if not on_real else last_hidden_shared(model, torch.cat([prompt_ids[index], tail_ids], 1),
-                                                         torch.cat([prompt_mask[index], tail_mask], 1),
-                                                         tail_ids.shape[1], (first, index))
+    last = None
+    if on_real:
+        first = torch.tensor([rows.index(u) for u in range(len(distinct))], device=device)  # each prompt's first text
+        last = last_hidden_shared(model, torch.cat([prompt_ids[index], tail_ids], 1),
+                                  torch.cat([prompt_mask[index], tail_mask], 1), tail_ids.shape[1], (first, index))
     if last is not None:
         return head(last).float()
     if cache_arg is None or not worth_sharing(len(texts), len(distinct)):

@@ -10,6 +10,7 @@ plain run computes exactly what it computed before data parallelism existed. The
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
 import os
@@ -33,13 +34,13 @@ def init(device: str) -> str:
 
     cpu = torch.device(device).type == "cpu"
     state = PartialState(cpu=cpu)  # gloo on CPUs, NCCL on GPUs; a no-op if the group exists
-    if not _leaving:
-        atexit.register(_leave)
-        _leaving.append(_leave)
+    _leave_at_exit()
     return device if cpu else str(state.device)
 
 
-_leaving: list = []  # the exit handler, once registered
+@functools.cache  # registered once per process
+def _leave_at_exit() -> None:
+    atexit.register(_leave)
 
 
 def _leave() -> None:
