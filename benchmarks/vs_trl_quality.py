@@ -7,9 +7,10 @@ minibatches of 16, AdamW at 1e-4 decaying linearly over 300 generations, tempera
 and a response without EOS scored -1. That recipe is our ``rlhf ppo`` default, which the script checks.
 TRL's ``RLOOTrainer`` runs it with the settings in ``trl_config``, by default with the three changes of
 ``--trl-recipe black-box`` (8 samples per prompt, 4 passes, 3e-5: our default before the token target, where
-TRL did better; on ours, ``--trl-recipe same``, its win rate fell below SFT's). TRL scores through ``rlhf serve-reward``
-(``rlhf_env.rewards.server``, JSON over HTTP, served from this process), so both sides pay the same reward
-model; its reward function applies the EOS rule. Ours also has its default token target
+TRL did better; on ours, ``--trl-recipe same``, its win rate fell below SFT's). ``--ours-recipe black-box`` runs
+ours on that recipe too, without the token target: one recipe on both sides, so that only speed differs. TRL
+scores through ``rlhf serve-reward`` (``rlhf_env.rewards.server``, JSON over HTTP, served from this process), so
+both sides pay the same reward model; its reward function applies the EOS rule. Ours also has its default token target
 (``agents/token_target.py``), which reads the reward model's LM: our best agent on this task, and one that TRL,
 which sees the reward only as scores, does not have.
 
@@ -47,6 +48,9 @@ TARGET = 0.6
 # target (8 per prompt, 4 passes at 3e-5), on which TRL's RLOO did better: at the default's 2 per prompt and 1e-4
 # its held-out win rate fell below SFT's (vs_trl_quality_same_recipe.json)
 TRL_RECIPES = {"same": {}, "black-box": {"group_size": 8, "ppo_epochs": 4, "lr": 3e-5}}
+# Our side: rlhf ppo's default, or the same black-box recipe without the token target (agents.bench.BLACK_BOX_PPO):
+# then both sides run one recipe, and the comparison is of speed alone
+OURS_RECIPES = {"default": {}, "black-box": {"token_target_coef": 0.0, **TRL_RECIPES["black-box"]}}
 LEVELS = (0.55, 0.58)  # lower targets, compared as well: the curves flatten just under TARGET
 RECIPE = {"batch_size": 128, "group_size": 2, "minibatch_size": 16, "ppo_epochs": 2, "lr": 1e-4, "kl_coef": 0.05,
           "clip_coef": 0.2, "temperature": 1.0, "max_new_tokens": 48, "missing_eos_penalty": -1.0,
@@ -65,13 +69,16 @@ def worker(spec_path: str, out_path: str) -> None:
 
 
 def _train_ours(spec: dict) -> dict:
-    """``rlhf ppo``'s default run, its iterations timed, judged every ``eval_every`` generations."""
+    """``rlhf ppo``'s default run (with ``spec["ours_overrides"]``), its iterations timed, judged every
+    ``eval_every`` generations."""
     from agents.ppo import PPOAgent, PPOConfig
 
+    overrides = spec["ours_overrides"]
     with tempfile.TemporaryDirectory() as out:
         agent = PPOAgent(PPOConfig(out=out, iterations=spec["generations"], seed=spec["seed"], eval_every=0,
-                                   save_every=0))
-        differs = {k: (getattr(agent.config, k), v) for k, v in RECIPE.items() if getattr(agent.config, k) != v}
+                                   save_every=0, **overrides))
+        recipe = {**RECIPE, **{k: v for k, v in overrides.items() if k in RECIPE}}
+        differs = {k: (getattr(agent.config, k), v) for k, v in recipe.items() if getattr(agent.config, k) != v}
         if differs:
             raise RuntimeError(f"rlhf ppo's defaults are no longer the compared recipe: {differs}")
         obs = agent.resume()  # a fresh run: the env's first observations
@@ -228,6 +235,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=500, help="held-out prompts per judgement")
     parser.add_argument("--trl-recipe", default="black-box", choices=list(TRL_RECIPES),
                         help="TRL's recipe: ours (same) or the black-box one it does better on")
+    parser.add_argument("--ours-recipe", default="default", choices=list(OURS_RECIPES),
+                        help="our recipe: rlhf ppo's default, or the black-box one without the token target")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
@@ -253,7 +262,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "ours" in args.sides:
-            ours = launch(sys.executable, {"side": "ours", **common}, tmp)
+            ours = launch(sys.executable, {"side": "ours", **common, "ours_overrides": OURS_RECIPES[args.ours_recipe]},
+                          tmp)
             curves["ours"] = ours["curve"]
         if "trl" in args.sides:
             python = ensure_venv(TRL_RLOO_VERSION, Path(args.cache))
@@ -271,8 +281,9 @@ def main() -> None:
             curves["trl"] = judge_snapshots(trl_run["snapshots"], args.eval_episodes)
     result = {"settings": {**RECIPE, **common, "target": TARGET, "trl_version": TRL_RLOO_VERSION,
                            "ours_token_target_coef": ours.get("token_target_coef"),
-                           "trl_overrides": TRL_RECIPES[args.trl_recipe]}, "assets": assets_digest(), "curves": curves,
-              "versions": versions}
+                           "trl_overrides": TRL_RECIPES[args.trl_recipe],
+                           "ours_overrides": OURS_RECIPES[args.ours_recipe]},
+              "assets": assets_digest(), "curves": curves, "versions": versions}
     if set(curves) == {"ours", "trl"}:
         result["summary"] = summarize(curves)
     print(f"held-out gold win rate vs SFT ({args.eval_episodes} prompts) against training seconds:")

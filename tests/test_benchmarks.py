@@ -146,3 +146,14 @@ def test_the_time_to_quality_recipe_is_rlhf_ppos_default(monkeypatch):
 
     recipe, config = _vs_trl_quality(monkeypatch)["RECIPE"], PPOConfig()
     assert {k: getattr(config, k) for k in recipe} == recipe
+
+
+def test_the_time_to_quality_black_box_recipe_is_one_recipe_on_both_sides(monkeypatch):
+    """--ours-recipe black-box is the bench's black-box PPO (no token target), and TRL's black-box recipe is the same
+    one: a drift of either would compare two recipes where the table says one."""
+    from agents.bench import BLACK_BOX_PPO
+
+    quality = _vs_trl_quality(monkeypatch)
+    ours, trl = quality["OURS_RECIPES"]["black-box"], quality["TRL_RECIPES"]["black-box"]
+    assert ours == BLACK_BOX_PPO
+    assert {k: v for k, v in ours.items() if k != "token_target_coef"} == trl and ours["token_target_coef"] == 0
