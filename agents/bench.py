@@ -236,7 +236,7 @@ def _agent(module, agent, config, **defaults):
 # The bench's PPO sees the env's reward only, as every other algorithm here does: `rlhf ppo`'s token target reads
 # the reward model's LM, so it is opt-in (--algo_kwargs '{"token_target_coef": 10}'), and without it the bench
 # keeps the black-box recipe that benchmarks/results/algorithms.json measured.
-BLACK_BOX_PPO = {"token_target_coef": 0.0, "group_size": 8, "lr": 3e-5, "ppo_epochs": 4}
+BLACK_BOX_PPO = {"token_target_coef": 0.0, "batch_size": 128, "group_size": 8, "lr": 3e-5, "ppo_epochs": 4}
 
 BUILT_INS = {
     "ppo": _agent("agents.ppo", "PPOAgent", "PPOConfig", **BLACK_BOX_PPO),

@@ -43,7 +43,7 @@ class PPOConfig:
     """Seed of the policy's sampling, the env's prompt draws and the minibatch order."""
     iterations: int = 300
     """PPO iterations; each samples batch_size episodes."""
-    batch_size: int = 128
+    batch_size: int = 256  # twice the 128 of earlier versions, which left most of the time budget unused
     """Episodes per iteration: the vector env's num_envs (batch_size / group_size distinct prompts)."""
     advantage: str = "rloo"
     """rloo: a response's advantage, at each of its tokens, is its env reward (score - beta * KL) minus the
@@ -178,6 +178,8 @@ class GRPOConfig(PPOConfig):
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     iterations: int = 100
     """PPO iterations; each samples batch_size episodes."""
+    batch_size: int = 128
+    """Episodes per iteration (batch_size / group_size distinct prompts)."""
     group_size: int = 8
     """Responses sampled per prompt in each iteration (the group that normalises the rewards)."""
     lr: float = 3e-5
@@ -204,6 +206,8 @@ class RLOOConfig(PPOConfig):
     """Output directory: logs, checkpoint/, final/ (an `rlhf eval`-able policy)."""
     iterations: int = 100
     """Iterations; each samples batch_size episodes."""
+    batch_size: int = 128
+    """Episodes per iteration (batch_size / group_size distinct prompts)."""
     group_size: int = 8
     """Responses sampled per prompt in each iteration (the leave-one-out baseline's group)."""
     token_target_coef: float | None = 0.0

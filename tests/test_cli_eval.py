@@ -72,8 +72,8 @@ def test_every_option_of_every_command_has_help_and_its_default(command):
     (["ppo", "--klcoef", "0.1"], "unrecognized argument --klcoef; did you mean --kl_coef?"),
     (["ppo", "--iterations", "0"], "iterations must be a positive integer, got 0"),
     (["ppo", "--iterations", "-1"], "iterations must be a positive integer, got -1"),
-    (["ppo", "--group_size", "3"], "group_size must divide batch_size (128)"),
-    (["ppo", "--minibatch_size", "500"], "minibatch_size (500) must be <= batch_size (128)"),
+    (["ppo", "--group_size", "3"], "group_size must divide batch_size (256)"),
+    (["ppo", "--minibatch_size", "500"], "minibatch_size (500) must be <= batch_size (256)"),
     (["eval", "--episodess", "3"], "did you mean --episodes?"),
     (["sft", "--lr", "0"], "lr must be > 0, got 0.0"),  # the LM stages' shared settings (TrainConfig)
     (["rm", "--warmup_ratio", "2"], "warmup_ratio must be in [0, 1], got 2.0"),
