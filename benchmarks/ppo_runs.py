@@ -36,7 +36,8 @@ from rlhf_env.paths import assets_digest, finished_on
 
 # the default before the token target (stop 28): black-box PPO, the bench's (benchmarks/results/algorithms.json)
 BLACK_BOX = {**BLACK_BOX_PPO, "iterations": 100}
-OLD = {k: BLACK_BOX[k] for k in ("lr", "ppo_epochs", "iterations")}  # its optimiser, under the token-target variants
+# its optimiser and batch, under the token-target variants (measured when the default batch was the black box's)
+OLD = {k: BLACK_BOX[k] for k in ("lr", "ppo_epochs", "iterations", "batch_size")}
 VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
             "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},

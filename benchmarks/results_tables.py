@@ -468,7 +468,7 @@ def real_size_table(result: dict) -> str:
              f"of {c['batch_size']} episodes ({c['ppo_epochs']} epochs of minibatches of {c['minibatch_size']}, "
              f"{result['mean_response_tokens']:.1f} of at most {c['max_new_tokens']} new tokens), "
              f"{result['threads']} thread(s), after {result['warmup']} warm-up iteration(s)"
-             + ("; the default batch of 128 would take minutes an iteration here, so the figures per episode scale "
+             + ("; the default batch would take minutes an iteration here, so the figures per episode scale "
                 "from this batch:" if result["scaled_from_batch"] else ":"), "",
              "| phase | s per iteration | s per episode |", "|---|---|---|"]
     for phase, label in names.items():
@@ -692,7 +692,7 @@ def results_page(results: Path) -> str:
     if ppo:
         parts += ["## PPO at the full budget",
                   f"`{ppo_command(ppo)}` (JSON in `benchmarks/results/ppo.json`): `rlhf ppo` with the "
-                  "defaults (300 iterations of 128 episodes, 2 responses per prompt, 2 passes at lr 1e-4, β = 0.05, "
+                  "defaults (300 iterations of 256 episodes, 2 responses per prompt, 2 passes at lr 1e-4, β = 0.05, "
                   "the bundled `rm` and the token target, weight 10, wherever the reward allows it: not with β = 0, "
                   "`rm-scalar` or `gold`) and the overrides of each row, judged by `rlhf eval --policy RUN/final "
                   "--baseline sft` on 500 held-out prompts, against `sft-large`, and decoded greedily against SFT "

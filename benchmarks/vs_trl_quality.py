@@ -8,11 +8,12 @@ and a response without EOS scored -1. That recipe is our ``rlhf ppo`` default, w
 TRL's ``RLOOTrainer`` runs it with the settings in ``trl_config``, by default with the three changes of
 ``--trl-recipe black-box`` (8 samples per prompt, 4 passes, 3e-5: our default before the token target, where
 TRL did better; on ours, ``--trl-recipe same``, its win rate fell below SFT's). ``--ours-recipe black-box`` runs
-ours on that recipe too, without the token target: one recipe on both sides, so that only speed differs. TRL
-scores through ``rlhf serve-reward`` (``rlhf_env.rewards.server``, JSON over HTTP, served from this process), so
-both sides pay the same reward model; its reward function applies the EOS rule. Ours also has its default token target
-(``agents/token_target.py``), which reads the reward model's LM: our best agent on this task, and one that TRL,
-which sees the reward only as scores, does not have.
+both sides on the bench's black-box PPO recipe (those three, 128 episodes a generation, no token target): one
+recipe on both sides, so that only speed differs. TRL scores through ``rlhf serve-reward``
+(``rlhf_env.rewards.server``, JSON over HTTP, served from this process), so both sides pay the same reward model;
+its reward function applies the EOS rule. Ours also has its default token target (``agents/token_target.py``),
+which reads the reward model's LM: our best agent on this task, and one that TRL, which sees the reward only as
+scores, does not have.
 
 Every ``--eval-every`` generations each policy is judged as ``rlhf eval`` judges (``rlhf_env.evaluation.
 HeldOutJudge``: ``--eval-episodes`` held-out customers' prompts, eval seed 0, against SFT's samples, gold grades,
@@ -43,14 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # vs_trl, beside this 
 
 from vs_trl import MODELS, ROOT, TRL_RLOO_VERSION, ensure_venv, worker_env  # noqa: E402
 
+from agents.bench import BLACK_BOX_PPO  # noqa: E402
+
 TARGET = 0.6
 # TRL's side: the recipe itself ("same"), or the black-box recipe that rlhf ppo's default was before the token
 # target (8 per prompt, 4 passes at 3e-5), on which TRL's RLOO did better: at the default's 2 per prompt and 1e-4
 # its held-out win rate fell below SFT's (vs_trl_quality_same_recipe.json)
 TRL_RECIPES = {"same": {}, "black-box": {"group_size": 8, "ppo_epochs": 4, "lr": 3e-5}}
-# Our side: rlhf ppo's default, or TRL's black-box recipe without the token target (the bench's black-box PPO,
-# agents.bench.BLACK_BOX_PPO, at the recipe's batch): then both sides run one recipe, and only their speed differs
-OURS_RECIPES = {"default": {}, "black-box": {"token_target_coef": 0.0, **TRL_RECIPES["black-box"]}}
+# Our side: rlhf ppo's default, or the bench's black-box PPO (no token target, 128 episodes a generation): then TRL
+# runs that recipe too (BLACK_BOX), and only the two sides' speed differs
+OURS_RECIPES = {"default": {}, "black-box": BLACK_BOX_PPO}
+BLACK_BOX = {k: v for k, v in BLACK_BOX_PPO.items() if k != "token_target_coef"}
 LEVELS = (0.55, 0.58)  # lower targets, compared as well: the curves flatten just under TARGET
 RECIPE = {"batch_size": 256, "group_size": 2, "minibatch_size": 16, "ppo_epochs": 2, "lr": 1e-4, "kl_coef": 0.05,
           "clip_coef": 0.2, "temperature": 1.0, "max_new_tokens": 48, "missing_eos_penalty": -1.0,
@@ -236,7 +240,8 @@ def main() -> None:
     parser.add_argument("--trl-recipe", default="black-box", choices=list(TRL_RECIPES),
                         help="TRL's recipe: ours (same) or the black-box one it does better on")
     parser.add_argument("--ours-recipe", default="default", choices=list(OURS_RECIPES),
-                        help="our recipe: rlhf ppo's default, or the black-box one without the token target")
+                        help="our recipe: rlhf ppo's default, or the bench's black-box PPO (TRL then runs it "
+                        "too)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
@@ -254,6 +259,9 @@ def main() -> None:
     from rlhf_env.rewards.server import RewardServer
     from rlhf_env.world.build import load_split
 
+    if args.ours_recipe == "black-box" and args.trl_recipe != "black-box":
+        parser.error("--ours-recipe black-box runs both sides on the bench's black-box recipe: drop --trl-recipe")
+    trl_overrides = BLACK_BOX if args.ours_recipe == "black-box" else TRL_RECIPES[args.trl_recipe]
     if not 1 <= args.stop_after <= args.generations:
         parser.error(f"--stop-after must be in 1..--generations ({args.generations}), got {args.stop_after}")
     common = {"generations": args.generations, "stop_after": args.stop_after, "eval_every": args.eval_every,
@@ -271,7 +279,7 @@ def main() -> None:
             prompts_file.write_text(json.dumps(list(load_split(DATA_DIR, "prompts", RECIPE["prompts"])["prompt"])))
             server = RewardServer(load_reward(RECIPE["reward"]), RECIPE["reward"])
             try:
-                spec = {"side": "trl", **common, "trl_overrides": TRL_RECIPES[args.trl_recipe],
+                spec = {"side": "trl", **common, "trl_overrides": trl_overrides,
                         "policy_dir": str(MODELS / RECIPE["policy"]),
                         "prompts_file": str(prompts_file), "reward_url": server.url, "out": str(tmp / "trl")}
                 trl_run = launch(python, spec, tmp)
@@ -281,7 +289,7 @@ def main() -> None:
             curves["trl"] = judge_snapshots(trl_run["snapshots"], args.eval_episodes)
     result = {"settings": {**RECIPE, **common, "target": TARGET, "trl_version": TRL_RLOO_VERSION,
                            "ours_token_target_coef": ours.get("token_target_coef"),
-                           "trl_overrides": TRL_RECIPES[args.trl_recipe],
+                           "trl_overrides": trl_overrides,
                            "ours_overrides": OURS_RECIPES[args.ours_recipe]},
               "assets": assets_digest(), "curves": curves, "versions": versions}
     if set(curves) == {"ours", "trl"}:

@@ -149,11 +149,11 @@ def test_the_time_to_quality_recipe_is_rlhf_ppos_default(monkeypatch):
 
 
 def test_the_time_to_quality_black_box_recipe_is_one_recipe_on_both_sides(monkeypatch):
-    """--ours-recipe black-box is the bench's black-box PPO (no token target) at the recipe's batch, and TRL's
-    black-box recipe is the same one: a drift of either would compare two recipes where the table says one."""
+    """--ours-recipe black-box is the bench's black-box PPO, and TRL then runs the same recipe but for the token target
+    (which it does not have): a drift of either would compare two recipes where the table says one."""
     from agents.bench import BLACK_BOX_PPO
 
     quality = _vs_trl_quality(monkeypatch)
-    ours, trl = quality["OURS_RECIPES"]["black-box"], quality["TRL_RECIPES"]["black-box"]
-    assert ours == {k: v for k, v in BLACK_BOX_PPO.items() if k != "batch_size"}
-    assert {k: v for k, v in ours.items() if k != "token_target_coef"} == trl and ours["token_target_coef"] == 0
+    assert quality["OURS_RECIPES"]["black-box"] == BLACK_BOX_PPO and BLACK_BOX_PPO["token_target_coef"] == 0
+    assert quality["BLACK_BOX"] == {k: v for k, v in BLACK_BOX_PPO.items() if k != "token_target_coef"}
+    assert quality["BLACK_BOX"]["batch_size"] == 128 and quality["RECIPE"]["batch_size"] != 128
