@@ -746,7 +746,9 @@ def results_page(results: Path) -> str:
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "
                   "SFT samples (KL = log n - (n - 1)/n), for SFT sampled colder (*sharpened*: no reward at all; KL "
-                  "measured; temperature 0 is greedy) and along PPO runs (`python benchmarks/over_optimisation.py`,"
+                  "measured; temperature 0 is greedy) and along PPO runs (`python benchmarks/over_optimisation.py "
+                  "default=runs/ppo-bench/default-seed0 black-box=runs/ppo-bench/black-box-seed0 "
+                  "beta0=runs/ppo-bench/beta0-seed0`, after `benchmarks/ppo_runs.py`;"
                   f" `benchmarks/results/over_optimisation.json`; {over['episodes']} held-out prompts, so a win rate "
                   "moves by a few points with the prompts drawn):", over_optimisation_table(over),
                   *stale(over, "over_optimisation.json"),
