@@ -408,8 +408,8 @@ def trl_ahead(results: Path) -> str | None:
                 if all(f"{ours}/{trl}" in ratios[p] for p in (small, large))]
         falls = [f"{pair.split('/')[0]} {ratios[small][pair]['episodes_per_s']:.2f}× on `{small}`, "
                  f"{ratios[large][pair]['episodes_per_s']:.2f}× on `{large}`" for pair in both]
-        rates = [f"{bounds[p][ours]['update_gflops']:.0f} GFLOP/s on `{p}`" for p in (small, large)
-                 for ours in ("ours-ppo-critic",) if ours in bounds.get(p, {})]
+        rates = [f"{bounds[p]['ours-ppo-critic']['update_gflops']:.0f} GFLOP/s on `{p}`" for p in (small, large)
+                 if "ours-ppo-critic" in bounds.get(p, {})]
         lines.append("- **The lead narrows as the model grows** (" + "; ".join(falls) + "). Both sides run the "
                      "same PyTorch matmuls; ours saves around them (the sampler's per-step work, padding, the "
                      "attention, the GELU, Python between small ops), and that share of a step falls with the width: "

@@ -73,3 +73,36 @@ def test_a_table_made_on_another_build_of_the_assets_is_marked(tmp_path):
     for result in ({"assets": digest}, {}):  # another build, or none recorded
         (note,) = stale(result, "ppo.json")
         assert "Not rerun on the shipped assets" in note and "`ppo.json`" in note
+
+
+def test_where_trl_is_ahead_lists_each_lead_it_has_and_says_so_where_it_has_none(tmp_path):
+    """The performance page's "where TRL is ahead" section, from vs_trl.json and the time-to-quality JSON: a shorter
+    TRL set-up, a smaller TRL peak RSS and a target TRL reached first each get a line; none of them, one line that
+    says so."""
+    import json
+
+    trl_ahead = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))["trl_ahead"]
+
+    def side(setup, rss):
+        return {"setup_s": {"median": setup}, "peak_rss_mib": {"median": rss}}
+
+    def write(trl_setup, trl_rss, trl_time):
+        summary = {p: {"ours-ppo-critic": side(2.0, 600.0), "trl-ppo": side(trl_setup, trl_rss)} for p in ("a", "b")}
+        ratios = {"a": {"ours-ppo-critic/trl-ppo": {"episodes_per_s": 3.5}},
+                  "b": {"ours-ppo-critic/trl-ppo": {"episodes_per_s": 2.5}}}
+        (tmp_path / "vs_trl.json").write_text(json.dumps({"settings": {"policies": ["a", "b"]}, "summary": summary,
+                                                          "ratios": ratios}))
+        (tmp_path / "vs_trl_quality.json").write_text(json.dumps({"summary": {"targets": [
+            {"target": 0.55, "train_s": {"ours": 10.0, "trl": 40.0}},
+            {"target": 0.6, "train_s": {"ours": 30.0, "trl": trl_time}}]}}))
+        return trl_ahead(tmp_path)
+
+    ahead = write(trl_setup=1.5, trl_rss=500.0, trl_time=20.0)
+    assert "ours-ppo-critic 3.50× on `a`, 2.50× on `b`" in ahead
+    assert ahead.count("**Set-up**") == 2 and "in 1.50 s, ours in 2.00 s" in ahead
+    assert ahead.count("**Memory**") == 2 and "TRL's peak RSS 500 MiB, ours 600 MiB" in ahead
+    assert "TRL reached a win rate of 0.600 first, in 20 s against our 30 s" in ahead and "0.550" not in ahead
+    behind = write(trl_setup=2.5, trl_rss=700.0, trl_time=None)
+    assert "**Set-up**" not in behind and "**Memory**" not in behind and "Time to quality" not in behind
+    assert "ours is at or below TRL's in every row" in behind
+    assert trl_ahead(tmp_path / "missing") is None
