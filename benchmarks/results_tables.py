@@ -497,8 +497,8 @@ def cli_errors_table(result: dict) -> str:
 
 
 def data_parallel_table(result: dict) -> str:
-    lines = [f"`rlhf ppo` with the defaults but {result['batch_size']} episodes an iteration (median of "
-             f"{result['iterations'] - 1} iterations after a warm-up), one set-up after another:", "",
+    lines = [f"`rlhf ppo` at {result['batch_size']} episodes an iteration, its other settings the defaults (median "
+             f"of {result['iterations'] - 1} iterations after a warm-up), one set-up after another:", "",
              "| set-up | episodes/s | speed-up vs 1 x 1 | efficiency per core | sample (s) | env (s) | update (s) |",
              "|---|---|---|---|---|---|---|"]
     for label, r in result["setups"].items():
