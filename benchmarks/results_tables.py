@@ -400,25 +400,28 @@ def trl_ahead(results: Path) -> str | None:
         return None
     summary, ratios, bounds = vs["summary"], vs["ratios"], vs.get("bounds", {})
     policies = [p for p in vs["settings"]["policies"] if p in summary]
-    pairs = {"ours-ppo-critic": "trl-ppo", "ours-rloo": "trl-rloo", "ours-ppo-head": "trl-ppo"}
+    pairs = {name: system["against"] for name, system in vs["systems"].items() if system["against"]}  # ours: TRL's
     lines = []
     if len(policies) > 1:
         small, large = policies[0], policies[-1]
         both = [f"{ours}/{trl}" for ours, trl in pairs.items()
                 if all(f"{ours}/{trl}" in ratios[p] for p in (small, large))]
-        falls = [f"{pair.split('/')[0]} {ratios[small][pair]['episodes_per_s']:.2f}× on `{small}`, "
+        narrows = all(ratios[large][pair]["episodes_per_s"] < ratios[small][pair]["episodes_per_s"] for pair in both)
+        sizes = [f"{pair.split('/')[0]} {ratios[small][pair]['episodes_per_s']:.2f}× on `{small}`, "
                  f"{ratios[large][pair]['episodes_per_s']:.2f}× on `{large}`" for pair in both]
         rates = [f"{bounds[p]['ours-ppo-critic']['update_gflops']:.0f} GFLOP/s on `{p}`" for p in (small, large)
                  if "ours-ppo-critic" in bounds.get(p, {})]
-        lines.append("- **The lead narrows as the model grows** (" + "; ".join(falls) + "). Both sides run the "
+        lines.append(f"- **{'The lead narrows as the model grows' if narrows else 'The lead by model size'}** ("
+                     + "; ".join(sizes) + "). Both sides run the "
                      "same PyTorch matmuls; ours saves around them (the sampler's per-step work, padding, the "
                      "attention, the GELU, Python between small ops), and that share of a step falls with the width: "
                      "our critic PPO's update runs at " + " and ".join(rates) + " (its matmul FLOPs over its time, "
                      "the table above). At GPT-2 small's size, where the matmuls are nearly all of a step, no TRL "
                      "run was measured.")
+    equal_work = {ours: trl for ours, trl in pairs.items() if ours != "ours-ppo-head"}  # (the head does less work)
     for p in policies:
-        for ours, trl in pairs.items():
-            if ours == "ours-ppo-head" or ours not in summary[p] or trl not in summary[p]:
+        for ours, trl in equal_work.items():
+            if ours not in summary[p] or trl not in summary[p]:
                 continue
             o, t = summary[p][ours], summary[p][trl]
             if t["setup_s"]["median"] < o["setup_s"]["median"]:

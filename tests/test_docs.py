@@ -86,19 +86,21 @@ def test_where_trl_is_ahead_lists_each_lead_it_has_and_says_so_where_it_has_none
     def side(setup, rss):
         return {"setup_s": {"median": setup}, "peak_rss_mib": {"median": rss}}
 
-    def write(trl_setup, trl_rss, trl_time):
+    def write(trl_setup, trl_rss, trl_time, larger=2.5):
         summary = {p: {"ours-ppo-critic": side(2.0, 600.0), "trl-ppo": side(trl_setup, trl_rss)} for p in ("a", "b")}
         ratios = {"a": {"ours-ppo-critic/trl-ppo": {"episodes_per_s": 3.5}},
-                  "b": {"ours-ppo-critic/trl-ppo": {"episodes_per_s": 2.5}}}
+                  "b": {"ours-ppo-critic/trl-ppo": {"episodes_per_s": larger}}}
+        systems = {"ours-ppo-critic": {"against": "trl-ppo"}, "trl-ppo": {"against": None}}
         (tmp_path / "vs_trl.json").write_text(json.dumps({"settings": {"policies": ["a", "b"]}, "summary": summary,
-                                                          "ratios": ratios}))
+                                                          "ratios": ratios, "systems": systems}))
         (tmp_path / "vs_trl_quality.json").write_text(json.dumps({"summary": {"targets": [
             {"target": 0.55, "train_s": {"ours": 10.0, "trl": 40.0}},
             {"target": 0.6, "train_s": {"ours": 30.0, "trl": trl_time}}]}}))
         return trl_ahead(tmp_path)
 
     ahead = write(trl_setup=1.5, trl_rss=500.0, trl_time=20.0)
-    assert "ours-ppo-critic 3.50× on `a`, 2.50× on `b`" in ahead
+    assert "**The lead narrows as the model grows** (ours-ppo-critic 3.50× on `a`, 2.50× on `b`)" in ahead
+    assert "**The lead by model size** (ours-ppo-critic 3.50× on `a`, 4.00× on `b`)" in write(1.5, 500.0, 20.0, 4.0)
     assert ahead.count("**Set-up**") == 2 and "in 1.50 s, ours in 2.00 s" in ahead
     assert ahead.count("**Memory**") == 2 and "TRL's peak RSS 500 MiB, ours 600 MiB" in ahead
     assert "TRL reached a win rate of 0.600 first, in 20 s against our 30 s" in ahead and "0.550" not in ahead
