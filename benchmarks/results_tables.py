@@ -28,6 +28,13 @@ def reward_table(foundation: dict) -> str:
     first = foundation["reward_models"][0]
     lines.append(f"\nLabeler agreement on the same pairs: {first['labeler_agreement']:.3f}. Gold picking the best "
                  f"of 4 and 16: {first['gold_best_of_4_win_rate']:.3f} and {first['gold_best_of_16_win_rate']:.3f}.")
+    for r in foundation["reward_models"]:
+        if "accuracy_with_length_term" in r:  # a likelihood RM: its preference model keeps the fitted length term
+            gap = 100 * (r["labeler_agreement"] - r["accuracy_with_length_term"])
+            lines.append(f"`{r['rm']}` as it was fitted, with the length term that its reward drops (the RM as a "
+                         f"model of the labelers): accuracy {r['accuracy_with_length_term']:.3f}, held-out labelers "
+                         f"{r['accuracy_heldout_labelers_with_length_term']:.3f}; {gap:.1f} points below labeler "
+                         "agreement.")
     return "\n".join(lines)
 
 

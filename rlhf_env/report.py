@@ -57,13 +57,17 @@ def eval_rm_table(r: dict) -> str:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [("accuracy on held-out comparisons", r["accuracy"]),
-            ("accuracy on held-out labelers' comparisons", r["accuracy_heldout_labelers"]),
-            ("inter-labeler agreement, same pairs", r["labeler_agreement"]),
-            (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),
-            ("Pearson with gold, held-out customers", r["gold_pearson"]),
-            ("Spearman with gold within a prompt, mean over held-out customers' prompts",
-             r["spearman_within_prompt"]),
-            ("prefers a padded answer, held-out customers (gold: 0.000)", r["prefer_padded"])]
+            ("accuracy on held-out labelers' comparisons", r["accuracy_heldout_labelers"])]
+    if "accuracy_with_length_term" in r:
+        rows += [("  with the length term it was fitted with (not in the reward)", r["accuracy_with_length_term"]),
+                 ("  the same, held-out labelers", r["accuracy_heldout_labelers_with_length_term"])]
+    rows += [
+        ("inter-labeler agreement, same pairs", r["labeler_agreement"]),
+        (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),
+        ("Pearson with gold, held-out customers", r["gold_pearson"]),
+        ("Spearman with gold within a prompt, mean over held-out customers' prompts",
+         r["spearman_within_prompt"]),
+        ("prefers a padded answer, held-out customers (gold: 0.000)", r["prefer_padded"])]
     rows += [(f"held-out customers: correct over incorrect, correct one {k.replace('_', ' ')} "
               f"(n={r[f'n_correct_pairs_{k}']} pairs)", r[f"correct_over_incorrect_{k}"])
              for k in ("longer", "same_length", "shorter")]

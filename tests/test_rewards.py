@@ -320,6 +320,24 @@ def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir
     np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)
     features = model.features(prompts, responses, [True, True])
     np.testing.assert_allclose(expected, 2.0 * 0.7 * features[:, 0].numpy() + 0.5, rtol=1e-5)
+    fitted = loaded.with_length_term()(prompts, responses)  # the model of the labelers keeps the length term
+    np.testing.assert_allclose(fitted, 2.0 * (0.7 * features[:, 0].numpy() + 5.0 * features[:, 1].numpy()) + 0.5,
+                               rtol=1e-5)
+    np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)  # and the reward still drops it
+
+
+@pytest.mark.slow
+def test_eval_rm_measures_the_bundled_rm_with_and_without_its_length_term():
+    """The labelers prefer longer answers; the bundled RM's fitted length term models that preference and its
+    reward drops it. So its accuracy against the labelers is higher with the term, on both held-out sets; a
+    reward with no such term (gold) reports none."""
+    from rlhf_env.rewards.metrics import RMEvalConfig, evaluate_reward
+
+    rm = evaluate_reward(RMEvalConfig(rm="rm", best_of_n=""))
+    assert rm["n_pairs"] > 3000 and 0.65 < rm["labeler_agreement"] < 0.76
+    assert rm["accuracy_with_length_term"] > rm["accuracy"] + 0.03
+    assert rm["accuracy_heldout_labelers_with_length_term"] > rm["accuracy_heldout_labelers"] + 0.01
+    assert "accuracy_with_length_term" not in evaluate_reward(RMEvalConfig(rm="gold", best_of_n=""))
 
 
 def test_a_missing_reward_path_names_a_reward_model():

@@ -149,6 +149,12 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
 
     accuracy, n_pairs = ranking_accuracy(test, score_comparisons(reward, test))
     accuracy_heldout, _ = ranking_accuracy(test_heldout, score_comparisons(reward, test_heldout))
+    with_length = {}
+    if hasattr(reward, "with_length_term"):  # an RM fitted with a length term that its reward drops
+        fitted = reward.with_length_term()
+        with_length = {"accuracy_with_length_term": ranking_accuracy(test, score_comparisons(fitted, test))[0],
+                       "accuracy_heldout_labelers_with_length_term":
+                           ranking_accuracy(test_heldout, score_comparisons(fitted, test_heldout))[0]}
     agree = sum(pairwise_agreement(a["ranking"], b["ranking"], a["responses"])[0] for a, b in zip(test, test_heldout))
     customer_scores = score_comparisons(reward, customers)
     grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in customers]
@@ -165,6 +171,7 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         "rm": config.rm,
         "accuracy": accuracy,
         "accuracy_heldout_labelers": accuracy_heldout,
+        **with_length,
         "labeler_agreement": agree / max(n_pairs, 1),
         "gold_spearman": spearman(scores, gold),
         "gold_pearson": float(np.corrcoef(scores, gold)[0, 1]),
