@@ -65,7 +65,28 @@ def ppo_table(ppo: dict) -> str:
                      f"**{cell('win_rate_vs_sft')}** | {cell('win_rate_vs_sft_large')} | {cell('gold')} | "
                      f"{cell('success')} | {cell('rm_score', 2)} | {cell('kl', 2)} | {cell('length', 1)} | "
                      f"{cell('greedy_win_rate_vs_greedy_sft')} | {cell('minutes', 1)} |")
-    return "\n".join(lines)
+    greedy_note = greedy_decomposition(ppo)
+    return "\n".join(lines + ([greedy_note] if greedy_note else []))
+
+
+def greedy_decomposition(ppo: dict) -> str:
+    """Why the greedy column moves so little: decoded greedily, two policies mostly give the same answer, or
+    answers that gold scores alike, so a win rate against greedy SFT is about 0.5 + half the gain in task success.
+    The sentence shows that on each summary row and says what task success the greedy target asks for."""
+    sft, ceiling = ppo["greedy_sft"]["success"], ppo["rows"][0]["greedy_win_rate_ceiling"]
+    fits = []
+    for name in ("default", "black-box", "gold-oracle"):
+        summary = ppo.get(f"{name}_summary")
+        if summary and "greedy_success" in summary:
+            success = summary["greedy_success"]["mean"]
+            fits.append(f"{name} {success:.3f}, so {0.5 + (success - sft) / 2:.3f} "
+                        f"(measured {summary['greedy_win_rate_vs_greedy_sft']['mean']:.3f})")
+    if not fits:
+        return ""
+    return (f"\nDecoded greedily, the win rate against greedy SFT is about 0.5 + (greedy task success − greedy SFT's "
+            f"{sft:.3f}) / 2: mean greedy success {'; '.join(fits)}. The ceiling, every answer right, is "
+            f"{0.5 + (1 - sft) / 2:.3f} by that rule (measured {ceiling:.3f}); a greedy win rate of 0.55 asks for a "
+            f"greedy task success of {sft + 0.1:.3f}.")
 
 
 def betas_flag(result: dict) -> str:

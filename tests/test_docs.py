@@ -108,3 +108,16 @@ def test_where_trl_is_ahead_lists_each_lead_it_has_and_says_so_where_it_has_none
     assert "**Set-up**" not in behind and "**Memory**" not in behind and "Time to quality" not in behind
     assert "ours is at or below TRL's in every row" in behind
     assert trl_ahead(tmp_path / "missing") is None
+
+
+def test_the_greedy_note_computes_each_runs_expected_win_rate_from_its_task_success():
+    """Under the PPO table: 0.5 + (greedy success - greedy SFT's) / 2 for each summary row, the ceiling by the same
+    rule and the task success that a greedy win rate of 0.55 asks for; nothing without a greedy summary."""
+    greedy_decomposition = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))["greedy_decomposition"]
+    ppo = {"greedy_sft": {"success": 0.8}, "rows": [{"greedy_win_rate_ceiling": 0.61}],
+           "default_summary": {"greedy_success": {"mean": 0.86}, "greedy_win_rate_vs_greedy_sft": {"mean": 0.52}}}
+    note = greedy_decomposition(ppo)
+    assert "greedy SFT's 0.800" in note and "default 0.860, so 0.530 (measured 0.520)" in note
+    assert "is 0.600 by that rule (measured 0.610)" in note and "greedy task success of 0.900." in note
+    assert "black-box" not in note
+    assert greedy_decomposition({**ppo, "default_summary": {}}) == ""
