@@ -119,6 +119,27 @@ def gold_imitation_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def greedy_frontier_table(result: dict) -> str:
+    """Markdown: greedy task success by family for greedy SFT, each policy and the frontier; the last columns, all
+    prompts and the win rate against greedy SFT (measured; for the frontier, by the rule)."""
+    rows, best = result["rows"], result["frontier"]
+    families = list(rows[0]["n"])
+    lines = ["| greedy | " + " | ".join(f"{f} (n={rows[0]['n'][f]})" for f in families)
+             + " | all | win rate vs greedy SFT |", "|---" * (len(families) + 3) + "|",
+             "| sft | " + " | ".join(f"{rows[0]['sft_success'][f]:.2f}" for f in families)
+             + f" | {rows[0]['sft_task_success']:.3f} | 0.500 |"]
+    for r in rows:
+        lines.append(f"| {r['policy']} | " + " | ".join(f"{r['success'][f]:.2f}" for f in families)
+                     + f" | {r['task_success']:.3f} | {r['win_rate']:.3f} |")
+    lines.append("| *frontier: the best of these on each family* | "
+                 + " | ".join(f"*{best['success'][f]:.2f}*" for f in families)
+                 + f" | *{best['task_success']:.3f}* | *{best['expected_win_rate']:.3f}* (0.5 + half the gain) |")
+    if "rm_checks" in result:
+        lines.append("| *rm: correct over incorrect, held-out customers' comparisons* | "
+                     + " | ".join(f"*{result['rm_checks'][f]:.2f}*" for f in families) + " | | |")
+    return "\n".join(lines)
+
+
 def over_optimisation_table(result: dict) -> str:
     lines = ["| series | n, temperature or iteration | KL (nats) | gold | RM score | win rate vs SFT |",
              "|---|---|---|---|---|---|"]
@@ -764,6 +785,16 @@ def results_page(results: Path) -> str:
                   "benchmarks/results/token_target_ceiling_greedy.json`): what a policy that matched q would score "
                   "there.", token_target_ceiling_table(greedy),
                   *stale(greedy, "token_target_ceiling_greedy.json")]
+    frontier = load(results, "greedy_frontier.json")
+    if frontier:
+        settings = frontier["settings"]
+        parts += ["Where the greedy failures are, family by family (`python benchmarks/greedy_frontier.py "
+                  f"{' '.join(settings['policies'])}`, after `benchmarks/ppo_runs.py`; "
+                  f"`benchmarks/results/greedy_frontier.json`; {settings['episodes']} held-out prompts): greedy task "
+                  "success of SFT, of `sft-large` (the LM of the bundled RM) and of the default PPO run, each decoded "
+                  "greedily, and the frontier, a policy as good as the best of them on every family, with the win "
+                  "rate against greedy SFT that 0.5 + half the gain in success gives it.",
+                  greedy_frontier_table(frontier), *stale(frontier, "greedy_frontier.json")]
     imitation = load(results, "gold_imitation.json")
     if imitation:
         settings = imitation["settings"]

@@ -157,3 +157,14 @@ def test_the_time_to_quality_black_box_recipe_is_one_recipe_on_both_sides(monkey
     assert quality["OURS_RECIPES"]["black-box"] == BLACK_BOX_PPO and BLACK_BOX_PPO["token_target_coef"] == 0
     assert quality["BLACK_BOX"] == {k: v for k, v in BLACK_BOX_PPO.items() if k != "token_target_coef"}
     assert quality["BLACK_BOX"]["batch_size"] == 128 and quality["RECIPE"]["batch_size"] != 128
+
+
+def test_the_greedy_frontier_takes_the_best_policy_on_each_family_and_weighs_families_by_their_prompts(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports results_tables beside it
+    frontier = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "greedy_frontier.py"))["frontier"]
+    counts, sft = {"add": 30, "copy": 10}, {"add": 0.4, "copy": 0.9}
+    best = frontier({"large": {"add": 0.8, "copy": 0.5}, "ppo": {"add": 0.6, "copy": 0.8}}, counts, sft)
+    assert best["success"] == {"add": 0.8, "copy": 0.9}  # greedy SFT's own 0.9 on copy is the best there
+    assert best["task_success"] == pytest.approx((30 * 0.8 + 10 * 0.9) / 40)
+    assert best["sft_task_success"] == pytest.approx((30 * 0.4 + 10 * 0.9) / 40)
+    assert best["expected_win_rate"] == pytest.approx(0.5 + (0.825 - 0.525) / 2)
