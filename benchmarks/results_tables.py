@@ -793,7 +793,9 @@ def results_page(results: Path) -> str:
                   f"`benchmarks/results/greedy_frontier.json`; {settings['episodes']} held-out prompts): greedy task "
                   "success of SFT, of `sft-large` (the LM of the bundled RM) and of the default PPO run, each decoded "
                   "greedily, and the frontier, a policy as good as the best of them on every family, with the win "
-                  "rate against greedy SFT that 0.5 + half the gain in success gives it.",
+                  "rate against greedy SFT that 0.5 + half the gain in success gives it; last, by family, how often "
+                  "the bundled RM scores a correct response above an incorrect one (held-out customers' comparisons, "
+                  "as `rlhf eval-rm` counts them).",
                   greedy_frontier_table(frontier), *stale(frontier, "greedy_frontier.json")]
     imitation = load(results, "gold_imitation.json")
     if imitation:
