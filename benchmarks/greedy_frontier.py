@@ -27,7 +27,12 @@ import transformers
 from results_tables import greedy_frontier_table  # benchmarks/ is on the path when this runs as a script
 
 from rlhf_env.evaluation import EvalConfig, evaluate
+from rlhf_env.models import DATA_DIR
 from rlhf_env.paths import assets_digest, check_built_on
+from rlhf_env.rewards import load_reward
+from rlhf_env.rewards.metrics import correctness_accuracy, score_comparisons
+from rlhf_env.world.build import load_split
+from rlhf_env.world.grader import grade
 
 
 def frontier(families: dict[str, dict[str, float]], counts: dict[str, int], sft: dict[str, float]) -> dict:
@@ -45,12 +50,6 @@ def frontier(families: dict[str, dict[str, float]], counts: dict[str, int], sft:
 def rm_checks(reward: str = "rm") -> dict[str, float]:
     """By family: how often ``reward`` scores the correct response of a held-out customers' comparison above an
     incorrect one (``rlhf eval-rm``'s correct over incorrect, every length relation together, ties half)."""
-    from rlhf_env.models import DATA_DIR
-    from rlhf_env.rewards import load_reward
-    from rlhf_env.rewards.metrics import correctness_accuracy, score_comparisons
-    from rlhf_env.world.build import load_split
-    from rlhf_env.world.grader import grade
-
     rows = load_split(DATA_DIR, "comparisons", "heldout_customers").to_list()
     scores = score_comparisons(load_reward(reward), rows)
     by_family: dict[str, list[int]] = {}
