@@ -31,10 +31,11 @@ def reward_table(foundation: dict) -> str:
     for r in foundation["reward_models"]:
         if "accuracy_with_length_term" in r:  # a likelihood RM: its preference model keeps the fitted length term
             gap = 100 * (r["labeler_agreement"] - r["accuracy_with_length_term"])
+            low, high = (100 * x for x in r["agreement_gap_interval_with_length_term"])
             lines.append(f"`{r['rm']}` as it was fitted, with the length term that its reward drops (the RM as a "
                          f"model of the labelers): accuracy {r['accuracy_with_length_term']:.3f}, held-out labelers "
                          f"{r['accuracy_heldout_labelers_with_length_term']:.3f}; {gap:.1f} points below labeler "
-                         "agreement.")
+                         f"agreement ({low:.1f} to {high:.1f}: a 95% interval over the comparisons, resampled).")
     return "\n".join(lines)
 
 

@@ -56,11 +56,16 @@ def eval_rm_table(r: dict) -> str:
     table = Table(title=f"reward model {r['rm']} ({r['n']} held-out comparisons, {r['n_pairs']} pairs)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [("accuracy on held-out comparisons", r["accuracy"]),
+    def gap(accuracy: float, interval: list[float]) -> tuple[str, float]:
+        return (f"  labeler agreement minus it (95% interval, comparisons resampled: {interval[0]:.3f} to "
+                f"{interval[1]:.3f})", r["labeler_agreement"] - accuracy)
+
+    rows = [("accuracy on held-out comparisons", r["accuracy"]), gap(r["accuracy"], r["agreement_gap_interval"]),
             ("accuracy on held-out labelers' comparisons", r["accuracy_heldout_labelers"])]
     if "accuracy_with_length_term" in r:
-        rows += [("  with the length term it was fitted with (not in the reward)", r["accuracy_with_length_term"]),
-                 ("  the same, held-out labelers", r["accuracy_heldout_labelers_with_length_term"])]
+        rows += [("with the length term it was fitted with (not in the reward)", r["accuracy_with_length_term"]),
+                 gap(r["accuracy_with_length_term"], r["agreement_gap_interval_with_length_term"]),
+                 ("  the same, held-out labelers' comparisons", r["accuracy_heldout_labelers_with_length_term"])]
     rows += [
         ("inter-labeler agreement, same pairs", r["labeler_agreement"]),
         (f"Spearman with gold, held-out customers (n={r['n_gold']})", r["gold_spearman"]),

@@ -338,6 +338,26 @@ def test_eval_rm_measures_the_bundled_rm_with_and_without_its_length_term():
     assert rm["accuracy_with_length_term"] > rm["accuracy"] + 0.03
     assert rm["accuracy_heldout_labelers_with_length_term"] > rm["accuracy_heldout_labelers"] + 0.01
     assert "accuracy_with_length_term" not in evaluate_reward(RMEvalConfig(rm="gold", best_of_n=""))
+    for suffix, accuracy in (("", rm["accuracy"]), ("_with_length_term", rm["accuracy_with_length_term"])):
+        low, high = rm[f"agreement_gap_interval{suffix}"]
+        assert low < rm["labeler_agreement"] - accuracy < high and high - low < 0.1
+
+
+def test_the_gap_interval_resamples_whole_comparisons():
+    """Identical rows leave nothing to resample: the interval is the gap itself. Rows that differ give an interval
+    around the pooled gap (pairs summed over the drawn rows, not a mean of per-row gaps)."""
+    from rlhf_env.rewards.metrics import gap_interval
+
+    same = np.full(50, 3.0), np.full(50, 2.0), np.full(50, 5.0)
+    assert gap_interval(*same) == pytest.approx((0.2, 0.2))
+    assert gap_interval(same[0], same[0], same[2]) == (0.0, 0.0)
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(6, 36, 200).astype(float)
+    labelers, reward = np.floor(0.7 * pairs), np.floor(rng.uniform(0.4, 0.8, 200) * pairs)
+    low, high = gap_interval(labelers, reward, pairs, seed=1)
+    pooled = (labelers.sum() - reward.sum()) / pairs.sum()
+    assert low < pooled < high and 0.01 < high - low < 0.1
+    assert gap_interval(labelers, reward, pairs, seed=1) == (low, high)  # seeded
 
 
 def test_a_missing_reward_path_names_a_reward_model():

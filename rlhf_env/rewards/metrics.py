@@ -52,14 +52,28 @@ def score_comparisons(reward: Reward, rows: list[dict]) -> list[np.ndarray]:
     return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+def row_agreements(rows: list[dict], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many of its labeler-ranked pairs of distinct responses the scores order the same way, and how
+    many such pairs it has."""
+    counts = [pairwise_agreement(row["ranking"], [int(i) for i in np.argsort(-s, kind="stable")], row["responses"])
+              for row, s in zip(rows, scores)]
+    return np.array([c[0] for c in counts], dtype=np.float64), np.array([c[1] for c in counts], dtype=np.float64)
+
+
 def ranking_accuracy(rows: list[dict], scores: list[np.ndarray]) -> tuple[float, int]:
     """Fraction of labeler-ranked pairs of distinct responses that the scores order the same way."""
-    agree = total = 0
-    for row, s in zip(rows, scores):
-        by_score = [int(i) for i in np.argsort(-s, kind="stable")]
-        got, n = pairwise_agreement(row["ranking"], by_score, row["responses"])
-        agree, total = agree + got, total + n
-    return agree / max(total, 1), total
+    agree, pairs = row_agreements(rows, scores)
+    return float(agree.sum() / max(pairs.sum(), 1)), int(pairs.sum())
+
+
+def gap_interval(labelers: np.ndarray, reward: np.ndarray, pairs: np.ndarray, seed: int = 0, draws: int = 2000
+                 ) -> tuple[float, float]:
+    """95% interval of (labeler agreement - reward accuracy) over the comparisons: rows drawn with replacement
+    (a row's pairs share its responses, so rows, not pairs, are the independent draws). Per row: the pairs the
+    other labeler ordered the same way, those the reward did, and the row's pairs."""
+    rows = np.random.default_rng(seed).integers(0, len(pairs), (draws, len(pairs)))
+    gaps = (labelers[rows].sum(1) - reward[rows].sum(1)) / np.maximum(pairs[rows].sum(1), 1)
+    return float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5))
 
 
 def prefer_padded(reward: Reward, rows: list[dict], seed: int = 0) -> float:
@@ -147,15 +161,20 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
     test_heldout = load_split(config.data, "comparisons", "test_heldout_labelers").to_list()
     customers = load_split(config.data, "comparisons", "heldout_customers").to_list()
 
-    accuracy, n_pairs = ranking_accuracy(test, score_comparisons(reward, test))
+    right, pairs = row_agreements(test, score_comparisons(reward, test))
+    accuracy, n_pairs = float(right.sum() / max(pairs.sum(), 1)), int(pairs.sum())
     accuracy_heldout, _ = ranking_accuracy(test_heldout, score_comparisons(reward, test_heldout))
-    with_length = {}
+    labelers = np.array([pairwise_agreement(a["ranking"], b["ranking"], a["responses"])[0]
+                         for a, b in zip(test, test_heldout)], dtype=np.float64)  # the other labeler, same pairs
+    gaps = {"agreement_gap_interval": gap_interval(labelers, right, pairs, config.seed)}
     if hasattr(reward, "with_length_term"):  # an RM fitted with a length term that its reward drops
         fitted = reward.with_length_term()
-        with_length = {"accuracy_with_length_term": ranking_accuracy(test, score_comparisons(fitted, test))[0],
-                       "accuracy_heldout_labelers_with_length_term":
-                           ranking_accuracy(test_heldout, score_comparisons(fitted, test_heldout))[0]}
-    agree = sum(pairwise_agreement(a["ranking"], b["ranking"], a["responses"])[0] for a, b in zip(test, test_heldout))
+        right_fitted, _ = row_agreements(test, score_comparisons(fitted, test))
+        gaps.update({"accuracy_with_length_term": float(right_fitted.sum() / max(pairs.sum(), 1)),
+                     "accuracy_heldout_labelers_with_length_term":
+                         ranking_accuracy(test_heldout, score_comparisons(fitted, test_heldout))[0],
+                     "agreement_gap_interval_with_length_term": gap_interval(labelers, right_fitted, pairs,
+                                                                             config.seed)})
     customer_scores = score_comparisons(reward, customers)
     grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in customers]
     scores, gold = np.concatenate(customer_scores), np.array([g.score for row in grades for g in row])
@@ -171,8 +190,8 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         "rm": config.rm,
         "accuracy": accuracy,
         "accuracy_heldout_labelers": accuracy_heldout,
-        **with_length,
-        "labeler_agreement": agree / max(n_pairs, 1),
+        **gaps,
+        "labeler_agreement": float(labelers.sum() / max(n_pairs, 1)),
         "gold_spearman": spearman(scores, gold),
         "gold_pearson": float(np.corrcoef(scores, gold)[0, 1]),
         "spearman_within_prompt": spearman_within_prompt(customer_scores, grades),
