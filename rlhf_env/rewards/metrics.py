@@ -166,15 +166,15 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
     accuracy_heldout, _ = ranking_accuracy(test_heldout, score_comparisons(reward, test_heldout))
     labelers = np.array([pairwise_agreement(a["ranking"], b["ranking"], a["responses"])[0]
                          for a, b in zip(test, test_heldout)], dtype=np.float64)  # the other labeler, same pairs
-    gaps = {"agreement_gap_interval": gap_interval(labelers, right, pairs, config.seed)}
+    with_length = {}
     if hasattr(reward, "with_length_term"):  # an RM fitted with a length term that its reward drops
         fitted = reward.with_length_term()
         right_fitted, _ = row_agreements(test, score_comparisons(fitted, test))
-        gaps.update({"accuracy_with_length_term": float(right_fitted.sum() / max(pairs.sum(), 1)),
-                     "accuracy_heldout_labelers_with_length_term":
-                         ranking_accuracy(test_heldout, score_comparisons(fitted, test_heldout))[0],
-                     "agreement_gap_interval_with_length_term": gap_interval(labelers, right_fitted, pairs,
-                                                                             config.seed)})
+        with_length = {"accuracy_with_length_term": float(right_fitted.sum() / max(pairs.sum(), 1)),
+                       "accuracy_heldout_labelers_with_length_term":
+                           ranking_accuracy(test_heldout, score_comparisons(fitted, test_heldout))[0],
+                       "agreement_gap_interval_with_length_term": gap_interval(labelers, right_fitted, pairs,
+                                                                               config.seed)}
     customer_scores = score_comparisons(reward, customers)
     grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in customers]
     scores, gold = np.concatenate(customer_scores), np.array([g.score for row in grades for g in row])
@@ -190,7 +190,8 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         "rm": config.rm,
         "accuracy": accuracy,
         "accuracy_heldout_labelers": accuracy_heldout,
-        **gaps,
+        "agreement_gap_interval": gap_interval(labelers, right, pairs, config.seed),
+        **with_length,
         "labeler_agreement": float(labelers.sum() / max(n_pairs, 1)),
         "gold_spearman": spearman(scores, gold),
         "gold_pearson": float(np.corrcoef(scores, gold)[0, 1]),
