@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -200,7 +199,7 @@ def main() -> None:
               f"{r.get('gemm_gflops_onednn', float('nan')):>10.0f} GF/s")
     result = {"streaming_read_gb_per_s": read_rate,
               "batch_size": args.batch_size, "new_tokens": args.new_tokens, "repeats": args.repeats,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": kernels.machine(),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
