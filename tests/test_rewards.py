@@ -320,10 +320,10 @@ def test_the_likelihood_rm_round_trips_and_drops_its_length_term(tiny_policy_dir
     np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)
     features = model.features(prompts, responses, [True, True])
     np.testing.assert_allclose(expected, 2.0 * 0.7 * features[:, 0].numpy() + 0.5, rtol=1e-5)
-    fitted = loaded.with_length_term()(prompts, responses)  # the model of the labelers keeps the length term
+    plain, fitted = loaded.score_with_length_term(prompts, responses, [True, True])  # one forward, both ways
     np.testing.assert_allclose(fitted, 2.0 * (0.7 * features[:, 0].numpy() + 5.0 * features[:, 1].numpy()) + 0.5,
-                               rtol=1e-5)
-    np.testing.assert_allclose(loaded(prompts, responses), expected, rtol=1e-5)  # and the reward still drops it
+                               rtol=1e-5)  # the model of the labelers keeps the length term
+    np.testing.assert_allclose(plain, expected, rtol=1e-5)  # and the reward still drops it
 
 
 @pytest.mark.slow

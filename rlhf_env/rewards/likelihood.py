@@ -134,31 +134,36 @@ class LikelihoodRewardModel(torch.nn.Module):
 
 
 class LikelihoodReward(Reward):
-    """A ``LikelihoodRewardModel`` (bundled name or directory) as a normalised reward.
-
-    With ``length_term`` it scores as it was fitted, the length term included: the RM as a model of the
-    labelers' preferences (``rlhf eval-rm`` measures its accuracy both ways), never the reward a policy gets."""
+    """A ``LikelihoodRewardModel`` (bundled name or directory) as a normalised reward."""
 
     def __init__(self, model: LikelihoodRewardModel | str | Path, device: str | torch.device = "cpu",
-                 batch_size: int = 64, normalize: bool = True, length_term: bool = False):
+                 batch_size: int = 64, normalize: bool = True):
         if not isinstance(model, LikelihoodRewardModel):
             self.name = str(model)
             model = LikelihoodRewardModel.from_pretrained(model, device)
         else:
             self.name = "likelihood-rm"
-        self.model, self.batch_size, self.length_term = model.eval(), batch_size, length_term
-        self.normalize = normalize
+        self.model, self.batch_size = model.eval(), batch_size
         self.gain, self.bias = (model.gain, model.bias) if normalize else (1.0, 0.0)
 
-    def with_length_term(self) -> LikelihoodReward:
-        """The same model, scoring with its fitted length term (see the class)."""
-        other = LikelihoodReward(self.model, batch_size=self.batch_size, normalize=self.normalize, length_term=True)
-        other.name = f"{self.name} (with its length term)"
-        return other
+    def _features(self, prompts, responses, eos) -> torch.Tensor:
+        return torch.cat([self.model.features(prompts[i:i + self.batch_size], responses[i:i + self.batch_size],
+                                              eos[i:i + self.batch_size])
+                          for i in range(0, len(prompts), self.batch_size)])
+
+    def _normalised(self, raw: torch.Tensor) -> np.ndarray:
+        return raw.cpu().numpy().astype(np.float64) * self.gain + self.bias
 
     @torch.no_grad()
     def score(self, prompts, responses, eos):
-        raw = [self.model(prompts[i:i + self.batch_size], responses[i:i + self.batch_size], eos[i:i + self.batch_size],
-                          fitting=self.length_term)
-               for i in range(0, len(prompts), self.batch_size)]
-        return torch.cat(raw).cpu().numpy().astype(np.float64) * self.gain + self.bias
+        return self._normalised(self.model.score_features(self._features(prompts, responses, eos)))
+
+    @torch.no_grad()
+    def score_with_length_term(self, prompts: list[str], responses: list[str], eos: list[bool]
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """(the reward, the same with the length term it was fitted with) from one forward: the second is the RM
+        as a model of the labelers' preferences (``rlhf eval-rm`` measures its accuracy both ways), never the
+        reward a policy gets."""
+        f = self._features(prompts, responses, eos)
+        return (self._normalised(self.model.score_features(f)),
+                self._normalised(self.model.score_features(f, fitting=True)))

@@ -14,6 +14,7 @@ import torch
 
 from rlhf_env.configs import RMEvalConfig
 from rlhf_env.rewards import Reward, load_reward
+from rlhf_env.rewards.likelihood import LikelihoodReward
 from rlhf_env.sampling import sample_n
 from rlhf_env.world.build import load_split
 from rlhf_env.world.grader import Grade, grade, tokenize
@@ -45,11 +46,15 @@ def completions(rows: list[dict]) -> tuple[list[str], list[str], list[bool]]:
             [e for row in rows for e in row["eos"]])
 
 
-def score_comparisons(reward: Reward, rows: list[dict]) -> list[np.ndarray]:
-    """The reward's score of every response of every row (one batched call)."""
-    flat = reward(*completions(rows))
+def by_row(flat: np.ndarray, rows: list[dict]) -> list[np.ndarray]:
+    """Scores of ``completions(rows)``, flat, cut back into one array per row."""
     bounds = np.cumsum([0] + [len(row["responses"]) for row in rows])
     return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def score_comparisons(reward: Reward, rows: list[dict]) -> list[np.ndarray]:
+    """The reward's score of every response of every row (one batched call)."""
+    return by_row(reward(*completions(rows)), rows)
 
 
 def row_agreements(rows: list[dict], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +63,19 @@ def row_agreements(rows: list[dict], scores: list[np.ndarray]) -> tuple[np.ndarr
     counts = [pairwise_agreement(row["ranking"], [int(i) for i in np.argsort(-s, kind="stable")], row["responses"])
               for row, s in zip(rows, scores)]
     return np.array([c[0] for c in counts], dtype=np.float64), np.array([c[1] for c in counts], dtype=np.float64)
+
+
+def labeler_accuracies(reward: Reward, rows: list[dict]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per row, how many of its labeler-ranked pairs the reward orders their way (``row_agreements``): as the
+    reward (``"reward"``), and, for a likelihood RM, as it was fitted, with its length term (``"with_length_term"``,
+    from the same forward); and each row's pairs."""
+    if isinstance(reward, LikelihoodReward):
+        plain, fitted = reward.score_with_length_term(*completions(rows))
+        scored = {"reward": plain, "with_length_term": fitted}
+    else:
+        scored = {"reward": reward(*completions(rows))}
+    counts = {name: row_agreements(rows, by_row(flat, rows)) for name, flat in scored.items()}
+    return {name: agree for name, (agree, _) in counts.items()}, counts["reward"][1]
 
 
 def ranking_accuracy(rows: list[dict], scores: list[np.ndarray]) -> tuple[float, int]:
@@ -161,20 +179,17 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
     test_heldout = load_split(config.data, "comparisons", "test_heldout_labelers").to_list()
     customers = load_split(config.data, "comparisons", "heldout_customers").to_list()
 
-    right, pairs = row_agreements(test, score_comparisons(reward, test))
-    accuracy, n_pairs = float(right.sum() / max(pairs.sum(), 1)), int(pairs.sum())
-    accuracy_heldout, _ = ranking_accuracy(test_heldout, score_comparisons(reward, test_heldout))
+    right, pairs = labeler_accuracies(reward, test)
+    right_heldout, pairs_heldout = labeler_accuracies(reward, test_heldout)
     labelers = np.array([pairwise_agreement(a["ranking"], b["ranking"], a["responses"])[0]
                          for a, b in zip(test, test_heldout)], dtype=np.float64)  # the other labeler, same pairs
     with_length = {}
-    if hasattr(reward, "with_length_term"):  # an RM fitted with a length term that its reward drops
-        fitted = reward.with_length_term()
-        right_fitted, _ = row_agreements(test, score_comparisons(fitted, test))
-        with_length = {"accuracy_with_length_term": float(right_fitted.sum() / max(pairs.sum(), 1)),
+    if "with_length_term" in right:  # a likelihood RM, fitted with a length term that its reward drops
+        with_length = {"accuracy_with_length_term": float(right["with_length_term"].sum() / pairs.sum()),
                        "accuracy_heldout_labelers_with_length_term":
-                           ranking_accuracy(test_heldout, score_comparisons(fitted, test_heldout))[0],
-                       "agreement_gap_interval_with_length_term": gap_interval(labelers, right_fitted, pairs,
-                                                                               config.seed)}
+                           float(right_heldout["with_length_term"].sum() / pairs_heldout.sum()),
+                       "agreement_gap_interval_with_length_term": gap_interval(labelers, right["with_length_term"],
+                                                                               pairs, config.seed)}
     customer_scores = score_comparisons(reward, customers)
     grades = [[grade(row["task"], r, e) for r, e in zip(row["responses"], row["eos"])] for row in customers]
     scores, gold = np.concatenate(customer_scores), np.array([g.score for row in grades for g in row])
@@ -188,11 +203,11 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         picked = best_of_n(reward, config.policy, rows, ns, config.seed, config.device)
     return {
         "rm": config.rm,
-        "accuracy": accuracy,
-        "accuracy_heldout_labelers": accuracy_heldout,
-        "agreement_gap_interval": gap_interval(labelers, right, pairs, config.seed),
+        "accuracy": float(right["reward"].sum() / pairs.sum()),
+        "accuracy_heldout_labelers": float(right_heldout["reward"].sum() / pairs_heldout.sum()),
+        "agreement_gap_interval": gap_interval(labelers, right["reward"], pairs, config.seed),
         **with_length,
-        "labeler_agreement": float(labelers.sum() / max(n_pairs, 1)),
+        "labeler_agreement": float(labelers.sum() / pairs.sum()),
         "gold_spearman": spearman(scores, gold),
         "gold_pearson": float(np.corrcoef(scores, gold)[0, 1]),
         "spearman_within_prompt": spearman_within_prompt(customer_scores, grades),
@@ -200,7 +215,7 @@ def evaluate_reward(config: RMEvalConfig) -> dict:
         **{f"correct_over_incorrect_{k}": acc for k, (acc, _) in correct.items()},
         **{f"n_correct_pairs_{k}": n for k, (_, n) in correct.items()},
         "n": len(test),
-        "n_pairs": n_pairs,
+        "n_pairs": int(pairs.sum()),
         "n_gold": len(gold),
         **picked,
     }
