@@ -39,6 +39,9 @@ def reward_table(foundation: dict) -> str:
     return "\n".join(lines)
 
 
+SUMMARIZED_RUNS = ("default", "black-box", "gold-oracle", "token-target", "token-target-300")  # ppo_runs' summaries
+
+
 def ppo_table(ppo: dict) -> str:
     rows, greedy = ppo["rows"], ppo["greedy_sft"]
     first = rows[0]
@@ -55,7 +58,7 @@ def ppo_table(ppo: dict) -> str:
                      f"{r['win_rate_vs_sft_large']:.3f} | {r['gold']:.3f} | {r['success']:.3f} | "
                      f"{r['rm_score']:.2f} | {r['kl']:.2f} | {r['length']:.1f} | "
                      f"{r['greedy_win_rate_vs_greedy_sft']:.3f} | {r['minutes']:.1f} |")
-    for name in ("default", "black-box", "gold-oracle", "token-target", "token-target-300"):
+    for name in SUMMARIZED_RUNS:
         summary = ppo.get(f"{name}_summary")
         if not summary:
             continue
@@ -79,7 +82,7 @@ def greedy_decomposition(ppo: dict) -> str:
     The sentence shows that on each summary row and says what task success the greedy target asks for."""
     sft, ceiling = ppo["greedy_sft"]["success"], ppo["rows"][0]["greedy_win_rate_ceiling"]
     fits = []
-    for name in ("default", "black-box", "gold-oracle"):
+    for name in SUMMARIZED_RUNS:
         summary = ppo.get(f"{name}_summary")
         if summary and "greedy_success" in summary:
             success = summary["greedy_success"]["mean"]
