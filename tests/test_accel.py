@@ -1,6 +1,8 @@
 """rlhf_env.accel: one switch, the bundled and package-saved models only, and a probe that falls back."""
 
 import json
+import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +21,12 @@ from rlhf_env.sampling import HFDecoder, encode_prompts, lean_decoder_applies, s
 needs_onednn = pytest.mark.skipif(not onednn.kernel_works(), reason="this torch has no oneDNN")
 C_MEASURED = ("gelu", "sampling", "fused") if native.compiler() is not None else ()  # measured where they build
 PROMPTS = ["Q: what is two plus three ?\nA:", "Q: sort : pear apple .\nA:"]
+
+
+def kernels_cpu_seconds():
+    from rlhf_env.accel import kernels
+
+    return kernels.cpu_seconds()
 
 
 def swapped(model) -> bool:
@@ -102,13 +110,15 @@ def test_a_probe_mismatch_falls_back_to_stock_layers_with_a_warning(tiny_policy_
 
 @pytest.fixture
 def measured_kernels(tmp_path, monkeypatch):
-    """The default policy (auto: measure), a cache of its own, no choices made yet, and ``measure`` replaced by
-    given speed-ups; returns the list of shapes it was asked to measure."""
+    """The default policy (auto: measure), a cache of its own, no choices made yet, ``measure`` replaced by
+    given speed-ups, and a machine that other processes leave free; returns the list of shapes it was asked to
+    measure."""
     from rlhf_env.accel import kernels
 
     monkeypatch.setenv(kernels.POLICY_VAR, "auto")
     monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setattr(kernels, "cpu_seconds", lambda: (100.0, 10.0))  # no CPU time passes: no load
     asked = []
     speedups = {32: {"layers": 1.25, "decode": 0.8},
                 48: {"layers": 1.02, "decode": 1.1, "gelu": 2.0, "attention": 1.5, "packed_attention": 1.8,
@@ -176,10 +186,13 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
     monkeypatch.setenv(kernels.POLICY_VAR, "auto")
     monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path))
     monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setattr(kernels, "cpu_seconds", lambda: None)  # the load unknown (as off Linux): cached
     config = SimpleNamespace(n_embd=16, n_inner=None, vocab_size=40)
     choice = kernels.choose(config)
-    assert set(choice.speedup) == {"layers", "decode", *C_MEASURED} and all(0 < v < 100 for v in
+    # finite positive ratios (on a busy machine they range far: the next test)
+    assert set(choice.speedup) == {"layers", "decode", *C_MEASURED} and all(0 < v < math.inf for v in
                                                                             choice.speedup.values())
+    assert (choice.source, choice.load) == ("measured", None)
     assert choice.layers == (choice.speedup["layers"] > 1 / (1 - kernels.MARGIN))
     assert choice.gelu == (choice.speedup.get("gelu", 0) > 1 / (1 - kernels.MARGIN))
     saved = json.loads((tmp_path / "kernels.json").read_text())
@@ -187,6 +200,56 @@ def test_a_real_measurement_gives_both_speedups_and_is_cached(tmp_path, monkeypa
         "layers": choice.layers, "decode": choice.decode, "gelu": choice.gelu, "attention": False,
         "packed_attention": False, "sampling": choice.sampling, "fused": choice.fused,
         "speedup": choice.speedup}}  # no heads: no attention
+
+
+def test_a_measurement_while_other_processes_hold_the_cpus_is_used_but_not_cached(measured_kernels, tmp_path,
+                                                                                   monkeypatch):
+    """Under load the ratios are skewed far past noise (a scratch run beside a PPO run: the C draw 300x torch's,
+    oneDNN's decode 0.01x): such a choice serves its process, and the next process measures again."""
+    from rlhf_env.accel import kernels
+
+    config = SimpleNamespace(n_embd=32, n_inner=None, vocab_size=40)
+    cpus = kernels.os.cpu_count()
+    # between the two readings the machine was busy for cpus + 1.5 CPU-seconds, this process for 0.5 of them
+    readings = iter([(100.0, 10.0), (100.0 + cpus + 1.5, 10.5)])
+    monkeypatch.setattr(kernels, "cpu_seconds", lambda: next(readings))
+    choice = kernels.choose(config)
+    assert (choice.source, choice.layers, choice.load, measured_kernels) == ("contended", True, cpus + 1.0, [32])
+    assert choice.describe().endswith(f"measured now, while other processes kept {cpus + 1.0:.2f} CPUs busy: not "
+                                      "cached, so measured again by the next process")
+    assert not (tmp_path / "cache" / "kernels.json").exists()
+    monkeypatch.setattr(kernels, "_chosen", {})  # the next process, on a free machine: measures and caches
+    readings = iter([(200.0, 20.0), (200.5, 20.5)])  # all the machine's CPU time was this process's
+    choice = kernels.choose(config)
+    assert (choice.source, choice.load, measured_kernels) == ("measured", 0.0, [32, 32])
+    assert json.loads((tmp_path / "cache" / "kernels.json").read_text())[f"{kernels.machine()} | 1 layer, width 32, "
+                                                                          "inner 128, vocab 40"]["layers"] is True
+
+
+@pytest.mark.parametrize("cpus, threads, free_up_to", [(2, 2, 0.25), (8, 2, 6.25), (4, 8, 0.25)])
+def test_a_measurement_is_contended_where_others_leave_its_threads_too_few_cpus(monkeypatch, cpus, threads,
+                                                                                free_up_to):
+    from rlhf_env.accel import kernels
+
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert not kernels.contended(None) and not kernels.contended(free_up_to - 0.01)
+    assert kernels.contended(free_up_to + 0.01)
+
+
+@pytest.mark.skipif(kernels_cpu_seconds() is None, reason="no /proc to read CPU time from")
+def test_cpu_seconds_counts_this_process_s_work_within_the_machine_s():
+    from rlhf_env.accel import kernels
+
+    before = kernels.cpu_seconds()
+    start = time.process_time()
+    while time.process_time() - start < 0.3:  # 0.3 s of this process's CPU time
+        pass
+    after = kernels.cpu_seconds()
+    own, busy = after[1] - before[1], after[0] - before[0]
+    assert 0.27 <= own < 5 and busy >= own - 0.03  # (ticks of 10 ms)
+    assert kernels.others_load(before, after, 0.0) == max(0.0, busy - own) / kernels.LOAD_WINDOW_S
+    assert kernels.others_load(None, after, 2.0) is None
 
 
 @pytest.mark.skipif(native.compiler() is None, reason="no C compiler to build the kernels")
@@ -271,6 +334,7 @@ def test_a_choice_made_under_no_grad_measures_the_backward_too(tmp_path, monkeyp
     monkeypatch.setenv(kernels.POLICY_VAR, "auto")
     monkeypatch.setenv(kernels.CACHE_VAR, str(tmp_path))
     monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setattr(kernels, "cpu_seconds", lambda: None)  # (as on a free machine, whatever runs beside)
     torch.manual_seed(0)
     with kernels.forced("stock"):  # loaded unaccelerated: its shape is not chosen at load
         model = new_model(dict(n_embd=24, n_layer=1, n_head=2), tokenizer)

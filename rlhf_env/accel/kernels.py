@@ -27,7 +27,12 @@ and likewise, for the package's C kernels (``rlhf_env.accel.native``, where a C 
 
 A kernel is chosen only where it is faster by more than ``MARGIN``: a tie, or noise, keeps stock PyTorch. The
 result is cached per machine (CPU model, cores, threads, torch version, the C kernels' source) and per shape in
-``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once. A run records its
+``$RLHF_ENV_CACHE/kernels.json`` (default ``~/.cache/rlhf_env``), so it is measured once: once it is measured on
+free cores. Other processes' CPU time during a measurement (Linux's ``/proc``: every CPU's busy time, steal
+included, less this process's) is taken as the measurement's load, and where the cores that this process's threads
+need were busy (``contended``), the choice holds for this process only and is not cached: a busy machine skews the
+ratios far past noise (multi-threaded PyTorch ops wait on descheduled threads, the single-threaded C kernels do
+not), and a choice cached from them would hold for good. A run records its
 choices in ``OUT/kernels.json`` and a resumed run takes them back (``restore``) before it loads a model, so it
 continues on the kernels it started with, whatever the machine, threads or ranks it resumes on. Under a
 launcher (``WORLD_SIZE`` > 1) nothing is measured, since ranks timing at once on shared cores would disagree:
@@ -59,6 +64,8 @@ DECODE_ROWS = 64  # the sampler's default batch, one token each
 DECODE_PROMPT, DECODE_NEW = 48, 48  # the attention's measured cache: prompts of up to 48 tokens, 48 new ones
 BUDGET_S = 1.0  # about the most one measurement spends (at least MIN_REPEATS timed rounds each way)
 MIN_REPEATS, MAX_REPEATS = 3, 7
+LOAD_SLACK = 0.25  # CPUs of other processes' use tolerated beyond what this process's threads leave free
+LOAD_WINDOW_S = 1.0  # the load is averaged over at least this long (/proc counts CPU time in ticks of 10 ms)
 PACKED_LENGTHS = (16, 64)  # the sequences' lengths in the packed attention's measurement (uniform)
 C_USES = ("gelu", "attention", "packed_attention", "sampling", "fused")  # a C kernel of the package's or PyTorch's
 
@@ -82,6 +89,7 @@ class Choice:
     packed_attention: bool = False
     sampling: bool = False
     fused: bool = False
+    load: float | None = None  # other processes' mean CPUs in use while it was measured (None: not measured here)
 
     def describe(self) -> str:
         def one(use: str) -> str:
@@ -94,7 +102,10 @@ class Choice:
             return (f"{name} {'C kernel' if getattr(self, use) else stock}"
                     + (f" (C {ratio:.2f}x {stock})" if ratio is not None else ""))
 
-        how = {"measured": "measured now", "cache": "measured before, cached", "run": "as this run chose at its start",
+        busy = f"{self.load:.2f}" if self.load is not None else "?"
+        how = {"measured": "measured now", "cache": "measured before, cached",
+               "contended": f"measured now, while other processes kept {busy} CPUs busy: not cached, so measured "
+                            "again by the next process", "run": "as this run chose at its start",
                "failed": "the measurement failed: stock kernels",
                "unmeasured": "not measured under several ranks: stock kernels (a single process at the ranks' "
                              "thread count measures them for later runs)"}
@@ -203,17 +214,53 @@ def choose(config) -> Choice:
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks timing at once on shared cores would disagree
             choice = Choice(shape, False, False, {}, "unmeasured")
         else:
+            _c_built()  # a first build of the C kernels (the compiler: a child process) before the load's window
+            before, start = cpu_seconds(), time.perf_counter()
             try:
                 speedup = measure(width, inner, vocab, n_layer, heads)
             except (RuntimeError, NotImplementedError) as e:  # a kernel that cannot run here: stay on stock
                 choice = Choice(shape, False, False, {"error": f"{type(e).__name__}: {e}"}, "failed")
             else:
+                load = others_load(before, cpu_seconds(), time.perf_counter() - start)
                 faster = {use: speedup.get(use, 0.0) > 1 / (1 - MARGIN) for use in ("layers", "decode", *C_USES)}
-                choice = Choice(shape, faster["layers"], faster["decode"], speedup, "measured",
+                choice = Choice(shape, faster["layers"], faster["decode"], speedup,
+                                "contended" if contended(load) else "measured", load=load,
                                 **{use: faster[use] for use in C_USES})
-                _write_cache(key, {**faster, "speedup": speedup})
+                if choice.source == "measured":
+                    _write_cache(key, {**faster, "speedup": speedup})
     _chosen[shape] = choice
     return choice
+
+
+def cpu_seconds() -> tuple[float, float] | None:
+    """(every CPU's busy seconds, steal included; this process's CPU seconds, its waited-for children's included)
+    from Linux's ``/proc``, None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+        with open("/proc/self/stat") as f:  # after the command's ")": state is field 3, utime..cstime 14..17
+            utime, stime, cutime, cstime = (int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15])
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, (utime + stime + cutime + cstime) / tick
+
+
+def others_load(before: tuple[float, float] | None, after: tuple[float, float] | None, seconds: float
+                ) -> float | None:
+    """Other processes' mean CPUs in use between two ``cpu_seconds``, over ``seconds`` (at least
+    ``LOAD_WINDOW_S``: a short window holds a tick or two); None where either is unknown."""
+    if before is None or after is None:
+        return None
+    busy, own = after[0] - before[0], after[1] - before[1]
+    return max(0.0, busy - own) / max(seconds, LOAD_WINDOW_S)
+
+
+def contended(load: float | None) -> bool:
+    """Whether other processes' ``load`` (CPUs) left this process's threads fewer free CPUs than they need."""
+    import torch
+
+    return load is not None and load > max(0, (os.cpu_count() or 1) - torch.get_num_threads()) + LOAD_SLACK
 
 
 def _c_built() -> bool:
