@@ -27,10 +27,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from bench_ppo_iteration import matmul_peak_gflops  # benchmarks/ is on the path when this runs as a script
 
 from agents.bench import BLACK_BOX_PPO
 from agents.grpo import GRPOAgent, GRPOConfig
 from agents.ppo import PPOAgent, PPOConfig, run_fingerprint
+from rlhf_env.accel import kernels
 from rlhf_env.evaluation import EvalConfig, evaluate
 from rlhf_env.paths import assets_digest, finished_on
 
@@ -121,6 +123,8 @@ def main() -> None:
     args = parser.parse_args()
 
     runs_dir, build = Path(args.runs_dir), assets_digest()
+    # what the minutes hold for: a run's time follows the machine's speed, and 2-core hosts differ
+    host = {"machine": kernels.machine(), "matmul_peak_gflops": matmul_peak_gflops()}
     rows = [run(name, seed, runs_dir, VARIANTS[name], build) for name in args.variants
             for seed in (args.seeds if name in MULTI_SEED else args.seeds[:1])]
     keys = ("win_rate_vs_sft", "win_rate_vs_sft_large", "gold", "success", "length", "rm_score", "kl", "minutes",
@@ -155,7 +159,8 @@ def main() -> None:
         print(f"{name} over {sum(r['run'] == name for r in rows)} seeds: " + ", ".join(
             f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"assets": build, "variants": args.variants, "seeds": args.seeds,
+    print(f"on {host['machine']} (float32 matmul {host['matmul_peak_gflops']:.0f} GFLOP/s)")
+    Path(args.out).write_text(json.dumps({"assets": build, "variants": args.variants, "seeds": args.seeds, **host,
                                           "rows": rows,
                                           **{f"{n}_summary": v for n, v in summaries.items()},
                                           "greedy_sft": greedy}, indent=1))
