@@ -9,14 +9,17 @@ the SFT policy, for best-of-n sampling and for PPO checkpoints.
   without learning anything about the task; an RL policy that sits on it has learned only that.
 - **PPO**: the held-out evaluations that ``rlhf ppo`` logs along a run (``OUT/eval.csv``: gold, RM score
   and KL to the reference every ``eval_every`` iterations), for each run given, e.g. the default run and the
-  beta = 0 run of ``benchmarks/ppo_runs.py``.
+  beta = 0 run of ``benchmarks/ppo_runs.py``. A run trained against another reward than ``--reward`` (its
+  checkpoint says which), such as the paper's scalar-head RM at beta = 0, logged its own reward's score: it is
+  kept apart (``ppo_other_reward`` in the JSON, a panel of its own in the plot), gold and its own RM's score.
 
 While the proxy (RM) score rises with KL, gold should rise with it at first; where gold turns down while
 the RM keeps rising, the policy is over-optimising the RM. Prints a table, writes JSON and a PNG.
 
 Each point also has its gold win rate against SFT's samples (ties half), as ``rlhf eval`` judges it.
 
-    python benchmarks/over_optimisation.py default=runs/ppo-bench/default-seed0 beta0=runs/ppo-bench/beta0-seed0
+    python benchmarks/over_optimisation.py default=runs/ppo-bench/default-seed0 beta0=runs/ppo-bench/beta0-seed0 \
+        rm-scalar-beta0=runs/ppo-bench/rm-scalar-beta0-seed0
 """
 
 from __future__ import annotations
@@ -97,13 +100,22 @@ def ppo_points(run: Path) -> list[dict]:
     return points
 
 
+def trained_against(run: Path) -> str | None:
+    """The reward a finished PPO run was trained against, as its checkpoint records it (None if it does not)."""
+    state = run / "checkpoint" / "state.json"
+    if not state.exists():
+        return None
+    return json.loads(state.read_text())["state"].get("run", {}).get("reward")
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    others = result.get("ppo_other_reward", {})
+    fig, axes = plt.subplots(1, 2 + bool(others), figsize=(11 + 5 * bool(others), 4))
     series = {"best of n": result["best_of_n"], "sharpened SFT": result["sharpened"],
               **{f"PPO {k}": v for k, v in result["ppo"].items()}}
     for ax, key, title in zip(axes, ("gold", "rm_score"), ("gold score (the truth)", "RM score (the proxy)")):
@@ -113,6 +125,20 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend()
+    if others:  # its RM's scores are on that RM's scale: a right-hand axis of their own
+        ax, own = axes[2], axes[2].twinx()
+        for label, run in others.items():
+            x = [p["sqrt_kl"] for p in run["points"]]
+            ax.plot(x, [p["gold"] for p in run["points"]], marker="o", label=f"PPO {label}: gold")
+            own.plot(x, [p["rm_score"] for p in run["points"]], marker="s", linestyle="--", color="tab:red",
+                     label=f"PPO {label}: its RM ({run['reward']})")
+        ax.set_xlabel("sqrt(KL from SFT), nats^0.5")
+        ax.set_ylabel("gold score")
+        own.set_ylabel("its own RM's score")
+        ax.set_title("trained against another RM")
+        ax.grid(alpha=0.3)
+        lines = ax.get_legend_handles_labels(), own.get_legend_handles_labels()
+        ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8)
     fig.suptitle(f"over-optimisation on held-out customers' prompts (reward: {result['reward']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -139,13 +165,24 @@ def main() -> None:
     result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes, "assets": build,
               "best_of_n": best_of_n(reward, model, tokenizer, rows, baseline, args.n_max, args.seed),
               "sharpened": sharpened(reward, model, tokenizer, rows, baseline, args.seed),
-              "ppo": {label: ppo_points(Path(d)) for label, d in runs.items() if (Path(d) / "eval.csv").exists()}}
-    print(f"{'series':<15}{'n / T / iter':>13}{'KL':>8}{'gold':>8}{'RM':>8}{'win rate':>10}")
+              "ppo": {}, "ppo_other_reward": {}}
+    for label, d in runs.items():
+        if not (Path(d) / "eval.csv").exists():
+            print(f"{label}: {d} has no eval.csv, skipped")
+            continue
+        against = trained_against(Path(d)) or args.reward
+        if against == args.reward:
+            result["ppo"][label] = ppo_points(Path(d))
+        else:
+            result["ppo_other_reward"][label] = {"reward": against, "points": ppo_points(Path(d))}
+    print(f"{'series':<26}{'n / T / iter':>13}{'KL':>8}{'gold':>8}{'RM':>8}{'win rate':>10}")
     series = [("best of n", "n", result["best_of_n"]), ("sharpened SFT", "temperature", result["sharpened"])]
     series += [(f"PPO {label}", "iteration", points) for label, points in result["ppo"].items()]
+    series += [(f"PPO {label} (RM: {run['reward']})", "iteration", run["points"])
+               for label, run in result["ppo_other_reward"].items()]
     for name, key, points in series:
         for p in points:
-            print(f"{name:<15}{p[key]:>13}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}{p['win_rate']:>10.3f}")
+            print(f"{name:<26}{p[key]:>13}{p['kl']:>8.3f}{p['gold']:>8.3f}{p['rm_score']:>8.3f}{p['win_rate']:>10.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

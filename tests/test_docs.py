@@ -121,3 +121,36 @@ def test_the_greedy_note_computes_each_runs_expected_win_rate_from_its_task_succ
     assert "is 0.600 by that rule (measured 0.610)" in note and "greedy task success of 0.900." in note
     assert "black-box" not in note
     assert greedy_decomposition({**ppo, "default_summary": {}}) == ""
+
+
+def test_over_optimisation_keeps_a_run_against_another_rm_apart_and_the_readme_tells_each_beta0_run(tmp_path):
+    """A PPO run trained against another RM than the benchmark's logged that RM's score: over_optimisation.py files
+    it under ``ppo_other_reward`` (by its checkpoint's reward), the table marks whose score it is, and the README's
+    line gives each beta = 0 run's RM score and gold, first and last."""
+    import json
+
+    script = runpy.run_path(str(ROOT / "benchmarks" / "over_optimisation.py"))
+    run = tmp_path / "scalar"
+    (run / "checkpoint").mkdir(parents=True)
+    assert script["trained_against"](run) is None  # no checkpoint state: the benchmark's own reward is assumed
+    (run / "checkpoint" / "state.json").write_text(json.dumps({"state": {"run": {"reward": "rm-scalar"}}}))
+    assert script["trained_against"](run) == "rm-scalar"
+    (run / "eval.csv").write_text("step,ref_gold,ref_rm_score,gold,rm_score,kl,win_rate_vs_reference\n"
+                                  "25,0.89,-0.02,0.70,1.50,30.25,0.20\n300,0.89,-0.02,0.43,2.83,258.5,0.01\n")
+    points = script["ppo_points"](run)
+    assert [p["iteration"] for p in points] == [0, 25, 300] and points[2]["sqrt_kl"] == pytest.approx(258.5 ** 0.5)
+
+    tables = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))
+    own = [{**p, "rm_score": 0.5 + p["kl"] / 8, "gold": 0.891 + p["kl"] / 200} for p in points[:2]]
+    over = {"reward": "rm", "episodes": 200, "best_of_n": [], "sharpened": [],
+            "ppo": {"default": own, "beta0": own}, "ppo_other_reward": {"rm-scalar-beta0": {"reward": "rm-scalar",
+                                                                                            "points": points}}}
+    table = tables["over_optimisation_table"](over)
+    assert "| PPO rm-scalar-beta0 (RM score: rm-scalar's) | 300 | 258.50 | 0.430 | 2.83 | 0.010 |" in table
+    (tmp_path / "over_optimisation.json").write_text(json.dumps(over))
+    text = "\n".join(tables["over_optimisation_lines"](tmp_path))
+    assert "against `rm` (beta0), that RM's score goes from 0.50 to 4.28 while gold goes from 0.891 (SFT) " \
+           "to 1.042" in text  # the made-up points above: only beta = 0 runs are told, the default is not
+    assert "against `rm-scalar` (rm-scalar-beta0), that RM's score goes from -0.02 to 2.83 while gold goes from " \
+           "0.890 (SFT) to 0.430 at 258.5 nats from SFT" in text and "(default)" not in text
+    assert "![over-optimisation](benchmarks/results/over_optimisation.png)" in text

@@ -161,8 +161,8 @@ def train_likelihood_lm(model: LikelihoodRewardModel, train: list[dict], config:
         if config.lm_pairs == "same_length":
             winners, losers, _ = same_length_pairs(pairs, f[:, 1])
             if not len(winners):  # no pair of equal length in this batch (rare: K >= 4 responses to each of
-                # batch_size prompts): no gradient, but AdamW's decay and the schedule still step, and the logs
-                # count its accuracy as 0
+                # batch_size prompts): a zero gradient, but AdamW still steps (its momentum from earlier batches
+                # and its decay move the weights) and so does the schedule; the logs weigh its accuracy by 0 pairs
                 return scores.sum() * 0.0, {"accuracy": (0.0, 0)}
             margin = scores[winners] - scores[losers]
             loss = -torch.nn.functional.logsigmoid(margin).mean()  # a mean over the kept pairs
