@@ -40,7 +40,7 @@ from rlhf_env.paths import assets_digest, finished_on
 BLACK_BOX = {**BLACK_BOX_PPO, "iterations": 100}
 # its optimiser and batch, under the token-target variants (measured when the default batch was the black box's)
 OLD = {k: BLACK_BOX[k] for k in ("lr", "ppo_epochs", "iterations", "batch_size")}
-VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0},
+VARIANTS = {"default": {}, "beta0": {"kl_coef": 0.0}, "beta0-600": {"kl_coef": 0.0, "iterations": 600},
             "rm-scalar-beta0": {"reward": "rm-scalar", "kl_coef": 0.0}, "gae": {"advantage": "gae", "group_size": 1},
             "gold-oracle": {"reward": "gold"}, "bf16": {"bf16": True}, "labeler-oracle": {"reward": "labelers"},
             "gold-oracle-400": {"reward": "gold", "iterations": 400},
