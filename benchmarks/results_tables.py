@@ -59,13 +59,13 @@ def ppo_table(ppo: dict) -> str:
                      f"{r['rm_score']:.2f} | {r['kl']:.2f} | {r['length']:.1f} | "
                      f"{r['greedy_win_rate_vs_greedy_sft']:.3f} | {r['minutes']:.1f} |")
     for name in SUMMARIZED_RUNS:
-        summary = ppo.get(f"{name}_summary")
-        if not summary:
+        summary, seeds = ppo.get(f"{name}_summary"), sum(r["run"] == name for r in rows)
+        if not summary or seeds < 2:  # one seed's row is above
             continue
 
         def cell(k, digits=3, summary=summary):
             return f"{summary[k]['mean']:.{digits}f} ± {summary[k]['std']:.{digits}f}"
-        lines.append(f"| **{name}, mean ± std over {sum(r['run'] == name for r in rows)} seeds** | "
+        lines.append(f"| **{name}, mean ± std over {seeds} seeds** | "
                      f"**{cell('win_rate_vs_sft')}** | {cell('win_rate_vs_sft_large')} | {cell('gold')} | "
                      f"{cell('success')} | {cell('rm_score', 2)} | {cell('kl', 2)} | {cell('length', 1)} | "
                      f"{cell('greedy_win_rate_vs_greedy_sft')} | {cell('minutes', 1)} |")
@@ -674,10 +674,13 @@ def algorithms_command(algorithms: dict) -> str:
     return " ".join(["python benchmarks/algorithms.py", *flags])
 
 
-def ppo_command(ppo: dict) -> str:
-    """The command that made ppo.json (its variants and seeds, where it recorded them)."""
+def ppo_command(ppo: dict, out: str = "") -> str:
+    """The command that made ppo.json, or the JSON ``out`` (its variants and seeds, where it recorded them)."""
     flags = [f"--{key} {' '.join(map(str, ppo[key]))}" for key in ("variants", "seeds") if ppo.get(key)]
-    return " ".join(["python benchmarks/ppo_runs.py", *flags])
+    return " ".join(["python benchmarks/ppo_runs.py", *flags, *([f"--out benchmarks/results/{out}"] if out else [])])
+
+
+SLOW_HOST = "ppo_slow_host.json"  # ppo_runs' seed 0 again, on a slower 2-core host than ppo.json's
 
 
 def load(results: Path, name: str) -> dict | None:
@@ -766,6 +769,12 @@ def results_page(results: Path) -> str:
                   "(`rlhf_env.accel.trunk`). The script's other variants (GAE with a value head, GRPO, gold's raw "
                   "grades, bf16, ...) run with `--variants`.",
                   ppo_table(ppo), *stale(ppo, "ppo.json"), "![PPO curves](../benchmarks/results/ppo.png)"]
+    slow = load(results, SLOW_HOST)
+    if slow:
+        parts += ["### The same runs on a slower machine",
+                  f"`{ppo_command(slow, SLOW_HOST)}`, on another 2-core host{on_machine(slow)}: a run's minutes "
+                  "follow the machine it runs on. These runs are also the PPO series of the over-optimisation plot "
+                  "below.", ppo_table(slow), *stale(slow, SLOW_HOST)]
     token = load(results, "ppo_token_target.json")
     if token:
         parts += ["### The token target's first measurement",
@@ -924,16 +933,29 @@ def default_run(results: Path) -> list[str]:
             f"{ppo['greedy_sft']['win_rate_vs_sft']:.3f}; no policy can pass {first['win_rate_ceiling']:.3f}), "
             f"{mean('win_rate_vs_sft_large')} against the larger `sft-large`, task success {mean('success')} "
             f"(SFT: {first['success_sft']:.3f}); decoded greedily, {mean('greedy_win_rate_vs_greedy_sft')} against "
-            f"greedy SFT; {mean('minutes', 1)} minutes a run{on_machine(ppo)} (`{ppo_command(ppo)}`, every row in "
-            "[docs/results.md](docs/results.md)). In the bench below, PPO sees the reward as scores only, like "
-            "every other algorithm there.", *stale_lines(ppo, "ppo.json"), ""]
+            f"greedy SFT; {mean('minutes', 1)} minutes a run{on_machine(ppo)}{slower(results)} "
+            f"(`{ppo_command(ppo)}`, every row in [docs/results.md](docs/results.md)). In the bench below, PPO sees "
+            "the reward as scores only, like every other algorithm there.", *stale_lines(ppo, "ppo.json"), ""]
+
+
+def slower(results: Path) -> str:
+    """", X minutes on a slower host (its CPU and matmul rate)" from the slow host's default run ("" without it)."""
+    slow = load(results, SLOW_HOST)
+    rows = [r for r in slow["rows"] if r["run"] == "default"] if slow else []
+    if not rows:
+        return ""
+    return f", {sum(r['minutes'] for r in rows) / len(rows):.1f} on a slower host{on_machine(slow)}"
+
+
+def machine_of(result: dict) -> str:
+    """"CPU, its float32 matmul rate" for a benchmark that recorded its machine ("" before they did)."""
+    if "machine" not in result:
+        return ""
+    return f"{result['machine'].split(' | ')[0]}, {result['matmul_peak_gflops']:.0f} GFLOP/s float32 matmul"
 
 
 def on_machine(result: dict) -> str:
-    """" on CPU (its float32 matmul rate)" for a benchmark that recorded its machine ("" before they did)."""
-    if "machine" not in result:
-        return ""
-    return f" on {result['machine'].split(' | ')[0]} ({result['matmul_peak_gflops']:.0f} GFLOP/s float32 matmul)"
+    return f" ({machine_of(result)})" if "machine" in result else ""
 
 
 def over_optimisation_lines(results: Path) -> list[str]:

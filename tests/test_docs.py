@@ -154,3 +154,21 @@ def test_over_optimisation_keeps_a_run_against_another_rm_apart_and_the_readme_t
     assert "against `rm-scalar` (rm-scalar-beta0), that RM's score goes from -0.02 to 2.83 while gold goes from " \
            "0.890 (SFT) to 0.430 at 258.5 nats from SFT" in text and "(default)" not in text
     assert "![over-optimisation](benchmarks/results/over_optimisation.png)" in text
+
+
+def test_the_default_runs_minutes_say_which_machine_where_the_json_records_it(tmp_path):
+    """ppo_runs records its machine and matmul rate; the README's minutes name them, and the slower host's runs
+    (ppo_slow_host.json) add their own minutes: a mean over its default rows."""
+    import json
+
+    tables = runpy.run_path(str(ROOT / "benchmarks" / "results_tables.py"))
+    assert tables["machine_of"]({"rows": []}) == "" and tables["slower"](tmp_path) == ""  # before they recorded it
+    slow = {"machine": "Some CPU | 2 cpus | 2 threads | torch 2.13.0+cpu | C kernels abc", "matmul_peak_gflops": 199.6,
+            "variants": ["default", "beta0"], "seeds": [0, 1],
+            "rows": [{"run": "default", "minutes": 14.0}, {"run": "default", "minutes": 15.0},
+                     {"run": "beta0", "minutes": 99.0}]}
+    (tmp_path / "ppo_slow_host.json").write_text(json.dumps(slow))
+    assert tables["slower"](tmp_path) == ", 14.5 on a slower host (Some CPU, 200 GFLOP/s float32 matmul)"
+    assert tables["ppo_command"](slow, "ppo_slow_host.json") == (
+        "python benchmarks/ppo_runs.py --variants default beta0 --seeds 0 1 "
+        "--out benchmarks/results/ppo_slow_host.json")
