@@ -162,7 +162,7 @@ def main() -> None:
     model, tokenizer = load_policy(args.policy)
     reward = load_reward(args.reward)
     baseline = sample_and_measure(model, tokenizer, rows, args.seed, 1.0, 48)["grades"]  # rlhf eval's SFT samples
-    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes, "assets": build,
+    result = {"reward": args.reward, "policy": args.policy, "episodes": args.episodes, "assets": build, "runs": runs,
               "best_of_n": best_of_n(reward, model, tokenizer, rows, baseline, args.n_max, args.seed),
               "sharpened": sharpened(reward, model, tokenizer, rows, baseline, args.seed),
               "ppo": {}, "ppo_other_reward": {}}

@@ -828,11 +828,11 @@ def results_page(results: Path) -> str:
     if over:
         parts += ["Over-optimisation (Gao et al. 2022): gold and RM score against KL from SFT, for the RM's best of n "
                   "SFT samples (KL = log n - (n - 1)/n), for SFT sampled colder (*sharpened*: no reward at all; KL "
-                  "measured; temperature 0 is greedy) and along PPO runs (`python benchmarks/over_optimisation.py "
-                  "default=runs/ppo-bench/default-seed0 black-box=runs/ppo-bench/black-box-seed0 "
-                  "beta0=runs/ppo-bench/beta0-seed0 rm-scalar-beta0=runs/ppo-bench/rm-scalar-beta0-seed0`, after "
-                  "`benchmarks/ppo_runs.py`; a run against another RM than the bundled one logs its own RM's score;"
-                  f" `benchmarks/results/over_optimisation.json`; {over['episodes']} held-out prompts, so a win rate "
+                  "measured; temperature 0 is greedy) and along PPO runs (`python benchmarks/over_optimisation.py"
+                  + "".join(f" {label}={run}" for label, run in over.get("runs", {}).items()) + "`, after "
+                  "`benchmarks/ppo_runs.py` made them; a run against another RM than the bundled one logs its own RM's "
+                  f"score; `benchmarks/results/over_optimisation.json`; {over['episodes']} held-out prompts, so a win "
+                  "rate "
                   "moves by a few points with the prompts drawn):", over_optimisation_table(over),
                   *stale(over, "over_optimisation.json"),
                   "![over-optimisation](../benchmarks/results/over_optimisation.png)"]
@@ -971,9 +971,11 @@ def over_optimisation_lines(results: Path) -> list[str]:
         if "beta0" not in label:
             continue
         first, last = points[0], points[-1]
-        told.append(f"against `{reward}` ({label}), that RM's score goes from {first['rm_score']:.2f} to "
-                    f"{last['rm_score']:.2f} while gold goes from {first['gold']:.3f} (SFT) to {last['gold']:.3f} "
-                    f"at {last['kl']:.1f} nats from SFT")
+        def moves(key, digits, first=first, last=last):
+            return (f"{'rises' if last[key] > first[key] else 'falls'} from {first[key]:.{digits}f}"
+                    f"{' (SFT)' if key == 'gold' else ''} to {last[key]:.{digits}f}")
+        told.append(f"against `{reward}` ({label}, {last['iteration']} iterations), that RM's score "
+                    f"{moves('rm_score', 2)} while gold {moves('gold', 3)}, {last['kl']:.1f} nats from SFT")
     if not told:
         return []
     return ["", "Over-optimisation, as Gao et al. (2022) plot it: with no KL penalty (β = 0), " + "; ".join(told)

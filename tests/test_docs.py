@@ -149,10 +149,10 @@ def test_over_optimisation_keeps_a_run_against_another_rm_apart_and_the_readme_t
     assert "| PPO rm-scalar-beta0 (RM score: rm-scalar's) | 300 | 258.50 | 0.430 | 2.83 | 0.010 |" in table
     (tmp_path / "over_optimisation.json").write_text(json.dumps(over))
     text = "\n".join(tables["over_optimisation_lines"](tmp_path))
-    assert "against `rm` (beta0), that RM's score goes from 0.50 to 4.28 while gold goes from 0.891 (SFT) " \
-           "to 1.042" in text  # the made-up points above: only beta = 0 runs are told, the default is not
-    assert "against `rm-scalar` (rm-scalar-beta0), that RM's score goes from -0.02 to 2.83 while gold goes from " \
-           "0.890 (SFT) to 0.430 at 258.5 nats from SFT" in text and "(default)" not in text
+    assert "against `rm` (beta0, 25 iterations), that RM's score rises from 0.50 to 4.28 while gold rises from " \
+           "0.891 (SFT) to 1.042" in text  # the made-up points above: only beta = 0 runs are told, the default not
+    assert "against `rm-scalar` (rm-scalar-beta0, 300 iterations), that RM's score rises from -0.02 to 2.83 while " \
+           "gold falls from 0.890 (SFT) to 0.430, 258.5 nats from SFT" in text and "(default" not in text
     assert "![over-optimisation](benchmarks/results/over_optimisation.png)" in text
 
 
