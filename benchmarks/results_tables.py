@@ -971,6 +971,7 @@ def over_optimisation_lines(results: Path) -> list[str]:
         if "beta0" not in label:
             continue
         first, last = points[0], points[-1]
+
         def moves(key, digits, first=first, last=last):
             return (f"{'rises' if last[key] > first[key] else 'falls'} from {first[key]:.{digits}f}"
                     f"{' (SFT)' if key == 'gold' else ''} to {last[key]:.{digits}f}")
