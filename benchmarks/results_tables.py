@@ -832,8 +832,7 @@ def results_page(results: Path) -> str:
                   + "".join(f" {label}={run}" for label, run in over.get("runs", {}).items()) + "`, after "
                   "`benchmarks/ppo_runs.py` made them; a run against another RM than the bundled one logs its own RM's "
                   f"score; `benchmarks/results/over_optimisation.json`; {over['episodes']} held-out prompts, so a win "
-                  "rate "
-                  "moves by a few points with the prompts drawn):", over_optimisation_table(over),
+                  "rate moves by a few points with the prompts drawn):", over_optimisation_table(over),
                   *stale(over, "over_optimisation.json"),
                   "![over-optimisation](../benchmarks/results/over_optimisation.png)"]
     return "\n\n".join(parts) + "\n"
@@ -955,7 +954,8 @@ def machine_of(result: dict) -> str:
 
 
 def on_machine(result: dict) -> str:
-    return f" ({machine_of(result)})" if "machine" in result else ""
+    machine = machine_of(result)
+    return f" ({machine})" if machine else ""
 
 
 def over_optimisation_lines(results: Path) -> list[str]:
