@@ -212,7 +212,8 @@ class PPOAgent:
                       file=sys.stderr, flush=True)
         if self.token_target_coef == 0:
             return None
-        return TokenTarget(scorer.model, scorer.reward, self.tokenizer)  # refuses a reward without one
+        # it refuses a reward without token log-probs, and reads the forwards that the env's step ran
+        return TokenTarget(scorer.model, scorer.reward, self.tokenizer, kept_by=(scorer,))
 
     def _reward(self):
         """The env's reward: the config's spec, with a classifier's label and transform if they are set."""
@@ -497,7 +498,7 @@ class PPOAgent:
             raw = env.reward.reward if isinstance(env.reward, NormalizedReward) else env.reward
             env.reward = NormalizedReward(raw, **state["reward_normalization"])
             if self.token_target is not None:  # its c reads the normalisation
-                self.token_target = TokenTarget(env.scorer.model, env.reward, self.tokenizer)
+                self.token_target = TokenTarget(env.scorer.model, env.reward, self.tokenizer, kept_by=(env.scorer,))
         if state.get("world_size", 1) != self.world:
             if self.rank == 0:
                 warnings.warn(f"{self.run.checkpoint} was saved by {state.get('world_size', 1)} ranks, resumed on "

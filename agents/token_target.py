@@ -15,6 +15,10 @@ policy gradient learns from the one token sampled there. PPO adds it to its loss
 EOS and the missing-EOS penalty). q reads the policy's own token ids with the RM's LM, where the RM scores a
 response's text as it tokenises it (prompt and response apart): the same tokens for the policies of this package,
 which share the RM's tokenizer (checked), so a proxy only where a policy's ids are not its tokenizer's split.
+
+Both distributions are those the env's step has just computed to score the same responses (the reference's for
+the KL, the RM's for its score): q reads them from there where they are kept (``kept_by`` and the RM's
+``keep_forwards``; ``rlhf_env.sampling.reuse_forward``) and runs the models again only for rows they miss.
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ import torch
 
 from rlhf_env.rewards import NormalizedReward
 from rlhf_env.rewards.likelihood import LikelihoodReward
-from rlhf_env.sampling import response_log_softmax
+from rlhf_env.sampling import response_log_softmax, reuse_forward
 
 
 class TokenTarget:
     """``log q`` (B, R, V) at the response positions of a batch, from the env's reference and reward."""
 
-    def __init__(self, reference, reward, tokenizer):
+    def __init__(self, reference, reward, tokenizer, kept_by=()):
         """``reference``: the env's reference policy; ``reward``: the env's reward (a likelihood RM, possibly
-        normalised), read as it is now (a resumed run's normalisation is restored before its first rollout)."""
+        normalised), read as it is now (a resumed run's normalisation is restored before its first rollout);
+        ``kept_by``: more objects whose ``kept`` forwards it reads, each asked to keep them (the env's scorer)."""
         problem = refusal(reward, tokenizer)
         if problem:
             raise ValueError(f"token_target_coef: {problem}; set token_target_coef=0")
@@ -41,6 +46,9 @@ class TokenTarget:
         rm = reward.model
         self.reference, self.lm = reference, rm.lm
         self.coef = rm.weight.item() * reward.gain * scale  # c: the reward per nat of the LM's log-probability
+        self.sources = (reward, *kept_by)
+        for source in self.sources:
+            source.keep_forwards = True
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, R: int, beta: float, temperature: float = 1.0,
@@ -49,13 +57,24 @@ class TokenTarget:
         ``rows`` at a time (all at once if None), so that the (rows, R, V) intermediates stay an update's size."""
         if beta <= 0:
             raise ValueError("the token target needs a KL coefficient > 0 (with beta = 0 it is the LM's argmax)")
-        parts = []
-        for chunk in torch.arange(len(ids), device=ids.device).split(rows or len(ids)):
-            parts.append(product_log_softmax(response_log_softmax(self.reference, ids[chunk], mask[chunk], R,
-                                                                  temperature)[0],
-                                             response_log_softmax(self.lm, ids[chunk], mask[chunk], R)[0],
-                                             self.coef / beta))
-        return torch.cat(parts)
+        kept = [k for source in self.sources for k in source.kept]
+        reference = self._log_softmax(kept, self.reference, ids, mask, R, temperature, rows)
+        lm = self._log_softmax(kept, self.lm, ids, mask, R, 1.0, rows)
+        return torch.cat([product_log_softmax(reference[chunk], lm[chunk], self.coef / beta)
+                          for chunk in torch.arange(len(ids), device=ids.device).split(rows or len(ids))])
+
+    @staticmethod
+    def _log_softmax(kept, model, ids, mask, R, temperature, rows) -> torch.Tensor:
+        """``response_log_softmax`` of ``model`` (B, R, V): from ``kept`` forwards where they hold the rows, the
+        others run ``rows`` at a time."""
+        out, found = reuse_forward(kept, model, ids, mask, R, temperature)
+        missing = torch.nonzero(~found).squeeze(1)
+        for chunk in missing.split(rows or len(ids)) if len(missing) else ():
+            part = response_log_softmax(model, ids[chunk], mask[chunk], R, temperature)[0]
+            if out is None:
+                out = part.new_zeros(len(ids), *part.shape[1:])
+            out[chunk] = part
+        return out
 
 
 def refusal(reward, tokenizer) -> str:

@@ -3,8 +3,8 @@ in each phase, and the update phase's FLOP efficiency against this machine's mea
 
 Phases, as ``PPOAgent.iterate`` times them: ``sample`` (the policy's rollout sampler), ``reference`` (the
 env step less its reward call: the frozen reference's forward, checks, decoding texts), ``reward`` (the env's
-reward model, timed through the env's public ``reward``), ``values`` (the rollout's own forward: values,
-and under bf16 the ratio's old log-probs), ``update`` (``ppo_epochs`` x minibatches of forward + backward +
+reward model, timed through the env's public ``reward``), ``values`` (the rollout's own work after the env's step:
+values, under bf16 the ratio's old log-probs, and the token target's log q from the step's kept forwards), ``update`` (``ppo_epochs`` x minibatches of forward + backward +
 AdamW and the KL controller) and ``other`` (advantages and the rest). Matmul FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on the update's own forward and backward (attention is not
 counted on a CPU: see ``update_flops``).
@@ -29,6 +29,7 @@ import contextlib
 import functools
 import json
 import math
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,19 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = tor
     matmul()
     best = min(_timed(matmul) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def code_version() -> str:
+    """The package's git commit (short), "+changes" if its tracked files differ from it; "unknown" outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _timed(fn) -> float:
@@ -161,7 +175,7 @@ def main() -> None:
         run["matmul_peak_gflops"] = peaks[name]
         run["update_flop_efficiency"] = run["update_gflops"] / peaks[name]
     fp32 = runs["float32"]
-    result = {"batch_size": config.batch_size, "minibatch_size": config.minibatch_size,
+    result = {"code": code_version(), "batch_size": config.batch_size, "minibatch_size": config.minibatch_size,
               "ppo_epochs": config.ppo_epochs, "iterations": args.iterations, "rounds": args.rounds,
               "threads": torch.get_num_threads(), "matmul_peak_gflops_float32_mkl": matmul_peak_gflops(),
               "kernels": [choice.describe() for choice in kernels.chosen()],

@@ -27,7 +27,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from bench_ppo_iteration import matmul_peak_gflops  # benchmarks/ is on the path when this runs as a script
+
+# benchmarks/ is on the path when this runs as a script
+from bench_ppo_iteration import code_version, matmul_peak_gflops
 
 from agents.bench import BLACK_BOX_PPO
 from agents.grpo import GRPOAgent, GRPOConfig
@@ -124,7 +126,7 @@ def main() -> None:
 
     runs_dir, build = Path(args.runs_dir), assets_digest()
     # what the minutes hold for: a run's time follows the machine's speed, and 2-core hosts differ
-    host = {"machine": kernels.machine(), "matmul_peak_gflops": matmul_peak_gflops()}
+    host = {"machine": kernels.machine(), "matmul_peak_gflops": matmul_peak_gflops(), "code": code_version()}
     rows = [run(name, seed, runs_dir, VARIANTS[name], build) for name in args.variants
             for seed in (args.seeds if name in MULTI_SEED else args.seeds[:1])]
     keys = ("win_rate_vs_sft", "win_rate_vs_sft_large", "gold", "success", "length", "rm_score", "kl", "minutes",

@@ -154,24 +154,13 @@ def _run_ours(spec: dict, started: float):
         # After the timed steps (and the peak RSS they reached, which the measurements below must not raise): the
         # matmul FLOPs of one more update (of a fresh rollout), and this machine's fastest float32 matmul at the
         # worker's threads, for ``bounds``
-        from bench_ppo_iteration import matmul_peak_gflops, update_flops
+        from bench_ppo_iteration import code_version, matmul_peak_gflops, update_flops
 
         extra = {"phase_seconds": phases[spec["warmup"]:],
                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                  "update_gflop": update_flops(agent, agent.rollout(obs)) / 1e9,
                  "matmul_peak_gflops": matmul_peak_gflops()}
-    return seconds, tokens, setup, {"rlhf_env": _our_version()}, extra
-
-
-def _our_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return seconds, tokens, setup, {"rlhf_env": code_version()}, extra
 
 
 def _step_timer():

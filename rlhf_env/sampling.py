@@ -261,6 +261,62 @@ def response_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, R: int, temp
     return logp_all.gather(2, ids[:, -R:, None]).squeeze(2), logp_all, out
 
 
+@dataclass
+class KeptForward:
+    """One forward's ``response_log_softmax`` (B, R, V) of ``ids`` (B, T) under ``mask``, at ``temperature``, by
+    ``model``: kept by the env's reference and by a likelihood RM (where asked, ``keep_forwards``) so that a later
+    reader of the same tokens with the same model need not run it again (``reuse_forward``)."""
+
+    model: torch.nn.Module
+    ids: torch.Tensor
+    mask: torch.Tensor
+    log_softmax: torch.Tensor
+    temperature: float = 1.0
+
+
+def reuse_forward(kept: list[KeptForward], model, ids: torch.Tensor, mask: torch.Tensor, R: int,
+                  temperature: float = 1.0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(log_softmax (B, R, V) or None, found (B,) bool)``: ``response_log_softmax(model, ids, mask, R,
+    temperature)`` read from forwards that ``model`` already ran over the same rows, where it did. A row is found
+    where a kept row of ``model`` at ``temperature`` holds the same real tokens (in any layout of padding: the
+    same tokens at the same positions give the same distributions, to float rounding) and its kept positions
+    cover this row's real tokens among the last R; its other positions (padding) are 0. None if none is found."""
+    kept = [k for k in kept if k.model is model and k.temperature == temperature]
+    for k in kept:  # the very same batch: the kept tensor itself
+        if k.ids.shape == ids.shape and k.log_softmax.shape[1] == R and torch.equal(k.ids, ids) \
+                and torch.equal(k.mask, mask):
+            return k.log_softmax, torch.ones(len(ids), dtype=torch.bool, device=ids.device)
+    found = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    if not kept:
+        return None, found
+    rows = {}  # real tokens -> (kept forward, row)
+    for k in kept:
+        for j, (row_ids, row_mask) in enumerate(zip(k.ids.cpu(), k.mask.cpu().bool())):
+            rows.setdefault(row_ids[row_mask].numpy().tobytes(), (k, j))
+    out = None
+    for b, (row_ids, row_mask) in enumerate(zip(ids.cpu(), mask.cpu().bool())):
+        k, j = rows.get(row_ids[row_mask].numpy().tobytes(), (None, None))
+        if k is None:
+            continue
+        wanted, columns = _window(mask[b], R)  # the real tokens' indices among the last R columns, and those columns
+        have, kept_columns = _window(k.mask[j], k.log_softmax.shape[1])
+        at = torch.searchsorted(have, wanted).clamp(max=max(len(have) - 1, 0))
+        if len(wanted) and (len(have) == 0 or not torch.equal(have[at], wanted) or int(wanted[0]) == 0):
+            continue  # not all kept, or the first token (predicted by no real position)
+        if out is None:
+            out = torch.zeros(len(ids), R, k.log_softmax.shape[2], dtype=k.log_softmax.dtype, device=ids.device)
+        out[b, columns] = k.log_softmax[j, kept_columns[at]].to(ids.device)
+        found[b] = True
+    return out, found
+
+
+def _window(mask: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one row's mask (T,): the indices, among its real tokens, of those in the last R columns, and their
+    columns in that window (both ascending)."""
+    columns = torch.nonzero(mask[-R:]).squeeze(1)
+    return (torch.cumsum(mask, 0) - 1)[-R:][columns], columns
+
+
 def response_mask(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each response ends, the one rule of the sampler, the envs and the agents: a response runs up
     to and including its first EOS; a PAD before any EOS ends it, and is not part of it; with neither, it

@@ -135,3 +135,82 @@ def test_a_resumed_run_rebuilds_its_token_target_on_the_saved_normalisation(tiny
     resumed.resume()
     assert resumed.token_target.coef == pytest.approx(first.token_target.coef)
     assert abs(first.token_target.coef - raw_coef) > 1e-3 * abs(raw_coef)  # the normalisation matters here
+
+
+def test_reuse_forward_reads_the_same_tokens_in_another_padding_layout(tiny_model, tokenizer):
+    """A kept forward over whole rows left-padded (the RM's layout) serves a batch laid out as the policy's
+    (prompt left-padded, response right-padded): the rows with the same real tokens are found, with the
+    distributions that a forward of their own gives; a row of other tokens, another model or another temperature
+    is not found."""
+    from rlhf_env.models import new_model
+    from rlhf_env.sampling import KeptForward, reuse_forward
+    from tests.conftest import TINY_DIMS
+
+    prompts = ["Q: what is 3 plus 4 ?\nA:", "Q: hi\nA:", "Q: a b c\nA:"]
+    responses = [" 7", " hello there , nice to meet you", " c"]
+    p_ids, p_mask = encode_prompts(tokenizer, prompts)
+    r_tok = [tokenizer(r)["input_ids"] for r in responses]
+    R = max(map(len, r_tok))
+    r_ids = torch.full((3, R), tokenizer.pad_token_id)
+    r_mask = torch.zeros(3, R, dtype=torch.long)
+    for i, t in enumerate(r_tok):
+        r_ids[i, :len(t)], r_mask[i, :len(t)] = torch.tensor(t), 1
+    ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+    whole_ids, whole_mask = encode_prompts(tokenizer, [p + r for p, r in zip(prompts[:2], responses[:2])])
+    assert not torch.equal(whole_mask, mask[:2])  # another layout: no padding between prompt and response
+    Rk = max(len(t) for t in r_tok[:2]) + 1  # the kept window covers the responses
+    kept = [KeptForward(tiny_model, whole_ids, whole_mask, response_log_softmax(tiny_model, whole_ids, whole_mask,
+                                                                                Rk)[0])]
+    out, found = reuse_forward(kept, tiny_model, ids, mask, R)
+    assert found.tolist() == [True, True, False]  # the third row's tokens were never read
+    own = response_log_softmax(tiny_model, ids, mask, R)[0]
+    real = r_mask[:2].bool()
+    torch.testing.assert_close(out[:2][real], own[:2][real], atol=1e-5, rtol=0)
+    assert (out[2] == 0).all() and (out[:2][~real] == 0).all()
+    same, all_found = reuse_forward(kept, tiny_model, whole_ids, whole_mask, Rk)  # the very batch: its tensor
+    assert same is kept[0].log_softmax and all_found.all()
+    torch.manual_seed(3)
+    other = new_model(TINY_DIMS, tokenizer).eval()
+    assert reuse_forward(kept, other, ids, mask, R)[0] is None
+    assert not reuse_forward(kept, tiny_model, ids, mask, R, temperature=0.7)[1].any()
+    whole = reuse_forward(kept, tiny_model, ids, mask, ids.shape[1])[1]  # reaching the first tokens, kept by none
+    assert not whole.any()
+
+
+def test_the_token_target_reads_the_env_steps_forwards_and_runs_models_only_for_rows_they_miss(
+        tiny_policy_dir, world_dir, likelihood_rm_dir, tmp_path):
+    """In PPO's rollout, q comes from the env's own reference and RM forwards: the reference never runs again,
+    and the RM's LM only on the rows whose response text retokenises to other ids than the policy sampled; q is
+    the same as from forwards of its own."""
+    from unittest import mock
+
+    from agents import token_target
+    from rlhf_env.sampling import trim_padding
+
+    agent = PPOAgent(tiny_config(tiny_policy_dir, world_dir, tmp_path / "ppo", reward=str(likelihood_rm_dir),
+                                 kl_coef=0.05, batch_size=16))
+    target, tok = agent.token_target, agent.tokenizer
+    rerun = {id(target.reference): 0, id(target.lm): 0}
+
+    def counted(model, ids, *args, **kwargs):
+        rerun[id(model)] += len(ids)
+        return response_log_softmax(model, ids, *args, **kwargs)
+
+    obs = agent.env.reset(seed=0)[0]
+    with mock.patch.object(token_target, "response_log_softmax", counted):
+        batch = agent.rollout(obs)
+    responses = batch["ids"][:, -batch["response_mask"].shape[1]:]
+    other_ids = sum(tok(tok.decode(row[m.bool()], skip_special_tokens=True))["input_ids"]
+                    + ([tok.eos_token_id] if eos else []) != row[m.bool()].tolist()
+                    for row, m, eos in zip(responses, batch["response_mask"], batch["eos"]))
+    assert rerun == {id(target.reference): 0, id(target.lm): other_ids}
+    ids, mask, r = trim_padding(batch["ids"], batch["mask"], batch["response_mask"])
+    ref = response_log_softmax(target.reference, ids, mask, r)[0]
+    lm = response_log_softmax(target.lm, ids, mask, r)[0]
+    real = batch["response_mask"][:, :r].bool()
+    torch.testing.assert_close(batch["token_target"][real],
+                               torch.log_softmax(ref + target.coef / agent.kl.coef * lm, -1)[real], atol=1e-5, rtol=0)
+    agent.env.unwrapped.scorer.kept = []  # nothing kept: every row runs again
+    with mock.patch.object(token_target, "response_log_softmax", counted):
+        target(ids, mask, r, agent.kl.coef)
+    assert rerun[id(target.reference)] == len(ids)

@@ -21,7 +21,7 @@ import torch
 
 from rlhf_env.models import context_length, load_reference
 from rlhf_env.rewards import Reward, load_reward
-from rlhf_env.sampling import response_logprobs, response_mask, trim_padding
+from rlhf_env.sampling import KeptForward, response_logprobs, response_mask, trim_padding
 
 LOGPROB_TOLERANCE = 1e-4  # log-probs a hair above 0 from float rounding are accepted
 
@@ -86,6 +86,9 @@ class ResponseScorer:
         self.max_prompt_tokens, self.max_new_tokens, self.device = max_prompt_tokens, max_new_tokens, device
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        # with keep_forwards, the last step's reference forward stays in ``kept`` (``rlhf_env.sampling.KeptForward``)
+        # for a reader of the same tokens: PPO's token target (``agents.token_target``)
+        self.keep_forwards, self.kept = False, []
 
     def check_policy(self, tokenizer, policy, name: str = "the policy") -> None:
         """The env reads an agent's token ids with the reference's tokenizer: refuse a policy that reads them
@@ -158,7 +161,8 @@ class ResponseScorer:
         ids = torch.from_numpy(np.concatenate([self.prompt_ids[index], response_ids], 1)).to(self.device)
         full_mask = torch.from_numpy(np.concatenate([self.prompt_mask[index], mask], 1)).to(self.device)
         ids, full_mask, used = trim_padding(ids, full_mask, torch.from_numpy(mask).to(self.device))
-        logp = response_logprobs(self.model, ids, full_mask, used, self.temperature)[0]
+        logp, logp_all, _ = response_logprobs(self.model, ids, full_mask, used, self.temperature)
+        self.kept = [KeptForward(self.model, ids, full_mask, logp_all, self.temperature)] if self.keep_forwards else []
         out = np.zeros(response_ids.shape, dtype=np.float64)
         out[:, :used] = (logp * full_mask[:, -used:]).cpu().numpy()
         return out

@@ -84,15 +84,18 @@ class LikelihoodRewardModel(torch.nn.Module):
             predicts[i, first:first + len(r)] = 1
         return ids.to(device), mask.to(device), predicts.to(device)
 
-    def features(self, prompts: list[str], responses: list[str], eos: list[bool], grad: bool = False
-                 ) -> torch.Tensor:
+    def features(self, prompts: list[str], responses: list[str], eos: list[bool], grad: bool = False,
+                 kept: list | None = None) -> torch.Tensor:
         """(B, 2): the sum of the response's token log-probs, and its length in tokens; with ``grad``, the first
-        differentiable in the LM's weights (``rlhf rm --lm_epochs``: the LM trained by the ranking loss)."""
-        from rlhf_env.sampling import response_logprobs
+        differentiable in the LM's weights (``rlhf rm --lm_epochs``: the LM trained by the ranking loss). Appends
+        the forward to ``kept`` if given (``rlhf_env.sampling.KeptForward``)."""
+        from rlhf_env.sampling import KeptForward, response_logprobs
 
         ids, mask, predicts = self.encode(prompts, responses, eos)
         with torch.set_grad_enabled(grad):
-            logp = response_logprobs(self.lm, ids, mask, predicts.shape[1])[0]  # the last R columns' tokens
+            logp, logp_all, _ = response_logprobs(self.lm, ids, mask, predicts.shape[1])  # the last R columns' tokens
+            if kept is not None:
+                kept.append(KeptForward(self.lm, ids, mask, logp_all))
             return torch.stack([(logp * predicts).sum(1), predicts.sum(1)], 1)
 
     def forward(self, prompts: list[str], responses: list[str], eos: list[bool], fitting: bool = False
@@ -145,11 +148,17 @@ class LikelihoodReward(Reward):
             self.name = "likelihood-rm"
         self.model, self.batch_size = model.eval(), batch_size
         self.gain, self.bias = (model.gain, model.bias) if normalize else (1.0, 0.0)
+        # with keep_forwards, the last call's LM forwards stay in ``kept`` (``rlhf_env.sampling.KeptForward``) for a
+        # reader of the same tokens: PPO's token target (``agents.token_target``)
+        self.keep_forwards, self.kept = False, []
 
     def _features(self, prompts, responses, eos) -> torch.Tensor:
-        return torch.cat([self.model.features(prompts[i:i + self.batch_size], responses[i:i + self.batch_size],
-                                              eos[i:i + self.batch_size])
-                          for i in range(0, len(prompts), self.batch_size)])
+        kept = [] if self.keep_forwards else None
+        features = torch.cat([self.model.features(prompts[i:i + self.batch_size], responses[i:i + self.batch_size],
+                                                  eos[i:i + self.batch_size], kept=kept)
+                              for i in range(0, len(prompts), self.batch_size)])
+        self.kept = kept or []
+        return features
 
     def _normalised(self, raw: torch.Tensor) -> np.ndarray:
         return raw.cpu().numpy().astype(np.float64) * self.gain + self.bias
