@@ -4,10 +4,10 @@ in each phase, and the update phase's FLOP efficiency against this machine's mea
 Phases, as ``PPOAgent.iterate`` times them: ``sample`` (the policy's rollout sampler), ``reference`` (the
 env step less its reward call: the frozen reference's forward, checks, decoding texts), ``reward`` (the env's
 reward model, timed through the env's public ``reward``), ``values`` (the rollout's own work after the env's step:
-values, under bf16 the ratio's old log-probs, and the token target's log q from the step's kept forwards), ``update`` (``ppo_epochs`` x minibatches of forward + backward +
-AdamW and the KL controller) and ``other`` (advantages and the rest). Matmul FLOPs are counted by
-``torch.utils.flop_counter.FlopCounterMode`` on the update's own forward and backward (attention is not
-counted on a CPU: see ``update_flops``).
+values, under bf16 the ratio's old log-probs, and the token target's log q from the step's kept forwards),
+``update`` (``ppo_epochs`` x minibatches of forward + backward + AdamW and the KL controller) and ``other``
+(advantages and the rest). Matmul FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
+update's own forward and backward (attention is not counted on a CPU: see ``update_flops``).
 Measured in alternating rounds of one run: float32 (the default: each model's linears and GELU on the kernels that
 ``rlhf_env.accel.kernels`` measured faster on this machine), float32 with the package's kernels forced
 (``RLHF_ENV_KERNELS=onednn``: every linear through oneDNN, the GELU and the sampler's decode attention through the C

@@ -767,12 +767,15 @@ def results_page(results: Path) -> str:
                   "\"RM score\" is each run's own reward (normalised gold for `gold-oracle`). 2 threads, one run at "
                   "a time, with the kernels that `rlhf_env.accel.kernels` chose on this machine and the packed trunk "
                   "(`rlhf_env.accel.trunk`). The script's other variants (GAE with a value head, GRPO, gold's raw "
-                  "grades, bf16, ...) run with `--variants`.",
+                  "grades, bf16, ...) run with `--variants`." + (
+                      " Its minutes were timed before the token target read the env step's forwards."
+                      if timed_before_reuse(ppo) else ""),
                   ppo_table(ppo), *stale(ppo, "ppo.json"), "![PPO curves](../benchmarks/results/ppo.png)"]
     slow = load(results, SLOW_HOST)
     if slow:
         parts += ["### The same runs on a slower machine",
-                  f"`{ppo_command(slow, SLOW_HOST)}`, on another 2-core host{on_machine(slow)}: a run's minutes "
+                  f"`{ppo_command(slow, SLOW_HOST)}`, on another 2-core host{on_machine(slow)}"
+                  f"{', at commit ' + slow['code'] if 'code' in slow else ''}: a run's minutes "
                   "follow the machine it runs on. These runs are also the PPO series of the over-optimisation plot "
                   "below.", ppo_table(slow), *stale(slow, SLOW_HOST)]
     token = load(results, "ppo_token_target.json")
@@ -932,9 +935,16 @@ def default_run(results: Path) -> list[str]:
             f"{ppo['greedy_sft']['win_rate_vs_sft']:.3f}; no policy can pass {first['win_rate_ceiling']:.3f}), "
             f"{mean('win_rate_vs_sft_large')} against the larger `sft-large`, task success {mean('success')} "
             f"(SFT: {first['success_sft']:.3f}); decoded greedily, {mean('greedy_win_rate_vs_greedy_sft')} against "
-            f"greedy SFT; {mean('minutes', 1)} minutes a run{on_machine(ppo)}{slower(results)} "
+            f"greedy SFT; {mean('minutes', 1)} minutes a run{on_machine(ppo)}{timed_before_reuse(ppo)}"
+            f"{slower(results)} "
             f"(`{ppo_command(ppo)}`, every row in [docs/results.md](docs/results.md)). In the bench below, PPO sees "
             "the reward as scores only, like every other algorithm there.", *stale_lines(ppo, "ppo.json"), ""]
+
+
+def timed_before_reuse(result: dict) -> str:
+    """For a PPO JSON timed before the token target read the env step's forwards (the JSONs record the code's commit
+    since that change), a note that its minutes are a slower build's ("" otherwise)."""
+    return "" if "code" in result else " (timed before the token target read the env step's forwards: faster since)"
 
 
 def slower(results: Path) -> str:

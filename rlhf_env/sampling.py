@@ -313,6 +313,7 @@ def reuse_forward(kept: list[KeptForward], model, ids: torch.Tensor, mask: torch
 def _window(mask: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For one row's mask (T,): the indices, among its real tokens, of those in the last R columns, and their
     columns in that window (both ascending)."""
+    mask = (mask != 0).long()  # any dtype of mask: the indices compare across the two rows
     columns = torch.nonzero(mask[-R:]).squeeze(1)
     return (torch.cumsum(mask, 0) - 1)[-R:][columns], columns
 

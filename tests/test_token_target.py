@@ -163,6 +163,7 @@ def test_reuse_forward_reads_the_same_tokens_in_another_padding_layout(tiny_mode
                                                                                 Rk)[0])]
     out, found = reuse_forward(kept, tiny_model, ids, mask, R)
     assert found.tolist() == [True, True, False]  # the third row's tokens were never read
+    assert reuse_forward(kept, tiny_model, ids, mask.float(), R)[1].tolist() == [True, True, False]  # any mask dtype
     own = response_log_softmax(tiny_model, ids, mask, R)[0]
     real = r_mask[:2].bool()
     torch.testing.assert_close(out[:2][real], own[:2][real], atol=1e-5, rtol=0)
