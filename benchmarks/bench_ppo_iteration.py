@@ -9,7 +9,9 @@ values, under bf16 the ratio's old log-probs, and the token target's log q from 
 (advantages and the rest). Matmul FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
 update's own forward and backward (attention is not counted on a CPU: see ``update_flops``).
 Measured in alternating rounds of one run: float32 (the default: each model's linears and GELU on the kernels that
-``rlhf_env.accel.kernels`` measured faster on this machine), float32 with the package's kernels forced
+``rlhf_env.accel.kernels`` measured faster on this machine), float32 with the token target running the reference
+and the RM's LM again instead of reading the env step's forwards (``float32_unkept``: as before it read them),
+float32 with the package's kernels forced
 (``RLHF_ENV_KERNELS=onednn``: every linear through oneDNN, the GELU and the sampler's decode attention through the C
 kernels where they build), float32 with PyTorch's own linears (MKL; ``rlhf_env.accel.onednn.disabled()``; the GELU
 as measured), float32 with stock PyTorch's kernels throughout (``float32_stock``: MKL and aten's GELU,
@@ -39,12 +41,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from agents import token_target
 from agents.ppo import PPOAgent, PPOConfig
 from rlhf_env import sampling
 from rlhf_env.accel import decoder, kernels, onednn
 from rlhf_env.rewards import Reward
 
-VARIANTS = ("float32", "float32_unshared", "float32_onednn", "float32_mkl", "float32_stock", "bf16")
+VARIANTS = ("float32", "float32_unkept", "float32_unshared", "float32_onednn", "float32_mkl", "float32_stock",
+            "bf16")
 PHASES = ("sample", "reference", "reward", "values", "update", "other")
 
 
@@ -97,6 +101,10 @@ def measure(iterations: int, variant: str) -> tuple[list[dict], int]:
             stack.enter_context(kernels.forced("onednn"))
         elif variant == "float32_stock":
             stack.enter_context(kernels.forced("stock"))
+        elif variant == "float32_unkept":  # the token target runs both models again, as before it read the env's
+            stack.enter_context(mock.patch.object(token_target, "reuse_forward",
+                                                  lambda kept, model, ids, *args, **kwargs:
+                                                  (None, torch.zeros(len(ids), dtype=torch.bool))))
         elif variant == "float32_unshared":
             stack.enter_context(mock.patch.object(sampling, "SHARE_FROM", math.inf))
             stack.enter_context(mock.patch.object(sampling, "shares", lambda *args, **kwargs: False))  # the trunk's

@@ -341,7 +341,9 @@ def ppo_iteration_table(result: dict) -> str:
              "reward": "reward model (env)", "values": "values (rollout)",
              "update": "update (epochs × minibatches, forward + backward + AdamW)",
              "other": "other (env bookkeeping, decoding, advantages)"}
-    labels = {"float32": "float32, measured kernels", "float32_unshared": "float32, prompts not shared",
+    labels = {"float32": "float32, measured kernels",
+              "float32_unkept": "float32, token target runs its own forwards",
+              "float32_unshared": "float32, prompts not shared",
               "float32_onednn": "float32, all oneDNN + C kernels", "float32_mkl": "float32, all MKL",
               "float32_stock": "float32, stock PyTorch (MKL, aten GELU)", "bf16": "bf16"}
     columns = [(labels["float32"], result)] + [(labels[k], result[k]) for k in list(labels)[1:]
